@@ -1,0 +1,103 @@
+"""The registry of job kinds: each kind's parameter schema and the handler that runs it.
+
+Built-in kinds and third-party ones arrive the same way: the `rplat.kinds` entry-point group (each entry
+a `JobKind`), or modules named in RPLAT_PLUGINS (comma-separated) that define `KINDS: list[JobKind]`.
+Handlers are named as "module:function" strings and imported only when a runner executes the kind, so
+enqueueing and starting a runner never pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rplat.errors import UserError
+
+
+class Params(BaseModel):
+    """Base of every kind's parameters: unknown names are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    params: type[Params]
+    handler: str
+    description: str
+
+    def load_handler(self) -> Callable[..., dict[str, Any] | None]:
+        module, _, func = self.handler.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+
+_registry: dict[str, JobKind] = {}
+_loaded = False
+
+
+def register(kind: JobKind) -> None:
+    _registry[kind.name] = kind
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for ep in entry_points(group="rplat.kinds"):
+        register(ep.load())
+    for module in filter(None, (m.strip() for m in os.environ.get("RPLAT_PLUGINS", "").split(","))):
+        try:
+            plugin = importlib.import_module(module)
+        except ImportError as exc:
+            raise UserError(f"RPLAT_PLUGINS names module {module!r}, which cannot be imported ({exc}).") from None
+        for kind in getattr(plugin, "KINDS", []):
+            register(kind)
+
+
+def all_kinds() -> dict[str, JobKind]:
+    _load()
+    return dict(sorted(_registry.items()))
+
+
+def get(name: str) -> JobKind:
+    _load()
+    kind = _registry.get(name)
+    if kind is None:
+        known = ", ".join(sorted(_registry)) or "none"
+        raise UserError(f"unknown job kind {name!r}; known kinds: {known}.")
+    return kind
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "params"
+    if error["type"] == "extra_forbidden":
+        return f"{where!r} is not a parameter of this kind"
+    if error["type"] == "missing":
+        return f"{where!r} is required"
+    return f"{where!r} {error['msg'][0].lower()}{error['msg'][1:]} (got {error.get('input')!r})"
+
+
+def validate_params(kind_name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Params as stored on the job: validated, defaults filled in, JSON-ready."""
+    kind = get(kind_name)
+    try:
+        model = kind.params.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fields = ", ".join(kind.params.model_fields) or "none"
+        raise UserError(
+            f"bad parameter for job kind {kind_name!r}: {_describe(first)}; its parameters are: {fields}."
+        ) from None
+    return model.model_dump(mode="json")
+
+
+def parse(kind_name: str, stored: dict[str, Any]) -> Params:
+    return get(kind_name).params.model_validate(stored)

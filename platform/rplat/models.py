@@ -1,0 +1,484 @@
+"""The relational store: every entity of both methods as SQLAlchemy 2 typed models (one schema, SQLite and PostgreSQL).
+
+Lineage: every row a job derives carries `job_id`; the job carries its kind, validated params, model and
+prompt template. Idempotency: each derived table has a unique key that a re-claimed job upserts against.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC: stored the same way by SQLite and PostgreSQL, compared correctly by both."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, dt.datetime: DateTime()}
+
+
+def job_fk(nullable: bool = False) -> Mapped[int]:
+    return mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=nullable)
+
+
+# --- experiments and the queue -------------------------------------------------------------------
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
+        ),
+        Index("ix_jobs_claim", "status", "priority", "id"),
+        Index("ix_jobs_lease", "status", "lease_expires_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), index=True)
+    prompt_template_id: Mapped[int | None] = mapped_column(ForeignKey("prompt_templates.id"))
+    priority: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    not_before: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_token: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_expires_at: Mapped[dt.datetime | None]
+    heartbeat_at: Mapped[dt.datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    progress_done: Mapped[int] = mapped_column(default=0)
+    progress_total: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None]
+    dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class JobDependency(Base):
+    __tablename__ = "job_dependencies"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    event: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text)
+    runner: Mapped[str | None] = mapped_column(String(200))
+    attempt: Mapped[int | None]
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    step: Mapped[int]
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Runner(Base):
+    __tablename__ = "runners"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int]
+    kinds: Mapped[list[Any] | None]
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    current_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    jobs_done: Mapped[int] = mapped_column(default=0)
+    stopped_at: Mapped[dt.datetime | None]
+
+
+# --- registries: models, adapters, prompts, datasets ----------------------------------------------
+
+
+class Model(Base):
+    """A base model, an adapter (LoRA, NAT, NCE...), an embedding model or a ranker; `fingerprint` keys the cache."""
+
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str | None] = mapped_column(String(32))
+    path: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    adapter_kind: Mapped[str | None] = mapped_column(String(32))
+    lora_r: Mapped[int | None]
+    lora_alpha: Mapped[float | None]
+    target_modules: Mapped[list[Any] | None]
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", use_alter=True), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ModelParent(Base):
+    __tablename__ = "model_parents"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True, index=True)
+    relation: Mapped[str] = mapped_column(String(32), default="base")
+
+
+class PromptTemplate(Base):
+    __tablename__ = "prompt_templates"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(32))
+    body: Mapped[dict[str, Any]]
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("dataset_id", "external_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int] = job_fk()
+    external_id: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(String(64))
+    subset: Mapped[str | None] = mapped_column(String(128))
+    split: Mapped[str | None] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    n_chars: Mapped[int]
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    meta: Mapped[dict[str, Any] | None]
+
+
+class Problem(Base):
+    __tablename__ = "problems"
+    __table_args__ = (UniqueConstraint("dataset_id", "external_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int] = job_fk()
+    external_id: Mapped[str] = mapped_column(String(200))
+    benchmark: Mapped[str | None] = mapped_column(String(64))
+    split: Mapped[str | None] = mapped_column(String(32))
+    subject: Mapped[str | None] = mapped_column(String(64), index=True)
+    level: Mapped[str | None] = mapped_column(String(32))
+    question: Mapped[str] = mapped_column(Text)
+    choices: Mapped[list[Any] | None]
+    solution: Mapped[str | None] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    meta: Mapped[dict[str, Any] | None]
+
+
+# --- RATIONALYST -----------------------------------------------------------------------------------
+
+
+class PrefilterScore(Base):
+    __tablename__ = "prefilter_scores"
+    __table_args__ = (UniqueConstraint("job_id", "document_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    embed_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    cosine: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    passed: Mapped[bool] = mapped_column(Boolean)
+
+
+class Extraction(Base):
+    __tablename__ = "extractions"
+    __table_args__ = (UniqueConstraint("job_id", "document_id"), UniqueConstraint("job_id", "problem_id"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    document_id: Mapped[int | None] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    problem_id: Mapped[int | None] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    prompt_template_id: Mapped[int] = mapped_column(ForeignKey("prompt_templates.id"))
+    temperature: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int | None]
+    input_text: Mapped[str] = mapped_column(Text)
+    raw_output: Mapped[str] = mapped_column(Text)
+    fidelity: Mapped[float | None] = mapped_column(Float)
+    passed: Mapped[bool] = mapped_column(Boolean)
+
+
+class Rationale(Base):
+    __tablename__ = "rationales"
+    __table_args__ = (UniqueConstraint("job_id", "extraction_id", "position"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    extraction_id: Mapped[int] = mapped_column(ForeignKey("extractions.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int]
+    preceding: Mapped[str] = mapped_column(Text)
+    rationale: Mapped[str] = mapped_column(Text)
+    following: Mapped[str] = mapped_column(Text)
+    left_step: Mapped[int]
+    source: Mapped[str | None] = mapped_column(String(64))
+
+
+class RationaleScore(Base):
+    __tablename__ = "rationale_scores"
+    __table_args__ = (UniqueConstraint("job_id", "rationale_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    rationale_id: Mapped[int] = mapped_column(ForeignKey("rationales.id", ondelete="CASCADE"), index=True)
+    scorer_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    lp_without: Mapped[list[Any]]
+    lp_with: Mapped[list[Any]]
+    gamma: Mapped[float] = mapped_column(Float)
+    s_without: Mapped[float] = mapped_column(Float)
+    s_with: Mapped[float] = mapped_column(Float)
+    loss_delta: Mapped[float] = mapped_column(Float)
+    tau: Mapped[float] = mapped_column(Float)
+    kept: Mapped[bool] = mapped_column(Boolean, index=True)
+
+
+class TrainingExample(Base):
+    __tablename__ = "training_examples"
+    __table_args__ = (UniqueConstraint("job_id", "rationale_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    rationale_id: Mapped[int] = mapped_column(ForeignKey("rationales.id", ondelete="CASCADE"), index=True)
+    split: Mapped[str] = mapped_column(String(16))
+
+
+class TrainingMetric(Base):
+    """One row per optimizer step of any training job: the loss curve a resumed run must reproduce."""
+
+    __tablename__ = "training_metrics"
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    step: Mapped[int]
+    loss: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    extra: Mapped[dict[str, Any] | None]
+
+
+class SolveTrajectory(Base):
+    __tablename__ = "solve_trajectories"
+    __table_args__ = (UniqueConstraint("job_id", "problem_id", "sample_idx"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    sample_idx: Mapped[int] = mapped_column(default=0)
+    method: Mapped[str] = mapped_column(String(32))
+    final_text: Mapped[str] = mapped_column(Text)
+    prediction: Mapped[str | None] = mapped_column(Text)
+    normalized_pred: Mapped[str | None] = mapped_column(Text)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    n_steps: Mapped[int]
+    stopped_reason: Mapped[str] = mapped_column(String(32))
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("trajectory_id", "step_idx"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    trajectory_id: Mapped[int] = mapped_column(ForeignKey("solve_trajectories.id", ondelete="CASCADE"))
+    step_idx: Mapped[int]
+    rationale_text: Mapped[str | None] = mapped_column(Text)
+    rationale_mean_logprob: Mapped[float | None] = mapped_column(Float)
+    chosen_candidate_idx: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+
+
+class StepCandidate(Base):
+    __tablename__ = "step_candidates"
+    __table_args__ = (UniqueConstraint("step_id", "candidate_idx"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"))
+    candidate_idx: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    token_logprobs: Mapped[list[Any] | None]
+    score: Mapped[float | None] = mapped_column(Float)
+    chosen: Mapped[bool] = mapped_column(Boolean)
+
+
+# --- Turning Dust into Gold ------------------------------------------------------------------------
+
+
+class TeacherChain(Base):
+    __tablename__ = "teacher_chains"
+    __table_args__ = (
+        UniqueConstraint("job_id", "problem_id", "teacher", "sample_idx"),
+        CheckConstraint("label IN ('pos', 'neg')", name="label"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    teacher: Mapped[str] = mapped_column(String(64))
+    sample_idx: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    extracted_answer: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(3), index=True)
+    n_chars: Mapped[int]
+
+
+class NceWeight(Base):
+    __tablename__ = "nce_weights"
+    __table_args__ = (UniqueConstraint("job_id", "chain_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    chain_id: Mapped[int] = mapped_column(ForeignKey("teacher_chains.id", ondelete="CASCADE"), index=True)
+    teacher_adapter_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    kl_neg_nat: Mapped[float] = mapped_column(Float)
+    beta: Mapped[float] = mapped_column(Float)
+    kd_weight: Mapped[float] = mapped_column(Float)
+
+
+class NatAlphaLog(Base):
+    __tablename__ = "nat_alpha_logs"
+    __table_args__ = (UniqueConstraint("job_id", "step", "layer", "proj"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    step: Mapped[int]
+    layer: Mapped[int]
+    proj: Mapped[str] = mapped_column(String(32))
+    mean_w_neg: Mapped[float] = mapped_column(Float)
+
+
+class Sample(Base):
+    __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("job_id", "problem_id", "sample_idx"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    sample_idx: Mapped[int]
+    decoding: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    extracted_answer: Mapped[str | None] = mapped_column(Text)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class RankerPair(Base):
+    __tablename__ = "ranker_pairs"
+    __table_args__ = (UniqueConstraint("job_id", "epoch", "problem_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    epoch: Mapped[int]
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"))
+    pos_chain_id: Mapped[int] = mapped_column(ForeignKey("teacher_chains.id", ondelete="CASCADE"))
+    neg_chain_id: Mapped[int] = mapped_column(ForeignKey("teacher_chains.id", ondelete="CASCADE"))
+    s_pos: Mapped[float] = mapped_column(Float)
+    s_neg: Mapped[float] = mapped_column(Float)
+    loss: Mapped[float] = mapped_column(Float)
+
+
+class RankerScore(Base):
+    __tablename__ = "ranker_scores"
+    __table_args__ = (UniqueConstraint("job_id", "sample_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), index=True)
+    ranker_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    score: Mapped[float] = mapped_column(Float)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Prediction(Base):
+    """One answer per (job, problem, method): greedy, self-consistency or an ASC vote (f0..f3)."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("job_id", "problem_id", "method"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    answer: Mapped[str | None] = mapped_column(Text)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    vote_mass: Mapped[float | None] = mapped_column(Float)
+    tie_size: Mapped[int] = mapped_column(default=1)
+    credit: Mapped[float | None] = mapped_column(Float)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("job_id", "method", "subject"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = job_fk()
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    method: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(64))
+    n: Mapped[int]
+    n_correct: Mapped[float] = mapped_column(Float)
+    accuracy: Mapped[float] = mapped_column(Float)
+
+
+class GenerationCache(Base):
+    """Every generate/score call, keyed by (model fingerprint, prompt hash, sampling params, sample index)."""
+
+    __tablename__ = "generation_cache"
+    __table_args__ = (UniqueConstraint("model_fingerprint", "prompt_hash", "params_hash", "sample_index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_fingerprint: Mapped[str] = mapped_column(String(64))
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    params_hash: Mapped[str] = mapped_column(String(64))
+    sample_index: Mapped[int]
+    call: Mapped[str] = mapped_column(String(16))
+    output_text: Mapped[str | None] = mapped_column(Text)
+    token_logprobs: Mapped[list[Any] | None]
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,377 @@
+"""The job queue: every statement that enqueues, claims, leases, fences, finishes or cancels a job, for SQLite and PostgreSQL.
+
+Claiming is one atomic statement: PostgreSQL `UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)`;
+SQLite the same UPDATE ... RETURNING inside `BEGIN IMMEDIATE` (see rplat.store). Each claim increments the
+job's lease token; every later write by the claimant is fenced on that token, so a runner whose lease was
+taken over cannot commit results, checkpoints or a final status. Times come from the database clock on
+PostgreSQL (runners on several machines) and from the local clock on SQLite (one machine).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased
+
+from rplat import kinds
+from rplat.errors import LeaseLost, UserError
+from rplat.models import Experiment, Job, JobDependency, JobEvent, Runner, utcnow
+from rplat.store import content_hash, is_sqlite, transaction
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    kind: str
+    params: dict[str, Any]
+    lease_token: int
+    attempts: int
+    max_attempts: int
+    experiment_id: int | None
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat learned: whether the lease is still ours and whether cancellation was asked for."""
+
+    alive: bool
+    cancel_requested: bool
+
+
+def _now(session: Session) -> ColumnElement[dt.datetime] | Any:
+    if is_sqlite(session):
+        return literal(utcnow())
+    return func.timezone("UTC", func.statement_timestamp())
+
+
+def _later(session: Session, seconds: float) -> ColumnElement[dt.datetime] | Any:
+    if is_sqlite(session):
+        return literal(utcnow() + dt.timedelta(seconds=seconds))
+    return func.timezone("UTC", func.statement_timestamp()) + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+def record_event(session: Session, job_id: int, event: str, message: str | None = None, *, runner: str | None = None,
+           attempt: int | None = None) -> None:
+    session.execute(
+        insert(JobEvent).values(job_id=job_id, event=event, message=message, runner=runner, attempt=attempt,
+                                at=_now(session))
+    )
+
+
+def default_dedupe_key(kind: str, params: dict[str, Any], experiment_id: int | None, after: Sequence[int]) -> str:
+    """The same logical job (kind, params, experiment, parents) always gets the same key."""
+    return content_hash(kind, params, experiment_id, sorted(after))
+
+
+class Queue:
+    def __init__(self, engine: Engine, *, retry_base_seconds: float = 5.0, retry_max_seconds: float = 600.0) -> None:
+        self.engine = engine
+        self.retry_base_seconds = retry_base_seconds
+        self.retry_max_seconds = retry_max_seconds
+
+    # --- enqueue -----------------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        kind: str,
+        params: dict[str, Any] | None = None,
+        *,
+        experiment: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        after: Sequence[int] = (),
+        dedupe_key: str | None = None,
+        dedupe: bool = True,
+        model_id: int | None = None,
+    ) -> tuple[int, bool]:
+        """Validate and enqueue one job; returns (job id, created). An identical job already enqueued is returned."""
+        validated = kinds.validate_params(kind, params or {})
+        if max_attempts < 1:
+            raise UserError(f"max_attempts must be at least 1, got {max_attempts}.")
+        with transaction(self.engine) as session:
+            return self.enqueue_in(
+                session, kind, validated, experiment=experiment, priority=priority, max_attempts=max_attempts,
+                after=after, dedupe_key=dedupe_key, dedupe=dedupe, model_id=model_id,
+            )
+
+    def enqueue_in(
+        self,
+        session: Session,
+        kind: str,
+        validated: dict[str, Any],
+        *,
+        experiment: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        after: Sequence[int] = (),
+        dedupe_key: str | None = None,
+        dedupe: bool = True,
+        model_id: int | None = None,
+    ) -> tuple[int, bool]:
+        """Enqueue inside the caller's transaction (pipelines enqueue a whole DAG in one)."""
+        experiment_id = None
+        if experiment is not None:
+            experiment_id = session.scalar(select(Experiment.id).where(Experiment.name == experiment))
+            if experiment_id is None:
+                raise UserError(
+                    f"experiment {experiment!r} does not exist; create it with `rplat experiments add {experiment}`."
+                )
+        parents = sorted(set(after))
+        if parents:
+            found = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(parents))).all())
+            missing = [p for p in parents if p not in found]
+            if missing:
+                raise UserError(f"--after names job {missing[0]}, which does not exist; see `rplat jobs ls`.")
+        else:
+            found = {}
+        if dedupe and dedupe_key is None:
+            dedupe_key = default_dedupe_key(kind, validated, experiment_id, parents)
+        values = dict(
+            kind=kind, params=validated, experiment_id=experiment_id, priority=priority, max_attempts=max_attempts,
+            dedupe_key=dedupe_key if dedupe else None, model_id=model_id, status="queued", attempts=0,
+            lease_token=0, cancel_requested=False, progress_done=0,
+            created_at=_now(session), not_before=_now(session),
+        )
+        dialect_insert = sqlite.insert if is_sqlite(session) else postgresql.insert
+        stmt = dialect_insert(Job).values(**values)
+        if dedupe:
+            stmt = stmt.on_conflict_do_nothing(index_elements=[Job.dedupe_key])
+        job_id = session.scalar(stmt.returning(Job.id))
+        if job_id is None:
+            existing = session.scalar(select(Job.id).where(Job.dedupe_key == dedupe_key))
+            assert existing is not None
+            return existing, False
+        if parents:
+            session.execute(insert(JobDependency), [{"job_id": job_id, "depends_on_id": p} for p in parents])
+        record_event(session, job_id, "enqueued")
+        dead = [p for p in parents if found[p] in ("failed", "cancelled")]
+        if dead:
+            reason = f"parent job {dead[0]} {found[dead[0]]}"
+            session.execute(update(Job).where(Job.id == job_id).values(
+                status="cancelled", error=reason, finished_at=_now(session)))
+            record_event(session, job_id, "cancelled", reason)
+        return job_id, True
+
+    # --- claim, lease, fence -----------------------------------------------------------------------
+
+    def claim(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float) -> ClaimedJob | None:
+        """Atomically take the best claimable job (queued and due, or running with an expired lease)."""
+        with transaction(self.engine) as session:
+            self._reap(session)
+            now = _now(session)
+            parent = aliased(Job)
+            blocked = exists().where(
+                JobDependency.job_id == Job.id,
+                parent.id == JobDependency.depends_on_id,
+                parent.status != "succeeded",
+            )
+            candidate = select(Job.id).where(
+                or_(
+                    and_(Job.status == "queued", Job.not_before <= now),
+                    and_(Job.status == "running", Job.lease_expires_at < now, Job.cancel_requested.is_(False)),
+                ),
+                ~blocked,
+            )
+            kind_list = list(kinds_) if kinds_ is not None else None
+            if kind_list is not None:
+                candidate = candidate.where(Job.kind.in_(kind_list))
+            candidate = candidate.order_by(Job.priority.desc(), Job.id).limit(1)
+            if not is_sqlite(session):
+                candidate = candidate.with_for_update(skip_locked=True)
+            row = session.execute(
+                update(Job)
+                .where(Job.id == candidate.scalar_subquery())
+                .values(
+                    status="running",
+                    lease_owner=owner,
+                    lease_token=Job.lease_token + 1,
+                    lease_expires_at=_later(session, lease_seconds),
+                    heartbeat_at=now,
+                    attempts=Job.attempts + 1,
+                    started_at=func.coalesce(Job.started_at, now),
+                )
+                .returning(Job.id, Job.kind, Job.params, Job.lease_token, Job.attempts, Job.max_attempts,
+                           Job.experiment_id)
+            ).one_or_none()
+            if row is None:
+                return None
+            record_event(session, row.id, "claimed", runner=owner, attempt=row.attempts)
+            return ClaimedJob(row.id, row.kind, row.params or {}, row.lease_token, row.attempts, row.max_attempts,
+                              row.experiment_id)
+
+    def _reap(self, session: Session) -> None:
+        """Expired leases that must not be re-run: cancelled while running, or out of attempts."""
+        now = _now(session)
+        expired = and_(Job.status == "running", Job.lease_expires_at < now)
+        cancelled = session.scalars(
+            update(Job).where(expired, Job.cancel_requested.is_(True))
+            .values(status="cancelled", finished_at=now, lease_expires_at=None,
+                    error=func.coalesce(Job.error, "cancelled while running"))
+            .returning(Job.id)
+        ).all()
+        failed = session.scalars(
+            update(Job).where(expired, Job.attempts >= Job.max_attempts)
+            .values(status="failed", finished_at=now, lease_expires_at=None,
+                    error="its lease expired on the last attempt (the runner died or hung)")
+            .returning(Job.id)
+        ).all()
+        for job_id in cancelled:
+            record_event(session, job_id, "cancelled", "lease expired after cancellation was requested")
+            self._cancel_descendants(session, job_id, f"parent job {job_id} cancelled")
+        for job_id in failed:
+            record_event(session, job_id, "failed", "lease expired on the last attempt")
+            self._cancel_descendants(session, job_id, f"parent job {job_id} failed")
+
+    def heartbeat(self, job_id: int, token: int, lease_seconds: float, progress: tuple[int, int | None] | None = None
+                  ) -> Beat:
+        """Extend the lease (and record progress) if it is still ours."""
+        with transaction(self.engine) as session:
+            values: dict[str, Any] = dict(lease_expires_at=_later(session, lease_seconds), heartbeat_at=_now(session))
+            if progress is not None:
+                values.update(progress_done=progress[0], progress_total=progress[1])
+            row = session.execute(
+                update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
+                .values(**values).returning(Job.cancel_requested)
+            ).one_or_none()
+        if row is None:
+            return Beat(alive=False, cancel_requested=False)
+        return Beat(alive=True, cancel_requested=bool(row.cancel_requested))
+
+    def fence(self, session: Session, job_id: int, token: int) -> None:
+        """First statement of every write a job makes: proves (and locks) the lease, or raises LeaseLost."""
+        got = session.execute(
+            update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
+            .values(heartbeat_at=_now(session)).returning(Job.id)
+        ).one_or_none()
+        if got is None:
+            raise LeaseLost(f"job {job_id}: lease token {token} is no longer current")
+
+    # --- finishing ---------------------------------------------------------------------------------
+
+    def _finish(self, session: Session, job_id: int, token: int, **values: Any) -> None:
+        done = session.execute(
+            update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
+            .values(lease_expires_at=None, **values).returning(Job.id)
+        ).one_or_none()
+        if done is None:
+            raise LeaseLost(f"job {job_id}: lease token {token} is no longer current")
+
+    def complete(self, job_id: int, token: int, result: dict[str, Any] | None,
+                 progress: tuple[int, int | None] | None = None, *, runner: str | None = None) -> None:
+        with transaction(self.engine) as session:
+            values: dict[str, Any] = dict(status="succeeded", result=result, finished_at=_now(session), error=None)
+            if progress is not None:
+                values.update(progress_done=progress[0], progress_total=progress[1])
+            self._finish(session, job_id, token, **values)
+            record_event(session, job_id, "succeeded", runner=runner)
+
+    def fail(self, job_id: int, token: int, error: str, *, retryable: bool, runner: str | None = None) -> str:
+        """Record a failure: back to the queue with exponential backoff, or failed for good (cancelling descendants)."""
+        with transaction(self.engine) as session:
+            attempts, max_attempts = session.execute(
+                select(Job.attempts, Job.max_attempts).where(Job.id == job_id)
+            ).one()
+            if retryable and attempts < max_attempts:
+                delay = min(self.retry_base_seconds * 2 ** (attempts - 1), self.retry_max_seconds)
+                self._finish(session, job_id, token, status="queued", error=error, not_before=_later(session, delay))
+                record_event(session, job_id, "retry", f"attempt {attempts} failed, retrying in {delay:.0f}s: {error}",
+                       runner=runner, attempt=attempts)
+                return "queued"
+            self._finish(session, job_id, token, status="failed", error=error, finished_at=_now(session))
+            record_event(session, job_id, "failed", error, runner=runner, attempt=attempts)
+            self._cancel_descendants(session, job_id, f"parent job {job_id} failed")
+            return "failed"
+
+    def release(self, job_id: int, token: int, *, runner: str | None = None) -> None:
+        """Give the job back (runner shutting down): queued again at once, and the attempt does not count."""
+        with transaction(self.engine) as session:
+            self._finish(session, job_id, token, status="queued", attempts=Job.attempts - 1, not_before=_now(session))
+            record_event(session, job_id, "released", "runner shut down; the job resumes from its checkpoint",
+                   runner=runner)
+
+    def finish_cancelled(self, job_id: int, token: int, *, runner: str | None = None) -> None:
+        with transaction(self.engine) as session:
+            self._finish(session, job_id, token, status="cancelled", finished_at=_now(session),
+                         error="cancelled while running")
+            record_event(session, job_id, "cancelled", "the running job stopped at a cancellation check", runner=runner)
+            self._cancel_descendants(session, job_id, f"parent job {job_id} cancelled")
+
+    # --- operator actions --------------------------------------------------------------------------
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a queued job now; ask a running one to stop (its runner sees it within one heartbeat)."""
+        with transaction(self.engine) as session:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            if status is None:
+                raise UserError(f"job {job_id} does not exist; see `rplat jobs ls`.")
+            if status == "queued":
+                session.execute(update(Job).where(Job.id == job_id).values(
+                    status="cancelled", finished_at=_now(session), error="cancelled by the user"))
+                record_event(session, job_id, "cancelled", "cancelled by the user")
+                self._cancel_descendants(session, job_id, f"parent job {job_id} cancelled")
+                return "cancelled"
+            if status == "running":
+                session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+                record_event(session, job_id, "cancel-requested", "cancellation requested by the user")
+                return "cancel-requested"
+            raise UserError(f"job {job_id} is already {status}; only queued or running jobs can be cancelled.")
+
+    def retry(self, job_id: int) -> list[int]:
+        """Queue a failed or cancelled job again, with the descendants its end had cancelled; returns their ids."""
+        with transaction(self.engine) as session:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            if status is None:
+                raise UserError(f"job {job_id} does not exist; see `rplat jobs ls`.")
+            if status not in ("failed", "cancelled"):
+                raise UserError(f"job {job_id} is {status}; only failed or cancelled jobs can be retried.")
+            ids = [job_id, *self._descendants(session, job_id, status="cancelled")]
+            session.execute(update(Job).where(Job.id.in_(ids)).values(
+                status="queued", attempts=0, error=None, finished_at=None, cancel_requested=False,
+                not_before=_now(session), lease_expires_at=None))
+            for i in ids:
+                record_event(session, i, "requeued", f"retry of job {job_id} requested by the user")
+            return ids
+
+    @staticmethod
+    def _descendants(session: Session, job_id: int, *, status: str) -> list[int]:
+        found: list[int] = []
+        frontier = [job_id]
+        while frontier:
+            children = session.scalars(
+                select(Job.id).join(JobDependency, JobDependency.job_id == Job.id)
+                .where(JobDependency.depends_on_id.in_(frontier), Job.status == status)
+            ).all()
+            frontier = [c for c in children if c not in found]
+            found.extend(frontier)
+        return found
+
+    def _cancel_descendants(self, session: Session, job_id: int, reason: str) -> None:
+        ids = self._descendants(session, job_id, status="queued")
+        if not ids:
+            return
+        session.execute(update(Job).where(Job.id.in_(ids)).values(
+            status="cancelled", error=reason, finished_at=_now(session)))
+        for i in ids:
+            record_event(session, i, "cancelled", reason)
+
+    # --- runners -----------------------------------------------------------------------------------
+
+    def register_runner(self, name: str, host: str, pid: int, kinds_: list[str] | None) -> None:
+        with transaction(self.engine) as session:
+            session.execute(insert(Runner).values(name=name, host=host, pid=pid, kinds=kinds_,
+                                                  started_at=_now(session), heartbeat_at=_now(session)))
+
+    def runner_beat(self, name: str, current_job_id: int | None, jobs_done: int, *, stopped: bool = False) -> None:
+        with transaction(self.engine) as session:
+            values: dict[str, Any] = dict(heartbeat_at=_now(session), current_job_id=current_job_id,
+                                          jobs_done=jobs_done)
+            if stopped:
+                values["stopped_at"] = _now(session)
+            session.execute(update(Runner).where(Runner.name == name).values(**values))

@@ -1,0 +1,148 @@
+"""Connections to the store: engines for SQLite (WAL, foreign keys, BEGIN IMMEDIATE) and PostgreSQL, sessions, upserts."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from rplat.errors import UserError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def content_hash(*parts: Any) -> str:
+    """sha256 of a canonical JSON rendering: the same content always hashes the same."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def is_sqlite(engine_or_session: Engine | Session) -> bool:
+    bind = engine_or_session.get_bind() if isinstance(engine_or_session, Session) else engine_or_session
+    return bind.dialect.name == "sqlite"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, foreign keys, a busy timeout; and every transaction starts with BEGIN IMMEDIATE.
+
+    pysqlite's own transaction handling begins lazily with a deferred BEGIN, which lets two writers
+    both read and then fail to upgrade (SQLITE_BUSY without waiting). Taking the write lock at BEGIN
+    makes each transaction wait its turn under the busy timeout instead. Read-only engines
+    (`execution_options(rplat_readonly=True)`) begin deferred so they never block writers.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        readonly = conn.get_execution_options().get("rplat_readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+@functools.cache
+def _engine_for(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UserError(
+            f"RPLAT_DATABASE_URL {url!r} is not a database URL; use sqlite:///PATH or postgresql://HOST/DB."
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    raise UserError(
+        f"RPLAT_DATABASE_URL uses {parsed.get_backend_name()!r}; rplat supports sqlite and postgresql."
+    )
+
+
+def get_engine(url: str | None = None) -> Engine:
+    if url is None:
+        from rplat.config import get_settings
+
+        url = get_settings().database_url
+    return _engine_for(url)
+
+
+def check_reachable(engine: Engine) -> None:
+    """Fail with one sentence if the database cannot be reached."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise UserError(
+            f"cannot reach the database {engine.url.render_as_string(hide_password=True)} ({reason}); "
+            "check RPLAT_DATABASE_URL and that the server is running."
+        ) from None
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One session, one transaction: commits on success, rolls back everything on error."""
+    with session_factory(engine)() as session, session.begin():
+        yield session
+
+
+def _insert_for(session: Session) -> Any:
+    return sqlite.insert if is_sqlite(session) else postgresql.insert
+
+
+def insert_ignore(
+    session: Session, model: type, rows: Sequence[Mapping[str, Any]], conflict_cols: Iterable[str]
+) -> int:
+    """INSERT ... ON CONFLICT (key) DO NOTHING: the idempotent write every job uses; returns rows inserted."""
+    if not rows:
+        return 0
+    stmt = _insert_for(session)(model).on_conflict_do_nothing(index_elements=list(conflict_cols))
+    result = session.execute(stmt, list(rows))
+    return max(result.rowcount, 0)
+
+
+def upsert(
+    session: Session,
+    model: type,
+    rows: Sequence[Mapping[str, Any]],
+    conflict_cols: Iterable[str],
+    update_cols: Iterable[str],
+) -> None:
+    """INSERT ... ON CONFLICT (key) DO UPDATE SET the given columns to the new values."""
+    if not rows:
+        return
+    stmt = _insert_for(session)(model)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(conflict_cols), set_={c: stmt.excluded[c] for c in update_cols}
+    )
+    session.execute(stmt, list(rows))
+
+
+def table_names(engine: Engine) -> list[str]:
+    return inspect(engine).get_table_names()
