@@ -1,0 +1,156 @@
+"""Shared fixtures: a fresh, migrated store per test on SQLite and on PostgreSQL, and helpers to run the CLI.
+
+Every test that takes `db` runs once per backend. PostgreSQL comes from RPLAT_TEST_DATABASE_URL (an admin
+URL; each test gets its own new database, dropped afterwards), defaulting to the local server. Outside CI
+a missing server skips the PostgreSQL half with the reason; in CI (CI=true) it is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_admin_url() -> str:
+    return os.environ.get("RPLAT_TEST_DATABASE_URL", DEFAULT_PG)
+
+
+def _pg_engine(url: str):  # type: ignore[no-untyped-def]
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+
+
+def _pg_available() -> str | None:
+    """None if PostgreSQL answers, else why not."""
+    try:
+        engine = _pg_engine(_pg_admin_url())
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # the reason is shown in the skip message
+        return str(exc).splitlines()[0]
+
+
+@dataclass
+class Store:
+    """A migrated, empty store: its URL, RPLAT_HOME, and the environment a subprocess needs to use it."""
+
+    backend: str
+    url: str
+    home: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(RPLAT_DATABASE_URL=self.url, RPLAT_HOME=str(self.home), PYTHONPATH=str(TESTS),
+                   RPLAT_PLUGINS="rplat_test_plugins", OMP_NUM_THREADS="1", RPLAT_RETRY_BASE_SECONDS="0.2")
+        return env
+
+    def engine(self):  # type: ignore[no-untyped-def]
+        from rplat.store import get_engine
+
+        return get_engine(self.url)
+
+    def rplat(self, *args: str, check: bool = False, timeout: float = 300, input: str | None = None
+              ) -> subprocess.CompletedProcess[str]:
+        """Run the real `rplat` CLI in a subprocess against this store."""
+        proc = subprocess.run([sys.executable, "-m", "rplat.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, input=input, cwd=self.home)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"rplat {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def popen(self, *args: str, **kwargs: object) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "rplat.cli", *args], env=self.env, cwd=self.home,
+                                text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def _new_pg_database() -> tuple[str, str]:
+    admin = _pg_admin_url()
+    name = f"rplat_t_{uuid.uuid4().hex[:12]}"
+    engine = _pg_engine(admin)
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    return name, url
+
+
+def _drop_pg_database(name: str) -> None:
+    engine = _pg_engine(_pg_admin_url())
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def _make_store(backend: str, tmp_path: Path, *, migrate: bool = True) -> Iterator[Store]:
+    from rplat.migrate import upgrade
+    from rplat.store import _engine_for
+
+    home = tmp_path / "home"
+    home.mkdir()
+    if backend == "sqlite":
+        store = Store("sqlite", f"sqlite:///{home / 'rplat.db'}", home)
+        if migrate:
+            upgrade(store.engine())
+        yield store
+        store.engine().dispose()
+        return
+    reason = _pg_available()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI but unreachable: {reason}")
+        pytest.skip(f"PostgreSQL not reachable at {_pg_admin_url()} ({reason}); set RPLAT_TEST_DATABASE_URL")
+    name, url = _new_pg_database()
+    store = Store("postgresql", url, home)
+    try:
+        if migrate:
+            upgrade(store.engine())
+        yield store
+    finally:
+        store.engine().dispose()
+        _engine_for.cache_clear()
+        _drop_pg_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """A fresh store migrated to head, on each backend; RPLAT_* point at it for in-process calls too."""
+    for store in _make_store(request.param, tmp_path):
+        for key, value in store.env.items():
+            if key.startswith("RPLAT_"):
+                monkeypatch.setenv(key, value)
+        yield store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """Like `db` but not migrated: for migration tests and the not-at-head checks."""
+    for store in _make_store(request.param, tmp_path, migrate=False):
+        for key, value in store.env.items():
+            if key.startswith("RPLAT_"):
+                monkeypatch.setenv(key, value)
+        yield store
