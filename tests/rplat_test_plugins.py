@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-
 from rplat.kinds import JobKind, Params
 
 

@@ -467,6 +467,37 @@ def jobs_retry(job_id: int) -> None:
     click.echo(f"queued again: {', '.join(map(str, ids))}")
 
 
+# --- reports --------------------------------------------------------------------------------------
+
+
+@cli.group()
+def report() -> None:
+    """Human-readable summaries of finished jobs."""
+
+
+@report.command("prefilter")
+@click.option("--job", "job_id", type=int, default=None, help="the prefilter job (default: the latest one)")
+@click.option("--experiment", default=None, help="the latest prefilter job of this experiment")
+@click.option("--examples", default=3, show_default=True, type=click.IntRange(0), help="documents shown per side")
+@click.option("--json", "as_json", is_flag=True)
+def report_prefilter(job_id: int | None, experiment: str | None, examples: int, as_json: bool) -> None:
+    """How many documents a prefilter job kept, the cosine distribution, and the closest and farthest documents."""
+    from rplat.reports import prefilter_report
+
+    summary = prefilter_report(_engine(), job_id=job_id, experiment=experiment, examples=examples)
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+        return
+    click.echo(f"prefilter job {summary['job_id']} ({summary['status']}): {summary['passed']} of {summary['scored']} "
+               f"documents kept at cosine >= {summary['threshold']} (max {summary['max_chars']} chars)")
+    q = summary["cosine_quantiles"]
+    click.echo("cosine to the reference centroid: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()))
+    for title, key in (("closest", "closest"), ("farthest", "farthest")):
+        click.echo(f"{title}:")
+        for doc in summary[key]:
+            click.echo(f"  {doc['cosine']:.3f}  [{doc['external_id']}] {doc['snippet']}")
+
+
 # --- runner and status ----------------------------------------------------------------------------
 
 

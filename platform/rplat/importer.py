@@ -43,8 +43,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             table = pq.read_table(path)
         except Exception as exc:
             raise UserError(f"{path} is not a readable Parquet file ({exc}).") from None
-        for i, row in enumerate(table.to_pylist(), start=1):
-            yield i, row
+        yield from enumerate(table.to_pylist(), start=1)
         return
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):

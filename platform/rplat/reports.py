@@ -1,0 +1,68 @@
+"""Summaries of finished jobs for people (the CLI's `rplat report ...`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from rplat.errors import UserError
+from rplat.models import Document, Experiment, Job, PrefilterScore
+from rplat.store import transaction
+
+
+def _latest_job(session: Any, kind: str, job_id: int | None, experiment: str | None) -> Job:
+    if job_id is not None:
+        job = session.get(Job, job_id)
+        if job is None or job.kind != kind:
+            raise UserError(f"job {job_id} is not a {kind} job; see `rplat jobs ls --kind {kind}`.")
+        return job
+    q = select(Job).where(Job.kind == kind).order_by(Job.id.desc()).limit(1)
+    if experiment is not None:
+        exp_id = session.scalar(select(Experiment.id).where(Experiment.name == experiment))
+        if exp_id is None:
+            raise UserError(f"experiment {experiment!r} does not exist; see `rplat experiments ls`.")
+        q = q.where(Job.experiment_id == exp_id)
+    job = session.scalar(q)
+    if job is None:
+        raise UserError(f"there is no {kind} job yet; enqueue one with `rplat enqueue {kind} ...`.")
+    return job
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def prefilter_report(engine: Engine, *, job_id: int | None = None, experiment: str | None = None,
+                     examples: int = 3) -> dict[str, Any]:
+    with transaction(engine) as session:
+        job = _latest_job(session, "prefilter", job_id, experiment)
+        rows = session.execute(
+            select(PrefilterScore.cosine, PrefilterScore.passed, Document.external_id, Document.text)
+            .join(Document, Document.id == PrefilterScore.document_id)
+            .where(PrefilterScore.job_id == job.id).order_by(PrefilterScore.cosine.desc())
+        ).all()
+    cosines = sorted(r.cosine for r in rows)
+
+    def doc(r: Any) -> dict[str, Any]:
+        snippet = " ".join(r.text.split())
+        return {"external_id": r.external_id, "cosine": r.cosine, "passed": r.passed,
+                "snippet": snippet[:100] + ("..." if len(snippet) > 100 else "")}
+
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "threshold": job.params.get("threshold"),
+        "max_chars": job.params.get("max_chars"),
+        "scored": len(rows),
+        "passed": sum(1 for r in rows if r.passed),
+        "cosine_quantiles": {name: _quantile(cosines, q) for name, q in
+                             (("min", 0.0), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("max", 1.0))},
+        "closest": [doc(r) for r in rows[:examples]],
+        "farthest": [doc(r) for r in rows[::-1][:examples]] if examples else [],
+    }
