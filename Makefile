@@ -42,7 +42,7 @@ test: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check platform runners dashboard migrations tests bench
+	$(BIN)/ruff check platform runners migrations tests bench
 
 bench: install
 	OMP_NUM_THREADS=1 $(BIN)/python bench/queue.py

@@ -122,7 +122,9 @@ def insert_ignore(
     """INSERT ... ON CONFLICT (key) DO NOTHING: the idempotent write every job uses; returns rows inserted."""
     if not rows:
         return 0
-    stmt = _insert_for(session)(model).on_conflict_do_nothing(index_elements=list(conflict_cols))
+    # A Core insert on the table: an ORM-entity insert with many rows is an ORM bulk insert, whose result has no
+    # rowcount. psycopg reports -1 for executemany, hence the clamp (the count is exact on SQLite only).
+    stmt = _insert_for(session)(model.__table__).on_conflict_do_nothing(index_elements=list(conflict_cols))
     result = session.execute(stmt, list(rows))
     return max(result.rowcount, 0)
 
