@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from alembic import context
-from rplat.config import get_settings
-from rplat.models import Base
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+from rplat.config import get_settings
+from rplat.models import Base
 
 config = context.config
 target_metadata = Base.metadata

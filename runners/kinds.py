@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field
+
 from rplat.kinds import JobKind, Params
 from rplat.registry import BUNDLED_EMBEDDER
 

@@ -81,6 +81,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
     not_before: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    target_host: Mapped[str | None] = mapped_column(String(200))
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_token: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_expires_at: Mapped[dt.datetime | None]
@@ -479,6 +480,7 @@ class GenerationCache(Base):
     call: Mapped[str] = mapped_column(String(16))
     output_text: Mapped[str | None] = mapped_column(Text)
     token_logprobs: Mapped[list[Any] | None]
+    token_ids: Mapped[list[Any] | None]
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
