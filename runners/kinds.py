@@ -26,7 +26,38 @@ class PrefilterParams(Params):
     preprocess: bool = Field(True, description="lowercase, strip punctuation and stopwords before embedding")
 
 
+class ModelParams(Params):
+    model: str = Field("smollm2-135m-instruct", description="registered model (the bundled SmolLM2 by default)")
+    backend: str = Field("hf", pattern="^(hf|openai)$", description="hf (in-process) or openai (a server)")
+    endpoint: str | None = Field(None, description="OpenAI-compatible base URL, for backend=openai")
+    batch_size: int = Field(8, gt=0, le=1024, description="items per model call and per committed batch")
+    limit: int | None = Field(None, gt=0, description="process at most this many items (smoke runs)")
+
+
+class ExtractParams(ModelParams):
+    documents: str | None = Field(None, description="document dataset to annotate")
+    prefilter_job: int | None = Field(None, description="only documents that passed this prefilter job")
+    problems: str | None = Field(None, description="problem dataset whose worked solutions to annotate")
+    temperature: float = Field(0.0, ge=0, description="extractor sampling temperature (reference: 0)")
+    max_tokens: int = Field(512, gt=0, description="extractor output budget (reference: 3000)")
+    seed: int = Field(14, description="sampling seed (reference: 14)")
+    min_fidelity: float = Field(0.9, ge=0, le=1, description="keep an extraction iff 1 - ED/len >= this")
+
+
+class ScoreParams(ModelParams):
+    extract_job: int = Field(description="the extract-rationales job whose rationales to score")
+    gamma: float = Field(0.9, gt=0, le=1, description="discount of the following tokens")
+    tau: float = Field(0.0, description="keep iff loss delta >= tau (sources without their own tau)")
+    tau_by_source: dict[str, float] = Field(default_factory=dict,
+                                            description='per-source tau, e.g. {"gsm8k": 1.2, "ecqa": 0.5}')
+    batch_size: int = Field(16, gt=0, le=1024, description="rationales scored per model call")
+
+
 PROBE = JobKind("probe", ProbeParams, "rplat.runners.probe:run",
                 "Report a runner machine's host, devices, library versions and free disk.")
 PREFILTER = JobKind("prefilter", PrefilterParams, "rplat.runners.prefilter:run",
                     "Score documents by similarity to a benchmark's reference centroid (RATIONALYST A1).")
+EXTRACT = JobKind("extract-rationales", ExtractParams, "rplat.runners.rationalyst:extract",
+                  "Insert implicit rationales with an LLM, check fidelity, split into triples (RATIONALYST A2/A3).")
+SCORE = JobKind("score-rationales", ScoreParams, "rplat.runners.rationalyst:score",
+                "Loss delta of each rationale; keep those that make the following text likelier (RATIONALYST A4).")

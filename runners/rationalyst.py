@@ -1,0 +1,179 @@
+"""RATIONALYST jobs: `extract-rationales` (A2/A3) and `score-rationales` (A4).
+
+Both read their inputs, skip what this job already wrote (a re-claimed job resumes there), call the model
+through the generation cache, and commit each batch in one fenced transaction with insert-ignore writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
+
+from rplat.errors import UserError
+from rplat.llm import Sampling
+from rplat.llm.cache import CachedBackend
+from rplat.llm.load import open_backend
+from rplat.methods.loss_delta import loss_delta
+from rplat.methods.rationales import fidelity, parse_triples
+from rplat.models import (
+    Dataset,
+    Document,
+    Extraction,
+    Job,
+    PrefilterScore,
+    Problem,
+    Rationale,
+    RationaleScore,
+)
+from rplat.prompts import TEMPLATES, ensure_template
+from rplat.registry import get_model
+from rplat.runners.context import JobContext
+from rplat.runners.kinds import ExtractParams, ScoreParams
+from rplat.store import insert_ignore
+
+
+@dataclass(frozen=True)
+class Item:
+    """One text to annotate: a document, or a problem rendered with its worked solution."""
+
+    document_id: int | None
+    problem_id: int | None
+    source: str
+    text: str
+
+
+def _dataset_id(session: Session, name: str, kind: str) -> int:
+    ds = session.scalar(select(Dataset).where(Dataset.name == name))
+    if ds is None or ds.kind != kind:
+        raise UserError(f"there is no {kind} dataset named {name!r}; import it with `rplat import {kind} FILE`.")
+    return ds.id
+
+
+def _extract_items(session: Session, p: ExtractParams, job_id: int) -> list[Item]:
+    if p.documents is None and p.problems is None and p.prefilter_job is None:
+        raise UserError("extract-rationales needs documents, prefilter_job or problems; pass one with --param.")
+    items: list[Item] = []
+    if p.documents is not None or p.prefilter_job is not None:
+        q = select(Document.id, Document.source, Document.text).where(
+            ~Document.id.in_(select(Extraction.document_id).where(Extraction.job_id == job_id,
+                                                                  Extraction.document_id.is_not(None))))
+        if p.documents is not None:
+            q = q.where(Document.dataset_id == _dataset_id(session, p.documents, "documents"))
+        if p.prefilter_job is not None:
+            if session.scalar(select(Job.kind).where(Job.id == p.prefilter_job)) != "prefilter":
+                raise UserError(f"prefilter_job {p.prefilter_job} is not a prefilter job; see `rplat jobs ls`.")
+            q = q.join(PrefilterScore, and_(PrefilterScore.document_id == Document.id,
+                                            PrefilterScore.job_id == p.prefilter_job, PrefilterScore.passed))
+        items += [Item(i, None, src or "documents", text) for i, src, text in session.execute(q.order_by(Document.id))]
+    if p.problems is not None:
+        q = select(Problem.id, Problem.benchmark, Problem.question, Problem.solution).where(
+            Problem.dataset_id == _dataset_id(session, p.problems, "problems"), Problem.solution.is_not(None),
+            ~Problem.id.in_(select(Extraction.problem_id).where(Extraction.job_id == job_id,
+                                                                Extraction.problem_id.is_not(None))))
+        items += [Item(None, i, bench or "problems", f"Question: {q_}\nAnswer: {sol}")
+                  for i, bench, q_, sol in session.execute(q.order_by(Problem.id))]
+    return items
+
+
+def extract(ctx: JobContext) -> dict[str, Any]:
+    p: ExtractParams = ctx.params  # type: ignore[assignment]
+    with ctx.transaction() as s:
+        backend = open_backend(s, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
+        model_id = get_model(s, p.model).id
+        template_ids = {name: ensure_template(s, TEMPLATES[name]) for name in ("extract-pile", "extract-reasoning")}
+    with ctx.read() as s:
+        items = _extract_items(s, p, ctx.job_id)
+        done = s.scalar(select(func.count()).select_from(Extraction).where(Extraction.job_id == ctx.job_id)) or 0
+    if p.limit is not None:
+        items = items[:max(p.limit - done, 0)]
+    llm = CachedBackend(backend, ctx.engine, job_id=ctx.job_id)
+    sampling = Sampling(temperature=p.temperature, max_tokens=p.max_tokens, seed=p.seed)
+    total = done + len(items)
+    ctx.progress(done, total)
+    for start in range(0, len(items), p.batch_size):
+        ctx.check()
+        batch = items[start:start + p.batch_size]
+        names = ["extract-pile" if it.document_id is not None else "extract-reasoning" for it in batch]
+        prompts = [llm.chat_prompt(TEMPLATES[n].messages(it.text)) for n, it in zip(names, batch, strict=True)]
+        outputs = llm.generate(prompts, sampling)
+        with ctx.transaction() as s:
+            for it, name, [completion] in zip(batch, names, outputs, strict=True):
+                fid = fidelity(it.text, completion.text)
+                key = ["job_id", "document_id"] if it.document_id is not None else ["job_id", "problem_id"]
+                insert_ignore(s, Extraction, [dict(
+                    job_id=ctx.job_id, document_id=it.document_id, problem_id=it.problem_id, model_id=model_id,
+                    prompt_template_id=template_ids[name], temperature=p.temperature, seed=p.seed,
+                    input_text=it.text, raw_output=completion.text, fidelity=fid, passed=fid >= p.min_fidelity)],
+                    key)
+                if fid < p.min_fidelity:
+                    continue
+                column = Extraction.document_id if it.document_id is not None else Extraction.problem_id
+                extraction_id = s.scalar(select(Extraction.id).where(
+                    Extraction.job_id == ctx.job_id, column == (it.document_id or it.problem_id)))
+                insert_ignore(s, Rationale, [dict(
+                    job_id=ctx.job_id, extraction_id=extraction_id, position=t.position, preceding=t.preceding,
+                    rationale=t.rationale, following=t.following, left_step=t.left_step, source=it.source)
+                    for t in parse_triples(completion.text)], ["job_id", "extraction_id", "position"])
+        done += len(batch)
+        ctx.progress(done, total)
+    with ctx.read() as s:
+        n_ext, n_passed = s.execute(select(func.count(), func.count().filter(Extraction.passed.is_(True)))
+                                    .where(Extraction.job_id == ctx.job_id)).one()
+        n_rat = s.scalar(select(func.count()).select_from(Rationale).where(Rationale.job_id == ctx.job_id))
+    return {"extractions": n_ext, "passed_fidelity": n_passed, "rationales": n_rat,
+            "cache_hits": llm.hits, "cache_misses": llm.misses}
+
+
+def score(ctx: JobContext) -> dict[str, Any]:
+    p: ScoreParams = ctx.params  # type: ignore[assignment]
+    with ctx.transaction() as s:
+        if s.scalar(select(Job.kind).where(Job.id == p.extract_job)) != "extract-rationales":
+            raise UserError(f"extract_job {p.extract_job} is not an extract-rationales job; see `rplat jobs ls`.")
+        backend = open_backend(s, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
+        scorer_id = get_model(s, p.model).id
+        ensure_template(s, TEMPLATES["score-future"])
+    with ctx.read() as s:
+        rows = s.execute(select(Rationale.id, Rationale.preceding, Rationale.rationale, Rationale.following,
+                                Rationale.source)
+                         .where(Rationale.job_id == p.extract_job,
+                                ~Rationale.id.in_(select(RationaleScore.rationale_id)
+                                                  .where(RationaleScore.job_id == ctx.job_id)))
+                         .order_by(Rationale.id)).all()
+        done = s.scalar(select(func.count()).select_from(RationaleScore).where(RationaleScore.job_id == ctx.job_id)) or 0
+    if p.limit is not None:
+        rows = rows[:max(p.limit - done, 0)]
+    llm = CachedBackend(backend, ctx.engine, job_id=ctx.job_id)
+    system = TEMPLATES["score-future"].system
+    total = done + len(rows)
+    ctx.progress(done, total)
+    for start in range(0, len(rows), p.batch_size):
+        ctx.check()
+        batch = rows[start:start + p.batch_size]
+        without = [llm.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": r.preceding}])
+                   for r in batch]
+        with_ = [llm.chat_prompt([{"role": "system", "content": system},
+                                  {"role": "user", "content": f"{r.preceding}. {r.rationale}"}]) for r in batch]
+        following = [r.following for r in batch]
+        scored = llm.score(without + with_, following + following)
+        out = []
+        for k, r in enumerate(batch):
+            tau = p.tau_by_source.get(r.source or "", p.tau)
+            nonempty = bool(r.preceding.strip() and r.rationale.strip() and r.following.strip())
+            lp_without, lp_with = scored[k], scored[len(batch) + k]
+            ld = loss_delta(lp_without, lp_with, gamma=p.gamma, tau=tau, spans_nonempty=nonempty)
+            out.append(dict(job_id=ctx.job_id, rationale_id=r.id, scorer_model_id=scorer_id, lp_without=lp_without,
+                            lp_with=lp_with, gamma=p.gamma, s_without=ld.s_without, s_with=ld.s_with,
+                            loss_delta=ld.delta, tau=tau, kept=ld.kept))
+        with ctx.transaction() as s:
+            insert_ignore(s, RationaleScore, out, ["job_id", "rationale_id"])
+        done += len(batch)
+        ctx.progress(done, total)
+    with ctx.read() as s:
+        n, kept, mean = s.execute(select(func.count(), func.count().filter(RationaleScore.kept.is_(True)),
+                                         func.avg(RationaleScore.loss_delta)).where(RationaleScore.job_id == ctx.job_id)
+                                  ).one()
+    return {"scored": n, "kept": kept, "mean_loss_delta": float(mean) if mean is not None else None,
+            "cache_hits": llm.hits, "cache_misses": llm.misses}
