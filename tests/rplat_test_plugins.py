@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import Field
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
+
 from rplat.kinds import JobKind, Params
+
+# Output tables of the test kinds; a test creates them with `create_output_tables(engine)`. They have no
+# unique key on purpose: exactly one row per job (or per item) must come from the queue's fencing and the
+# handler skipping what it already wrote, so a duplicate would show up as a second row.
+OUTPUT = MetaData()
+echo_output = Table(
+    "test_echo_output", OUTPUT,
+    Column("job_id", Integer, nullable=False),
+    Column("i", Integer, nullable=False),
+    Column("runner", String(200), nullable=False),
+)
+item_output = Table(
+    "test_item_output", OUTPUT,
+    Column("job_id", Integer, nullable=False),
+    Column("item", Integer, nullable=False),
+    Column("runner", String(200), nullable=False),
+    Column("attempt", Integer, nullable=False),
+)
+
+
+def create_output_tables(engine: Engine) -> None:
+    OUTPUT.create_all(engine)
 
 
 class FailParams(Params):
@@ -16,6 +41,53 @@ def fail(ctx: Any) -> dict[str, Any]:
     raise RuntimeError(ctx.params.message)
 
 
+class EchoParams(Params):
+    i: int = Field(description="the number the job writes back")
+
+
+def echo(ctx: Any) -> dict[str, Any]:
+    """Write `i` once, through a fenced transaction: the conformance suite's unit of work."""
+    with ctx.transaction() as session:
+        written = session.scalar(select(func.count()).select_from(echo_output)
+                                 .where(echo_output.c.job_id == ctx.job_id))
+        if not written:
+            session.execute(insert(echo_output).values(job_id=ctx.job_id, i=ctx.params.i, runner=ctx.runner))
+    return {"i": ctx.params.i, "runner": ctx.runner}
+
+
+class ItemsParams(Params):
+    items: int = Field(gt=0, description="how many items to write, one fenced transaction each")
+    pause_seconds: float = Field(0.0, ge=0, description="pause after each item")
+    check: bool = Field(True, description="call ctx.check() while pausing (off: only the fence can stop the job)")
+
+
+def _pause(ctx: Any, seconds: float, check: bool) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if check:
+            ctx.check()
+        time.sleep(min(left, 0.02))
+
+
+def items(ctx: Any) -> dict[str, Any]:
+    """Write items 0..items-1 slowly, skipping those an earlier attempt already wrote (resumable)."""
+    p: ItemsParams = ctx.params
+    written = 0
+    for item in range(p.items):
+        with ctx.transaction() as session:
+            done = session.scalar(select(func.count()).select_from(item_output).where(
+                item_output.c.job_id == ctx.job_id, item_output.c.item == item))
+            if not done:
+                session.execute(insert(item_output).values(job_id=ctx.job_id, item=item, runner=ctx.runner,
+                                                           attempt=ctx.attempt))
+                written += 1
+        _pause(ctx, p.pause_seconds, p.check)
+    return {"runner": ctx.runner, "written": written}
+
+
 KINDS = [
     JobKind("test-fail", FailParams, "rplat_test_plugins:fail", "Always raises (tests retries and cancellation)."),
+    JobKind("test-echo", EchoParams, "rplat_test_plugins:echo", "Writes its param i once (queue conformance)."),
+    JobKind("test-items", ItemsParams, "rplat_test_plugins:items",
+            "Writes numbered items slowly and resumably (kill, fence and release tests)."),
 ]

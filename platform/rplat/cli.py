@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import click
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from rplat import kinds as kinds_registry
 from rplat.config import get_settings
@@ -62,18 +63,23 @@ def _parse_param(raw: str) -> tuple[str, Any]:
         try:
             return key.strip(), json.loads(value)
         except json.JSONDecodeError as exc:
-            raise UserError(f"--param {key.strip()} looks like JSON but is not valid ({exc.msg}).") from None
+            raise UserError(f"--param {key.strip()} looks like JSON but is not valid ({exc.msg} at column "
+                            f"{exc.colno}); write valid JSON in shell quotes, "
+                            "e.g. --param 'reference=[\"gsm8k\"]'.") from None
     return key.strip(), value
 
 
 def _load_params_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--params-file {path} does not exist.")
+        raise UserError(f"--params-file {path} does not exist or is not a file.")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"--params-file {path} is not valid JSON ({exc}).") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--params-file {path} is not UTF-8 text; save it as UTF-8 JSON.") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--params-file {path} is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                        f"{exc.colno}); fix the file.") from None
     if not isinstance(data, dict):
         raise UserError(f"--params-file {path} must hold one JSON object of parameters.")
     return data
@@ -100,7 +106,19 @@ def cli() -> None:
     """
 
 
+def _one_sentence(message: str) -> str:
+    """Click's message as one lower-case clause: "No such option '--x'. Did you mean '--y'?" -> one line."""
+    text = " ".join(message.split()).rstrip(".")
+    text = re.sub(r"\.? Did you mean (.+)\?$", r" (did you mean \1?)", text)
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
+def _first_line(exc: DBAPIError) -> str:
+    return (str(exc.orig) if exc.orig else str(exc)).strip().splitlines()[0].rstrip(".")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; every mistake a user can make ends as one `error:` sentence on stderr and exit code 2."""
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="rplat", standalone_mode=False)
     except UserError as exc:
@@ -109,12 +127,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:
         exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        sys.exit(2)
+    except click.ClickException as exc:
+        command = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "rplat"
+        click.echo(f"error: {_one_sentence(exc.format_message())}; see `{command} --help`.", err=True)
+        sys.exit(2)
     except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
-        click.echo(f"error: the database refused the operation ({reason}); check RPLAT_DATABASE_URL.", err=True)
+        click.echo(f"error: the database refused the operation ({_first_line(exc)}); check RPLAT_DATABASE_URL.",
+                   err=True)
+        sys.exit(2)
+    except DBAPIError as exc:
+        click.echo(f"error: the database rejected the change ({_first_line(exc)}); nothing was written.", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        click.echo(f"error: {exc.strerror or exc}{where}; check the path and its permissions.", err=True)
         sys.exit(2)
 
 
@@ -190,6 +219,10 @@ def experiments() -> None:
 @click.argument("name")
 @click.option("--description", default=None)
 def experiments_add(name: str, description: str | None) -> None:
+    """Create the experiment NAME."""
+    limit = Experiment.__table__.c.name.type.length
+    if not name.strip() or len(name) > limit:
+        raise UserError(f"experiment names are 1 to {limit} characters, not {len(name.strip())}; choose another name.")
     engine = _engine()
     with transaction(engine) as session:
         if session.scalar(select(Experiment.id).where(Experiment.name == name)) is not None:
@@ -369,7 +402,8 @@ def kinds_cmd(as_json: bool) -> None:
     rows = []
     for kind in kinds_registry.all_kinds().values():
         params = ", ".join(
-            f"{n}{'' if f.is_required() else '=' + json.dumps(f.default)}" for n, f in kind.params.model_fields.items()
+            n if f.is_required() else f"{n}={json.dumps(f.get_default(call_default_factory=True), default=str)}"
+            for n, f in kind.params.model_fields.items()
         )
         rows.append({"kind": kind.name, "description": kind.description, "params": params})
     if as_json:

@@ -1,8 +1,8 @@
 """`rplat import`: documents and problems from JSONL or Parquet into a named dataset, all or nothing.
 
 Every record is validated before anything is written; the first bad record stops the import with one
-sentence naming the file and line. The rows, the dataset and an `import` job that records the file's
-sha256 and field mapping (so imported rows have lineage like derived ones) go in one transaction.
+sentence naming the file and line (Parquet: row). The rows, the dataset and an `import` job that records
+the file's sha256 and field mapping (so imported rows have lineage like derived ones) go in one transaction.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, String, Table, insert, select
+from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
 from rplat.models import Dataset, Document, Job, Problem, utcnow
 from rplat.store import transaction
 
 BATCH = 5000
-
 
 @dataclass(frozen=True)
 class FieldMap:
@@ -34,6 +34,22 @@ class FieldMap:
     constants: dict[str, str | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Source:
+    """How one column is read from a record: the field, the option that names it, and its limits."""
+
+    column: str
+    field: str
+    option: str
+    required: bool
+    max_len: int | None
+
+
+def _max_len(table: Table, column: str) -> int | None:
+    type_ = table.c[column].type
+    return type_.length if isinstance(type_, String) else None
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) pairs; Parquet rows are numbered from 1 like lines."""
     if path.suffix == ".parquet":
@@ -41,8 +57,10 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
         try:
             table = pq.read_table(path)
-        except Exception as exc:
-            raise UserError(f"{path} is not a readable Parquet file ({exc}).") from None
+        except Exception as exc:  # pyarrow raises several types; all mean "not readable Parquet"
+            reason = str(exc).strip().splitlines()[0].split(". ")[0].rstrip(".")
+            raise UserError(f"{path} is not a readable Parquet file ({reason}); check that it is complete "
+                            "Parquet, or use JSONL.") from None
         yield from enumerate(table.to_pylist(), start=1)
         return
     with path.open("rb") as fh:
@@ -50,41 +68,59 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise UserError(
-                    f"{path} line {lineno} is not valid UTF-8 (byte {exc.start}); re-encode the file as UTF-8."
-                ) from None
-            if not line.strip():
+                raise UserError(f"{path} line {lineno} is not valid UTF-8 (byte {exc.start + 1} of the line); "
+                                "re-encode the file as UTF-8.") from None
+            if line.isspace():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"{path} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); fix or remove that line."
-                ) from None
+                raise UserError(f"{path} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                                "fix or remove that line.") from None
             if not isinstance(record, dict):
                 raise UserError(f"{path} line {lineno} is a JSON {type(record).__name__}, not an object; "
                                 "each line must be one JSON object.")
             yield lineno, record
 
 
-def _text(path: Path, lineno: int, record: dict[str, Any], name: str, option: str, *, required: bool) -> str | None:
-    value = record.get(name)
+class _BadField(Exception):
+    """What is wrong with one field; `_rows` prefixes the file and line."""
+
+
+def _value(record: dict[str, Any], src: _Source) -> str | None:
+    """The text of one field of one record; raises _BadField saying what is wrong and how to fix it."""
+    value = record.get(src.field)
     if value is None:
-        if required:
-            raise UserError(f"{path} line {lineno} has no field {name!r}; name the right field with {option}.")
+        if src.required:
+            raise _BadField(f"has no field {src.field!r}; name the right field with {src.option}")
         return None
-    if isinstance(value, (dict, list)):
-        if required:
-            raise UserError(f"{path} line {lineno} field {name!r} is a {type(value).__name__}, not text; "
-                            f"name a text field with {option}.")
-        return json.dumps(value, ensure_ascii=False)
-    text = str(value)
-    if required and not text.strip():
-        raise UserError(f"{path} line {lineno} field {name!r} is empty; remove the record or fill it in.")
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (dict, list)):
+        if src.required:
+            raise _BadField(f"field {src.field!r} is a JSON {'object' if isinstance(value, dict) else 'array'}, "
+                            f"not text; name a text field with {src.option}")
+        text = json.dumps(value, ensure_ascii=False)
+    else:
+        text = str(value)
+    if src.required and (not text or text.isspace()):
+        raise _BadField(f"field {src.field!r} is empty; remove the record or fill it in")
+    if src.max_len is not None and len(text) > src.max_len:
+        raise _BadField(f"field {src.field!r} is {len(text)} characters long; the {src.column} column holds "
+                        f"at most {src.max_len}")
+    if "\x00" in text:
+        raise _BadField(f"field {src.field!r} contains a NUL character (\\u0000), which databases cannot store; "
+                        "remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _BadField(f"field {src.field!r} contains an unpaired surrogate (\\u{ord(text[exc.start]):04x}), "
+                        "which is not valid Unicode; fix that escape") from None
     return text
 
 
 def _hash(*parts: str | None) -> str:
+    """sha256 over the parts, each followed by a NUL (None hashes like the empty string)."""
     digest = hashlib.sha256()
     for part in parts:
         digest.update((part or "").encode("utf-8"))
@@ -92,36 +128,54 @@ def _hash(*parts: str | None) -> str:
     return digest.hexdigest()
 
 
-def _option(column: str) -> str:
-    return f"--{column.replace('_', '-')}-field"
+def _set(constants: dict[str, str | None]) -> dict[str, str]:
+    """The constants that carry a value; the others are left to the column's NULL rather than bound per row."""
+    return {column: value for column, value in constants.items() if value is not None}
 
 
-def _rows(path: Path, fmap: FieldMap) -> list[dict[str, Any]]:
-    """Validate every record and build the rows (without dataset/job ids); raises on the first bad one."""
+def _layout(fmap: FieldMap) -> tuple[Table, list[str], list[_Source]]:
+    """The table, the column order of a row (after dataset_id, job_id), and how each mapped column is read."""
+    table: Table = (Document if fmap.kind == "documents" else Problem).__table__  # type: ignore[assignment]
+    for column, value in fmap.constants.items():
+        limit = _max_len(table, column)
+        if value is not None and limit is not None and len(value) > limit:
+            raise UserError(f"--{column} is {len(value)} characters long; the {column} column holds at most {limit}.")
+    sources = [_Source(column, name, f"--{column.replace('_', '-')}-field", required, _max_len(table, column))
+               for mapping, required in ((fmap.required, True), (fmap.optional, False))
+               for column, name in mapping.items()]
+    if fmap.id is not None:
+        sources.insert(0, _Source("external_id", fmap.id, "--id-field", True, _max_len(table, "external_id")))
+    extra = ["n_chars"] if fmap.kind == "documents" else []
+    columns = ["external_id", *_set(fmap.constants), *(s.column for s in sources if s.column != "external_id"),
+               "content_hash", *extra]
+    return table, columns, sources
+
+
+def _rows(path: Path, fmap: FieldMap, columns: list[str], sources: list[_Source]) -> list[tuple[Any, ...]]:
+    """Validate every record and build the rows in `columns` order; raises on the first bad one."""
+    unit = "row" if path.suffix == ".parquet" else "line"
+    constants = tuple(_set(fmap.constants).values())
+    hash_columns = ("text",) if fmap.kind == "documents" else ("question", "solution", "answer")
+    hashed = [columns.index(c) if c in columns else None for c in hash_columns]
+    text_at = columns.index("text") if fmap.kind == "documents" else None
+    by_id = fmap.id is not None
     seen: dict[str, int] = {}
-    rows = []
-    hash_cols = ("text",) if fmap.kind == "documents" else ("question", "solution", "answer")
+    rows: list[tuple[Any, ...]] = []
     for lineno, record in _records(path):
-        if fmap.id is None:
-            ext_id = str(lineno)
-        else:
-            ext_id = _text(path, lineno, record, fmap.id, "--id-field", required=True)
-            assert ext_id is not None
-            if len(ext_id) > 200:
-                raise UserError(f"{path} line {lineno} has an id of {len(ext_id)} characters; ids are at most 200.")
-        if ext_id in seen:
-            raise UserError(f"{path} line {lineno} repeats id {ext_id!r} first seen on line {seen[ext_id]}; "
+        try:
+            values = [_value(record, src) for src in sources]
+        except _BadField as exc:
+            raise UserError(f"{path} {unit} {lineno} {exc}.") from None
+        ext_id: str = values.pop(0) if by_id else str(lineno)  # type: ignore[assignment]
+        first = seen.setdefault(ext_id, lineno)
+        if first != lineno:
+            raise UserError(f"{path} {unit} {lineno} repeats id {ext_id!r} first seen on {unit} {first}; "
                             "ids must be unique within a dataset.")
-        seen[ext_id] = lineno
-        row: dict[str, Any] = {"external_id": ext_id, **fmap.constants}
-        for column, name in fmap.required.items():
-            row[column] = _text(path, lineno, record, name, _option(column), required=True)
-        for column, name in fmap.optional.items():
-            row[column] = _text(path, lineno, record, name, _option(column), required=False)
-        row["content_hash"] = _hash(*(row.get(c) for c in hash_cols))
-        if fmap.kind == "documents":
-            row["n_chars"] = len(row["text"])
-        rows.append(row)
+        row = [ext_id, *constants, *values]
+        row.append(_hash(*(None if i is None else row[i] for i in hashed)))
+        if text_at is not None:
+            row.append(len(row[text_at]))
+        rows.append(tuple(row))
     if not rows:
         raise UserError(f"{path} holds no records; nothing to import.")
     return rows
@@ -135,6 +189,28 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _insert_rows(session: Session, table: Table, columns: list[str], rows: list[tuple[Any, ...]],
+                 progress: Callable[[int], None]) -> None:
+    """Bulk insert inside the session's transaction with no per-row work in SQLAlchemy: COPY on PostgreSQL,
+    the driver's executemany on SQLite."""
+    conn = session.connection()
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        with conn.connection.driver_connection.cursor() as cursor, \
+                cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            for start in range(0, len(rows), BATCH):
+                chunk = rows[start:start + BATCH]
+                for row in chunk:
+                    copy.write_row(row)
+                progress(len(chunk))
+        return
+    sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join(['?'] * len(columns))})"
+    for start in range(0, len(rows), BATCH):
+        chunk = rows[start:start + BATCH]
+        conn.exec_driver_sql(sql, chunk)
+        progress(len(chunk))
+
+
 def import_file(engine: Engine, path: Path, dataset: str, fmap: FieldMap, *, append: bool = False,
                 progress: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
     """Import one file into `dataset` in a single transaction; returns a summary."""
@@ -142,8 +218,11 @@ def import_file(engine: Engine, path: Path, dataset: str, fmap: FieldMap, *, app
         raise UserError(f"{path} does not exist or is not a file.")
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise UserError(f"{path} is neither JSONL (.jsonl) nor Parquet (.parquet); convert it to one of those.")
-    rows = _rows(path, fmap)
-    model = Document if fmap.kind == "documents" else Problem
+    name_limit = _max_len(Dataset.__table__, "name")  # type: ignore[arg-type]
+    if name_limit is not None and len(dataset) > name_limit:
+        raise UserError(f"--dataset is {len(dataset)} characters long; dataset names are at most {name_limit}.")
+    table, columns, sources = _layout(fmap)
+    rows = _rows(path, fmap, columns, sources)
     with transaction(engine) as session:
         ds = session.scalar(select(Dataset).where(Dataset.name == dataset))
         if ds is not None and not append:
@@ -164,15 +243,9 @@ def import_file(engine: Engine, path: Path, dataset: str, fmap: FieldMap, *, app
             session.flush()
             existing: set[str] = set()
         else:
-            existing = set(session.scalars(select(model.external_id).where(model.dataset_id == ds.id)).all())
-        fresh = [r for r in rows if r["external_id"] not in existing]
-        for start in range(0, len(fresh), BATCH):
-            chunk = fresh[start:start + BATCH]
-            for r in chunk:
-                r["dataset_id"] = ds.id
-                r["job_id"] = job_id
-            session.execute(insert(model), chunk)
-            progress(len(chunk))
+            existing = set(session.scalars(select(table.c.external_id).where(table.c.dataset_id == ds.id)).all())
+        fresh = [(ds.id, job_id, *r) for r in rows if r[0] not in existing]
+        _insert_rows(session, table, ["dataset_id", "job_id", *columns], fresh, progress)
         summary = {"dataset": dataset, "kind": fmap.kind, "job_id": job_id, "read": len(rows),
                    "imported": len(fresh), "already_present": len(rows) - len(fresh)}
         session.execute(Job.__table__.update().where(Job.id == job_id).values(result=summary))

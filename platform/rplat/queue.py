@@ -3,18 +3,48 @@
 Claiming is one atomic statement: PostgreSQL `UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)`;
 SQLite the same UPDATE ... RETURNING inside `BEGIN IMMEDIATE` (see rplat.store). Each claim increments the
 job's lease token; every later write by the claimant is fenced on that token, so a runner whose lease was
-taken over cannot commit results, checkpoints or a final status. Times come from the database clock on
-PostgreSQL (runners on several machines) and from the local clock on SQLite (one machine).
+taken over cannot commit results, checkpoints or a final status. An expired lease is handled by the reaper
+(`reap_expired`, run by claimers when idle and every few seconds): the job is queued again for any runner,
+or failed on its last attempt, or cancelled if cancellation was asked for. Times come from the database
+clock on PostgreSQL (runners on several machines) and from the local clock on SQLite (one machine).
+
+Claim and complete run once per job on every runner, so they are built once per dialect and executed with
+bound parameters, and each is one round trip on PostgreSQL: an autocommit statement whose data-modifying
+CTE also writes the job event (SQLite, in-process, runs the two statements in one transaction).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Engine,
+    Executable,
+    Float,
+    Insert,
+    Integer,
+    Row,
+    Select,
+    String,
+    Update,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -24,6 +54,7 @@ from rplat.models import Experiment, Job, JobDependency, JobEvent, Runner, utcno
 from rplat.store import content_hash, is_sqlite, transaction
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+REAP_EVERY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,16 +76,20 @@ class Beat:
     cancel_requested: bool
 
 
+def _db_now() -> ColumnElement[dt.datetime]:
+    return func.timezone("UTC", func.statement_timestamp())
+
+
 def _now(session: Session) -> ColumnElement[dt.datetime] | Any:
     if is_sqlite(session):
         return literal(utcnow())
-    return func.timezone("UTC", func.statement_timestamp())
+    return _db_now()
 
 
 def _later(session: Session, seconds: float) -> ColumnElement[dt.datetime] | Any:
     if is_sqlite(session):
         return literal(utcnow() + dt.timedelta(seconds=seconds))
-    return func.timezone("UTC", func.statement_timestamp()) + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+    return _db_now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
 def record_event(session: Session, job_id: int, event: str, message: str | None = None, *, runner: str | None = None,
@@ -62,6 +97,87 @@ def record_event(session: Session, job_id: int, event: str, message: str | None 
     session.execute(
         insert(JobEvent).values(job_id=job_id, event=event, message=message, runner=runner, attempt=attempt,
                                 at=_now(session))
+    )
+
+
+@dataclass(frozen=True)
+class _Logged:
+    """A job change that records its job event: on PostgreSQL one statement (a data-modifying CTE writes the
+    event), on SQLite the change alone, its event inserted next in the same transaction."""
+
+    statement: Executable
+    event: str
+
+
+@dataclass(frozen=True)
+class _HotStatements:
+    """Claim, complete and fence for one dialect, with bound parameters: built once, compiled once."""
+
+    sqlite: bool
+    claim: _Logged
+    claim_kinds: _Logged
+    complete: _Logged
+    fence: Update
+    event: Insert
+
+
+def _with_event(change: Update, event: str) -> Select[Any]:
+    changed = change.cte("changed")
+    log = insert(JobEvent).from_select(
+        ["job_id", "at", "event", "runner", "attempt"],
+        select(changed.c.id, _db_now(), literal(event, String), bindparam("runner", type_=String), changed.c.attempts),
+    ).cte("logged")
+    return select(changed).add_cte(log)
+
+
+@functools.cache
+def _hot_statements(on_sqlite: bool) -> _HotStatements:
+    if on_sqlite:
+        now: Any = bindparam("now", type_=DateTime())
+        expires: Any = bindparam("expires", type_=DateTime())
+    else:
+        now = _db_now()
+        expires = now + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lease_seconds", type_=Float()))
+    parent = aliased(Job)
+    blocked = exists().where(
+        JobDependency.job_id == Job.id, parent.id == JobDependency.depends_on_id, parent.status != "succeeded"
+    )
+    due = select(Job.id).where(Job.status == "queued", Job.not_before <= now, ~blocked)
+
+    def claim(candidate: Select[Any]) -> Update:
+        candidate = candidate.order_by(Job.priority.desc(), Job.id).limit(1)
+        if not on_sqlite:
+            candidate = candidate.with_for_update(skip_locked=True)
+        return (
+            update(Job).where(Job.id == candidate.scalar_subquery())
+            .values(status="running", lease_owner=bindparam("runner", type_=String), lease_token=Job.lease_token + 1,
+                    lease_expires_at=expires, heartbeat_at=now, attempts=Job.attempts + 1,
+                    started_at=func.coalesce(Job.started_at, now))
+            .returning(Job.id, Job.kind, Job.params, Job.lease_token, Job.attempts, Job.max_attempts,
+                       Job.experiment_id)
+        )
+
+    def logged(change: Update, event: str) -> _Logged:
+        return _Logged(change if on_sqlite else _with_event(change, event), event)
+
+    leased = (Job.id == bindparam("job_id", type_=Integer), Job.lease_token == bindparam("token", type_=BigInteger),
+              Job.status == "running")
+    return _HotStatements(
+        sqlite=on_sqlite,
+        claim=logged(claim(due), "claimed"),
+        claim_kinds=logged(claim(due.where(Job.kind.in_(bindparam("kinds", expanding=True)))), "claimed"),
+        complete=logged(
+            update(Job).where(*leased)
+            .values(status="succeeded", result=bindparam("result", type_=Job.__table__.c.result.type),
+                    finished_at=now, error=None, lease_expires_at=None,
+                    progress_done=func.coalesce(bindparam("progress_done", type_=Integer), Job.progress_done),
+                    progress_total=func.coalesce(bindparam("progress_total", type_=Integer), Job.progress_total))
+            .returning(Job.id, Job.attempts),
+            "succeeded",
+        ),
+        fence=update(Job).where(*leased).values(heartbeat_at=now).returning(Job.id),
+        event=insert(JobEvent).values(job_id=bindparam("job_id"), at=bindparam("now"), event=bindparam("event"),
+                                      runner=bindparam("runner"), attempt=bindparam("attempt")),
     )
 
 
@@ -75,6 +191,9 @@ class Queue:
         self.engine = engine
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
+        self._hot = _hot_statements(is_sqlite(engine))
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._next_reap = 0.0
 
     # --- enqueue -----------------------------------------------------------------------------------
 
@@ -162,72 +281,80 @@ class Queue:
     # --- claim, lease, fence -----------------------------------------------------------------------
 
     def claim(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float) -> ClaimedJob | None:
-        """Atomically take the best claimable job (queued and due, or running with an expired lease)."""
-        with transaction(self.engine) as session:
-            self._reap(session)
-            now = _now(session)
-            parent = aliased(Job)
-            blocked = exists().where(
-                JobDependency.job_id == Job.id,
-                parent.id == JobDependency.depends_on_id,
-                parent.status != "succeeded",
-            )
-            candidate = select(Job.id).where(
-                or_(
-                    and_(Job.status == "queued", Job.not_before <= now),
-                    and_(Job.status == "running", Job.lease_expires_at < now, Job.cancel_requested.is_(False)),
-                ),
-                ~blocked,
-            )
-            kind_list = list(kinds_) if kinds_ is not None else None
-            if kind_list is not None:
-                candidate = candidate.where(Job.kind.in_(kind_list))
-            candidate = candidate.order_by(Job.priority.desc(), Job.id).limit(1)
-            if not is_sqlite(session):
-                candidate = candidate.with_for_update(skip_locked=True)
-            row = session.execute(
-                update(Job)
-                .where(Job.id == candidate.scalar_subquery())
-                .values(
-                    status="running",
-                    lease_owner=owner,
-                    lease_token=Job.lease_token + 1,
-                    lease_expires_at=_later(session, lease_seconds),
-                    heartbeat_at=now,
-                    attempts=Job.attempts + 1,
-                    started_at=func.coalesce(Job.started_at, now),
-                )
-                .returning(Job.id, Job.kind, Job.params, Job.lease_token, Job.attempts, Job.max_attempts,
-                           Job.experiment_id)
-            ).one_or_none()
-            if row is None:
-                return None
-            record_event(session, row.id, "claimed", runner=owner, attempt=row.attempts)
-            return ClaimedJob(row.id, row.kind, row.params or {}, row.lease_token, row.attempts, row.max_attempts,
-                              row.experiment_id)
+        """Atomically take the best claimable job: queued, due, its parents succeeded (highest priority, oldest)."""
+        reaped_now = time.monotonic() >= self._next_reap
+        if reaped_now:
+            self.reap_expired()
+        job = self._take(owner, kinds_, lease_seconds)
+        if job is None and not reaped_now and self.reap_expired():
+            job = self._take(owner, kinds_, lease_seconds)
+        return job
 
-    def _reap(self, session: Session) -> None:
-        """Expired leases that must not be re-run: cancelled while running, or out of attempts."""
-        now = _now(session)
-        expired = and_(Job.status == "running", Job.lease_expires_at < now)
-        cancelled = session.scalars(
-            update(Job).where(expired, Job.cancel_requested.is_(True))
-            .values(status="cancelled", finished_at=now, lease_expires_at=None,
-                    error=func.coalesce(Job.error, "cancelled while running"))
-            .returning(Job.id)
-        ).all()
-        failed = session.scalars(
-            update(Job).where(expired, Job.attempts >= Job.max_attempts)
-            .values(status="failed", finished_at=now, lease_expires_at=None,
-                    error="its lease expired on the last attempt (the runner died or hung)")
-            .returning(Job.id)
-        ).all()
-        for job_id in cancelled:
-            record_event(session, job_id, "cancelled", "lease expired after cancellation was requested")
-            self._cancel_descendants(session, job_id, f"parent job {job_id} cancelled")
-        for job_id in failed:
-            record_event(session, job_id, "failed", "lease expired on the last attempt")
-            self._cancel_descendants(session, job_id, f"parent job {job_id} failed")
+    def _take(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float) -> ClaimedJob | None:
+        params = self._times(lease_seconds) | {"runner": owner}
+        if kinds_ is None:
+            change = self._hot.claim
+        else:
+            change = self._hot.claim_kinds
+            params["kinds"] = list(kinds_)
+        row = self._change_logged(change, params)
+        if row is None:
+            return None
+        return ClaimedJob(row.id, row.kind, row.params or {}, row.lease_token, row.attempts, row.max_attempts,
+                          row.experiment_id)
+
+    def _times(self, lease_seconds: float = 0.0) -> dict[str, Any]:
+        """The time parameters of the hot statements: local clock on SQLite, database clock on PostgreSQL."""
+        if not self._hot.sqlite:
+            return {"lease_seconds": lease_seconds}
+        now = utcnow()
+        return {"now": now, "expires": now + dt.timedelta(seconds=lease_seconds)}
+
+    def _change_logged(self, change: _Logged, params: dict[str, Any]) -> Row[Any] | None:
+        """Run a hot job change and record its event, atomically; None if it matched no job."""
+        if not self._hot.sqlite:
+            with self._autocommit.connect() as conn:
+                return conn.execute(change.statement, params).one_or_none()
+        with self.engine.begin() as conn:
+            row = conn.execute(change.statement, params).one_or_none()
+            if row is not None:
+                conn.execute(self._hot.event, {"job_id": row.id, "now": params["now"], "event": change.event,
+                                               "runner": params["runner"], "attempt": row.attempts})
+            return row
+
+    def reap_expired(self) -> int:
+        """Settle expired leases (the runner died or hung): queued again while attempts remain, else failed;
+        cancelled if cancellation was asked for. Returns how many were queued again."""
+        self._next_reap = time.monotonic() + REAP_EVERY_SECONDS
+        with transaction(self.engine) as session:
+            now = _now(session)
+            expired = select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)
+            if not is_sqlite(session):
+                expired = expired.with_for_update(skip_locked=True)
+            cancel = Job.cancel_requested.is_(True)
+            last = Job.attempts >= Job.max_attempts
+            rows = session.execute(
+                update(Job).where(Job.id.in_(expired))
+                .values(status=case((cancel, "cancelled"), (last, "failed"), else_="queued"),
+                        error=case((cancel, func.coalesce(Job.error, "cancelled while running")),
+                                   (last, "its lease expired on the last attempt (the runner died or hung)"),
+                                   else_=Job.error),
+                        finished_at=case((or_(cancel, last), now), else_=Job.finished_at),
+                        lease_expires_at=None, not_before=now)
+                .returning(Job.id, Job.status, Job.lease_owner, Job.attempts)
+                .execution_options(synchronize_session=False)
+            ).all()
+            for row in rows:
+                if row.status == "queued":
+                    record_event(session, row.id, "lease-expired",
+                                 f"the lease of {row.lease_owner} expired on attempt {row.attempts}; queued again",
+                                 runner=row.lease_owner, attempt=row.attempts)
+                    continue
+                why = "cancellation was requested" if row.status == "cancelled" else "it was the last attempt"
+                record_event(session, row.id, row.status, f"the lease expired and {why}", runner=row.lease_owner,
+                             attempt=row.attempts)
+                self._cancel_descendants(session, row.id, f"parent job {row.id} {row.status}")
+        return sum(row.status == "queued" for row in rows)
 
     def heartbeat(self, job_id: int, token: int, lease_seconds: float, progress: tuple[int, int | None] | None = None
                   ) -> Beat:
@@ -246,10 +373,8 @@ class Queue:
 
     def fence(self, session: Session, job_id: int, token: int) -> None:
         """First statement of every write a job makes: proves (and locks) the lease, or raises LeaseLost."""
-        got = session.execute(
-            update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
-            .values(heartbeat_at=_now(session)).returning(Job.id)
-        ).one_or_none()
+        got = session.connection().execute(self._hot.fence,
+                                           self._times() | {"job_id": job_id, "token": token}).one_or_none()
         if got is None:
             raise LeaseLost(f"job {job_id}: lease token {token} is no longer current")
 
@@ -265,12 +390,11 @@ class Queue:
 
     def complete(self, job_id: int, token: int, result: dict[str, Any] | None,
                  progress: tuple[int, int | None] | None = None, *, runner: str | None = None) -> None:
-        with transaction(self.engine) as session:
-            values: dict[str, Any] = dict(status="succeeded", result=result, finished_at=_now(session), error=None)
-            if progress is not None:
-                values.update(progress_done=progress[0], progress_total=progress[1])
-            self._finish(session, job_id, token, **values)
-            record_event(session, job_id, "succeeded", runner=runner)
+        done, total = progress if progress is not None else (None, None)
+        params = self._times() | {"job_id": job_id, "token": token, "result": result, "progress_done": done,
+                                  "progress_total": total, "runner": runner}
+        if self._change_logged(self._hot.complete, params) is None:
+            raise LeaseLost(f"job {job_id}: lease token {token} is no longer current")
 
     def fail(self, job_id: int, token: int, error: str, *, retryable: bool, runner: str | None = None) -> str:
         """Record a failure: back to the queue with exponential backoff, or failed for good (cancelling descendants)."""

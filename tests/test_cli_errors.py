@@ -1,0 +1,293 @@
+"""Bad input through the real CLI: one clear `error:` sentence, exit code 2, no traceback, the store unchanged."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import Store
+from sqlalchemy import inspect, text
+
+from rplat.importer import FieldMap, import_file
+from rplat.models import Experiment
+from rplat.store import transaction
+
+DOCS = FieldMap("documents", None, {"text": "text"}, {}, {"source": None, "split": None})
+
+
+def snapshot(store: Store) -> dict[str, list[str]]:
+    """Every row of every table (sorted renderings): equal snapshots mean the database did not change."""
+    engine = store.engine()
+    with engine.connect() as conn:
+        return {name: sorted(repr(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{name}"')))
+                for name in sorted(inspect(conn).get_table_names())}
+
+
+def assert_one_clear_sentence(proc_stdout: str, proc_stderr: str, returncode: int, expect: list[str]) -> str:
+    """Exit 2, nothing on stdout, exactly one stderr line `error: <one sentence>.` containing `expect`."""
+    output = proc_stdout + proc_stderr
+    assert "Traceback" not in output, output
+    assert returncode == 2, output
+    assert proc_stdout == "", output
+    lines = proc_stderr.splitlines()
+    assert len(lines) == 1, output
+    line = lines[0]
+    assert line.startswith("error: "), line
+    assert line.endswith("."), line
+    # one sentence: no sentence break outside quotes, code spans and parentheses ("e.g." is not one)
+    bare = line.replace("e.g.", "eg")
+    bare = re.sub(r"'[^']*'|\"[^\"]*\"|`[^`]*`", "Q", bare)
+    while re.search(r"\([^()]*\)", bare):
+        bare = re.sub(r"\([^()]*\)", "P", bare)
+    assert not re.search(r"[.?!] ", bare), f"more than one sentence: {line}"
+    for fragment in expect:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
+
+
+# --- setups: files in the store's home (the CLI's working directory) and rows made before the snapshot ---
+
+
+def write(store: Store, name: str, content: str | bytes) -> Path:
+    path = store.home / name
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def jsonl(*records: object) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def five_docs_line3_broken(store: Store) -> None:
+    write(store, "bad.jsonl", jsonl({"text": "one"}, {"text": "two"}) + '{"text": "three"\n'
+          + jsonl({"text": "four"}, {"text": "five"}))
+
+
+def bad_utf8(store: Store) -> None:
+    write(store, "latin1.jsonl", jsonl({"text": "fine"}).encode() + '{"text": "café"}\n'.encode("latin-1"))
+
+
+def missing_text(store: Store) -> None:
+    write(store, "docs.jsonl", jsonl({"text": "one"}, {"body": "two"}, {"text": "three"}))
+
+
+def empty_text(store: Store) -> None:
+    write(store, "docs.jsonl", jsonl({"text": "one"}, {"text": "two"}, {"text": "three"}, {"text": "  \t"}))
+
+
+def array_line(store: Store) -> None:
+    write(store, "docs.jsonl", jsonl({"text": "one"}, ["two", "three"]))
+
+
+def duplicate_ids(store: Store) -> None:
+    write(store, "docs.jsonl", jsonl({"id": "a", "text": "one"}, {"id": "b", "text": "two"},
+                                     {"id": "c", "text": "three"}, {"id": "a", "text": "four"}))
+
+
+def id_is_object(store: Store) -> None:
+    write(store, "docs.jsonl", jsonl({"id": {"n": 1}, "text": "one"}))
+
+
+def nul_in_text(store: Store) -> None:
+    write(store, "docs.jsonl", jsonl({"text": "one"}, {"text": "two\u0000three"}))
+
+
+def unpaired_surrogate(store: Store) -> None:
+    write(store, "docs.jsonl", '{"text": "one"}\n{"text": "bad \\ud800 escape"}\n')
+
+
+def subject_too_long(store: Store) -> None:
+    write(store, "problems.jsonl", jsonl({"question": "2+2?", "subject": "s" * 100}))
+
+
+def empty_file(store: Store) -> None:
+    write(store, "empty.jsonl", "\n\n")
+
+
+def csv_file(store: Store) -> None:
+    write(store, "docs.csv", "text\none\n")
+
+
+def corrupt_parquet(store: Store) -> None:
+    write(store, "docs.parquet", b"PAR1 this is not really parquet")
+
+
+def parquet_without_question(store: Store) -> None:
+    pq.write_table(pa.table({"prompt": ["2+2?", "3+3?"]}), store.home / "problems.parquet")
+
+
+def two_docs(store: Store) -> None:
+    write(store, "docs.jsonl", jsonl({"text": "one"}, {"text": "two"}))
+
+
+def existing_dataset(store: Store) -> dict[str, str]:
+    path = write(store, "docs.jsonl", jsonl({"text": "one"}, {"text": "two"}))
+    summary = import_file(store.engine(), path, "corpus", DOCS)
+    return {"job": str(summary["job_id"])}
+
+
+def params_not_json(store: Store) -> None:
+    write(store, "params.json", '{"sleep_seconds": 0,\n "tag": }\n')
+
+
+def params_not_object(store: Store) -> None:
+    write(store, "params.json", "[1, 2]\n")
+
+
+def existing_experiment(store: Store) -> None:
+    with transaction(store.engine()) as session:
+        session.add(Experiment(name="baseline"))
+
+
+def unknown_revision(store: Store) -> None:
+    with store.engine().begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'feedfacecafe'"))
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]
+    expect: list[str]
+    setup: Callable[[Store], dict[str, str] | None] | None = None
+    url: str | None = None  # run the CLI against this RPLAT_DATABASE_URL instead of the store's
+
+
+CASES = [
+    # files: the sentence names the file and the line (Parquet: row), and nothing is imported
+    Case("malformed-json-on-line-3-of-5", ("import", "documents", "bad.jsonl", "--dataset", "d"),
+         ["bad.jsonl line 3 is not valid JSON", "fix or remove that line"], five_docs_line3_broken),
+    Case("bad-utf8", ("import", "documents", "latin1.jsonl", "--dataset", "d"),
+         ["latin1.jsonl line 2 is not valid UTF-8", "re-encode the file as UTF-8"], bad_utf8),
+    Case("missing-required-field", ("import", "documents", "docs.jsonl", "--dataset", "d"),
+         ["docs.jsonl line 2 has no field 'text'", "--text-field"], missing_text),
+    Case("empty-required-field", ("import", "documents", "docs.jsonl", "--dataset", "d"),
+         ["docs.jsonl line 4 field 'text' is empty"], empty_text),
+    Case("line-is-a-json-array", ("import", "documents", "docs.jsonl", "--dataset", "d"),
+         ["docs.jsonl line 2 is a JSON list, not an object"], array_line),
+    Case("duplicate-ids", ("import", "documents", "docs.jsonl", "--dataset", "d", "--id-field", "id"),
+         ["docs.jsonl line 4 repeats id 'a' first seen on line 1", "unique"], duplicate_ids),
+    Case("id-field-is-an-object", ("import", "documents", "docs.jsonl", "--dataset", "d", "--id-field", "id"),
+         ["docs.jsonl line 1 field 'id' is a JSON object, not text", "--id-field"], id_is_object),
+    Case("nul-character-in-text", ("import", "documents", "docs.jsonl", "--dataset", "d"),
+         ["docs.jsonl line 2 field 'text' contains a NUL character", "remove it"], nul_in_text),
+    Case("unpaired-surrogate-escape", ("import", "documents", "docs.jsonl", "--dataset", "d"),
+         ["docs.jsonl line 2 field 'text' contains an unpaired surrogate", "\\ud800"], unpaired_surrogate),
+    Case("value-longer-than-its-column", ("import", "problems", "problems.jsonl", "--dataset", "p",
+                                          "--subject-field", "subject"),
+         ["problems.jsonl line 1 field 'subject' is 100 characters long", "at most 64"], subject_too_long),
+    Case("file-without-records", ("import", "documents", "empty.jsonl", "--dataset", "d"),
+         ["empty.jsonl holds no records"], empty_file),
+    Case("nonexistent-file", ("import", "documents", "missing.jsonl", "--dataset", "d"),
+         ["missing.jsonl does not exist"]),
+    Case("unsupported-extension", ("import", "documents", "docs.csv", "--dataset", "d"),
+         ["docs.csv is neither JSONL (.jsonl) nor Parquet (.parquet)", "convert it"], csv_file),
+    Case("corrupt-parquet", ("import", "documents", "docs.parquet", "--dataset", "d"),
+         ["docs.parquet is not a readable Parquet file"], corrupt_parquet),
+    Case("parquet-without-the-mapped-column", ("import", "problems", "problems.parquet", "--dataset", "p"),
+         ["problems.parquet row 1 has no field 'question'", "--question-field"], parquet_without_question),
+    Case("dataset-exists-without-append", ("import", "documents", "docs.jsonl", "--dataset", "corpus"),
+         ["dataset 'corpus' already exists", "--append"], existing_dataset),
+    Case("append-problems-to-a-documents-dataset",
+         ("import", "problems", "docs.jsonl", "--dataset", "corpus", "--append", "--question-field", "text"),
+         ["dataset 'corpus' holds documents, not problems"], existing_dataset),
+    Case("dataset-name-too-long", ("import", "documents", "docs.jsonl", "--dataset", "n" * 201),
+         ["--dataset is 201 characters long", "at most 200"], two_docs),
+    # enqueue: kinds and parameters are checked before anything is written
+    Case("unknown-job-kind", ("enqueue", "trian-nat"), ["unknown job kind 'trian-nat'", "known kinds:", "probe"]),
+    Case("unknown-parameter", ("enqueue", "probe", "--param", "colour=red"),
+         ["'colour' is not a parameter of this kind", "sleep_seconds"]),
+    Case("wrong-parameter-type", ("enqueue", "probe", "--param", "sleep_seconds=soon"),
+         ["job kind 'probe'", "'sleep_seconds'", "'soon'"]),
+    Case("param-without-equals", ("enqueue", "probe", "--param", "sleep_seconds"),
+         ["--param 'sleep_seconds' is not of the form key=value"]),
+    Case("param-with-broken-json", ("enqueue", "probe", "--param", "tag=[1,"),
+         ["--param tag looks like JSON but is not valid"]),
+    Case("params-file-not-json", ("enqueue", "probe", "--params-file", "params.json"),
+         ["--params-file params.json is not valid JSON", "line 2 column"], params_not_json),
+    Case("params-file-not-an-object", ("enqueue", "probe", "--params-file", "params.json"),
+         ["--params-file params.json must hold one JSON object"], params_not_object),
+    Case("params-file-missing", ("enqueue", "probe", "--params-file", "nope.json"),
+         ["--params-file nope.json does not exist"]),
+    Case("unknown-experiment", ("enqueue", "probe", "--experiment", "ghost"),
+         ["experiment 'ghost' does not exist", "rplat experiments add ghost"]),
+    Case("after-a-nonexistent-job", ("enqueue", "probe", "--after", "999"),
+         ["--after names job 999, which does not exist"]),
+    Case("zero-max-attempts", ("enqueue", "probe", "--max-attempts", "0"), ["max_attempts must be at least 1"]),
+    # jobs and experiments
+    Case("show-a-nonexistent-job", ("jobs", "show", "999"), ["job 999 does not exist", "rplat jobs ls"]),
+    Case("logs-of-a-nonexistent-job", ("jobs", "logs", "999"), ["job 999 does not exist"]),
+    Case("cancel-a-nonexistent-job", ("jobs", "cancel", "999"), ["job 999 does not exist"]),
+    Case("retry-a-nonexistent-job", ("jobs", "retry", "999"), ["job 999 does not exist"]),
+    Case("retry-a-succeeded-job", ("jobs", "retry", "{job}"),
+         ["job {job} is succeeded", "only failed or cancelled jobs can be retried"], existing_dataset),
+    Case("cancel-a-succeeded-job", ("jobs", "cancel", "{job}"),
+         ["job {job} is already succeeded", "only queued or running jobs can be cancelled"], existing_dataset),
+    Case("list-jobs-of-an-unknown-experiment", ("jobs", "ls", "--experiment", "ghost"),
+         ["experiment 'ghost' does not exist"]),
+    Case("add-an-existing-experiment", ("experiments", "add", "baseline"),
+         ["experiment 'baseline' already exists"], existing_experiment),
+    Case("experiment-name-too-long", ("experiments", "add", "e" * 300), ["experiment names are 1 to 200 characters"]),
+    # the database itself
+    Case("database-at-an-unknown-revision", ("jobs", "ls"),
+         ["is at revision feedfacecafe, not at head", "rplat db upgrade"], unknown_revision),
+    Case("unreachable-database-url", ("jobs", "ls"),
+         ["cannot reach the database", "127.0.0.1:1", "check RPLAT_DATABASE_URL"],
+         url="postgresql://postgres@127.0.0.1:1/rplat"),
+    Case("unsupported-url-scheme", ("enqueue", "probe"), ["RPLAT_DATABASE_URL uses 'mysql'", "sqlite and postgresql"],
+         url="mysql://root@127.0.0.1/rplat"),
+    Case("not-a-database-url", ("jobs", "ls"), ["RPLAT_DATABASE_URL 'just-a-name' is not a database URL"],
+         url="just-a-name"),
+    # click's own usage errors, in the same one-line form
+    Case("unknown-command", ("enqueu", "probe"), ["no such command 'enqueu'", "rplat --help"]),
+    Case("unknown-option", ("jobs", "ls", "--statu", "queued"),
+         ["no such option '--statu'", "did you mean '--status'", "rplat jobs ls --help"]),
+    Case("job-id-not-a-number", ("jobs", "show", "latest"),
+         ["'latest' is not a valid integer", "rplat jobs show --help"]),
+    Case("missing-file-argument", ("import", "documents", "--dataset", "d"), ["missing argument 'FILE'"]),
+    Case("missing-required-option", ("import", "documents", "docs.jsonl"), ["missing option '--dataset'"]),
+    Case("status-not-a-choice", ("jobs", "ls", "--status", "done"), ["'done' is not one of"]),
+]
+
+
+def run_cli(store: Store, args: list[str], url: str | None) -> subprocess.CompletedProcess[str]:
+    """`store.rplat(*args)`, or the same subprocess pointed at another database URL."""
+    if url is None:
+        return store.rplat(*args)
+    return subprocess.run([sys.executable, "-m", "rplat.cli", *args], env={**store.env, "RPLAT_DATABASE_URL": url},
+                          capture_output=True, text=True, timeout=300, cwd=store.home)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_sentence_exit_2_and_changes_nothing(db: Store, case: Case) -> None:
+    subst = (case.setup(db) if case.setup else None) or {}
+    args = [a.format(**subst) for a in case.args]
+    before = snapshot(db)
+    proc = run_cli(db, args, case.url)
+    assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode, [e.format(**subst) for e in case.expect])
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize("args", [("jobs", "ls"), ("enqueue", "probe"), ("import", "documents", "docs.jsonl",
+                                                                          "--dataset", "d"), ("runner", "--once")],
+                         ids=["jobs-ls", "enqueue", "import", "runner"])
+def test_a_database_without_the_schema_is_refused_with_what_to_run(empty_db: Store, args: tuple[str, ...]) -> None:
+    write(empty_db, "docs.jsonl", jsonl({"text": "one"}))
+    before = snapshot(empty_db)
+    proc = empty_db.rplat(*args)
+    assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode,
+                              ["has no rplat schema, not at head", "run `rplat db upgrade`"])
+    assert snapshot(empty_db) == before == {}
+
+
+def test_there_are_at_least_fifteen_bad_input_cases() -> None:
+    assert len(CASES) >= 15
+    assert len({c.id for c in CASES}) == len(CASES)
