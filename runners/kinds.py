@@ -53,6 +53,26 @@ class ScoreParams(ModelParams):
     batch_size: int = Field(16, gt=0, le=1024, description="rationales scored per model call")
 
 
+class TrainRationalystParams(Params):
+    score_job: int = Field(description="the score-rationales job whose kept rationales to train on")
+    model: str = Field("smollm2-135m-instruct", description="base model to fine-tune")
+    adapter_name: str | None = Field(None, description="registry name of the result (default rationalyst-job<ID>)")
+    lora: bool = Field(True, description="train a LoRA adapter (False: full fine-tune)")
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    epochs: int = Field(3, gt=0)
+    lr: float = Field(2e-4, gt=0, description="reference full fine-tune: 2e-5; LoRA wants larger")
+    batch_size: int = Field(2, gt=0)
+    grad_accum: int = Field(4, gt=0, description="reference: 8 (x 2 GPUs x 2 = 32)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    max_length: int = Field(1024, gt=8, description="tokens per example (reference model_max_length 1024)")
+    max_steps: int | None = Field(None, gt=0)
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+    checkpoint_every: int = Field(50, gt=0)
+    seed: int = Field(0)
+
+
 PROBE = JobKind("probe", ProbeParams, "rplat.runners.probe:run",
                 "Report a runner machine's host, devices, library versions and free disk.")
 PREFILTER = JobKind("prefilter", PrefilterParams, "rplat.runners.prefilter:run",
@@ -61,3 +81,5 @@ EXTRACT = JobKind("extract-rationales", ExtractParams, "rplat.runners.rationalys
                   "Insert implicit rationales with an LLM, check fidelity, split into triples (RATIONALYST A2/A3).")
 SCORE = JobKind("score-rationales", ScoreParams, "rplat.runners.rationalyst:score",
                 "Loss delta of each rationale; keep those that make the following text likelier (RATIONALYST A4).")
+TRAIN_RATIONALYST = JobKind("train-rationalyst", TrainRationalystParams, "rplat.runners.train_rationalyst:run",
+                            "Fine-tune a rationale model: preceding text -> rationale, loss on the rationale (A5).")

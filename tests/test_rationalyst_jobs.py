@@ -1,0 +1,131 @@
+"""RATIONALYST jobs on a tiny random model: score-rationales computes the loss delta, train-rationalyst registers an adapter."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from rplat.llm.hf import HFBackend
+from rplat.methods.loss_delta import loss_delta
+from rplat.models import (
+    Dataset,
+    Extraction,
+    Job,
+    Model,
+    ModelParent,
+    Problem,
+    Rationale,
+    RationaleScore,
+    TrainingExample,
+    TrainingMetric,
+)
+from rplat.prompts import TEMPLATES, ensure_template
+from rplat.queue import Queue
+from rplat.registry import register_model
+from rplat.runners.loop import Runner, RunnerOptions
+from rplat.store import transaction
+
+from tiny_lm import save_tiny, tiny_tokenizer
+
+TRIPLES = [
+    ("Tom has 3 apples.", "add the apples he buys", "He buys 4 more, so he has 7."),
+    ("The cat sat on the mat.", "cats like warm places", "It was warm."),
+    ("Compute 12 * 3.", "multiply", "12 * 3 = 36."),
+    ("", "an empty preceding span", "Never kept."),
+]
+
+
+def _seed_rationales(db, tmp_path) -> int:  # type: ignore[no-untyped-def]
+    """A registered tiny model and an (already finished) extraction job with four rationales; returns that job's id."""
+    path = save_tiny(tmp_path / "tiny")
+    with transaction(db.engine()) as s:
+        model = register_model(s, "tiny", "base", path, role="agent")
+        job_id = s.scalar(insert(Job).values(kind="extract-rationales", status="succeeded", params={},
+                                             attempts=1, max_attempts=1, lease_token=1, cancel_requested=False,
+                                             priority=0, progress_done=0).returning(Job.id))
+        ds = Dataset(name="p", kind="problems", job_id=job_id)
+        s.add(ds)
+        s.flush()
+        template_id = ensure_template(s, TEMPLATES["extract-reasoning"])
+        for k, (pre, rat, fol) in enumerate(TRIPLES):
+            problem = Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question=pre or "q",
+                              content_hash=str(k))
+            s.add(problem)
+            s.flush()
+            ext = Extraction(job_id=job_id, problem_id=problem.id, model_id=model.id, prompt_template_id=template_id,
+                             temperature=0.0, input_text=pre, raw_output=f"{pre}<BOT>{rat}<EOT>{fol}", fidelity=1.0,
+                             passed=True)
+            s.add(ext)
+            s.flush()
+            s.add(Rationale(job_id=job_id, extraction_id=ext.id, position=1, preceding=pre, rationale=rat,
+                            following=fol, left_step=1, source="gsm8k" if k % 2 else "pile"))
+    return job_id
+
+
+def _drain(db) -> None:  # type: ignore[no-untyped-def]
+    Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+
+
+def test_score_rationales_stores_the_loss_delta_of_every_rationale(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    extract_job = _seed_rationales(db, tmp_path)
+    job_id, _ = Queue(db.engine()).enqueue("score-rationales", {
+        "extract_job": extract_job, "model": "tiny", "batch_size": 3, "tau_by_source": {"gsm8k": 1e9}})
+    _drain(db)
+    with transaction(db.engine()) as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded", job.error
+        rows = s.execute(select(RationaleScore, Rationale).join(Rationale)
+                         .where(RationaleScore.job_id == job_id).order_by(Rationale.id)).all()
+        path = s.scalar(select(Model.path).where(Model.name == "tiny"))
+    assert len(rows) == 4 and job.result["scored"] == 4
+    from transformers import AutoModelForCausalLM
+
+    hf = HFBackend(AutoModelForCausalLM.from_pretrained(path), tiny_tokenizer(), fingerprint="check")
+    system = TEMPLATES["score-future"].system
+    for score, rationale in rows:
+        n_following = len(hf.encode_continuation(rationale.following))
+        assert len(score.lp_without) == len(score.lp_with) == n_following
+        without = hf.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": rationale.preceding}])
+        assert score.lp_without == pytest.approx(hf.score([without], [rationale.following])[0], abs=1e-4)
+        expected = loss_delta(score.lp_without, score.lp_with, tau=score.tau,
+                              spans_nonempty=bool(rationale.preceding))
+        assert score.loss_delta == pytest.approx(expected.delta)
+        assert score.kept == expected.kept
+        assert score.tau == (1e9 if rationale.source == "gsm8k" else 0.0)
+    assert rows[3][0].kept is False  # empty preceding
+
+
+def test_rerunning_score_rationales_regenerates_nothing(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    extract_job = _seed_rationales(db, tmp_path)
+    queue = Queue(db.engine())
+    first, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny"})
+    second, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "batch_size": 2})
+    _drain(db)
+    with transaction(db.engine()) as s:
+        results = {j.id: j.result for j in s.scalars(select(Job).where(Job.id.in_([first, second])))}
+    assert results[first]["cache_misses"] == 8
+    assert results[second]["cache_misses"] == 0 and results[second]["cache_hits"] == 8
+
+
+def test_train_rationalyst_registers_an_adapter_with_its_lineage(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    extract_job = _seed_rationales(db, tmp_path)
+    queue = Queue(db.engine())
+    score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
+    train_job, _ = queue.enqueue("train-rationalyst", {
+        "score_job": score_job, "model": "tiny", "max_steps": 3, "batch_size": 1, "grad_accum": 1,
+        "checkpoint_every": 2, "eval_fraction": 0.34, "target_modules": ["q_proj", "v_proj"]}, after=[score_job])
+    _drain(db)
+    with transaction(db.engine()) as s:
+        job = s.get(Job, train_job)
+        assert job.status == "succeeded", job.error
+        adapter = s.scalar(select(Model).where(Model.job_id == train_job))
+        parent = s.scalar(select(ModelParent).where(ModelParent.model_id == adapter.id))
+        splits = dict(s.execute(select(TrainingExample.split, func.count()).where(TrainingExample.job_id == train_job)
+                                .group_by(TrainingExample.split)).all())
+        steps = s.scalars(select(TrainingMetric.step).where(TrainingMetric.job_id == train_job)
+                          .order_by(TrainingMetric.step)).all()
+    assert adapter.kind == "adapter" and adapter.adapter_kind == "rationalyst" and adapter.lora_r == 8
+    assert parent.relation == "base" and adapter.name == f"rationalyst-job{train_job}"
+    assert splits == {"train": 2, "eval": 1}  # 3 kept (the empty-preceding one never is), 1 held out
+    assert steps == [0, 1, 2]
+    assert job.result["steps"] == 3 and job.result["model_id"] == adapter.id
