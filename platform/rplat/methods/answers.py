@@ -1,0 +1,78 @@
+"""Final answers: extract them from solutions and compare with math-verify (boxed, fractions, %, thousands separators).
+
+The GSM8K `#### N` convention and the agent's "The answer is: N" ending are understood; so is the MATH
+`\\boxed{}` convention. Comparison is math-verify's, which treats 28,080 and 28080, 1/2 and 0.5, 50% and 0.5
+as equal.
+"""
+
+from __future__ import annotations
+
+import re
+
+END_PHRASES = ("the answer is", "the correct answer is")
+_GSM = re.compile(r"####\s*(.+)")
+_ANSWER_IS = re.compile(r"(?:the correct answer is|the answer is)(?: indeed)?\s*:?\s*(.+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?")
+
+
+def has_final_answer(text: str) -> bool:
+    """Stop rule of guided solving: an end phrase followed by something, a boxed answer, or a GSM8K marker."""
+    return extract_answer(text) is not None
+
+
+def _last_boxed(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            if depth == 0:
+                return text[i:j].strip()
+            depth -= 1
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer a solution states (last boxed, then `####`, then the last "the answer is"), or None."""
+    boxed = _last_boxed(text)
+    if boxed:
+        return boxed
+    gsm = _GSM.findall(text)
+    if gsm and gsm[-1].strip():
+        return gsm[-1].strip()
+    found = _ANSWER_IS.findall(text)
+    if found:
+        tail = found[-1].strip()
+        number = _NUMBER.search(tail)
+        answer = number.group(0) if number else tail.rstrip(".").strip()
+        return answer or None
+    return None
+
+
+def normalize(answer: str | None) -> str | None:
+    """A canonical string for voting: numbers without $ , and trailing .0; anything else stripped and lowercased."""
+    if answer is None:
+        return None
+    text = answer.strip().strip(".").replace("$", "").replace(",", "")
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        return text.lower() or None
+    if text.endswith("%"):
+        return f"{value}%"
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def is_correct(predicted: str | None, gold: str | None) -> bool:
+    """math-verify equivalence of the predicted and gold answers (False when either is missing)."""
+    if not predicted or not gold:
+        return False
+    from math_verify import parse, verify
+
+    try:
+        return bool(verify(parse(gold), parse(predicted)))
+    except Exception:  # math-verify raises on unparsable input; such an answer is simply wrong
+        return normalize(predicted) == normalize(gold)
