@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from rplat.kinds import JobKind, Params
 from rplat.registry import BUNDLED_EMBEDDER
@@ -73,6 +75,35 @@ class TrainRationalystParams(Params):
     seed: int = Field(0)
 
 
+SolveMethod = Literal["greedy", "sample", "random-candidate", "rationalyst-implicit", "rationalyst-explicit"]
+
+
+class SolveParams(ModelParams):
+    problems: str = Field(description="problem dataset to solve")
+    method: SolveMethod = Field("greedy", description="how each next step is chosen")
+    rationalyst: str | None = Field(None, description="rationale model (adapter) for rationalyst-* methods")
+    scorer: str | None = Field(None, description="scorer LM for rationalyst-implicit (default: the agent model)")
+    fewshot: str | None = Field(None, description="problem dataset whose worked solutions are the demonstrations")
+    n_fewshot: int = Field(4, ge=0, description="demonstrations drawn from `fewshot` (reference GSM8K: 9)")
+    n_candidates: int = Field(3, gt=0, description="candidate next steps per step (reference: 3)")
+    n_samples: int = Field(8, gt=0, description="independent trajectories per problem for method=sample")
+    temperature: float = Field(0.7, ge=0, description="candidate sampling temperature (reference: 0.7)")
+    max_steps: int = Field(15, gt=0, description="steps before giving up (reference: 15)")
+    step_tokens: int = Field(64, gt=0, description="token budget of one step")
+    rationale_tokens: int = Field(64, gt=0, description="token budget of one rationale")
+    seed: int = Field(14)
+
+    @model_validator(mode="after")
+    def _needs_rationalyst(self) -> SolveParams:
+        if self.method.startswith("rationalyst") and not self.rationalyst:
+            raise ValueError(f"method {self.method} needs a rationalyst model (--param rationalyst=NAME)")
+        return self
+
+
+class EvaluateParams(Params):
+    solve_job: int = Field(description="the solve job whose trajectories to check")
+
+
 PROBE = JobKind("probe", ProbeParams, "rplat.runners.probe:run",
                 "Report a runner machine's host, devices, library versions and free disk.")
 PREFILTER = JobKind("prefilter", PrefilterParams, "rplat.runners.prefilter:run",
@@ -83,3 +114,7 @@ SCORE = JobKind("score-rationales", ScoreParams, "rplat.runners.rationalyst:scor
                 "Loss delta of each rationale; keep those that make the following text likelier (RATIONALYST A4).")
 TRAIN_RATIONALYST = JobKind("train-rationalyst", TrainRationalystParams, "rplat.runners.train_rationalyst:run",
                             "Fine-tune a rationale model: preceding text -> rationale, loss on the rationale (A5).")
+SOLVE = JobKind("solve", SolveParams, "rplat.runners.solve:run",
+                "Solve problems step by step: greedy, sampling, random candidate, or RATIONALYST-guided (A6).")
+EVALUATE = JobKind("evaluate", EvaluateParams, "rplat.runners.solve:evaluate",
+                   "Check a solve job's answers (math-verify): predictions, self-consistency, micro accuracy per subject.")
