@@ -44,6 +44,10 @@ class ExtractParams(ModelParams):
     max_tokens: int = Field(512, gt=0, description="extractor output budget (reference: 3000)")
     seed: int = Field(14, description="sampling seed (reference: 14)")
     min_fidelity: float = Field(0.9, ge=0, le=1, description="keep an extraction iff 1 - ED/len >= this")
+    mode: Literal["rewrite", "insert"] = Field(
+        "rewrite", description="rewrite: the model rewrites the text with <BOT>r<EOT> inserted (the paper's); "
+        "insert: one rationale generated per unit boundary, text kept verbatim (robust for small models)")
+    max_units: int = Field(12, gt=1, description="insert mode: at most this many units (lines/sentences) per text")
 
 
 class ScoreParams(ModelParams):

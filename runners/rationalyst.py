@@ -17,7 +17,7 @@ from rplat.llm import Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import open_backend
 from rplat.methods.loss_delta import loss_delta
-from rplat.methods.rationales import fidelity, parse_triples
+from rplat.methods.rationales import fidelity, insert_rationales, parse_triples, text_units
 from rplat.models import (
     Dataset,
     Document,
@@ -28,7 +28,7 @@ from rplat.models import (
     Rationale,
     RationaleScore,
 )
-from rplat.prompts import TEMPLATES, ensure_template
+from rplat.prompts import TEMPLATES, ensure_template, insert_prompt
 from rplat.registry import get_model
 from rplat.runners.context import JobContext
 from rplat.runners.kinds import ExtractParams, ScoreParams
@@ -78,12 +78,34 @@ def _extract_items(session: Session, p: ExtractParams, job_id: int) -> list[Item
     return items
 
 
+def _insert_mode(llm: CachedBackend, sampling: Sampling, texts: list[str], max_units: int
+                 ) -> list[tuple[str, str]]:
+    """(annotated text, annotated output) per text: one rationale per boundary between consecutive units (at most
+    `max_units` units: the text annotated is that prefix), all boundaries of the batch in one model call."""
+    units = [text_units(t)[:max_units] for t in texts]
+    template = TEMPLATES["extract-insert"]
+    prompts = [llm.chat_prompt(template.messages(insert_prompt(" ".join(u[:i]), u[i])))
+               for u in units for i in range(1, len(u))]
+    step = Sampling(temperature=sampling.temperature, max_tokens=min(sampling.max_tokens, 64), stop=("\n",),
+                    seed=sampling.seed)
+    rationales = [c[0].text.strip() for c in llm.generate(prompts, step)] if prompts else []
+    out, pos = [], 0
+    for u in units:
+        if len(u) < 2:
+            out.append(("\n".join(u), "\n".join(u)))
+            continue
+        out.append(("\n".join(u), insert_rationales(u, rationales[pos:pos + len(u) - 1])))
+        pos += len(u) - 1
+    return out
+
+
 def extract(ctx: JobContext) -> dict[str, Any]:
     p: ExtractParams = ctx.params  # type: ignore[assignment]
     with ctx.transaction() as s:
         backend = open_backend(s, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
         model_id = get_model(s, p.model).id
-        template_ids = {name: ensure_template(s, TEMPLATES[name]) for name in ("extract-pile", "extract-reasoning")}
+        template_ids = {name: ensure_template(s, TEMPLATES[name])
+                        for name in ("extract-pile", "extract-reasoning", "extract-insert")}
     with ctx.read() as s:
         items = _extract_items(s, p, ctx.job_id)
         done = s.scalar(select(func.count()).select_from(Extraction).where(Extraction.job_id == ctx.job_id)) or 0
@@ -96,17 +118,21 @@ def extract(ctx: JobContext) -> dict[str, Any]:
     for start in range(0, len(items), p.batch_size):
         ctx.check()
         batch = items[start:start + p.batch_size]
-        names = ["extract-pile" if it.document_id is not None else "extract-reasoning" for it in batch]
-        prompts = [llm.chat_prompt(TEMPLATES[n].messages(it.text)) for n, it in zip(names, batch, strict=True)]
-        outputs = llm.generate(prompts, sampling)
+        if p.mode == "insert":
+            names = ["extract-insert"] * len(batch)
+            pairs = _insert_mode(llm, sampling, [it.text for it in batch], p.max_units)
+        else:
+            names = ["extract-pile" if it.document_id is not None else "extract-reasoning" for it in batch]
+            prompts = [llm.chat_prompt(TEMPLATES[n].messages(it.text)) for n, it in zip(names, batch, strict=True)]
+            pairs = [(it.text, c[0].text) for it, c in zip(batch, llm.generate(prompts, sampling), strict=True)]
         with ctx.transaction() as s:
-            for it, name, [completion] in zip(batch, names, outputs, strict=True):
-                fid = fidelity(it.text, completion.text)
+            for it, name, (source, output) in zip(batch, names, pairs, strict=True):
+                fid = fidelity(source, output)
                 key = ["job_id", "document_id"] if it.document_id is not None else ["job_id", "problem_id"]
                 insert_ignore(s, Extraction, [dict(
                     job_id=ctx.job_id, document_id=it.document_id, problem_id=it.problem_id, model_id=model_id,
                     prompt_template_id=template_ids[name], temperature=p.temperature, seed=p.seed,
-                    input_text=it.text, raw_output=completion.text, fidelity=fid, passed=fid >= p.min_fidelity)],
+                    input_text=source, raw_output=output, fidelity=fid, passed=fid >= p.min_fidelity)],
                     key)
                 if fid < p.min_fidelity:
                     continue
@@ -116,7 +142,7 @@ def extract(ctx: JobContext) -> dict[str, Any]:
                 insert_ignore(s, Rationale, [dict(
                     job_id=ctx.job_id, extraction_id=extraction_id, position=t.position, preceding=t.preceding,
                     rationale=t.rationale, following=t.following, left_step=t.left_step, source=it.source)
-                    for t in parse_triples(completion.text)], ["job_id", "extraction_id", "position"])
+                    for t in parse_triples(output)], ["job_id", "extraction_id", "position"])
         done += len(batch)
         ctx.progress(done, total)
     with ctx.read() as s:

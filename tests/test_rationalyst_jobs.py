@@ -129,3 +129,44 @@ def test_train_rationalyst_registers_an_adapter_with_its_lineage(db, tmp_path) -
     assert splits == {"train": 2, "eval": 1}  # 3 kept (the empty-preceding one never is), 1 held out
     assert steps == [0, 1, 2]
     assert job.result["steps"] == 3 and job.result["model_id"] == adapter.id
+
+
+def _tiny_and_problems(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with transaction(db.engine()) as s:
+        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+    problems = tmp_path / "gsm.jsonl"
+    db.rplat("generate", "reasoning-gym", "gsm_symbolic", "--size", "3", "--out", str(problems), check=True)
+    db.rplat("import", "problems", str(problems), "--dataset", "gsm", "--id-field", "id", "--benchmark", "gsm8k",
+             check=True)
+
+
+def test_insert_mode_extraction_yields_one_rationale_per_line_boundary(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _tiny_and_problems(db, tmp_path)
+    job_id, _ = Queue(db.engine()).enqueue("extract-rationales", {
+        "problems": "gsm", "model": "tiny", "mode": "insert", "max_tokens": 6, "batch_size": 2})
+    _drain(db)
+    with transaction(db.engine()) as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded", job.error
+        extractions = s.scalars(select(Extraction).where(Extraction.job_id == job_id)).all()
+        rationales = s.scalars(select(Rationale).where(Rationale.job_id == job_id)).all()
+    assert len(extractions) == 3 and all(e.passed and e.fidelity == 1.0 for e in extractions)
+    lines = sum(len(e.input_text.splitlines()) for e in extractions)
+    assert len(rationales) == lines - 3  # one per boundary between consecutive lines
+    assert all(r.source == "gsm8k" and r.following for r in rationales)
+    assert job.result == {"extractions": 3, "passed_fidelity": 3, "rationales": len(rationales),
+                          "cache_hits": 0, "cache_misses": len(rationales)}
+
+
+def test_rewrite_mode_rejects_outputs_that_do_not_keep_the_text(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _tiny_and_problems(db, tmp_path)
+    job_id, _ = Queue(db.engine()).enqueue("extract-rationales", {
+        "problems": "gsm", "model": "tiny", "max_tokens": 8, "limit": 2})
+    _drain(db)
+    with transaction(db.engine()) as s:
+        job = s.get(Job, job_id)
+        extractions = s.scalars(select(Extraction).where(Extraction.job_id == job_id)).all()
+    assert job.status == "succeeded", job.error
+    assert len(extractions) == 2  # limit
+    assert all(not e.passed and e.fidelity < 0.9 for e in extractions)  # a random model rewrites nothing faithfully
+    assert job.result["rationales"] == 0

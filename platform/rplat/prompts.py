@@ -30,6 +30,11 @@ EXTRACT_REASONING_SYSTEM = (
     "text that facilitate the reasoning. Other than the additional rationales, please do not modify the original "
     "text!"
 )
+EXTRACT_INSERT_SYSTEM = (
+    "Your task is to write the implicit rationale between two pieces of text: one short sentence, unstated in the "
+    "text, that helps predict the next text from the text so far. Do not repeat the text. Reply with the rationale "
+    "only."
+)
 SCORE_SYSTEM = "Your task is to generate future text given preceeding text"
 IMPLICIT_SCORER_SYSTEM = (
     "Your task is to generate future text given preceeding text and rationale that guide future reasoning. The "
@@ -59,6 +64,23 @@ EXTRACT_FEWSHOT = [
     ),
 ]
 
+INSERT_FEWSHOT = [
+    (
+        "Text so far:\nQuestion: Lena buys 3 notebooks at $4 each and a pen for $2. How much does she spend?\n\n"
+        "Next text:\nAnswer: The notebooks cost 3 * 4 = $12.",
+        "First find the cost of the notebooks by multiplying quantity by price.",
+    ),
+    (
+        "Text so far:\nThe river floods every spring.\n\nNext text:\nFarmers plant after the water recedes.",
+        "The floods decide when farming can happen.",
+    ),
+]
+
+
+def insert_prompt(preceding: str, following: str) -> str:
+    """The user turn of insert-mode extraction: the text so far and the next unit."""
+    return f"Text so far:\n{preceding}\n\nNext text:\n{following}"
+
 
 @dataclass(frozen=True)
 class Template:
@@ -84,6 +106,7 @@ TEMPLATES = {
     for t in (
         Template("extract-pile", "1", EXTRACT_PILE_SYSTEM, tuple(EXTRACT_FEWSHOT)),
         Template("extract-reasoning", "1", EXTRACT_REASONING_SYSTEM, tuple(EXTRACT_FEWSHOT)),
+        Template("extract-insert", "1", EXTRACT_INSERT_SYSTEM, tuple(INSERT_FEWSHOT)),
         Template("score-future", "1", SCORE_SYSTEM),
         Template("implicit-scorer", "1", IMPLICIT_SCORER_SYSTEM),
         Template("agent-gsm8k", "1", GSM8K_AGENT_SYSTEM),

@@ -86,3 +86,25 @@ def fidelity(original: str, output: str, bot: str = BOT, eot: str = EOT) -> floa
     if not s1:
         return 1.0 if not s2 else 0.0
     return 1.0 - Levenshtein.distance(s1, s2) / len(s1)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def text_units(text: str) -> list[str]:
+    """Insert-mode units: the non-empty lines of a multi-line text (worked solutions), else its sentences."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        return lines
+    return [u.strip() for u in _SENTENCE_END.split(text.strip()) if u.strip()]
+
+
+def insert_rationales(units: list[str], rationales: list[str], bot: str = BOT, eot: str = EOT) -> str:
+    """The annotated text insert mode produces: rationale i between unit i and unit i+1 (markers stripped from them)."""
+    if len(rationales) != len(units) - 1:
+        raise ValueError(f"{len(units)} units need {len(units) - 1} rationales, got {len(rationales)}")
+    parts = [units[0]]
+    for rationale, unit in zip(rationales, units[1:], strict=True):
+        clean = rationale.replace(bot, "").replace(eot, "").strip()
+        parts.append(f"{bot}{clean}{eot}{unit}")
+    return "\n".join(parts)
