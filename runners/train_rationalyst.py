@@ -83,6 +83,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(p.seed)  # adapter initialisation is random: the same params must give the same run
     model = AutoModelForCausalLM.from_pretrained(base_path, local_files_only=True).to(device)
     if p.lora:
         from peft import LoraConfig, get_peft_model

@@ -246,6 +246,8 @@ CASES = [
          url="mysql://root@127.0.0.1/rplat"),
     Case("not-a-database-url", ("jobs", "ls"), ["RPLAT_DATABASE_URL 'just-a-name' is not a database URL"],
          url="just-a-name"),
+    Case("sqlite-file-where-no-directory-can-be-made", ("jobs", "ls"),
+         ["cannot use /proc/rplat", "check the path and its permissions"], url="sqlite:////proc/rplat/rplat.db"),
     # click's own usage errors, in the same one-line form
     Case("unknown-command", ("enqueu", "probe"), ["no such command 'enqueu'", "rplat --help"]),
     Case("unknown-option", ("jobs", "ls", "--statu", "queued"),

@@ -180,3 +180,11 @@ def test_cli_import_round_trip_and_append(db: Store) -> None:
         ("p-1", "gsm8k", "5", first["job_id"]), ("p-2", "gsm8k", "24", first["job_id"])]
     human = db.rplat("import", "problems", str(path), "--dataset", "gsm", "--id-field", "id", "--append", check=True)
     assert human.stdout.startswith("imported 0 problems into dataset gsm (2 already present; import job ")
+
+
+def test_text_with_tabs_backslashes_newlines_and_emoji_is_stored_exactly(db: Store, tmp_path: Path) -> None:
+    tricky = ["tab\there, \\N and back\\slash", 'a "quote"\nnew line\r\n', "\\.", "caf\u00e9 \u4e2d \U0001f600"]
+    path = write_records(tmp_path / "tricky.jsonl", [{"text": t} for t in tricky])
+    import_file(db.engine(), path, "tricky", FieldMap("documents", None, {"text": "text"}))
+    assert [d.text for d in documents(db)] == tricky
+    assert [d.n_chars for d in documents(db)] == [len(t) for t in tricky]

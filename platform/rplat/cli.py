@@ -142,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(f"error: the database rejected the change ({_first_line(exc)}); nothing was written.", err=True)
         sys.exit(2)
     except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        click.echo(f"error: {exc.strerror or exc}{where}; check the path and its permissions.", err=True)
+        what = f"cannot use {exc.filename} ({exc.strerror})" if exc.filename else f"operating system error ({exc})"
+        click.echo(f"error: {what}; check the path and its permissions.", err=True)
         sys.exit(2)
 
 

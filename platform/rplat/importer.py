@@ -23,6 +23,7 @@ from rplat.store import transaction
 
 BATCH = 5000
 
+
 @dataclass(frozen=True)
 class FieldMap:
     """Which input field feeds which column; `id` None means "use the line (row) number"."""
@@ -191,8 +192,7 @@ def file_sha256(path: Path) -> str:
 
 def _insert_rows(session: Session, table: Table, columns: list[str], rows: list[tuple[Any, ...]],
                  progress: Callable[[int], None]) -> None:
-    """Bulk insert inside the session's transaction with no per-row work in SQLAlchemy: COPY on PostgreSQL,
-    the driver's executemany on SQLite."""
+    """Bulk insert in the session's transaction, no per-row SQLAlchemy work: PostgreSQL COPY, SQLite executemany."""
     conn = session.connection()
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql":
@@ -223,6 +223,7 @@ def import_file(engine: Engine, path: Path, dataset: str, fmap: FieldMap, *, app
         raise UserError(f"--dataset is {len(dataset)} characters long; dataset names are at most {name_limit}.")
     table, columns, sources = _layout(fmap)
     rows = _rows(path, fmap, columns, sources)
+    sha256 = file_sha256(path)
     with transaction(engine) as session:
         ds = session.scalar(select(Dataset).where(Dataset.name == dataset))
         if ds is not None and not append:
@@ -233,7 +234,7 @@ def import_file(engine: Engine, path: Path, dataset: str, fmap: FieldMap, *, app
         job_id = session.scalar(insert(Job).values(
             kind=f"import-{fmap.kind}", status="succeeded", attempts=1, max_attempts=1, lease_token=0,
             cancel_requested=False, priority=0, created_at=now, not_before=now, started_at=now, finished_at=now,
-            params={"file": str(path.resolve()), "sha256": file_sha256(path), "dataset": dataset,
+            params={"file": str(path.resolve()), "sha256": sha256, "dataset": dataset,
                     "id_field": fmap.id, "fields": {**fmap.required, **fmap.optional}, "constants": fmap.constants},
             progress_done=len(rows), progress_total=len(rows),
         ).returning(Job.id))
