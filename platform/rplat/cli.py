@@ -258,6 +258,83 @@ def models_ls(as_json: bool) -> None:
     _emit(rows, ["name", "kind", "role", "fingerprint", "job", "path"], as_json)
 
 
+@models.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--kind", type=click.Choice(["base", "adapter", "embedding", "ranker"]), default="base", show_default=True)
+@click.option("--role", default=None, help="agent, scorer, rationalyst, ...")
+@click.option("--base", "base_name", default=None, help="for an adapter: the registered model it was trained on")
+@click.option("--endpoint", default=None, help="OpenAI-compatible URL that serves this model (backend=openai)")
+def models_add(name: str, path: str, kind: str, role: str | None, base_name: str | None, endpoint: str | None) -> None:
+    """Register the model (or adapter) in directory PATH under NAME; its fingerprint is a hash of its files."""
+    from rplat.registry import get_model, register_model
+
+    if kind == "adapter" and base_name is None:
+        raise UserError("an adapter needs its base model: pass --base NAME (see `rplat models ls`).")
+    engine = _engine()
+    with transaction(engine) as session:
+        parents = {"base": get_model(session, base_name).id} if base_name else None
+        config = {"endpoint": endpoint} if endpoint else {}
+        model = register_model(session, name, kind, Path(path).resolve(), role=role, parents=parents, config=config)
+        fingerprint = model.fingerprint
+    click.echo(f"model {name} registered ({kind}, fingerprint {fingerprint[:12]})")
+
+
+@models.command("bundled")
+def models_bundled() -> None:
+    """Convert the bundled SmolLM2-135M-Instruct (GGUF) to safetensors once and register it."""
+    from rplat.bundled import SMOLLM2, ensure_smollm2
+
+    engine = _engine()
+    with transaction(engine) as session:
+        model = ensure_smollm2(session, get_settings().home)
+        path = model.path
+    click.echo(f"model {SMOLLM2} registered at {path}")
+
+
+# --- pipelines ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def pipeline() -> None:
+    """Enqueue a method's whole DAG of jobs at once."""
+
+
+@pipeline.command("rationalyst")
+@click.option("--documents", required=True, help="document dataset to mine rationales from")
+@click.option("--benchmark", required=True, help="problem dataset with worked solutions (reference, rationales, demos)")
+@click.option("--test", default=None, help="problem dataset to solve (default: the benchmark)")
+@click.option("--model", default="smollm2-135m-instruct", show_default=True, help="extractor, scorer, agent and base")
+@click.option("--experiment", default=None)
+@click.option("--methods", default=",".join(("greedy", "sample", "random-candidate", "rationalyst-implicit",
+                                             "rationalyst-explicit")), show_default=True)
+@click.option("--limit", default=None, type=click.IntRange(1), help="solve at most this many problems")
+@click.option("--extract-limit", default=None, type=click.IntRange(1), help="annotate at most this many texts")
+@click.option("--extract-mode", type=click.Choice(["rewrite", "insert"]), default="rewrite", show_default=True)
+@click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps")
+@click.option("--params-file", default=None, help='JSON {"kind": {param: value}} overrides per job kind')
+@click.option("--json", "as_json", is_flag=True)
+def pipeline_rationalyst(documents: str, benchmark: str, test: str | None, model: str, experiment: str | None,
+                         methods: str, limit: int | None, extract_limit: int | None, extract_mode: str,
+                         train_steps: int | None, params_file: str | None, as_json: bool) -> None:
+    """prefilter -> extract -> score -> train -> solve x methods -> evaluate, with dependencies."""
+    from rplat.pipelines import RationalystPipeline
+
+    overrides = _load_params_file(params_file) if params_file else {}
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    ids = RationalystPipeline(documents=documents, benchmark=benchmark, test=test, model=model,
+                              experiment=experiment, methods=chosen, limit=limit, extract_limit=extract_limit,
+                              extract_mode=extract_mode, train_steps=train_steps, overrides=overrides
+                              ).enqueue(_queue(_engine()))
+    if as_json:
+        click.echo(json.dumps(ids))
+        return
+    click.echo(f"prefilter {ids['prefilter']} -> extract {ids['extract']} -> score {ids['score']} -> "
+               f"train {ids['train']}")
+    for method, job in ids["solve"].items():
+        click.echo(f"  solve {method}: job {job}, evaluate: job {ids['evaluate'][method]}")
+
+
 # --- import ---------------------------------------------------------------------------------------
 
 
@@ -507,6 +584,24 @@ def jobs_retry(job_id: int) -> None:
 @cli.group()
 def report() -> None:
     """Human-readable summaries of finished jobs."""
+
+
+@report.command("rationalyst")
+@click.option("--experiment", default=None, help="the experiment whose evaluations to show (default: all)")
+@click.option("--json", "as_json", is_flag=True)
+def report_rationalyst(experiment: str | None, as_json: bool) -> None:
+    """Accuracy per solving method (micro over problems) and the mining funnel behind the rationale model."""
+    from rplat.reports import rationalyst_report
+
+    summary = rationalyst_report(_engine(), experiment=experiment)
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+        return
+    f = summary["funnel"]
+    click.echo(f"documents kept by the prefilter: {f['prefilter_passed']}; texts annotated: {f['extractions']} "
+               f"({f['passed_fidelity']} faithful); rationales: {f['rationales']}, kept by loss delta: {f['kept']}; "
+               f"training steps: {f['train_steps']}")
+    click.echo(_table(summary["results"], ["method", "subject", "n", "correct", "accuracy", "evaluate_job"]))
 
 
 @report.command("prefilter")

@@ -66,3 +66,40 @@ def prefilter_report(engine: Engine, *, job_id: int | None = None, experiment: s
         "closest": [doc(r) for r in rows[:examples]],
         "farthest": [doc(r) for r in rows[::-1][:examples]] if examples else [],
     }
+
+
+def rationalyst_report(engine: Engine, *, experiment: str | None = None) -> dict[str, Any]:
+    """Accuracy of every evaluated solve method (latest evaluation per method) and the mining funnel's counts."""
+    from sqlalchemy import func
+
+    from rplat.models import Evaluation, Extraction, PrefilterScore, Rationale, RationaleScore, TrainingMetric
+
+    with transaction(engine) as session:
+        job_filter = []
+        if experiment is not None:
+            exp_id = session.scalar(select(Experiment.id).where(Experiment.name == experiment))
+            if exp_id is None:
+                raise UserError(f"experiment {experiment!r} does not exist; see `rplat experiments ls`.")
+            job_filter = [Job.experiment_id == exp_id]
+
+        def count(model: Any, *where: Any) -> int:
+            return session.scalar(select(func.count()).select_from(model).join(Job, Job.id == model.job_id)
+                                  .where(*job_filter, *where)) or 0
+
+        funnel = {
+            "prefilter_passed": count(PrefilterScore, PrefilterScore.passed.is_(True)),
+            "extractions": count(Extraction),
+            "passed_fidelity": count(Extraction, Extraction.passed.is_(True)),
+            "rationales": count(Rationale),
+            "kept": count(RationaleScore, RationaleScore.kept.is_(True)),
+            "train_steps": count(TrainingMetric),
+        }
+        rows = session.execute(select(Evaluation, Job.params).join(Job, Job.id == Evaluation.job_id)
+                               .where(*job_filter, Job.kind == "evaluate").order_by(Evaluation.job_id)).all()
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for ev, params in rows:
+        latest[(ev.method, ev.subject)] = {"method": ev.method, "subject": ev.subject, "n": ev.n,
+                                           "correct": round(ev.n_correct, 2), "accuracy": round(ev.accuracy, 4),
+                                           "evaluate_job": ev.job_id, "solve_job": params.get("solve_job")}
+    results = sorted(latest.values(), key=lambda r: (r["subject"] != "all", r["subject"], r["method"]))
+    return {"experiment": experiment, "funnel": funnel, "results": results}
