@@ -63,3 +63,12 @@ def test_sampling_returns_n_completions_per_prompt(backend: HFBackend) -> None:
 def test_chat_prompt_applies_the_template(backend: HFBackend) -> None:
     text = backend.chat_prompt([{"role": "user", "content": "hi"}])
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_continuations_sharing_a_context_score_as_if_alone(backend: HFBackend) -> None:
+    context = "Question: Tom has 3 apples and buys 4 more. How many apples does he have?"
+    continuations = [" Answer: 7.", " 3 + 4 = 7", " The cat sat on the mat because it was warm.", " A"]
+    shared = backend.score([context] * 4 + ["The cat"], continuations + [" sat"])
+    for cont, got in zip([*continuations, " sat"], shared, strict=True):
+        ctx = context if cont != " sat" else "The cat"
+        assert got == pytest.approx(_reference_logprobs(backend, ctx, cont), abs=1e-4)

@@ -17,6 +17,16 @@ import torch
 
 from rplat.llm import Completion, Message, Sampling
 
+MIN_SHARED_PREFIX = 8
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
 
 def _buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -84,23 +94,72 @@ class HFBackend:
 
     @torch.inference_mode()
     def score_ids(self, ctx_ids: Sequence[list[int]], cont_ids: Sequence[list[int]]) -> list[list[float]]:
+        """Items whose contexts share a long prefix (a rationale with and without, candidate steps after one
+        trajectory) encode that prefix once and score their suffixes against copies of its KV cache."""
+        if any(not c for c, k in zip(ctx_ids, cont_ids, strict=True) if k):
+            raise ValueError("every scored continuation needs a non-empty context (its first token is predicted from it)")
         out: list[list[float]] = [[] for _ in ctx_ids]
-        full = [list(c) + list(k) for c, k in zip(ctx_ids, cont_ids, strict=True)]
-        for batch in _buckets([len(f) for f in full], self.batch_size):
-            todo = [i for i in batch if cont_ids[i]]
-            if not todo:
-                continue
-            ids, mask = self._left_pad([full[i] for i in todo])
-            keep = max(len(cont_ids[i]) for i in todo) + 1
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                                logits_to_keep=keep).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1, :], dim=-1)
-            targets = ids[:, -(keep - 1):]
-            picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            for row, i in enumerate(todo):
-                out[i] = picked[row, -len(cont_ids[i]):].tolist()
+        order = sorted((i for i, c in enumerate(cont_ids) if c), key=lambda i: list(ctx_ids[i]))
+        group: list[int] = []
+        singles: list[int] = []
+        shared = 0
+        for i in [*order, None]:
+            if i is not None and group:
+                lcp = min(shared, _common_prefix(ctx_ids[group[0]], ctx_ids[i]))
+                if lcp >= MIN_SHARED_PREFIX and lcp * 2 >= min(len(ctx_ids[g]) for g in [*group, i]) and \
+                        len(group) < self.batch_size:
+                    group.append(i)
+                    shared = lcp
+                    continue
+            if len(group) > 1:
+                for g, lps in zip(group, self._score_group(shared, [ctx_ids[g] for g in group],
+                                                           [cont_ids[g] for g in group]), strict=True):
+                    out[g] = lps
+            else:
+                singles += group
+            if i is not None:
+                group, shared = [i], len(ctx_ids[i])
+        lengths = [len(ctx_ids[i]) + len(cont_ids[i]) for i in singles]
+        for batch in _buckets(lengths, self.batch_size):
+            members = [singles[k] for k in batch]
+            for g, lps in zip(members, self._score_group(0, [ctx_ids[g] for g in members],
+                                                         [cont_ids[g] for g in members]), strict=True):
+                out[g] = lps
         return out
+
+    def _score_group(self, shared: int, ctxs: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
+        """Encode ctxs' common `shared`-token prefix once, then every (rest of context + continuation) in one batch."""
+        shared = max(min(shared, *(len(c) - 1 for c in ctxs)), 0)
+        cache = None
+        if shared:
+            prefix = self.model(input_ids=torch.tensor([ctxs[0][:shared]], device=self.device), use_cache=True,
+                                logits_to_keep=1)
+            cache = prefix.past_key_values
+            cache.batch_repeat_interleave(len(ctxs))
+        suffixes = [list(c[shared:]) + list(k) for c, k in zip(ctxs, conts, strict=True)]
+        width = max(len(x) for x in suffixes)
+        ids = torch.full((len(ctxs), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(ctxs), shared + width), dtype=torch.long, device=self.device)
+        mask[:, :shared] = 1
+        for row, suffix in enumerate(suffixes):
+            ids[row, :len(suffix)] = torch.tensor(suffix)
+            mask[row, shared:shared + len(suffix)] = 1
+        positions = torch.arange(shared, shared + width, device=self.device).expand(len(ctxs), -1)
+        # Logits only where some row has a continuation token to score (suffix positions start-1 .. end-1).
+        starts = [len(c) - shared for c in ctxs]
+        lo = min(starts) - 1
+        hi = max(st - 1 + len(k) for st, k in zip(starts, conts, strict=True))
+        keep = torch.arange(lo, hi, device=self.device)
+        logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
+                            logits_to_keep=keep).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        results = []
+        for row, cont in enumerate(conts):
+            start = starts[row] - lo  # kept-logit index of the first continuation token's prediction
+            picked = logprobs[row, start - 1:start - 1 + len(cont)].gather(
+                -1, torch.tensor(cont, device=self.device).unsqueeze(-1)).squeeze(-1)
+            results.append(picked.tolist())
+        return results
 
     # --- generation --------------------------------------------------------------------------------
 
