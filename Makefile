@@ -35,7 +35,7 @@ demo: install $(CACHE)/boolq-dev.jsonl
 	head -n $(DEMO_DOCS) $(CACHE)/boolq-dev.jsonl > $(CACHE)/boolq-demo.jsonl
 	$(BIN)/rplat import problems $(CACHE)/gsm_symbolic.jsonl --dataset gsm-symbolic --id-field id --benchmark gsm8k --split train --subject-field subject --append
 	$(BIN)/rplat import documents $(CACHE)/boolq-demo.jsonl --dataset wiki-boolq --text-field passage --source wikipedia --append
-	$(BIN)/rplat experiments ls | grep -qw demo || $(BIN)/rplat experiments add demo --description "make demo"
+	$(BIN)/rplat experiments ls --json | grep -qF '"name": "demo",' || $(BIN)/rplat experiments add demo --description "make demo"
 	$(BIN)/rplat enqueue prefilter --experiment demo --param documents=wiki-boolq --param 'reference=["gsm-symbolic"]'
 	$(BIN)/rplat runner --once
 	$(BIN)/rplat report prefilter --experiment demo

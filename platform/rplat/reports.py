@@ -40,32 +40,44 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 def prefilter_report(engine: Engine, *, job_id: int | None = None, experiment: str | None = None,
                      examples: int = 3) -> dict[str, Any]:
+    """Counts and cosine quantiles over all of a job's scores; document texts only for the `examples` shown."""
     with transaction(engine) as session:
         job = _latest_job(session, "prefilter", job_id, experiment)
-        rows = session.execute(
-            select(PrefilterScore.cosine, PrefilterScore.passed, Document.external_id, Document.text)
-            .join(Document, Document.id == PrefilterScore.document_id)
-            .where(PrefilterScore.job_id == job.id).order_by(PrefilterScore.cosine.desc())
+        of_job = PrefilterScore.job_id == job.id
+        scores = session.execute(
+            select(PrefilterScore.cosine, PrefilterScore.passed).where(of_job).order_by(PrefilterScore.cosine)
         ).all()
-    cosines = sorted(r.cosine for r in rows)
 
-    def doc(r: Any) -> dict[str, Any]:
-        snippet = " ".join(r.text.split())
-        return {"external_id": r.external_id, "cosine": r.cosine, "passed": r.passed,
-                "snippet": snippet[:100] + ("..." if len(snippet) > 100 else "")}
+        def ends(order: Any) -> list[dict[str, Any]]:
+            if not examples:
+                return []
+            rows = session.execute(
+                select(PrefilterScore.cosine, PrefilterScore.passed, Document.external_id, Document.text)
+                .join(Document, Document.id == PrefilterScore.document_id)
+                .where(of_job).order_by(order, PrefilterScore.document_id).limit(examples)
+            ).all()
+            return [_document_example(r) for r in rows]
 
+        closest, farthest = ends(PrefilterScore.cosine.desc()), ends(PrefilterScore.cosine.asc())
+    cosines = [r.cosine for r in scores]
     return {
         "job_id": job.id,
         "status": job.status,
         "threshold": job.params.get("threshold"),
         "max_chars": job.params.get("max_chars"),
-        "scored": len(rows),
-        "passed": sum(1 for r in rows if r.passed),
+        "scored": len(scores),
+        "passed": sum(1 for r in scores if r.passed),
         "cosine_quantiles": {name: _quantile(cosines, q) for name, q in
                              (("min", 0.0), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("max", 1.0))},
-        "closest": [doc(r) for r in rows[:examples]],
-        "farthest": [doc(r) for r in rows[::-1][:examples]] if examples else [],
+        "closest": closest,
+        "farthest": farthest,
     }
+
+
+def _document_example(r: Any) -> dict[str, Any]:
+    snippet = " ".join(r.text.split())
+    return {"external_id": r.external_id, "cosine": r.cosine, "passed": r.passed,
+            "snippet": snippet[:100] + ("..." if len(snippet) > 100 else "")}
 
 
 def rationalyst_report(engine: Engine, *, experiment: str | None = None) -> dict[str, Any]:
