@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from rplat import kinds
 from rplat.errors import JobCancelled, JobInterrupted, LeaseLost, UserError
 from rplat.migrate import ensure_at_head
@@ -74,9 +76,11 @@ class Runner:
     def run(self) -> int:
         """Run until stopped, drained (--once) or --max-jobs; returns the number of jobs executed."""
         ensure_at_head(self.queue.engine)
-        if self.options.kinds is not None:
-            for k in self.options.kinds:
-                kinds.get(k)
+        # Without --kinds a runner takes every kind it can run, and only those: a job of a kind this
+        # runner has never heard of (a plugin it lacks) stays queued for a runner that knows it.
+        claimable = self.options.kinds if self.options.kinds is not None else list(kinds.all_kinds())
+        for k in claimable:
+            kinds.get(k)
         self._install_signals()
         self.queue.register_runner(self.name, socket.gethostname(), os.getpid(), self.options.kinds)
         beat = threading.Thread(target=self._heartbeat_loop, name="rplat-heartbeat", daemon=True)
@@ -86,7 +90,7 @@ class Runner:
             while not self.stopping.is_set():
                 if self.options.max_jobs is not None and self.jobs_done >= self.options.max_jobs:
                     break
-                job = self.queue.claim(self.name, self.options.kinds, self.options.lease_seconds)
+                job = self.queue.claim(self.name, claimable, self.options.lease_seconds)
                 if job is None:
                     if self.options.once:
                         break
@@ -102,15 +106,19 @@ class Runner:
 
     def execute(self, job: ClaimedJob) -> str:
         """Run one claimed job to an end state; returns that state."""
-        kind = kinds.get(job.kind)
-        ctx = JobContext(job, kind.params.model_validate(job.params), self.queue, self.home, self.name,
-                         self.stopping)
-        with self._lock:
-            self._current = ctx
         self.echo(f"job {job.id} ({job.kind}) attempt {job.attempts}: started")
         try:
+            kind = kinds.get(job.kind)
+            try:
+                params = kind.params.model_validate(job.params)
+            except ValidationError as exc:
+                raise UserError(f"job {job.id}'s stored params no longer fit kind {job.kind!r}: "
+                                f"{exc.errors()[0]['msg']}") from None
+            ctx = JobContext(job, params, self.queue, self.home, self.name, self.stopping)
+            with self._lock:
+                self._current = ctx
             result = kind.load_handler()(ctx)
-            self.queue.complete(job.id, job.lease_token, result, ctx.current_progress, runner=self.name)
+            self.queue.complete(job.id, job.lease_token, result, ctx.current_progress)
             state = "succeeded"
         except JobCancelled:
             self.queue.finish_cancelled(job.id, job.lease_token, runner=self.name)
