@@ -93,7 +93,7 @@ def test_killed_score_rationales_resumes_without_duplicates(db, tmp_path, runner
     with db.engine().connect() as conn:
         cached_at_kill = conn.scalar(select(func.count()).select_from(GenerationCache))
     assert 10 <= partial < 120 and cached_at_kill >= 2 * partial
-    second = runners("--once")
+    second = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
     _wait(lambda: second.poll() is not None, "the second runner")
     with transaction(db.engine()) as s:
         job = s.get(Job, job_id)
@@ -124,7 +124,7 @@ def test_killed_training_resumes_at_its_checkpoint_with_the_same_loss_curve(db, 
     with db.engine().connect() as conn:
         resume_at = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == crashed))
     assert resume_at is not None and resume_at < 120
-    rescuer = runners("--once")
+    rescuer = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
     _wait(lambda: rescuer.poll() is not None, "the rescuing runner")
     with transaction(db.engine()) as s:
         job = s.get(Job, crashed)
