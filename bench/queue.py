@@ -1,11 +1,13 @@
 # Command: OMP_NUM_THREADS=1 .venv/bin/python bench/queue.py
+# ruff: noqa: E402 (the imports come after the sys.path fix below)
 """Queue benchmark: claim+complete jobs/s of rplat's Queue against a bare-SQL claim loop, SQLite and PostgreSQL.
 
 Both sides run in the same 4 worker processes (multiprocessing, spawn), against the same freshly migrated
 store, on the same number of identical queued `probe` jobs, and loop until nothing is claimable:
 
-- rplat: the `rplat.queue.Queue` API a runner uses, `claim(owner, None, lease)` then `complete(...)`: the
-  full semantics (dependencies, not_before, expired-lease reclaim, priority, lease token, fencing, events).
+- rplat: the `rplat.queue.Queue` calls a runner makes, `claim(owner, kinds, lease)` (every registered kind, as
+  a runner without --kinds asks) then `complete(...)`: the full semantics (kinds, dependencies, not_before,
+  priority, lease token, fencing, the claim's job event, the periodic reaper of expired leases).
 - bare:  the minimal correct atomic claim and complete, hand-written on the driver (sqlite3 / psycopg):
   claim = one `UPDATE jobs ... WHERE id = (SELECT ... LIMIT 1 [FOR UPDATE SKIP LOCKED]) RETURNING`, complete =
   one `UPDATE ... WHERE id = ? AND lease_token = ?`; on SQLite each inside BEGIN IMMEDIATE ... COMMIT, on
@@ -24,8 +26,10 @@ from __future__ import annotations
 import os
 import sys
 
-# This file is named queue.py: its folder on sys.path would shadow the standard library's `queue`.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+# This file is named queue.py: run as a script, its folder (first on sys.path) would shadow the standard
+# library's `queue`, which psycopg and multiprocessing import.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse
 import datetime as dt
@@ -41,13 +45,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import create_engine, delete, text
+from sqlalchemy import create_engine, delete, insert, text
 from sqlalchemy.engine import make_url
 
+from rplat import kinds
 from rplat.migrate import upgrade
 from rplat.models import Job, JobEvent, utcnow
 from rplat.queue import Queue
-from rplat.store import get_engine, transaction
+from rplat.store import get_engine
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 WORKERS = 4
@@ -81,26 +86,27 @@ WHERE id = %s AND lease_token = %s AND status = 'running'
 # --- the two claim loops --------------------------------------------------------------------------
 
 
-def _stamp() -> str:
+def _stamp(at: dt.datetime) -> str:
     """A timestamp as SQLAlchemy stores DateTime in SQLite, so both sides compare the same strings."""
-    return utcnow().isoformat(sep=" ")
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def bare_sqlite_loop(url: str, owner: str, barrier: Barrier) -> int:
     conn = sqlite3.connect(make_url(url).database, timeout=30, isolation_level=None)
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA synchronous = NORMAL")  # the store's settings (rplat.store), WAL being persistent
+    conn.execute("PRAGMA foreign_keys = ON")
     barrier.wait()
     done = 0
     while True:
+        at = utcnow()
+        now, lease = _stamp(at), _stamp(at + dt.timedelta(seconds=LEASE_SECONDS))
         conn.execute("BEGIN IMMEDIATE")
-        now = _stamp()
-        lease = (utcnow() + dt.timedelta(seconds=LEASE_SECONDS)).isoformat(sep=" ")
         row = conn.execute(BARE_SQLITE_CLAIM, (owner, lease, now, now, now)).fetchone()
         conn.execute("COMMIT")
         if row is None:
             return done
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(BARE_SQLITE_COMPLETE, (_stamp(), row[0], row[1]))
+        conn.execute(BARE_SQLITE_COMPLETE, (_stamp(utcnow()), row[0], row[1]))
         conn.execute("COMMIT")
         done += 1
 
@@ -121,68 +127,73 @@ def bare_pg_loop(url: str, owner: str, barrier: Barrier) -> int:
 
 def rplat_loop(url: str, owner: str, barrier: Barrier) -> int:
     queue = Queue(get_engine(url))
+    claimable = list(kinds.all_kinds())  # what a runner without --kinds asks for
     with queue.engine.connect():
         pass
     barrier.wait()
     done = 0
-    while (job := queue.claim(owner, None, LEASE_SECONDS)) is not None:
-        queue.complete(job.id, job.lease_token, None, runner=owner)
+    while (job := queue.claim(owner, claimable, LEASE_SECONDS)) is not None:
+        queue.complete(job.id, job.lease_token, None)
         done += 1
     return done
 
 
-def rplat_noping_loop(url, owner, barrier):
-    import rplat.store as st
-    from sqlalchemy import create_engine
-    e = create_engine(url.replace("postgresql:", "postgresql+psycopg:") if url.startswith("postgresql:") else url)
-    st._engine_for.cache_clear()
-    st._engine_for = lambda u: e
-    return rplat_loop(url, owner, barrier)
+LOOPS = {"bare-sqlite": bare_sqlite_loop, "bare-postgresql": bare_pg_loop, "rplat": rplat_loop}
 
 
-LOOPS = {"rplat-noping": rplat_noping_loop, "bare-sqlite": bare_sqlite_loop, "bare-postgresql": bare_pg_loop, "rplat": rplat_loop}
-
-
-def _worker(loop: str, url: str, owner: str, barrier: Barrier, results: Any) -> None:
-    results.put(LOOPS[loop](url, owner, barrier))
+def _worker(schedule: list[str], url: str, owner: str, barrier: Barrier, results: Any) -> None:
+    """Run each loop of the schedule in turn, each started by the barrier once the parent filled the queue."""
+    for loop in schedule:
+        results.put(LOOPS[loop](url, owner, barrier))
 
 
 # --- runs -----------------------------------------------------------------------------------------
 
 
 def fill(url: str, jobs: int) -> None:
-    """Empty the queue and enqueue `jobs` identical-but-distinct probe jobs (same rows for both sides)."""
+    """Empty the queue and insert `jobs` due probe jobs, the rows `Queue.enqueue` writes (bulk, to save time)."""
     engine = get_engine(url)
-    queue = Queue(engine)
-    with transaction(engine) as session:
-        session.execute(delete(JobEvent))
-        session.execute(delete(Job))
-        for i in range(jobs):
-            queue.enqueue_in(session, "probe", {"target": None, "sleep_seconds": 0.0, "burn_seconds": 0.0,
-                                                "tag": str(i), "devices": False})
-    with engine.connect() as conn:  # fresh planner statistics, as autovacuum would have after a bulk enqueue
+    due = utcnow() - dt.timedelta(seconds=1)
+    rows = [dict(kind="probe", params={"target": None, "sleep_seconds": 0.0, "burn_seconds": 0.0, "tag": str(i),
+                                       "devices": False},
+                 priority=0, status="queued", attempts=0, max_attempts=3, lease_token=0, cancel_requested=False,
+                 progress_done=0, created_at=due, not_before=due) for i in range(jobs)]
+    with engine.begin() as conn:
+        conn.execute(delete(JobEvent))
+        conn.execute(delete(Job))
+        conn.execute(insert(Job), rows)
+    with engine.begin() as conn:  # fresh planner statistics, as autovacuum would have after a bulk enqueue
         conn.execute(text("ANALYZE"))
-        conn.commit()
 
 
-def run(loop: str, url: str, jobs: int) -> float:
-    """jobs/s of `loop` in WORKERS processes draining a queue of `jobs` jobs."""
-    fill(url, jobs)
+def measure(backend: str, url: str, jobs: int, repeats: int) -> dict[str, float]:
+    """Best jobs/s of each side over `repeats` alternating runs, all in the same WORKERS processes."""
+    sides = {f"bare-{backend}": "bare", "rplat": "rplat"}
+    schedule = list(sides) * repeats
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(WORKERS + 1)
     results = ctx.Queue()
-    workers = [ctx.Process(target=_worker, args=(loop, url, f"w{n}", barrier, results)) for n in range(WORKERS)]
+    workers = [ctx.Process(target=_worker, args=(schedule, url, f"w{n}", barrier, results))
+               for n in range(WORKERS)]
     for w in workers:
         w.start()
-    barrier.wait()
-    start = time.perf_counter()
-    done = sum(results.get() for _ in workers)
-    elapsed = time.perf_counter() - start
-    for w in workers:
-        w.join()
-    if done != jobs:
-        raise SystemExit(f"{loop} completed {done} of {jobs} jobs")
-    return jobs / elapsed
+    best = dict.fromkeys(sides.values(), 0.0)
+    try:
+        for loop in schedule:
+            fill(url, jobs)
+            barrier.wait()
+            start = time.perf_counter()
+            done = sum(results.get() for _ in workers)
+            elapsed = time.perf_counter() - start
+            if done != jobs:
+                raise SystemExit(f"{loop} on {backend} completed {done} of {jobs} jobs")
+            best[sides[loop]] = max(best[sides[loop]], jobs / elapsed)
+    finally:
+        for w in workers:
+            w.join(timeout=60)
+            if w.is_alive():
+                w.kill()
+    return best
 
 
 @contextmanager
@@ -213,20 +224,17 @@ def fresh_store(backend: str, workdir: Path) -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per run")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per side per database; the best counts")
+    parser.add_argument("--repeats", type=int, default=4, help="runs per side per database; the best counts")
     args = parser.parse_args()
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         for backend in ("sqlite", "postgresql"):
-            best = {"bare": 0.0, "rplat": 0.0}
             with fresh_store(backend, Path(tmp)) as url:
-                for _ in range(args.repeats):
-                    best["bare"] = max(best["bare"], run(f"bare-{backend}", url, args.jobs))
-                    best["rplat"] = max(best["rplat"], run("rplat", url, args.jobs))
+                best = measure(backend, url, args.jobs, args.repeats)
             ratio = best["rplat"] / best["bare"]
             ratios.append(ratio)
-            print(f"{backend}: rplat {best['rplat']:.0f} jobs/s, bare {best['bare']:.0f} jobs/s, "
-                  f"ratio {ratio:.2f} ({WORKERS} processes, {args.jobs} jobs, best of {args.repeats})", flush=True)
+            print(f"{backend}: rplat {best['rplat']:.0f} jobs/s, bare {best['bare']:.0f} jobs/s, ratio {ratio:.2f} "
+                  f"({WORKERS} processes, {args.jobs} jobs, best of {args.repeats})", flush=True)
     print(f"ratio queue: {min(ratios):.2f}")
 
 

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session
+
 from rplat.errors import JobCancelled, JobInterrupted, LeaseLost
 from rplat.kinds import Params
 from rplat.models import Checkpoint
 from rplat.queue import ClaimedJob, Queue, record_event
 from rplat.store import insert_ignore, transaction
-from sqlalchemy import Engine, delete, select
-from sqlalchemy.orm import Session
 
 KEEP_CHECKPOINTS = 2
 

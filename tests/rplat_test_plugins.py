@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
 
+from rplat import kinds
 from rplat.kinds import JobKind, Params
 
 # Output tables of the test kinds; a test creates them with `create_output_tables(engine)`. They have no
@@ -91,3 +92,9 @@ KINDS = [
     JobKind("test-items", ItemsParams, "rplat_test_plugins:items",
             "Writes numbered items slowly and resumably (kill, fence and release tests)."),
 ]
+
+
+def register() -> None:
+    """Register these kinds in this process, whatever RPLAT_PLUGINS was when its registry first loaded."""
+    for kind in KINDS:
+        kinds.register(kind)

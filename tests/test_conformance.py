@@ -68,6 +68,7 @@ class Runners:
 
 @pytest.fixture
 def runners(db: Store, tmp_path: Path) -> Iterator[Runners]:
+    rplat_test_plugins.register()
     rplat_test_plugins.create_output_tables(db.engine())
     started = Runners(db, tmp_path)
     try:

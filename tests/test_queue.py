@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,17 +24,11 @@ LEASE = 30.0
 PROBE = {"devices": False}
 
 
-@pytest.fixture(autouse=True)
-def _test_kinds() -> None:
-    """The test kinds, whatever RPLAT_PLUGINS was when the registry first loaded in this process."""
-    for kind in rplat_test_plugins.KINDS:
-        kinds.register(kind)
-
-
 @pytest.fixture
-def queue(db: Store) -> Iterator[Queue]:
+def queue(db: Store) -> Queue:
+    rplat_test_plugins.register()
     rplat_test_plugins.create_output_tables(db.engine())
-    yield Queue(db.engine(), retry_base_seconds=10.0)
+    return Queue(db.engine(), retry_base_seconds=10.0)
 
 
 def job(q: Queue, job_id: int) -> Job:
@@ -222,6 +215,26 @@ def test_lease_token_increases_on_each_claim(queue: Queue) -> None:
     assert job(queue, job_id).lease_token == tokens[-1]
 
 
+def test_each_claim_records_an_event_with_its_runner_and_attempt(queue: Queue) -> None:
+    job_id, _ = queue.enqueue("probe", PROBE)
+    claim(queue, "runner-a")
+    expire_lease(queue, job_id)
+    claim(queue, "runner-b")
+    claimed = [(e.runner, e.attempt) for e in events(queue, job_id, "claimed")]
+    assert claimed == [("runner-a", 1), ("runner-b", 2)]
+
+
+def test_complete_records_result_progress_and_ends_the_lease(queue: Queue) -> None:
+    job_id, _ = queue.enqueue("probe", PROBE)
+    claimed = claim(queue, "runner-a")
+    queue.complete(job_id, claimed.lease_token, {"ok": True}, (4, 4))
+    stored = job(queue, job_id)
+    assert (stored.status, stored.result, stored.progress_done, stored.progress_total) == ("succeeded", {"ok": True},
+                                                                                          4, 4)
+    assert (stored.lease_owner, stored.lease_expires_at, stored.error) == ("runner-a", None, None)
+    assert stored.finished_at is not None
+
+
 def test_expired_lease_is_reclaimed_by_another_runner_as_a_new_attempt(queue: Queue) -> None:
     job_id, _ = queue.enqueue("probe", PROBE)
     first = claim(queue, "runner-a")
@@ -290,8 +303,8 @@ def test_failures_retry_with_exponential_backoff_up_to_max_attempts(queue: Queue
     assert queue.claim("runner-b", None, LEASE) is None
 
 
-def test_backoff_is_capped_at_retry_max_seconds(db: Store) -> None:
-    q = Queue(db.engine(), retry_base_seconds=10.0, retry_max_seconds=15.0)
+def test_backoff_is_capped_at_retry_max_seconds(queue: Queue) -> None:
+    q = Queue(queue.engine, retry_base_seconds=10.0, retry_max_seconds=15.0)
     job_id, _ = q.enqueue("test-fail", {}, max_attempts=5)
     q.fail(job_id, claim(q).lease_token, "boom", retryable=True)
     make_due(q, job_id)

@@ -8,17 +8,23 @@ taken over cannot commit results, checkpoints or a final status. An expired leas
 or failed on its last attempt, or cancelled if cancellation was asked for. Times come from the database
 clock on PostgreSQL (runners on several machines) and from the local clock on SQLite (one machine).
 
-Claim and complete run once per job on every runner, so they are built once per dialect and executed with
-bound parameters, and each is one round trip on PostgreSQL: an autocommit statement whose data-modifying
-CTE also writes the job event (SQLite, in-process, runs the two statements in one transaction).
+Claim and complete run once per job on every runner; through SQLAlchemy's execution layer they cost about
+twice the database work itself (bench/queue.py), so they are plain SQL on a DB-API connection from the
+engine's pool (`_HotPath`). On PostgreSQL each is one autocommit statement (the claim's data-modifying CTE
+also writes its 'claimed' event); on SQLite, BEGIN IMMEDIATE, the change (and the claim's event), COMMIT.
+Everything else goes through SQLAlchemy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import json
+import re
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,17 +33,10 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Engine,
-    Executable,
-    Float,
-    Insert,
     Integer,
-    Row,
-    Select,
-    String,
     Update,
     bindparam,
     case,
-    exists,
     func,
     insert,
     literal,
@@ -46,7 +45,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from rplat import kinds
 from rplat.errors import LeaseLost, UserError
@@ -100,85 +99,164 @@ def record_event(session: Session, job_id: int, event: str, message: str | None 
     )
 
 
-@dataclass(frozen=True)
-class _Logged:
-    """A job change that records its job event: on PostgreSQL one statement (a data-modifying CTE writes the
-    event), on SQLite the change alone, its event inserted next in the same transaction."""
-
-    statement: Executable
-    event: str
-
-
-@dataclass(frozen=True)
-class _HotStatements:
-    """Claim, complete and fence for one dialect, with bound parameters: built once, compiled once."""
-
-    sqlite: bool
-    claim: _Logged
-    claim_kinds: _Logged
-    complete: _Logged
-    fence: Update
-    event: Insert
-
-
-def _with_event(change: Update, event: str) -> Select[Any]:
-    changed = change.cte("changed")
-    log = insert(JobEvent).from_select(
-        ["job_id", "at", "event", "runner", "attempt"],
-        select(changed.c.id, _db_now(), literal(event, String), bindparam("runner", type_=String), changed.c.attempts),
-    ).cte("logged")
-    return select(changed).add_cte(log)
-
-
 @functools.cache
-def _hot_statements(on_sqlite: bool) -> _HotStatements:
-    if on_sqlite:
-        now: Any = bindparam("now", type_=DateTime())
-        expires: Any = bindparam("expires", type_=DateTime())
-    else:
-        now = _db_now()
-        expires = now + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lease_seconds", type_=Float()))
-    parent = aliased(Job)
-    blocked = exists().where(
-        JobDependency.job_id == Job.id, parent.id == JobDependency.depends_on_id, parent.status != "succeeded"
-    )
-    due = select(Job.id).where(Job.status == "queued", Job.not_before <= now, ~blocked)
+def _fence_statement(on_sqlite: bool) -> Update:
+    now = bindparam("now", type_=DateTime()) if on_sqlite else _db_now()
+    return (update(Job)
+            .where(Job.id == bindparam("job_id", type_=Integer), Job.lease_token == bindparam("token", type_=BigInteger),
+                   Job.status == "running")
+            .values(heartbeat_at=now).returning(Job.id))
 
-    def claim(candidate: Select[Any]) -> Update:
-        candidate = candidate.order_by(Job.priority.desc(), Job.id).limit(1)
-        if not on_sqlite:
-            candidate = candidate.with_for_update(skip_locked=True)
-        return (
-            update(Job).where(Job.id == candidate.scalar_subquery())
-            .values(status="running", lease_owner=bindparam("runner", type_=String), lease_token=Job.lease_token + 1,
-                    lease_expires_at=expires, heartbeat_at=now, attempts=Job.attempts + 1,
-                    started_at=func.coalesce(Job.started_at, now))
-            .returning(Job.id, Job.kind, Job.params, Job.lease_token, Job.attempts, Job.max_attempts,
-                       Job.experiment_id)
-        )
 
-    def logged(change: Update, event: str) -> _Logged:
-        return _Logged(change if on_sqlite else _with_event(change, event), event)
+# The hot path's SQL, in psycopg's parameter style (turned into sqlite3's for SQLite). {now} and {expires} are
+# the database clock on PostgreSQL and parameters from the local clock on SQLite.
+_CLAIM = """
+UPDATE jobs SET status = 'running', lease_owner = %(runner)s, lease_token = lease_token + 1,
+       attempts = attempts + 1, lease_expires_at = {expires}, heartbeat_at = {now},
+       started_at = coalesce(started_at, {now})
+WHERE id = ({candidate})
+RETURNING id, kind, params, lease_token, max_attempts, experiment_id, attempts"""
+_BEST_DUE = """
+SELECT id FROM jobs WHERE status = 'queued' AND not_before <= {now}{kinds}{and_unblocked}
+ORDER BY priority DESC, id LIMIT 1{lock}"""
 
-    leased = (Job.id == bindparam("job_id", type_=Integer), Job.lease_token == bindparam("token", type_=BigInteger),
-              Job.status == "running")
-    return _HotStatements(
-        sqlite=on_sqlite,
-        claim=logged(claim(due), "claimed"),
-        claim_kinds=logged(claim(due.where(Job.kind.in_(bindparam("kinds", expanding=True)))), "claimed"),
-        complete=logged(
-            update(Job).where(*leased)
-            .values(status="succeeded", result=bindparam("result", type_=Job.__table__.c.result.type),
-                    finished_at=now, error=None, lease_expires_at=None,
-                    progress_done=func.coalesce(bindparam("progress_done", type_=Integer), Job.progress_done),
-                    progress_total=func.coalesce(bindparam("progress_total", type_=Integer), Job.progress_total))
-            .returning(Job.id, Job.attempts),
-            "succeeded",
-        ),
-        fence=update(Job).where(*leased).values(heartbeat_at=now).returning(Job.id),
-        event=insert(JobEvent).values(job_id=bindparam("job_id"), at=bindparam("now"), event=bindparam("event"),
-                                      runner=bindparam("runner"), attempt=bindparam("attempt")),
-    )
+
+def _unblocked(job: str) -> str:
+    """SQL: every parent of the job row `job` (a table name or alias) succeeded."""
+    return (f"NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on_id "
+            f"WHERE d.job_id = {job}.id AND p.status <> 'succeeded')")
+
+
+_COMPLETE = """
+UPDATE jobs SET status = 'succeeded', result = %(result)s, finished_at = {now}, error = NULL,
+       lease_expires_at = NULL, progress_done = coalesce(%(done)s, progress_done),
+       progress_total = coalesce(%(total)s, progress_total)
+WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
+RETURNING id"""
+# Each claim records who took which attempt; the end of a successful job is in its row (status, finished_at,
+# lease_owner), so complete writes no event.
+_CLAIMED_EVENT = """
+INSERT INTO job_events (job_id, at, event, runner, attempt)
+VALUES (%(job_id)s, %(now)s, 'claimed', %(runner)s, %(attempt)s)"""
+_WITH_CLAIMED_EVENT = """
+WITH claimed AS ({claim}),
+logged AS (INSERT INTO job_events (job_id, at, event, runner, attempt)
+           SELECT id, {now}, 'claimed', %(runner)s, attempts FROM claimed)
+SELECT * FROM claimed"""
+_PG_NOW = "timezone('UTC', statement_timestamp())"
+_REUSE_SECONDS = 1.0
+
+
+class _HotPath:
+    """Claim (with its event) and complete, as plain SQL on a DB-API connection from the engine's pool."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        self.engine = engine
+        self.sqlite = dialect.name == "sqlite"
+        self._local = threading.local()
+        json_type = Job.__table__.c.result.type.dialect_impl(dialect)
+        self._json_in = json_type.bind_processor(dialect) or (lambda v: v)
+        self._json_out = json_type.result_processor(dialect, None) or (lambda v: v)
+        self._stamp = DateTime().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+        if self.sqlite:
+            times = {"now": "%(now)s", "expires": "%(expires)s"}
+            lock = ""
+            kinds = " AND kind IN (SELECT value FROM json_each(%(kinds)s))"
+        else:
+            times = {"now": _PG_NOW, "expires": f"{_PG_NOW} + make_interval(secs => %(lease_seconds)s)"}
+            lock = " FOR UPDATE SKIP LOCKED"
+            kinds = " AND kind = ANY(%(kinds)s)"
+
+        def claim(kinds: str) -> str:
+            # Both databases filter before they sort, so a claim that checks dependencies in its WHERE checks the
+            # parents of every queued job. The head of the queue is tried first (its parents checked alone); the
+            # full search runs only when the head is blocked (COALESCE evaluates its second subquery lazily).
+            head = _BEST_DUE.format(kinds=kinds, and_unblocked="", lock=lock, **times)
+            best = _BEST_DUE.format(kinds=kinds, and_unblocked=f" AND {_unblocked('jobs')}", lock=lock, **times)
+            candidate = f"coalesce((SELECT id FROM ({head}) AS head WHERE {_unblocked('head')}), ({best}))"
+            sql = _CLAIM.format(candidate=candidate, **times)
+            return self._driver_style(sql) if self.sqlite else _WITH_CLAIMED_EVENT.format(claim=sql, now=_PG_NOW)
+
+        self._claim = claim("")
+        self._claim_kinds = claim(kinds)
+        self._complete = self._driver_style(_COMPLETE.format(**times))
+        self._claimed_event = self._driver_style(_CLAIMED_EVENT)
+
+    def _driver_style(self, sql: str) -> str:
+        """The SQL above is in psycopg's parameter style; sqlite3 wants :name."""
+        return re.sub(r"%\((\w+)\)s", r":\1", sql) if self.sqlite else sql
+
+    def claim(self, owner: str, kinds_: list[str] | None, lease_seconds: float) -> ClaimedJob | None:
+        params: dict[str, Any] = {"runner": owner}
+        if kinds_ is not None:
+            params["kinds"] = json.dumps(kinds_) if self.sqlite else kinds_
+        if self.sqlite:
+            now = utcnow()
+            params.update(now=self._stamp(now), expires=self._stamp(now + dt.timedelta(seconds=lease_seconds)))
+        else:
+            params["lease_seconds"] = lease_seconds
+        with self._connection() as conn:
+            row = self._change(conn, self._claim if kinds_ is None else self._claim_kinds, params, claim=True)
+        if row is None:
+            return None
+        job_id, kind, job_params, token, max_attempts, experiment_id, attempts = row
+        return ClaimedJob(job_id, kind, self._json_out(job_params) or {}, token, attempts, max_attempts,
+                          experiment_id)
+
+    def complete(self, job_id: int, token: int, result: dict[str, Any] | None, progress: tuple[int, int | None] | None
+                 ) -> bool:
+        done, total = progress if progress is not None else (None, None)
+        params = {"job_id": job_id, "token": token, "result": self._json_in(result), "done": done, "total": total}
+        if self.sqlite:
+            params["now"] = self._stamp(utcnow())
+        with self._connection() as conn:
+            return self._change(conn, self._complete, params, claim=False) is not None
+
+    def _change(self, conn: Any, change: str, params: dict[str, Any], *, claim: bool) -> tuple[Any, ...] | None:
+        """Run one change to a job; the changed row or None. SQLite: in a transaction, with the claimed event
+        if it is a claim (PostgreSQL's claim statement writes its event itself)."""
+        if not self.sqlite:
+            return conn.execute(change, params).fetchone()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(change, params).fetchone()
+            if row is not None and claim:
+                conn.execute(self._claimed_event, {"job_id": row[0], "now": params["now"],
+                                                   "runner": params["runner"], "attempt": row[-1]})
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return row
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """This thread's DB-API connection (in autocommit on PostgreSQL: each hot statement is a transaction).
+
+        A busy runner calls in quick succession, so the connection is kept between calls: no pool checkout and
+        no pre-ping round trip each time. Idle for a second, or after any error, it goes back to the pool and
+        the next call checks one out (pinged) afresh. Autocommit is switched off again after every call, so a
+        kept connection that returns to the pool with its thread's end is an ordinary one."""
+        held: tuple[Any, float] | None = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None and time.monotonic() - held[1] > _REUSE_SECONDS:
+            held[0].close()
+            held = None
+        raw = held[0] if held is not None else self.engine.raw_connection()
+        conn = raw.driver_connection
+        try:
+            if not self.sqlite:
+                conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                if not self.sqlite and not conn.closed:
+                    conn.autocommit = False
+        except BaseException:
+            raw.invalidate()
+            raise
+        self._local.held = (raw, time.monotonic())
 
 
 def default_dedupe_key(kind: str, params: dict[str, Any], experiment_id: int | None, after: Sequence[int]) -> str:
@@ -191,8 +269,7 @@ class Queue:
         self.engine = engine
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
-        self._hot = _hot_statements(is_sqlite(engine))
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._hot = _HotPath(engine)
         self._next_reap = 0.0
 
     # --- enqueue -----------------------------------------------------------------------------------
@@ -244,7 +321,9 @@ class Queue:
                 )
         parents = sorted(set(after))
         if parents:
-            found = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(parents))).all())
+            # FOR SHARE (PostgreSQL): a parent cannot fail between this read and our commit, unseen by both sides.
+            found = dict(session.execute(
+                select(Job.id, Job.status).where(Job.id.in_(parents)).with_for_update(read=True)).all())
             missing = [p for p in parents if p not in found]
             if missing:
                 raise UserError(f"--after names job {missing[0]}, which does not exist; see `rplat jobs ls`.")
@@ -291,36 +370,7 @@ class Queue:
         return job
 
     def _take(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float) -> ClaimedJob | None:
-        params = self._times(lease_seconds) | {"runner": owner}
-        if kinds_ is None:
-            change = self._hot.claim
-        else:
-            change = self._hot.claim_kinds
-            params["kinds"] = list(kinds_)
-        row = self._change_logged(change, params)
-        if row is None:
-            return None
-        return ClaimedJob(row.id, row.kind, row.params or {}, row.lease_token, row.attempts, row.max_attempts,
-                          row.experiment_id)
-
-    def _times(self, lease_seconds: float = 0.0) -> dict[str, Any]:
-        """The time parameters of the hot statements: local clock on SQLite, database clock on PostgreSQL."""
-        if not self._hot.sqlite:
-            return {"lease_seconds": lease_seconds}
-        now = utcnow()
-        return {"now": now, "expires": now + dt.timedelta(seconds=lease_seconds)}
-
-    def _change_logged(self, change: _Logged, params: dict[str, Any]) -> Row[Any] | None:
-        """Run a hot job change and record its event, atomically; None if it matched no job."""
-        if not self._hot.sqlite:
-            with self._autocommit.connect() as conn:
-                return conn.execute(change.statement, params).one_or_none()
-        with self.engine.begin() as conn:
-            row = conn.execute(change.statement, params).one_or_none()
-            if row is not None:
-                conn.execute(self._hot.event, {"job_id": row.id, "now": params["now"], "event": change.event,
-                                               "runner": params["runner"], "attempt": row.attempts})
-            return row
+        return self._hot.claim(owner, list(kinds_) if kinds_ is not None else None, lease_seconds)
 
     def reap_expired(self) -> int:
         """Settle expired leases (the runner died or hung): queued again while attempts remain, else failed;
@@ -373,8 +423,10 @@ class Queue:
 
     def fence(self, session: Session, job_id: int, token: int) -> None:
         """First statement of every write a job makes: proves (and locks) the lease, or raises LeaseLost."""
-        got = session.connection().execute(self._hot.fence,
-                                           self._times() | {"job_id": job_id, "token": token}).one_or_none()
+        params: dict[str, Any] = {"job_id": job_id, "token": token}
+        if self._hot.sqlite:
+            params["now"] = utcnow()
+        got = session.connection().execute(_fence_statement(self._hot.sqlite), params).one_or_none()
         if got is None:
             raise LeaseLost(f"job {job_id}: lease token {token} is no longer current")
 
@@ -389,11 +441,9 @@ class Queue:
             raise LeaseLost(f"job {job_id}: lease token {token} is no longer current")
 
     def complete(self, job_id: int, token: int, result: dict[str, Any] | None,
-                 progress: tuple[int, int | None] | None = None, *, runner: str | None = None) -> None:
-        done, total = progress if progress is not None else (None, None)
-        params = self._times() | {"job_id": job_id, "token": token, "result": result, "progress_done": done,
-                                  "progress_total": total, "runner": runner}
-        if self._change_logged(self._hot.complete, params) is None:
+                 progress: tuple[int, int | None] | None = None) -> None:
+        """Record success (fenced on the lease token, else LeaseLost)."""
+        if not self._hot.complete(job_id, token, result, progress):
             raise LeaseLost(f"job {job_id}: lease token {token} is no longer current")
 
     def fail(self, job_id: int, token: int, error: str, *, retryable: bool, runner: str | None = None) -> str:
@@ -432,7 +482,8 @@ class Queue:
     def cancel(self, job_id: int) -> str:
         """Cancel a queued job now; ask a running one to stop (its runner sees it within one heartbeat)."""
         with transaction(self.engine) as session:
-            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            # Row-locked (PostgreSQL), so a runner cannot claim the job between this read and the update below.
+            status = session.scalar(select(Job.status).where(Job.id == job_id).with_for_update())
             if status is None:
                 raise UserError(f"job {job_id} does not exist; see `rplat jobs ls`.")
             if status == "queued":
