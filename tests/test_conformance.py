@@ -97,9 +97,9 @@ def job(engine: Engine, job_id: int) -> Job:
         return found
 
 
-def claims(engine: Engine, job_id: int) -> list[JobEvent]:
+def events(engine: Engine, job_id: int, event: str) -> list[JobEvent]:
     with transaction(engine) as session:
-        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.event == "claimed")
+        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.event == event)
                                     .order_by(JobEvent.id)))
 
 
@@ -162,15 +162,12 @@ def test_every_job_completes_exactly_once(db: Store, runners: Runners, n_runners
     assert [runners.wait(name) for name in names] == [0] * n_runners
     with transaction(engine) as session:
         rows = session.execute(select(echo_output.c.job_id, echo_output.c.i)).all()
-        statuses = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        claims_per_job = session.execute(
-            select(JobEvent.job_id, func.count()).where(JobEvent.event == "claimed").group_by(JobEvent.job_id)).all()
+        ends = session.execute(select(Job.status, Job.lease_token, Job.attempts, func.count())
+                               .group_by(Job.status, Job.lease_token, Job.attempts)).all()
     completed = sorted(i for _, i in rows)
     assert completed == list(range(jobs))
     assert len({job_id for job_id, _ in rows}) == len(rows) == jobs
-    assert statuses == {"succeeded": jobs}
-    assert len(claims_per_job) == jobs
-    assert {n for _, n in claims_per_job} == {1}, "no job ran twice"
+    assert ends == [("succeeded", 1, 1, jobs)], "every job succeeded, claimed once (lease token 1): none ran twice"
 
 
 # --- enqueue and dependencies ---------------------------------------------------------------------
@@ -231,8 +228,7 @@ def test_job_blocked_on_a_failed_parent_is_cancelled(db: Store, runners: Runners
     assert job(engine, parent).status == "failed"
     for descendant in (child, grandchild):
         stored = job(engine, descendant)
-        assert (stored.status, stored.error) == ("cancelled", f"parent job {parent} failed")
-        assert claims(engine, descendant) == []
+        assert (stored.status, stored.error, stored.lease_token) == ("cancelled", f"parent job {parent} failed", 0)
 
 
 # --- leases, crashes, fencing, shutdown -----------------------------------------------------------
@@ -247,9 +243,8 @@ def test_handler_burning_cpu_past_its_lease_is_never_reclaimed(db: Store, runner
     job_id = enqueue(engine, "probe", {"burn_seconds": 5 * lease, "devices": False})
     wait_for(lambda: job(engine, job_id).status in TERMINAL, "the job to finish")
     stored = job(engine, job_id)
-    assert stored.status == "succeeded"
-    assert stored.attempts == 1
-    assert len(claims(engine, job_id)) == 1
+    assert (stored.status, stored.attempts, stored.lease_token) == ("succeeded", 1, 1), "claimed once, never again"
+    assert events(engine, job_id, "lease-expired") == []
     assert stored.result is not None and stored.result["burn_loops"] > 0
     assert stored.finished_at is not None and stored.started_at is not None
     assert (stored.finished_at - stored.started_at).total_seconds() > lease, "the handler outlived its lease"
@@ -274,9 +269,10 @@ def test_killed_runner_job_is_completed_by_another_after_the_lease_expires(db: S
     assert [item for item, _, _ in written] == list(range(items)), "no duplicate and no lost item"
     assert written[: len(by_a)] == by_a
     assert {(runner, attempt) for _, runner, attempt in written[len(by_a):]} == {("runner-b", 2)}
-    taken = claims(engine, job_id)
-    assert [c.runner for c in taken] == ["runner-a", "runner-b"]
-    assert lease_of_a is not None and taken[1].at >= lease_of_a
+    assert [(e.runner, e.attempt) for e in events(engine, job_id, "lease-expired")] == [("runner-a", 1)]
+    (reclaim,) = events(engine, job_id, "claimed")
+    assert (reclaim.runner, reclaim.attempt) == ("runner-b", 2)
+    assert lease_of_a is not None and reclaim.at >= lease_of_a, "taken over only after runner-a's lease expired"
 
 
 def test_fenced_runner_late_commit_is_rejected(db: Store, runners: Runners) -> None:
@@ -317,8 +313,9 @@ def test_sigterm_releases_the_job_for_another_runner_without_counting_the_attemp
     runners.start("runner-b", "--once")
     assert runners.wait("runner-b") == 0
     stored = job(engine, job_id)
-    assert (stored.status, stored.attempts) == ("succeeded", 1)
-    assert [c.runner for c in claims(engine, job_id)] == ["runner-a", "runner-b"]
+    assert (stored.status, stored.attempts, stored.lease_owner) == ("succeeded", 1, "runner-b")
+    assert [e.runner for e in events(engine, job_id, "released")] == ["runner-a"]
+    assert [(e.runner, e.attempt) for e in events(engine, job_id, "claimed")] == [("runner-b", 1)]
     written = items_written(engine, job_id)
     assert [item for item, _, _ in written] == list(range(items))
     assert {runner for _, runner, _ in written[len(by_a):]} == {"runner-b"}

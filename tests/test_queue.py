@@ -46,9 +46,9 @@ def events(q: Queue, job_id: int, event: str | None = None) -> list[JobEvent]:
         return list(session.scalars(query))
 
 
-def count(q: Queue, model: type) -> int:
+def count(q: Queue, table: Any) -> int:
     with transaction(q.engine) as session:
-        return session.scalar(select(func.count()).select_from(model)) or 0
+        return session.scalar(select(func.count()).select_from(table)) or 0
 
 
 def set_job(q: Queue, job_id: int, **values: Any) -> None:
@@ -163,6 +163,30 @@ def test_concurrent_identical_enqueues_make_one_job(queue: Queue) -> None:
     assert count(queue, Job) == 1
 
 
+# --- claim order and kinds ------------------------------------------------------------------------
+
+
+def test_claim_takes_the_highest_priority_then_the_oldest_job(queue: Queue) -> None:
+    low, _ = queue.enqueue("probe", {"tag": "low", "devices": False}, priority=0)
+    first_high, _ = queue.enqueue("probe", {"tag": "high-1", "devices": False}, priority=5)
+    second_high, _ = queue.enqueue("probe", {"tag": "high-2", "devices": False}, priority=5)
+    assert [claim(queue).id for _ in range(3)] == [first_high, second_high, low]
+
+
+def test_claim_takes_only_the_kinds_asked_for(queue: Queue) -> None:
+    queue.enqueue("test-fail", {})
+    probe, _ = queue.enqueue("probe", PROBE)
+    got = queue.claim("runner-a", ["probe", "prefilter"], LEASE)
+    assert got is not None and got.id == probe
+    assert queue.claim("runner-a", ["probe"], LEASE) is None
+
+
+def test_claim_skips_a_job_not_yet_due(queue: Queue) -> None:
+    job_id, _ = queue.enqueue("probe", PROBE)
+    set_job(queue, job_id, not_before=utcnow() + dt.timedelta(hours=1))
+    assert queue.claim("runner-a", None, LEASE) is None
+
+
 # --- dependencies ---------------------------------------------------------------------------------
 
 
@@ -215,13 +239,16 @@ def test_lease_token_increases_on_each_claim(queue: Queue) -> None:
     assert job(queue, job_id).lease_token == tokens[-1]
 
 
-def test_each_claim_records_an_event_with_its_runner_and_attempt(queue: Queue) -> None:
+def test_first_claim_is_on_the_job_row_and_every_later_claim_is_an_event(queue: Queue) -> None:
     job_id, _ = queue.enqueue("probe", PROBE)
     claim(queue, "runner-a")
+    assert events(queue, job_id, "claimed") == []
+    assert (job(queue, job_id).lease_owner, job(queue, job_id).lease_token) == ("runner-a", 1)
     expire_lease(queue, job_id)
     claim(queue, "runner-b")
-    claimed = [(e.runner, e.attempt) for e in events(queue, job_id, "claimed")]
-    assert claimed == [("runner-a", 1), ("runner-b", 2)]
+    expired = events(queue, job_id, "lease-expired")
+    assert [(e.runner, e.attempt) for e in expired] == [("runner-a", 1)]
+    assert [(e.runner, e.attempt) for e in events(queue, job_id, "claimed")] == [("runner-b", 2)]
 
 
 def test_complete_records_result_progress_and_ends_the_lease(queue: Queue) -> None:
@@ -380,7 +407,7 @@ def test_cancel_of_a_running_job_reaches_its_runner_and_ends_it_cancelled(queue:
     thread = threading.Thread(target=runner.run)
     thread.start()
     try:
-        while not events(queue, job_id, "claimed"):
+        while job(queue, job_id).status == "queued" and thread.is_alive():
             thread.join(0.02)
         assert queue.cancel(job_id) == "cancel-requested"
     finally:

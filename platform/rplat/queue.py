@@ -10,9 +10,8 @@ clock on PostgreSQL (runners on several machines) and from the local clock on SQ
 
 Claim and complete run once per job on every runner; through SQLAlchemy's execution layer they cost about
 twice the database work itself (bench/queue.py), so they are plain SQL on a DB-API connection from the
-engine's pool (`_HotPath`). On PostgreSQL each is one autocommit statement (the claim's data-modifying CTE
-also writes its 'claimed' event); on SQLite, BEGIN IMMEDIATE, the change (and the claim's event), COMMIT.
-Everything else goes through SQLAlchemy.
+engine's pool (`_HotPath`): on PostgreSQL one autocommit statement each, on SQLite BEGIN IMMEDIATE, the
+statement, COMMIT. Everything else goes through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -133,22 +132,21 @@ UPDATE jobs SET status = 'succeeded', result = %(result)s, finished_at = {now}, 
        progress_total = coalesce(%(total)s, progress_total)
 WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
 RETURNING id"""
-# Each claim records who took which attempt; the end of a successful job is in its row (status, finished_at,
-# lease_owner), so complete writes no event.
+# A job's row records its first claim (lease_owner, started_at) and how it succeeded (status, result,
+# finished_at); every attempt that ends otherwise writes an event naming its runner (retry, failed, released,
+# lease-expired, cancelled). So only a re-claim (lease token above 1) writes a 'claimed' event, and complete
+# writes none: the history of a job that ran more than once is complete, and a job that ran once costs no
+# event row on the hot path. (On PostgreSQL that event is a second autocommit statement: a runner dying
+# between the two loses it, not the claim.)
 _CLAIMED_EVENT = """
 INSERT INTO job_events (job_id, at, event, runner, attempt)
-VALUES (%(job_id)s, %(now)s, 'claimed', %(runner)s, %(attempt)s)"""
-_WITH_CLAIMED_EVENT = """
-WITH claimed AS ({claim}),
-logged AS (INSERT INTO job_events (job_id, at, event, runner, attempt)
-           SELECT id, {now}, 'claimed', %(runner)s, attempts FROM claimed)
-SELECT * FROM claimed"""
+VALUES (%(job_id)s, {now}, 'claimed', %(runner)s, %(attempt)s)"""
 _PG_NOW = "timezone('UTC', statement_timestamp())"
 _REUSE_SECONDS = 1.0
 
 
 class _HotPath:
-    """Claim (with its event) and complete, as plain SQL on a DB-API connection from the engine's pool."""
+    """Claim and complete, as plain SQL on a DB-API connection from the engine's pool."""
 
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
@@ -175,13 +173,12 @@ class _HotPath:
             head = _BEST_DUE.format(kinds=kinds, and_unblocked="", lock=lock, **times)
             best = _BEST_DUE.format(kinds=kinds, and_unblocked=f" AND {_unblocked('jobs')}", lock=lock, **times)
             candidate = f"coalesce((SELECT id FROM ({head}) AS head WHERE {_unblocked('head')}), ({best}))"
-            sql = _CLAIM.format(candidate=candidate, **times)
-            return self._driver_style(sql) if self.sqlite else _WITH_CLAIMED_EVENT.format(claim=sql, now=_PG_NOW)
+            return self._driver_style(_CLAIM.format(candidate=candidate, **times))
 
         self._claim = claim("")
         self._claim_kinds = claim(kinds)
         self._complete = self._driver_style(_COMPLETE.format(**times))
-        self._claimed_event = self._driver_style(_CLAIMED_EVENT)
+        self._claimed_event = self._driver_style(_CLAIMED_EVENT.format(now=times["now"]))
 
     def _driver_style(self, sql: str) -> str:
         """The SQL above is in psycopg's parameter style; sqlite3 wants :name."""
@@ -214,19 +211,22 @@ class _HotPath:
             return self._change(conn, self._complete, params, claim=False) is not None
 
     def _change(self, conn: Any, change: str, params: dict[str, Any], *, claim: bool) -> tuple[Any, ...] | None:
-        """Run one change to a job; the changed row or None. SQLite: in a transaction, with the claimed event
-        if it is a claim (PostgreSQL's claim statement writes its event itself)."""
-        if not self.sqlite:
-            return conn.execute(change, params).fetchone()
-        conn.execute("BEGIN IMMEDIATE")
+        """Run one change to a job (SQLite: in a transaction), and the claimed event if it is a re-claim; the
+        changed row or None."""
+        if self.sqlite:
+            conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute(change, params).fetchone()
-            if row is not None and claim:
-                conn.execute(self._claimed_event, {"job_id": row[0], "now": params["now"],
-                                                   "runner": params["runner"], "attempt": row[-1]})
-            conn.execute("COMMIT")
+            if claim and row is not None and row[3] > 1:  # the lease token: a re-claim
+                event = {"job_id": row[0], "runner": params["runner"], "attempt": row[-1]}
+                if self.sqlite:
+                    event["now"] = params["now"]
+                conn.execute(self._claimed_event, event)
+            if self.sqlite:
+                conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if self.sqlite:
+                conn.execute("ROLLBACK")
             raise
         return row
 
