@@ -56,7 +56,7 @@ class ScoreParams(ModelParams):
     tau: float = Field(0.0, description="keep iff loss delta >= tau (sources without their own tau)")
     tau_by_source: dict[str, float] = Field(default_factory=dict,
                                             description='per-source tau, e.g. {"gsm8k": 1.2, "ecqa": 0.5}')
-    batch_size: int = Field(16, gt=0, le=1024, description="rationales scored per model call")
+    batch_size: int = Field(64, gt=0, le=1024, description="rationales scored per model call (a document's share one encoding)")
 
 
 class TrainRationalystParams(Params):

@@ -13,7 +13,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
-from rplat.llm import Sampling
+from rplat.llm import Backend, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import open_backend
 from rplat.methods.loss_delta import loss_delta
@@ -153,6 +153,19 @@ def extract(ctx: JobContext) -> dict[str, Any]:
             "cache_hits": llm.hits, "cache_misses": llm.misses}
 
 
+def score_pairs(llm: Backend, triples: list[tuple[str, str, str]]) -> list[list[float]]:
+    """A4's two scorings of each (preceding, rationale, following): the log-probs of `following` as the assistant
+    turn after the user turn `preceding`, then after `preceding + ". " + rationale`; without-scorings first.
+    One call, so the backend can share every prefix (bench/loss_delta.py measures this path)."""
+    system = TEMPLATES["score-future"].system
+    without = [llm.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": pre}])
+               for pre, _, _ in triples]
+    with_ = [llm.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": f"{pre}. {rat}"}])
+             for pre, rat, _ in triples]
+    following = [fol for _, _, fol in triples]
+    return llm.score(without + with_, following + following)
+
+
 def score(ctx: JobContext) -> dict[str, Any]:
     p: ScoreParams = ctx.params  # type: ignore[assignment]
     with ctx.transaction() as s:
@@ -172,18 +185,12 @@ def score(ctx: JobContext) -> dict[str, Any]:
     if p.limit is not None:
         rows = rows[:max(p.limit - done, 0)]
     llm = CachedBackend(backend, ctx.engine, job_id=ctx.job_id)
-    system = TEMPLATES["score-future"].system
     total = done + len(rows)
     ctx.progress(done, total)
     for start in range(0, len(rows), p.batch_size):
         ctx.check()
         batch = rows[start:start + p.batch_size]
-        without = [llm.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": r.preceding}])
-                   for r in batch]
-        with_ = [llm.chat_prompt([{"role": "system", "content": system},
-                                  {"role": "user", "content": f"{r.preceding}. {r.rationale}"}]) for r in batch]
-        following = [r.following for r in batch]
-        scored = llm.score(without + with_, following + following)
+        scored = score_pairs(llm, [(r.preceding, r.rationale, r.following) for r in batch])
         out = []
         for k, r in enumerate(batch):
             tau = p.tau_by_source.get(r.source or "", p.tau)
