@@ -52,14 +52,14 @@ def _dataset_id(session: Session, name: str, kind: str) -> int:
     return ds.id
 
 
-def _extract_items(session: Session, p: ExtractParams, job_id: int) -> list[Item]:
+def _extract_items(session: Session, p: ExtractParams) -> list[Item]:
+    """Every text the job annotates, in its fixed order: documents and worked solutions alternate, so a
+    `limit` takes from both."""
     if p.documents is None and p.problems is None and p.prefilter_job is None:
         raise UserError("extract-rationales needs documents, prefilter_job or problems; pass one with --param.")
     items: list[Item] = []
     if p.documents is not None or p.prefilter_job is not None:
-        q = select(Document.id, Document.source, Document.text).where(
-            ~Document.id.in_(select(Extraction.document_id).where(Extraction.job_id == job_id,
-                                                                  Extraction.document_id.is_not(None))))
+        q = select(Document.id, Document.source, Document.text)
         if p.documents is not None:
             q = q.where(Document.dataset_id == _dataset_id(session, p.documents, "documents"))
         if p.prefilter_job is not None:
@@ -68,14 +68,15 @@ def _extract_items(session: Session, p: ExtractParams, job_id: int) -> list[Item
             q = q.join(PrefilterScore, and_(PrefilterScore.document_id == Document.id,
                                             PrefilterScore.job_id == p.prefilter_job, PrefilterScore.passed))
         items += [Item(i, None, src or "documents", text) for i, src, text in session.execute(q.order_by(Document.id))]
+    solutions: list[Item] = []
     if p.problems is not None:
         q = select(Problem.id, Problem.benchmark, Problem.question, Problem.solution).where(
-            Problem.dataset_id == _dataset_id(session, p.problems, "problems"), Problem.solution.is_not(None),
-            ~Problem.id.in_(select(Extraction.problem_id).where(Extraction.job_id == job_id,
-                                                                Extraction.problem_id.is_not(None))))
-        items += [Item(None, i, bench or "problems", f"Question: {q_}\nAnswer: {sol}")
-                  for i, bench, q_, sol in session.execute(q.order_by(Problem.id))]
-    return items
+            Problem.dataset_id == _dataset_id(session, p.problems, "problems"), Problem.solution.is_not(None))
+        solutions = [Item(None, i, bench or "problems", f"Question: {q_}\nAnswer: {sol}")
+                     for i, bench, q_, sol in session.execute(q.order_by(Problem.id))]
+    mixed = [it for pair in zip(items, solutions, strict=False) for it in pair]
+    shorter = min(len(items), len(solutions))
+    return mixed + items[shorter:] + solutions[shorter:]
 
 
 def _insert_mode(llm: CachedBackend, sampling: Sampling, texts: list[str], max_units: int
@@ -107,13 +108,15 @@ def extract(ctx: JobContext) -> dict[str, Any]:
         template_ids = {name: ensure_template(s, TEMPLATES[name])
                         for name in ("extract-pile", "extract-reasoning", "extract-insert")}
     with ctx.read() as s:
-        items = _extract_items(s, p, ctx.job_id)
-        done = s.scalar(select(func.count()).select_from(Extraction).where(Extraction.job_id == ctx.job_id)) or 0
-    if p.limit is not None:
-        items = items[:max(p.limit - done, 0)]
+        items = _extract_items(s, p)[:p.limit]
+        written = set(s.execute(select(Extraction.document_id, Extraction.problem_id)
+                                .where(Extraction.job_id == ctx.job_id)).all())
+    # A re-claimed job skips what it already wrote: the order is fixed, so it continues where it stopped.
+    total = len(items)
+    items = [it for it in items if (it.document_id, it.problem_id) not in written]
+    done = total - len(items)
     llm = CachedBackend(backend, ctx.engine, job_id=ctx.job_id)
     sampling = Sampling(temperature=p.temperature, max_tokens=p.max_tokens, seed=p.seed)
-    total = done + len(items)
     ctx.progress(done, total)
     for start in range(0, len(items), p.batch_size):
         ctx.check()

@@ -170,3 +170,19 @@ def test_rewrite_mode_rejects_outputs_that_do_not_keep_the_text(db, tmp_path) ->
     assert len(extractions) == 2  # limit
     assert all(not e.passed and e.fidelity < 0.9 for e in extractions)  # a random model rewrites nothing faithfully
     assert job.result["rationales"] == 0
+
+
+def test_a_limit_takes_documents_and_worked_solutions_alternately(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _tiny_and_problems(db, tmp_path)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(f'{{"text": "Document {k}. It has two sentences."}}\n' for k in range(3)))
+    db.rplat("import", "documents", str(docs), "--dataset", "wiki", "--source", "wikipedia", check=True)
+    job_id, _ = Queue(db.engine()).enqueue("extract-rationales", {
+        "documents": "wiki", "problems": "gsm", "model": "tiny", "mode": "insert", "max_tokens": 4, "limit": 4,
+        "batch_size": 3})
+    _drain(db)
+    with transaction(db.engine()) as s:
+        assert s.get(Job, job_id).status == "succeeded"
+        rows = s.execute(select(Extraction.document_id, Extraction.problem_id).where(Extraction.job_id == job_id)
+                         ).all()
+    assert sum(d is not None for d, _ in rows) == 2 and sum(p is not None for _, p in rows) == 2
