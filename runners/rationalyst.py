@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from rplat.errors import UserError
 from rplat.llm import Backend, Sampling
 from rplat.llm.cache import CachedBackend
-from rplat.llm.load import open_backend
+from rplat.llm.load import prepare_backend
 from rplat.methods.loss_delta import loss_delta
 from rplat.methods.rationales import fidelity, insert_rationales, parse_triples, text_units
 from rplat.models import (
@@ -102,8 +102,8 @@ def _insert_mode(llm: CachedBackend, sampling: Sampling, texts: list[str], max_u
 
 def extract(ctx: JobContext) -> dict[str, Any]:
     p: ExtractParams = ctx.params  # type: ignore[assignment]
+    spec = prepare_backend(ctx.engine, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
     with ctx.transaction() as s:
-        backend = open_backend(s, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
         model_id = get_model(s, p.model).id
         template_ids = {name: ensure_template(s, TEMPLATES[name])
                         for name in ("extract-pile", "extract-reasoning", "extract-insert")}
@@ -115,7 +115,7 @@ def extract(ctx: JobContext) -> dict[str, Any]:
     total = len(items)
     items = [it for it in items if (it.document_id, it.problem_id) not in written]
     done = total - len(items)
-    llm = CachedBackend(backend, ctx.engine, job_id=ctx.job_id)
+    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
     sampling = Sampling(temperature=p.temperature, max_tokens=p.max_tokens, seed=p.seed)
     ctx.progress(done, total)
     for start in range(0, len(items), p.batch_size):
@@ -171,10 +171,10 @@ def score_pairs(llm: Backend, triples: list[tuple[str, str, str]]) -> list[list[
 
 def score(ctx: JobContext) -> dict[str, Any]:
     p: ScoreParams = ctx.params  # type: ignore[assignment]
+    spec = prepare_backend(ctx.engine, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
     with ctx.transaction() as s:
         if s.scalar(select(Job.kind).where(Job.id == p.extract_job)) != "extract-rationales":
             raise UserError(f"extract_job {p.extract_job} is not an extract-rationales job; see `rplat jobs ls`.")
-        backend = open_backend(s, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
         scorer_id = get_model(s, p.model).id
         ensure_template(s, TEMPLATES["score-future"])
     with ctx.read() as s:
@@ -187,7 +187,7 @@ def score(ctx: JobContext) -> dict[str, Any]:
         done = s.scalar(select(func.count()).select_from(RationaleScore).where(RationaleScore.job_id == ctx.job_id)) or 0
     if p.limit is not None:
         rows = rows[:max(p.limit - done, 0)]
-    llm = CachedBackend(backend, ctx.engine, job_id=ctx.job_id)
+    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
     total = done + len(rows)
     ctx.progress(done, total)
     for start in range(0, len(rows), p.batch_size):

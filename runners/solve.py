@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
-from rplat.llm.load import open_backend
+from rplat.llm.load import prepare_backend
 from rplat.methods.answers import extract_answer, has_final_answer, is_correct, normalize
 from rplat.methods.guided import (
     agent_messages,
@@ -201,12 +201,13 @@ def _dataset(session: Session, name: str) -> int:
 
 def run(ctx: JobContext) -> dict[str, Any]:
     p: SolveParams = ctx.params  # type: ignore[assignment]
+    def prepare(name: str) -> Any:
+        return prepare_backend(ctx.engine, name, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
+
+    agent_spec = prepare(p.model)
+    rationalyst_spec = prepare(p.rationalyst) if p.method.startswith("rationalyst") and p.rationalyst else None
+    scorer_spec = prepare(p.scorer or p.model) if p.method == "rationalyst-implicit" else None
     with ctx.transaction() as s:
-        agent = open_backend(s, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
-        rationalyst = (open_backend(s, p.rationalyst, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
-                       if p.method.startswith("rationalyst") and p.rationalyst else None)
-        scorer = (open_backend(s, p.scorer or p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
-                  if p.method == "rationalyst-implicit" else None)
         for name in ("agent-gsm8k", "implicit-scorer"):
             ensure_template(s, TEMPLATES[name])
         dataset_id = _dataset(s, p.problems)
@@ -224,6 +225,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     samples = p.n_samples if p.method == "sample" else 1
     todo = [Trajectory(pid, q, gold, k) for pid, q, gold in problems for k in range(samples)
             if (pid, k) not in written]
+    agent, rationalyst, scorer = (spec.open() if spec else None for spec in (agent_spec, rationalyst_spec, scorer_spec))
     models = Models(_cached(ctx, agent), _cached(ctx, rationalyst) if rationalyst else None,
                     _cached(ctx, scorer) if scorer else None)
     solver = Solver(p, models, fewshot_messages(examples))

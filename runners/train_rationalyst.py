@@ -18,7 +18,7 @@ import torch
 from sqlalchemy import select
 
 from rplat.errors import UserError
-from rplat.llm.load import base_of, open_backend
+from rplat.llm.load import base_of, prepare_backend
 from rplat.models import Job, Rationale, RationaleScore, TrainingExample
 from rplat.registry import get_model, register_model
 from rplat.runners.context import JobContext
@@ -58,10 +58,10 @@ def _eval_loss(model: torch.nn.Module, examples: list[dict[str, list[int]]], pad
 
 def run(ctx: JobContext) -> dict[str, Any]:
     p: TrainRationalystParams = ctx.params  # type: ignore[assignment]
+    spec = prepare_backend(ctx.engine, p.model, home=ctx.home)
     with ctx.transaction() as s:
         if s.scalar(select(Job.kind).where(Job.id == p.score_job)) != "score-rationales":
             raise UserError(f"score_job {p.score_job} is not a score-rationales job; see `rplat jobs ls`.")
-        backend = open_backend(s, p.model, home=ctx.home)
         base = base_of(s, get_model(s, p.model))
         base_id, base_path = base.id, base.path
         rows = s.execute(select(Rationale.id, Rationale.preceding, Rationale.rationale)
@@ -73,7 +73,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         split = _split([r.id for r in rows], p.eval_fraction, p.seed)
         insert_ignore(s, TrainingExample, [dict(job_id=ctx.job_id, rationale_id=i, split=sp) for i, sp in split.items()],
                       ["job_id", "rationale_id"])
-    tokenizer = backend.tokenizer  # type: ignore[attr-defined]
+    tokenizer = spec.open().tokenizer  # type: ignore[attr-defined]
     encoded = {r.id: encode_example(tokenizer, r.preceding, r.rationale, p.max_length) for r in rows}
     train_set = [e for i, e in encoded.items() if e is not None and split[i] == "train"]
     eval_set = [e for i, e in encoded.items() if e is not None and split[i] == "eval"]
