@@ -11,7 +11,8 @@ from rplat.registry import BUNDLED_EMBEDDER
 
 
 class ProbeParams(Params):
-    target: str | None = Field(None, description="host name the operator expects to run this probe (informational)")
+    target: str | None = Field(None, description="host name the operator expects (informational; "
+                               "`rplat enqueue --host H` pins a job to a machine)")
     sleep_seconds: float = Field(0.0, ge=0, description="stay busy this long (sleeping), checking for cancellation")
     burn_seconds: float = Field(0.0, ge=0, description="stay busy this long on the CPU, to measure it or test leases")
     tag: str | None = Field(None, description="free text recorded in the result, e.g. to tell probes apart")

@@ -30,6 +30,7 @@ class RunnerOptions:
     lease_seconds: float = 60.0
     poll_seconds: float = 1.0
     name: str | None = None
+    host: str | None = None  # the machine name jobs pinned with `enqueue --host` must name (default: hostname)
 
 
 class Runner:
@@ -82,7 +83,8 @@ class Runner:
         for k in claimable:
             kinds.get(k)
         self._install_signals()
-        self.queue.register_runner(self.name, socket.gethostname(), os.getpid(), self.options.kinds)
+        host = self.options.host or socket.gethostname()
+        self.queue.register_runner(self.name, host, os.getpid(), self.options.kinds)
         beat = threading.Thread(target=self._heartbeat_loop, name="rplat-heartbeat", daemon=True)
         beat.start()
         idle = self.options.poll_seconds
@@ -90,7 +92,7 @@ class Runner:
             while not self.stopping.is_set():
                 if self.options.max_jobs is not None and self.jobs_done >= self.options.max_jobs:
                     break
-                job = self.queue.claim(self.name, claimable, self.options.lease_seconds)
+                job = self.queue.claim(self.name, claimable, self.options.lease_seconds, host)
                 if job is None:
                     if self.options.once:
                         break

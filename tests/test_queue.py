@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from typing import Any
 
@@ -179,6 +180,30 @@ def test_claim_takes_only_the_kinds_asked_for(queue: Queue) -> None:
     got = queue.claim("runner-a", ["probe", "prefilter"], LEASE)
     assert got is not None and got.id == probe
     assert queue.claim("runner-a", ["probe"], LEASE) is None
+
+
+def test_a_job_pinned_to_a_host_is_claimed_only_there(queue: Queue) -> None:
+    pinned, _ = queue.enqueue("probe", PROBE, host="gpu-7")
+    elsewhere, created = queue.enqueue("probe", PROBE, host="gpu-8")
+    assert created and elsewhere != pinned  # the same job for another machine is another job
+    anywhere, _ = queue.enqueue("probe", PROBE)
+    got = queue.claim("runner-a", None, LEASE, host="cpu-1")
+    assert got is not None and got.id == anywhere
+    assert queue.claim("runner-a", None, LEASE, host="cpu-1") is None
+    got = queue.claim("runner-b", None, LEASE, host="gpu-7")
+    assert got is not None and got.id == pinned
+    assert queue.claim("runner-b", None, LEASE, host="gpu-7") is None
+
+
+def test_a_runner_takes_jobs_pinned_to_its_host_name(db) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    job = db.rplat("enqueue", "probe", "--param", "devices=false", "--host", socket.gethostname(), "--json", check=True)
+    other = db.rplat("enqueue", "probe", "--param", "devices=false", "--host", "no-such-host", "--json", check=True)
+    db.rplat("runner", "--once", "--quiet", check=True)
+    shown = {j["id"]: j["status"] for j in json.loads(db.rplat("jobs", "ls", "--json", check=True).stdout)}
+    assert shown[json.loads(job.stdout)["id"]] == "succeeded"
+    assert shown[json.loads(other.stdout)["id"]] == "queued"
 
 
 def test_claim_skips_a_job_not_yet_due(queue: Queue) -> None:

@@ -21,6 +21,7 @@ import datetime as dt
 import functools
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -117,6 +118,7 @@ WHERE id = ({candidate})
 RETURNING id, kind, params, lease_token, max_attempts, experiment_id, attempts"""
 _BEST_DUE = """
 SELECT id FROM jobs WHERE status = 'queued' AND not_before <= {now}{kinds}{and_unblocked}
+  AND (target_host IS NULL OR target_host = %(host)s)
 ORDER BY priority DESC, id LIMIT 1{lock}"""
 
 
@@ -184,8 +186,8 @@ class _HotPath:
         """The SQL above is in psycopg's parameter style; sqlite3 wants :name."""
         return re.sub(r"%\((\w+)\)s", r":\1", sql) if self.sqlite else sql
 
-    def claim(self, owner: str, kinds_: list[str] | None, lease_seconds: float) -> ClaimedJob | None:
-        params: dict[str, Any] = {"runner": owner}
+    def claim(self, owner: str, kinds_: list[str] | None, lease_seconds: float, host: str) -> ClaimedJob | None:
+        params: dict[str, Any] = {"runner": owner, "host": host}
         if kinds_ is not None:
             params["kinds"] = json.dumps(kinds_) if self.sqlite else kinds_
         if self.sqlite:
@@ -259,9 +261,12 @@ class _HotPath:
         self._local.held = (raw, time.monotonic())
 
 
-def default_dedupe_key(kind: str, params: dict[str, Any], experiment_id: int | None, after: Sequence[int]) -> str:
-    """The same logical job (kind, params, experiment, parents) always gets the same key."""
-    return content_hash(kind, params, experiment_id, sorted(after))
+def default_dedupe_key(kind: str, params: dict[str, Any], experiment_id: int | None, after: Sequence[int],
+                       host: str | None = None) -> str:
+    """The same logical job (kind, params, experiment, parents, pinned host) always gets the same key."""
+    if host is None:
+        return content_hash(kind, params, experiment_id, sorted(after))
+    return content_hash(kind, params, experiment_id, sorted(after), host)
 
 
 class Queue:
@@ -286,15 +291,17 @@ class Queue:
         dedupe_key: str | None = None,
         dedupe: bool = True,
         model_id: int | None = None,
+        host: str | None = None,
     ) -> tuple[int, bool]:
-        """Validate and enqueue one job; returns (job id, created). An identical job already enqueued is returned."""
+        """Validate and enqueue one job; returns (job id, created). An identical job already enqueued is returned.
+        With `host`, only a runner on that machine (its host name, or its `--host`) claims the job."""
         validated = kinds.validate_params(kind, params or {})
         if max_attempts < 1:
             raise UserError(f"max_attempts must be at least 1, got {max_attempts}.")
         with transaction(self.engine) as session:
             return self.enqueue_in(
                 session, kind, validated, experiment=experiment, priority=priority, max_attempts=max_attempts,
-                after=after, dedupe_key=dedupe_key, dedupe=dedupe, model_id=model_id,
+                after=after, dedupe_key=dedupe_key, dedupe=dedupe, model_id=model_id, host=host,
             )
 
     def enqueue_in(
@@ -310,6 +317,7 @@ class Queue:
         dedupe_key: str | None = None,
         dedupe: bool = True,
         model_id: int | None = None,
+        host: str | None = None,
     ) -> tuple[int, bool]:
         """Enqueue inside the caller's transaction (pipelines enqueue a whole DAG in one)."""
         experiment_id = None
@@ -330,10 +338,10 @@ class Queue:
         else:
             found = {}
         if dedupe and dedupe_key is None:
-            dedupe_key = default_dedupe_key(kind, validated, experiment_id, parents)
+            dedupe_key = default_dedupe_key(kind, validated, experiment_id, parents, host)
         values = dict(
             kind=kind, params=validated, experiment_id=experiment_id, priority=priority, max_attempts=max_attempts,
-            dedupe_key=dedupe_key if dedupe else None, model_id=model_id, status="queued", attempts=0,
+            dedupe_key=dedupe_key if dedupe else None, model_id=model_id, target_host=host, status="queued", attempts=0,
             lease_token=0, cancel_requested=False, progress_done=0,
             created_at=_now(session), not_before=_now(session),
         )
@@ -359,18 +367,21 @@ class Queue:
 
     # --- claim, lease, fence -----------------------------------------------------------------------
 
-    def claim(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float) -> ClaimedJob | None:
-        """Atomically take the best claimable job: queued, due, its parents succeeded (highest priority, oldest)."""
+    def claim(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float, host: str | None = None
+              ) -> ClaimedJob | None:
+        """Atomically take the best claimable job: queued, due, its parents succeeded, not pinned to another
+        host than `host` (default: this machine's name); highest priority, then oldest."""
+        host = host or socket.gethostname()
         reaped_now = time.monotonic() >= self._next_reap
         if reaped_now:
             self.reap_expired()
-        job = self._take(owner, kinds_, lease_seconds)
+        job = self._take(owner, kinds_, lease_seconds, host)
         if job is None and not reaped_now and self.reap_expired():
-            job = self._take(owner, kinds_, lease_seconds)
+            job = self._take(owner, kinds_, lease_seconds, host)
         return job
 
-    def _take(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float) -> ClaimedJob | None:
-        return self._hot.claim(owner, list(kinds_) if kinds_ is not None else None, lease_seconds)
+    def _take(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float, host: str) -> ClaimedJob | None:
+        return self._hot.claim(owner, list(kinds_) if kinds_ is not None else None, lease_seconds, host)
 
     def reap_expired(self) -> int:
         """Settle expired leases (the runner died or hung): queued again while attempts remain, else failed;
