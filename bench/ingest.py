@@ -42,13 +42,13 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 
 import psycopg  # noqa: E402
-from sqlalchemy import Engine, create_engine, insert, text  # noqa: E402
+from sqlalchemy import insert, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from rplat.importer import FieldMap, import_file  # noqa: E402
 from rplat.migrate import upgrade  # noqa: E402
 from rplat.models import Dataset, Job, utcnow  # noqa: E402
-from rplat.store import get_engine, transaction  # noqa: E402
+from rplat.store import get_engine, scratch_postgres, transaction  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 COLUMNS = ("dataset_id", "job_id", "external_id", "text", "n_chars", "content_hash")
@@ -73,11 +73,6 @@ def write_corpus(path: Path, rows: int, seed: int = 0) -> None:
 # --- stores ---------------------------------------------------------------------------------------
 
 
-def _pg_admin() -> Engine:
-    parsed = make_url(os.environ.get("RPLAT_TEST_DATABASE_URL", DEFAULT_PG)).set(drivername="postgresql+psycopg")
-    return create_engine(parsed, isolation_level="AUTOCOMMIT")
-
-
 @contextmanager
 def fresh_store(backend: str, workdir: Path) -> Iterator[str]:
     """The URL of a new store migrated to head; removed afterwards."""
@@ -92,19 +87,9 @@ def fresh_store(backend: str, workdir: Path) -> Iterator[str]:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
         return
-    admin = _pg_admin()
-    name = f"rplat_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_postgres(os.environ.get("RPLAT_TEST_DATABASE_URL", DEFAULT_PG), "rplat_bench") as url:
         upgrade(get_engine(url))
         yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # --- the two contenders ---------------------------------------------------------------------------

@@ -40,7 +40,6 @@ import sqlite3
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.synchronize import Barrier
@@ -48,14 +47,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import create_engine, delete, insert, text
+from sqlalchemy import delete, insert, text
 from sqlalchemy.engine import make_url
 
 from rplat import kinds
 from rplat.migrate import upgrade
 from rplat.models import Job, JobEvent, utcnow
 from rplat.queue import Queue
-from rplat.store import get_engine
+from rplat.store import get_engine, scratch_postgres
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 WORKERS = 4
@@ -211,20 +210,9 @@ def fresh_store(backend: str, workdir: Path) -> Iterator[str]:
         yield url
         get_engine(url).dispose()
         return
-    admin_url = make_url(os.environ.get("RPLAT_TEST_DATABASE_URL", DEFAULT_PG)).set(drivername="postgresql+psycopg")
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"rplat_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_postgres(os.environ.get("RPLAT_TEST_DATABASE_URL", DEFAULT_PG), "rplat_bench") as url:
         upgrade(get_engine(url))
         yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def main() -> None:

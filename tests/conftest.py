@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,27 +87,9 @@ class Store:
                                 text=True, **kwargs)  # type: ignore[call-overload]
 
 
-def _new_pg_database() -> tuple[str, str]:
-    admin = _pg_admin_url()
-    name = f"rplat_t_{uuid.uuid4().hex[:12]}"
-    engine = _pg_engine(admin)
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    return name, url
-
-
-def _drop_pg_database(name: str) -> None:
-    engine = _pg_engine(_pg_admin_url())
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
-
-
 def _make_store(backend: str, tmp_path: Path, *, migrate: bool = True) -> Iterator[Store]:
     from rplat.migrate import upgrade
-    from rplat.store import _engine_for
+    from rplat.store import scratch_postgres
 
     home = tmp_path / "home"
     home.mkdir()
@@ -124,16 +105,11 @@ def _make_store(backend: str, tmp_path: Path, *, migrate: bool = True) -> Iterat
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI but unreachable: {reason}")
         pytest.skip(f"PostgreSQL not reachable at {_pg_admin_url()} ({reason}); set RPLAT_TEST_DATABASE_URL")
-    name, url = _new_pg_database()
-    store = Store("postgresql", url, home)
-    try:
+    with scratch_postgres(_pg_admin_url(), "rplat_t") as url:
+        store = Store("postgresql", url, home)
         if migrate:
             upgrade(store.engine())
         yield store
-    finally:
-        store.engine().dispose()
-        _engine_for.cache_clear()
-        _drop_pg_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

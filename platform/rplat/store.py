@@ -148,3 +148,28 @@ def upsert(
 
 def table_names(engine: Engine) -> list[str]:
     return inspect(engine).get_table_names()
+
+
+@contextlib.contextmanager
+def scratch_postgres(admin_url: str, prefix: str = "rplat_scratch") -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server of `admin_url` (tests, benchmarks); dropped on exit."""
+    import uuid
+
+    parsed = make_url(admin_url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    admin = create_engine(parsed, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        try:
+            yield url
+        finally:
+            _engine_for(url).dispose()
+            _engine_for.cache_clear()
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
