@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rplat.llm import Sampling
+from rplat.llm import Completion, Sampling
 from rplat.llm.hf import HFBackend
 
 from tiny_lm import tiny_model, tiny_tokenizer
@@ -72,3 +72,129 @@ def test_continuations_sharing_a_context_score_as_if_alone(backend: HFBackend) -
     for cont, got in zip([*continuations, " sat"], shared, strict=True):
         ctx = context if cont != " sat" else "The cat"
         assert got == pytest.approx(_reference_logprobs(backend, ctx, cont), abs=1e-4)
+
+
+def test_rationales_of_one_document_share_the_document_prefix_and_score_as_if_alone(backend: HFBackend) -> None:
+    """The loss-delta shape: every rationale of a document, each without and with it, in shuffled order, plus
+    a foreign item; the document is encoded once, yet every item scores as if it were alone."""
+    system = "<|im_start|>system\nYour task is to generate future text given preceeding text<|im_end|>\n"
+    units = ["Tom has 3 apples.", "He buys 4 more apples at the market.", "Then he eats 2 of them.",
+             "So he has 5 apples left.", "The answer is 5."]
+    contexts, continuations = [], []
+    for k in range(1, len(units)):
+        preceding = " ".join(units[:k])
+        for user in (preceding, f"{preceding}. Count what he has after each event"):
+            contexts.append(f"{system}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+            continuations.append(units[k])
+    contexts.insert(3, "The cat")
+    continuations.insert(3, " sat on the mat")
+    order = [5, 0, 8, 3, 2, 7, 1, 6, 4]
+    encoded: list[int] = []
+    forward = backend.model.forward
+
+    def counting(*args, **kwargs):
+        encoded.append(int(kwargs["input_ids"].ne(backend.tokenizer.pad_token_id).sum()))
+        return forward(*args, **kwargs)
+
+    backend.model.forward = counting
+    try:
+        scored = backend.score([contexts[i] for i in order], [continuations[i] for i in order])
+    finally:
+        del backend.model.forward
+    for i, got in zip(order, scored, strict=True):
+        assert got == pytest.approx(_reference_logprobs(backend, contexts[i], continuations[i]), abs=1e-4)
+    alone = sum(len(backend.encode(c)) + len(backend.encode_continuation(k)) for c, k in zip(contexts, continuations, strict=True))
+    assert sum(encoded) < alone * 0.6
+
+
+# --- generation: one encoding per distinct prompt, stored prefixes reused ------------------------------------
+
+GEN_PROMPTS = [
+    "<|im_start|>system\nQuestion: Tom has 3 apples and buys 4 more.<|im_end|>\n<|im_start|>user\nHow many?",
+    "<|im_start|>system\nQuestion: Tom has 3 apples and buys 4 more.<|im_end|>\n<|im_start|>user\nThe cat sat",
+    "Problem: compute 12 * 3. Solution:",
+    "A",
+]
+
+
+def _plain_path(backend: HFBackend, monkeypatch: pytest.MonkeyPatch, *args: object) -> list[list[Completion]]:
+    """The generation path without prefix reuse: HF generate expands every prompt n-fold and encodes it n times."""
+    with monkeypatch.context() as m:
+        m.setattr(HFBackend, "_can_reuse_prefixes", lambda self: False)
+        return backend.generate(*args)  # type: ignore[arg-type]
+
+
+def _same(got: list[list[Completion]], expected: list[list[Completion]]) -> None:
+    assert [[c.token_ids for c in cs] for cs in got] == [[c.token_ids for c in cs] for cs in expected]
+    assert [[c.text for c in cs] for cs in got] == [[c.text for c in cs] for cs in expected]
+    assert [[c.finish_reason for c in cs] for cs in got] == [[c.finish_reason for c in cs] for cs in expected]
+    for cs, es in zip(got, expected, strict=True):
+        for c, e in zip(cs, es, strict=True):
+            assert list(c.token_logprobs) == pytest.approx(list(e.token_logprobs), abs=1e-4)
+
+
+def test_greedy_n_copies_equal_single_greedy_and_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="tiny-0", batch_size=3)
+    sampling = Sampling(max_tokens=8)
+    three = backend.generate(GEN_PROMPTS, sampling, n=3)
+    single = backend.generate(GEN_PROMPTS, sampling)
+    assert all(len(cs) == 3 and all(c == cs[0] for c in cs) for cs in three)
+    _same([cs[:1] for cs in three], single)
+    _same(single, _plain_path(backend, monkeypatch, GEN_PROMPTS, sampling))
+    for prompt, [completion] in zip(GEN_PROMPTS, single, strict=True):  # each prompt alone, unpadded
+        ids = torch.tensor([backend.encode(prompt)])
+        with torch.no_grad():
+            alone = backend.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                           do_sample=False, pad_token_id=backend.tokenizer.pad_token_id)
+        tokens = alone[0, ids.shape[1]:].tolist()
+        eos = backend.tokenizer.eos_token_id
+        assert list(completion.token_ids) == (tokens[:tokens.index(eos)] if eos in tokens else tokens)
+
+
+def test_seeded_sampling_is_reproducible_and_matches_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    sampling = Sampling(temperature=1.0, max_tokens=8, seed=7)
+    first = HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="tiny-0", batch_size=3)
+    out = first.generate(GEN_PROMPTS, sampling, n=3)
+    assert [len(cs) for cs in out] == [3] * len(GEN_PROMPTS)
+    assert len({c.token_ids for c in out[0]}) > 1  # the n samples of a prompt are not copies
+    _same(first.generate(GEN_PROMPTS, sampling, n=3), out)  # again, now from stored prefixes
+    fresh = HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="tiny-0", batch_size=3)
+    _same(fresh.generate(GEN_PROMPTS, sampling, n=3), out)
+    _same(_plain_path(fresh, monkeypatch, GEN_PROMPTS, sampling, 3), out)
+
+
+def test_stop_strings_cut_samples_as_on_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="tiny-0", batch_size=3)
+    sampling = Sampling(temperature=1.0, max_tokens=12, seed=3, stop=(" ", "."))
+    out = backend.generate(GEN_PROMPTS, sampling, n=3)
+    completions = [c for cs in out for c in cs]
+    assert all(" " not in c.text and "." not in c.text for c in completions)
+    assert any(c.finish_reason == "stop" for c in completions)
+    assert all(len(c.token_ids) == len(c.token_logprobs) for c in completions)
+    _same(out, _plain_path(backend, monkeypatch, GEN_PROMPTS, sampling, 3))
+
+
+def test_a_prompt_extending_an_earlier_one_encodes_only_its_new_tokens() -> None:
+    """The next step's prompt of a trajectory starts with the previous step's prompt: that part is not encoded
+    again, and the output is what a fresh backend generates for it."""
+    backend = HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="tiny-0", batch_size=3)
+    step_one = [GEN_PROMPTS[0], GEN_PROMPTS[2]]
+    step_two = [step_one[0] + " 7 apples.<|im_end|>\n<|im_start|>assistant\n", step_one[1] + " 36"]
+    sampling = Sampling(temperature=0.7, max_tokens=5, seed=1)
+    backend.generate(step_one, sampling, n=3)
+    encoded: list[int] = []
+
+    def counting(module, args, kwargs):  # type: ignore[no-untyped-def]
+        ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        if ids.shape[1] > 1:  # encoding prompts, not decoding one token per row
+            encoded.append(int(mask[:, -ids.shape[1]:].sum()) if mask is not None else ids.numel())
+
+    hook = backend.model.register_forward_pre_hook(counting, with_kwargs=True)
+    try:
+        got = backend.generate(step_two, sampling, n=3)
+    finally:
+        hook.remove()
+    new_tokens = sum(len(backend.encode(b)) - len(backend.encode(a)) for a, b in zip(step_one, step_two, strict=True))
+    assert 0 < sum(encoded) <= new_tokens + 2
+    fresh = HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="tiny-0", batch_size=3)
+    _same(got, fresh.generate(step_two, sampling, n=3))

@@ -1,8 +1,9 @@
 """The `hf` backend: a transformers causal LM in-process (CPU or GPU), batched and length-bucketed.
 
-Generation left-pads each bucket of similar-length prompts; scoring left-pads too and keeps logits only
-for the last positions (the continuations), so memory scales with continuation length, not vocabulary
-times sequence. Token log-probs are always the raw model's (log-softmax of the logits), whatever the
+Generation left-pads each bucket of similar-length prompts. Scoring encodes text that several items share
+(a document's text before each of its rationales, a step's context before each candidate) once and scores
+every item's own rest against its KV cache; it keeps logits only for the continuations, so memory scales
+with continuation length, not vocabulary times sequence. Token log-probs are always the raw model's (log-softmax of the logits), whatever the
 sampling temperature, so they agree with an OpenAI-compatible server's `logprobs`.
 """
 
@@ -18,6 +19,8 @@ import torch
 from rplat.llm import Completion, Message, Sampling
 
 MIN_SHARED_PREFIX = 8
+SHARE_WINDOW = 256  # items considered together when grouping by shared prefix
+PACK_TOKENS = 512  # tokens of shared-prefix members encoded in one packed row
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -94,70 +97,109 @@ class HFBackend:
 
     @torch.inference_mode()
     def score_ids(self, ctx_ids: Sequence[list[int]], cont_ids: Sequence[list[int]]) -> list[list[float]]:
-        """Items whose contexts share a long prefix (a rationale with and without, candidate steps after one
-        trajectory) encode that prefix once and score their suffixes against copies of its KV cache."""
+        """Per-token log-probs of each continuation. Items whose contexts share a long prefix with one base context
+        are scored against a single encoding of it: all rationales of one document share the system prompt and
+        the document's text up to each of them, a rationale's two prompts share everything before it, a step's
+        candidates share their whole context. The base is encoded once; then the members' own rests (context
+        tail + continuation) are packed into one row against the base's KV cache, each seeing only the part of
+        the base it shares. Items that share nothing are scored in left-padded, length-bucketed batches."""
         if any(not c for c, k in zip(ctx_ids, cont_ids, strict=True) if k):
             raise ValueError("every scored continuation needs a non-empty context (its first token is predicted from it)")
         out: list[list[float]] = [[] for _ in ctx_ids]
-        order = sorted((i for i, c in enumerate(cont_ids) if c), key=lambda i: list(ctx_ids[i]))
-        group: list[int] = []
         singles: list[int] = []
-        shared = 0
-        for i in [*order, None]:
-            if i is not None and group:
-                lcp = min(shared, _common_prefix(ctx_ids[group[0]], ctx_ids[i]))
-                if lcp >= MIN_SHARED_PREFIX and lcp * 2 >= min(len(ctx_ids[g]) for g in [*group, i]) and \
-                        len(group) < self.batch_size:
-                    group.append(i)
-                    shared = lcp
-                    continue
-            if len(group) > 1:
-                for g, lps in zip(group, self._score_group(shared, [ctx_ids[g] for g in group],
-                                                           [cont_ids[g] for g in group]), strict=True):
-                    out[g] = lps
-            else:
-                singles += group
-            if i is not None:
-                group, shared = [i], len(ctx_ids[i])
+        for base, members in self._share_groups([i for i, c in enumerate(cont_ids) if c], ctx_ids):
+            if len(members) == 1:
+                singles += members
+                continue
+            for i, lps in zip(members, self._score_shared(ctx_ids[base], [ctx_ids[i] for i in members],
+                                                          [cont_ids[i] for i in members]), strict=True):
+                out[i] = lps
         lengths = [len(ctx_ids[i]) + len(cont_ids[i]) for i in singles]
         for batch in _buckets(lengths, self.batch_size):
             members = [singles[k] for k in batch]
-            for g, lps in zip(members, self._score_group(0, [ctx_ids[g] for g in members],
+            for g, lps in zip(members, self._score_batch([ctx_ids[g] for g in members],
                                                          [cont_ids[g] for g in members]), strict=True):
                 out[g] = lps
         return out
 
-    def _score_group(self, shared: int, ctxs: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
-        """Encode ctxs' common `shared`-token prefix once, then every (rest of context + continuation) in one batch."""
-        shared = max(min(shared, *(len(c) - 1 for c in ctxs)), 0)
-        cache = None
-        if shared:
-            prefix = self.model(input_ids=torch.tensor([ctxs[0][:shared]], device=self.device), use_cache=True,
-                                logits_to_keep=1)
-            cache = prefix.past_key_values
-            cache.batch_repeat_interleave(len(ctxs))
-        suffixes = [list(c[shared:]) + list(k) for c, k in zip(ctxs, conts, strict=True)]
-        width = max(len(x) for x in suffixes)
-        ids = torch.full((len(ctxs), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(ctxs), shared + width), dtype=torch.long, device=self.device)
-        mask[:, :shared] = 1
-        for row, suffix in enumerate(suffixes):
-            ids[row, :len(suffix)] = torch.tensor(suffix)
-            mask[row, shared:shared + len(suffix)] = 1
-        positions = torch.arange(shared, shared + width, device=self.device).expand(len(ctxs), -1)
-        # Logits only where some row has a continuation token to score (suffix positions start-1 .. end-1).
-        starts = [len(c) - shared for c in ctxs]
-        lo = min(starts) - 1
-        hi = max(st - 1 + len(k) for st, k in zip(starts, conts, strict=True))
-        keep = torch.arange(lo, hi, device=self.device)
+    @staticmethod
+    def _share_groups(items: list[int], ctx_ids: Sequence[list[int]]) -> Iterator[tuple[int, list[int]]]:
+        """(base, members): the longest remaining context is a base; every remaining item that shares at least
+        half of its context (and MIN_SHARED_PREFIX tokens) with it joins it. Candidates come from a window of
+        the items in token order, where contexts that share prefixes sit together."""
+        order = sorted(items, key=lambda i: ctx_ids[i])
+        for start in range(0, len(order), SHARE_WINDOW):
+            left = order[start:start + SHARE_WINDOW]
+            while left:
+                base = max(left, key=lambda i: len(ctx_ids[i]))
+                members, rest = [], []
+                for i in left:
+                    lcp = _common_prefix(ctx_ids[base], ctx_ids[i])
+                    (members if i == base or (lcp >= MIN_SHARED_PREFIX and 2 * lcp >= len(ctx_ids[i]))
+                     else rest).append(i)
+                yield base, members
+                left = rest
+
+    def _score_shared(self, base: list[int], ctxs: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
+        # Each member reuses the base's first `shared[i]` tokens; at least its last context token is encoded,
+        # since its logits predict the continuation's first token.
+        shared = [min(_common_prefix(base, c), len(c) - 1) for c in ctxs]
+        width = max(shared)
+        cache = self.model(input_ids=torch.tensor([base[:width]], device=self.device), use_cache=True,
+                           logits_to_keep=1).past_key_values
+        tails = [list(c[s:]) + list(k) for c, s, k in zip(ctxs, shared, conts, strict=True)]
+        results: list[list[float]] = [[] for _ in ctxs]
+        # The members' tails are packed into one row, no padding: each token sees the base up to its member's
+        # shared length and its own tail up to itself (a block-diagonal causal mask), at its own positions.
+        pack: list[int] = []
+        for r in sorted(range(len(tails)), key=lambda r: len(tails[r])):
+            if pack and sum(len(tails[m]) for m in pack) + len(tails[r]) > PACK_TOKENS:
+                self._score_packed(cache, width, [shared[m] for m in pack], [tails[m] for m in pack],
+                                   [conts[m] for m in pack], results, pack)
+                pack = []
+            pack.append(r)
+        self._score_packed(cache, width, [shared[m] for m in pack], [tails[m] for m in pack],
+                           [conts[m] for m in pack], results, pack)
+        return results
+
+    def _score_packed(self, cache: Any, width: int, shared: list[int], tails: list[list[int]],
+                      conts: list[list[int]], results: list[list[float]], slots: list[int]) -> None:
+        total = sum(len(t) for t in tails)
+        ids = torch.tensor([[tok for t in tails for tok in t]], device=self.device)
+        positions = torch.empty((1, total), dtype=torch.long, device=self.device)
+        mask = torch.zeros((1, 1, total, width + total), dtype=torch.bool, device=self.device)
+        keep: list[int] = []
+        start = 0
+        for s, tail, cont in zip(shared, tails, conts, strict=True):
+            end = start + len(tail)
+            positions[0, start:end] = torch.arange(s, s + len(tail))
+            mask[0, 0, start:end, :s] = True
+            mask[0, 0, start:end, width + start:width + end] = torch.ones(len(tail), len(tail), dtype=torch.bool,
+                                                                          device=self.device).tril()
+            keep += range(end - len(cont) - 1, end - 1)  # the positions predicting the continuation's tokens
+            start = end
         logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
-                            logits_to_keep=keep).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
+                            logits_to_keep=torch.tensor(keep, device=self.device)).logits[0]
+        cache.crop(-total)  # back to the base for the next pack
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        at = 0
+        for slot, cont in zip(slots, conts, strict=True):
+            picked = logprobs[at:at + len(cont)].gather(-1, torch.tensor(cont, device=self.device).unsqueeze(-1))
+            results[slot] = picked.squeeze(-1).tolist()
+            at += len(cont)
+
+    def _score_batch(self, ctxs: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
+        """Score unrelated items in one left-padded batch, keeping logits only where continuation tokens are."""
+        seqs = [[*c, *k] for c, k in zip(ctxs, conts, strict=True)]
+        ids, mask = self._left_pad(seqs)
+        width = ids.shape[1]
+        keep = max(len(k) for k in conts) + 1
+        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # position j predicts token width - keep + 1 + j
         results = []
         for row, cont in enumerate(conts):
-            start = starts[row] - lo  # kept-logit index of the first continuation token's prediction
-            picked = logprobs[row, start - 1:start - 1 + len(cont)].gather(
-                -1, torch.tensor(cont, device=self.device).unsqueeze(-1)).squeeze(-1)
+            first = keep - 1 - len(cont)
+            picked = logprobs[row, first:].gather(-1, ids[row, width - len(cont):].unsqueeze(-1)).squeeze(-1)
             results.append(picked.tolist())
         return results
 
@@ -165,15 +207,19 @@ class HFBackend:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], sampling: Sampling, n: int = 1) -> list[list[Completion]]:
+        """`n` completions per prompt. Each distinct prompt is encoded once however many samples it gets (its KV
+        cache is copied n-fold), and the longest prefix of it this backend encoded lately, such as the prompt of a
+        trajectory's previous step or the system message and demonstrations a batch shares, is reused, not
+        encoded again (see `_PrefixCache`)."""
+        if n > 1 and sampling.greedy:  # greedy decoding has one answer per prompt: decode it once
+            return [outs * n for outs in self.generate(prompts, sampling, 1)]
         prompt_ids = [self.encode(p) for p in prompts]
         results: list[list[Completion]] = [[] for _ in prompts]
         eos = self._eos_ids()
+        reuse = self._can_reuse_prefixes()
         for bucket_no, batch in enumerate(_buckets([len(p) for p in prompt_ids], self.batch_size)):
-            ids, mask = self._left_pad([prompt_ids[i] for i in batch])
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed * 1_000_003 + bucket_no)
             kwargs: dict[str, Any] = dict(
-                max_new_tokens=sampling.max_tokens, num_return_sequences=n, return_dict_in_generate=True,
+                max_new_tokens=sampling.max_tokens, return_dict_in_generate=True,
                 output_logits=True, pad_token_id=self.tokenizer.pad_token_id,
             )
             if sampling.greedy:
@@ -182,7 +228,16 @@ class HFBackend:
                 kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
             if sampling.stop:
                 kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
-            gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            with _gqa_attention(self.model):
+                if reuse:
+                    ids, mask, cache = self._prefilled([prompt_ids[i] for i in batch], n)
+                    kwargs.update(past_key_values=cache)
+                else:
+                    ids, mask = self._left_pad([prompt_ids[i] for i in batch])
+                    kwargs.update(num_return_sequences=n)
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed * 1_000_003 + bucket_no)
+                gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             new = gen.sequences[:, ids.shape[1]:]
             logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in gen.logits], dim=1)
             picked = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
@@ -212,3 +267,218 @@ class HFBackend:
                 kept = len(self.encode_continuation(text)) if text else 0
                 tokens, logprobs = tokens[:kept], logprobs[:kept]
         return Completion(text=text, token_logprobs=tuple(logprobs), finish_reason=finish, token_ids=tuple(tokens))
+
+    # --- generation: prefix reuse --------------------------------------------------------------------
+
+    def _prefixes(self) -> _PrefixCache:
+        store: _PrefixCache | None = self.__dict__.get("_prefix_store")
+        if store is None or store.model is not self.model:  # a new model (e.g. a merged adapter) starts afresh
+            store = self.__dict__["_prefix_store"] = _PrefixCache(self.model, PREFIX_CACHE_BYTES)
+        return store
+
+    def _can_reuse_prefixes(self) -> bool:
+        """Stored KV caches can be joined and extended when every layer is a plain growing attention cache (not a
+        sliding window, a recurrent state, an encoder-decoder): what `DynamicCache` builds for most causal LMs."""
+        store = self._prefixes()
+        if store.supported is None:
+            from transformers import DynamicCache
+            from transformers.cache_utils import DynamicLayer
+
+            config = self.model.config
+            try:
+                layers = DynamicCache(config=config).layers
+            except Exception:  # an unusual config: generate the plain way
+                layers = []
+            default_cache = getattr(self.model, "_supports_default_dynamic_cache", lambda: False)()
+            store.supported = bool(layers) and default_cache and not getattr(config, "is_encoder_decoder", False) \
+                and getattr(self.model.generation_config, "cache_implementation", None) is None \
+                and all(type(layer) is DynamicLayer for layer in layers)
+        return store.supported
+
+    def _prefilled(self, seqs: list[list[int]], n: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """`model.generate`'s input ids and attention mask for a bucket, n rows per prompt, and a KV cache of all
+        but each prompt's last token (so generate only feeds that token): the bucket's common prefix and each
+        prompt's longest stored prefix are reused, only the rest is encoded, once per prompt, then copied n-fold."""
+        heads = [s[:-1] for s in seqs]
+        store = self._prefixes()
+        common = min(len(h) for h in heads)
+        for h in heads[1:]:
+            common = min(common, _common_prefix(heads[0], h))
+        if len(heads) > 1 and common >= MIN_SHARED_PREFIX and store.match(heads[0][:common])[0] < common:
+            self._encode_prefixes([heads[0][:common]])  # e.g. the system message and demonstrations, once
+        ids, mask, cache = self._encode_prefixes(heads)
+        last = torch.tensor([[s[-1]] for s in seqs], device=self.device)
+        ids = torch.cat([ids, last], dim=1).repeat_interleave(n, dim=0)
+        mask = torch.cat([mask, torch.ones_like(last)], dim=1).repeat_interleave(n, dim=0)
+        if n > 1 and cache.get_seq_length() > 0:
+            cache.batch_repeat_interleave(n)
+        return ids, mask, cache
+
+    def _encode_prefixes(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """A KV cache of every token of `seqs` (one batch row each) with its ids and attention mask, stored for
+        reuse. Row i is [pad, the stored prefix it reuses, pad, its rest, encoded now]: each part right-aligned at
+        its own boundary, the mask hiding the padding; positions count unmasked tokens only, as generate does."""
+        from transformers import DynamicCache
+
+        store = self._prefixes()
+        matches = [store.match(s) for s in seqs]
+        width = max((m for m, _ in matches), default=0)
+        tails = [s[m:] for s, (m, _) in zip(seqs, matches, strict=True)]
+        rest = max((len(t) for t in tails), default=0)
+        ids = torch.full((len(seqs), width + rest), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for row, (seq, (m, _), tail) in enumerate(zip(seqs, matches, tails, strict=True)):
+            if m:
+                ids[row, width - m:width] = torch.tensor(seq[:m])
+                mask[row, width - m:width] = 1
+            if tail:
+                ids[row, width + rest - len(tail):] = torch.tensor(tail)
+                mask[row, width + rest - len(tail):] = 1
+        cache = DynamicCache(config=self.model.config)
+        cache.layers = [_growing_layer()() for _ in cache.layers]
+        if width:
+            reused = [kv for m, kv in matches if m]
+            for layer_idx in range(len(reused[0])):
+                k0, v0 = reused[0][layer_idx]
+                keys = k0.new_zeros((len(seqs), k0.shape[0], width, k0.shape[2]))
+                values = v0.new_zeros((len(seqs), v0.shape[0], width, v0.shape[2]))
+                for row, (m, kv) in enumerate(matches):
+                    if m:
+                        keys[row, :, width - m:] = kv[layer_idx][0][:, :m]
+                        values[row, :, width - m:] = kv[layer_idx][1][:, :m]
+                cache.update(keys, values, layer_idx)
+        if rest:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, width:]
+            self.model(input_ids=ids[:, width:], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
+            for row, (seq, tail) in enumerate(zip(seqs, tails, strict=True)):
+                if tail and len(seq) >= MIN_SHARED_PREFIX:
+                    keep = mask[row].nonzero().squeeze(-1)
+                    store.add(tuple(seq), [(layer.keys[row][:, keep], layer.values[row][:, keep])
+                                           for layer in cache.layers])
+        return ids, mask, cache
+
+
+PREFIX_CACHE_BYTES = 512 * 2**20  # KV caches of recent prompts kept per backend for reuse
+_GQA_SDPA = "rplat_sdpa_gqa"
+
+
+class _PrefixCache:
+    """KV caches of recently encoded token sequences, one (keys, values) pair per layer without the batch
+    dimension, evicted least recently used first beyond a byte budget. A sequence that extends a stored one
+    (the next step's prompt of a trajectory) replaces it; any sequence can reuse the longest stored prefix."""
+
+    def __init__(self, model: Any, budget: int) -> None:
+        self.model = model
+        self.budget = budget
+        self.supported: bool | None = None
+        self.entries: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}  # oldest use first
+        self.nbytes = 0
+
+    def match(self, seq: Sequence[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """(length, layers) of the stored sequence sharing the longest prefix with `seq`, (0, None) below
+        MIN_SHARED_PREFIX tokens."""
+        best, found = 0, None
+        for tokens in self.entries if seq else ():
+            if tokens[0] == seq[0] and (k := _common_prefix(tokens, seq)) > best:
+                best, found = k, tokens
+        if found is None or best < MIN_SHARED_PREFIX:
+            return 0, None
+        self.entries[found] = self.entries.pop(found)  # most recently used
+        return best, self.entries[found]
+
+    def add(self, tokens: tuple[int, ...], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for old in [t for t in self.entries if len(t) <= len(tokens) and tokens[:len(t)] == t]:
+            self._drop(old)
+        self.entries[tokens] = layers
+        self.nbytes += self._size(layers)
+        while self.nbytes > self.budget and len(self.entries) > 1:
+            self._drop(next(iter(self.entries)))
+
+    def _drop(self, tokens: tuple[int, ...]) -> None:
+        self.nbytes -= self._size(self.entries.pop(tokens))
+
+    @staticmethod
+    def _size(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
+_GROWING_LAYER: Any = None
+
+
+def _growing_layer() -> Any:
+    """`DynamicLayer` whose keys and values are views into buffers with room to spare: appending a decoding step
+    writes in place instead of concatenating (copying) the whole cache of every row at every step."""
+    global _GROWING_LAYER
+    if _GROWING_LAYER is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class GrowingLayer(DynamicLayer):
+            buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+            def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                old = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+                new = old + key_states.shape[-2]
+                buf = self.buffers
+                # The layer's tensors may have been replaced (batch_repeat_interleave, batch_select_indices): adopt
+                # them into new buffers. A crop leaves a shorter view of the same buffer, overwritten from its end.
+                if buf is None or buf[0].shape[-2] < new or self.keys.data_ptr() != buf[0].data_ptr() or \
+                        self.keys.shape[:2] != buf[0].shape[:2] or self.keys.stride() != buf[0].stride():
+                    shape = (*key_states.shape[:2], new + max(256, new // 4), key_states.shape[-1])
+                    buf = (key_states.new_empty(shape), value_states.new_empty(shape))
+                    if old:
+                        buf[0][:, :, :old] = self.keys
+                        buf[1][:, :, :old] = self.values
+                    self.buffers = buf
+                buf[0][:, :, old:new] = key_states
+                buf[1][:, :, old:new] = value_states
+                self.keys, self.values = buf[0][:, :, :new], buf[1][:, :, :new]
+                return self.keys, self.values
+
+        _GROWING_LAYER = GrowingLayer
+    return _GROWING_LAYER
+
+
+class _gqa_attention:  # noqa: N801 (used as a context manager)
+    """On CPU, let SDPA attend with grouped KV heads as they are (`enable_gqa`) even under a padding mask, where
+    transformers' `sdpa` first copies every KV head once per query head: that copy, over the whole cache at every
+    decoding step, costs more than the attention itself in a batch of long prompts."""
+
+    def __init__(self, model: Any) -> None:
+        self.config = model.config
+        self.active = self.config._attn_implementation == "sdpa" and next(model.parameters()).device.type == "cpu"
+
+    def __enter__(self) -> None:
+        if self.active:
+            _register_gqa_sdpa()
+            self.config._attn_implementation = _GQA_SDPA
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            self.config._attn_implementation = "sdpa"
+
+
+def _register_gqa_sdpa() -> None:
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if _GQA_SDPA in AttentionInterface._global_mapping:
+        return
+
+    def forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                **kwargs: Any) -> tuple[torch.Tensor, None]:
+        if attention_mask is None or attention_mask.dtype != torch.bool or key.shape[1] == query.shape[1] or \
+                kwargs.get("position_bias") is not None or kwargs.get("cache") is not None:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, **kwargs)
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                               dropout_p=dropout, scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register(_GQA_SDPA, forward)
+    AttentionMaskInterface.register(_GQA_SDPA, sdpa_mask)
