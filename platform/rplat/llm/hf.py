@@ -1,6 +1,8 @@
 """The `hf` backend: a transformers causal LM in-process (CPU or GPU), batched and length-bucketed.
 
-Generation left-pads each bucket of similar-length prompts. Scoring encodes text that several items share
+Generation encodes each prompt once for its n samples, reusing the KV cache of the longest earlier prompt it
+extends (a trajectory's previous step, shared demonstrations), and left-pads each bucket of similar-length
+prompts. Scoring encodes text that several items share
 (a document's text before each of its rationales, a step's context before each candidate) once and scores
 every item's own rest against its KV cache; it keeps logits only for the continuations, so memory scales
 with continuation length, not vocabulary times sequence. Token log-probs are always the raw model's (log-softmax of the logits), whatever the
@@ -178,8 +180,9 @@ class HFBackend:
                                                                           device=self.device).tril()
             keep += range(end - len(cont) - 1, end - 1)  # the positions predicting the continuation's tokens
             start = end
-        logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
-                            logits_to_keep=torch.tensor(keep, device=self.device)).logits[0]
+        with _gqa_attention(self.model):
+            logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
+                                logits_to_keep=torch.tensor(keep, device=self.device)).logits[0]
         cache.crop(-total)  # back to the base for the next pack
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         at = 0
