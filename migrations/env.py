@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
@@ -58,7 +60,10 @@ def run_migrations_online() -> None:
             context.run_migrations()
         return
     # A plain engine: batch migrations on SQLite recreate tables, which foreign-key enforcement forbids.
-    engine = create_engine(_driver_url(_url()), poolclass=NullPool)
+    url = make_url(_driver_url(_url()))
+    if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # a fresh RPLAT_HOME, as `rplat init` makes
+    engine = create_engine(url, poolclass=NullPool)
     with engine.connect() as conn:
         _configure(connection=conn)
         with context.begin_transaction():

@@ -137,12 +137,10 @@ def plan(engine: Engine, name: str, *, home: Path, vllm: str, host: str = "127.0
          adapters: Sequence[str] = (), dtype: str = "auto", max_model_len: int | None = None, eager: bool = False,
          extra_args: Sequence[str] = ()) -> ServePlan:
     """Resolve MODEL (and extra adapters) in the registry and build the `vllm serve` command line."""
-    from rplat.bundled import SMOLLM2, ensure_smollm2
-    from rplat.llm.load import base_of
+    from rplat.llm.load import base_of, ensure_bundled
 
+    ensure_bundled(engine, name, home)
     with transaction(engine) as session:
-        if name == SMOLLM2 and session.scalar(select(Model.id).where(Model.name == name)) is None:
-            ensure_smollm2(session, home)
         model = get_model(session, name)
         base = base_of(session, model)
         if base.kind != "base":

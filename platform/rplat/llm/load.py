@@ -96,24 +96,29 @@ def resolve_backend(session: Session, name: str, *, backend: str = "hf", endpoin
     raise UserError(f"unknown backend {backend!r}; use hf or openai.")
 
 
-def prepare_backend(engine: Engine, name: str, *, backend: str = "hf", endpoint: str | None = None,
-                    device: str | None = None, home: Path | None = None) -> BackendSpec:
-    """`resolve_backend` in a read transaction of its own; the bundled SmolLM2 is converted on first use outside
-    any transaction, then registered in a short one."""
+def ensure_bundled(engine: Engine, name: str, home: Path | None = None) -> None:
+    """If `name` is the bundled SmolLM2 and not yet usable, convert it (outside any transaction: it takes ~40 s)
+    and register it (in a short one of its own). Other names are left to the registry."""
     from rplat.bundled import SMOLLM2, convert_smollm2, ensure_smollm2
 
-    reader = engine.execution_options(rplat_readonly=True)
-    if name == SMOLLM2:
-        with transaction(reader) as s:
-            found = s.scalar(select(Model.path).where(Model.name == name))
-        if found is None or not Path(found).exists():
-            from rplat.config import get_settings
+    if name != SMOLLM2:
+        return
+    with transaction(engine.execution_options(rplat_readonly=True)) as s:
+        found = s.scalar(select(Model.path).where(Model.name == name))
+    if found is None or not Path(found).exists():
+        from rplat.config import get_settings
 
-            home = home or get_settings().home
-            convert_smollm2(home)
-            with transaction(engine) as s:
-                ensure_smollm2(s, home)
-    with transaction(reader) as s:
+        home = home or get_settings().home
+        convert_smollm2(home)
+        with transaction(engine) as s:
+            ensure_smollm2(s, home)
+
+
+def prepare_backend(engine: Engine, name: str, *, backend: str = "hf", endpoint: str | None = None,
+                    device: str | None = None, home: Path | None = None) -> BackendSpec:
+    """`resolve_backend` in a read transaction of its own, after `ensure_bundled`."""
+    ensure_bundled(engine, name, home)
+    with transaction(engine.execution_options(rplat_readonly=True)) as s:
         return resolve_backend(s, name, backend=backend, endpoint=endpoint, device=device)
 
 
