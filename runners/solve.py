@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
-from rplat.llm.load import prepare_backend
+from rplat.llm.load import BackendSpec, prepare_backend
 from rplat.methods.answers import extract_answer, has_final_answer, is_correct, normalize
 from rplat.methods.guided import (
     agent_messages,
@@ -201,7 +201,7 @@ def _dataset(session: Session, name: str) -> int:
 
 def run(ctx: JobContext) -> dict[str, Any]:
     p: SolveParams = ctx.params  # type: ignore[assignment]
-    def prepare(name: str) -> Any:
+    def prepare(name: str) -> BackendSpec:
         return prepare_backend(ctx.engine, name, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
 
     agent_spec = prepare(p.model)

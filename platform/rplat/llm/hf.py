@@ -48,6 +48,7 @@ class HFBackend:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.device = next(model.parameters()).device
+        self._prefix_store: _PrefixCache | None = None  # KV caches of recent prompts (generation)
 
     @classmethod
     def load(cls, path: str | Path, *, fingerprint: str, device: str | None = None, batch_size: int = 8
@@ -220,17 +221,18 @@ class HFBackend:
         results: list[list[Completion]] = [[] for _ in prompts]
         eos = self._eos_ids()
         reuse = self._can_reuse_prefixes()
+        options: dict[str, Any] = dict(
+            max_new_tokens=sampling.max_tokens, return_dict_in_generate=True,
+            output_logits=True, pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if sampling.greedy:
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        if sampling.stop:
+            options.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         for bucket_no, batch in enumerate(_buckets([len(p) for p in prompt_ids], self.batch_size)):
-            kwargs: dict[str, Any] = dict(
-                max_new_tokens=sampling.max_tokens, return_dict_in_generate=True,
-                output_logits=True, pad_token_id=self.tokenizer.pad_token_id,
-            )
-            if sampling.greedy:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            else:
-                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-            if sampling.stop:
-                kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+            kwargs = dict(options)
             with _gqa_attention(self.model):
                 if reuse:
                     ids, mask, cache = self._prefilled([prompt_ids[i] for i in batch], n)
@@ -274,10 +276,9 @@ class HFBackend:
     # --- generation: prefix reuse --------------------------------------------------------------------
 
     def _prefixes(self) -> _PrefixCache:
-        store: _PrefixCache | None = self.__dict__.get("_prefix_store")
-        if store is None or store.model is not self.model:  # a new model (e.g. a merged adapter) starts afresh
-            store = self.__dict__["_prefix_store"] = _PrefixCache(self.model, PREFIX_CACHE_BYTES)
-        return store
+        if self._prefix_store is None or self._prefix_store.model is not self.model:  # a new model starts afresh
+            self._prefix_store = _PrefixCache(self.model, PREFIX_CACHE_BYTES)
+        return self._prefix_store
 
     def _can_reuse_prefixes(self) -> bool:
         """Stored KV caches can be joined and extended when every layer is a plain growing attention cache (not a
