@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rplat.llm import Completion, Sampling
+from rplat.llm import hf
 from rplat.llm.hf import HFBackend
 
 from tiny_lm import tiny_model, tiny_tokenizer
@@ -74,9 +75,16 @@ def test_continuations_sharing_a_context_score_as_if_alone(backend: HFBackend) -
         assert got == pytest.approx(_reference_logprobs(backend, ctx, cont), abs=1e-4)
 
 
-def test_rationales_of_one_document_share_the_document_prefix_and_score_as_if_alone(backend: HFBackend) -> None:
+@pytest.mark.parametrize(("kv_heads", "pack_tokens"), [(2, None), (4, None), (2, 24)],
+                         ids=["grouped-kv-heads", "one-kv-head-per-head", "several-packs"])
+def test_rationales_of_one_document_share_the_document_prefix_and_score_as_if_alone(
+        kv_heads: int, pack_tokens: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The loss-delta shape: every rationale of a document, each without and with it, in shuffled order, plus
-    a foreign item; the document is encoded once, yet every item scores as if it were alone."""
+    a foreign item; the document is encoded once, yet every item scores as if it were alone: with grouped or
+    one-per-head KV heads (both attend per packed member), and with the members spread over several packs."""
+    if pack_tokens is not None:
+        monkeypatch.setattr(hf, "PACK_TOKENS", pack_tokens)
+    backend = HFBackend(tiny_model(kv_heads=kv_heads), tiny_tokenizer(), fingerprint=f"tiny-kv{kv_heads}", batch_size=3)
     system = "<|im_start|>system\nYour task is to generate future text given preceeding text<|im_end|>\n"
     units = ["Tom has 3 apples.", "He buys 4 more apples at the market.", "Then he eats 2 of them.",
              "So he has 5 apples left.", "The answer is 5."]

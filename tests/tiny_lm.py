@@ -34,13 +34,13 @@ def tiny_tokenizer():  # type: ignore[no-untyped-def]
                                    unk_token="<unk>", chat_template=CHAT_TEMPLATE)
 
 
-def tiny_model(seed: int = 0):  # type: ignore[no-untyped-def]
+def tiny_model(seed: int = 0, kv_heads: int = 2):  # type: ignore[no-untyped-def]
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=512,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          bos_token_id=None, tie_word_embeddings=False)
     return LlamaForCausalLM(config).eval()

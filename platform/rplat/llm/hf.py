@@ -11,6 +11,7 @@ sampling temperature, so they agree with an OpenAI-compatible server's `logprobs
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -148,8 +149,13 @@ class HFBackend:
         # since its logits predict the continuation's first token.
         shared = [min(_common_prefix(base, c), len(c) - 1) for c in ctxs]
         width = max(shared)
-        cache = self.model(input_ids=torch.tensor([base[:width]], device=self.device), use_cache=True,
-                           logits_to_keep=1).past_key_values
+        # The packs' tokens are appended to the base's cache in place, not concatenated with it, and cropped off.
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        cache.layers = [_growing_layer()() for _ in cache.layers]
+        self.model(input_ids=torch.tensor([base[:width]], device=self.device), past_key_values=cache,
+                   use_cache=True, logits_to_keep=1)
         tails = [list(c[s:]) + list(k) for c, s, k in zip(ctxs, shared, conts, strict=True)]
         results: list[list[float]] = [[] for _ in ctxs]
         # The members' tails are packed into one row, no padding: each token sees the base up to its member's
@@ -172,8 +178,11 @@ class HFBackend:
         positions = torch.empty((1, total), dtype=torch.long, device=self.device)
         mask = torch.zeros((1, 1, total, width + total), dtype=torch.bool, device=self.device)
         keep: list[int] = []
+        starts: list[int] = []
+        lengths = [len(t) for t in tails]
         start = 0
         for s, tail, cont in zip(shared, tails, conts, strict=True):
+            starts.append(start)
             end = start + len(tail)
             positions[0, start:end] = torch.arange(s, s + len(tail))
             mask[0, 0, start:end, :s] = True
@@ -181,15 +190,19 @@ class HFBackend:
                                                                           device=self.device).tril()
             keep += range(end - len(cont) - 1, end - 1)  # the positions predicting the continuation's tokens
             start = end
-        with _gqa_attention(self.model):
+        with _gqa_attention(self.model, _Segments(width, total, list(zip(starts, shared, lengths)))):
             logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
                                 logits_to_keep=torch.tensor(keep, device=self.device)).logits[0]
         cache.crop(-total)  # back to the base for the next pack
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logits = logits.float()
+        targets = torch.tensor([tok for cont in conts for tok in cont], device=self.device).unsqueeze(-1)
+        picked = logits.gather(-1, targets).squeeze(-1)
+        # log p = logit - logsumexp(logits), computed in place: the logits are this call's own, fresh tensor
+        top = logits.amax(dim=-1, keepdim=True)
+        picked = (picked - top.squeeze(-1) - logits.sub_(top).exp_().sum(dim=-1).log()).tolist()
         at = 0
         for slot, cont in zip(slots, conts, strict=True):
-            picked = logprobs[at:at + len(cont)].gather(-1, torch.tensor(cont, device=self.device).unsqueeze(-1))
-            results[slot] = picked.squeeze(-1).tolist()
+            results[slot] = picked[at:at + len(cont)]
             at += len(cont)
 
     def _score_batch(self, ctxs: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
@@ -446,23 +459,50 @@ def _growing_layer() -> Any:
     return _GROWING_LAYER
 
 
+class _Segments:
+    """A packed scoring row: `width` base tokens in the KV cache, then `total` query tokens made of segments
+    (start, shared, length), each attending to the base's first `shared` tokens and causally to itself."""
+
+    def __init__(self, width: int, total: int, segments: list[tuple[int, int, int]]) -> None:
+        self.width, self.total, self.segments = width, total, segments
+        self.masks: dict[tuple[int, int], torch.Tensor] = {}
+
+    def mask(self, shared: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (shared, length)
+        if key not in self.masks:  # additive, as SDPA would turn a boolean mask into at every call
+            m = torch.zeros(length, shared + length, dtype=dtype, device=device)
+            m[:, shared:] = torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu(1)
+            self.masks[key] = m
+        return self.masks[key]
+
+
+_PACKED: contextvars.ContextVar[_Segments | None] = contextvars.ContextVar("rplat_packed", default=None)
+
+
 class _gqa_attention:  # noqa: N801 (used as a context manager)
     """On CPU, let SDPA attend with grouped KV heads as they are (`enable_gqa`) even under a padding mask, where
     transformers' `sdpa` first copies every KV head once per query head: that copy, over the whole cache at every
-    decoding step, costs more than the attention itself in a batch of long prompts."""
+    decoding step, costs more than the attention itself in a batch of long prompts. With `segments` (a packed
+    scoring row), each member's tokens attend only to the keys its mask allows, one SDPA call per member, instead
+    of the whole row's block-diagonal mask over base and row, which is mostly masked out."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, segments: _Segments | None = None) -> None:
         self.config = model.config
         self.active = self.config._attn_implementation == "sdpa" and next(model.parameters()).device.type == "cpu"
+        self.segments = segments
+        self.token: contextvars.Token[_Segments | None] | None = None
 
     def __enter__(self) -> None:
         if self.active:
             _register_gqa_sdpa()
             self.config._attn_implementation = _GQA_SDPA
+            self.token = _PACKED.set(self.segments)
 
     def __exit__(self, *exc: object) -> None:
         if self.active:
             self.config._attn_implementation = "sdpa"
+            if self.token is not None:
+                _PACKED.reset(self.token)
 
 
 def _register_gqa_sdpa() -> None:
@@ -476,8 +516,21 @@ def _register_gqa_sdpa() -> None:
     def forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                 **kwargs: Any) -> tuple[torch.Tensor, None]:
-        if attention_mask is None or attention_mask.dtype != torch.bool or key.shape[1] == query.shape[1] or \
-                kwargs.get("position_bias") is not None or kwargs.get("cache") is not None:
+        special = kwargs.get("position_bias") is not None or kwargs.get("cache") is not None
+        packed = _PACKED.get()
+        if packed is not None and not special and query.shape[0] == 1 and query.shape[2] == packed.total and \
+                key.shape[2] == packed.width + packed.total:
+            out = torch.empty_like(query)
+            for start, shared, length in packed.segments:
+                tail = slice(packed.width + start, packed.width + start + length)
+                k = torch.cat((key[:, :, :shared], key[:, :, tail]), dim=2)
+                v = torch.cat((value[:, :, :shared], value[:, :, tail]), dim=2)
+                out[:, :, start:start + length] = torch.nn.functional.scaled_dot_product_attention(
+                    query[:, :, start:start + length], k, v, dropout_p=dropout, scale=scaling,
+                    attn_mask=packed.mask(shared, length, query.dtype, query.device),
+                    enable_gqa=key.shape[1] != query.shape[1])
+            return out.transpose(1, 2).contiguous(), None
+        if attention_mask is None or attention_mask.dtype != torch.bool or key.shape[1] == query.shape[1] or special:
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                           scaling=scaling, **kwargs)
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
