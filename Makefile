@@ -49,7 +49,7 @@ demo: install $(CACHE)/boolq-dev.jsonl
 	$(BIN)/rplat import documents $(CACHE)/boolq-demo.jsonl --dataset wiki-boolq --text-field passage --source wikipedia --append
 	$(BIN)/rplat experiments ls --json | grep -qF '"name": "demo",' || $(BIN)/rplat experiments add demo --description "make demo"
 	$(BIN)/rplat enqueue prefilter --experiment demo --param documents=wiki-boolq --param 'reference=["gsm-symbolic"]'
-	$(BIN)/rplat runner --once
+	$(BIN)/rplat runner --until-done
 	$(BIN)/rplat report prefilter --experiment demo
 	# RATIONALYST end to end at a small scale on SmolLM2-135M: rationales mined from kept passages and worked
 	# solutions (insert mode), loss-delta filtered, a LoRA rationalyst trained, then every solving method on
@@ -58,7 +58,7 @@ demo: install $(CACHE)/boolq-dev.jsonl
 	$(BIN)/rplat import problems $(CACHE)/gsm_symbolic-test.jsonl --dataset gsm-symbolic-test --id-field id --benchmark gsm8k --split test --subject-field subject --append
 	echo '$(DEMO_PIPELINE_PARAMS)' > $(CACHE)/demo-pipeline.json
 	$(BIN)/rplat pipeline rationalyst --experiment demo --documents wiki-boolq --benchmark gsm-symbolic --test gsm-symbolic-test --extract-mode insert --extract-limit $(DEMO_EXTRACT) --train-steps $(DEMO_TRAIN_STEPS) --params-file $(CACHE)/demo-pipeline.json
-	$(BIN)/rplat runner --once
+	$(BIN)/rplat runner --until-done
 	$(BIN)/rplat report rationalyst --experiment demo
 
 test: install

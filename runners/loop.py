@@ -26,6 +26,7 @@ from rplat.runners.context import JobContext
 class RunnerOptions:
     kinds: list[str] | None = None
     once: bool = False
+    until_done: bool = False  # exit when no job this runner could run is queued or running anywhere
     max_jobs: int | None = None
     lease_seconds: float = 60.0
     poll_seconds: float = 1.0
@@ -75,7 +76,8 @@ class Runner:
             signal.signal(signal.SIGINT, _stop)
 
     def run(self) -> int:
-        """Run until stopped, drained (--once) or --max-jobs; returns the number of jobs executed."""
+        """Run until stopped, drained (--once: nothing claimable now; --until-done: nothing left to wait for) or
+        --max-jobs; returns the number of jobs executed."""
         ensure_at_head(self.queue.engine)
         # Without --kinds a runner takes every kind it can run, and only those: a job of a kind this
         # runner has never heard of (a plugin it lacks) stays queued for a runner that knows it.
@@ -94,7 +96,7 @@ class Runner:
                     break
                 job = self.queue.claim(self.name, claimable, self.options.lease_seconds, host)
                 if job is None:
-                    if self.options.once:
+                    if self.options.once or (self.options.until_done and not self.queue.outstanding(claimable, host)):
                         break
                     self.stopping.wait(idle * random.uniform(0.5, 1.0))
                     continue

@@ -206,6 +206,27 @@ def test_a_runner_takes_jobs_pinned_to_its_host_name(db) -> None:  # type: ignor
     assert shown[json.loads(other.stdout)["id"]] == "queued"
 
 
+def test_runner_until_done_waits_out_retry_backoff_where_once_stops(db) -> None:  # type: ignore[no-untyped-def]
+    """--once leaves a job in retry backoff queued; --until-done waits for its last attempt and exits once
+    nothing it could run is left (a job pinned to another machine does not keep it waiting)."""
+    failing = json.loads(db.rplat("enqueue", "test-fail", "--max-attempts", "2", "--json", check=True).stdout)["id"]
+    child = json.loads(db.rplat("enqueue", "probe", "--param", "devices=false", "--after", str(failing), "--json",
+                                check=True).stdout)["id"]
+    elsewhere = json.loads(db.rplat("enqueue", "probe", "--param", "devices=false", "--host", "no-such-host",
+                                    "--json", check=True).stdout)["id"]
+
+    def statuses() -> dict[int, tuple[str, str]]:
+        return {j["id"]: (j["status"], j["attempts"]) for j in json.loads(db.rplat("jobs", "ls", "--json", check=True).stdout)}
+
+    db.rplat("runner", "--once", "--quiet", check=True)
+    assert statuses()[failing] == ("queued", "1/2")
+    db.rplat("runner", "--until-done", "--quiet", "--poll-seconds", "0.05", check=True, timeout=60)
+    after = statuses()
+    assert after[failing] == ("failed", "2/2")
+    assert after[child][0] == "cancelled"
+    assert after[elsewhere][0] == "queued"
+
+
 def test_claim_skips_a_job_not_yet_due(queue: Queue) -> None:
     job_id, _ = queue.enqueue("probe", PROBE)
     set_job(queue, job_id, not_before=utcnow() + dt.timedelta(hours=1))

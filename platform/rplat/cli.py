@@ -691,21 +691,23 @@ def report_prefilter(job_id: int | None, experiment: str | None, examples: int, 
 @cli.command()
 @click.option("--kinds", default=None, help="comma-separated job kinds to take (default: all)")
 @click.option("--once", is_flag=True, help="exit as soon as no job is claimable (drain the queue)")
+@click.option("--until-done", is_flag=True,
+              help="exit when no job it could run is left: waits out retry backoffs and jobs running elsewhere")
 @click.option("--max-jobs", default=None, type=click.IntRange(1), help="exit after this many jobs")
 @click.option("--lease-seconds", default=60.0, show_default=True, type=click.FloatRange(0.2))
 @click.option("--poll-seconds", default=1.0, show_default=True, type=click.FloatRange(0.01))
 @click.option("--name", default=None, help="runner name (default host:pid:random)")
 @click.option("--host", default=None, help="machine name for jobs enqueued with --host (default: the host name)")
 @click.option("--quiet", is_flag=True, help="print nothing per job")
-def runner(kinds: str | None, once: bool, max_jobs: int | None, lease_seconds: float, poll_seconds: float,
-           name: str | None, host: str | None, quiet: bool) -> None:
+def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None, lease_seconds: float,
+           poll_seconds: float, name: str | None, host: str | None, quiet: bool) -> None:
     """Claim and run jobs until stopped (SIGTERM releases the current job for another runner)."""
     from rplat.runners.loop import Runner, RunnerOptions
 
     settings = get_settings()
     engine = _engine()
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
-    options = RunnerOptions(kinds=kind_list, once=once, max_jobs=max_jobs, lease_seconds=lease_seconds,
+    options = RunnerOptions(kinds=kind_list, once=once, until_done=until_done, max_jobs=max_jobs, lease_seconds=lease_seconds,
                             poll_seconds=poll_seconds, name=name, host=host)
     echo = (lambda _m: None) if quiet else (lambda m: click.echo(f"[runner] {m}", err=True))
     done = Runner(_queue(engine), settings.home, options, echo=echo).run()

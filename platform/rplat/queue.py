@@ -380,6 +380,17 @@ class Queue:
             job = self._take(owner, kinds_, lease_seconds, host)
         return job
 
+    def outstanding(self, kinds_: Iterable[str] | None, host: str | None = None) -> int:
+        """Jobs of these kinds that a runner on `host` could still get: queued (due or in retry backoff, ready or
+        waiting for parents) or running (a running job may be released or re-claimed)."""
+        host = host or socket.gethostname()
+        query = select(func.count()).select_from(Job).where(
+            Job.status.in_(("queued", "running")), or_(Job.target_host.is_(None), Job.target_host == host))
+        if kinds_ is not None:
+            query = query.where(Job.kind.in_(list(kinds_)))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def _take(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float, host: str) -> ClaimedJob | None:
         return self._hot.claim(owner, list(kinds_) if kinds_ is not None else None, lease_seconds, host)
 
