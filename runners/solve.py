@@ -93,10 +93,17 @@ class Solver:
         if p.method == "greedy":
             return self.m.agent.generate(prompts, Sampling(max_tokens=p.step_tokens, stop=("\n",)))
         if p.method == "sample":
-            # One seed per trajectory: sample k of a problem differs from sample j from the first step on.
-            return [self.m.agent.generate([prompt], Sampling(temperature=p.temperature, max_tokens=p.step_tokens,
-                                                             stop=("\n",), seed=p.seed * 1000 + t.sample_idx))[0]
-                    for prompt, t in zip(prompts, active, strict=True)]
+            # One seed per sample index, so sample k of a problem differs from sample j from the first step on;
+            # the k-th samples of all problems share one batched call.
+            out: list[list[Completion]] = [[] for _ in active]
+            for k in sorted({t.sample_idx for t in active}):
+                rows = [i for i, t in enumerate(active) if t.sample_idx == k]
+                sampling = Sampling(temperature=p.temperature, max_tokens=p.step_tokens, stop=("\n",),
+                                    seed=p.seed * 1000 + k)
+                for i, completions in zip(rows, self.m.agent.generate([prompts[i] for i in rows], sampling),
+                                          strict=True):
+                    out[i] = completions
+            return out
         sampling = Sampling(temperature=p.temperature, max_tokens=p.step_tokens, stop=("\n",), seed=p.seed)
         return self.m.agent.generate(prompts, sampling, n=p.n_candidates)
 

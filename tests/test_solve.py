@@ -67,6 +67,25 @@ def test_a_step_stating_the_answer_ends_the_trajectory() -> None:
     assert t.stopped == "answer" and len(t.steps) == 1
 
 
+def test_self_consistency_samples_one_batched_call_per_sample_index_with_its_own_seed() -> None:
+    class Recording(Scripted):
+        def __init__(self) -> None:
+            super().__init__(["3 + 4 = 7."], {})
+            self.calls: list[tuple[int, list[str]]] = []
+
+        def generate(self, prompts: Sequence[str], sampling: Sampling, n: int = 1) -> list[list[Completion]]:
+            self.calls.append((sampling.seed, list(prompts)))
+            return [[Completion(f"seed {sampling.seed} for {p[-2:]}", (-1.0,))] for p in prompts]
+
+    backend = Recording()
+    solver = Solver(SolveParams(problems="p", method="sample", n_samples=2, seed=5), Models(backend, None, None), [])  # type: ignore[arg-type]
+    batch = [Trajectory(pid, f"question q{pid}", "7", k) for pid in (1, 2, 3) for k in (0, 1)]
+    solver.step(batch, 0)
+    assert [(seed, [p[-2:] for p in prompts]) for seed, prompts in backend.calls] == \
+        [(5000, ["q1", "q2", "q3"]), (5001, ["q1", "q2", "q3"])]
+    assert [t.steps[0].text for t in batch] == [f"seed {5000 + t.sample_idx} for q{t.problem_id}" for t in batch]
+
+
 def test_self_consistency_reports_ties() -> None:
     assert self_consistency(["7", "8", "7", None]) == ("7", 2.0, ["7"])
     assert self_consistency(["7", "8"]) == ("7", 1.0, ["7", "8"])
