@@ -190,7 +190,7 @@ class HFBackend:
                                                                           device=self.device).tril()
             keep += range(end - len(cont) - 1, end - 1)  # the positions predicting the continuation's tokens
             start = end
-        with _gqa_attention(self.model, _Segments(width, total, list(zip(starts, shared, lengths)))):
+        with _gqa_attention(self.model, _Segments(width, total, list(zip(starts, shared, lengths, strict=True)))):
             logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
                                 logits_to_keep=torch.tensor(keep, device=self.device)).logits[0]
         cache.crop(-total)  # back to the base for the next pack
