@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rplat.llm import Completion, Sampling
-from rplat.llm import hf
+from rplat.llm import Completion, Sampling, hf
 from rplat.llm.hf import HFBackend
 
 from tiny_lm import tiny_model, tiny_tokenizer
