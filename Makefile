@@ -15,7 +15,7 @@ DEMO_PIPELINE_PARAMS ?= {"extract-rationales": {"max_units": 6, "max_tokens": 48
   "train-rationalyst": {"max_length": 256}, \
   "solve": {"n_fewshot": 2, "max_steps": 5, "n_samples": 3, "step_tokens": 48, "rationale_tokens": 32}}
 
-.PHONY: install demo test lint bench bench-data clean vllm
+.PHONY: install demo test lint bench bench-data clean vllm chromium
 
 $(BIN)/rplat: pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -65,7 +65,12 @@ test: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check platform runners migrations tests bench
+	$(BIN)/ruff check platform runners migrations dashboard tests bench
+
+# Debian's Chromium, which tests/test_dashboard.py drives through Playwright (never `playwright install`:
+# it would fetch a browser build of its own). Installing needs root, as CI has.
+chromium:
+	test -x /usr/bin/chromium || { apt-get update -q && apt-get install -y -q chromium; }
 
 bench: install bench-data
 	OMP_NUM_THREADS=1 $(BIN)/python bench/queue.py

@@ -349,6 +349,53 @@ def serve(model_name: str, vllm_args: tuple[str, ...], host: str, port: int | No
     serving.run_foreground(engine, server, echo=lambda m: click.echo(m, err=True))
 
 
+# --- sql -----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("--views", "list_views", is_flag=True, help="list the views and their columns")
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts (one object per row)")
+@click.option("--csv", "as_csv", is_flag=True, help="print CSV for scripts")
+def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool) -> None:
+    """Run one read-only QUERY over the analytics views (DuckDB) and print the rows.
+
+    The views name the useful joins (`rplat sql --views` lists them); the raw tables are `store.<table>`.
+    Nothing can be written: the store is attached READ_ONLY and DuckDB is locked down.
+
+    \b
+    rplat sql "SELECT method, subject, accuracy FROM evaluations ORDER BY accuracy DESC"
+    rplat sql "SELECT run_a, run_b, only_a, only_a_problem_ids FROM intersections" --json
+    """
+    import csv
+
+    from rplat import analytics
+
+    if as_json and as_csv:
+        raise UserError("choose one of --json and --csv, not both.")
+    if list_views == bool(query):
+        raise UserError('give either a QUERY or --views, e.g. `rplat sql "SELECT * FROM job_timeline"`.')
+    engine = _engine()
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
+    con = analytics.connect(url)
+    try:
+        if list_views:
+            columns = ["view", "columns"]
+            rows = [(name, [{"name": c, "type": t} for c, t in cols] if as_json else ", ".join(c for c, _ in cols))
+                    for name, cols in analytics.view_columns(con).items()]
+        else:
+            columns, rows = analytics.run_query(con, query or "")
+    finally:
+        con.close()
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
+    _emit([dict(zip(columns, row, strict=True)) for row in rows], columns, as_json)
+
+
 # --- pipelines ------------------------------------------------------------------------------------
 
 
@@ -738,6 +785,36 @@ def status(as_json: bool) -> None:
     click.echo(_table(runners, ["runner", "host", "pid", "job", "done", "seen_s_ago"]))
     click.echo("\nrunning jobs:")
     click.echo(_table(running, ["id", "kind", "attempts", "progress", "owner"]))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to bind (0.0.0.0 shows the store to every machine that can reach this one)")
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
+def dashboard(host: str, port: int) -> None:
+    """Browse rationales, failures, solved sets and jobs in a read-only Streamlit app (runs until Ctrl-C)."""
+    import os
+    import socket
+
+    from rplat import dashboard as dashboard_package
+
+    _engine()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # Servers set SO_REUSEADDR too, so only a live listener (not a TIME_WAIT leftover) makes this fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                            "pick another address with --host or port with --port.") from None
+    app = Path(dashboard_package.__file__).with_name("app.py")
+    env = dict(os.environ, RPLAT_DATABASE_URL=get_settings().database_url)
+    click.echo(f"dashboard at http://{host}:{port} (read-only); Ctrl-C stops it", err=True)
+    os.execve(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
+                               "--server.address", host, "--server.port", str(port),
+                               "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                               "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+                               "--client.toolbarMode", "minimal"], env)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,251 @@
+"""Read-only SQL over the store: DuckDB attaches it READ_ONLY and names the useful joins as views."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from sqlalchemy.engine import make_url
+
+from rplat.errors import UserError
+
+STORE = "store"
+"""The catalog the store is attached as: `store.jobs`, `store.rationales`... are its raw tables."""
+
+# One view per concept, named as the papers name it. Every row carries the id of the job that wrote it.
+VIEWS: dict[str, str] = {
+    "job_timeline": """
+SELECT j.id AS job_id, j.kind, j.status, x.name AS experiment, m.name AS model, j.priority,
+       j.created_at, j.started_at, j.finished_at,
+       epoch(j.started_at - j.created_at) AS queued_seconds,
+       epoch(j.finished_at - j.started_at) AS duration_seconds,
+       j.attempts, j.max_attempts, j.lease_owner AS runner, j.target_host AS host,
+       j.progress_done, j.progress_total, j.error
+FROM store.jobs j
+LEFT JOIN store.experiments x ON x.id = j.experiment_id
+LEFT JOIN store.models m ON m.id = j.model_id""",
+    "rationales": """
+SELECT r.id AS rationale_id, r.rationale, r.preceding, r.following, r.position, r.left_step, r.source,
+       e.document_id, d.external_id AS document, e.problem_id, p.external_id AS problem,
+       coalesce(dd.name, pd.name) AS dataset, em.name AS extractor, e.fidelity,
+       r.job_id AS extract_job_id, rs.job_id AS score_job_id, sm.name AS scorer,
+       rs.gamma, rs.s_without, rs.s_with, rs.loss_delta, rs.tau, CAST(rs.kept AS BOOLEAN) AS kept,
+       x.name AS experiment
+FROM store.rationales r
+JOIN store.extractions e ON e.id = r.extraction_id
+JOIN store.jobs ej ON ej.id = r.job_id
+LEFT JOIN store.experiments x ON x.id = ej.experiment_id
+LEFT JOIN store.models em ON em.id = e.model_id
+LEFT JOIN store.documents d ON d.id = e.document_id
+LEFT JOIN store.datasets dd ON dd.id = d.dataset_id
+LEFT JOIN store.problems p ON p.id = e.problem_id
+LEFT JOIN store.datasets pd ON pd.id = p.dataset_id
+LEFT JOIN store.rationale_scores rs ON rs.rationale_id = r.id
+LEFT JOIN store.models sm ON sm.id = rs.scorer_model_id""",
+    "predictions": """
+SELECT pr.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGINT) AS solve_job_id,
+       x.name AS experiment, pr.method, m.name AS model,
+       pr.method || ' / ' || coalesce(m.name, '?') || ' / job ' || pr.job_id AS run,
+       pr.problem_id, p.external_id AS problem, ds.name AS dataset, p.subject, p.question,
+       pr.answer, p.answer AS gold, CAST(pr.correct AS BOOLEAN) AS correct, pr.credit, pr.vote_mass, pr.tie_size
+FROM store.predictions pr
+JOIN store.jobs j ON j.id = pr.job_id
+JOIN store.problems p ON p.id = pr.problem_id
+JOIN store.datasets ds ON ds.id = p.dataset_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id
+LEFT JOIN store.models m ON m.id = pr.model_id""",
+    "solved_sets": """
+SELECT job_id, solve_job_id, experiment, method, model, run, problem_id, problem, dataset, subject
+FROM predictions WHERE correct""",
+    "intersections": """
+WITH pairs AS (
+    SELECT a.run AS run_a, b.run AS run_b, a.problem_id, a.correct IS TRUE AS solved_a, b.correct IS TRUE AS solved_b,
+           a.job_id AS job_id_a, a.method AS method_a, a.model AS model_a, a.experiment AS experiment_a,
+           b.job_id AS job_id_b, b.method AS method_b, b.model AS model_b, b.experiment AS experiment_b
+    FROM predictions a JOIN predictions b ON a.problem_id = b.problem_id AND a.run <> b.run)
+SELECT run_a, run_b, job_id_a, method_a, model_a, experiment_a, job_id_b, method_b, model_b, experiment_b,
+       count(*) AS problems,
+       count(*) FILTER (WHERE solved_a AND solved_b) AS both_solved,
+       count(*) FILTER (WHERE solved_a AND NOT solved_b) AS only_a,
+       count(*) FILTER (WHERE solved_b AND NOT solved_a) AS only_b,
+       count(*) FILTER (WHERE NOT solved_a AND NOT solved_b) AS neither,
+       coalesce(list_sort(list(problem_id) FILTER (WHERE solved_a AND NOT solved_b)), []) AS only_a_problem_ids,
+       coalesce(list_sort(list(problem_id) FILTER (WHERE solved_b AND NOT solved_a)), []) AS only_b_problem_ids
+FROM pairs
+GROUP BY ALL""",
+    "step_candidates": """
+SELECT c.job_id, x.name AS experiment, t.method, json_extract_string(j.params, '$.model') AS model,
+       t.id AS trajectory_id, t.problem_id, p.external_id AS problem, t.sample_idx, s.step_idx,
+       s.rationale_text AS rationale, s.rationale_mean_logprob, c.candidate_idx, c.text AS candidate, c.score,
+       CAST(c.chosen AS BOOLEAN) AS chosen
+FROM store.step_candidates c
+JOIN store.steps s ON s.id = c.step_id
+JOIN store.solve_trajectories t ON t.id = s.trajectory_id
+JOIN store.problems p ON p.id = t.problem_id
+JOIN store.jobs j ON j.id = c.job_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id""",
+    "chains": """
+SELECT c.job_id, x.name AS experiment, c.id AS chain_id, c.problem_id, p.external_id AS problem, p.subject, p.level,
+       c.teacher, c.sample_idx, c.text AS chain, c.extracted_answer, p.answer AS gold, c.label, c.n_chars
+FROM store.teacher_chains c
+JOIN store.problems p ON p.id = c.problem_id
+JOIN store.jobs j ON j.id = c.job_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id""",
+    "asc_vs_sc": """
+SELECT a.job_id, s.job_id AS sc_job_id, a.experiment, a.model, a.problem_id, a.problem, a.subject, a.gold,
+       a.method AS asc_method, a.answer AS asc_answer, a.correct AS asc_correct, a.credit AS asc_credit,
+       a.vote_mass AS asc_vote_mass, a.tie_size AS asc_tie_size,
+       s.answer AS sc_answer, s.correct AS sc_correct, s.credit AS sc_credit,
+       s.vote_mass AS sc_vote_mass, s.tie_size AS sc_tie_size,
+       a.answer IS NOT DISTINCT FROM s.answer AS agree
+FROM predictions a
+JOIN predictions s ON s.problem_id = a.problem_id AND s.model IS NOT DISTINCT FROM a.model
+                  AND s.experiment IS NOT DISTINCT FROM a.experiment
+WHERE lower(a.method) LIKE 'asc%' AND lower(s.method) IN ('sc', 'self-consistency')""",
+    "evaluations": """
+SELECT e.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGINT) AS solve_job_id,
+       x.name AS experiment, e.method, m.name AS model, e.subject, e.n, e.n_correct, e.accuracy
+FROM store.evaluations e
+JOIN store.jobs j ON j.id = e.job_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id
+LEFT JOIN store.models m ON m.id = e.model_id""",
+}
+
+# Functions a read-only query must not call: the scanners' own (they open any SQLite file or PostgreSQL
+# server by name, outside the READ_ONLY attachment) and those that run SQL handed to them as a string.
+_FORBIDDEN_FUNCTION = re.compile(r"^(sqlite_|postgres_|pg_|read_postgres)|^(query|query_table|json_execute_serialized_sql)$",
+                                 re.IGNORECASE)
+_EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALY[SZ]E)?\b", re.IGNORECASE)
+
+
+def _extension(package: str, name: str) -> Path:
+    """The scanner's `.duckdb_extension` file shipped inside its pip package, built for this DuckDB."""
+    root = Path(importlib.import_module(package).__file__ or "").parent
+    path = root / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+    if not path.is_file():
+        raise UserError(f"the DuckDB extension {name} for DuckDB {duckdb.__version__} is not installed "
+                        f"(no {path}); install {package.replace('_', '-')}=={duckdb.__version__}.")
+    return path
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _libpq_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _libpq(url: Any) -> str:
+    """A SQLAlchemy PostgreSQL URL as a libpq connection string (`host=... dbname=...`)."""
+    fields = {"host": url.host, "port": url.port, "user": url.username, "password": url.password,
+              "dbname": url.database, **{k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}}
+    return " ".join(f"{k}='{_libpq_escape(str(v))}'" for k, v in fields.items() if v is not None)
+
+
+def _attach(con: duckdb.DuckDBPyConnection, database_url: str) -> None:
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        path = Path(url.database or "")
+        if not url.database or url.database == ":memory:" or not path.is_file():
+            raise UserError(f"there is no SQLite store at {url.database or '(memory)'}; run `rplat init` first.")
+        con.execute(f"LOAD {_quote(str(_extension('duckdb_extension_sqlite_scanner', 'sqlite_scanner')))}")
+        con.execute(f"ATTACH {_quote(str(path.resolve()))} AS {STORE} (TYPE sqlite, READ_ONLY)")
+    elif backend in ("postgresql", "postgres"):
+        con.execute(f"LOAD {_quote(str(_extension('duckdb_extension_postgres_scanner', 'postgres_scanner')))}")
+        con.execute(f"ATTACH {_quote(_libpq(url))} AS {STORE} (TYPE postgres, READ_ONLY)")
+    else:
+        raise UserError(f"DuckDB can read SQLite and PostgreSQL stores, not {backend}; check RPLAT_DATABASE_URL.")
+
+
+def connect(database_url: str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the store at `database_url` attached READ_ONLY as `store` and the VIEWS defined;
+    locked: it downloads nothing, reads and writes no file, attaches nothing more and cannot be reconfigured."""
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
+    try:
+        try:
+            _attach(con, database_url)
+        except duckdb.Error as exc:
+            raise UserError(f"DuckDB cannot open the store ({_first_line(exc)}); check RPLAT_DATABASE_URL.") from None
+        for name, sql in VIEWS.items():
+            con.execute(f"CREATE VIEW {name} AS {sql}")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+
+
+def _function_names(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if node.get("class") == "FUNCTION" or node.get("type") == "TABLE_FUNCTION":
+            name = node.get("function_name")
+            if isinstance(name, str):
+                yield name
+        for value in node.values():
+            yield from _function_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _function_names(value)
+
+
+def _read_only_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """The one query in `sql` (SELECT, WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN), as DuckDB parsed
+    it, if it calls no function able to reach past the READ_ONLY attachment; anything else is refused."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise UserError(f"the query is not valid SQL ({_first_line(exc)}).") from None
+    if len(statements) != 1:
+        raise UserError(f"give exactly one query, not {len(statements)} statements.")
+    statement = statements[0]
+    kind = statement.type.name
+    if kind not in ("SELECT", "EXPLAIN"):
+        raise UserError(f"only read-only queries run here (SELECT, SHOW, DESCRIBE, EXPLAIN), not {kind}; "
+                        "the store is read-only.")
+    query = _EXPLAIN.sub("", statement.query) if kind == "EXPLAIN" else statement.query
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])  # type: ignore[index]
+    if tree.get("error"):
+        raise UserError("only plain queries run here (SELECT, SHOW, DESCRIBE, EXPLAIN SELECT), not PRAGMA or "
+                        "other statements; the store is read-only.")
+    for name in _function_names(tree):
+        if _FORBIDDEN_FUNCTION.search(name):
+            raise UserError(f"the function {name} reaches outside the read-only views and cannot be used here; "
+                            "query the views or the `store` tables instead.")
+    return statement.query
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only query on a `connect()`ed database: (column names, rows); any refusal or error is a
+    UserError of one sentence."""
+    query = _read_only_statement(con, sql)
+    try:
+        cursor = con.execute(query)
+        columns = [d[0] for d in cursor.description or []]
+        return columns, cursor.fetchall()
+    except duckdb.Error as exc:
+        raise UserError(f"the query failed ({_first_line(exc)}).") from None
+
+
+def view_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
+    """Each view's columns and their DuckDB types, in VIEWS order."""
+    rows = con.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                       "WHERE database_name = current_database() AND schema_name = 'main' "
+                       "ORDER BY table_name, column_index").fetchall()
+    columns: dict[str, list[tuple[str, str]]] = {name: [] for name in VIEWS}
+    for table, column, data_type in rows:
+        if table in columns:
+            columns[table].append((column, data_type))
+    return columns

@@ -1,0 +1,307 @@
+"""`rplat dashboard` in a real Chromium: each page shows the store's rows, it listens on 127.0.0.1 only, it cannot write."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from conftest import Store
+from sqlalchemy import func, select
+from test_cli_errors import assert_one_clear_sentence
+
+from rplat.dashboard.queries import open_store
+from rplat.models import (
+    Dataset,
+    Evaluation,
+    Experiment,
+    Extraction,
+    Job,
+    JobDependency,
+    Model,
+    Prediction,
+    Problem,
+    Rationale,
+    RationaleScore,
+    SolveTrajectory,
+    Step,
+    StepCandidate,
+)
+from rplat.prompts import TEMPLATES, ensure_template
+from rplat.store import transaction
+
+CHROMIUM = Path("/usr/bin/chromium")
+STARTUP_SECONDS = 60.0  # Streamlit's first start on a loaded 2-core machine
+PAGE_TIMEOUT_MS = 30_000  # one page's first render, its queries included
+
+T0 = dt.datetime(2026, 1, 5, 10, 0, 0)
+KEPT_RATIONALE = "Tom must add the four apples he buys to the three he has"
+DROPPED_RATIONALE = "apples are a kind of fruit"
+# (question, gold, greedy's answer, rationalyst-implicit's answer): greedy solves 1-5, implicit solves 1, 2, 6.
+PROBLEMS = [
+    ("What is 2 + 3?", "5", "5", "5"),
+    ("What is 7 * 6?", "42", "42", "42"),
+    ("What is 10 - 4?", "6", "6", "16"),
+    ("What is 9 + 9?", "18", "18", "17"),
+    ("What is 8 / 2?", "4", "4", "3"),
+    ("What is 13 + 29?", "42", "41", "42"),
+    ("What is 12 * 12?", "144", "121", "100"),
+]
+
+
+def _job(s: Any, kind: str, experiment: Experiment, **params: Any) -> Job:
+    job = Job(kind=kind, status="succeeded", params=params, experiment_id=experiment.id, attempts=1,
+              progress_done=1, progress_total=1, created_at=T0, started_at=T0 + dt.timedelta(seconds=5),
+              finished_at=T0 + dt.timedelta(seconds=95))
+    s.add(job)
+    s.flush()
+    return job
+
+
+def seed(store: Store) -> dict[str, int]:
+    """Hand-made rows for every page: two scored rationales, two solving methods with their evaluations."""
+    with transaction(store.engine()) as s:
+        experiment = Experiment(name="dash")
+        s.add(experiment)
+        s.flush()
+        imported = _job(s, "import-problems", experiment)
+        model = Model(name="tiny", kind="base", fingerprint="f" * 64, job_id=imported.id)
+        dataset = Dataset(name="gsm", kind="problems", job_id=imported.id)
+        s.add_all([model, dataset])
+        s.flush()
+        problems = [Problem(dataset_id=dataset.id, job_id=imported.id, external_id=str(k), benchmark="gsm8k",
+                            subject="arithmetic", question=q, answer=gold, content_hash=f"p{k}")
+                    for k, (q, gold, _, _) in enumerate(PROBLEMS)]
+        s.add_all(problems)
+        s.flush()
+
+        extract = _job(s, "extract-rationales", experiment, model="tiny")
+        score = _job(s, "score-rationales", experiment, model="tiny")
+        template_id = ensure_template(s, TEMPLATES["extract-insert"])
+        for k, (rationale, delta, kept) in enumerate([(KEPT_RATIONALE, 1.25, True), (DROPPED_RATIONALE, -0.375, False)]):
+            extraction = Extraction(job_id=extract.id, problem_id=problems[k].id, model_id=model.id,
+                                    prompt_template_id=template_id, temperature=0.0, input_text="x",
+                                    raw_output="x", fidelity=1.0, passed=True)
+            s.add(extraction)
+            s.flush()
+            row = Rationale(job_id=extract.id, extraction_id=extraction.id, position=1,
+                            preceding="Tom has 3 apples.", rationale=rationale,
+                            following="He buys 4 more, so he has 7.", left_step=1, source="gsm8k")
+            s.add(row)
+            s.flush()
+            s.add(RationaleScore(job_id=score.id, rationale_id=row.id, scorer_model_id=model.id, lp_without=[-2.5],
+                                 lp_with=[-2.5 + delta], gamma=0.9, s_without=-2.5, s_with=-2.5 + delta,
+                                 loss_delta=delta, tau=0.5, kept=kept))
+
+        ids = {"extract": extract.id, "score": score.id}
+        for column, method in [(2, "greedy"), (3, "rationalyst-implicit")]:
+            solve = _job(s, "solve", experiment, method=method, model="tiny")
+            evaluate = _job(s, "evaluate", experiment, solve_job=solve.id)
+            s.add(JobDependency(job_id=evaluate.id, depends_on_id=solve.id))
+            ids[method] = solve.id
+            ids[f"evaluate-{method}"] = evaluate.id
+            n_correct = 0
+            for problem, row in zip(problems, PROBLEMS, strict=True):
+                answer, correct = row[column], row[column] == row[1]
+                n_correct += correct
+                trajectory = SolveTrajectory(job_id=solve.id, problem_id=problem.id, method=method,
+                                             final_text=f"The answer is {answer}.", prediction=answer,
+                                             normalized_pred=answer, correct=correct, n_steps=1,
+                                             stopped_reason="answer")
+                s.add(trajectory)
+                s.flush()
+                step = Step(job_id=solve.id, trajectory_id=trajectory.id, step_idx=0, chosen_candidate_idx=1,
+                            rationale_text="work it out" if method != "greedy" else None,
+                            text=f"The answer is {answer}.")
+                s.add(step)
+                s.flush()
+                s.add_all([StepCandidate(job_id=solve.id, step_id=step.id, candidate_idx=0,
+                                         text="The answer is 0.", score=-3.5, chosen=False),
+                           StepCandidate(job_id=solve.id, step_id=step.id, candidate_idx=1,
+                                         text=f"The answer is {answer}.", score=-0.75, chosen=True)])
+                s.add(Prediction(job_id=evaluate.id, problem_id=problem.id, model_id=model.id, method=method,
+                                 answer=answer, correct=correct, vote_mass=1.0, tie_size=1,
+                                 credit=float(correct)))
+            s.add(Evaluation(job_id=evaluate.id, model_id=model.id, method=method, subject="all",
+                             n=len(PROBLEMS), n_correct=n_correct, accuracy=n_correct / len(PROBLEMS)))
+    return ids
+
+
+# --- the server and the browser ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_dashboard(store: Store, log: Path) -> Iterator[tuple[str, int]]:
+    """`rplat dashboard` as a real subprocess; yields its URL and port once Streamlit answers its health check."""
+    port = _free_port()
+    with log.open("w") as out:
+        proc = store.popen("dashboard", "--port", str(port), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"rplat dashboard exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"rplat dashboard did not answer within {STARTUP_SECONDS:.0f} s:\n{log.read_text()}")
+            time.sleep(0.25)
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing; install it with `make chromium` (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test is required in CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield chromium
+        chromium.close()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a socket in LISTEN state on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+# --- the tests ------------------------------------------------------------------------------------
+
+
+def metric(page: Any, label: str) -> str:
+    """The value shown by the Streamlit metric with this label."""
+    box = page.get_by_test_id("stMetric").filter(has=page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True))
+    return box.get_by_test_id("stMetricValue").inner_text(timeout=PAGE_TIMEOUT_MS).strip()
+
+
+def grid(page: Any, n: int = 0) -> list[dict[str, str]]:
+    """The rows of the page's n-th data frame, as far as they are drawn (Streamlit mirrors them in a DOM table)."""
+    header, *rows = page.get_by_test_id("stDataFrame").nth(n).locator("table").evaluate(
+        "t => [...t.rows].map(r => [...r.cells].map(c => c.innerText))")
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def visit(page: Any, url: str, expect: str) -> str:
+    """Open a page, wait until `expect` shows, and return its text; Streamlit must show no error of any kind."""
+    page.goto(url)
+    page.get_by_text(expect).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    text = page.inner_text("body")
+    assert page.get_by_test_id("stException").count() == 0, text
+    assert "Page not found" not in text, text
+    return text
+
+
+def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(db, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with running_dashboard(db, tmp_path / "dashboard.log") as (url, port):
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and no other address
+        page = browser.new_page()
+        for path, what in [("", "rationales"), ("failures", "wrong predictions"),
+                           ("solved-sets", "evaluated runs"), ("jobs", "jobs")]:
+            visit(page, f"{url}/{path}", f"No {what} yet")
+        assert "make demo" in page.inner_text("body")
+
+        ids = seed(db)
+        text = visit(page, f"{url}/", KEPT_RATIONALE)
+        assert [(r["rationale_id"], r["extract_job_id"], r["score_job_id"], r["loss_delta"], r["rationale"])
+                for r in grid(page)] == [("1", str(ids["extract"]), str(ids["score"]), "1.25", KEPT_RATIONALE),
+                                         ("2", str(ids["extract"]), str(ids["score"]), "-0.375", DROPPED_RATIONALE)]
+        assert metric(page, "loss delta") == "1.2500"
+        assert metric(page, "S_without") == "-2.5000"
+        assert metric(page, "S_with") == "-1.2500"
+        assert "Tom has 3 apples." in text and "He buys 4 more, so he has 7." in text
+        assert f"extracted by job {ids['extract']}" in text and f"scored by job {ids['score']}" in text
+
+        # The newest run comes first: rationalyst-implicit, whose first failure is "10 - 4" answered 16.
+        text = visit(page, f"{url}/failures", "chosen: The answer is 16.")
+        assert metric(page, "prediction") == "16"
+        assert metric(page, "gold") == "6"
+        assert metric(page, "evaluate job") == str(ids["evaluate-rationalyst-implicit"])
+        assert metric(page, "problems answered wrongly") == "4"
+        assert "rationale: work it out" in text and f"solve job {ids['rationalyst-implicit']}" in text
+        assert [(r["job_id"], r["solve_job_id"], r["prediction"], r["gold"]) for r in grid(page)] == [
+            (str(ids["evaluate-rationalyst-implicit"]), str(ids["rationalyst-implicit"]), answer, gold)
+            for _, gold, _, answer in PROBLEMS if answer != gold]
+        assert [(r["job_id"], r["candidate"], r["score"]) for r in grid(page, 1)] == [
+            (str(ids["rationalyst-implicit"]), "The answer is 0.", "-3.5"),
+            (str(ids["rationalyst-implicit"]), "The answer is 16.", "-0.75")]
+
+        # A = rationalyst-implicit solves problems 1, 2, 6; B = greedy solves 1-5; nobody solves 7.
+        text = visit(page, f"{url}/solved-sets", "both solve")
+        assert [metric(page, label) for label in ["both solve", "only A solves", "only B solves", "neither solves"]
+                ] == ["2", "1", "3", "1"]
+        assert (f"evaluate jobs {ids['evaluate-rationalyst-implicit']} and {ids['evaluate-greedy']}") in text
+        only_b = grid(page, 2)  # the first frame is the evaluations, then only A's and only B's problems
+        assert {r["job_id"] for r in only_b} == {str(ids["evaluate-greedy"])}
+        assert [r["answer"] for r in only_b] == ["6", "18", "4"]
+
+        visit(page, f"{url}/jobs", "succeeded")
+        assert metric(page, "succeeded") == "7"
+        assert [(r["job_id"], r["status"]) for r in grid(page)] == [(str(i), "succeeded") for i in range(7, 0, -1)]
+        page.get_by_test_id("stVegaLiteChart").first.wait_for(timeout=PAGE_TIMEOUT_MS)  # the timeline
+        page.close()
+
+
+def test_the_dashboards_connection_cannot_write(db) -> None:  # type: ignore[no-untyped-def]
+    seed(db)
+    con = open_store(db.url)
+    for statement in ["INSERT INTO store.experiments (name, created_at) VALUES ('intruder', now())",
+                      "UPDATE store.experiments SET name = 'renamed'",
+                      "DELETE FROM store.jobs"]:
+        with pytest.raises(duckdb.Error):
+            con.execute(statement)
+    con.close()
+    with transaction(db.engine()) as s:
+        assert s.scalars(select(Experiment.name)).all() == ["dash"]
+        assert s.scalar(select(func.count()).select_from(Job)) == 7
+
+
+def test_dashboard_refuses_a_store_that_is_not_at_head(empty_db) -> None:  # type: ignore[no-untyped-def]
+    proc = empty_db.rplat("dashboard", "--port", str(_free_port()), timeout=60)
+    assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode, ["not at head", "rplat db upgrade"])
+
+
+def test_dashboard_refuses_a_port_in_use(db) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = db.rplat("dashboard", "--port", str(port), timeout=60)
+    assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode, [f"cannot listen on 127.0.0.1:{port}"])
