@@ -60,6 +60,9 @@ demo: install $(CACHE)/boolq-dev.jsonl
 	$(BIN)/rplat pipeline rationalyst --experiment demo --documents wiki-boolq --benchmark gsm-symbolic --test gsm-symbolic-test --extract-mode insert --extract-limit $(DEMO_EXTRACT) --train-steps $(DEMO_TRAIN_STEPS) --params-file $(CACHE)/demo-pipeline.json
 	$(BIN)/rplat runner --until-done
 	$(BIN)/rplat report rationalyst --experiment demo
+	# Every intermediate result is queryable: the same numbers through the read-only DuckDB views (`rplat sql`),
+	# and in the dashboard (`rplat dashboard`, http://127.0.0.1:8501).
+	$(BIN)/rplat sql "SELECT method, model, count(*) AS problems, count(*) FILTER (WHERE correct) AS solved FROM predictions WHERE experiment = 'demo' GROUP BY ALL ORDER BY method"
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
