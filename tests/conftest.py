@@ -7,7 +7,10 @@ a missing server skips the PostgreSQL half with the reason; in CI (CI=true) it i
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -87,7 +90,55 @@ class Store:
                                 text=True, **kwargs)  # type: ignore[call-overload]
 
 
-def _make_store(backend: str, tmp_path: Path, *, migrate: bool = True) -> Iterator[Store]:
+class _MigratedTemplates:
+    """One store per backend migrated to head once per session; each test's migrated store is a copy of it (a
+    file copy on SQLite, CREATE DATABASE ... TEMPLATE on PostgreSQL) instead of a migration run of its own."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.sqlite: Path | None = None
+        self.postgres: str | None = None
+        self._exit = contextlib.ExitStack()
+
+    def sqlite_file(self) -> Path:
+        from rplat.migrate import upgrade
+        from rplat.store import get_engine
+
+        if self.sqlite is None:
+            path = self.directory / "migrated.db"
+            engine = get_engine(f"sqlite:///{path}")
+            upgrade(engine)
+            engine.dispose()
+            with contextlib.closing(sqlite3.connect(path)) as conn:  # everything into the file that gets copied
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.sqlite = path
+        return self.sqlite
+
+    def postgres_database(self) -> str:
+        from rplat.migrate import upgrade
+        from rplat.store import get_engine, scratch_postgres
+
+        if self.postgres is None:
+            url = self._exit.enter_context(scratch_postgres(_pg_admin_url(), "rplat_template"))
+            engine = get_engine(url)
+            upgrade(engine)
+            engine.dispose()  # a template database must have no connections when it is copied
+            self.postgres = make_url(url).database
+        return self.postgres
+
+    def close(self) -> None:
+        self._exit.close()
+
+
+@pytest.fixture(scope="session")
+def _templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_MigratedTemplates]:
+    templates = _MigratedTemplates(tmp_path_factory.mktemp("templates"))
+    yield templates
+    templates.close()
+
+
+def _make_store(backend: str, tmp_path: Path, *, migrate: bool = True,
+                templates: _MigratedTemplates | None = None) -> Iterator[Store]:
     from rplat.migrate import upgrade
     from rplat.store import scratch_postgres
 
@@ -95,7 +146,9 @@ def _make_store(backend: str, tmp_path: Path, *, migrate: bool = True) -> Iterat
     home.mkdir()
     if backend == "sqlite":
         store = Store("sqlite", f"sqlite:///{home / 'rplat.db'}", home)
-        if migrate:
+        if migrate and templates is not None:
+            shutil.copyfile(templates.sqlite_file(), home / "rplat.db")
+        elif migrate:
             upgrade(store.engine())
         yield store
         store.engine().dispose()
@@ -105,17 +158,19 @@ def _make_store(backend: str, tmp_path: Path, *, migrate: bool = True) -> Iterat
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI but unreachable: {reason}")
         pytest.skip(f"PostgreSQL not reachable at {_pg_admin_url()} ({reason}); set RPLAT_TEST_DATABASE_URL")
-    with scratch_postgres(_pg_admin_url(), "rplat_t") as url:
+    template = templates.postgres_database() if migrate and templates is not None else None
+    with scratch_postgres(_pg_admin_url(), "rplat_t", template=template) as url:
         store = Store("postgresql", url, home)
-        if migrate:
+        if migrate and template is None:
             upgrade(store.engine())
         yield store
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+def db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+       _templates: _MigratedTemplates) -> Iterator[Store]:
     """A fresh store migrated to head, on each backend; RPLAT_* point at it for in-process calls too."""
-    for store in _make_store(request.param, tmp_path):
+    for store in _make_store(request.param, tmp_path, templates=_templates):
         for key, value in store.env.items():
             if key.startswith("RPLAT_"):
                 monkeypatch.setenv(key, value)

@@ -151,8 +151,9 @@ def table_names(engine: Engine) -> list[str]:
 
 
 @contextlib.contextmanager
-def scratch_postgres(admin_url: str, prefix: str = "rplat_scratch") -> Iterator[str]:
-    """A new, empty PostgreSQL database on the server of `admin_url` (tests, benchmarks); dropped on exit."""
+def scratch_postgres(admin_url: str, prefix: str = "rplat_scratch", template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database on the server of `admin_url` (tests, benchmarks), empty or a copy of the database
+    named `template` (which nobody may be connected to); dropped on exit."""
     import uuid
 
     parsed = make_url(admin_url)
@@ -162,7 +163,7 @@ def scratch_postgres(admin_url: str, prefix: str = "rplat_scratch") -> Iterator[
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
         url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
         try:
             yield url
