@@ -156,7 +156,9 @@ class HFBackend:
         cache.layers = [_growing_layer()() for _ in cache.layers]
         self.model(input_ids=torch.tensor([base[:width]], device=self.device), past_key_values=cache,
                    use_cache=True, logits_to_keep=1)
-        tails = [list(c[s:]) + list(k) for c, s, k in zip(ctxs, shared, conts, strict=True)]
+        # A tail ends before its continuation's last token: that token is only a target, and no later token of
+        # its member (none) reads it, so encoding it would be wasted.
+        tails = [list(c[s:]) + list(k[:-1]) for c, s, k in zip(ctxs, shared, conts, strict=True)]
         results: list[list[float]] = [[] for _ in ctxs]
         # The members' tails are packed into one row, no padding: each token sees the base up to its member's
         # shared length and its own tail up to itself (a block-diagonal causal mask), at its own positions.
@@ -188,7 +190,7 @@ class HFBackend:
             mask[0, 0, start:end, :s] = True
             mask[0, 0, start:end, width + start:width + end] = torch.ones(len(tail), len(tail), dtype=torch.bool,
                                                                           device=self.device).tril()
-            keep += range(end - len(cont) - 1, end - 1)  # the positions predicting the continuation's tokens
+            keep += range(end - len(cont), end)  # the positions predicting the continuation's tokens
             start = end
         with _gqa_attention(self.model, _Segments(width, total, list(zip(starts, shared, lengths, strict=True)))):
             logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
@@ -207,17 +209,15 @@ class HFBackend:
 
     def _score_batch(self, ctxs: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
         """Score unrelated items in one left-padded batch, keeping logits only where continuation tokens are."""
-        seqs = [[*c, *k] for c, k in zip(ctxs, conts, strict=True)]
+        seqs = [[*c, *k[:-1]] for c, k in zip(ctxs, conts, strict=True)]  # a last token is only a target
         ids, mask = self._left_pad(seqs)
-        width = ids.shape[1]
-        keep = max(len(k) for k in conts) + 1
+        keep = max(len(k) for k in conts)
         logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # position j predicts token width - keep + 1 + j
+        logprobs = torch.log_softmax(logits, dim=-1)  # row j predicts the token after position width - keep + j
         results = []
         for row, cont in enumerate(conts):
-            first = keep - 1 - len(cont)
-            picked = logprobs[row, first:].gather(-1, ids[row, width - len(cont):].unsqueeze(-1)).squeeze(-1)
-            results.append(picked.tolist())
+            targets = torch.tensor(cont, device=self.device).unsqueeze(-1)
+            results.append(logprobs[row, keep - len(cont):].gather(-1, targets).squeeze(-1).tolist())
         return results
 
     # --- generation --------------------------------------------------------------------------------
