@@ -114,6 +114,38 @@ def test_rationales_of_one_document_share_the_document_prefix_and_score_as_if_al
     assert sum(encoded) < alone * 0.6
 
 
+
+
+@pytest.mark.parametrize("block", [7, 64, 4096], ids=["partial-last-block", "several-blocks", "one-block"])
+def test_blockwise_token_logprobs_equal_a_full_log_softmax(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hf, "VOCAB_BLOCK", block)
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(9, 16, generator=generator) * 3
+    weight = torch.randn(200, 16, generator=generator)
+    targets = torch.tensor([0, 199, 6, 7, 63, 64, 128, 150, 3])
+    expected = torch.log_softmax(hidden @ weight.T, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    assert hf._token_logprobs(hidden, weight, targets).tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_models_whose_logits_are_not_a_plain_projection_score_through_the_full_logits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Soft-capped or scaled logits (Gemma 2, Cohere) cannot be computed block by block: the full head is used."""
+    backend = HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="tiny-capped", batch_size=3)
+    assert backend._plain_head() is not None
+    backend.model.config.logit_scale = 0.5
+    assert backend._plain_head() is None
+    del backend.model.config.logit_scale
+    calls = []
+    blockwise_logprobs = hf._token_logprobs
+    monkeypatch.setattr(hf, "_token_logprobs", lambda *args: calls.append(1) or blockwise_logprobs(*args))
+    blockwise = backend.score(["Tom has 3 apples. He buys 4", "Tom has 3 apples. He eats 1"], [" more.", " of them."])
+    assert calls  # the two share their context's prefix: one packed row, scored block by block
+    monkeypatch.setattr(HFBackend, "_plain_head", lambda self: None)
+    full = backend.score(["Tom has 3 apples. He buys 4", "Tom has 3 apples. He eats 1"], [" more.", " of them."])
+    assert len(calls) == 1
+    for a, b in zip(blockwise, full, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
 # --- generation: one encoding per distinct prompt, stored prefixes reused ------------------------------------
 
 GEN_PROMPTS = [

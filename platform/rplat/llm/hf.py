@@ -24,6 +24,7 @@ from rplat.llm import Completion, Message, Sampling
 MIN_SHARED_PREFIX = 8
 SHARE_WINDOW = 256  # items considered together when grouping by shared prefix
 PACK_TOKENS = 512  # tokens of shared-prefix members encoded in one packed row
+VOCAB_BLOCK = 2048  # vocabulary entries per block of the blockwise log-softmax
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -192,20 +193,39 @@ class HFBackend:
                                                                           device=self.device).tril()
             keep += range(end - len(cont), end)  # the positions predicting the continuation's tokens
             start = end
+        keep_at = torch.tensor(keep, device=self.device)
+        targets = torch.tensor([tok for cont in conts for tok in cont], device=self.device)
+        head = self._plain_head()
         with _gqa_attention(self.model, _Segments(width, total, list(zip(starts, shared, lengths, strict=True)))):
-            logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
-                                logits_to_keep=torch.tensor(keep, device=self.device)).logits[0]
+            if head is None:
+                logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
+                                    logits_to_keep=keep_at).logits[0]
+            else:
+                hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, past_key_values=cache,
+                                                  position_ids=positions).last_hidden_state[0, keep_at]
         cache.crop(-total)  # back to the base for the next pack
-        logits = logits.float()
-        targets = torch.tensor([tok for cont in conts for tok in cont], device=self.device).unsqueeze(-1)
-        picked = logits.gather(-1, targets).squeeze(-1)
-        # log p = logit - logsumexp(logits), computed in place: the logits are this call's own, fresh tensor
-        top = logits.amax(dim=-1, keepdim=True)
-        picked = (picked - top.squeeze(-1) - logits.sub_(top).exp_().sum(dim=-1).log()).tolist()
+        if head is None:
+            logits = logits.float()
+            picked_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            # log p = logit - logsumexp(logits), computed in place: the logits are this call's own, fresh tensor
+            top = logits.amax(dim=-1, keepdim=True)
+            picked = (picked_logit - top.squeeze(-1) - logits.sub_(top).exp_().sum(dim=-1).log()).tolist()
+        else:
+            picked = _token_logprobs(hidden, head, targets).tolist()
         at = 0
         for slot, cont in zip(slots, conts, strict=True):
             results[slot] = picked[at:at + len(cont)]
             at += len(cont)
+
+    def _plain_head(self) -> torch.Tensor | None:
+        """The output projection's weight when the logits are exactly `hidden @ weight.T` (a bias-free linear head,
+        no logit scaling or soft-capping), so that log-probs can be computed vocabulary block by block."""
+        head = self.model.get_output_embeddings()
+        config = self.model.config
+        if type(head) is not torch.nn.Linear or head.bias is not None or not hasattr(self.model, "get_decoder") or \
+                any(getattr(config, name, None) not in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale")):
+            return None
+        return head.weight
 
     def _score_batch(self, ctxs: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
         """Score unrelated items in one left-padded batch, keeping logits only where continuation tokens are."""
@@ -421,6 +441,24 @@ class _PrefixCache:
 
 
 _GROWING_LAYER: Any = None
+
+
+def _token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(hidden @ weight.T)[i, targets[i]] for each row i, without the whole [rows, vocabulary] logits:
+    block by block of VOCAB_BLOCK tokens, a running log-sum-exp (as flash attention keeps its softmax). Each block
+    stays in cache between its product and its exponentials; the full logits of a pack would not."""
+    rows = hidden.shape[0]
+    top = torch.full((rows,), float("-inf"), device=hidden.device)
+    total = torch.zeros(rows, device=hidden.device)
+    picked = torch.empty(rows, device=hidden.device)
+    for start in range(0, weight.shape[0], VOCAB_BLOCK):
+        logits = (hidden @ weight[start:start + VOCAB_BLOCK].T).float()
+        inside = ((targets >= start) & (targets < start + logits.shape[1])).nonzero().squeeze(-1)
+        picked[inside] = logits[inside, targets[inside] - start]
+        new_top = torch.maximum(top, logits.amax(dim=-1))
+        total = total * (top - new_top).exp() + logits.sub_(new_top.unsqueeze(-1)).exp_().sum(dim=-1)
+        top = new_top
+    return picked - top - total.log()
 
 
 def _growing_layer() -> Any:
