@@ -105,7 +105,10 @@ def naive(backend: HFBackend, items: list[tuple[str, str, str]]) -> list[list[fl
 
 
 def ours(backend: HFBackend, items: list[tuple[str, str, str]], batch_size: int) -> list[list[float]]:
-    """What `score-rationales` does, batch by batch; (without, with) per rationale."""
+    """What `score-rationales` does, batch by batch; (without, with) per rationale. On a new backend over the same
+    weights each time, as a job starts: it has stored no prefix of an earlier round (or of the warm-up) to reuse."""
+    backend = HFBackend(backend.model, backend.tokenizer, fingerprint=backend.fingerprint,
+                        batch_size=backend.batch_size)
     out = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]

@@ -116,6 +116,38 @@ def test_rationales_of_one_document_share_the_document_prefix_and_score_as_if_al
 
 
 
+
+def test_a_base_encoded_by_an_earlier_call_is_reused_not_encoded_again() -> None:
+    """A document whose rationales fall into two score calls (two batches of the job): the second call copies
+    the document's stored KV instead of encoding it, and still scores every item as if it were alone."""
+    backend = HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="tiny-reuse", batch_size=3)
+    system = "<|im_start|>system\nYour task is to generate future text given preceeding text<|im_end|>\n"
+    units = ["Tom has 3 apples.", "He buys 4 more apples at the market.", "Then he eats 2 of them.",
+             "So he has 5 apples left."]
+    pairs = [(f"{system}<|im_start|>user\n{' '.join(units[:k])}{extra}<|im_end|>\n<|im_start|>assistant\n", units[k])
+             for k in (3, 2, 1) for extra in ("", ". Count what he has after each event")]
+    encoded: list[int] = []
+    forward = backend.model.forward
+
+    def counting(*args, **kwargs):
+        encoded.append(int(kwargs["input_ids"].shape[1]))
+        return forward(*args, **kwargs)
+
+    backend.model.forward = counting
+    try:
+        first = backend.score([c for c, _ in pairs[:2]], [k for _, k in pairs[:2]])
+        base_calls = len(encoded)
+        second = backend.score([c for c, _ in pairs[2:]], [k for _, k in pairs[2:]])
+    finally:
+        del backend.model.forward
+    for (context, continuation), got in zip(pairs, first + second, strict=True):
+        assert got == pytest.approx(_reference_logprobs(backend, context, continuation), abs=1e-4)
+    # the second call's base (the document up to its second unit, and its rationale) is the first call's prefix
+    # plus a few tokens: only those are encoded before the packed rows
+    second_base = encoded[base_calls]
+    assert 0 < second_base < len(backend.encode(pairs[3][0])) - len(backend.encode(system))
+
+
 @pytest.mark.parametrize("block", [7, 64, 4096], ids=["partial-last-block", "several-blocks", "one-block"])
 def test_blockwise_token_logprobs_equal_a_full_log_softmax(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hf, "VOCAB_BLOCK", block)

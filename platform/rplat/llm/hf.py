@@ -155,8 +155,7 @@ class HFBackend:
 
         cache = DynamicCache(config=self.model.config)
         cache.layers = [_growing_layer()() for _ in cache.layers]
-        self.model(input_ids=torch.tensor([base[:width]], device=self.device), past_key_values=cache,
-                   use_cache=True, logits_to_keep=1)
+        self._encode_base(base[:width], cache)
         # A tail ends before its continuation's last token: that token is only a target, and no later token of
         # its member (none) reads it, so encoding it would be wasted.
         tails = [list(c[s:]) + list(k[:-1]) for c, s, k in zip(ctxs, shared, conts, strict=True)]
@@ -173,6 +172,24 @@ class HFBackend:
         self._score_packed(cache, width, [shared[m] for m in pack], [tails[m] for m in pack],
                            [conts[m] for m in pack], results, pack)
         return results
+
+    def _encode_base(self, base: list[int], cache: Any) -> None:
+        """Fill `cache` with the KV of `base`. Where prefixes can be reused, the longest stored prefix of it is
+        copied in and only the rest encoded, and the base is stored in turn: the system prompt that every
+        document's base begins with, a document whose rationales fall into two batches, or the scorer's context
+        of a trajectory's previous step, which the next step's context extends, are encoded once."""
+        start, stored = self._prefixes().match(base) if self._can_reuse_prefixes() else (0, None)
+        if stored is not None:
+            for layer_idx, (keys, values) in enumerate(stored):
+                cache.update(keys[None, :, :start], values[None, :, :start], layer_idx)
+        if start < len(base):
+            self.model(input_ids=torch.tensor([base[start:]], device=self.device), past_key_values=cache,
+                       position_ids=torch.arange(start, len(base), device=self.device)[None], use_cache=True,
+                       logits_to_keep=1)
+            if self._can_reuse_prefixes() and len(base) >= MIN_SHARED_PREFIX:
+                # copies: the packs are written into the cache's buffers after the base
+                self._prefixes().add(tuple(base), [(layer.keys[0].clone(), layer.values[0].clone())
+                                                   for layer in cache.layers])
 
     def _score_packed(self, cache: Any, width: int, shared: list[int], tails: list[list[int]],
                       conts: list[list[int]], results: list[list[float]], slots: list[int]) -> None:
