@@ -1,6 +1,6 @@
 """Loss-delta scoring throughput: `score-rationales`' scorer against the reference code's two unbatched passes per rationale.
 
-Command: OMP_NUM_THREADS=1 .venv/bin/python bench/loss_delta.py [--n 60] [--data news|wiki|gsm] [--max-units 12]
+Command: OMP_NUM_THREADS=1 .venv/bin/python bench/loss_delta.py [--n 128] [--data news|wiki|gsm] [--max-units 12]
          [--model smollm2|tiny]
 
 The rationales are what `extract-rationales` stores for real texts: news articles (`--data news`, the default:
@@ -119,7 +119,9 @@ def ours(backend: HFBackend, items: list[tuple[str, str, str]], batch_size: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=60, help="rationales to score")
+    parser.add_argument("--n", type=int, default=128,
+                        help="rationales to score (default: two of the job's batches, so that a document falls "
+                             "across a batch boundary as in any job larger than one batch)")
     parser.add_argument("--data", choices=["news", "wiki", "gsm"], default="news")
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="smollm2")
     parser.add_argument("--batch-size", type=int, default=ScoreParams.model_fields["batch_size"].default,
