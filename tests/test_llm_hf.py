@@ -138,6 +138,8 @@ def test_a_base_encoded_by_an_earlier_call_is_reused_not_encoded_again() -> None
         first = backend.score([c for c, _ in pairs[:2]], [k for _, k in pairs[:2]])
         base_calls = len(encoded)
         second = backend.score([c for c, _ in pairs[2:]], [k for _, k in pairs[2:]])
+        calls = len(encoded)
+        again = backend.score([c for c, _ in pairs[2:]], [k for _, k in pairs[2:]])
     finally:
         del backend.model.forward
     for (context, continuation), got in zip(pairs, first + second, strict=True):
@@ -146,6 +148,10 @@ def test_a_base_encoded_by_an_earlier_call_is_reused_not_encoded_again() -> None
     # plus a few tokens: only those are encoded before the packed rows
     second_base = encoded[base_calls]
     assert 0 < second_base < len(backend.encode(pairs[3][0])) - len(backend.encode(system))
+    # the same base once more: all of it is stored, nothing is encoded before the packed rows
+    assert len(encoded) == calls
+    for a, b in zip(again, second, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
 
 
 @pytest.mark.parametrize("block", [7, 64, 4096], ids=["partial-last-block", "several-blocks", "one-block"])
