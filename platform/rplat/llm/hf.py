@@ -178,7 +178,8 @@ class HFBackend:
         copied in and only the rest encoded, and the base is stored in turn: the system prompt that every
         document's base begins with, a document whose rationales fall into two batches, or the scorer's context
         of a trajectory's previous step, which the next step's context extends, are encoded once."""
-        start, stored = self._prefixes().match(base) if self._can_reuse_prefixes() else (0, None)
+        store = self._prefixes() if self._can_reuse_prefixes() else None
+        start, stored = store.match(base) if store is not None else (0, None)
         if stored is not None:
             for layer_idx, (keys, values) in enumerate(stored):
                 cache.update(keys[None, :, :start], values[None, :, :start], layer_idx)
@@ -186,10 +187,9 @@ class HFBackend:
             self.model(input_ids=torch.tensor([base[start:]], device=self.device), past_key_values=cache,
                        position_ids=torch.arange(start, len(base), device=self.device)[None], use_cache=True,
                        logits_to_keep=1)
-            if self._can_reuse_prefixes() and len(base) >= MIN_SHARED_PREFIX:
+            if store is not None and len(base) >= MIN_SHARED_PREFIX:
                 # copies: the packs are written into the cache's buffers after the base
-                self._prefixes().add(tuple(base), [(layer.keys[0].clone(), layer.values[0].clone())
-                                                   for layer in cache.layers])
+                store.add(tuple(base), [(layer.keys[0].clone(), layer.values[0].clone()) for layer in cache.layers])
 
     def _score_packed(self, cache: Any, width: int, shared: list[int], tails: list[list[int]],
                       conts: list[list[int]], results: list[list[float]], slots: list[int]) -> None:
