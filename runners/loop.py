@@ -121,7 +121,7 @@ class Runner:
             ctx = JobContext(job, params, self.queue, self.home, self.name, self.stopping)
             with self._lock:
                 self._current = ctx
-            result = kind.load_handler()(ctx)
+            result = kind.load_handler()(ctx, params)
             self.queue.complete(job.id, job.lease_token, result, ctx.current_progress)
             state = "succeeded"
         except JobCancelled:

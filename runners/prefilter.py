@@ -24,8 +24,7 @@ def _dataset(session: Any, name: str, kind: str) -> Dataset:
     return ds
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
-    p: PrefilterParams = ctx.params  # type: ignore[assignment]
+def run(ctx: JobContext, p: PrefilterParams) -> dict[str, Any]:
     prep = preprocess if p.preprocess else (lambda t: t)
     with ctx.read() as s:
         docs = _dataset(s, p.documents, "documents")

@@ -47,8 +47,7 @@ def _burn(ctx: JobContext, seconds: float) -> int:
     return loops
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
-    p: ProbeParams = ctx.params  # type: ignore[assignment]
+def run(ctx: JobContext, p: ProbeParams) -> dict[str, Any]:
     loops = _burn(ctx, p.burn_seconds) if p.burn_seconds else 0
     deadline = time.monotonic() + p.sleep_seconds
     while time.monotonic() < deadline:

@@ -100,8 +100,7 @@ def _insert_mode(llm: CachedBackend, sampling: Sampling, texts: list[str], max_u
     return out
 
 
-def extract(ctx: JobContext) -> dict[str, Any]:
-    p: ExtractParams = ctx.params  # type: ignore[assignment]
+def extract(ctx: JobContext, p: ExtractParams) -> dict[str, Any]:
     spec = prepare_backend(ctx.engine, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
     with ctx.transaction() as s:
         model_id = get_model(s, p.model).id
@@ -169,8 +168,7 @@ def score_pairs(llm: Backend, triples: list[tuple[str, str, str]]) -> list[list[
     return llm.score(without + with_, following + following)
 
 
-def score(ctx: JobContext) -> dict[str, Any]:
-    p: ScoreParams = ctx.params  # type: ignore[assignment]
+def score(ctx: JobContext, p: ScoreParams) -> dict[str, Any]:
     spec = prepare_backend(ctx.engine, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
     with ctx.transaction() as s:
         if s.scalar(select(Job.kind).where(Job.id == p.extract_job)) != "extract-rationales":

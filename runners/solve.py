@@ -206,8 +206,7 @@ def _dataset(session: Session, name: str) -> int:
     return ds.id
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
-    p: SolveParams = ctx.params  # type: ignore[assignment]
+def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
     def prepare(name: str) -> BackendSpec:
         return prepare_backend(ctx.engine, name, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
 
@@ -263,8 +262,7 @@ def self_consistency(answers: list[str | None]) -> tuple[str | None, float, list
     return tied[0], float(top), tied
 
 
-def evaluate(ctx: JobContext) -> dict[str, Any]:
-    p: EvaluateParams = ctx.params  # type: ignore[assignment]
+def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
     with ctx.read() as s:
         solve = s.get(Job, p.solve_job)
         if solve is None or solve.kind != "solve":

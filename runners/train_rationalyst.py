@@ -56,8 +56,7 @@ def _eval_loss(model: torch.nn.Module, examples: list[dict[str, list[int]]], pad
     return sum(losses) / len(losses)
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
-    p: TrainRationalystParams = ctx.params  # type: ignore[assignment]
+def run(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
     spec = prepare_backend(ctx.engine, p.model, home=ctx.home)
     with ctx.transaction() as s:
         if s.scalar(select(Job.kind).where(Job.id == p.score_job)) != "score-rationales":
@@ -107,10 +106,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     with ctx.transaction() as s:
-        kind = "adapter" if p.lora else "base"
-        extra: dict[str, Any] = dict(adapter_kind="rationalyst", lora_r=p.lora_r, lora_alpha=p.lora_alpha,
+        fmt = "lora" if p.lora else "base"
+        extra: dict[str, Any] = dict(lora_r=p.lora_r, lora_alpha=p.lora_alpha,
                                      target_modules=list(p.target_modules)) if p.lora else {}
-        model_row = register_model(s, name, kind, out, role="rationalyst", parents={"base": base_id},
+        model_row = register_model(s, name, fmt, out, role="rationalyst", parents={"base": base_id},
                                    config={"train_params": p.model_dump(mode="json")}, job_id=ctx.job_id, **extra)
         model_id = model_row.id
     return {**summary, "train_examples": len(train_set), "eval_examples": len(eval_set), "eval_loss": eval_loss,

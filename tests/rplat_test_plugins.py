@@ -38,22 +38,22 @@ class FailParams(Params):
     message: str = Field("boom", description="the error the handler raises")
 
 
-def fail(ctx: Any) -> dict[str, Any]:
-    raise RuntimeError(ctx.params.message)
+def fail(ctx: Any, p: FailParams) -> dict[str, Any]:
+    raise RuntimeError(p.message)
 
 
 class EchoParams(Params):
     i: int = Field(description="the number the job writes back")
 
 
-def echo(ctx: Any) -> dict[str, Any]:
+def echo(ctx: Any, p: EchoParams) -> dict[str, Any]:
     """Write `i` once, through a fenced transaction: the conformance suite's unit of work."""
     with ctx.transaction() as session:
         written = session.scalar(select(func.count()).select_from(echo_output)
                                  .where(echo_output.c.job_id == ctx.job_id))
         if not written:
-            session.execute(insert(echo_output).values(job_id=ctx.job_id, i=ctx.params.i, runner=ctx.runner))
-    return {"i": ctx.params.i, "runner": ctx.runner}
+            session.execute(insert(echo_output).values(job_id=ctx.job_id, i=p.i, runner=ctx.runner))
+    return {"i": p.i, "runner": ctx.runner}
 
 
 class ItemsParams(Params):
@@ -70,9 +70,8 @@ def _pause(ctx: Any, seconds: float, check: bool) -> None:
         time.sleep(min(left, 0.02))
 
 
-def items(ctx: Any) -> dict[str, Any]:
+def items(ctx: Any, p: ItemsParams) -> dict[str, Any]:
     """Write items 0..items-1 slowly, skipping those an earlier attempt already wrote (resumable)."""
-    p: ItemsParams = ctx.params
     written = 0
     for item in range(p.items):
         with ctx.transaction() as session:

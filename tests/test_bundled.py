@@ -30,4 +30,4 @@ def test_bundled_model_converts_once_registers_and_generates(db, tmp_path: Path)
     assert "5" in answer.text
     with transaction(db.engine()) as s:
         row = s.scalar(select(Model).where(Model.name == SMOLLM2))
-    assert row.kind == "base" and row.role == "agent" and len(row.fingerprint) == 64
+    assert row.format == "base" and row.role == "agent" and len(row.fingerprint) == 64

@@ -129,7 +129,7 @@ def test_generate_reasoning_gym_writes_problems_with_worked_solutions(tmp_path: 
 def test_models_ls_lists_registered_models(db: Store) -> None:
     assert rplat_json(db, "models", "ls") == []
     with transaction(db.engine()) as session:
-        session.add(Model(name="smollm2-135m-instruct", kind="base", role="student", fingerprint="ab" * 32,
+        session.add(Model(name="smollm2-135m-instruct", format="base", role="student", fingerprint="ab" * 32,
                           path="/models/smollm2"))
     assert rplat_json(db, "models", "ls") == [{"name": "smollm2-135m-instruct", "kind": "base", "role": "student",
                                                "fingerprint": "ab" * 6, "job": None, "path": "/models/smollm2"}]

@@ -75,7 +75,7 @@ def seed(store: Store) -> dict[str, int]:
         s.add(experiment)
         s.flush()
         imported = _job(s, "import-problems", experiment)
-        model = Model(name="tiny", kind="base", fingerprint="f" * 64, job_id=imported.id)
+        model = Model(name="tiny", format="base", fingerprint="f" * 64, job_id=imported.id)
         dataset = Dataset(name="gsm", kind="problems", job_id=imported.id)
         s.add_all([model, dataset])
         s.flush()

@@ -141,7 +141,7 @@ def test_scores_carry_the_job_and_the_fingerprinted_embedding_model(prefiltered:
     with _session(db) as s:
         model = s.scalar(select(Model).where(Model.name == BUNDLED_EMBEDDER))
     assert model is not None
-    assert (model.kind, model.role) == ("embedding", "prefilter")
+    assert (model.format, model.role) == ("embedding", "prefilter")
     assert model.fingerprint == fingerprint_dir(bundled_embedder_path())
     assert {(sc.job_id, sc.embed_model_id) for sc in _scores(db, job_id).values()} == {(job_id, model.id)}
 

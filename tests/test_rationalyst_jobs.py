@@ -124,7 +124,7 @@ def test_train_rationalyst_registers_an_adapter_with_its_lineage(db, tmp_path) -
                                 .group_by(TrainingExample.split)).all())
         steps = s.scalars(select(TrainingMetric.step).where(TrainingMetric.job_id == train_job)
                           .order_by(TrainingMetric.step)).all()
-    assert adapter.kind == "adapter" and adapter.adapter_kind == "rationalyst" and adapter.lora_r == 8
+    assert adapter.format == "lora" and adapter.role == "rationalyst" and adapter.lora_r == 8
     assert parent.relation == "base" and adapter.name == f"rationalyst-job{train_job}"
     assert splits == {"train": 2, "eval": 1}  # 3 kept (the empty-preceding one never is), 1 held out
     assert steps == [0, 1, 2]

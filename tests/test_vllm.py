@@ -105,7 +105,7 @@ def register_tiny(store: Store, tmp_path: Path, *, lora: bool = True) -> None:
         {"peft_type": "LORA" if lora else "NAT", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
     with transaction(store.engine()) as s:
         base = register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
-        register_model(s, "tiny-lora", "adapter", adapter, parents={"base": base.id}, lora_r=8)
+        register_model(s, "tiny-lora", "lora", adapter, parents={"base": base.id}, lora_r=8)
 
 
 def test_serve_without_a_vllm_executable_says_to_run_make_vllm(db: Store, tmp_path: Path) -> None:
@@ -247,7 +247,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     smol = convert_smollm2(REPO / ".cache" / "test-home")  # converted once, kept between runs
     with transaction(store.engine()) as s:
         base = register_model(s, SMOLLM2, "base", smol, role="agent")
-        register_model(s, ADAPTER, "adapter", _make_lora(smol, home / "lora"), parents={"base": base.id}, lora_r=8)
+        register_model(s, ADAPTER, "lora", _make_lora(smol, home / "lora"), parents={"base": base.id}, lora_r=8)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     began = time.monotonic()
     proc = store.rplat("serve", SMOLLM2, "--adapter", ADAPTER, "--detach", "--eager", "--dtype", "float32",

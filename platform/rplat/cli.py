@@ -253,31 +253,32 @@ def models() -> None:
 def models_ls(as_json: bool) -> None:
     engine = _engine()
     with transaction(engine) as session:
-        rows = [{"name": m.name, "kind": m.kind, "role": m.role, "fingerprint": m.fingerprint[:12], "job": m.job_id,
+        rows = [{"name": m.name, "format": m.format, "role": m.role, "fingerprint": m.fingerprint[:12], "job": m.job_id,
                  "path": m.path} for m in session.scalars(select(Model).order_by(Model.id))]
-    _emit(rows, ["name", "kind", "role", "fingerprint", "job", "path"], as_json)
+    _emit(rows, ["name", "format", "role", "fingerprint", "job", "path"], as_json)
 
 
 @models.command("add")
 @click.argument("name")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.option("--kind", type=click.Choice(["base", "adapter", "embedding", "ranker"]), default="base", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["base", "lora", "embedding"]), default="base", show_default=True,
+              help="how the files are loaded: a Hugging Face model, a peft LoRA adapter, or a sentence-transformers model")
 @click.option("--role", default=None, help="agent, scorer, rationalyst, ...")
 @click.option("--base", "base_name", default=None, help="for an adapter: the registered model it was trained on")
 @click.option("--endpoint", default=None, help="OpenAI-compatible URL that serves this model (backend=openai)")
-def models_add(name: str, path: str, kind: str, role: str | None, base_name: str | None, endpoint: str | None) -> None:
+def models_add(name: str, path: str, fmt: str, role: str | None, base_name: str | None, endpoint: str | None) -> None:
     """Register the model (or adapter) in directory PATH under NAME; its fingerprint is a hash of its files."""
     from rplat.registry import get_model, register_model
 
-    if kind == "adapter" and base_name is None:
+    if fmt == "lora" and base_name is None:
         raise UserError("an adapter needs its base model: pass --base NAME (see `rplat models ls`).")
     engine = _engine()
     with transaction(engine) as session:
         parents = {"base": get_model(session, base_name).id} if base_name else None
         config = {"endpoint": endpoint} if endpoint else {}
-        model = register_model(session, name, kind, Path(path).resolve(), role=role, parents=parents, config=config)
+        model = register_model(session, name, fmt, Path(path).resolve(), role=role, parents=parents, config=config)
         fingerprint = model.fingerprint
-    click.echo(f"model {name} registered ({kind}, fingerprint {fingerprint[:12]})")
+    click.echo(f"model {name} registered ({fmt}, fingerprint {fingerprint[:12]})")
 
 
 @models.command("bundled")

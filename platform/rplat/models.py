@@ -80,6 +80,8 @@ class Job(Base):
     prompt_template_id: Mapped[int | None] = mapped_column(ForeignKey("prompt_templates.id"))
     priority: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    gpus: Mapped[int] = mapped_column(default=0, server_default="0")
+    devices: Mapped[list[Any] | None]
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
     not_before: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -137,6 +139,8 @@ class Runner(Base):
     host: Mapped[str] = mapped_column(String(200))
     pid: Mapped[int]
     kinds: Mapped[list[Any] | None]
+    gpus: Mapped[list[Any] | None]
+    slots: Mapped[int] = mapped_column(default=1, server_default="1")
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     current_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
@@ -148,17 +152,23 @@ class Runner(Base):
 
 
 class Model(Base):
-    """A base model, an adapter (LoRA, NAT, NCE...), an embedding model or a ranker; `fingerprint` keys the cache."""
+    """A registered model: `format` says how its files are loaded, `role` what it is for; `fingerprint` keys the cache.
+
+    format: `base` (a Hugging Face model directory), `lora` (a peft adapter on a base), `nat` (the NAT layer's
+    safetensors + JSON on a base), `embedding` (a sentence-transformers directory); the loader's format registry
+    (`rplat.llm.formats`) picks the loader from it. role: what the model is in an experiment (agent, teacher,
+    rationalyst, neg, nat, nce, kd, mix, nt, ul, sft, ranker, prefilter...); free text, never read by a loader.
+    Parents (`model_parents.relation`): `base`, `negative` (NAT's frozen negative adapter), `teacher` (NCE).
+    """
 
     __tablename__ = "models"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(String(32))
     role: Mapped[str | None] = mapped_column(String(32))
     path: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
-    adapter_kind: Mapped[str | None] = mapped_column(String(32))
     lora_r: Mapped[int | None]
     lora_alpha: Mapped[float | None]
     target_modules: Mapped[list[Any] | None]
@@ -172,6 +182,22 @@ class ModelParent(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
     parent_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True, index=True)
     relation: Mapped[str] = mapped_column(String(32), default="base")
+
+
+class Server(Base):
+    """A model server `rplat serve` started (vLLM): where it runs, so any machine can find or stop it."""
+
+    __tablename__ = "servers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int]
+    url: Mapped[str] = mapped_column(Text)
+    served_name: Mapped[str] = mapped_column(String(200))
+    log_path: Mapped[str | None] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[dt.datetime | None]
 
 
 class PromptTemplate(Base):

@@ -39,7 +39,7 @@ def get_model(session: Session, name: str) -> Model:
     return model
 
 
-def register_model(session: Session, name: str, kind: str, path: Path, *, role: str | None = None,
+def register_model(session: Session, name: str, format: str, path: Path, *, role: str | None = None,
                    parents: dict[str, int] | None = None, config: dict[str, Any] | None = None,
                    job_id: int | None = None, **columns: Any) -> Model:
     """Register (or return the identical existing) model; a different model under a taken name is an error."""
@@ -49,7 +49,7 @@ def register_model(session: Session, name: str, kind: str, path: Path, *, role: 
         if existing.fingerprint != fingerprint:
             raise UserError(f"model name {name!r} is taken by different weights ({existing.path}); choose another name.")
         return existing
-    model = Model(name=name, kind=kind, role=role, path=str(path), fingerprint=fingerprint, config=config or {},
+    model = Model(name=name, format=format, role=role, path=str(path), fingerprint=fingerprint, config=config or {},
                   job_id=job_id, **columns)
     session.add(model)
     session.flush()

@@ -143,13 +143,13 @@ def plan(engine: Engine, name: str, *, home: Path, vllm: str, host: str = "127.0
     with transaction(engine) as session:
         model = get_model(session, name)
         base = base_of(session, model)
-        if base.kind != "base":
-            raise UserError(f"model {name!r} is a {base.kind} model; `rplat serve` serves LLMs and their adapters.")
-        loras = ([model] if model.kind == "adapter" else []) + [get_model(session, a) for a in adapters
+        if base.format != "base":
+            raise UserError(f"model {name!r} is a {base.format} model; `rplat serve` serves LLMs and their adapters.")
+        loras = ([model] if model.format == "lora" else []) + [get_model(session, a) for a in adapters
                                                                 if a != model.name]
         for lora in loras:
-            if lora.kind != "adapter":
-                raise UserError(f"--adapter {lora.name} is a {lora.kind} model, not an adapter; "
+            if lora.format != "lora":
+                raise UserError(f"--adapter {lora.name} is a {lora.format} model, not an adapter; "
                                 "serve it with its own `rplat serve`.")
             lora_base = base_of(session, lora)
             if lora_base.id != base.id:
@@ -160,7 +160,7 @@ def plan(engine: Engine, name: str, *, home: Path, vllm: str, host: str = "127.0
             if not row.path or not Path(row.path).exists():
                 raise UserError(f"the weights of model {row.name!r} are missing at {row.path}; re-register it.")
         served = {name: name, **{lora.name: lora.name for lora in loras}}
-        if model.kind != "adapter":
+        if model.format != "lora":
             served[base.name] = base.name
         lora_modules = [f"{lora.name}={lora.path}" for lora in loras]
         ranks = [int(lora.lora_r or cfg.get("r") or 16) for lora, cfg in zip(loras, lora_configs, strict=True)]

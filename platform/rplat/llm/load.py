@@ -23,6 +23,8 @@ from rplat.models import Model, ModelParent
 from rplat.registry import get_model
 from rplat.store import transaction
 
+ADAPTER_FORMATS = ("lora",)
+
 
 @functools.cache
 def _hf(path: str, adapter_path: str | None, fingerprint: str, device: str | None) -> Any:
@@ -38,7 +40,7 @@ def _hf(path: str, adapter_path: str | None, fingerprint: str, device: str | Non
 
 def base_of(session: Session, model: Model) -> Model:
     """The base model an adapter was trained on (the adapter itself if it is a base model)."""
-    if model.kind != "adapter":
+    if model.format not in ADAPTER_FORMATS:
         return model
     parent_id = session.scalar(select(ModelParent.parent_id).where(ModelParent.model_id == model.id,
                                                                    ModelParent.relation == "base"))
@@ -49,7 +51,7 @@ def base_of(session: Session, model: Model) -> Model:
 
 def effective_fingerprint(session: Session, model: Model) -> str:
     """Base and adapter weights together: the same adapter on two bases is two cache identities."""
-    if model.kind != "adapter":
+    if model.format not in ADAPTER_FORMATS:
         return model.fingerprint
     return hashlib.sha256(f"{base_of(session, model).fingerprint}+{model.fingerprint}".encode()).hexdigest()
 
@@ -85,7 +87,7 @@ def resolve_backend(session: Session, name: str, *, backend: str = "hf", endpoin
     if not base.path or not Path(base.path).exists():
         raise UserError(f"the weights of model {base.name!r} are missing at {base.path}; re-register the model.")
     if backend == "hf":
-        adapter = model.path if model.kind == "adapter" else None
+        adapter = model.path if model.format in ADAPTER_FORMATS else None
         return BackendSpec("hf", name, base.path, adapter, fingerprint, device=device)
     if backend == "openai":
         url = endpoint or (model.config or {}).get("endpoint") or os.environ.get("RPLAT_OPENAI_BASE_URL")
