@@ -43,9 +43,11 @@ Message = dict[str, str]
 
 @runtime_checkable
 class Backend(Protocol):
-    """What every model backend provides; `fingerprint` identifies the exact weights (the cache keys on it)."""
+    """What every model backend provides; `fingerprint` identifies the exact weights (the cache keys on it), and
+    `tokenizer` is the model's own (a transformers tokenizer: training and token counting use it, no weights)."""
 
     fingerprint: str
+    tokenizer: Any
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, n: int = 1) -> list[list[Completion]]:
         """`n` completions per prompt, each with its token log-probs and finish reason ("stop" or "length")."""

@@ -39,6 +39,10 @@ class CachedBackend:
     def fingerprint(self) -> str:
         return self.backend.fingerprint
 
+    @property
+    def tokenizer(self) -> Any:
+        return self.backend.tokenizer
+
     def chat_prompt(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
         return self.backend.chat_prompt(messages, add_generation_prompt=add_generation_prompt)
 

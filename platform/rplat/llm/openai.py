@@ -42,11 +42,9 @@ class OpenAIBackend:
     @classmethod
     def for_model(cls, base_url: str, served_model: str, model_path: str | Path, *, fingerprint: str,
                   **kwargs: Any) -> OpenAIBackend:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoTokenizer
+        from rplat.llm.load import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-        return cls(base_url, served_model, tokenizer, fingerprint=fingerprint, **kwargs)
+        return cls(base_url, served_model, load_tokenizer(model_path), fingerprint=fingerprint, **kwargs)
 
     # --- HTTP --------------------------------------------------------------------------------------
 
