@@ -131,5 +131,5 @@ def test_models_ls_lists_registered_models(db: Store) -> None:
     with transaction(db.engine()) as session:
         session.add(Model(name="smollm2-135m-instruct", format="base", role="student", fingerprint="ab" * 32,
                           path="/models/smollm2"))
-    assert rplat_json(db, "models", "ls") == [{"name": "smollm2-135m-instruct", "kind": "base", "role": "student",
+    assert rplat_json(db, "models", "ls") == [{"name": "smollm2-135m-instruct", "format": "base", "role": "student",
                                                "fingerprint": "ab" * 6, "job": None, "path": "/models/smollm2"}]

@@ -1,0 +1,118 @@
+"""What every command group shares: the root `cli` group, the store, output as tables or JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+
+from rplat.config import get_settings
+from rplat.errors import UserError
+from rplat.models import Job
+from rplat.queue import Queue
+from rplat.store import check_reachable, get_engine
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def open_store(*, at_head: bool = True) -> Engine:
+    engine = get_engine()
+    check_reachable(engine)
+    if at_head:
+        from rplat.migrate import ensure_at_head
+
+        ensure_at_head(engine)
+    return engine
+
+
+def queue_of(engine: Engine) -> Queue:
+    return Queue(engine, retry_base_seconds=get_settings().retry_base_seconds)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def listing(f: Any) -> Any:
+    """`--json` and `--csv` for a command that lists rows (it takes `as_json` and `as_csv`)."""
+    f = click.option("--csv", "as_csv", is_flag=True, help="print CSV for scripts")(f)
+    return click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")(f)
+
+
+def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool, as_csv: bool = False) -> None:
+    """Rows as a table for people, or as JSON (a list of objects) or CSV (a header, then `columns`) for scripts."""
+    if as_json and as_csv:
+        raise UserError("choose one of --json and --csv, not both.")
+    if as_json:
+        click.echo(json.dumps(list(rows), default=str, indent=None))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if r.get(c) is None else r.get(c) for c in columns] for r in rows])
+    else:
+        click.echo(table(rows, columns))
+
+
+def parse_param(raw: str) -> tuple[str, Any]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--param {raw!r} is not of the form key=value; write e.g. --param threshold=0.3.")
+    value = value.strip()
+    if value[:1] in "[{":
+        try:
+            return key.strip(), json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--param {key.strip()} looks like JSON but is not valid ({exc.msg} at column "
+                            f"{exc.colno}); write valid JSON in shell quotes, "
+                            "e.g. --param 'reference=[\"gsm8k\"]'.") from None
+    return key.strip(), value
+
+
+def load_params_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--params-file {path} does not exist or is not a file.")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"--params-file {path} is not UTF-8 text; save it as UTF-8 JSON.") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--params-file {path} is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                        f"{exc.colno}); fix the file.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--params-file {path} must hold one JSON object of parameters.")
+    return data
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    total = job.progress_total
+    progress = f"{job.progress_done}/{total}" if total else (str(job.progress_done) if job.progress_done else "")
+    return {"id": job.id, "kind": job.kind, "status": job.status, "attempts": f"{job.attempts}/{job.max_attempts}",
+            "priority": job.priority, "progress": progress, "owner": job.lease_owner,
+            "created": job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else None,
+            "error": (job.error or "").splitlines()[0][:80] if job.error else None}
+
+
+
+# --- root -----------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rplat")
+def cli() -> None:
+    """rplat: run RATIONALYST and Turning-Dust-into-Gold experiments on a database-backed job queue.
+
+    The store is RPLAT_DATABASE_URL (default: a SQLite file under RPLAT_HOME, default ./.rplat).
+    """

@@ -1,0 +1,140 @@
+"""`rplat sql`, `rplat report` and `rplat dashboard`: read what the jobs wrote."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from rplat.cli._common import cli, emit, open_store, table
+from rplat.config import get_settings
+from rplat.errors import UserError
+
+# --- sql -----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("--views", "list_views", is_flag=True, help="list the views and their columns")
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts (one object per row)")
+@click.option("--csv", "as_csv", is_flag=True, help="print CSV for scripts")
+def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool) -> None:
+    """Run one read-only QUERY over the analytics views (DuckDB) and print the rows.
+
+    The views name the useful joins (`rplat sql --views` lists them); the raw tables are `store.<table>`.
+    Nothing can be written: the store is attached READ_ONLY and DuckDB is locked down.
+
+    \b
+    rplat sql "SELECT method, subject, accuracy FROM evaluations ORDER BY accuracy DESC"
+    rplat sql "SELECT run_a, run_b, only_a, only_a_problem_ids FROM intersections" --json
+    """
+    import csv
+
+    from rplat import analytics
+
+    if as_json and as_csv:
+        raise UserError("choose one of --json and --csv, not both.")
+    if list_views == bool(query):
+        raise UserError('give either a QUERY or --views, e.g. `rplat sql "SELECT * FROM job_timeline"`.')
+    engine = open_store()
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
+    con = analytics.connect(url)
+    try:
+        if list_views:
+            columns = ["view", "columns"]
+            rows = [(name, [{"name": c, "type": t} for c, t in cols] if as_json else ", ".join(c for c, _ in cols))
+                    for name, cols in analytics.view_columns(con).items()]
+        else:
+            columns, rows = analytics.run_query(con, query or "")
+    finally:
+        con.close()
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
+    emit([dict(zip(columns, row, strict=True)) for row in rows], columns, as_json)
+
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+
+@cli.group()
+def report() -> None:
+    """Human-readable summaries of finished jobs."""
+
+
+@report.command("rationalyst")
+@click.option("--experiment", default=None, help="the experiment whose evaluations to show (default: all)")
+@click.option("--json", "as_json", is_flag=True)
+def report_rationalyst(experiment: str | None, as_json: bool) -> None:
+    """Accuracy per solving method (micro over problems) and the mining funnel behind the rationale model."""
+    from rplat.reports import rationalyst_report
+
+    summary = rationalyst_report(open_store(), experiment=experiment)
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+        return
+    f = summary["funnel"]
+    click.echo(f"documents kept by the prefilter: {f['prefilter_passed']}; texts annotated: {f['extractions']} "
+               f"({f['passed_fidelity']} faithful); rationales: {f['rationales']}, kept by loss delta: {f['kept']}; "
+               f"training steps: {f['train_steps']}")
+    click.echo(table(summary["results"], ["method", "subject", "n", "correct", "accuracy", "evaluate_job"]))
+
+
+@report.command("prefilter")
+@click.option("--job", "job_id", type=int, default=None, help="the prefilter job (default: the latest one)")
+@click.option("--experiment", default=None, help="the latest prefilter job of this experiment")
+@click.option("--examples", default=3, show_default=True, type=click.IntRange(0), help="documents shown per side")
+@click.option("--json", "as_json", is_flag=True)
+def report_prefilter(job_id: int | None, experiment: str | None, examples: int, as_json: bool) -> None:
+    """How many documents a prefilter job kept, the cosine distribution, and the closest and farthest documents."""
+    from rplat.reports import prefilter_report
+
+    summary = prefilter_report(open_store(), job_id=job_id, experiment=experiment, examples=examples)
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+        return
+    click.echo(f"prefilter job {summary['job_id']} ({summary['status']}): {summary['passed']} of {summary['scored']} "
+               f"documents kept at cosine >= {summary['threshold']} (max {summary['max_chars']} chars)")
+    q = summary["cosine_quantiles"]
+    click.echo("cosine to the reference centroid: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()))
+    for title, key in (("closest", "closest"), ("farthest", "farthest")):
+        click.echo(f"{title}:")
+        for doc in summary[key]:
+            click.echo(f"  {doc['cosine']:.3f}  [{doc['external_id']}] {doc['snippet']}")
+
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to bind (0.0.0.0 shows the store to every machine that can reach this one)")
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
+def dashboard(host: str, port: int) -> None:
+    """Browse rationales, failures, solved sets and jobs in a read-only Streamlit app (runs until Ctrl-C)."""
+    import os
+    import socket
+
+    from rplat import dashboard as dashboard_package
+
+    open_store()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # Servers set SO_REUSEADDR too, so only a live listener (not a TIME_WAIT leftover) makes this fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                            "pick another address with --host or port with --port.") from None
+    app = Path(dashboard_package.__file__).with_name("app.py")
+    env = dict(os.environ, RPLAT_DATABASE_URL=get_settings().database_url)
+    click.echo(f"dashboard at http://{host}:{port} (read-only); Ctrl-C stops it", err=True)
+    os.execve(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
+                               "--server.address", host, "--server.port", str(port),
+                               "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                               "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+                               "--client.toolbarMode", "minimal"], env)

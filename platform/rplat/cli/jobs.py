@@ -1,0 +1,260 @@
+"""`rplat experiments`, `enqueue`, `kinds`, `jobs`, `runner` and `status`: the queue."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+
+from rplat import kinds as kinds_registry
+from rplat.cli._common import (
+    cli,
+    emit,
+    job_row,
+    listing,
+    load_params_file,
+    open_store,
+    parse_param,
+    queue_of,
+    table,
+)
+from rplat.config import get_settings
+from rplat.errors import UserError
+from rplat.models import Experiment, Job, JobEvent, Runner, utcnow
+from rplat.store import transaction
+
+# --- experiments ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def experiments() -> None:
+    """Named experiments that group jobs."""
+
+
+@experiments.command("add")
+@click.argument("name")
+@click.option("--description", default=None)
+def experiments_add(name: str, description: str | None) -> None:
+    """Create the experiment NAME."""
+    limit = Experiment.__table__.c.name.type.length
+    if not name.strip() or len(name) > limit:
+        raise UserError(f"experiment names are 1 to {limit} characters, not {len(name.strip())}; choose another name.")
+    engine = open_store()
+    with transaction(engine) as session:
+        if session.scalar(select(Experiment.id).where(Experiment.name == name)) is not None:
+            raise UserError(f"experiment {name!r} already exists; see `rplat experiments ls`.")
+        session.add(Experiment(name=name, description=description))
+    click.echo(f"experiment {name} created")
+
+
+@experiments.command("ls")
+@listing
+def experiments_ls(as_json: bool, as_csv: bool) -> None:
+    """List experiments and how many jobs each has."""
+    engine = open_store()
+    with transaction(engine) as session:
+        counts = dict(session.execute(select(Job.experiment_id, func.count()).group_by(Job.experiment_id)).all())
+        rows = [{"name": e.name, "jobs": counts.get(e.id, 0), "description": e.description,
+                 "created": e.created_at.strftime("%Y-%m-%d %H:%M:%S")}
+                for e in session.scalars(select(Experiment).order_by(Experiment.id))]
+    emit(rows, ["name", "jobs", "description", "created"], as_json, as_csv)
+
+
+
+# --- enqueue and jobs -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("kind")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="a job parameter (repeatable)")
+@click.option("--params-file", default=None, help="JSON object of parameters (--param overrides it)")
+@click.option("--experiment", default=None, help="experiment the job belongs to")
+@click.option("--after", multiple=True, type=int, metavar="JOB", help="run only after this job succeeded")
+@click.option("--priority", default=0, show_default=True, type=int, help="higher runs first")
+@click.option("--max-attempts", default=3, show_default=True, type=int)
+@click.option("--dedupe-key", default=None, help="jobs with the same key are one job (default: kind+params)")
+@click.option("--no-dedupe", is_flag=True, help="always create a new job, even if an identical one exists")
+@click.option("--host", default=None, help="only a runner on this machine (host name, or runner --host) takes it")
+@click.option("--json", "as_json", is_flag=True)
+def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, experiment: str | None,
+            after: tuple[int, ...], priority: int, max_attempts: int, dedupe_key: str | None, no_dedupe: bool,
+            host: str | None, as_json: bool) -> None:
+    """Queue a job of KIND (see `rplat kinds`)."""
+    raw: dict[str, Any] = load_params_file(params_file) if params_file else {}
+    raw.update(dict(parse_param(p) for p in params))
+    kinds_registry.validate_params(kind, raw)
+    engine = open_store()
+    job_id, created = queue_of(engine).enqueue(
+        kind, raw, experiment=experiment, priority=priority, max_attempts=max_attempts, after=after,
+        dedupe_key=dedupe_key, dedupe=not no_dedupe, host=host)
+    if as_json:
+        click.echo(json.dumps({"id": job_id, "created": created}))
+    else:
+        click.echo(f"job {job_id} {'queued' if created else 'already exists (identical job)'}")
+
+
+@cli.command("kinds")
+@listing
+def kinds_cmd(as_json: bool, as_csv: bool) -> None:
+    """List job kinds and their parameters."""
+    rows = []
+    for kind in kinds_registry.all_kinds().values():
+        params = ", ".join(
+            n if f.is_required() else f"{n}={json.dumps(f.get_default(call_default_factory=True), default=str)}"
+            for n, f in kind.params.model_fields.items()
+        )
+        rows.append({"kind": kind.name, "description": kind.description, "params": params})
+    if as_json or as_csv:
+        emit(rows, ["kind", "description", "params"], as_json, as_csv)
+        return
+    for r in rows:
+        click.echo(f"{r['kind']}: {r['description']}\n    params: {r['params']}")
+
+
+@cli.group()
+def jobs() -> None:
+    """List, inspect, cancel and retry jobs."""
+
+
+def _get_job(session: Any, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise UserError(f"job {job_id} does not exist; see `rplat jobs ls`.")
+    return job
+
+
+@jobs.command("ls")
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]), default=None)
+@click.option("--kind", default=None)
+@click.option("--experiment", default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@listing
+def jobs_ls(status: str | None, kind: str | None, experiment: str | None, limit: int, as_json: bool,
+            as_csv: bool) -> None:
+    """List jobs, newest first."""
+    engine = open_store()
+    with transaction(engine) as session:
+        q = select(Job).order_by(Job.id.desc()).limit(limit)
+        if status:
+            q = q.where(Job.status == status)
+        if kind:
+            q = q.where(Job.kind == kind)
+        if experiment:
+            exp_id = session.scalar(select(Experiment.id).where(Experiment.name == experiment))
+            if exp_id is None:
+                raise UserError(f"experiment {experiment!r} does not exist; see `rplat experiments ls`.")
+            q = q.where(Job.experiment_id == exp_id)
+        rows = [job_row(j) for j in session.scalars(q)]
+    emit(rows, ["id", "kind", "status", "attempts", "priority", "progress", "owner", "created", "error"], as_json, as_csv)
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_show(job_id: int, as_json: bool) -> None:
+    from rplat.models import JobDependency
+
+    engine = open_store()
+    with transaction(engine) as session:
+        job = _get_job(session, job_id)
+        parents = session.scalars(select(JobDependency.depends_on_id).where(JobDependency.job_id == job_id)).all()
+        experiment = session.get(Experiment, job.experiment_id).name if job.experiment_id else None
+        info = {c.name: getattr(job, c.name) for c in Job.__table__.columns}
+        info.update(after=list(parents), experiment=experiment)
+    if as_json:
+        click.echo(json.dumps(info, default=str))
+        return
+    for key, value in info.items():
+        if value is None or value == []:
+            continue
+        if isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        click.echo(f"{key:>17}: {value}")
+
+
+@jobs.command("logs")
+@click.argument("job_id", type=int)
+@listing
+def jobs_logs(job_id: int, as_json: bool, as_csv: bool) -> None:
+    """A job's events: enqueued, claims, retries, logs, how it ended."""
+    engine = open_store()
+    with transaction(engine) as session:
+        _get_job(session, job_id)
+        rows = [{"at": e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], "event": e.event, "attempt": e.attempt,
+                 "runner": e.runner, "message": e.message}
+                for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
+    emit(rows, ["at", "event", "attempt", "runner", "message"], as_json, as_csv)
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+def jobs_cancel(job_id: int) -> None:
+    """Cancel a queued job, or ask a running one to stop at its next check."""
+    outcome = queue_of(open_store()).cancel(job_id)
+    click.echo(f"job {job_id}: {outcome}")
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+def jobs_retry(job_id: int) -> None:
+    """Queue a failed or cancelled job again (with the descendants its end cancelled)."""
+    ids = queue_of(open_store()).retry(job_id)
+    click.echo(f"queued again: {', '.join(map(str, ids))}")
+
+
+
+# --- runner and status ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--kinds", default=None, help="comma-separated job kinds to take (default: all)")
+@click.option("--once", is_flag=True, help="exit as soon as no job is claimable (drain the queue)")
+@click.option("--until-done", is_flag=True,
+              help="exit when no job it could run is left: waits out retry backoffs and jobs running elsewhere")
+@click.option("--max-jobs", default=None, type=click.IntRange(1), help="exit after this many jobs")
+@click.option("--lease-seconds", default=60.0, show_default=True, type=click.FloatRange(0.2))
+@click.option("--poll-seconds", default=1.0, show_default=True, type=click.FloatRange(0.01))
+@click.option("--name", default=None, help="runner name (default host:pid:random)")
+@click.option("--host", default=None, help="machine name for jobs enqueued with --host (default: the host name)")
+@click.option("--quiet", is_flag=True, help="print nothing per job")
+def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None, lease_seconds: float,
+           poll_seconds: float, name: str | None, host: str | None, quiet: bool) -> None:
+    """Claim and run jobs until stopped (SIGTERM releases the current job for another runner)."""
+    from rplat.runners.loop import Runner, RunnerOptions
+
+    settings = get_settings()
+    engine = open_store()
+    kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
+    options = RunnerOptions(kinds=kind_list, once=once, until_done=until_done, max_jobs=max_jobs, lease_seconds=lease_seconds,
+                            poll_seconds=poll_seconds, name=name, host=host)
+    echo = (lambda _m: None) if quiet else (lambda m: click.echo(f"[runner] {m}", err=True))
+    done = Runner(queue_of(engine), settings.home, options, echo=echo).run()
+    echo(f"stopped after {done} job(s)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Queue depth per kind and status, live runners, running jobs' progress."""
+    engine = open_store()
+    now = utcnow()
+    with transaction(engine) as session:
+        depth = [{"kind": k, "status": s, "jobs": n} for k, s, n in session.execute(
+            select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status).order_by(Job.kind, Job.status))]
+        runners = [{"runner": r.name, "host": r.host, "pid": r.pid, "job": r.current_job_id, "done": r.jobs_done,
+                    "seen_s_ago": round((now - r.heartbeat_at).total_seconds(), 1)}
+                   for r in session.scalars(select(Runner).where(Runner.stopped_at.is_(None))
+                                            .order_by(Runner.heartbeat_at.desc()).limit(50))
+                   if (now - r.heartbeat_at).total_seconds() < 300]
+        running = [job_row(j) for j in session.scalars(select(Job).where(Job.status == "running").order_by(Job.id))]
+    if as_json:
+        click.echo(json.dumps({"queue": depth, "runners": runners, "running": running}, default=str))
+        return
+    click.echo("queue:")
+    click.echo(table(depth, ["kind", "status", "jobs"]))
+    click.echo("\nrunners (heartbeat in the last 5 minutes):")
+    click.echo(table(runners, ["runner", "host", "pid", "job", "done", "seen_s_ago"]))
+    click.echo("\nrunning jobs:")
+    click.echo(table(running, ["id", "kind", "attempts", "progress", "owner"]))

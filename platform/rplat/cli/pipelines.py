@@ -1,0 +1,51 @@
+"""`rplat pipeline`: enqueue a method's whole DAG of jobs."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from rplat.cli._common import cli, load_params_file, open_store, queue_of
+
+# --- pipelines ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def pipeline() -> None:
+    """Enqueue a method's whole DAG of jobs at once."""
+
+
+@pipeline.command("rationalyst")
+@click.option("--documents", required=True, help="document dataset to mine rationales from")
+@click.option("--benchmark", required=True, help="problem dataset with worked solutions (reference, rationales, demos)")
+@click.option("--test", default=None, help="problem dataset to solve (default: the benchmark)")
+@click.option("--model", default="smollm2-135m-instruct", show_default=True, help="extractor, scorer, agent and base")
+@click.option("--experiment", default=None)
+@click.option("--methods", default=",".join(("greedy", "sample", "random-candidate", "rationalyst-implicit",
+                                             "rationalyst-explicit")), show_default=True)
+@click.option("--limit", default=None, type=click.IntRange(1), help="solve at most this many problems")
+@click.option("--extract-limit", default=None, type=click.IntRange(1), help="annotate at most this many texts")
+@click.option("--extract-mode", type=click.Choice(["rewrite", "insert"]), default="rewrite", show_default=True)
+@click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps")
+@click.option("--params-file", default=None, help='JSON {"kind": {param: value}} overrides per job kind')
+@click.option("--json", "as_json", is_flag=True)
+def pipeline_rationalyst(documents: str, benchmark: str, test: str | None, model: str, experiment: str | None,
+                         methods: str, limit: int | None, extract_limit: int | None, extract_mode: str,
+                         train_steps: int | None, params_file: str | None, as_json: bool) -> None:
+    """prefilter -> extract -> score -> train -> solve x methods -> evaluate, with dependencies."""
+    from rplat.pipelines import RationalystPipeline
+
+    overrides = load_params_file(params_file) if params_file else {}
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    ids = RationalystPipeline(documents=documents, benchmark=benchmark, test=test, model=model,
+                              experiment=experiment, methods=chosen, limit=limit, extract_limit=extract_limit,
+                              extract_mode=extract_mode, train_steps=train_steps, overrides=overrides
+                              ).enqueue(queue_of(open_store()))
+    if as_json:
+        click.echo(json.dumps(ids))
+        return
+    click.echo(f"prefilter {ids['prefilter']} -> extract {ids['extract']} -> score {ids['score']} -> "
+               f"train {ids['train']}")
+    for method, job in ids["solve"].items():
+        click.echo(f"  solve {method}: job {job}, evaluate: job {ids['evaluate'][method]}")
