@@ -62,7 +62,8 @@ def convert_smollm2(home: Path) -> Path:
 
 def ensure_smollm2(session: Session, home: Path) -> Model:
     found = session.scalar(select(Model).where(Model.name == SMOLLM2))
-    if found is not None and found.path and Path(found.path).exists():
+    # a row registered before sha256 was written goes through register_model once more, which fills it in
+    if found is not None and found.path and Path(found.path).exists() and found.sha256 is not None:
         return found
     path = convert_smollm2(home)
     try:

@@ -31,12 +31,15 @@ class FormatLoader:
     `adapter_name` (unmerged, frozen unless `trainable`); may return a new wrapper around `module`.
     active(module, adapter_names): a context manager under which exactly these adapters of this format are
     switched on (none: all of this format's adapters off) for one call.
+    base_hint(path): what the adapter's own files name as its base (a hub id or a directory), if anything; the
+    registry matches it against registered models when no base is given.
     """
 
     detect: Callable[[Path], bool]
     check: Callable[[Path], None]
     attach: Callable[[Any, Path, str, bool], Any] | None = None
     active: Callable[[Any, Sequence[str]], AbstractContextManager[None]] | None = None
+    base_hint: Callable[[Path], str | None] | None = None
 
     @property
     def adapter(self) -> bool:
@@ -162,6 +165,10 @@ def _attach_lora(module: Any, path: Path, adapter_name: str, trainable: bool) ->
     return PeftModel.from_pretrained(module, str(path), adapter_name=adapter_name, is_trainable=trainable)
 
 
+def _lora_base(path: Path) -> str | None:
+    return read_json(path, "adapter_config.json").get("base_model_name_or_path") or None
+
+
 @contextlib.contextmanager
 def _active_lora(module: Any, adapter_names: Sequence[str]) -> Iterator[None]:
     if not adapter_names:
@@ -179,4 +186,4 @@ def _active_lora(module: Any, adapter_names: Sequence[str]) -> Iterator[None]:
 register_format("base", FormatLoader(detect=_detect_base, check=_check_model_dir))
 register_format("embedding", FormatLoader(detect=_detect_embedding, check=_check_embedding))
 register_format("lora", FormatLoader(detect=_detect_lora, check=_check_lora, attach=_attach_lora,
-                                     active=_active_lora))
+                                     active=_active_lora, base_hint=_lora_base))
