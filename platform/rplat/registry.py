@@ -68,8 +68,14 @@ def register_model(session: Session, name: str, format: str, path: Path, *, role
     """Register (or return the identical existing) model, after checking that `path` is a directory of its
     format; a different model under a taken name is an error."""
     loader = get_format(format)
-    if loader.adapter and "base" not in (parents or {}):
-        raise UserError(f"adapter {name!r} needs its base model: pass --base NAME (see `rplat models ls`).")
+    if loader.adapter:
+        base_id = (parents or {}).get("base")
+        base = session.get(Model, base_id) if base_id is not None else None
+        if base is None:
+            raise UserError(f"adapter {name!r} needs its base model: pass --base NAME (see `rplat models ls`).")
+        if base.format != "base":
+            raise UserError(f"adapter {name!r} cannot sit on {base.name!r}, a {base.format} model; pass --base with a "
+                            "language model.")
     loader.check(path)
     digests = digest_dir(path)
     existing = session.scalar(select(Model).where(Model.name == name))

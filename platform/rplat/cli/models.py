@@ -9,7 +9,6 @@ from sqlalchemy import select
 
 from rplat.cli._common import cli, emit, listing, open_store
 from rplat.config import get_settings
-from rplat.errors import UserError
 from rplat.models import Model
 from rplat.store import transaction
 
@@ -33,24 +32,36 @@ def models_ls(as_json: bool, as_csv: bool) -> None:
 @models.command("add")
 @click.argument("name")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["base", "lora", "embedding"]), default="base", show_default=True,
-              help="how the files are loaded: a Hugging Face model, a peft LoRA adapter, or a sentence-transformers model")
+@click.option("--format", "fmt", default=None, metavar="FORMAT",
+              help="base (a Hugging Face model), lora (a peft adapter) or embedding (sentence-transformers) "
+                   "[default: detected: adapter_config.json -> lora, modules.json -> embedding, config.json -> base]")
 @click.option("--role", default=None, help="agent, scorer, rationalyst, ...")
-@click.option("--base", "base_name", default=None, help="for an adapter: the registered model it was trained on")
+@click.option("--base", "base_name", default=None,
+              help="the registered model an adapter was trained on [default: the one its adapter_config.json names]")
 @click.option("--endpoint", default=None, help="OpenAI-compatible URL that serves this model (backend=openai)")
-def models_add(name: str, path: str, fmt: str, role: str | None, base_name: str | None, endpoint: str | None) -> None:
-    """Register the model (or adapter) in directory PATH under NAME; its fingerprint is a hash of its files."""
-    from rplat.registry import get_model, register_model
+def models_add(name: str, path: str, fmt: str | None, role: str | None, base_name: str | None,
+               endpoint: str | None) -> None:
+    """Register the model (or adapter) in directory PATH under NAME, after checking its files; its fingerprint
+    and sha256 are hashes of them."""
+    from rplat.llm.formats import detect_format, get_format
+    from rplat.registry import adapter_base, get_model, register_model
 
-    if fmt == "lora" and base_name is None:
-        raise UserError("an adapter needs its base model: pass --base NAME (see `rplat models ls`).")
+    directory = Path(path).resolve()
+    fmt = fmt or detect_format(directory)
+    loader = get_format(fmt)
     engine = open_store()
     with transaction(engine) as session:
-        parents = {"base": get_model(session, base_name).id} if base_name else None
+        base = None
+        if base_name:
+            base = get_model(session, base_name)
+        elif loader.adapter:
+            base = adapter_base(session, fmt, directory)
+        parents = {"base": base.id} if base is not None else None
         config = {"endpoint": endpoint} if endpoint else {}
-        model = register_model(session, name, fmt, Path(path).resolve(), role=role, parents=parents, config=config)
+        model = register_model(session, name, fmt, directory, role=role, parents=parents, config=config)
         fingerprint = model.fingerprint
-    click.echo(f"model {name} registered ({fmt}, fingerprint {fingerprint[:12]})")
+    based = f" on {base.name}" if base is not None else ""
+    click.echo(f"model {name} registered ({fmt}{based}, fingerprint {fingerprint[:12]})")
 
 
 @models.command("bundled")
