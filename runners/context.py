@@ -6,20 +6,30 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from rplat.errors import JobCancelled, JobInterrupted, LeaseLost
 from rplat.kinds import Params
-from rplat.models import Checkpoint
+from rplat.models import Checkpoint, TrainingMetric
 from rplat.queue import ClaimedJob, Queue, record_event
-from rplat.store import insert_ignore, transaction
+from rplat.store import insert_ignore, transaction, upsert
 
 KEEP_CHECKPOINTS = 2
+
+
+class StepMetric(TypedDict):
+    """One optimizer step's row of `training_metrics`, without its job: the loss, the learning rate, and the
+    objective's metrics and eval values in `extra`."""
+
+    step: int
+    loss: float
+    lr: float
+    extra: dict[str, float] | None
 
 
 def sha256_file(path: Path) -> str:
@@ -79,6 +89,12 @@ class JobContext:
     @property
     def current_progress(self) -> tuple[int, int | None]:
         return self._progress
+
+    def record_metrics(self, rows: Sequence[StepMetric]) -> None:
+        """Upsert training steps' metrics (a resumed run rewrites the steps after its checkpoint), fenced."""
+        with self.transaction() as session:
+            upsert(session, TrainingMetric, [dict(row, job_id=self.job.id) for row in rows], ["job_id", "step"],
+                   ["loss", "lr", "extra"])
 
     # --- checkpoints -------------------------------------------------------------------------------
 

@@ -1,27 +1,79 @@
 """The one training loop every training job kind shares (RATIONALYST, Neg-LoRA, NAT, NCE, ranker).
 
-Read top to bottom like nanoGPT's: a deterministic data order (a permutation per epoch from the seed),
-gradient accumulation, bf16 autocast where the device supports it, gradient clipping, a cosine schedule with
-warmup. Every `checkpoint_every` optimizer steps it saves one dict — trainable weights, optimizer,
-scheduler, RNG states, step — through the job's checkpoints, and writes the loss of each step to
-`training_metrics` in the same fenced transaction. A re-claimed job loads the newest checkpoint and continues
-at exactly that step with exactly the batches and random state it would have had, so its loss curve
-equals an uninterrupted run's.
+Read top to bottom like nanoGPT's. A kind supplies its examples, an `Objective` (collate, loss, units), and
+optionally parameter groups, an eval hook and which checkpoint keys may be absent; the loop owns the rest:
+
+- order: one permutation of the examples per epoch from the seed, streamed; optimizer step s takes the next
+  `batch_size * grad_accum` examples (the global batch), whatever the number of processes;
+- processes: under torchrun (torch.distributed initialised) rank r takes every world-th example of the global
+  batch, cut into micro-batches of at most `batch_size`; gradients are all-reduced by DDP (or sharded by FSDP,
+  `parallel="fsdp"`); rank 0 alone writes metrics and checkpoints;
+- normalisation: the loss and metrics an objective returns are *sums* over the batch's units (target tokens,
+  examples, pairs...) and the loop divides by the units of the whole global batch, so the gradient and the
+  recorded values do not depend on how the batch is split into micro-batches or processes;
+- schedule: linear warmup (steps, or a ratio of the steps) then cosine decay, AdamW over parameter groups,
+  gradient clipping, bf16 autocast on GPUs that support it;
+- checkpoints: every `checkpoint_every` steps one dict — trainable weights, optimizer, scheduler, every rank's
+  RNG state — after the steps' metrics (`training_metrics`: loss, lr, metrics and eval values in `extra`);
+- resume: the newest checkpoint is loaded strictly (every trainable key present, nothing unexpected; only keys
+  the kind allows may be absent) and training continues at exactly that step with the batches and random state
+  it would have had, so the loss curve equals an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
-from rplat.models import TrainingMetric
-from rplat.runners.context import JobContext
-from rplat.store import upsert
+from rplat.errors import UserError
+from rplat.runners.context import StepMetric
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+ParamGroups = Callable[[torch.nn.Module], list[dict[str, Any]]]
+
+# Rank 0 gathers the full (unsharded) trainable state on the CPU; every rank loads a full state and keeps its part.
+_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+_LOAD = StateDictOptions(full_state_dict=True, strict=False)
+
+
+class TrainingHost(Protocol):
+    """What the loop needs from whoever runs it: a `JobContext` in a job, a plain object in a unit test."""
+
+    def check(self) -> None:
+        """Raise to stop (cancellation, lost lease, shutdown); called before every step."""
+
+    def progress(self, done: int, total: int | None = None) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+    def record_metrics(self, rows: Sequence[StepMetric]) -> None:
+        """Store per-step metrics, idempotently (a resumed run writes some steps again)."""
+
+    def save_checkpoint(self, state: dict[str, Any], step: int) -> object: ...
+
+    def load_checkpoint(self) -> tuple[int, dict[str, Any]] | None:
+        """The newest checkpoint as (step, state), or None."""
+
+
+class CheckpointMismatch(UserError):
+    """A checkpoint does not fit the model being trained: resuming from it would train other weights."""
 
 
 @dataclass(frozen=True)
@@ -29,25 +81,38 @@ class TrainConfig:
     epochs: int = 1
     lr: float = 2e-4
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    batch_size: int = 2
-    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    warmup_steps: int | None = None  # when given, wins over warmup_ratio
+    batch_size: int = 2  # examples per micro-batch (per process)
+    grad_accum: int = 1  # global batch = batch_size * grad_accum examples, whatever the number of processes
     max_steps: int | None = None
     checkpoint_every: int = 50
+    eval_every: int | None = None  # the eval hook runs every this many steps, and always after the last one
     max_grad_norm: float = 1.0
     seed: int = 0
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes: replicate (DDP) or shard (FSDP2)
 
 
-Batch = dict[str, torch.Tensor]
-LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+def batch_examples(batch: Batch) -> float:
+    """Units of a batch whose loss is a sum over its examples: the number of rows."""
+    return float(len(next(iter(batch.values()))))
 
 
-def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Token-level cross-entropy on the labels (-100 marks tokens without loss: prompt and padding)."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+@dataclass(frozen=True)
+class Objective:
+    """What a kind trains on. `collate(examples)` makes a batch of tensors; `loss(model, batch)` returns the
+    loss and metrics, both summed over the batch's units (same metric keys for every batch); `units(batch)`
+    counts those units, so that the loop can normalise by the units of the whole global batch."""
+
+    collate: Callable[[Sequence[Any]], Batch]
+    loss: LossFn
+    units: Callable[[Batch], float] = batch_examples
 
 
-def collate(examples: Sequence[dict[str, list[int]]], pad_id: int) -> Batch:
+# --- the causal-LM objective (cross-entropy on the labelled tokens) -----------------------------------------
+
+
+def collate_causal_lm(examples: Sequence[dict[str, list[int]]], pad_id: int) -> Batch:
     """Right-pad `input_ids` and `labels` (labels padded with -100, so padding never carries loss)."""
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -61,9 +126,100 @@ def collate(examples: Sequence[dict[str, list[int]]], pad_id: int) -> Batch:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n in names}
+def token_log_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Per-token cross-entropy of the next-token predictions, shape (rows, width - 1); 0 where labels are -100."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+
+
+def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Summed token cross-entropy on the labels (normalised by `target_tokens` it is HF's mean token loss)."""
+    return token_log_losses(model, batch).sum(), {}
+
+
+def target_tokens(batch: Batch) -> float:
+    """Tokens that carry loss: labels other than -100 after the shift to next-token targets."""
+    return float((batch["labels"][:, 1:] != -100).sum())
+
+
+def causal_lm_objective(pad_id: int) -> Objective:
+    return Objective(lambda examples: collate_causal_lm(examples, pad_id), causal_lm_loss, target_tokens)
+
+
+# --- optimizer parameter groups, schedule, data order ---------------------------------------------------------
+
+
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups of the trainable parameters: matrices decay, 1-D parameters (biases, norm scales) do not."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+    steps = math.ceil(cfg.epochs * n_examples / (cfg.batch_size * cfg.grad_accum))
+    return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+
+
+def warmup_steps(steps: int, cfg: TrainConfig) -> int:
+    return cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * steps)
+
+
+def lr_factor(step: int, warmup: int, steps: int) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step`: linear warmup, then cosine to zero."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _order(n_examples: int, cfg: TrainConfig) -> list[int]:
+    """Every example index of the whole run, in order: epoch e is the permutation seeded with seed + e."""
+    order: list[int] = []
+    for epoch in range(cfg.epochs):
+        order += torch.randperm(n_examples, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+    return order
+
+
+# --- processes ---------------------------------------------------------------------------------------------
+
+
+def training_device() -> torch.device:
+    """This process's device: its local GPU under torchrun (LOCAL_RANK), the first GPU alone, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _wrap(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, world: int) -> torch.nn.Module:
+    """The module the training forward runs on: the model itself alone, DDP or FSDP2 under torchrun."""
+    if world == 1:
+        return model
+    if cfg.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        # Shard per transformer block (HF models name theirs in _no_split_modules), then the rest at the root.
+        blocks = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+        for module in [m for m in model.modules() if type(m).__name__ in blocks]:
+            fully_shard(module)
+        fully_shard(model)
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _all_sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -80,86 +236,150 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _micro_batches(n_examples: int, cfg: TrainConfig) -> list[list[int]]:
-    """Every micro-batch of the whole run, in order: epoch e uses permutation seed+e."""
-    order: list[list[int]] = []
-    for epoch in range(cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed + epoch)
-        perm = torch.randperm(n_examples, generator=gen).tolist()
-        order += [perm[i:i + cfg.batch_size] for i in range(0, n_examples, cfg.batch_size)]
-    return order
+def _all_rng_states(world: int) -> list[dict[str, Any]]:
+    if world == 1:
+        return [_rng_state()]
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, _rng_state())
+    return states
 
 
-def total_steps(n_examples: int, cfg: TrainConfig) -> int:
-    steps = math.ceil(len(_micro_batches(n_examples, cfg)) / cfg.grad_accum)
-    return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+@contextlib.contextmanager
+def _no_sync(wrapped: torch.nn.Module, *, last: bool) -> Iterator[None]:
+    """DDP all-reduces on every backward unless told not to: only the step's last micro-batch synchronises."""
+    if last or not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        yield
+        return
+    with wrapped.no_sync():
+        yield
 
 
-def train(ctx: JobContext, model: torch.nn.Module, examples: Sequence[dict[str, list[int]]], cfg: TrainConfig,
-          *, pad_id: int, loss_fn: LossFn = causal_lm_loss,
-          on_step: Callable[[int, torch.nn.Module], dict[str, float] | None] | None = None) -> dict[str, Any]:
-    """Train `model`'s trainable parameters on `examples`; resumes from the job's newest checkpoint."""
+def check_checkpoint_keys(saved: Sequence[str], model_keys: Sequence[str], may_be_absent: Callable[[str], bool]
+                          ) -> None:
+    """Strict loading with named exceptions: every model key not allowed to be absent must be in the checkpoint,
+    and the checkpoint must hold no key the model lacks."""
+    missing = sorted(k for k in set(model_keys) - set(saved) if not may_be_absent(k))
+    unexpected = sorted(set(saved) - set(model_keys))
+    if missing or unexpected:
+        what = "; ".join(part for part in (f"missing {', '.join(missing[:5])}" if missing else "",
+                                           f"unexpected {', '.join(unexpected[:5])}" if unexpected else "") if part)
+        raise CheckpointMismatch(f"the job's newest checkpoint does not fit the model being trained ({what}); it "
+                                 "comes from another model or adapter set-up, so enqueue the training as a new job.")
+
+
+# --- the loop ----------------------------------------------------------------------------------------------
+
+
+def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any], cfg: TrainConfig,
+          objective: Objective, *, eval_fn: EvalFn | None = None, param_groups: ParamGroups | None = None,
+          may_be_absent: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """Train `model`'s trainable parameters on `examples`, resuming from the host's newest checkpoint.
+
+    `param_groups(module)` gives AdamW's groups (default: one group, `cfg.weight_decay`). `eval_fn(model)` runs
+    without gradients in eval mode, on every rank, every `cfg.eval_every` steps and after the last step; its
+    values go into that step's `extra`. `may_be_absent(key)` says which state-dict keys a checkpoint may lack
+    (default: every key that is not a trainable parameter, i.e. frozen weights and buffers). Returns steps,
+    resumed_from, final_loss and the last eval values (`final_eval`)."""
     if not examples:
-        raise ValueError("no training examples")
+        raise UserError("there are no training examples; check the job's inputs.")
+    rank, world = rank_and_world()
+    main = rank == 0
     device = next(model.parameters()).device
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model_keys = list(model.state_dict())
+    trainable_keys = set(get_model_state_dict(model, options=StateDictOptions(ignore_frozen_params=True)))
+    absent_ok = may_be_absent or (lambda key: key not in trainable_keys)
+    wrapped = _wrap(model, cfg, device, world)
+    groups = param_groups(wrapped) if param_groups is not None else [
+        {"params": [p for p in wrapped.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     steps = total_steps(len(examples), cfg)
-    warmup = int(cfg.warmup_ratio * steps)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    micro = _micro_batches(len(examples), cfg)
+    warmup = warmup_steps(steps, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
+    order = _order(len(examples), cfg)
+    per_step = cfg.batch_size * cfg.grad_accum
     start = 0
-    torch.manual_seed(cfg.seed)
-    saved = ctx.load_checkpoint()
+    torch.manual_seed(cfg.seed + rank)
+    saved = host.load_checkpoint()
     if saved is not None:
         start, state = saved
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
+        check_checkpoint_keys(list(state["model"]), model_keys, absent_ok)
+        set_model_state_dict(wrapped, state["model"], options=_LOAD)
+        set_optimizer_state_dict(wrapped, optimizer, state["optimizer"], options=_LOAD)
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        ctx.log(f"resumed training at step {start} of {steps}")
-    model.train()
-    pending: list[dict[str, Any]] = []
+        if len(state["rng"]) == world:
+            _set_rng_state(state["rng"][rank])
+        elif main:
+            host.log(f"checkpoint was written by {len(state['rng'])} processes, not {world}: random state reseeded")
+        if main:
+            host.log(f"resumed training at step {start} of {steps}")
+    pending: list[StepMetric] = []
     last_loss = float("nan")
+    final_eval: dict[str, float] | None = None
 
-    def flush_and_checkpoint(step: int) -> None:
-        ctx.save_checkpoint({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "rng": _rng_state(), "config": asdict(cfg)},
-                            step=step)
-        with ctx.transaction() as session:
-            upsert(session, TrainingMetric, pending, ["job_id", "step"], ["loss", "lr", "extra"])
+    def evaluate() -> dict[str, float]:
+        assert eval_fn is not None
+        model.eval()
+        # The hook may draw random numbers; forking keeps the training stream (and so exact resume) unaffected.
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            values = eval_fn(model)
+        model.train()
+        return values
+
+    def checkpoint(step: int) -> None:
+        # Collectives first (FSDP gathers shards, every rank's RNG goes to rank 0), then rank 0 writes. Metrics
+        # before the checkpoint: a crash in between re-runs those steps, whose rows are then written again.
+        state = {"model": get_model_state_dict(wrapped, options=_SAVE),
+                 "optimizer": get_optimizer_state_dict(wrapped, optimizer, options=_SAVE),
+                 "scheduler": scheduler.state_dict(), "rng": _all_rng_states(world), "config": asdict(cfg)}
+        if main:
+            host.record_metrics(pending)
+            host.save_checkpoint(state, step=step)
         pending.clear()
 
+    model.train()
     for step in range(start, steps):
-        ctx.check()
+        host.check()
         optimizer.zero_grad(set_to_none=True)
-        chunk = micro[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]
-        n_tokens = sum(len(i) for i in chunk)
-        total = 0.0
-        for indices in chunk:
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = loss_fn(model, batch) * (len(indices) / n_tokens)
-            loss.backward()
-            total += loss.item()
+        global_batch = order[step * per_step:(step + 1) * per_step]
+        mine = global_batch[rank::world]
+        # A rank with no example this step runs one with weight 0, so that it still joins the all-reduce.
+        weight = 1.0 if mine else 0.0
+        mine = mine or global_batch[:1]
+        batches = [{k: v.to(device) for k, v in objective.collate([examples[i] for i in mine[j:j + cfg.batch_size]])
+                    .items()} for j in range(0, len(mine), cfg.batch_size)]
+        units = _all_sum([weight * sum(objective.units(b) for b in batches)], device, world)[0]
+        # DDP and FSDP average gradients over the ranks: times world, the sum over ranks is the global loss's.
+        scale = weight * world / (units if units > 0 else 1.0)
+        sums: dict[str, float] = {}
+        for j, batch in enumerate(batches):
+            with _no_sync(wrapped, last=j == len(batches) - 1):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss, metrics = objective.loss(wrapped, batch)
+                (loss * scale).backward()
+            for key, value in {"loss": loss.item(), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + weight * value
+        keys = sorted(sums)
+        reduced = dict(zip(keys, _all_sum([sums[k] for k in keys], device, world), strict=True))
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
-        extra = on_step(step, model) if on_step is not None else None
-        pending.append({"job_id": ctx.job_id, "step": step, "loss": total, "lr": lr, "extra": extra})
-        last_loss = total
-        ctx.progress(step + 1, steps)
+        per_unit = {k: v / (units if units > 0 else 1.0) for k, v in reduced.items()}
+        last_loss = per_unit.pop("loss")
+        extra: dict[str, float] = dict(per_unit)
+        if eval_fn is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == steps):
+            final_eval = evaluate()
+            extra.update(final_eval)
+        pending.append({"step": step, "loss": last_loss, "lr": lr, "extra": extra or None})
+        if main:
+            host.progress(step + 1, steps)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
-            flush_and_checkpoint(step + 1)
+            checkpoint(step + 1)
+    if eval_fn is not None and final_eval is None:  # resumed after the last step: evaluate the restored weights
+        final_eval = evaluate()
     model.eval()
-    return {"steps": steps, "resumed_from": start, "final_loss": last_loss}
+    return {"steps": steps, "resumed_from": start, "final_loss": last_loss, "final_eval": final_eval}
+
