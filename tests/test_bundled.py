@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -9,25 +10,45 @@ from sqlalchemy import select
 
 from rplat.bundled import SMOLLM2, convert_smollm2, ensure_smollm2
 from rplat.llm import Sampling
-from rplat.llm.hf import HFBackend
+from rplat.llm.load import LOADED, open_backend
 from rplat.models import Model
 from rplat.store import transaction
 
 
-def test_bundled_model_converts_once_registers_and_generates(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An RPLAT_HOME the tests of this module share: the conversion takes a while, and its result is the same."""
+    return tmp_path_factory.mktemp("home")
+
+
+def test_bundled_model_converts_once_registers_and_generates(db, home: Path) -> None:  # type: ignore[no-untyped-def]
     if db.backend != "sqlite":
         pytest.skip("the conversion is database-independent: it runs once, on SQLite")
     with transaction(db.engine()) as s:
-        first = ensure_smollm2(s, tmp_path)
-        again = ensure_smollm2(s, tmp_path)
+        first = ensure_smollm2(s, home)
+        again = ensure_smollm2(s, home)
         assert again.id == first.id
-        path, fingerprint = Path(first.path), first.fingerprint
+        path = Path(first.path)
     assert (path / "model.safetensors").exists() and not (path / "config.json").read_text().count("quantization")
-    assert convert_smollm2(tmp_path) == path  # already converted: nothing to do
-    backend = HFBackend.load(path, fingerprint=fingerprint, device="cpu")
-    prompt = backend.chat_prompt([{"role": "user", "content": "What is 2+3?"}])
-    [[answer]] = backend.generate([prompt], Sampling(max_tokens=8))
-    assert "5" in answer.text
+    assert convert_smollm2(home) == path  # already converted: nothing to do
     with transaction(db.engine()) as s:
+        backend = open_backend(s, SMOLLM2, device="cpu", home=home)
         row = s.scalar(select(Model).where(Model.name == SMOLLM2))
-    assert row.format == "base" and row.role == "agent" and len(row.fingerprint) == 64
+    try:
+        prompt = backend.chat_prompt([{"role": "user", "content": "What is 2+3?"}])
+        [[answer]] = backend.generate([prompt], Sampling(max_tokens=8))
+    finally:
+        LOADED.clear()
+    assert "5" in answer.text
+    assert row.format == "base" and row.role == "agent" and backend.fingerprint == row.fingerprint
+    assert row.sha256 == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_row_registered_before_sha256_was_written_gets_it(db, home: Path) -> None:  # type: ignore[no-untyped-def]
+    if db.backend != "sqlite":
+        pytest.skip("the conversion is database-independent: it runs once, on SQLite")
+    with transaction(db.engine()) as s:
+        row = ensure_smollm2(s, home)
+        expected, row.sha256 = row.sha256, None
+    with transaction(db.engine()) as s:
+        assert ensure_smollm2(s, home).sha256 == expected is not None
