@@ -72,12 +72,27 @@ class TrainRationalystParams(Params):
     lr: float = Field(2e-4, gt=0, description="reference full fine-tune: 2e-5; LoRA wants larger")
     batch_size: int = Field(2, gt=0)
     grad_accum: int = Field(4, gt=0, description="reference: 8 (x 2 GPUs x 2 = 32)")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warmup as a fraction of the optimizer steps")
+    warmup_steps: int | None = Field(None, ge=0, description="warmup in optimizer steps (instead of warmup_ratio)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input (0: runs with different "
+                                "nproc give the same curve; with dropout each process draws its own masks)")
     max_length: int = Field(1024, gt=8, description="tokens per example (reference model_max_length 1024)")
     max_steps: int | None = Field(None, gt=0)
     eval_fraction: float = Field(0.05, ge=0, lt=1)
+    eval_every: int | None = Field(50, gt=0, description="eval loss on the held-out split every this many steps "
+                                   "(and after the last one) into training_metrics.extra")
     checkpoint_every: int = Field(50, gt=0)
     seed: int = Field(0)
+    nproc: int = Field(1, ge=1, le=64, description="processes training together under torchrun (one per GPU; "
+                       "DDP, or FSDP with parallel=fsdp); batch_size x grad_accum stays the global batch")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with nproc > 1: ddp replicates the model in "
+                                             "every process, fsdp shards it (for models one GPU cannot hold)")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TrainRationalystParams:
+        if self.warmup_steps is not None and "warmup_ratio" in self.model_fields_set:
+            raise ValueError("give warmup_steps or warmup_ratio, not both")
+        return self
 
 
 SolveMethod = Literal["greedy", "sample", "random-candidate", "rationalyst-implicit", "rationalyst-explicit"]

@@ -2,8 +2,10 @@
 
 Source = chat template of the user turn `preceding` (with the assistant header); target = the rationale and
 the end-of-turn token; labels on the source are -100. LoRA by default (peft), full fine-tune as an option.
-The split (95/5 by default) is stored as `training_examples`; the result is an adapter (or model) registered
-with its base as parent and this job as its maker.
+The split (95/5 by default) is stored as `training_examples` by the handler; `fit` trains on it through the
+shared loop (eval loss on the held-out part every `eval_every` steps), in the handler's process or, with
+`nproc > 1`, on every torchrun worker; rank 0 saves the result and registers it as an adapter (or model) with
+its base as parent and this job as its maker.
 """
 
 from __future__ import annotations
@@ -18,12 +20,22 @@ import torch
 from sqlalchemy import select
 
 from rplat.errors import UserError
-from rplat.llm.load import base_of, prepare_backend
-from rplat.models import Job, Rationale, RationaleScore, TrainingExample
+from rplat.llm.load import base_of, load, prepare_backend
+from rplat.lookup import job_of_kind
+from rplat.models import Rationale, RationaleScore, TrainingExample
 from rplat.registry import get_model, register_model
 from rplat.runners.context import JobContext
+from rplat.runners.distributed import is_main_process, launch
 from rplat.runners.kinds import TrainRationalystParams
-from rplat.runners.training import TrainConfig, causal_lm_loss, collate, train
+from rplat.runners.training import (
+    TrainConfig,
+    causal_lm_loss,
+    causal_lm_objective,
+    target_tokens,
+    train,
+    trainable_state,
+    training_device,
+)
 from rplat.store import insert_ignore
 
 
@@ -46,60 +58,67 @@ def _split(ids: list[int], eval_fraction: float, seed: int) -> dict[int, str]:
     return {i: ("eval" if k < n_eval else "train") for k, i in enumerate(shuffled)}
 
 
-@torch.no_grad()
-def _eval_loss(model: torch.nn.Module, examples: list[dict[str, list[int]]], pad_id: int) -> float | None:
-    if not examples:
-        return None
-    device = next(model.parameters()).device
-    losses = [causal_lm_loss(model, {k: v.to(device) for k, v in collate([e], pad_id).items()}).item()
-              for e in examples]
-    return sum(losses) / len(losses)
-
-
 def run(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
-    spec = prepare_backend(ctx.engine, p.model, home=ctx.home)
+    prepare_backend(ctx.engine, p.model, home=ctx.home)  # converts the bundled model once, before any worker starts
     with ctx.transaction() as s:
-        if s.scalar(select(Job.kind).where(Job.id == p.score_job)) != "score-rationales":
-            raise UserError(f"score_job {p.score_job} is not a score-rationales job; see `rplat jobs ls`.")
-        base = base_of(s, get_model(s, p.model))
-        base_id, base_path = base.id, base.path
-        rows = s.execute(select(Rationale.id, Rationale.preceding, Rationale.rationale)
-                         .join(RationaleScore, RationaleScore.rationale_id == Rationale.id)
-                         .where(RationaleScore.job_id == p.score_job, RationaleScore.kept.is_(True))
-                         .order_by(Rationale.id)).all()
-        if not rows:
+        job_of_kind(s, p.score_job, "score-rationales", "score_job")
+        ids = s.scalars(select(RationaleScore.rationale_id)
+                        .where(RationaleScore.job_id == p.score_job, RationaleScore.kept.is_(True))).all()
+        if not ids:
             raise UserError(f"score job {p.score_job} kept no rationales; there is nothing to train on.")
-        split = _split([r.id for r in rows], p.eval_fraction, p.seed)
+        split = _split(list(ids), p.eval_fraction, p.seed)
         insert_ignore(s, TrainingExample, [dict(job_id=ctx.job_id, rationale_id=i, split=sp) for i, sp in split.items()],
                       ["job_id", "rationale_id"])
-    tokenizer = spec.open().tokenizer  # type: ignore[attr-defined]
-    encoded = {r.id: encode_example(tokenizer, r.preceding, r.rationale, p.max_length) for r in rows}
-    train_set = [e for i, e in encoded.items() if e is not None and split[i] == "train"]
-    eval_set = [e for i, e in encoded.items() if e is not None and split[i] == "eval"]
+    if p.nproc > 1:
+        return launch(ctx, "rplat.runners.train_rationalyst:fit", p.nproc)
+    return fit(ctx, p)
+
+
+def fit(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
+    """Train on the job's stored split; on rank 0 (or alone) save and register the result and return the summary."""
+    spec = prepare_backend(ctx.engine, p.model, home=ctx.home)
+    with ctx.read() as s:
+        base_id = base_of(s, get_model(s, p.model)).id
+        rows = s.execute(select(TrainingExample.split, Rationale.preceding, Rationale.rationale)
+                         .join(Rationale, Rationale.id == TrainingExample.rationale_id)
+                         .where(TrainingExample.job_id == ctx.job_id).order_by(Rationale.id)).all()
+    device = training_device()
+    torch.manual_seed(p.seed)  # adapter initialisation is random: the same params must give the same run
+    model, tokenizer = load(spec, adapters=(), trainable=True, dtype=torch.float32, device=str(device))
+    encoded = [(r.split, encode_example(tokenizer, r.preceding, r.rationale, p.max_length)) for r in rows]
+    train_set = [e for sp, e in encoded if e is not None and sp == "train"]
+    eval_set = [e for sp, e in encoded if e is not None and sp == "eval"]
     if not train_set:
         raise UserError("no training example fits max_length; raise --param max_length.")
-
-    from transformers import AutoModelForCausalLM
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(p.seed)  # adapter initialisation is random: the same params must give the same run
-    model = AutoModelForCausalLM.from_pretrained(base_path, local_files_only=True).to(device)
     if p.lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=0.05,
+        model = get_peft_model(model, LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
                                                  target_modules=list(p.target_modules), task_type="CAUSAL_LM"))
+    objective = causal_lm_objective(tokenizer.pad_token_id)
+
+    def eval_loss(module: torch.nn.Module) -> dict[str, float]:
+        """Mean token cross-entropy on the held-out split."""
+        total = tokens = 0.0
+        for i in range(0, len(eval_set), p.batch_size):
+            batch = {k: v.to(device) for k, v in objective.collate(eval_set[i:i + p.batch_size]).items()}
+            total += causal_lm_loss(module, batch)[0].item()
+            tokens += target_tokens(batch)
+        return {"eval_loss": total / max(tokens, 1.0)}
+
     cfg = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                      warmup_ratio=p.warmup_ratio, max_steps=p.max_steps, checkpoint_every=p.checkpoint_every,
-                      seed=p.seed)
-    summary = train(ctx, model, train_set, cfg, pad_id=tokenizer.pad_token_id)
-    eval_loss = _eval_loss(model, eval_set, tokenizer.pad_token_id)
+                      warmup_ratio=p.warmup_ratio, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
+                      checkpoint_every=p.checkpoint_every, eval_every=p.eval_every, seed=p.seed, parallel=p.parallel)
+    summary = train(ctx, model, train_set, cfg, objective, eval_fn=eval_loss if eval_set else None)
+    weights = trainable_state(model)  # every rank takes part (FSDP gathers); rank 0 gets the weights
+    if not is_main_process():
+        return {}
 
     name = p.adapter_name or f"rationalyst-job{ctx.job_id}"
     out = ctx.home / "artifacts" / "models" / name
     tmp = out.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     if not p.lora:
         tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
@@ -112,5 +131,7 @@ def run(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
         model_row = register_model(s, name, fmt, out, role="rationalyst", parents={"base": base_id},
                                    config={"train_params": p.model_dump(mode="json")}, job_id=ctx.job_id, **extra)
         model_id = model_row.id
-    return {**summary, "train_examples": len(train_set), "eval_examples": len(eval_set), "eval_loss": eval_loss,
-            "model": name, "model_id": model_id}
+    final_eval = summary.pop("final_eval")
+    return {**summary, "train_examples": len(train_set), "eval_examples": len(eval_set),
+            "eval_loss": final_eval["eval_loss"] if final_eval else None, "nproc": p.nproc, "model": name,
+            "model_id": model_id}
