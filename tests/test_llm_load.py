@@ -196,6 +196,23 @@ def test_missing_or_corrupt_weights_fail_with_one_sentence(models: dict[str, Pat
         spec("gone", models["base"], adapter("gone", tmp_path / "gone")).open()
 
 
+def test_an_adapter_that_does_not_fit_leaves_no_damaged_base_in_use(models: dict[str, Path], tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    wider = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2)
+    get_peft_model(LlamaForCausalLM(wider), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "w")
+    base = spec("base", models["base"]).open()
+    expected = base.score([CONTEXT], [CONTINUATION])
+    with pytest.raises(UserError, match=r"^adapter 'wide' in .* does not fit its base \(RuntimeError: .*size mismatch"):
+        spec("wide", models["base"], adapter("wide", tmp_path / "w")).open()
+    assert LOADED.base_paths() == []
+    with pytest.raises(RuntimeError, match="was unloaded because adapter 'wide' failed to attach"):
+        base.score([CONTEXT], [CONTINUATION])
+    assert spec("base", models["base"]).open().score([CONTEXT], [CONTINUATION]) == expected
+
+
 # --- registration and a job on a broken model (both stores) ------------------------------------------------
 
 

@@ -15,6 +15,7 @@ for as long as a conversion or a load takes."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import itertools
@@ -128,9 +129,12 @@ def _placement(dtype: torch.dtype | None, device: str | None) -> tuple[torch.dty
 
 
 def _reason(exc: BaseException) -> str:
-    """The first line of an exception's message, short: enough to say what broke inside one sentence."""
-    first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
-    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
+    """The start of an exception's message, short: enough to say what broke inside one sentence (a first line
+    that only announces a list, like torch's "Error(s) in loading state_dict ...:", takes the list's first item)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines or [""])[0]
+    first = first.rstrip(".")
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def _unloadable() -> tuple[type[BaseException], ...]:
@@ -158,7 +162,10 @@ def _load_base(path: str, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
     return module.to(device), tokenizer
 
 
-def _attach(module: Any, adapter: Adapter, *, trainable: bool) -> Any:
+def _attach(module: Any, adapter: Adapter, *, trainable: bool,
+            on_failure: Callable[[], None] = lambda: None) -> Any:
+    """`module` with `adapter` attached. `on_failure` runs when attaching failed after it began: by then peft may
+    have injected layers into `module`, which is no longer the plain base it was."""
     import torch
 
     loader = get_format(adapter.format)
@@ -168,8 +175,10 @@ def _attach(module: Any, adapter: Adapter, *, trainable: bool) -> Any:
     try:
         return loader.attach(module, Path(adapter.path), adapter.slot, trainable)
     except torch.OutOfMemoryError:
+        on_failure()
         raise
     except _unloadable() as exc:
+        on_failure()
         raise UserError(f"adapter {adapter.name!r} in {adapter.path} does not fit its base ({_reason(exc)}); "
                         "register it with the base it was trained on.") from exc
 
@@ -180,9 +189,11 @@ def _attach(module: Any, adapter: Adapter, *, trainable: bool) -> Any:
 class _Shared:
     """One base module in memory, the adapters attached to it, and the backends (views) opened over it."""
 
-    def __init__(self, module: Any, tokenizer: Any) -> None:
+    def __init__(self, path: str, module: Any, tokenizer: Any) -> None:
+        self.path = path
         self.module = module.eval().requires_grad_(False)
         self.tokenizer = tokenizer
+        self.dropped: str | None = None  # why this module may no longer be what its views expect
         self.lock = threading.RLock()  # held for a whole call: adapters are switched on the one module
         self.attached: dict[str, set[str]] = {}  # format -> slots attached
         self.views: dict[tuple[tuple[str, ...], str], SharedModelBackend] = {}
@@ -193,17 +204,25 @@ class _Shared:
             for adapter in adapters:
                 if adapter.slot in self.attached.get(adapter.format, set()):
                     continue
-                module = _attach(self.module, adapter, trainable=False)
+                module = _attach(self.module, adapter, trainable=False, on_failure=functools.partial(self._drop, adapter))
                 self.attached.setdefault(adapter.format, set()).add(adapter.slot)
                 if module is not self.module:  # the first adapter wraps the base (a PeftModel)
                     self.module = module.eval()
                     for view in self.views.values():
                         view.rebind(module)
 
+    def _drop(self, adapter: Adapter) -> None:
+        """Out of the cache and out of use: a half-attached adapter could change every view's numbers."""
+        self.dropped = f"adapter {adapter.name!r} failed to attach to it"
+        LOADED.discard(self)
+
     @contextlib.contextmanager
     def activated(self, adapters: Sequence[Adapter]) -> Iterator[None]:
         """Exactly `adapters` switched on (none: the plain base) until the block ends, with the lock held."""
         with self.lock, contextlib.ExitStack() as stack:
+            if self.dropped is not None:  # not a UserError: a retry opens the model afresh
+                raise RuntimeError(f"the shared model {self.path} was unloaded because {self.dropped}; "
+                                   "open its backend again.")
             for fmt in self.attached:
                 active = get_format(fmt).active
                 assert active is not None  # only adapter formats are attached
@@ -302,7 +321,7 @@ class LoadedModels:
             max_bytes = _limit("RPLAT_MAX_LOADED_BYTES", None)
             assert max_models is not None
             self._evict(lambda: len(self._entries) >= max_models)  # room for the new one before loading it
-            entry = _Shared(*_load_base(path, dtype, device))
+            entry = _Shared(path, *_load_base(path, dtype, device))
             self._entries[key] = entry
             if max_bytes is not None:  # its size is known once loaded; the newest stays even when alone too big
                 self._evict(lambda: len(self._entries) > 1 and self.nbytes() > max_bytes)
@@ -319,6 +338,11 @@ class LoadedModels:
             gc.collect()  # peft wrappers hold reference cycles: free the weights now, not at some later collection
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def discard(self, entry: _Shared) -> None:
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if e is entry]:
+                del self._entries[key]
 
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self._entries.values())
