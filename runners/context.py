@@ -65,6 +65,12 @@ class JobContext:
     def attempt(self) -> int:
         return self.job.attempts
 
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The device ids the runner gave this job, which is also its CUDA_VISIBLE_DEVICES (pass them on to
+        processes the handler starts, e.g. torchrun); empty for a job that needs no GPU."""
+        return self.job.devices
+
     # --- writes ------------------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -1,15 +1,30 @@
-"""The runner: claims jobs, runs their handlers while a heartbeat thread holds the lease, records how they ended."""
+"""The runner: claims jobs, runs their handlers while a heartbeat thread holds the lease, records how they ended.
+
+A runner with one slot and no devices runs its jobs one at a time in its own process. With devices (`--gpus`,
+by default the visible CUDA devices) or several slots (`--slots`), it claims while a slot is free, giving
+each job the free devices it needs, and runs every job in a child process (`rplat.runners.job_worker`) whose
+CUDA_VISIBLE_DEVICES names the job's devices: CUDA reads that variable once per process, so concurrent jobs
+cannot share one. The child is the in-process execution path with a heartbeat thread of its own, so its
+lease, cancellation and fencing work as they do in-process; it dies with the runner (PR_SET_PDEATHSIG), so a
+runner killed -9 leaves no child holding a lease, and the lease expires as in-process. SIGTERM reaches each
+child, which releases its job. A child that dies without recording its job's end fails it (retried).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
 import random
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +47,56 @@ class RunnerOptions:
     poll_seconds: float = 1.0
     name: str | None = None
     host: str | None = None  # the machine name jobs pinned with `enqueue --host` must name (default: hostname)
+    gpus: list[str] | None = None  # the device ids to give jobs (default: the visible CUDA devices)
+    slots: int = 1  # jobs run at once
+
+
+def parse_devices(text: str, source: str) -> list[str]:
+    """Device ids from a comma-separated list ("0,1", or GPU UUIDs as CUDA_VISIBLE_DEVICES takes them);
+    `none` or nothing is no device."""
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    if devices == ["none"]:
+        return []
+    twice = next((d for i, d in enumerate(devices) if d in devices[:i]), None)
+    if twice is not None:
+        raise UserError(f"{source} names device {twice!r} twice; list each device once, e.g. --gpus 0,1.")
+    return devices
+
+
+def _nvidia_gpus() -> int:
+    """How many GPUs the NVIDIA driver lists (0 without one), asked without importing torch."""
+    driver = Path("/proc/driver/nvidia/gpus")
+    if driver.is_dir():
+        return sum(1 for _ in driver.iterdir())
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines()) if listed.returncode == 0 else 0
+
+
+def visible_devices() -> list[str]:
+    """The CUDA devices a runner gives jobs by default: CUDA_VISIBLE_DEVICES if set; else, if the NVIDIA
+    driver lists GPUs, the ones torch can use (the driver's count without torch); else none."""
+    declared = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if declared is not None:
+        return parse_devices(declared, "CUDA_VISIBLE_DEVICES")
+    count = _nvidia_gpus()
+    if count:
+        with contextlib.suppress(ImportError):
+            import torch
+
+            count = torch.cuda.device_count()
+    return [str(i) for i in range(count)]
+
+
+@dataclass
+class _Child:
+    """A job running in a child process, and whether this runner asked it to stop."""
+
+    job: ClaimedJob
+    proc: subprocess.Popen[bytes]
+    terminated: bool = False
 
 
 class Runner:
@@ -42,27 +107,49 @@ class Runner:
         self.options = options
         self.echo = echo
         self.name = options.name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.devices = options.gpus if options.gpus is not None else visible_devices()
         self.stopping = threading.Event()
         self.jobs_done = 0
         self._current: JobContext | None = None
+        self._children: dict[int, _Child] = {}
         self._lock = threading.Lock()
-        self._beat_stop = threading.Event()
+        self._wake = threading.Event()  # a child ended or the runner is stopping
+
+    @property
+    def in_process(self) -> bool:
+        """Jobs run in this process (one at a time, no devices to give), else each in a child process."""
+        return self.options.slots == 1 and not self.devices
 
     # --- heartbeat ---------------------------------------------------------------------------------
 
-    def _heartbeat_loop(self) -> None:
+    def _heartbeat_loop(self, stop: threading.Event, runner_row: bool) -> None:
+        """Extend the in-process job's lease (and record its progress); with `runner_row`, the runner's row too."""
         interval = max(self.options.lease_seconds / 3, 0.05)
-        while not self._beat_stop.wait(interval):
+        while not stop.wait(interval):
             with self._lock:
                 ctx = self._current
+                current = ctx.job.id if ctx is not None else min(self._children, default=None)
             try:
                 if ctx is not None:
                     beat = self.queue.heartbeat(ctx.job.id, ctx.job.lease_token, self.options.lease_seconds,
                                                 ctx.current_progress)
                     ctx._on_beat(beat.alive, beat.cancel_requested)
-                self.queue.runner_beat(self.name, ctx.job.id if ctx else None, self.jobs_done)
+                if runner_row:
+                    self.queue.runner_beat(self.name, current, self.jobs_done)
             except Exception as exc:  # a missed beat is retried next interval; the lease covers several
                 self.echo(f"heartbeat failed: {exc}")
+
+    @contextlib.contextmanager
+    def _heartbeat(self, *, runner_row: bool) -> Iterator[None]:
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat_loop, args=(stop, runner_row), name="rplat-heartbeat",
+                                daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join(timeout=5)
 
     # --- main loop ---------------------------------------------------------------------------------
 
@@ -70,6 +157,7 @@ class Runner:
         def _stop(signum: int, _frame: object) -> None:
             self.echo(f"received signal {signum}; finishing the current unit of work and releasing the job")
             self.stopping.set()
+            self._wake.set()
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _stop)
@@ -86,27 +174,131 @@ class Runner:
             kinds.get(k)
         self._install_signals()
         host = self.options.host or socket.gethostname()
-        self.queue.register_runner(self.name, host, os.getpid(), self.options.kinds)
-        beat = threading.Thread(target=self._heartbeat_loop, name="rplat-heartbeat", daemon=True)
-        beat.start()
-        idle = self.options.poll_seconds
+        self.queue.register_runner(self.name, host, os.getpid(), self.options.kinds, self.devices,
+                                   self.options.slots)
         try:
-            while not self.stopping.is_set():
-                if self.options.max_jobs is not None and self.jobs_done >= self.options.max_jobs:
-                    break
-                job = self.queue.claim(self.name, claimable, self.options.lease_seconds, host)
-                if job is None:
-                    if self.options.once or (self.options.until_done and not self.queue.outstanding(claimable, host)):
-                        break
-                    self.stopping.wait(idle * random.uniform(0.5, 1.0))
-                    continue
-                self.execute(job)
-                self.jobs_done += 1
+            with self._heartbeat(runner_row=True):
+                if self.in_process:
+                    self._run_in_process(claimable, host)
+                else:
+                    self._run_slots(claimable, host)
         finally:
-            self._beat_stop.set()
-            beat.join(timeout=5)
             self.queue.runner_beat(self.name, None, self.jobs_done, stopped=True)
         return self.jobs_done
+
+    def _drained(self, claimable: list[str], host: str) -> bool:
+        """Nothing was claimable: whether --once or --until-done says to stop."""
+        return self.options.once or (
+            self.options.until_done and not self.queue.outstanding(claimable, host, len(self.devices)))
+
+    def _idle(self) -> None:
+        self._wake.wait(self.options.poll_seconds * random.uniform(0.5, 1.0))
+
+    def _run_in_process(self, claimable: list[str], host: str) -> None:
+        while not self.stopping.is_set():
+            if self.options.max_jobs is not None and self.jobs_done >= self.options.max_jobs:
+                break
+            job = self.queue.claim(self.name, claimable, self.options.lease_seconds, host)
+            if job is None:
+                if self._drained(claimable, host):
+                    break
+                self._idle()
+                continue
+            self.execute(job)
+            self.jobs_done += 1
+
+    def _run_slots(self, claimable: list[str], host: str) -> None:
+        """Claim while a slot is free (with the devices no running job holds), each job in a child process;
+        on the way out (stopped, drained, --max-jobs) wait for the children, asking them to stop if stopped."""
+        started = 0
+        try:
+            while not self.stopping.is_set():
+                self._wake.clear()
+                self._settle_ended()
+                with self._lock:
+                    running = list(self._children.values())
+                if self.options.max_jobs is not None and started >= self.options.max_jobs:
+                    if not running:
+                        break
+                elif len(running) < self.options.slots:
+                    busy = {device for child in running for device in child.job.devices}
+                    free = [device for device in self.devices if device not in busy]
+                    job = self.queue.claim(self.name, claimable, self.options.lease_seconds, host, free)
+                    if job is not None:
+                        self._spawn(job)
+                        started += 1
+                        continue
+                    # With a job running, a claim may have failed for want of its devices: wait for it.
+                    if not running and self._drained(claimable, host):
+                        break
+                self._idle()
+        finally:
+            with self._lock:
+                running = list(self._children.values())
+            for child in running:
+                if self.stopping.is_set() and child.proc.poll() is None:
+                    child.terminated = True
+                    with contextlib.suppress(ProcessLookupError):
+                        child.proc.send_signal(signal.SIGTERM)
+            for child in running:
+                child.proc.wait()
+            self._settle_ended()
+
+    def _spawn(self, job: ClaimedJob) -> None:
+        """Start `job` in a child process that sees only its devices; its output comes back through `echo`."""
+        order = {"url": self.queue.engine.url.render_as_string(hide_password=False), "home": str(self.home),
+                 "runner": self.name, "lease_seconds": self.options.lease_seconds, "parent": os.getpid(),
+                 "job": dataclasses.asdict(job)}
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(job.devices)}
+        proc = subprocess.Popen([sys.executable, "-m", "rplat.runners.job_worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=env)
+        assert proc.stdin is not None and proc.stdout is not None
+        child = _Child(job, proc)
+        with self._lock:
+            self._children[job.id] = child
+        on = f"devices {','.join(job.devices)}" if job.devices else "no device"
+        self.echo(f"job {job.id} ({job.kind}): in process {proc.pid} on {on}")
+        # The order goes through stdin: the URL may hold a password, which a command line would show to `ps`.
+        proc.stdin.write(json.dumps(order).encode())
+        proc.stdin.close()
+        threading.Thread(target=self._watch, args=(proc,), name=f"rplat-job-{job.id}", daemon=True).start()
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.echo(line.decode(errors="replace").rstrip("\n"))
+        proc.wait()
+        self._wake.set()
+
+    def _settle_ended(self) -> None:
+        """Count the children that ended; the job of one that died before recording its end is failed (retried),
+        or released if it died of the SIGTERM this runner sent it while stopping."""
+        with self._lock:
+            ended = [child for child in self._children.values() if child.proc.poll() is not None]
+            for child in ended:
+                del self._children[child.job.id]
+        for child in ended:
+            self.jobs_done += 1
+            code = child.proc.returncode
+            if code == 0:
+                continue
+            job = child.job
+            if child.terminated and code == -signal.SIGTERM:
+                with contextlib.suppress(LeaseLost):
+                    self.queue.release(job.id, job.lease_token, runner=self.name)
+                self.echo(f"job {job.id} ({job.kind}): released")
+                continue
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            state = self._fail(job, f"the process running job {job.id} {how} before recording how the job ended",
+                               retryable=True)
+            self.echo(f"job {job.id} ({job.kind}): {state} (its process {how})")
+
+    def run_claimed(self, job: ClaimedJob) -> str:
+        """Run a job another process claimed for this runner (see rplat.runners.job_worker), heartbeating its
+        lease from this process; returns its end state."""
+        self._install_signals()
+        with self._heartbeat(runner_row=False):
+            return self.execute(job)
 
     def execute(self, job: ClaimedJob) -> str:
         """Run one claimed job to an end state; returns that state."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -27,6 +28,13 @@ item_output = Table(
     Column("item", Integer, nullable=False),
     Column("runner", String(200), nullable=False),
     Column("attempt", Integer, nullable=False),
+)
+device_output = Table(
+    "test_device_output", OUTPUT,
+    Column("job_id", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("meeting", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
 )
 
 
@@ -85,11 +93,38 @@ def items(ctx: Any, p: ItemsParams) -> dict[str, Any]:
     return {"runner": ctx.runner, "written": written}
 
 
+class DevicesParams(Params):
+    meeting: str = Field(description="jobs of one meeting wait for each other")
+    peers: int = Field(1, ge=1, description="wait until this many jobs of the meeting have started")
+
+
+def devices(ctx: Any, p: DevicesParams) -> dict[str, Any]:
+    """Report the devices the job saw; first record that it started (with its process id), then wait until
+    `peers` jobs of its meeting have started: jobs that meet ran at the same time."""
+    started = time.time()
+    with ctx.transaction() as session:
+        session.execute(insert(device_output).values(job_id=ctx.job_id, attempt=ctx.attempt, meeting=p.meeting,
+                                                     pid=os.getpid()))
+    arrived = select(func.count(func.distinct(device_output.c.job_id))).where(device_output.c.meeting == p.meeting)
+    while True:
+        with ctx.read() as session:
+            if session.scalar(arrived) >= p.peers:
+                break
+        ctx.check()
+        time.sleep(0.05)
+    return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "devices": list(ctx.devices),
+            "pid": os.getpid(), "started": started, "finished": time.time()}
+
+
 KINDS = [
     JobKind("test-fail", FailParams, "rplat_test_plugins:fail", "Always raises (tests retries and cancellation)."),
     JobKind("test-echo", EchoParams, "rplat_test_plugins:echo", "Writes its param i once (queue conformance)."),
     JobKind("test-items", ItemsParams, "rplat_test_plugins:items",
             "Writes numbered items slowly and resumably (kill, fence and release tests)."),
+    JobKind("test-devices", DevicesParams, "rplat_test_plugins:devices",
+            "Reports its CUDA_VISIBLE_DEVICES after meeting its peers (GPU runner tests)."),
+    JobKind("test-gpu-devices", DevicesParams, "rplat_test_plugins:devices",
+            "test-devices needing one GPU unless enqueued with --gpus (a kind's default).", gpus=1),
 ]
 
 

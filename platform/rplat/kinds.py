@@ -32,6 +32,7 @@ class JobKind:
     params: type[Params]
     handler: str
     description: str
+    gpus: int = 0  # devices a job of this kind needs unless `enqueue --gpus` says otherwise
 
     def load_handler(self) -> Callable[..., dict[str, Any] | None]:
         module, _, func = self.handler.partition(":")

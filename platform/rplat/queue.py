@@ -65,6 +65,7 @@ class ClaimedJob:
     attempts: int
     max_attempts: int
     experiment_id: int | None
+    devices: tuple[str, ...] = ()  # the device ids the claim gave the job (its CUDA_VISIBLE_DEVICES)
 
 
 @dataclass(frozen=True)
@@ -109,16 +110,18 @@ def _fence_statement(on_sqlite: bool) -> Update:
 
 
 # The hot path's SQL, in psycopg's parameter style (turned into sqlite3's for SQLite). {now} and {expires} are
-# the database clock on PostgreSQL and parameters from the local clock on SQLite.
+# the database clock on PostgreSQL and parameters from the local clock on SQLite. A job needing k GPUs is
+# claimed only with k free devices (%(free)s) and gets the first k of them: {devices} picks element k of
+# %(prefixes)s, the JSON list of the free devices' prefixes ([[], [d0], [d0, d1], ...]).
 _CLAIM = """
 UPDATE jobs SET status = 'running', lease_owner = %(runner)s, lease_token = lease_token + 1,
        attempts = attempts + 1, lease_expires_at = {expires}, heartbeat_at = {now},
-       started_at = coalesce(started_at, {now})
+       started_at = coalesce(started_at, {now}), devices = CASE WHEN gpus = 0 THEN NULL ELSE {devices} END
 WHERE id = ({candidate})
-RETURNING id, kind, params, lease_token, max_attempts, experiment_id, attempts"""
+RETURNING id, kind, params, lease_token, max_attempts, experiment_id, devices, attempts"""
 _BEST_DUE = """
 SELECT id FROM jobs WHERE status = 'queued' AND not_before <= {now}{kinds}{and_unblocked}
-  AND (target_host IS NULL OR target_host = %(host)s)
+  AND (target_host IS NULL OR target_host = %(host)s) AND gpus <= %(free)s
 ORDER BY priority DESC, id LIMIT 1{lock}"""
 
 
@@ -163,10 +166,12 @@ class _HotPath:
             times = {"now": "%(now)s", "expires": "%(expires)s"}
             lock = ""
             kinds = " AND kind IN (SELECT value FROM json_each(%(kinds)s))"
+            devices = "json_extract(%(prefixes)s, '$[' || gpus || ']')"
         else:
             times = {"now": _PG_NOW, "expires": f"{_PG_NOW} + make_interval(secs => %(lease_seconds)s)"}
             lock = " FOR UPDATE SKIP LOCKED"
             kinds = " AND kind = ANY(%(kinds)s)"
+            devices = "(%(prefixes)s::json -> gpus)"
 
         def claim(kinds: str) -> str:
             # Both databases filter before they sort, so a claim that checks dependencies in its WHERE checks the
@@ -175,7 +180,7 @@ class _HotPath:
             head = _BEST_DUE.format(kinds=kinds, and_unblocked="", lock=lock, **times)
             best = _BEST_DUE.format(kinds=kinds, and_unblocked=f" AND {_unblocked('jobs')}", lock=lock, **times)
             candidate = f"coalesce((SELECT id FROM ({head}) AS head WHERE {_unblocked('head')}), ({best}))"
-            return self._driver_style(_CLAIM.format(candidate=candidate, **times))
+            return self._driver_style(_CLAIM.format(candidate=candidate, devices=devices, **times))
 
         self._claim = claim("")
         self._claim_kinds = claim(kinds)
@@ -186,8 +191,10 @@ class _HotPath:
         """The SQL above is in psycopg's parameter style; sqlite3 wants :name."""
         return re.sub(r"%\((\w+)\)s", r":\1", sql) if self.sqlite else sql
 
-    def claim(self, owner: str, kinds_: list[str] | None, lease_seconds: float, host: str) -> ClaimedJob | None:
-        params: dict[str, Any] = {"runner": owner, "host": host}
+    def claim(self, owner: str, kinds_: list[str] | None, lease_seconds: float, host: str, free: Sequence[str]
+              ) -> ClaimedJob | None:
+        prefixes = json.dumps([list(free[:k]) for k in range(len(free) + 1)])
+        params: dict[str, Any] = {"runner": owner, "host": host, "free": len(free), "prefixes": prefixes}
         if kinds_ is not None:
             params["kinds"] = json.dumps(kinds_) if self.sqlite else kinds_
         if self.sqlite:
@@ -199,9 +206,9 @@ class _HotPath:
             row = self._change(conn, self._claim if kinds_ is None else self._claim_kinds, params, claim=True)
         if row is None:
             return None
-        job_id, kind, job_params, token, max_attempts, experiment_id, attempts = row
+        job_id, kind, job_params, token, max_attempts, experiment_id, devices, attempts = row
         return ClaimedJob(job_id, kind, self._json_out(job_params) or {}, token, attempts, max_attempts,
-                          experiment_id)
+                          experiment_id, tuple(self._json_out(devices) or ()))
 
     def complete(self, job_id: int, token: int, result: dict[str, Any] | None, progress: tuple[int, int | None] | None
                  ) -> bool:
@@ -262,11 +269,24 @@ class _HotPath:
 
 
 def default_dedupe_key(kind: str, params: dict[str, Any], experiment_id: int | None, after: Sequence[int],
-                       host: str | None = None) -> str:
-    """The same logical job (kind, params, experiment, parents, pinned host) always gets the same key."""
-    if host is None:
-        return content_hash(kind, params, experiment_id, sorted(after))
-    return content_hash(kind, params, experiment_id, sorted(after), host)
+                       host: str | None = None, gpus: int = 0) -> str:
+    """The same logical job (kind, params, experiment, parents, pinned host, GPUs needed) always gets the same
+    key; a part left at its default is left out, so keys made before that part existed stay the same."""
+    parts: list[Any] = [kind, params, experiment_id, sorted(after)]
+    if host is not None:
+        parts.append(host)
+    if gpus:
+        parts.append({"gpus": gpus})
+    return content_hash(*parts)
+
+
+def gpus_needed(kind: str, gpus: int | None) -> int:
+    """The GPUs a job needs: `gpus` if given (checked), else its kind's default."""
+    if gpus is None:
+        return kinds.get(kind).gpus
+    if gpus < 0:
+        raise UserError(f"a job needs 0 or more GPUs, not {gpus}; pass e.g. --gpus 1 (or leave it to the kind).")
+    return gpus
 
 
 class Queue:
@@ -292,16 +312,18 @@ class Queue:
         dedupe: bool = True,
         model_id: int | None = None,
         host: str | None = None,
+        gpus: int | None = None,
     ) -> tuple[int, bool]:
         """Validate and enqueue one job; returns (job id, created). An identical job already enqueued is returned.
-        With `host`, only a runner on that machine (its host name, or its `--host`) claims the job."""
+        With `host`, only a runner on that machine (its host name, or its `--host`) claims the job; with `gpus`
+        (default: the kind's), only a runner with that many free devices."""
         validated = kinds.validate_params(kind, params or {})
         if max_attempts < 1:
             raise UserError(f"max_attempts must be at least 1, got {max_attempts}.")
         with transaction(self.engine) as session:
             return self.enqueue_in(
                 session, kind, validated, experiment=experiment, priority=priority, max_attempts=max_attempts,
-                after=after, dedupe_key=dedupe_key, dedupe=dedupe, model_id=model_id, host=host,
+                after=after, dedupe_key=dedupe_key, dedupe=dedupe, model_id=model_id, host=host, gpus=gpus,
             )
 
     def enqueue_in(
@@ -318,6 +340,7 @@ class Queue:
         dedupe: bool = True,
         model_id: int | None = None,
         host: str | None = None,
+        gpus: int | None = None,
     ) -> tuple[int, bool]:
         """Enqueue inside the caller's transaction (pipelines enqueue a whole DAG in one)."""
         experiment_id = None
@@ -337,10 +360,12 @@ class Queue:
                 raise UserError(f"--after names job {missing[0]}, which does not exist; see `rplat jobs ls`.")
         else:
             found = {}
+        gpus = gpus_needed(kind, gpus)
         if dedupe and dedupe_key is None:
-            dedupe_key = default_dedupe_key(kind, validated, experiment_id, parents, host)
+            dedupe_key = default_dedupe_key(kind, validated, experiment_id, parents, host, gpus)
         values = dict(
             kind=kind, params=validated, experiment_id=experiment_id, priority=priority, max_attempts=max_attempts,
+            gpus=gpus,
             dedupe_key=dedupe_key if dedupe else None, model_id=model_id, target_host=host, status="queued", attempts=0,
             lease_token=0, cancel_requested=False, progress_done=0,
             created_at=_now(session), not_before=_now(session),
@@ -367,32 +392,35 @@ class Queue:
 
     # --- claim, lease, fence -----------------------------------------------------------------------
 
-    def claim(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float, host: str | None = None
-              ) -> ClaimedJob | None:
+    def claim(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float, host: str | None = None,
+              free: Sequence[str] = ()) -> ClaimedJob | None:
         """Atomically take the best claimable job: queued, due, its parents succeeded, not pinned to another
-        host than `host` (default: this machine's name); highest priority, then oldest."""
+        host than `host` (default: this machine's name), needing no more GPUs than the `free` device ids (it
+        gets the first ones it needs, recorded in `jobs.devices`); highest priority, then oldest."""
         host = host or socket.gethostname()
         reaped_now = time.monotonic() >= self._next_reap
         if reaped_now:
             self.reap_expired()
-        job = self._take(owner, kinds_, lease_seconds, host)
+        job = self._take(owner, kinds_, lease_seconds, host, free)
         if job is None and not reaped_now and self.reap_expired():
-            job = self._take(owner, kinds_, lease_seconds, host)
+            job = self._take(owner, kinds_, lease_seconds, host, free)
         return job
 
-    def outstanding(self, kinds_: Iterable[str] | None, host: str | None = None) -> int:
-        """Jobs of these kinds that a runner on `host` could still get: queued (due or in retry backoff, ready or
-        waiting for parents) or running (a running job may be released or re-claimed)."""
+    def outstanding(self, kinds_: Iterable[str] | None, host: str | None = None, gpus: int = 0) -> int:
+        """Jobs of these kinds that a runner on `host` with `gpus` devices could still get: queued (due or in
+        retry backoff, ready or waiting for parents) or running (a running job may be released or re-claimed)."""
         host = host or socket.gethostname()
         query = select(func.count()).select_from(Job).where(
-            Job.status.in_(("queued", "running")), or_(Job.target_host.is_(None), Job.target_host == host))
+            Job.status.in_(("queued", "running")), or_(Job.target_host.is_(None), Job.target_host == host),
+            Job.gpus <= gpus)
         if kinds_ is not None:
             query = query.where(Job.kind.in_(list(kinds_)))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def _take(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float, host: str) -> ClaimedJob | None:
-        return self._hot.claim(owner, list(kinds_) if kinds_ is not None else None, lease_seconds, host)
+    def _take(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float, host: str,
+              free: Sequence[str]) -> ClaimedJob | None:
+        return self._hot.claim(owner, list(kinds_) if kinds_ is not None else None, lease_seconds, host, free)
 
     def reap_expired(self) -> int:
         """Settle expired leases (the runner died or hung): queued again while attempts remain, else failed;
@@ -560,10 +588,11 @@ class Queue:
 
     # --- runners -----------------------------------------------------------------------------------
 
-    def register_runner(self, name: str, host: str, pid: int, kinds_: list[str] | None) -> None:
+    def register_runner(self, name: str, host: str, pid: int, kinds_: list[str] | None, gpus: Sequence[str] = (),
+                        slots: int = 1) -> None:
         with transaction(self.engine) as session:
-            session.execute(insert(Runner).values(name=name, host=host, pid=pid, kinds=kinds_,
-                                                  started_at=_now(session), heartbeat_at=_now(session)))
+            session.execute(insert(Runner).values(name=name, host=host, pid=pid, kinds=kinds_, gpus=list(gpus),
+                                                  slots=slots, started_at=_now(session), heartbeat_at=_now(session)))
 
     def runner_beat(self, name: str, current_job_id: int | None, jobs_done: int, *, stopped: bool = False) -> None:
         with transaction(self.engine) as session:

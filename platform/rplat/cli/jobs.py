@@ -77,10 +77,12 @@ def experiments_ls(as_json: bool, as_csv: bool) -> None:
 @click.option("--dedupe-key", default=None, help="jobs with the same key are one job (default: kind+params)")
 @click.option("--no-dedupe", is_flag=True, help="always create a new job, even if an identical one exists")
 @click.option("--host", default=None, help="only a runner on this machine (host name, or runner --host) takes it")
+@click.option("--gpus", default=None, type=int, metavar="N",
+              help="GPUs the job needs: only a runner with N free devices takes it (default: the kind's, often 0)")
 @click.option("--json", "as_json", is_flag=True)
 def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, experiment: str | None,
             after: tuple[int, ...], priority: int, max_attempts: int, dedupe_key: str | None, no_dedupe: bool,
-            host: str | None, as_json: bool) -> None:
+            host: str | None, gpus: int | None, as_json: bool) -> None:
     """Queue a job of KIND (see `rplat kinds`)."""
     raw: dict[str, Any] = load_params_file(params_file) if params_file else {}
     raw.update(dict(parse_param(p) for p in params))
@@ -88,7 +90,7 @@ def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, experim
     engine = open_store()
     job_id, created = queue_of(engine).enqueue(
         kind, raw, experiment=experiment, priority=priority, max_attempts=max_attempts, after=after,
-        dedupe_key=dedupe_key, dedupe=not no_dedupe, host=host)
+        dedupe_key=dedupe_key, dedupe=not no_dedupe, host=host, gpus=gpus)
     if as_json:
         click.echo(json.dumps({"id": job_id, "created": created}))
     else:
@@ -218,17 +220,22 @@ def jobs_retry(job_id: int) -> None:
 @click.option("--poll-seconds", default=1.0, show_default=True, type=click.FloatRange(0.01))
 @click.option("--name", default=None, help="runner name (default host:pid:random)")
 @click.option("--host", default=None, help="machine name for jobs enqueued with --host (default: the host name)")
+@click.option("--gpus", default=None, metavar="IDS",
+              help="comma-separated device ids to give jobs, or `none` (default: the visible CUDA devices)")
+@click.option("--slots", default=1, show_default=True, type=click.IntRange(1),
+              help="jobs run at once, each in its own process with its own devices")
 @click.option("--quiet", is_flag=True, help="print nothing per job")
 def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None, lease_seconds: float,
-           poll_seconds: float, name: str | None, host: str | None, quiet: bool) -> None:
-    """Claim and run jobs until stopped (SIGTERM releases the current job for another runner)."""
-    from rplat.runners.loop import Runner, RunnerOptions
+           poll_seconds: float, name: str | None, host: str | None, gpus: str | None, slots: int, quiet: bool) -> None:
+    """Claim and run jobs until stopped (SIGTERM releases the running jobs for other runners)."""
+    from rplat.runners.loop import Runner, RunnerOptions, parse_devices
 
     settings = get_settings()
+    devices = parse_devices(gpus, "--gpus") if gpus is not None else None
     engine = open_store()
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
     options = RunnerOptions(kinds=kind_list, once=once, until_done=until_done, max_jobs=max_jobs, lease_seconds=lease_seconds,
-                            poll_seconds=poll_seconds, name=name, host=host)
+                            poll_seconds=poll_seconds, name=name, host=host, gpus=devices, slots=slots)
     echo = (lambda _m: None) if quiet else (lambda m: click.echo(f"[runner] {m}", err=True))
     done = Runner(queue_of(engine), settings.home, options, echo=echo).run()
     echo(f"stopped after {done} job(s)")
@@ -237,24 +244,33 @@ def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    """Queue depth per kind and status, live runners, running jobs' progress."""
+    """Queue depth per kind and status, live runners with their devices and the jobs on them, running jobs."""
     engine = open_store()
     now = utcnow()
     with transaction(engine) as session:
         depth = [{"kind": k, "status": s, "jobs": n} for k, s, n in session.execute(
             select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status).order_by(Job.kind, Job.status))]
-        runners = [{"runner": r.name, "host": r.host, "pid": r.pid, "job": r.current_job_id, "done": r.jobs_done,
+        running_jobs = list(session.scalars(select(Job).where(Job.status == "running").order_by(Job.id)))
+        running = [{**job_row(j), "devices": j.devices or []} for j in running_jobs]
+        on: dict[str | None, list[dict[str, Any]]] = {}
+        for j in running_jobs:
+            on.setdefault(j.lease_owner, []).append({"id": j.id, "kind": j.kind, "devices": j.devices or []})
+        runners = [{"runner": r.name, "host": r.host, "pid": r.pid, "gpus": r.gpus or [], "slots": r.slots,
+                    "jobs": on.get(r.name, []), "done": r.jobs_done,
                     "seen_s_ago": round((now - r.heartbeat_at).total_seconds(), 1)}
                    for r in session.scalars(select(Runner).where(Runner.stopped_at.is_(None))
                                             .order_by(Runner.heartbeat_at.desc()).limit(50))
                    if (now - r.heartbeat_at).total_seconds() < 300]
-        running = [job_row(j) for j in session.scalars(select(Job).where(Job.status == "running").order_by(Job.id))]
     if as_json:
         click.echo(json.dumps({"queue": depth, "runners": runners, "running": running}, default=str))
         return
     click.echo("queue:")
     click.echo(table(depth, ["kind", "status", "jobs"]))
     click.echo("\nrunners (heartbeat in the last 5 minutes):")
-    click.echo(table(runners, ["runner", "host", "pid", "job", "done", "seen_s_ago"]))
+    click.echo(table([{**r, "gpus": ",".join(r["gpus"]) or "-",
+                       "jobs": " ".join(f"{j['id']}[{','.join(j['devices'])}]" if j["devices"] else str(j["id"])
+                                        for j in r["jobs"])} for r in runners],
+                     ["runner", "host", "pid", "gpus", "slots", "jobs", "done", "seen_s_ago"]))
     click.echo("\nrunning jobs:")
-    click.echo(table(running, ["id", "kind", "attempts", "progress", "owner"]))
+    click.echo(table([{**r, "devices": ",".join(r["devices"])} for r in running],
+                     ["id", "kind", "attempts", "progress", "devices", "owner"]))
