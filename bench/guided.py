@@ -1,4 +1,4 @@
-"""Guided solving (RATIONALYST A6, rationalyst-implicit): rplat's Solver against a naive per-candidate loop.
+"""Guided solving (RATIONALYST A6, implicit): rplat's Solver against a naive per-candidate loop.
 
 Command: OMP_NUM_THREADS=1 .venv/bin/python bench/guided.py [--problems 4] [--steps 3] [--model tiny|smollm2]
 

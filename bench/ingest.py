@@ -1,4 +1,4 @@
-"""Ingest benchmark: rows/s of `rplat import documents` against a bare DB-API executemany, SQLite and PostgreSQL.
+"""Ingest benchmark: `rplat import documents` rows/s against a bare DB-API executemany.
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python bench/ingest.py [--rows 100000] [--repeats 3]
 
@@ -30,7 +30,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -45,6 +44,7 @@ import psycopg  # noqa: E402
 from sqlalchemy import insert, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from rplat.hashing import content_hash  # noqa: E402
 from rplat.importer import FieldMap, import_file  # noqa: E402
 from rplat.migrate import upgrade  # noqa: E402
 from rplat.models import Dataset, Job, utcnow  # noqa: E402
@@ -125,8 +125,7 @@ def _bare_rows(corpus: Path, dataset_id: int, job_id: int) -> list[tuple[object,
         for raw in fh:
             record = json.loads(raw)
             body = record["text"]
-            rows.append((dataset_id, job_id, record["id"], body, len(body),
-                         hashlib.sha256(body.encode("utf-8") + b"\x00").hexdigest()))
+            rows.append((dataset_id, job_id, record["id"], body, len(body), content_hash(body)))
     return rows
 
 

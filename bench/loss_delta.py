@@ -1,4 +1,4 @@
-"""Loss-delta scoring throughput: `score-rationales`' scorer against the reference code's two unbatched passes per rationale.
+"""Loss-delta throughput: `score-rationales`' scorer against the reference's unbatched passes.
 
 Command: OMP_NUM_THREADS=1 .venv/bin/python bench/loss_delta.py [--n 128] [--data news|wiki|gsm] [--max-units 12]
          [--model smollm2|tiny]

@@ -1,6 +1,6 @@
 # Command: OMP_NUM_THREADS=1 .venv/bin/python bench/queue.py
 # ruff: noqa: E402 (the imports come after the sys.path fix below)
-"""Queue benchmark: claim+complete jobs/s of rplat's Queue against a bare-SQL claim loop, SQLite and PostgreSQL.
+"""Queue benchmark: claim+complete jobs/s of rplat's Queue against a bare-SQL claim loop.
 
 Both sides run in the same 4 worker processes (multiprocessing, spawn), against the same freshly migrated
 store, on the same number of identical queued `probe` jobs, and loop until nothing is claimable:

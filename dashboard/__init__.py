@@ -1,1 +1,1 @@
-"""The Streamlit dashboard: browse rationales, failures, solved sets and jobs through the DuckDB views."""
+"""The Streamlit dashboard: rationales, failures, solved sets and jobs through the DuckDB views."""

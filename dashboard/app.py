@@ -1,4 +1,4 @@
-"""The Streamlit app behind `rplat dashboard`: rationales, failures, solved sets and jobs, read-only."""
+"""The Streamlit app behind `rplat dashboard`: rationales, failures, solved sets, jobs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Alembic environment: migrates the database named by the config (or RPLAT_DATABASE_URL) to the models' schema."""
+"""Alembic environment: migrates the configured database (or RPLAT_DATABASE_URL) to the models."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Job runners: the claim/heartbeat loop and one module per job family, each a `JobKind` with its handler."""
+"""Job runners: the claim/heartbeat loop and one module per job family (kind and handler)."""

@@ -1,9 +1,8 @@
-"""JobContext: what a handler gets — params, fenced transactions, progress, logs, checkpoints, cancellation."""
+"""JobContext: a handler's params, fenced writes, progress, logs, checkpoints, cancellation."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,6 +13,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from rplat.errors import JobCancelled, JobInterrupted, LeaseLost
+from rplat.hashing import file_sha256
 from rplat.kinds import Params
 from rplat.models import Checkpoint, TrainingMetric
 from rplat.queue import ClaimedJob, Queue, record_event
@@ -30,14 +30,6 @@ class StepMetric(TypedDict):
     loss: float
     lr: float
     extra: dict[str, float] | None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class JobContext:
@@ -117,7 +109,7 @@ class JobContext:
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
         torch.save(state, tmp)
         os.replace(tmp, path)
-        digest = sha256_file(path)
+        digest = file_sha256(path)
         with self.transaction() as session:
             session.execute(delete(Checkpoint).where(Checkpoint.job_id == self.job.id, Checkpoint.step == step))
             insert_ignore(session, Checkpoint, [dict(job_id=self.job.id, step=step, path=str(path), sha256=digest,
@@ -142,7 +134,7 @@ class JobContext:
             ).all()
         for row in rows:
             path = Path(row.path)
-            if path.exists() and sha256_file(path) == row.sha256:
+            if path.exists() and file_sha256(path) == row.sha256:
                 return row.step, torch.load(path, weights_only=True, map_location="cpu")
         return None
 

@@ -1,4 +1,4 @@
-"""Multi-process training jobs: the handler runs torchrun and watches it; rank 0 writes, fenced on the lease.
+"""Multi-process training jobs: the handler runs torchrun and watches it; rank 0 writes, fenced.
 
 `launch(ctx, target, nproc)` runs in the runner's process, whose heartbeat thread keeps holding the job's lease.
 It starts `python -m rplat.runners.distributed agent -- <torchrun arguments>` in a new session: the agent asks

@@ -1,4 +1,4 @@
-"""The child process in which a runner with devices or slots runs one job it claimed (see rplat.runners.loop).
+"""The child process where a runner with devices or slots runs one job it claimed.
 
 The runner starts `python -m rplat.runners.job_worker` with CUDA_VISIBLE_DEVICES set to the job's devices and
 writes the order on stdin: the store's URL, RPLAT_HOME, the runner's name and pid, the lease length and the

@@ -1,12 +1,14 @@
-"""The built-in job kinds: each one's parameter schema and handler name (light: importing this loads no torch)."""
+"""The built-in job kinds: parameter schemas and handler names (importing this loads no torch)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from rplat.bundled import SMOLLM2
 from rplat.kinds import JobKind, Params
+from rplat.methods.guided import GUIDED, SolveMethod
 from rplat.registry import BUNDLED_EMBEDDER
 
 
@@ -30,7 +32,7 @@ class PrefilterParams(Params):
 
 
 class ModelParams(Params):
-    model: str = Field("smollm2-135m-instruct", description="registered model (the bundled SmolLM2 by default)")
+    model: str = Field(SMOLLM2, description="registered model (the bundled SmolLM2 by default)")
     backend: str = Field("hf", pattern="^(hf|openai)$", description="hf (in-process) or openai (a server)")
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL, for backend=openai")
     batch_size: int = Field(8, gt=0, le=1024, description="items per model call and per committed batch")
@@ -62,7 +64,7 @@ class ScoreParams(ModelParams):
 
 class TrainRationalystParams(Params):
     score_job: int = Field(description="the score-rationales job whose kept rationales to train on")
-    model: str = Field("smollm2-135m-instruct", description="base model to fine-tune")
+    model: str = Field(SMOLLM2, description="base model to fine-tune")
     adapter_name: str | None = Field(None, description="registry name of the result (default rationalyst-job<ID>)")
     lora: bool = Field(True, description="train a LoRA adapter (False: full fine-tune)")
     lora_r: int = Field(8, gt=0)
@@ -95,9 +97,6 @@ class TrainRationalystParams(Params):
         return self
 
 
-SolveMethod = Literal["greedy", "sample", "random-candidate", "rationalyst-implicit", "rationalyst-explicit"]
-
-
 class SolveParams(ModelParams):
     problems: str = Field(description="problem dataset to solve")
     method: SolveMethod = Field("greedy", description="how each next step is chosen")
@@ -106,16 +105,24 @@ class SolveParams(ModelParams):
     fewshot: str | None = Field(None, description="problem dataset whose worked solutions are the demonstrations")
     n_fewshot: int = Field(4, ge=0, description="demonstrations drawn from `fewshot` (reference GSM8K: 9)")
     n_candidates: int = Field(3, gt=0, description="candidate next steps per step (reference: 3)")
-    n_samples: int = Field(8, gt=0, description="independent trajectories per problem for method=sample")
+    n_samples: int = Field(8, gt=0, description="independent trajectories per problem for method=sc")
     temperature: float = Field(0.7, ge=0, description="candidate sampling temperature (reference: 0.7)")
     max_steps: int = Field(15, gt=0, description="steps before giving up (reference: 15)")
     step_tokens: int = Field(64, gt=0, description="token budget of one step")
     rationale_tokens: int = Field(64, gt=0, description="token budget of one rationale")
     seed: int = Field(14)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_method_names(cls, data: Any) -> Any:
+        # Jobs stored before self-consistency took its papers' name `sc` say "sample"; they must still load.
+        if isinstance(data, dict) and data.get("method") == "sample":
+            return {**data, "method": "sc"}
+        return data
+
     @model_validator(mode="after")
     def _needs_rationalyst(self) -> SolveParams:
-        if self.method.startswith("rationalyst") and not self.rationalyst:
+        if self.method in GUIDED and not self.rationalyst:
             raise ValueError(f"method {self.method} needs a rationalyst model (--param rationalyst=NAME)")
         return self
 

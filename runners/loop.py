@@ -1,4 +1,4 @@
-"""The runner: claims jobs, runs their handlers while a heartbeat thread holds the lease, records how they ended.
+"""The runner: claims jobs and runs their handlers while a heartbeat thread holds each lease.
 
 A runner with one slot and no devices runs its jobs one at a time in its own process. With devices (`--gpus`,
 by default the visible CUDA devices) or several slots (`--slots`), it claims while a slot is free, giving
@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,7 +35,9 @@ from rplat import kinds
 from rplat.errors import JobCancelled, JobInterrupted, LeaseLost, UserError
 from rplat.migrate import ensure_at_head
 from rplat.queue import ClaimedJob, Queue
+from rplat.quiet import silence_libraries
 from rplat.runners.context import JobContext
+from rplat.runners.output import how_far
 
 
 @dataclass
@@ -302,7 +305,10 @@ class Runner:
 
     def execute(self, job: ClaimedJob) -> str:
         """Run one claimed job to an end state; returns that state."""
+        silence_libraries()
         self.echo(f"job {job.id} ({job.kind}) attempt {job.attempts}: started")
+        started = time.monotonic()
+        progress: tuple[int, int | None] | None = None
         try:
             kind = kinds.get(job.kind)
             try:
@@ -332,8 +338,10 @@ class Runner:
             state = self._fail(job, detail, retryable=True)
         finally:
             with self._lock:
+                if self._current is not None:
+                    progress = self._current.current_progress
                 self._current = None
-        self.echo(f"job {job.id} ({job.kind}): {state}")
+        self.echo(f"job {job.id} ({job.kind}): {state}{how_far(progress, time.monotonic() - started)}")
         return state
 
     def _fail(self, job: ClaimedJob, error: str, *, retryable: bool) -> str:

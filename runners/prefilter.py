@@ -1,4 +1,4 @@
-"""`prefilter` (RATIONALYST A1): score documents by cosine similarity to the centroid of a benchmark reference set."""
+"""`prefilter` (RATIONALYST A1): documents scored by cosine to a benchmark's reference centroid."""
 
 from __future__ import annotations
 
@@ -9,33 +9,27 @@ from sqlalchemy import func, select
 
 from rplat.embeddings import encode, load_encoder
 from rplat.errors import UserError
+from rplat.lookup import dataset_id
 from rplat.methods.prefilter import centroid, cosine_to, keep, preprocess, reference_text
-from rplat.models import Dataset, Document, PrefilterScore, Problem
+from rplat.models import Document, PrefilterScore, Problem
 from rplat.registry import BUNDLED_EMBEDDER, ensure_bundled_embedder, get_model
 from rplat.runners.context import JobContext
 from rplat.runners.kinds import PrefilterParams
 from rplat.store import insert_ignore
 
 
-def _dataset(session: Any, name: str, kind: str) -> Dataset:
-    ds = session.scalar(select(Dataset).where(Dataset.name == name))
-    if ds is None or ds.kind != kind:
-        raise UserError(f"there is no {kind} dataset named {name!r}; import it with `rplat import {kind} FILE --dataset {name}`.")
-    return ds
-
-
 def run(ctx: JobContext, p: PrefilterParams) -> dict[str, Any]:
     prep = preprocess if p.preprocess else (lambda t: t)
     with ctx.read() as s:
-        docs = _dataset(s, p.documents, "documents")
-        refs = [_dataset(s, name, "problems").id for name in p.reference]
+        docs = dataset_id(s, p.documents, "documents")
+        refs = [dataset_id(s, name, "problems") for name in p.reference]
         todo = s.scalars(
-            select(Document.id).where(Document.dataset_id == docs.id)
+            select(Document.id).where(Document.dataset_id == docs)
             .where(~Document.id.in_(select(PrefilterScore.document_id).where(PrefilterScore.job_id == ctx.job_id)))
             # Similar lengths in a batch mean little padding, so less wasted compute in the encoder.
             .order_by(Document.n_chars, Document.id)
         ).all()
-        total = s.scalar(select(func.count()).select_from(Document).where(Document.dataset_id == docs.id)) or 0
+        total = s.scalar(select(func.count()).select_from(Document).where(Document.dataset_id == docs)) or 0
     with ctx.transaction() as s:
         embedder = ensure_bundled_embedder(s) if p.embed_model == BUNDLED_EMBEDDER else get_model(s, p.embed_model)
         embedder_id, embedder_path = embedder.id, embedder.path

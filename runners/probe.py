@@ -1,4 +1,4 @@
-"""`probe`: report what a runner machine has (host, devices, library versions, free disk); also the queue's no-op job."""
+"""`probe`: what a runner machine has (host, devices, libraries, disk); also the no-op job."""
 
 from __future__ import annotations
 

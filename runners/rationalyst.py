@@ -16,13 +16,12 @@ from rplat.errors import UserError
 from rplat.llm import Backend, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import prepare_backend
-from rplat.methods.loss_delta import loss_delta
+from rplat.lookup import dataset_id, job_of_kind
+from rplat.methods.loss_delta import loss_delta, scoring_contexts, spans_nonempty
 from rplat.methods.rationales import fidelity, insert_rationales, parse_triples, text_units
 from rplat.models import (
-    Dataset,
     Document,
     Extraction,
-    Job,
     PrefilterScore,
     Problem,
     Rationale,
@@ -45,13 +44,6 @@ class Item:
     text: str
 
 
-def _dataset_id(session: Session, name: str, kind: str) -> int:
-    ds = session.scalar(select(Dataset).where(Dataset.name == name))
-    if ds is None or ds.kind != kind:
-        raise UserError(f"there is no {kind} dataset named {name!r}; import it with `rplat import {kind} FILE`.")
-    return ds.id
-
-
 def _extract_items(session: Session, p: ExtractParams) -> list[Item]:
     """Every text the job annotates, in its fixed order: documents and worked solutions alternate, so a
     `limit` takes from both."""
@@ -61,17 +53,16 @@ def _extract_items(session: Session, p: ExtractParams) -> list[Item]:
     if p.documents is not None or p.prefilter_job is not None:
         q = select(Document.id, Document.source, Document.text)
         if p.documents is not None:
-            q = q.where(Document.dataset_id == _dataset_id(session, p.documents, "documents"))
+            q = q.where(Document.dataset_id == dataset_id(session, p.documents, "documents"))
         if p.prefilter_job is not None:
-            if session.scalar(select(Job.kind).where(Job.id == p.prefilter_job)) != "prefilter":
-                raise UserError(f"prefilter_job {p.prefilter_job} is not a prefilter job; see `rplat jobs ls`.")
+            job_of_kind(session, p.prefilter_job, "prefilter", "prefilter_job")
             q = q.join(PrefilterScore, and_(PrefilterScore.document_id == Document.id,
                                             PrefilterScore.job_id == p.prefilter_job, PrefilterScore.passed))
         items += [Item(i, None, src or "documents", text) for i, src, text in session.execute(q.order_by(Document.id))]
     solutions: list[Item] = []
     if p.problems is not None:
         q = select(Problem.id, Problem.benchmark, Problem.question, Problem.solution).where(
-            Problem.dataset_id == _dataset_id(session, p.problems, "problems"), Problem.solution.is_not(None))
+            Problem.dataset_id == dataset_id(session, p.problems, "problems"), Problem.solution.is_not(None))
         solutions = [Item(None, i, bench or "problems", f"Question: {q_}\nAnswer: {sol}")
                      for i, bench, q_, sol in session.execute(q.order_by(Problem.id))]
     mixed = [it for pair in zip(items, solutions, strict=False) for it in pair]
@@ -156,14 +147,12 @@ def extract(ctx: JobContext, p: ExtractParams) -> dict[str, Any]:
 
 
 def score_pairs(llm: Backend, triples: list[tuple[str, str, str]]) -> list[list[float]]:
-    """A4's two scorings of each (preceding, rationale, following): the log-probs of `following` as the assistant
-    turn after the user turn `preceding`, then after `preceding + ". " + rationale`; without-scorings first.
-    One call, so the backend can share every prefix (bench/loss_delta.py measures this path)."""
+    """A4's two scorings of each (preceding, rationale, following), all without-scorings first. One call, so
+    the backend can share every prefix (bench/loss_delta.py measures this path)."""
     system = TEMPLATES["score-future"].system
-    without = [llm.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": pre}])
-               for pre, _, _ in triples]
-    with_ = [llm.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": f"{pre}. {rat}"}])
-             for pre, rat, _ in triples]
+    contexts = [scoring_contexts(system, pre, rat) for pre, rat, _ in triples]
+    without = [llm.chat_prompt(c) for c, _ in contexts]
+    with_ = [llm.chat_prompt(c) for _, c in contexts]
     following = [fol for _, _, fol in triples]
     return llm.score(without + with_, following + following)
 
@@ -171,8 +160,7 @@ def score_pairs(llm: Backend, triples: list[tuple[str, str, str]]) -> list[list[
 def score(ctx: JobContext, p: ScoreParams) -> dict[str, Any]:
     spec = prepare_backend(ctx.engine, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
     with ctx.transaction() as s:
-        if s.scalar(select(Job.kind).where(Job.id == p.extract_job)) != "extract-rationales":
-            raise UserError(f"extract_job {p.extract_job} is not an extract-rationales job; see `rplat jobs ls`.")
+        job_of_kind(s, p.extract_job, "extract-rationales", "extract_job")
         scorer_id = get_model(s, p.model).id
         ensure_template(s, TEMPLATES["score-future"])
     with ctx.read() as s:
@@ -195,9 +183,9 @@ def score(ctx: JobContext, p: ScoreParams) -> dict[str, Any]:
         out = []
         for k, r in enumerate(batch):
             tau = p.tau_by_source.get(r.source or "", p.tau)
-            nonempty = bool(r.preceding.strip() and r.rationale.strip() and r.following.strip())
             lp_without, lp_with = scored[k], scored[len(batch) + k]
-            ld = loss_delta(lp_without, lp_with, gamma=p.gamma, tau=tau, spans_nonempty=nonempty)
+            ld = loss_delta(lp_without, lp_with, gamma=p.gamma, tau=tau,
+                            spans_nonempty=spans_nonempty(r.preceding, r.rationale, r.following))
             out.append(dict(job_id=ctx.job_id, rationale_id=r.id, scorer_model_id=scorer_id, lp_without=lp_without,
                             lp_with=lp_with, gamma=p.gamma, s_without=ld.s_without, s_with=ld.s_with,
                             loss_delta=ld.delta, tau=tau, kept=ld.kept))

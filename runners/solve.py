@@ -1,4 +1,4 @@
-"""`solve` (RATIONALYST A6) and `evaluate`: step-by-step solving with or without rationale guidance, then checking.
+"""`solve` (RATIONALYST A6) step by step, with or without rationale guidance, and `evaluate`.
 
 All trajectories of a chunk of problems advance one step together, so every model call is one batch. Each
 chunk is written in one fenced transaction: trajectories, their steps, and every candidate with its score.
@@ -9,19 +9,19 @@ calls, so it reaches the same choices without asking the model again.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import BackendSpec, prepare_backend
+from rplat.lookup import dataset_id, job_of_kind
 from rplat.methods.answers import extract_answer, has_final_answer, is_correct, normalize
 from rplat.methods.guided import (
+    GUIDED,
     agent_messages,
     choose,
     fewshot_messages,
@@ -29,7 +29,8 @@ from rplat.methods.guided import (
     scorer_messages,
     trajectory_text,
 )
-from rplat.models import Dataset, Evaluation, Job, Prediction, Problem, SolveTrajectory, Step, StepCandidate
+from rplat.methods.votes import OVERALL, Accuracy, micro_accuracy, tie_credit, vote
+from rplat.models import Evaluation, Prediction, Problem, SolveTrajectory, Step, StepCandidate
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.registry import get_model
 from rplat.runners.context import JobContext
@@ -92,7 +93,7 @@ class Solver:
         prompts = [self._agent_prompt(t) for t in active]
         if p.method == "greedy":
             return self.m.agent.generate(prompts, Sampling(max_tokens=p.step_tokens, stop=("\n",)))
-        if p.method == "sample":
+        if p.method == "sc":
             # One seed per sample index, so sample k of a problem differs from sample j from the first step on;
             # the k-th samples of all problems share one batched call.
             out: list[list[Completion]] = [[] for _ in active]
@@ -115,7 +116,7 @@ class Solver:
     def step(self, active: list[Trajectory], step_idx: int) -> None:
         p = self.p
         candidates = self._candidates(active)
-        if p.method in ("greedy", "sample"):
+        if p.method in ("greedy", "sc"):
             records = [StepRecord(c[0].text.strip(), 0, c, [None]) for c in candidates]
         elif p.method == "random-candidate":
             records = []
@@ -199,36 +200,29 @@ def _write(session: Session, job_id: int, method: str, batch: list[Trajectory]) 
                              for j, c in enumerate(s.candidates)])
 
 
-def _dataset(session: Session, name: str) -> int:
-    ds = session.scalar(select(Dataset).where(Dataset.name == name))
-    if ds is None or ds.kind != "problems":
-        raise UserError(f"there is no problems dataset named {name!r}; import it with `rplat import problems FILE`.")
-    return ds.id
-
-
 def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
     def prepare(name: str) -> BackendSpec:
         return prepare_backend(ctx.engine, name, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
 
     agent_spec = prepare(p.model)
-    rationalyst_spec = prepare(p.rationalyst) if p.method.startswith("rationalyst") and p.rationalyst else None
+    rationalyst_spec = prepare(p.rationalyst) if p.method in GUIDED and p.rationalyst else None
     scorer_spec = prepare(p.scorer or p.model) if p.method == "rationalyst-implicit" else None
     with ctx.transaction() as s:
         for name in ("agent-gsm8k", "implicit-scorer"):
             ensure_template(s, TEMPLATES[name])
-        dataset_id = _dataset(s, p.problems)
+        problems_id = dataset_id(s, p.problems, "problems")
         examples: list[tuple[str, str]] = []
         if p.fewshot and p.n_fewshot:
             pool = s.execute(select(Problem.question, Problem.solution).where(
-                Problem.dataset_id == _dataset(s, p.fewshot), Problem.solution.is_not(None)).order_by(Problem.id)).all()
+                Problem.dataset_id == dataset_id(s, p.fewshot, "problems"), Problem.solution.is_not(None)).order_by(Problem.id)).all()
             examples = [(q, sol) for q, sol in random.Random(p.seed).sample(list(pool), min(p.n_fewshot, len(pool)))]
         problems = s.execute(select(Problem.id, Problem.question, Problem.answer)
-                             .where(Problem.dataset_id == dataset_id).order_by(Problem.id)).all()
+                             .where(Problem.dataset_id == problems_id).order_by(Problem.id)).all()
         written = set(s.execute(select(SolveTrajectory.problem_id, SolveTrajectory.sample_idx)
                                 .where(SolveTrajectory.job_id == ctx.job_id)).all())
     if p.limit is not None:
         problems = problems[:p.limit]
-    samples = p.n_samples if p.method == "sample" else 1
+    samples = p.n_samples if p.method == "sc" else 1
     todo = [Trajectory(pid, q, gold, k) for pid, q, gold in problems for k in range(samples)
             if (pid, k) not in written]
     agent, rationalyst, scorer = (spec.open() if spec else None for spec in (agent_spec, rationalyst_spec, scorer_spec))
@@ -252,23 +246,10 @@ def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
             "agent_cache_misses": models.agent.misses, "agent_cache_hits": models.agent.hits}
 
 
-def self_consistency(answers: list[str | None]) -> tuple[str | None, float, list[str]]:
-    """Majority vote over normalized answers: (winner, its votes, every answer tied for the top)."""
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None, 0.0, []
-    top = max(counts.values())
-    tied = sorted(a for a, c in counts.items() if c == top)
-    return tied[0], float(top), tied
-
-
 def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
     with ctx.read() as s:
-        solve = s.get(Job, p.solve_job)
-        if solve is None or solve.kind != "solve":
-            raise UserError(f"solve_job {p.solve_job} is not a solve job; see `rplat jobs ls --kind solve`.")
-        method = solve.params["method"]
-        model_id = get_model(s, solve.params["model"]).id
+        solved = SolveParams.model_validate(job_of_kind(s, p.solve_job, "solve", "solve_job").params)
+        model_id = get_model(s, solved.model).id
         rows = s.execute(select(SolveTrajectory.problem_id, SolveTrajectory.normalized_pred, SolveTrajectory.prediction,
                                 Problem.answer, Problem.subject)
                          .join(Problem, Problem.id == SolveTrajectory.problem_id)
@@ -277,33 +258,26 @@ def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
     by_problem: dict[int, list[Any]] = {}
     for r in rows:
         by_problem.setdefault(r.problem_id, []).append(r)
-    label = "sc" if method == "sample" else method
-    predictions, per_subject = [], Counter()
-    credit_by_subject: dict[str, float] = Counter()
+    method = solved.method
+    predictions, credits = [], []
     for problem_id, group in by_problem.items():
-        gold, subject = group[0].answer, group[0].subject or "all"
-        if method == "sample":
-            winner, votes, tied = self_consistency([r.normalized_pred for r in group])
-            hits = [a for a in tied if is_correct(a, gold)]
-            credit = len(hits) / len(tied) if tied else 0.0
+        gold = group[0].answer
+        if method == "sc":
+            winner, mass, tied = vote([r.normalized_pred for r in group])
+            credit = tie_credit(tied, lambda a, gold=gold: is_correct(a, gold))
             answer, tie_size = winner, max(len(tied), 1)
         else:
-            answer, votes, tie_size = group[0].prediction, 1.0, 1
+            answer, mass, tie_size = group[0].prediction, 1.0, 1
             credit = 1.0 if is_correct(answer, gold) else 0.0
-        predictions.append(dict(job_id=ctx.job_id, problem_id=problem_id, model_id=model_id, method=label,
-                                answer=answer, correct=credit == 1.0, vote_mass=votes, tie_size=tie_size,
+        predictions.append(dict(job_id=ctx.job_id, problem_id=problem_id, model_id=model_id, method=method,
+                                answer=answer, correct=credit == 1.0, vote_mass=mass, tie_size=tie_size,
                                 credit=credit))
-        per_subject[subject] += 1
-        credit_by_subject[subject] += credit
-    evaluations = [dict(job_id=ctx.job_id, model_id=model_id, method=label, subject=subj, n=n,
-                        n_correct=credit_by_subject[subj], accuracy=credit_by_subject[subj] / n)
-                   for subj, n in per_subject.items()]
-    n_all = sum(per_subject.values())
-    overall = sum(credit_by_subject.values()) / n_all if n_all else 0.0
-    if len(per_subject) > 1 or "all" not in per_subject:
-        evaluations.append(dict(job_id=ctx.job_id, model_id=model_id, method=label, subject="all", n=n_all,
-                                n_correct=sum(credit_by_subject.values()), accuracy=overall))
+        credits.append((group[0].subject, credit))
+    accuracy = micro_accuracy(credits)
+    evaluations = [dict(job_id=ctx.job_id, model_id=model_id, method=method, subject=subject, n=a.n,
+                        n_correct=a.n_correct, accuracy=a.accuracy) for subject, a in accuracy.items()]
     with ctx.transaction() as s:
         insert_ignore(s, Prediction, predictions, ["job_id", "problem_id", "method"])
         insert_ignore(s, Evaluation, evaluations, ["job_id", "method", "subject"])
-    return {"method": label, "solve_job": p.solve_job, "problems": n_all, "accuracy": overall}
+    overall = accuracy.get(OVERALL, Accuracy(0, 0.0))
+    return {"method": method, "solve_job": p.solve_job, "problems": overall.n, "accuracy": overall.accuracy}

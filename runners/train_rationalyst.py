@@ -1,4 +1,4 @@
-"""`train-rationalyst` (RATIONALYST A5): preceding text -> rationale, cross-entropy on the rationale tokens only.
+"""`train-rationalyst` (RATIONALYST A5): preceding text -> rationale, loss on the rationale only.
 
 Source = chat template of the user turn `preceding` (with the assistant header); target = the rationale and
 the end-of-turn token; labels on the source are -100. LoRA by default (peft), full fine-tune as an option.

@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh, migrated store per test on SQLite and on PostgreSQL, and helpers to run the CLI.
+"""Shared fixtures: a fresh migrated store per test on SQLite and PostgreSQL, CLI helpers.
 
 Every test that takes `db` runs once per backend. PostgreSQL comes from RPLAT_TEST_DATABASE_URL (an admin
 URL; each test gets its own new database, dropped afterwards), defaulting to the local server. Outside CI

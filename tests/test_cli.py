@@ -1,4 +1,4 @@
-"""The CLI's happy paths through the real `rplat` subprocess: experiments, enqueue, kinds, jobs, status, generate, models."""
+"""The CLI's happy paths via the real subprocess: experiments, enqueue, jobs, status, models."""
 
 from __future__ import annotations
 

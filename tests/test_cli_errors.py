@@ -1,4 +1,4 @@
-"""Bad input through the real CLI: one clear `error:` sentence, exit code 2, no traceback, the store unchanged."""
+"""Bad input through the real CLI: one `error:` sentence, exit 2, no traceback, store unchanged."""
 
 from __future__ import annotations
 

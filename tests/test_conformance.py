@@ -19,8 +19,8 @@ import pytest
 from conftest import Store
 from sqlalchemy import Engine, func, select, text
 
-from rplat.models import Job, JobEvent, Runner
-from rplat.queue import TERMINAL, Queue
+from rplat.models import TERMINAL_STATUSES, Job, JobEvent, Runner
+from rplat.queue import Queue
 from rplat.store import get_engine, transaction
 
 import rplat_test_plugins
@@ -241,7 +241,7 @@ def test_handler_burning_cpu_past_its_lease_is_never_reclaimed(db: Store, runner
         runners.start(name, lease=lease)
     wait_for(lambda: scalar(engine, select(func.count()).select_from(Runner)) == 2, "both runners to poll")
     job_id = enqueue(engine, "probe", {"burn_seconds": 5 * lease, "devices": False})
-    wait_for(lambda: job(engine, job_id).status in TERMINAL, "the job to finish")
+    wait_for(lambda: job(engine, job_id).status in TERMINAL_STATUSES, "the job to finish")
     stored = job(engine, job_id)
     assert (stored.status, stored.attempts, stored.lease_token) == ("succeeded", 1, 1), "claimed once, never again"
     assert events(engine, job_id, "lease-expired") == []

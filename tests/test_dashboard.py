@@ -1,4 +1,4 @@
-"""`rplat dashboard` in a real Chromium: each page shows the store's rows, it listens on 127.0.0.1 only, it cannot write."""
+"""`rplat dashboard` in a real Chromium: pages show the rows, 127.0.0.1 only, nothing writes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GPU-aware runners with real `rplat runner` processes and declared device lists (no GPU needed), on both stores."""
+"""GPU-aware runners: real `rplat runner` processes with declared devices (no GPU needed)."""
 
 from __future__ import annotations
 

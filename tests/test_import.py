@@ -1,4 +1,4 @@
-"""`rplat import`: JSONL and Parquet into documents and problems, field mapping, ids, --append, lineage, hashes."""
+"""`rplat import`: JSONL and Parquet, field mapping, ids, --append, lineage and content hashes."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def sha256_parts(*parts: str | None) -> str:
-    return hashlib.sha256("".join((p or "") + "\x00" for p in parts).encode("utf-8")).hexdigest()
+    """The canonical content hash: sha256 of the parts as compact JSON, an absent part as the empty string."""
+    payload = json.dumps([p or "" for p in parts], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def documents(store: Store) -> list[Document]:

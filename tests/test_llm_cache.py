@@ -1,4 +1,4 @@
-"""The generation cache: repeated calls regenerate nothing, samples are cached per index, models never share entries."""
+"""The generation cache: nothing regenerated, samples cached per index, no entries shared."""
 
 from __future__ import annotations
 

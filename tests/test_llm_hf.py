@@ -1,4 +1,4 @@
-"""The `hf` backend: batched, padded scoring and generation agree with plain unpadded forward passes.
+"""The `hf` backend: batched, padded scoring and generation match plain unpadded passes.
 
 Every behaviour here is checked on the plain path and on the fast paths (`fast` parameter); that the two give
 the same numbers on harder shapes is tests/test_llm_hf_fast.py's subject."""

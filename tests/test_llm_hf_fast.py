@@ -1,4 +1,4 @@
-"""The `hf` fast paths give the plain path's numbers: packed scoring, stored prefixes, generation, LoRA views.
+"""The `hf` fast paths give the plain path's numbers: packing, prefixes, generation, LoRA.
 
 Log-probs agree within 1e-4 (float32), greedy tokens are identical, seeded samples are the same tokens. When
 transformers no longer has an internal they rely on, the backend says so and takes the plain path."""

@@ -1,5 +1,7 @@
-"""The one loader: unmerged adapters on a shared base switched per call, the LRU bound, private trainable copies,
-one-sentence load failures, and registration that checks directories by format and writes sha256."""
+"""The one loader: shared bases, adapters, the LRU bound, trainable copies, errors, registration.
+
+Unmerged adapters on a shared base are switched per call, a trainable copy is private, a load failure is one
+sentence, and registration checks directories by format and writes sha256."""
 
 from __future__ import annotations
 

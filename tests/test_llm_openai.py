@@ -1,4 +1,4 @@
-"""The `openai` backend against a loopback OpenAI-compatible server backed by the tiny model: same scores as `hf`."""
+"""The `openai` backend against a loopback server backed by the tiny model: `hf`'s scores."""
 
 from __future__ import annotations
 

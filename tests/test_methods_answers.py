@@ -1,4 +1,4 @@
-"""Answer extraction and checking: boxed, GSM8K ####, "The answer is", and math-verify equivalences."""
+"""Answer extraction and checking: boxed, GSM8K ####, "The answer is", math-verify."""
 
 from __future__ import annotations
 

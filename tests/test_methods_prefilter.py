@@ -1,4 +1,4 @@
-"""The pure prefilter methods of RATIONALYST A1 (preprocess, reference text, centroid, cosine, keep) against hand computations."""
+"""RATIONALYST A1's pure prefilter methods against hand computations."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RATIONALYST's pure methods: rationale parsing (A3), fidelity (A3) and the loss delta (A4), against hand computations."""
+"""RATIONALYST's pure methods (A3 parsing and fidelity, A4 loss delta) by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rplat.methods.loss_delta import discounted_sum, loss_delta
+from rplat.methods.loss_delta import discounted_sum, loss_delta, scoring_contexts, spans_nonempty
 from rplat.methods.rationales import Triple, fidelity, parse_triples, strip_rationales
 
 WELL_FORMED = "A cat sat. <BOT>cats like mats<EOT> It purred. <BOT>it is content<EOT> The end."
@@ -73,3 +73,18 @@ def test_loss_delta_never_keeps_empty_spans() -> None:
 def test_loss_delta_refuses_scorings_of_different_tokens() -> None:
     with pytest.raises(ValueError, match="different tokens"):
         loss_delta([-1.0], [-1.0, -2.0])
+
+
+def test_the_following_text_is_scored_after_the_preceding_text_without_then_with_the_rationale() -> None:
+    without, with_ = scoring_contexts("Predict the text.", "Tom has 3 apples", "he will count them")
+    assert without == [{"role": "system", "content": "Predict the text."},
+                       {"role": "user", "content": "Tom has 3 apples"}]
+    assert with_ == [{"role": "system", "content": "Predict the text."},
+                     {"role": "user", "content": "Tom has 3 apples. he will count them"}]
+
+
+def test_a_span_of_only_white_space_counts_as_empty() -> None:
+    assert spans_nonempty("Tom has 3.", "count", "He buys 4.")
+    assert not spans_nonempty("Tom has 3.", " \n", "He buys 4.")
+    assert not spans_nonempty("", "count", "He buys 4.")
+    assert not spans_nonempty("Tom has 3.", "count", "")

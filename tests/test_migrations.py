@@ -1,4 +1,4 @@
-"""Alembic migrations on SQLite and PostgreSQL: round trips, no drift against the models, wheel installs, the at-head guard."""
+"""Alembic migrations on both stores: round trips, no drift, wheel installs, the at-head guard."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`rplat pipeline rationalyst` end to end on a tiny random model: every stage runs in order and reports."""
+"""`rplat pipeline rationalyst` end to end on a tiny model: every stage runs in order, reports."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rplat.store import transaction
 
 from tiny_lm import save_tiny
 
-METHODS = ["greedy", "sample", "random-candidate", "rationalyst-implicit", "rationalyst-explicit"]
+METHODS = ["greedy", "sc", "random-candidate", "rationalyst-implicit", "rationalyst-explicit"]
 
 
 def test_pipeline_runs_every_stage_and_reports_accuracy_per_method(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -56,7 +56,7 @@ def test_pipeline_runs_every_stage_and_reports_accuracy_per_method(db, tmp_path)
 
     report = json.loads(db.rplat("report", "rationalyst", "--experiment", "tiny-run", "--json", check=True).stdout)
     overall = {r["method"]: r for r in report["results"] if r["subject"] == "all"}
-    assert set(overall) == {"greedy", "sc", "random-candidate", "rationalyst-implicit", "rationalyst-explicit"}
+    assert set(overall) == set(METHODS)
     assert all(r["n"] == 2 and 0.0 <= r["accuracy"] <= 1.0 for r in overall.values())
     funnel = report["funnel"]
     assert funnel["prefilter_passed"] == 2 and funnel["rationales"] > 0 and funnel["train_steps"] == 2

@@ -1,4 +1,4 @@
-"""The `prefilter` job (RATIONALYST A1) end to end with real runner processes, on SQLite and PostgreSQL."""
+"""The `prefilter` job (RATIONALYST A1) end to end with real runner processes, both stores."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from rplat.models import Checkpoint, Document, Job, JobEvent, Model, PrefilterScore
-from rplat.registry import BUNDLED_EMBEDDER, bundled_embedder_path, fingerprint_dir
+from rplat.registry import BUNDLED_EMBEDDER, bundled_embedder_path, digest_dir
 
 MATH_DOCS = {
     "math-notebooks": "Sara buys 3 notebooks at $4 each and a pen for $2. She pays with a $20 bill. How much change "
@@ -142,7 +142,7 @@ def test_scores_carry_the_job_and_the_fingerprinted_embedding_model(prefiltered:
         model = s.scalar(select(Model).where(Model.name == BUNDLED_EMBEDDER))
     assert model is not None
     assert (model.format, model.role) == ("embedding", "prefilter")
-    assert model.fingerprint == fingerprint_dir(bundled_embedder_path())
+    assert model.fingerprint == digest_dir(bundled_embedder_path()).fingerprint
     assert {(sc.job_id, sc.embed_model_id) for sc in _scores(db, job_id).values()} == {(job_id, model.id)}
 
 

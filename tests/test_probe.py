@@ -1,4 +1,4 @@
-"""The `probe` job: a real runner records its machine (host, Python, library versions, devices, free disk) in the result."""
+"""The `probe` job: a real runner records its machine (host, Python, libraries, devices, disk)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Queue semantics in-process, on SQLite and PostgreSQL: enqueue, dedupe, dependencies, leases, fencing, retries, cancel."""
+"""Queue semantics in-process on both stores: dedupe, dependencies, leases, fencing, retries."""
 
 from __future__ import annotations
 

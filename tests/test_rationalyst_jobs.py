@@ -1,4 +1,4 @@
-"""RATIONALYST jobs on a tiny random model: score-rationales computes the loss delta, train-rationalyst registers an adapter."""
+"""RATIONALYST jobs on a tiny random model: loss deltas scored, an adapter trained."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""kill -9 during score-rationales and train-rationalyst: the re-claimed job resumes and ends as an uninterrupted run."""
+"""kill -9 in score- and train-rationalyst: the re-claimed job ends as an uninterrupted run."""
 
 from __future__ import annotations
 

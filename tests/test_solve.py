@@ -1,19 +1,31 @@
-"""Guided solving (A6) and evaluation: the implicit choice, every method end to end on a tiny model, and scoring."""
+"""Guided solving (A6) and evaluation: the implicit choice, every method end to end, scoring."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import func, select
 
 from rplat.llm import Completion, Message, Sampling
-from rplat.models import Evaluation, Job, Prediction, SolveTrajectory, Step, StepCandidate
+from rplat.methods.guided import SOLVE_METHODS
+from rplat.models import (
+    Dataset,
+    Evaluation,
+    Job,
+    Model,
+    Prediction,
+    Problem,
+    SolveTrajectory,
+    Step,
+    StepCandidate,
+)
 from rplat.queue import Queue
 from rplat.registry import register_model
 from rplat.runners.kinds import SolveParams
 from rplat.runners.loop import Runner, RunnerOptions
-from rplat.runners.solve import Models, Solver, Trajectory, self_consistency
+from rplat.runners.solve import Models, Solver, Trajectory
 from rplat.store import transaction
 
 from tiny_lm import save_tiny
@@ -78,7 +90,7 @@ def test_self_consistency_samples_one_batched_call_per_sample_index_with_its_own
             return [[Completion(f"seed {sampling.seed} for {p[-2:]}", (-1.0,))] for p in prompts]
 
     backend = Recording()
-    solver = Solver(SolveParams(problems="p", method="sample", n_samples=2, seed=5), Models(backend, None, None), [])  # type: ignore[arg-type]
+    solver = Solver(SolveParams(problems="p", method="sc", n_samples=2, seed=5), Models(backend, None, None), [])  # type: ignore[arg-type]
     batch = [Trajectory(pid, f"question q{pid}", "7", k) for pid in (1, 2, 3) for k in (0, 1)]
     solver.step(batch, 0)
     assert [(seed, [p[-2:] for p in prompts]) for seed, prompts in backend.calls] == \
@@ -86,10 +98,8 @@ def test_self_consistency_samples_one_batched_call_per_sample_index_with_its_own
     assert [t.steps[0].text for t in batch] == [f"seed {5000 + t.sample_idx} for q{t.problem_id}" for t in batch]
 
 
-def test_self_consistency_reports_ties() -> None:
-    assert self_consistency(["7", "8", "7", None]) == ("7", 2.0, ["7"])
-    assert self_consistency(["7", "8"]) == ("7", 1.0, ["7", "8"])
-    assert self_consistency([None]) == (None, 0.0, [])
+def test_a_job_stored_with_the_old_method_name_sample_loads_as_sc() -> None:
+    assert SolveParams.model_validate({"problems": "p", "method": "sample"}).method == "sc"
 
 
 def test_rationalyst_methods_need_a_rationalyst_model() -> None:
@@ -97,8 +107,7 @@ def test_rationalyst_methods_need_a_rationalyst_model() -> None:
         SolveParams(problems="p", method="rationalyst-explicit")
 
 
-@pytest.mark.parametrize("method", ["greedy", "sample", "random-candidate", "rationalyst-implicit",
-                                    "rationalyst-explicit"])
+@pytest.mark.parametrize("method", SOLVE_METHODS)
 def test_every_method_solves_and_evaluates_end_to_end(db, tmp_path, method: str) -> None:  # type: ignore[no-untyped-def]
     with transaction(db.engine()) as s:
         register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
@@ -111,7 +120,8 @@ def test_every_method_solves_and_evaluates_end_to_end(db, tmp_path, method: str)
         "problems": "gsm", "fewshot": "gsm", "n_fewshot": 1, "model": "tiny", "method": method, "rationalyst": "tiny",
         "max_steps": 2, "step_tokens": 4, "rationale_tokens": 4, "n_samples": 2, "batch_size": 2})
     eval_job, _ = queue.enqueue("evaluate", {"solve_job": solve_job}, after=[solve_job])
-    Runner(queue, db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+    lines: list[str] = []
+    Runner(queue, db.home, RunnerOptions(once=True, lease_seconds=30), echo=lines.append).run()
     with transaction(db.engine()) as s:
         jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([solve_job, eval_job])))}
         assert jobs[solve_job].status == "succeeded", jobs[solve_job].error
@@ -121,7 +131,8 @@ def test_every_method_solves_and_evaluates_end_to_end(db, tmp_path, method: str)
         candidates = s.scalars(select(StepCandidate).where(StepCandidate.job_id == solve_job)).all()
         predictions = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.job_id == eval_job))
         overall = s.scalar(select(Evaluation).where(Evaluation.job_id == eval_job, Evaluation.subject == "all"))
-    assert n_traj == (6 if method == "sample" else 3)
+    assert n_traj == (6 if method == "sc" else 3)
+    assert re.fullmatch(rf"job {solve_job} \(solve\): succeeded, {n_traj}/{n_traj} in \d+ s", lines[1]), lines
     assert predictions == 3
     assert overall is not None and overall.n == 3 and 0.0 <= overall.accuracy <= 1.0
     assert steps and all(1 <= st.step_idx + 1 <= 2 for st in steps)
@@ -131,3 +142,40 @@ def test_every_method_solves_and_evaluates_end_to_end(db, tmp_path, method: str)
     if method.startswith("rationalyst"):
         assert all(st.rationale_text is not None for st in steps)
         assert all(c.score is not None for c in candidates)
+
+
+def test_evaluate_votes_an_old_sample_job_as_sc_with_tie_credit_and_micro_accuracy(db) -> None:  # type: ignore[no-untyped-def]
+    # (gold, subject, the normalized answers of the job's samples)
+    problems = [("7", "algebra", ["7", "7", "8"]), ("3", "algebra", ["4", "3"]), ("5", "geometry", [None, "6"])]
+    with transaction(db.engine()) as s:
+        importer = Job(kind="import-problems", status="succeeded", params={})
+        model = Model(name="tiny", format="base", fingerprint="f" * 64)
+        s.add_all([importer, model])
+        s.flush()
+        dataset = Dataset(name="gsm", kind="problems", job_id=importer.id)
+        s.add(dataset)
+        s.flush()
+        # Stored before self-consistency was called `sc`: the job's JSON still says "sample".
+        solve = Job(kind="solve", status="succeeded", params={"problems": "gsm", "model": "tiny", "method": "sample"})
+        s.add(solve)
+        s.flush()
+        for k, (gold, subject, answers) in enumerate(problems):
+            problem = Problem(dataset_id=dataset.id, job_id=importer.id, external_id=f"p{k}", subject=subject,
+                              question=f"q{k}", answer=gold, content_hash=f"h{k}")
+            s.add(problem)
+            s.flush()
+            s.add_all([SolveTrajectory(job_id=solve.id, problem_id=problem.id, sample_idx=i, method="sample",
+                                       final_text=str(a), prediction=a, normalized_pred=a, correct=a == gold,
+                                       n_steps=1, stopped_reason="answer") for i, a in enumerate(answers)])
+        solve_id = solve.id
+    queue = Queue(db.engine())
+    eval_job, _ = queue.enqueue("evaluate", {"solve_job": solve_id})
+    Runner(queue, db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+    with transaction(db.engine()) as s:
+        assert s.get(Job, eval_job).status == "succeeded", s.get(Job, eval_job).error
+        got = [(p.method, p.answer, p.vote_mass, p.tie_size, p.credit, p.correct) for p in s.scalars(
+            select(Prediction).where(Prediction.job_id == eval_job).order_by(Prediction.problem_id))]
+        accuracy = {e.subject: (e.method, e.n, e.n_correct, e.accuracy) for e in s.scalars(
+            select(Evaluation).where(Evaluation.job_id == eval_job))}
+    assert got == [("sc", "7", 2.0, 1, 1.0, True), ("sc", "3", 1.0, 2, 0.5, False), ("sc", "6", 1.0, 1, 0.0, False)]
+    assert accuracy == {"algebra": ("sc", 2, 1.5, 0.75), "geometry": ("sc", 1, 0.0, 0.0), "all": ("sc", 3, 1.5, 0.5)}

@@ -1,4 +1,4 @@
-"""The shared training loop: kinds' collate and loss, parameter groups, warmup, eval hook, strict exact resume."""
+"""The shared training loop: collate, loss, parameter groups, warmup, eval hook, exact resume."""
 
 from __future__ import annotations
 

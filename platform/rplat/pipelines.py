@@ -1,4 +1,4 @@
-"""Pipelines: a method's whole DAG of jobs enqueued in one transaction, each job after the ones it reads."""
+"""Pipelines: a method's DAG of jobs enqueued in one transaction, each after the jobs it reads."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rplat import kinds
+from rplat.methods.guided import GUIDED, SOLVE_METHODS
 from rplat.queue import Queue
 from rplat.store import transaction
-
-BASELINES = ("greedy", "sample", "random-candidate")
-GUIDED = ("rationalyst-implicit", "rationalyst-explicit")
 
 
 @dataclass
@@ -22,7 +20,7 @@ class RationalystPipeline:
     model: str
     test: str | None = None
     experiment: str | None = None
-    methods: tuple[str, ...] = BASELINES + GUIDED
+    methods: tuple[str, ...] = SOLVE_METHODS
     limit: int | None = None
     extract_limit: int | None = None
     extract_mode: str = "rewrite"

@@ -1,4 +1,4 @@
-"""Prompt templates of both methods, stored as content-hashed rows so every job points at the exact prompt it used.
+"""Prompt templates of both papers as content-hashed rows: each job points at its exact prompt.
 
 System prompts are verbatim from the reference code (ALGORITHMS.md A2, A4, A6; typos included, since
 they are what the papers' models saw). The few-shot demonstrations are rplat's own, written in the
@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rplat.hashing import content_hash
 from rplat.models import PromptTemplate
-from rplat.store import content_hash
 
 EXTRACT_PILE_SYSTEM = (
     "Your task is to add rationales given to a piece of text. The rationales should be added after each sentence. "

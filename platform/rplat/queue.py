@@ -1,4 +1,4 @@
-"""The job queue: every statement that enqueues, claims, leases, fences, finishes or cancels a job, for SQLite and PostgreSQL.
+"""The job queue: every statement that enqueues, claims, leases, fences, finishes or cancels a job.
 
 Claiming is one atomic statement: PostgreSQL `UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)`;
 SQLite the same UPDATE ... RETURNING inside `BEGIN IMMEDIATE` (see rplat.store). Each claim increments the
@@ -49,10 +49,11 @@ from sqlalchemy.orm import Session
 
 from rplat import kinds
 from rplat.errors import LeaseLost, UserError
-from rplat.models import Experiment, Job, JobDependency, JobEvent, Runner, utcnow
-from rplat.store import content_hash, is_sqlite, transaction
+from rplat.hashing import content_hash
+from rplat.lookup import experiment_id as find_experiment
+from rplat.models import Job, JobDependency, JobEvent, Runner, utcnow
+from rplat.store import is_sqlite, transaction
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 REAP_EVERY_SECONDS = 5.0
 
 
@@ -343,13 +344,7 @@ class Queue:
         gpus: int | None = None,
     ) -> tuple[int, bool]:
         """Enqueue inside the caller's transaction (pipelines enqueue a whole DAG in one)."""
-        experiment_id = None
-        if experiment is not None:
-            experiment_id = session.scalar(select(Experiment.id).where(Experiment.name == experiment))
-            if experiment_id is None:
-                raise UserError(
-                    f"experiment {experiment!r} does not exist; create it with `rplat experiments add {experiment}`."
-                )
+        experiment_id = find_experiment(session, experiment) if experiment is not None else None
         parents = sorted(set(after))
         if parents:
             # FOR SHARE (PostgreSQL): a parent cannot fail between this read and our commit, unseen by both sides.

@@ -1,4 +1,4 @@
-"""The model registry: models and adapters as rows with their path, parents, fingerprint and weights' sha256."""
+"""The model registry: models and adapters with their path, parents, fingerprint and sha256."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
+from rplat.hashing import file_blocks
 from rplat.llm.formats import get_format
 from rplat.models import Model, ModelParent
 
@@ -42,16 +43,11 @@ def digest_dir(path: Path) -> Digests:
         raise UserError(f"{path} holds no model files (.safetensors, .bin, .gguf, .json); point at a model directory.")
     for f in files:
         fingerprint.update(str(f.relative_to(path)).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                fingerprint.update(block)
-                if f.suffix in WEIGHT_SUFFIXES:
-                    weights.update(block)
+        for block in file_blocks(f):
+            fingerprint.update(block)
+            if f.suffix in WEIGHT_SUFFIXES:
+                weights.update(block)
     return Digests(fingerprint.hexdigest(), weights.hexdigest())
-
-
-def fingerprint_dir(path: Path) -> str:
-    return digest_dir(path).fingerprint
 
 
 def get_model(session: Session, name: str) -> Model:

@@ -7,22 +7,17 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from rplat.errors import UserError
-from rplat.models import Document, Experiment, Job, PrefilterScore
+from rplat.lookup import experiment_id, job_of_kind
+from rplat.models import Document, Job, PrefilterScore
 from rplat.store import transaction
 
 
 def _latest_job(session: Any, kind: str, job_id: int | None, experiment: str | None) -> Job:
     if job_id is not None:
-        job = session.get(Job, job_id)
-        if job is None or job.kind != kind:
-            raise UserError(f"job {job_id} is not a {kind} job; see `rplat jobs ls --kind {kind}`.")
-        return job
+        return job_of_kind(session, job_id, kind)
     q = select(Job).where(Job.kind == kind).order_by(Job.id.desc()).limit(1)
     if experiment is not None:
-        exp_id = session.scalar(select(Experiment.id).where(Experiment.name == experiment))
-        if exp_id is None:
-            raise UserError(f"experiment {experiment!r} does not exist; see `rplat experiments ls`.")
-        q = q.where(Job.experiment_id == exp_id)
+        q = q.where(Job.experiment_id == experiment_id(session, experiment))
     job = session.scalar(q)
     if job is None:
         raise UserError(f"there is no {kind} job yet; enqueue one with `rplat enqueue {kind} ...`.")
@@ -89,10 +84,7 @@ def rationalyst_report(engine: Engine, *, experiment: str | None = None) -> dict
     with transaction(engine) as session:
         job_filter = []
         if experiment is not None:
-            exp_id = session.scalar(select(Experiment.id).where(Experiment.name == experiment))
-            if exp_id is None:
-                raise UserError(f"experiment {experiment!r} does not exist; see `rplat experiments ls`.")
-            job_filter = [Job.experiment_id == exp_id]
+            job_filter = [Job.experiment_id == experiment_id(session, experiment)]
 
         def count(model: Any, *where: Any) -> int:
             return session.scalar(select(func.count()).select_from(model).join(Job, Job.id == model.job_id)

@@ -90,14 +90,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def check_port(host: str, port: int, fix: str) -> None:
+    """Fail with one sentence unless `host:port` can be listened on; `fix` says what to change."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # Servers set SO_REUSEADDR too, so only a live listener (not a TIME_WAIT leftover) makes this fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}.") from None
 
 
 def _url(host: str, port: int) -> str:
@@ -167,8 +168,8 @@ def plan(engine: Engine, name: str, *, home: Path, vllm: str, host: str = "127.0
         base_path, base_name = base.path, base.name
     if port is None:
         port = free_port(host if host not in ("0.0.0.0", "::", "") else "127.0.0.1")
-    elif _port_taken(host, port):
-        raise UserError(f"port {port} on {host} is already in use; choose another --port or leave it out.")
+    else:
+        check_port(host, port, "choose another --port or leave it out")
     command = [vllm, "serve", base_path, "--served-model-name", base_name, "--host", host, "--port", str(port),
                "--dtype", dtype]
     if max_model_len:

@@ -1,16 +1,14 @@
-"""Connections to the store: engines for SQLite (WAL, foreign keys, BEGIN IMMEDIATE) and PostgreSQL, sessions, upserts."""
+"""Store connections: SQLite (WAL, BEGIN IMMEDIATE) and PostgreSQL engines, sessions, upserts."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -19,12 +17,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from rplat.errors import UserError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-def content_hash(*parts: Any) -> str:
-    """sha256 of a canonical JSON rendering: the same content always hashes the same."""
-    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def is_sqlite(engine_or_session: Engine | Session) -> bool:
@@ -144,10 +136,6 @@ def upsert(
         index_elements=list(conflict_cols), set_={c: stmt.excluded[c] for c in update_cols}
     )
     session.execute(stmt, list(rows))
-
-
-def table_names(engine: Engine) -> list[str]:
-    return inspect(engine).get_table_names()
 
 
 @contextlib.contextmanager

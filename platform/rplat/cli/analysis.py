@@ -117,19 +117,12 @@ def report_prefilter(job_id: int | None, experiment: str | None, examples: int, 
 def dashboard(host: str, port: int) -> None:
     """Browse rationales, failures, solved sets and jobs in a read-only Streamlit app (runs until Ctrl-C)."""
     import os
-    import socket
 
     from rplat import dashboard as dashboard_package
+    from rplat.serve import check_port
 
     open_store()
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        # Servers set SO_REUSEADDR too, so only a live listener (not a TIME_WAIT leftover) makes this fail.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                            "pick another address with --host or port with --port.") from None
+    check_port(host, port, "pick another address with --host or port with --port")
     app = Path(dashboard_package.__file__).with_name("app.py")
     env = dict(os.environ, RPLAT_DATABASE_URL=get_settings().database_url)
     click.echo(f"dashboard at http://{host}:{port} (read-only); Ctrl-C stops it", err=True)

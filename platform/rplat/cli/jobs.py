@@ -22,7 +22,8 @@ from rplat.cli._common import (
 )
 from rplat.config import get_settings
 from rplat.errors import UserError
-from rplat.models import Experiment, Job, JobEvent, Runner, utcnow
+from rplat.lookup import experiment_id
+from rplat.models import JOB_STATUSES, Experiment, Job, JobEvent, Runner, utcnow
 from rplat.store import transaction
 
 # --- experiments ----------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ def _get_job(session: Any, job_id: int) -> Job:
 
 
 @jobs.command("ls")
-@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]), default=None)
+@click.option("--status", type=click.Choice(JOB_STATUSES), default=None)
 @click.option("--kind", default=None)
 @click.option("--experiment", default=None)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
@@ -144,10 +145,7 @@ def jobs_ls(status: str | None, kind: str | None, experiment: str | None, limit:
         if kind:
             q = q.where(Job.kind == kind)
         if experiment:
-            exp_id = session.scalar(select(Experiment.id).where(Experiment.name == experiment))
-            if exp_id is None:
-                raise UserError(f"experiment {experiment!r} does not exist; see `rplat experiments ls`.")
-            q = q.where(Job.experiment_id == exp_id)
+            q = q.where(Job.experiment_id == experiment_id(session, experiment))
         rows = [job_row(j) for j in session.scalars(q)]
     emit(rows, ["id", "kind", "status", "attempts", "priority", "progress", "owner", "created", "error"], as_json, as_csv)
 

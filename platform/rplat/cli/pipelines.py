@@ -6,7 +6,9 @@ import json
 
 import click
 
+from rplat.bundled import SMOLLM2
 from rplat.cli._common import cli, load_params_file, open_store, queue_of
+from rplat.methods.guided import SOLVE_METHODS
 
 # --- pipelines ------------------------------------------------------------------------------------
 
@@ -20,10 +22,9 @@ def pipeline() -> None:
 @click.option("--documents", required=True, help="document dataset to mine rationales from")
 @click.option("--benchmark", required=True, help="problem dataset with worked solutions (reference, rationales, demos)")
 @click.option("--test", default=None, help="problem dataset to solve (default: the benchmark)")
-@click.option("--model", default="smollm2-135m-instruct", show_default=True, help="extractor, scorer, agent and base")
+@click.option("--model", default=SMOLLM2, show_default=True, help="extractor, scorer, agent and base")
 @click.option("--experiment", default=None)
-@click.option("--methods", default=",".join(("greedy", "sample", "random-candidate", "rationalyst-implicit",
-                                             "rationalyst-explicit")), show_default=True)
+@click.option("--methods", default=",".join(SOLVE_METHODS), show_default=True)
 @click.option("--limit", default=None, type=click.IntRange(1), help="solve at most this many problems")
 @click.option("--extract-limit", default=None, type=click.IntRange(1), help="annotate at most this many texts")
 @click.option("--extract-mode", type=click.Choice(["rewrite", "insert"]), default="rewrite", show_default=True)

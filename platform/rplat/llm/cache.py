@@ -1,30 +1,25 @@
-"""The generation cache: every generate/score call, keyed by (model fingerprint, prompt hash, sampling params, sample index).
+"""The generation cache: every generate and score call, stored once and replayed on a re-run.
 
-A job re-run after a crash finds what it already generated and asks the model only for the rest; two
-models never share an entry (the fingerprint is part of the key); sampled generations are cached per
-sample index, so asking for n=8 after n=4 generates only samples 4..7. Entries are content-addressed and
-shared across jobs; `job_id` records which job first produced each one (lineage).
+Keyed by (model fingerprint, prompt hash, sampling params, sample index), so a job re-run after a crash
+finds what it already generated and asks the model only for the rest; two models never share an entry (the
+fingerprint is part of the key); sampled generations are cached per sample index, so asking for n=8 after
+n=4 generates only samples 4..7. Entries are content-addressed and shared across jobs; `job_id` records
+which job first produced each one (lineage).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, select, tuple_
 
+from rplat.hashing import content_hash
 from rplat.llm import Backend, Completion, Message, Sampling
 from rplat.models import GenerationCache
 from rplat.store import insert_ignore, transaction
 
 SCORE_PARAMS = {"call": "score"}
-
-
-def _sha(obj: Any) -> str:
-    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class CachedBackend:
@@ -66,8 +61,8 @@ class CachedBackend:
                               ["model_fingerprint", "prompt_hash", "params_hash", "sample_index"])
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, n: int = 1) -> list[list[Completion]]:
-        params_hash = _sha(sampling.key())
-        hashes = [_sha(p) for p in prompts]
+        params_hash = content_hash(sampling.key())
+        hashes = [content_hash(p) for p in prompts]
         wanted = sorted({(h, i) for h in hashes for i in range(n)})
         found = self._lookup(params_hash, wanted)
         missing: dict[str, list[int]] = {}
@@ -102,8 +97,8 @@ class CachedBackend:
                           finish_reason=row.finish_reason or "stop", token_ids=tuple(row.token_ids or ()))
 
     def score(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
-        params_hash = _sha(SCORE_PARAMS)
-        hashes = [_sha([c, k]) for c, k in zip(contexts, continuations, strict=True)]
+        params_hash = content_hash(SCORE_PARAMS)
+        hashes = [content_hash(c, k) for c, k in zip(contexts, continuations, strict=True)]
         wanted = sorted({(h, 0) for h in hashes})
         found = self._lookup(params_hash, wanted)
         self.hits += len(found)

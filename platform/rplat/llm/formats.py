@@ -1,4 +1,4 @@
-"""The format registry: how a model format's files are checked, detected and attached to a base module.
+"""The format registry: how each model format's files are checked, detected and attached.
 
 `Model.format` names an entry here. A format whose loader has `attach` is an adapter format: its files are
 attached to a shared base module (unmerged) and switched on per call with `active`; the others (`base`,
@@ -63,10 +63,6 @@ def get_format(name: str) -> FormatLoader:
     if loader is None:
         raise UserError(f"unknown model format {name!r}; use one of {', '.join(sorted(_FORMATS))}.")
     return loader
-
-
-def format_names() -> list[str]:
-    return sorted(_FORMATS)
 
 
 def adapter_formats() -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The `hf` backend: a transformers causal LM in-process (CPU or GPU), batched, length-bucketed, left-padded.
+"""The `hf` backend: a transformers causal LM in-process, batched, length-bucketed, left-padded.
 
 This module is the plain reference path, written against public transformers API only: scoring is one
 left-padded forward pass per bucket of similar-length items, keeping logits only for the continuations;

@@ -1,4 +1,4 @@
-"""The one model loader: shared base modules with unmerged adapters, a bounded LRU, and the backends over them.
+"""The one model loader: shared bases with unmerged adapters, a bounded LRU, backends over them.
 
 `load(spec)` opens a registered model's module and tokenizer. `trainable=False` gives the shared module, kept
 in an LRU of base modules (at most RPLAT_MAX_LOADED_MODELS of them, default 2, and at most RPLAT_MAX_LOADED_BYTES

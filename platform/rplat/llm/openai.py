@@ -1,4 +1,4 @@
-"""The `openai` backend: any OpenAI-compatible completions server (vLLM, SGLang, hosted APIs) over HTTP.
+"""The `openai` backend: any OpenAI-compatible completions server (vLLM, SGLang, hosted APIs).
 
 Prompts are sent as token ids encoded by the model's own tokenizer (loaded from the registered model
 directory), so scoring covers exactly the continuation's tokens — the same tokens the `hf` backend scores —

@@ -1,1 +1,1 @@
-"""Pure methods of both papers: tensors and strings in, values out; nothing here knows about the database."""
+"""Pure methods of both papers: tensors and strings in, values out; no database in here."""

@@ -1,4 +1,4 @@
-"""Final answers: extract them from solutions and compare with math-verify (boxed, fractions, %, thousands separators).
+"""Final answers: extracted from solutions, compared with math-verify (boxed, fractions, %).
 
 The GSM8K `#### N` convention and the agent's "The answer is: N" ending are understood; so is the MATH
 `\\boxed{}` convention. Comparison is math-verify's, which treats 28,080 and 28080, 1/2 and 0.5, 50% and 0.5
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-END_PHRASES = ("the answer is", "the correct answer is")
 _GSM = re.compile(r"####\s*(.+)")
 _ANSWER_IS = re.compile(r"(?:the correct answer is|the answer is)(?: indeed)?\s*:?\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?")

@@ -1,4 +1,4 @@
-"""RATIONALYST A6, the pure parts of guided solving: prompts as chat turns, candidate scores, the choice.
+"""RATIONALYST A6, the pure parts of guided solving: chat prompts, candidate scores, the choice.
 
 The agent writes one step (one line) per assistant turn. Implicit supervision scores each candidate by its
 mean token log-prob under the scorer after an assistant turn "Rationale: r"; explicit supervision picks the
@@ -8,8 +8,18 @@ candidate whose own generated rationale is most likely and puts that rationale i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 from rplat.llm import Message
+
+# The solving methods, named as in the papers' tables: `sc` is self-consistency (n sampled trajectories,
+# majority vote). Every list of methods (job params, pipelines, the CLI) derives from these two.
+Baseline = Literal["greedy", "sc", "random-candidate"]
+Guided = Literal["rationalyst-implicit", "rationalyst-explicit"]
+SolveMethod = Literal[Baseline, Guided]
+BASELINES: tuple[str, ...] = get_args(Baseline)
+GUIDED: tuple[str, ...] = get_args(Guided)
+SOLVE_METHODS = BASELINES + GUIDED
 
 READY = "We are ready to output the final answer"
 

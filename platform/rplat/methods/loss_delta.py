@@ -1,8 +1,10 @@
-"""RATIONALYST A4: the loss delta of a rationale — how much it raises the discounted log-likelihood of what follows.
+"""RATIONALYST A4: the loss delta, how much a rationale raises the likelihood of what follows.
 
 S = sum_t gamma^(t + start) * log p(y_t | context), over the content tokens of `following`;
 delta = S_with - S_without; keep iff delta >= tau. The exponent starts at 0 (the filtering code's
 convention; `start=1` gives the older script's). Empty preceding, rationale or following is never kept.
+The two contexts are chat turns: the scorer's system prompt, then the preceding text as the user turn,
+without and with the rationale appended; `following` is scored as the assistant's reply.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rplat.llm import Message
+
 GAMMA = 0.9
-TAU_PRESETS = {"pile": 0.0, "default": 0.0, "gsm8k": 1.2, "ecqa": 0.5}
 
 
 @dataclass(frozen=True)
@@ -40,3 +43,17 @@ def loss_delta(lp_without: Sequence[float], lp_with: Sequence[float], *, gamma: 
     delta = s_with - s_without
     kept = spans_nonempty and len(lp_with) > 0 and delta >= tau
     return LossDelta(s_without, s_with, delta, kept)
+
+
+def scoring_contexts(system: str, preceding: str, rationale: str) -> tuple[list[Message], list[Message]]:
+    """The contexts `following` is scored after: without the rationale, and with it joined to the preceding
+    text by ". " (the reference code's join)."""
+    def context(user: str) -> list[Message]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    return context(preceding), context(f"{preceding}. {rationale}")
+
+
+def spans_nonempty(preceding: str, rationale: str, following: str) -> bool:
+    """Whether all three spans hold text: a rationale with an empty side is never kept."""
+    return bool(preceding.strip() and rationale.strip() and following.strip())

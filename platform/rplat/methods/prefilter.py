@@ -1,4 +1,4 @@
-"""RATIONALYST A1: preprocess text, embed, take the centroid of the reference set, keep documents close to it."""
+"""RATIONALYST A1: preprocess, embed, centroid of the reference set, keep documents near it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RATIONALYST A3: parse an extractor's output into (preceding, rationale, following) triples, and check fidelity.
+"""RATIONALYST A3: an extractor's output as (preceding, rationale, following) triples; fidelity.
 
 The extractor rewrites a document with implicit rationales inserted as `<BOT>rationale<EOT>`. Malformed
 outputs are common with small models, so the parser is a small state machine with defined behaviour:

@@ -1,4 +1,4 @@
-"""The `hf` backend's CPU fast paths, behind one switch (`HFBackend(fast=True)`, `RPLAT_HF_FAST=0` to force off).
+"""The `hf` backend's CPU fast paths behind one switch (`fast=True`; RPLAT_HF_FAST=0: off).
 
 - `prefix`: the prefix KV store (generation and scoring reuse what a backend encoded lately) and a KV cache
   that grows in place;

@@ -1,4 +1,4 @@
-"""CPU attention for the fast paths: grouped KV heads under a padding mask, and per-member packed rows.
+"""CPU attention for the fast paths: grouped KV heads under a padding mask, packed rows.
 
 Registered as an attention implementation of its own and switched on around a call (`gqa_attention`); any
 call it does not recognise goes to transformers' registered `sdpa` function unchanged.

@@ -1,4 +1,4 @@
-"""The one check of the transformers internals the hf fast paths rely on, run before they are first used.
+"""The one check of the transformers internals the fast paths rely on, run before first use.
 
 The fast paths subclass `transformers.cache_utils.DynamicLayer` (relying on how it initialises, appends and
 crops), read and switch `config._attn_implementation` around calls, register an attention function and its

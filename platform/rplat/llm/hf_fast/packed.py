@@ -1,4 +1,4 @@
-"""Packed scoring of items sharing a base context: the base is encoded once, the members' rests in one row.
+"""Packed scoring: a shared base context encoded once, the members' rests in one row.
 
 All rationales of one document share the system prompt and the document's text up to each of them, a
 rationale's two prompts share everything before it, a step's candidates share their whole context. The base

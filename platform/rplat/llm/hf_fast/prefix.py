@@ -1,4 +1,4 @@
-"""The prefix KV store and a KV cache that grows in place: prompts extending earlier ones are not encoded again.
+"""The prefix KV store and a growing KV cache: a prompt extending an earlier one is not re-encoded.
 
 Generation encodes each distinct prompt once however many samples it gets (its KV cache is copied n-fold),
 reusing the KV cache of the longest prefix of it encoded lately: a trajectory's previous step, the system

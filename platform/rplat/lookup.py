@@ -1,0 +1,34 @@
+"""Rows found by the names people type (experiments, datasets, job ids); a miss is one sentence."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rplat.errors import UserError
+from rplat.models import Dataset, Experiment, Job
+
+
+def experiment_id(session: Session, name: str) -> int:
+    found = session.scalar(select(Experiment.id).where(Experiment.name == name))
+    if found is None:
+        raise UserError(f"experiment {name!r} does not exist; create it with `rplat experiments add {name}` "
+                        "or see `rplat experiments ls`.")
+    return found
+
+
+def dataset_id(session: Session, name: str, kind: str) -> int:
+    """The id of the dataset `name`, which must hold `kind` (documents or problems)."""
+    found = session.execute(select(Dataset.id, Dataset.kind).where(Dataset.name == name)).first()
+    if found is None or found.kind != kind:
+        raise UserError(f"there is no {kind} dataset named {name!r}; import it with "
+                        f"`rplat import {kind} FILE --dataset {name}`.")
+    return found.id
+
+
+def job_of_kind(session: Session, job_id: int, kind: str, param: str = "job") -> Job:
+    """Job `job_id`, which must be a `kind` job; `param` names where the id came from in the message."""
+    job = session.get(Job, job_id)
+    if job is None or job.kind != kind:
+        raise UserError(f"{param} {job_id} is not a {kind} job; see `rplat jobs ls --kind {kind}`.")
+    return job
