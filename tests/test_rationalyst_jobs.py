@@ -122,12 +122,15 @@ def test_train_rationalyst_registers_an_adapter_with_its_lineage(db, tmp_path) -
         parent = s.scalar(select(ModelParent).where(ModelParent.model_id == adapter.id))
         splits = dict(s.execute(select(TrainingExample.split, func.count()).where(TrainingExample.job_id == train_job)
                                 .group_by(TrainingExample.split)).all())
-        steps = s.scalars(select(TrainingMetric.step).where(TrainingMetric.job_id == train_job)
-                          .order_by(TrainingMetric.step)).all()
+        metrics = s.execute(select(TrainingMetric.step, TrainingMetric.extra).where(TrainingMetric.job_id == train_job)
+                            .order_by(TrainingMetric.step)).all()
     assert adapter.format == "lora" and adapter.role == "rationalyst" and adapter.lora_r == 8
     assert parent.relation == "base" and adapter.name == f"rationalyst-job{train_job}"
     assert splits == {"train": 2, "eval": 1}  # 3 kept (the empty-preceding one never is), 1 held out
-    assert steps == [0, 1, 2]
+    assert [m.step for m in metrics] == [0, 1, 2]
+    # The held-out example's loss is measured after the last step (eval_every 50 > 3 steps) and is the result's.
+    assert [m.extra for m in metrics[:2]] == [None, None] and metrics[2].extra == {"eval_loss": job.result["eval_loss"]}
+    assert 0 < job.result["eval_loss"] < 20
     assert job.result["steps"] == 3 and job.result["model_id"] == adapter.id
 
 

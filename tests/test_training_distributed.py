@@ -1,5 +1,7 @@
-"""train-rationalyst with nproc=2 under torchrun: one process's loss curve, and a kill -9 of the runner takes its
-workers with it, after which another runner resumes under 2 processes at the checkpoint."""
+"""train-rationalyst with nproc=2 under torchrun: one process's curves, and resume after a kill -9.
+
+The loss curve matches one process's (DDP, and FSDP); a kill -9 of the runner takes its workers with it, after
+which another runner resumes under 2 processes at the checkpoint."""
 
 from __future__ import annotations
 
@@ -62,15 +64,18 @@ def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(db, tmp_
     single, _ = queue.enqueue("train-rationalyst", {**common, "adapter_name": "single"}, after=[score_job])
     double, _ = queue.enqueue("train-rationalyst", {**common, "adapter_name": "double", "nproc": 2},
                               after=[score_job])
-    runners("--max-jobs", "3").wait(timeout=HANG)
+    sharded, _ = queue.enqueue("train-rationalyst", {**common, "adapter_name": "sharded", "nproc": 2,
+                                                     "parallel": "fsdp"}, after=[score_job])
+    runners("--max-jobs", "4").wait(timeout=HANG)
     with transaction(db.engine()) as s:
-        for job_id in (single, double):
+        for job_id in (single, double, sharded):
             job = s.get(Job, job_id)
             assert job.status == "succeeded", job.error
         assert s.get(Job, double).result["nproc"] == 2
     one, two = _curve(db, single), _curve(db, double)
     assert [st for st, _, _ in two] == [st for st, _, _ in one] == list(range(STEPS))
     assert [loss for _, loss, _ in two] == pytest.approx([loss for _, loss, _ in one], abs=TOLERANCE)
+    assert [loss for _, loss, _ in _curve(db, sharded)] == pytest.approx([loss for _, loss, _ in one], abs=TOLERANCE)
     evals = [(st, ev) for st, _, ev in one if ev is not None]
     assert [st for st, _ in evals] == list(range(7, STEPS, 8))
     assert [ev for _, ev, in evals] == pytest.approx([ev for _, _, ev in two if ev is not None], abs=TOLERANCE)
