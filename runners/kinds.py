@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from rplat.bundled import SMOLLM2
 from rplat.kinds import JobKind, Params
 from rplat.methods.guided import GUIDED, SolveMethod
+from rplat.references import Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
 
 
@@ -22,17 +23,21 @@ class ProbeParams(Params):
 
 
 class PrefilterParams(Params):
-    documents: str = Field(description="name of the imported document dataset to score")
-    reference: list[str] = Field(min_length=1, description="problem datasets whose worked solutions form the reference")
+    documents: Annotated[str, Ref("dataset", kind="documents")] = Field(
+        description="name of the imported document dataset to score")
+    reference: Annotated[list[str], Ref("dataset", kind="problems")] = Field(
+        min_length=1, description="problem datasets whose worked solutions form the reference")
     threshold: float = Field(0.3, ge=-1, le=1, description="keep iff cosine to the reference centroid >= threshold")
     max_chars: int | None = Field(2000, gt=0, description="documents longer than this (characters) never pass")
     batch_size: int = Field(64, gt=0, le=4096, description="documents embedded and written per batch")
-    embed_model: str = Field(BUNDLED_EMBEDDER, description="registered embedding model")
+    embed_model: Annotated[str, Ref("model", primary=True)] = Field(
+        BUNDLED_EMBEDDER, description="registered embedding model")
     preprocess: bool = Field(True, description="lowercase, strip punctuation and stopwords before embedding")
 
 
 class ModelParams(Params):
-    model: str = Field(SMOLLM2, description="registered model (the bundled SmolLM2 by default)")
+    model: Annotated[str, Ref("model", primary=True)] = Field(
+        SMOLLM2, description="registered model (the bundled SmolLM2 by default)")
     backend: str = Field("hf", pattern="^(hf|openai)$", description="hf (in-process) or openai (a server)")
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL, for backend=openai")
     batch_size: int = Field(8, gt=0, le=1024, description="items per model call and per committed batch")
@@ -40,9 +45,12 @@ class ModelParams(Params):
 
 
 class ExtractParams(ModelParams):
-    documents: str | None = Field(None, description="document dataset to annotate")
-    prefilter_job: int | None = Field(None, description="only documents that passed this prefilter job")
-    problems: str | None = Field(None, description="problem dataset whose worked solutions to annotate")
+    documents: Annotated[str | None, Ref("dataset", kind="documents")] = Field(
+        None, description="document dataset to annotate")
+    prefilter_job: Annotated[int | None, Ref("job", kind="prefilter")] = Field(
+        None, description="only documents that passed this prefilter job")
+    problems: Annotated[str | None, Ref("dataset", kind="problems")] = Field(
+        None, description="problem dataset whose worked solutions to annotate")
     temperature: float = Field(0.0, ge=0, description="extractor sampling temperature (reference: 0)")
     max_tokens: int = Field(512, gt=0, description="extractor output budget (reference: 3000)")
     seed: int = Field(14, description="sampling seed (reference: 14)")
@@ -52,20 +60,32 @@ class ExtractParams(ModelParams):
         "insert: one rationale generated per unit boundary, text kept verbatim (robust for small models)")
     max_units: int = Field(12, gt=1, description="insert mode: at most this many units (lines/sentences) per text")
 
+    def prompt_templates(self) -> tuple[str, ...]:
+        if self.mode == "insert":
+            return ("extract-insert",)
+        documents = ("extract-pile",) if self.documents is not None or self.prefilter_job is not None else ()
+        return documents + (("extract-reasoning",) if self.problems is not None else ())
+
 
 class ScoreParams(ModelParams):
-    extract_job: int = Field(description="the extract-rationales job whose rationales to score")
+    extract_job: Annotated[int, Ref("job", kind="extract-rationales")] = Field(
+        description="the extract-rationales job whose rationales to score")
     gamma: float = Field(0.9, gt=0, le=1, description="discount of the following tokens")
     tau: float = Field(0.0, description="keep iff loss delta >= tau (sources without their own tau)")
     tau_by_source: dict[str, float] = Field(default_factory=dict,
                                             description='per-source tau, e.g. {"gsm8k": 1.2, "ecqa": 0.5}')
     batch_size: int = Field(64, gt=0, le=1024, description="rationales scored per model call (a document's share one encoding)")
 
+    def prompt_templates(self) -> tuple[str, ...]:
+        return ("score-future",)
+
 
 class TrainRationalystParams(Params):
-    score_job: int = Field(description="the score-rationales job whose kept rationales to train on")
-    model: str = Field(SMOLLM2, description="base model to fine-tune")
-    adapter_name: str | None = Field(None, description="registry name of the result (default rationalyst-job<ID>)")
+    score_job: Annotated[int, Ref("job", kind="score-rationales")] = Field(
+        description="the score-rationales job whose kept rationales to train on")
+    model: Annotated[str, Ref("model", primary=True)] = Field(SMOLLM2, description="base model to fine-tune")
+    adapter_name: Annotated[str | None, Makes("rationalyst-job{job_id}")] = Field(
+        None, description="registry name of the result (default rationalyst-job<ID>)")
     lora: bool = Field(True, description="train a LoRA adapter (False: full fine-tune)")
     lora_r: int = Field(8, gt=0)
     lora_alpha: float = Field(16.0, gt=0)
@@ -98,11 +118,14 @@ class TrainRationalystParams(Params):
 
 
 class SolveParams(ModelParams):
-    problems: str = Field(description="problem dataset to solve")
+    problems: Annotated[str, Ref("dataset", kind="problems")] = Field(description="problem dataset to solve")
     method: SolveMethod = Field("greedy", description="how each next step is chosen")
-    rationalyst: str | None = Field(None, description="rationale model (adapter) for rationalyst-* methods")
-    scorer: str | None = Field(None, description="scorer LM for rationalyst-implicit (default: the agent model)")
-    fewshot: str | None = Field(None, description="problem dataset whose worked solutions are the demonstrations")
+    rationalyst: Annotated[str | None, Ref("model")] = Field(
+        None, description="rationale model (adapter) for rationalyst-* methods")
+    scorer: Annotated[str | None, Ref("model")] = Field(
+        None, description="scorer LM for rationalyst-implicit (default: the agent model)")
+    fewshot: Annotated[str | None, Ref("dataset", kind="problems")] = Field(
+        None, description="problem dataset whose worked solutions are the demonstrations")
     n_fewshot: int = Field(4, ge=0, description="demonstrations drawn from `fewshot` (reference GSM8K: 9)")
     n_candidates: int = Field(3, gt=0, description="candidate next steps per step (reference: 3)")
     n_samples: int = Field(8, gt=0, description="independent trajectories per problem for method=sc")
@@ -126,9 +149,13 @@ class SolveParams(ModelParams):
             raise ValueError(f"method {self.method} needs a rationalyst model (--param rationalyst=NAME)")
         return self
 
+    def prompt_templates(self) -> tuple[str, ...]:
+        return ("agent-gsm8k", "implicit-scorer") if self.method == "rationalyst-implicit" else ("agent-gsm8k",)
+
 
 class EvaluateParams(Params):
-    solve_job: int = Field(description="the solve job whose trajectories to check")
+    solve_job: Annotated[int, Ref("job", kind="solve", primary=True)] = Field(
+        description="the solve job whose trajectories to check")
 
 
 PROBE = JobKind("probe", ProbeParams, "rplat.runners.probe:run",

@@ -321,7 +321,10 @@ class Runner:
                 self._current = ctx
             result = kind.load_handler()(ctx, params)
             self.queue.complete(job.id, job.lease_token, result, ctx.current_progress)
+            # Lineage: a model a parent registered is known now, a bundled one once the handler registered it.
+            self.queue.resolve_model(job)
             state = "succeeded"
+            self.queue.resolve_model(job)
         except JobCancelled:
             self.queue.finish_cancelled(job.id, job.lease_token, runner=self.name)
             state = "cancelled"

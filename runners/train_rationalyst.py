@@ -23,6 +23,7 @@ from rplat.errors import UserError
 from rplat.llm.load import base_of, load, prepare_backend
 from rplat.lookup import job_of_kind
 from rplat.models import Rationale, RationaleScore, TrainingExample
+from rplat.references import made_model
 from rplat.registry import get_model, register_model
 from rplat.runners.context import JobContext
 from rplat.runners.distributed import is_main_process, launch
@@ -114,7 +115,8 @@ def fit(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
     if not is_main_process():
         return {}
 
-    name = p.adapter_name or f"rationalyst-job{ctx.job_id}"
+    name = made_model("train-rationalyst", p.model_dump(mode="json"), ctx.job_id)
+    assert name is not None  # adapter_name is marked Makes(...): the name enqueue checks found for later jobs
     out = ctx.home / "artifacts" / "models" / name
     tmp = out.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -97,8 +97,8 @@ def seed(store: Store) -> Store:
                                  lp_without=[s_without], lp_with=[s_with], gamma=0.9, s_without=s_without,
                                  s_with=s_with, loss_delta=s_with - s_without, tau=0.1, kept=kept))
 
-        greedy = _job(s, "solve", exp, params={"method": "greedy", "model": "tiny"})
-        sample = _job(s, "solve", exp, params={"method": "sample", "model": "tiny"})
+        greedy = _job(s, "solve", exp, params={"method": "greedy", "model": "tiny"}, model_id=model.id)
+        sample = _job(s, "solve", exp, params={"method": "sample", "model": "tiny"}, model_id=model.id)
         trajectory = SolveTrajectory(job_id=greedy.id, problem_id=problems[0].id, method="greedy",
                                      final_text="5", prediction="5", normalized_pred="5", correct=True,
                                      n_steps=1, stopped_reason="answer")

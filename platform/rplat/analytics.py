@@ -79,7 +79,7 @@ SELECT run_a, run_b, job_id_a, method_a, model_a, experiment_a, job_id_b, method
 FROM pairs
 GROUP BY ALL""",
     "step_candidates": """
-SELECT c.job_id, x.name AS experiment, t.method, json_extract_string(j.params, '$.model') AS model,
+SELECT c.job_id, x.name AS experiment, t.method, m.name AS model,
        t.id AS trajectory_id, t.problem_id, p.external_id AS problem, t.sample_idx, s.step_idx,
        s.rationale_text AS rationale, s.rationale_mean_logprob, c.candidate_idx, c.text AS candidate, c.score,
        CAST(c.chosen AS BOOLEAN) AS chosen
@@ -88,7 +88,8 @@ JOIN store.steps s ON s.id = c.step_id
 JOIN store.solve_trajectories t ON t.id = s.trajectory_id
 JOIN store.problems p ON p.id = t.problem_id
 JOIN store.jobs j ON j.id = c.job_id
-LEFT JOIN store.experiments x ON x.id = j.experiment_id""",
+LEFT JOIN store.experiments x ON x.id = j.experiment_id
+LEFT JOIN store.models m ON m.id = j.model_id""",
     "chains": """
 SELECT c.job_id, x.name AS experiment, c.id AS chain_id, c.problem_id, p.external_id AS problem, p.subject, p.level,
        c.teacher, c.sample_idx, c.text AS chain, c.extracted_answer, p.answer AS gold, c.label, c.n_chars

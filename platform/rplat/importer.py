@@ -2,7 +2,8 @@
 
 Every record is validated before anything is written; the first bad record stops the import with one
 sentence naming the file and line (Parquet: row). The rows, the dataset and an `import` job that records
-the file's sha256 and field mapping (so imported rows have lineage like derived ones) go in one transaction.
+the file's sha256 and field mapping (so imported rows have lineage like derived ones; recorded through the queue,
+the only writer of jobs) go in one transaction.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, String, Table, insert, select
+from sqlalchemy import Engine, String, Table, select
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
 from rplat.hashing import content_hash, file_sha256
-from rplat.models import Dataset, Document, Job, Problem, utcnow
+from rplat.models import Dataset, Document, Problem
+from rplat.queue import Queue
 from rplat.store import transaction
 
 BATCH = 5000
@@ -214,24 +216,18 @@ def import_file(engine: Engine, path: Path, dataset: str, fmap: FieldMap, *, app
             raise UserError(f"dataset {dataset!r} already exists; choose another --dataset or pass --append.")
         if ds is not None and ds.kind != fmap.kind:
             raise UserError(f"dataset {dataset!r} holds {ds.kind}, not {fmap.kind}; choose another --dataset.")
-        now = utcnow()
-        job_id = session.scalar(insert(Job).values(
-            kind=f"import-{fmap.kind}", status="succeeded", attempts=1, max_attempts=1, lease_token=0,
-            cancel_requested=False, priority=0, created_at=now, not_before=now, started_at=now, finished_at=now,
-            params={"file": str(path.resolve()), "sha256": sha256, "dataset": dataset,
-                    "id_field": fmap.id, "fields": {**fmap.required, **fmap.optional}, "constants": fmap.constants},
-            progress_done=len(rows), progress_total=len(rows),
-        ).returning(Job.id))
+        existing = set() if ds is None else set(
+            session.scalars(select(table.c.external_id).where(table.c.dataset_id == ds.id)).all())
+        fresh = [r for r in rows if r[0] not in existing]
+        result = {"dataset": dataset, "kind": fmap.kind, "read": len(rows), "imported": len(fresh),
+                  "already_present": len(rows) - len(fresh)}
+        job_id = Queue.record_done(session, f"import-{fmap.kind}", {
+            "file": str(path.resolve()), "sha256": sha256, "dataset": dataset, "id_field": fmap.id,
+            "fields": {**fmap.required, **fmap.optional}, "constants": fmap.constants}, result, items=len(rows))
         if ds is None:
             ds = Dataset(name=dataset, kind=fmap.kind, source=str(path.resolve()), job_id=job_id)
             session.add(ds)
             session.flush()
-            existing: set[str] = set()
-        else:
-            existing = set(session.scalars(select(table.c.external_id).where(table.c.dataset_id == ds.id)).all())
-        fresh = [(ds.id, job_id, *r) for r in rows if r[0] not in existing]
-        _insert_rows(session, table, ["dataset_id", "job_id", *columns], fresh, progress)
-        summary = {"dataset": dataset, "kind": fmap.kind, "job_id": job_id, "read": len(rows),
-                   "imported": len(fresh), "already_present": len(rows) - len(fresh)}
-        session.execute(Job.__table__.update().where(Job.id == job_id).values(result=summary))
-    return summary
+        _insert_rows(session, table, ["dataset_id", "job_id", *columns], [(ds.id, job_id, *r) for r in fresh],
+                     progress)
+    return {**result, "job_id": job_id}

@@ -25,6 +25,10 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def prompt_templates(self) -> tuple[str, ...]:
+        """The names of the prompt templates (rplat.prompts.TEMPLATES) a job with these params uses, main first."""
+        return ()
+
 
 @dataclass(frozen=True)
 class JobKind:

@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from rplat import kinds
+from rplat import kinds, references
 from rplat.errors import LeaseLost, UserError
 from rplat.hashing import content_hash
 from rplat.lookup import experiment_id as find_experiment
@@ -355,13 +355,15 @@ class Queue:
                 raise UserError(f"--after names job {missing[0]}, which does not exist; see `rplat jobs ls`.")
         else:
             found = {}
+        lineage = references.check(session, kind, validated, parents)
         gpus = gpus_needed(kind, gpus)
         if dedupe and dedupe_key is None:
             dedupe_key = default_dedupe_key(kind, validated, experiment_id, parents, host, gpus)
         values = dict(
             kind=kind, params=validated, experiment_id=experiment_id, priority=priority, max_attempts=max_attempts,
             gpus=gpus,
-            dedupe_key=dedupe_key if dedupe else None, model_id=model_id, target_host=host, status="queued", attempts=0,
+            dedupe_key=dedupe_key if dedupe else None, model_id=model_id if model_id is not None else lineage.model_id,
+            prompt_template_id=lineage.prompt_template_id, target_host=host, status="queued", attempts=0,
             lease_token=0, cancel_requested=False, progress_done=0,
             created_at=_now(session), not_before=_now(session),
         )
@@ -384,6 +386,30 @@ class Queue:
                 status="cancelled", error=reason, finished_at=_now(session)))
             record_event(session, job_id, "cancelled", reason)
         return job_id, True
+
+    @staticmethod
+    def record_done(session: Session, kind: str, params: dict[str, Any], result: dict[str, Any], *, items: int = 0
+                    ) -> int:
+        """Record a job its caller did itself (an import), in the caller's transaction so that the job and the rows
+        carrying its id commit together or not at all: succeeded on its one attempt, `items` its progress."""
+        now = _now(session)
+        return session.scalar(insert(Job).values(
+            kind=kind, params=params, result=result, status="succeeded", attempts=1, max_attempts=1, lease_token=0,
+            cancel_requested=False, priority=0, created_at=now, not_before=now, started_at=now, finished_at=now,
+            progress_done=items, progress_total=items).returning(Job.id))
+
+    def resolve_model(self, job: ClaimedJob) -> None:
+        """Record the model a running job runs once it is registered (by a parent job, or a bundled model on first
+        use); fenced on the lease, and nothing to do if it is known already or not registered yet."""
+        if not references.has_primary(job.kind):
+            return
+        with transaction(self.engine) as session:
+            if session.scalar(select(Job.model_id).where(Job.id == job.id)) is not None:
+                return
+            model_id = references.model_of(session, job.kind, job.params)
+            if model_id is not None:
+                session.execute(update(Job).where(Job.id == job.id, Job.lease_token == job.lease_token,
+                                                  Job.model_id.is_(None)).values(model_id=model_id))
 
     # --- claim, lease, fence -----------------------------------------------------------------------
 
