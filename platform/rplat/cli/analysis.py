@@ -1,4 +1,4 @@
-"""`rplat sql`, `rplat report` and `rplat dashboard`: read what the jobs wrote."""
+"""`rplat sql`, `rplat explain`, `rplat report` and `rplat dashboard`: read what the jobs wrote."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import click
 from rplat.cli._common import cli, emit, open_store, table
 from rplat.config import get_settings
 from rplat.errors import UserError
+from rplat.store import transaction
 
 # --- sql -----------------------------------------------------------------------------------------
 
@@ -58,6 +59,29 @@ def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool) -> Non
         return
     emit([dict(zip(columns, row, strict=True)) for row in rows], columns, as_json)
 
+
+
+# --- explain -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("table_name", metavar="TABLE")
+@click.argument("row_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="print the tree as JSON for scripts")
+def explain(table_name: str, row_id: int, as_json: bool) -> None:
+    """Where row ID of TABLE came from: its job (params, parents), models, prompt template and inputs.
+
+    \b
+    rplat explain rationale_scores 12
+    rplat explain predictions 40 --json
+    """
+    from rplat.lineage import explain as explain_row
+    from rplat.lineage import render
+
+    engine = open_store()
+    with transaction(engine.execution_options(rplat_readonly=True)) as session:
+        tree = explain_row(session, table_name, row_id)
+    click.echo(json.dumps(tree, default=str) if as_json else render(tree))
 
 
 # --- reports --------------------------------------------------------------------------------------
