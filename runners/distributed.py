@@ -84,6 +84,13 @@ def _free_port() -> int:
 def launch(ctx: JobContext, target: str, nproc: int) -> dict[str, Any]:
     """Run `target` ("module:function", called as function(ctx, params)) on `nproc` torchrun workers of this job
     and return rank 0's result; a worker's UserError or lost lease is raised here as such."""
+    import torch
+
+    # The runner gives a job its GPUs through CUDA_VISIBLE_DEVICES; one process per GPU.
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise UserError(f"job {ctx.job_id} asks for nproc={nproc} but sees {torch.cuda.device_count()} GPU(s) "
+                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); lower nproc "
+                        "or give the job more GPUs.")
     run_dir = ctx.home / "runs" / f"job-{ctx.job_id}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)

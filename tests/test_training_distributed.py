@@ -109,3 +109,21 @@ def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(db, tmp_
     assert [loss for _, loss, _ in again] == pytest.approx([loss for _, loss, _ in two], rel=1e-6)
     assert [ev for _, _, ev in again if ev is not None] == pytest.approx([ev for _, _, ev in two if ev is not None],
                                                                          rel=1e-6)
+
+
+def test_cancelling_a_two_process_job_stops_its_workers(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+    extract_job = seed_rationales(db, tmp_path, 8)
+    queue = Queue(db.engine())
+    score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
+    job_id, _ = queue.enqueue("train-rationalyst", {**COMMON, "score_job": score_job, "nproc": 2, "epochs": 10000,
+                                                    "max_steps": 100000}, after=[score_job])
+    runner = runners("--max-jobs", "2")
+    run_dir = db.home / "runs" / f"job-{job_id}"
+    wait_for(lambda: count_rows(db, TrainingMetric, job_id) >= 8, "the first checkpoint")
+    assert len(_processes_of(run_dir)) == 3
+    queue.cancel(job_id)
+    wait_for(lambda: runner.poll() is not None, "the runner to finish the cancelled job")
+    with transaction(db.engine()) as s:
+        job = s.get(Job, job_id)
+    assert job.status == "cancelled" and job.progress_done is not None and 8 <= job.progress_done < 100000
+    wait_for(lambda: not _processes_of(run_dir), "the workers to stop")  # killed ones may take a moment to go
