@@ -169,6 +169,6 @@ SCORE = JobKind("score-rationales", ScoreParams, "rplat.runners.rationalyst:scor
 TRAIN_RATIONALYST = JobKind("train-rationalyst", TrainRationalystParams, "rplat.runners.train_rationalyst:run",
                             "Fine-tune a rationale model: preceding text -> rationale, loss on the rationale (A5).")
 SOLVE = JobKind("solve", SolveParams, "rplat.runners.solve:run",
-                "Solve problems step by step: greedy, sampling, random candidate, or RATIONALYST-guided (A6).")
+                "Solve problems step by step: greedy, sc (self-consistency), random candidate, RATIONALYST-guided (A6).")
 EVALUATE = JobKind("evaluate", EvaluateParams, "rplat.runners.solve:evaluate",
                    "Check a solve job's answers (math-verify): predictions, self-consistency, micro accuracy per subject.")

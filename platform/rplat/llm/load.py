@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import hashlib
 import itertools
 import os
 import threading
@@ -31,6 +30,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
+from rplat.hashing import content_hash
 from rplat.llm import Backend, Completion, Message, Sampling
 from rplat.llm.formats import adapter_formats, get_format
 from rplat.models import Model, ModelParent
@@ -384,7 +384,7 @@ def effective_fingerprint(session: Session, model: Model) -> str:
     """Base and adapter weights together: the same adapter on two bases is two cache identities."""
     if model.format not in adapter_formats():
         return model.fingerprint
-    return hashlib.sha256(f"{base_of(session, model).fingerprint}+{model.fingerprint}".encode()).hexdigest()
+    return content_hash(base_of(session, model).fingerprint, model.fingerprint)
 
 
 def resolve_backend(session: Session, name: str, *, backend: str = "hf", endpoint: str | None = None,

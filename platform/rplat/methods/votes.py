@@ -60,7 +60,7 @@ def micro_accuracy(credits: Iterable[tuple[str | None, float]]) -> dict[str, Acc
     n: dict[str, int] = defaultdict(int)
     correct: dict[str, float] = defaultdict(float)
     for subject, credit in credits:
-        for key in {OVERALL, subject or OVERALL}:
+        for key in (subject, OVERALL) if subject and subject != OVERALL else (OVERALL,):
             n[key] += 1
             correct[key] += credit
     return {key: Accuracy(n[key], correct[key]) for key in n}
