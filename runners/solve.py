@@ -12,9 +12,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import BackendSpec, prepare_backend
@@ -248,7 +250,11 @@ def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
 
 def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
     with ctx.read() as s:
-        solved = SolveParams.model_validate(job_of_kind(s, p.solve_job, "solve", "solve_job").params)
+        try:
+            solved = SolveParams.model_validate(job_of_kind(s, p.solve_job, "solve", "solve_job").params)
+        except ValidationError as exc:
+            raise UserError(f"solve_job {p.solve_job}'s stored params no longer fit kind 'solve': "
+                            f"{exc.errors()[0]['msg']}; evaluate a solve job enqueued by this version.") from None
         model_id = get_model(s, solved.model).id
         rows = s.execute(select(SolveTrajectory.problem_id, SolveTrajectory.normalized_pred, SolveTrajectory.prediction,
                                 Problem.answer, Problem.subject)

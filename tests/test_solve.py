@@ -179,3 +179,18 @@ def test_evaluate_votes_an_old_sample_job_as_sc_with_tie_credit_and_micro_accura
             select(Evaluation).where(Evaluation.job_id == eval_job))}
     assert got == [("sc", "7", 2.0, 1, 1.0, True), ("sc", "3", 1.0, 2, 0.5, False), ("sc", "6", 1.0, 1, 0.0, False)]
     assert accuracy == {"algebra": ("sc", 2, 1.5, 0.75), "geometry": ("sc", 1, 0.0, 0.0), "all": ("sc", 3, 1.5, 0.5)}
+
+
+def test_evaluating_a_solve_job_whose_params_no_longer_fit_fails_with_one_sentence(db) -> None:  # type: ignore[no-untyped-def]
+    with transaction(db.engine()) as s:
+        solve = Job(kind="solve", status="succeeded", params={"problems": "gsm", "method": "beam-search"})
+        s.add(solve)
+        s.flush()
+        solve_id = solve.id
+    queue = Queue(db.engine())
+    eval_job, _ = queue.enqueue("evaluate", {"solve_job": solve_id})
+    Runner(queue, db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+    with transaction(db.engine()) as s:
+        job = s.get(Job, eval_job)
+        assert job.status == "failed" and job.attempts == 1
+        assert job.error.startswith(f"solve_job {solve_id}'s stored params no longer fit kind 'solve': ")
