@@ -261,9 +261,11 @@ class Runner:
             self._children[job.id] = child
         on = f"devices {','.join(job.devices)}" if job.devices else "no device"
         self.echo(f"job {job.id} ({job.kind}): in process {proc.pid} on {on}")
-        # The order goes through stdin: the URL may hold a password, which a command line would show to `ps`.
-        proc.stdin.write(json.dumps(order).encode())
-        proc.stdin.close()
+        # The order goes through stdin: the URL may hold a password, which a command line would show to `ps`. A
+        # child that died before reading it is settled like any other that ended early.
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(json.dumps(order).encode())
+            proc.stdin.close()
         threading.Thread(target=self._watch, args=(proc,), name=f"rplat-job-{job.id}", daemon=True).start()
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> None:
