@@ -254,6 +254,11 @@ def _no_sync(wrapped: torch.nn.Module, *, last: bool) -> Iterator[None]:
         yield
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable weights, whole and on the CPU, in rank 0 (call it on every rank: FSDP gathers the shards)."""
+    return get_model_state_dict(model, options=_SAVE)
+
+
 def check_checkpoint_keys(saved: Sequence[str], model_keys: Sequence[str], may_be_absent: Callable[[str], bool]
                           ) -> None:
     """Strict loading with named exceptions: every model key not allowed to be absent must be in the checkpoint,
@@ -311,7 +316,8 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any], c
         if len(state["rng"]) == world:
             _set_rng_state(state["rng"][rank])
         elif main:
-            host.log(f"checkpoint was written by {len(state['rng'])} processes, not {world}: random state reseeded")
+            host.log(f"the checkpoint was written by {len(state['rng'])} processes, not {world}: fresh random "
+                     "states, so dropout masks differ from an uninterrupted run")
         if main:
             host.log(f"resumed training at step {start} of {steps}")
     pending: list[StepMetric] = []
@@ -330,7 +336,7 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any], c
     def checkpoint(step: int) -> None:
         # Collectives first (FSDP gathers shards, every rank's RNG goes to rank 0), then rank 0 writes. Metrics
         # before the checkpoint: a crash in between re-runs those steps, whose rows are then written again.
-        state = {"model": get_model_state_dict(wrapped, options=_SAVE),
+        state = {"model": trainable_state(wrapped),
                  "optimizer": get_optimizer_state_dict(wrapped, optimizer, options=_SAVE),
                  "scheduler": scheduler.state_dict(), "rng": _all_rng_states(world), "config": asdict(cfg)}
         if main:
@@ -349,9 +355,9 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any], c
         mine = mine or global_batch[:1]
         batches = [{k: v.to(device) for k, v in objective.collate([examples[i] for i in mine[j:j + cfg.batch_size]])
                     .items()} for j in range(0, len(mine), cfg.batch_size)]
-        units = _all_sum([weight * sum(objective.units(b) for b in batches)], device, world)[0]
+        units = _all_sum([weight * sum(objective.units(b) for b in batches)], device, world)[0] or 1.0
         # DDP and FSDP average gradients over the ranks: times world, the sum over ranks is the global loss's.
-        scale = weight * world / (units if units > 0 else 1.0)
+        scale = weight * world / units
         sums: dict[str, float] = {}
         for j, batch in enumerate(batches):
             with _no_sync(wrapped, last=j == len(batches) - 1):
@@ -367,9 +373,8 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any], c
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
-        per_unit = {k: v / (units if units > 0 else 1.0) for k, v in reduced.items()}
-        last_loss = per_unit.pop("loss")
-        extra: dict[str, float] = dict(per_unit)
+        extra = {k: v / units for k, v in reduced.items()}
+        last_loss = extra.pop("loss")
         if eval_fn is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == steps):
             final_eval = evaluate()
             extra.update(final_eval)

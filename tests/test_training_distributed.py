@@ -5,6 +5,7 @@ which another runner resumes under 2 processes at the checkpoint."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -22,10 +23,13 @@ from rplat.store import transaction
 pytestmark = pytest.mark.slow
 
 # Absolute, per step: two processes add the same per-token terms in another order (and all-reduce them), so the
-# float sums differ in the last bits; the largest difference measured over these 80 steps was 7.1e-7.
+# float sums differ in the last bits; the largest difference measured over 80 such steps was 7.1e-7.
 TOLERANCE = 1e-4
-STEPS = 80
-COMMON = {"model": "tiny", "max_steps": STEPS, "epochs": 40, "batch_size": 2, "grad_accum": 2, "checkpoint_every": 8,
+# 25 rationales, 2 held out, 23 trained on for 15 epochs in global batches of 4: the last step has one example,
+# so the second rank runs a zero-weight one.
+RATIONALES = 25
+STEPS = math.ceil(15 * 23 / 4)
+COMMON = {"model": "tiny", "epochs": 15, "batch_size": 2, "grad_accum": 2, "checkpoint_every": 8,
           "eval_fraction": 0.1, "eval_every": 8, "lr": 1e-3, "lora_dropout": 0.0}
 
 
@@ -57,7 +61,7 @@ def _curve(db, job_id: int) -> list[tuple[int, float, float | None]]:  # type: i
 
 
 def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
-    extract_job = seed_rationales(db, tmp_path, 24)
+    extract_job = seed_rationales(db, tmp_path, RATIONALES)
     queue = Queue(db.engine())
     score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
     common = {**COMMON, "score_job": score_job}
@@ -71,13 +75,13 @@ def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(db, tmp_
         for job_id in (single, double, sharded):
             job = s.get(Job, job_id)
             assert job.status == "succeeded", job.error
-        assert s.get(Job, double).result["nproc"] == 2
+        assert s.get(Job, double).result["nproc"] == 2 and s.get(Job, double).result["train_examples"] == 23
     one, two = _curve(db, single), _curve(db, double)
     assert [st for st, _, _ in two] == [st for st, _, _ in one] == list(range(STEPS))
     assert [loss for _, loss, _ in two] == pytest.approx([loss for _, loss, _ in one], abs=TOLERANCE)
     assert [loss for _, loss, _ in _curve(db, sharded)] == pytest.approx([loss for _, loss, _ in one], abs=TOLERANCE)
     evals = [(st, ev) for st, _, ev in one if ev is not None]
-    assert [st for st, _ in evals] == list(range(7, STEPS, 8))
+    assert [st for st, _ in evals] == [*range(7, STEPS, 8), STEPS - 1]
     assert [ev for _, ev, in evals] == pytest.approx([ev for _, _, ev in two if ev is not None], abs=TOLERANCE)
 
     crashed, _ = queue.enqueue("train-rationalyst", {**common, "adapter_name": "crashed", "nproc": 2},
@@ -115,8 +119,7 @@ def test_cancelling_a_two_process_job_stops_its_workers(db, tmp_path, runners) -
     extract_job = seed_rationales(db, tmp_path, 8)
     queue = Queue(db.engine())
     score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
-    job_id, _ = queue.enqueue("train-rationalyst", {**COMMON, "score_job": score_job, "nproc": 2, "epochs": 10000,
-                                                    "max_steps": 100000}, after=[score_job])
+    job_id, _ = queue.enqueue("train-rationalyst", {**COMMON, "score_job": score_job, "nproc": 2, "epochs": 10000}, after=[score_job])
     runner = runners("--max-jobs", "2")
     run_dir = db.home / "runs" / f"job-{job_id}"
     wait_for(lambda: count_rows(db, TrainingMetric, job_id) >= 8, "the first checkpoint")
@@ -125,5 +128,5 @@ def test_cancelling_a_two_process_job_stops_its_workers(db, tmp_path, runners) -
     wait_for(lambda: runner.poll() is not None, "the runner to finish the cancelled job")
     with transaction(db.engine()) as s:
         job = s.get(Job, job_id)
-    assert job.status == "cancelled" and job.progress_done is not None and 8 <= job.progress_done < 100000
+    assert job.status == "cancelled" and job.progress_done is not None and 8 <= job.progress_done < job.progress_total
     wait_for(lambda: not _processes_of(run_dir), "the workers to stop")  # killed ones may take a moment to go
