@@ -157,7 +157,7 @@ def _outcome(run_dir: Path, code: int, log_path: Path) -> dict[str, Any]:
 # --- the processes' side ----------------------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Be killed when `parent` dies: Linux's PR_SET_PDEATHSIG, elsewhere a watchdog thread; exit at once if the
     parent is already gone (it may have died before the request was made)."""
     if sys.platform.startswith("linux"):
@@ -178,7 +178,7 @@ def _die_with_parent(parent: int) -> None:
 def _agent(parent: int, torchrun_args: list[str]) -> None:
     from torch.distributed.run import main as torchrun
 
-    _die_with_parent(parent)
+    die_with_parent(parent)
     os.environ[AGENT_PID] = str(os.getpid())
     torchrun(torchrun_args)
 
@@ -192,7 +192,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    _die_with_parent(int(os.environ[AGENT_PID]))
+    die_with_parent(int(os.environ[AGENT_PID]))
     rank = int(os.environ["RANK"])
     run_dir = Path(args.run_dir)
     if torch.cuda.is_available():

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from rplat.config import get_settings
 from rplat.queue import ClaimedJob, Queue
-from rplat.runners.distributed import _die_with_parent
+from rplat.runners.distributed import die_with_parent
 from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import get_engine
 
 
 def main() -> None:
     order = json.loads(sys.stdin.read())
-    _die_with_parent(order["parent"])
+    die_with_parent(order["parent"])
     job = ClaimedJob(**{**order["job"], "devices": tuple(order["job"]["devices"])})
     queue = Queue(get_engine(order["url"]), retry_base_seconds=get_settings().retry_base_seconds)
     options = RunnerOptions(name=order["runner"], lease_seconds=order["lease_seconds"], gpus=list(job.devices))
