@@ -321,12 +321,12 @@ class Runner:
             ctx = JobContext(job, params, self.queue, self.home, self.name, self.stopping)
             with self._lock:
                 self._current = ctx
-            result = kind.load_handler()(ctx, params)
-            self.queue.complete(job.id, job.lease_token, result, ctx.current_progress)
             # Lineage: a model a parent registered is known now, a bundled one once the handler registered it.
             self.queue.resolve_model(job)
-            state = "succeeded"
+            result = kind.load_handler()(ctx, params)
             self.queue.resolve_model(job)
+            self.queue.complete(job.id, job.lease_token, result, ctx.current_progress)
+            state = "succeeded"
         except JobCancelled:
             self.queue.finish_cancelled(job.id, job.lease_token, runner=self.name)
             state = "cancelled"

@@ -21,6 +21,7 @@ from rplat.models import Experiment
 from rplat.store import transaction
 
 DOCS = FieldMap("documents", None, {"text": "text"}, {}, {"source": None, "split": None})
+PROBLEMS = FieldMap("problems", None, {"question": "question"}, {"answer": "answer"})
 
 
 def snapshot(store: Store) -> dict[str, list[str]]:
@@ -147,6 +148,26 @@ def existing_experiment(store: Store) -> None:
         session.add(Experiment(name="baseline"))
 
 
+def tiny_and_gsm(store: Store) -> None:
+    """A registered model `tiny` and a problems dataset `gsm`."""
+    from rplat.registry import register_model
+
+    from tiny_lm import save_tiny
+
+    with transaction(store.engine()) as session:
+        register_model(session, "tiny", "base", save_tiny(store.home / "tiny"), role="agent")
+    path = write(store, "gsm.jsonl", jsonl({"question": "What is 2+3?", "answer": "5"}))
+    import_file(store.engine(), path, "gsm", PROBLEMS)
+
+
+def queued_solve(store: Store) -> dict[str, str]:
+    from rplat.queue import Queue
+
+    tiny_and_gsm(store)
+    job_id, _ = Queue(store.engine()).enqueue("solve", {"problems": "gsm", "model": "tiny"})
+    return {"job": str(job_id)}
+
+
 def unknown_revision(store: Store) -> None:
     with store.engine().begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'feedfacecafe'"))
@@ -222,6 +243,32 @@ CASES = [
     Case("after-a-nonexistent-job", ("enqueue", "probe", "--after", "999"),
          ["--after names job 999, which does not exist"]),
     Case("zero-max-attempts", ("enqueue", "probe", "--max-attempts", "0"), ["max_attempts must be at least 1"]),
+    # enqueue: the datasets, models and jobs that params name exist (and are of the right kind) before it is queued
+    Case("enqueue-names-an-unknown-dataset", ("enqueue", "solve", "--param", "problems=nope", "--param", "model=tiny"),
+         ["parameter 'problems' of solve names dataset 'nope', which does not exist",
+          "rplat import problems FILE --dataset nope"], tiny_and_gsm),
+    Case("enqueue-names-a-dataset-of-another-kind",
+         ("enqueue", "prefilter", "--param", "documents=gsm", "--param", 'reference=["gsm"]'),
+         ["parameter 'documents' of prefilter names dataset 'gsm', which holds problems, not documents"], tiny_and_gsm),
+    Case("enqueue-names-an-unknown-model", ("enqueue", "solve", "--param", "problems=gsm", "--param", "model=nope"),
+         ["names model 'nope', which is not registered", "rplat models add"], tiny_and_gsm),
+    Case("enqueue-names-an-unknown-job", ("enqueue", "evaluate", "--param", "solve_job=999"),
+         ["parameter 'solve_job' of evaluate names job 999, which does not exist", "rplat jobs ls"]),
+    Case("enqueue-names-a-job-of-another-kind", ("enqueue", "evaluate", "--param", "solve_job={job}"),
+         ["names job {job} of kind 'import-documents', not a solve job"], existing_dataset),
+    Case("enqueue-names-a-queued-job-it-does-not-wait-for", ("enqueue", "evaluate", "--param", "solve_job={job}"),
+         ["names job {job}, which is still queued", "add --after {job}"], queued_solve),
+    Case("pipeline-names-an-unknown-dataset",
+         ("pipeline", "rationalyst", "--documents", "nope", "--benchmark", "gsm", "--model", "tiny"),
+         ["parameter 'documents' of prefilter names dataset 'nope', which does not exist"], tiny_and_gsm),
+    # explain and serve
+    Case("explain-an-unknown-table", ("explain", "rationale", "1"), ["there is no table 'rationale' with lineage",
+                                                                     "rationales"]),
+    Case("explain-an-unknown-row", ("explain", "rationale_scores", "999"),
+         ["rationale_scores has no row with id 999"]),
+    Case("explain-a-job-id-that-is-not-a-number", ("explain", "jobs", "latest"), ["'latest' is not a valid integer"]),
+    Case("stop-a-model-without-a-server", ("serve", "stop", "tiny"),
+         ["model 'tiny' has no running server recorded", "rplat serve ls"], tiny_and_gsm),
     # jobs and experiments
     Case("show-a-nonexistent-job", ("jobs", "show", "999"), ["job 999 does not exist", "rplat jobs ls"]),
     Case("logs-of-a-nonexistent-job", ("jobs", "logs", "999"), ["job 999 does not exist"]),
