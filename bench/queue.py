@@ -7,7 +7,8 @@ store, on the same number of identical queued `probe` jobs, and loop until nothi
 
 - rplat: the `rplat.queue.Queue` calls a runner makes, `claim(owner, kinds, lease)` (every registered kind, as
   a runner without --kinds asks) then `complete(...)`: the full semantics (kinds, dependencies, not_before,
-  priority, lease token, fenced complete, the reaper of expired leases every few seconds; a first claim
+  priority, host pinning, GPUs needed against the free devices (none: a CPU runner's claim), devices
+  recorded, lease token, fenced complete, the reaper of expired leases every few seconds; a first claim
   writes no job event, see rplat.queue).
 - bare:  the minimal correct atomic claim and complete, hand-written on the driver (sqlite3 / psycopg):
   claim = one `UPDATE jobs ... WHERE id = (SELECT ... LIMIT 1 [FOR UPDATE SKIP LOCKED]) RETURNING`, complete =
