@@ -1,4 +1,4 @@
-"""Lineage that is written: names checked at enqueue, jobs.model_id and prompt_template_id, and `rplat explain`."""
+"""Lineage that is written: names checked at enqueue, jobs' model and template, `rplat explain`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`rplat explain`: where a stored row came from, back through its job, model, prompt template and inputs.
+"""`rplat explain`: where a stored row came from, through its job, model, prompt template, inputs.
 
 A row leads to the job that wrote it (kind, params, experiment, status, and its parent jobs, recursively), to
 the rows it was derived from (its foreign keys: a score's rationale, a rationale's extraction, a problem...),

@@ -1,4 +1,4 @@
-"""References in job params: the fields that name a dataset, model or job, checked when a job is enqueued.
+"""References in job params: fields naming a dataset, model or job, checked when a job is enqueued.
 
 A kind's Params mark such fields with `Ref` (`Annotated[str, Ref("dataset", kind="problems")]`) and the field
 naming the model a job registers with `Makes`. `check` runs inside the enqueue transaction: every name must
