@@ -345,9 +345,12 @@ def test_sigterm_releases_the_job_and_the_next_runner_finishes_it(db: Store, gsm
 # --- bad input -------------------------------------------------------------------------------------
 
 UNKNOWN_DATASETS = [
-    ({"documents": "nope", "reference": ["gsm"]}, "there is no documents dataset named 'nope'"),
-    ({"documents": "docs", "reference": ["gsm", "nope"]}, "there is no problems dataset named 'nope'"),
-    ({"documents": "gsm", "reference": ["gsm"]}, "there is no documents dataset named 'gsm'"),
+    ({"documents": "nope", "reference": ["gsm"]},
+     "parameter 'documents' of prefilter names dataset 'nope', which does not exist"),
+    ({"documents": "docs", "reference": ["gsm", "nope"]},
+     "parameter 'reference' of prefilter names dataset 'nope', which does not exist"),
+    ({"documents": "gsm", "reference": ["gsm"]},
+     "parameter 'documents' of prefilter names dataset 'gsm', which holds problems, not documents"),
 ]
 
 
@@ -357,21 +360,17 @@ def _write_params(db: Store, params: dict[str, Any]) -> Path:
     return path
 
 
-def test_jobs_naming_unknown_datasets_fail_for_good_with_one_sentence(db: Store, gsm_file: Path) -> None:
+def test_jobs_naming_unknown_datasets_are_refused_at_enqueue_with_one_sentence(db: Store, gsm_file: Path) -> None:
     _import(db, gsm_file, MATH_DOCS)
-    job_ids = []
-    for params, _ in UNKNOWN_DATASETS:
-        out = db.rplat("enqueue", "prefilter", "--params-file", str(_write_params(db, params)), "--json", check=True)
-        job_ids.append(int(json.loads(out.stdout)["id"]))
-
-    db.rplat("runner", "--once", check=True)
-
-    for job_id, (_, expected) in zip(job_ids, UNKNOWN_DATASETS, strict=True):
-        job = _job(db, job_id)
-        assert (job.status, job.attempts) == ("failed", 1)
-        assert job.error is not None and job.error.startswith(expected)
-        assert "\n" not in job.error and job.error.endswith(".")
-        assert _count_scores(db, job_id) == 0
+    with _session(db) as s:
+        before = s.scalar(select(func.count()).select_from(Job))
+    for params, expected in UNKNOWN_DATASETS:
+        out = db.rplat("enqueue", "prefilter", "--params-file", str(_write_params(db, params)), "--json")
+        assert out.returncode == 2 and out.stdout == "", out.stderr
+        (line,) = out.stderr.splitlines()
+        assert line.startswith(f"error: {expected}") and line.endswith("."), line
+    with _session(db) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == before
 
 
 @pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"threshold": "high"}, {"batch_size": 0}, {"max_chars": -1},
