@@ -162,7 +162,7 @@ _WIDTH = 60
 def _short(value: Any) -> str:
     if isinstance(value, list) and len(value) > 4:
         return f"[{len(value)} values]"
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
     text = " ".join(text.split())
     return text if len(text) <= _WIDTH else text[:_WIDTH - 1] + "…"
 
@@ -188,7 +188,7 @@ def _job_lines(node: dict[str, Any], depth: int, label: str) -> list[str]:
             if target == "job":
                 lines += _job_lines(item, depth + 1, f"{field}: ")
             elif target == "model":
-                lines += _model_lines(item, depth + 1, f"{field}: model ")
+                lines += _model_lines(item, depth + 1, f"{field}: ")
             else:
                 lines += _dataset_lines(item, depth + 1, f"{field}: ")
     return lines
