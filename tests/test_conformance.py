@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from rplat.queue import Queue
 from rplat.store import get_engine, transaction
 
 import rplat_test_plugins
+from killable_runners import wait_for
 from rplat_test_plugins import echo_output, item_output
 
 HANG = 180.0  # seconds before a wait gives up: a guard against hangs, never a performance threshold
@@ -75,14 +76,6 @@ def runners(db: Store, tmp_path: Path) -> Iterator[Runners]:
         yield started
     finally:
         started.kill_all()
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + HANG
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 def scalar(engine: Engine, query: Any) -> Any:

@@ -8,12 +8,13 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
-from killable_runners import HANG, count_rows, runner_processes, seed_rationales, wait_for
 from sqlalchemy import func, select
 
 from rplat.models import Checkpoint, GenerationCache, Job, RationaleScore, TrainingMetric
 from rplat.queue import Queue
 from rplat.store import transaction
+
+from killable_runners import HANG, count_rows, runner_processes, seed_rationales, wait_for
 
 
 @pytest.fixture

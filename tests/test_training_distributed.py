@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from killable_runners import HANG, count_rows, runner_processes, seed_rationales, wait_for
 from sqlalchemy import func, select
 
 from rplat.models import Checkpoint, Job, JobEvent, Model, TrainingMetric
 from rplat.queue import Queue
 from rplat.store import transaction
+
+from killable_runners import HANG, count_rows, runner_processes, seed_rationales, wait_for
 
 pytestmark = pytest.mark.slow
 
