@@ -39,7 +39,8 @@ from rplat.runners.kinds import ScoreParams  # noqa: E402
 from rplat.runners.rationalyst import score_pairs  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = {"wiki": (REPO / ".cache" / "boolq-dev.jsonl", "passage"), "news": (REPO / ".cache" / "xsum-test.jsonl", "document")}
+DATA = {"wiki": (REPO / ".cache" / "boolq-dev.jsonl", "passage"),
+        "news": (REPO / ".cache" / "xsum-test.jsonl", "document")}
 MAX_UNITS = 12  # extract-rationales' default max_units
 RATIONALES = [
     "The next sentence adds a detail that follows from what was just said",

@@ -74,7 +74,8 @@ class ScoreParams(ModelParams):
     tau: float = Field(0.0, description="keep iff loss delta >= tau (sources without their own tau)")
     tau_by_source: dict[str, float] = Field(default_factory=dict,
                                             description='per-source tau, e.g. {"gsm8k": 1.2, "ecqa": 0.5}')
-    batch_size: int = Field(64, gt=0, le=1024, description="rationales scored per model call (a document's share one encoding)")
+    batch_size: int = Field(64, gt=0, le=1024,
+                            description="rationales scored per model call (a document's share one encoding)")
 
     def prompt_templates(self) -> tuple[str, ...]:
         return ("score-future",)
@@ -169,6 +170,8 @@ SCORE = JobKind("score-rationales", ScoreParams, "rplat.runners.rationalyst:scor
 TRAIN_RATIONALYST = JobKind("train-rationalyst", TrainRationalystParams, "rplat.runners.train_rationalyst:run",
                             "Fine-tune a rationale model: preceding text -> rationale, loss on the rationale (A5).")
 SOLVE = JobKind("solve", SolveParams, "rplat.runners.solve:run",
-                "Solve problems step by step: greedy, sc (self-consistency), random candidate, RATIONALYST-guided (A6).")
+                "Solve problems step by step: greedy, sc (self-consistency), random candidate, "
+                "RATIONALYST-guided (A6).")
 EVALUATE = JobKind("evaluate", EvaluateParams, "rplat.runners.solve:evaluate",
-                   "Check a solve job's answers (math-verify): predictions, self-consistency, micro accuracy per subject.")
+                   "Check a solve job's answers (math-verify): predictions, self-consistency, "
+                   "micro accuracy per subject.")

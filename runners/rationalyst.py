@@ -170,7 +170,8 @@ def score(ctx: JobContext, p: ScoreParams) -> dict[str, Any]:
                                 ~Rationale.id.in_(select(RationaleScore.rationale_id)
                                                   .where(RationaleScore.job_id == ctx.job_id)))
                          .order_by(Rationale.id)).all()
-        done = s.scalar(select(func.count()).select_from(RationaleScore).where(RationaleScore.job_id == ctx.job_id)) or 0
+        done = s.scalar(select(func.count()).select_from(RationaleScore)
+                        .where(RationaleScore.job_id == ctx.job_id)) or 0
     if p.limit is not None:
         rows = rows[:max(p.limit - done, 0)]
     llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)

@@ -216,7 +216,8 @@ def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
         examples: list[tuple[str, str]] = []
         if p.fewshot and p.n_fewshot:
             pool = s.execute(select(Problem.question, Problem.solution).where(
-                Problem.dataset_id == dataset_id(s, p.fewshot, "problems"), Problem.solution.is_not(None)).order_by(Problem.id)).all()
+                Problem.dataset_id == dataset_id(s, p.fewshot, "problems"), Problem.solution.is_not(None)
+            ).order_by(Problem.id)).all()
             examples = [(q, sol) for q, sol in random.Random(p.seed).sample(list(pool), min(p.n_fewshot, len(pool)))]
         problems = s.execute(select(Problem.id, Problem.question, Problem.answer)
                              .where(Problem.dataset_id == problems_id).order_by(Problem.id)).all()

@@ -68,7 +68,8 @@ def run(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
         if not ids:
             raise UserError(f"score job {p.score_job} kept no rationales; there is nothing to train on.")
         split = _split(list(ids), p.eval_fraction, p.seed)
-        insert_ignore(s, TrainingExample, [dict(job_id=ctx.job_id, rationale_id=i, split=sp) for i, sp in split.items()],
+        insert_ignore(s, TrainingExample,
+                      [dict(job_id=ctx.job_id, rationale_id=i, split=sp) for i, sp in split.items()],
                       ["job_id", "rationale_id"])
     if p.nproc > 1:
         return launch(ctx, "rplat.runners.train_rationalyst:fit", p.nproc)

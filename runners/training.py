@@ -211,7 +211,8 @@ def _wrap(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, world:
             fully_shard(module)
         fully_shard(model)
         return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def _all_sum(values: list[float], device: torch.device, world: int) -> list[float]:

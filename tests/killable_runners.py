@@ -68,5 +68,6 @@ def seed_rationales(db: Any, tmp_path: Path, n: int) -> int:
             s.flush()
             s.add(Rationale(job_id=job_id, extraction_id=ext.id, position=1, left_step=1, source="gsm8k",
                             preceding=f"Tom has {k} apples and buys {k % 7} more.",
-                            rationale=f"add {k % 7} to {k}", following=f"He has {k + k % 7} apples. The answer is {k}."))
+                            rationale=f"add {k % 7} to {k}",
+                            following=f"He has {k + k % 7} apples. The answer is {k}."))
     return job_id

@@ -74,7 +74,8 @@ def seed(store: Store) -> Store:
         s.add_all([problems_ds, docs_ds])
         s.flush()
         problems = [Problem(dataset_id=problems_ds.id, job_id=imported.id, external_id=f"p{k}", subject="arith",
-                            question=f"q{k}", answer=gold, content_hash=str(k)) for k, (gold, _, _) in enumerate(PROBLEMS)]
+                            question=f"q{k}", answer=gold, content_hash=str(k))
+                    for k, (gold, _, _) in enumerate(PROBLEMS)]
         doc = Document(dataset_id=docs_ds.id, job_id=imported.id, external_id="d0", source="wiki",
                        text="Tom has 3 apples. He buys 4 more.", n_chars=33, content_hash="d0")
         s.add_all([*problems, doc])
@@ -174,7 +175,8 @@ def test_rationales_view_gives_each_rationale_its_loss_delta_scorer_and_both_job
                                                                                     ) -> None:
     got = rows(duck, "SELECT * FROM rationales ORDER BY position")
     assert [(r["rationale"], r["s_without"], r["s_with"], r["loss_delta"], r["kept"]) for r in got] == [
-        ("add the apples he buys", -2.0, -1.5, 0.5, True), ("apples are fruit", -2.0, -1.95, pytest.approx(0.05), False)]
+        ("add the apples he buys", -2.0, -1.5, 0.5, True),
+        ("apples are fruit", -2.0, -1.95, pytest.approx(0.05), False)]
     first = got[0]
     assert (first["document"], first["dataset"], first["source"], first["problem"]) == ("d0", "wiki", "wiki", None)
     assert (first["extractor"], first["scorer"], first["fidelity"], first["experiment"]) == (
@@ -190,12 +192,14 @@ def test_predictions_view_joins_each_answer_to_its_gold_model_and_solve_job(duck
     assert [(r["problem"], r["question"], r["answer"], r["gold"], r["correct"]) for r in got] == [
         ("p0", "q0", "4", "5", False), ("p1", "q1", "42", "42", True), ("p2", "q2", "6", "6", True),
         ("p3", "q3", "2", "18", False)]
-    assert {(r["model"], r["experiment"], r["dataset"], r["solve_kind"]) for r in got} == {("tiny", "exp", "gsm", "solve")}
+    assert {(r["model"], r["experiment"], r["dataset"], r["solve_kind"]) for r in got} == {
+        ("tiny", "exp", "gsm", "solve")}
     assert len({r["job_id"] for r in got}) == 1 and got[0]["job_id"] != got[0]["solve_job_id"]
 
 
 def test_solved_sets_hold_exactly_the_problems_each_run_solved(duck: duckdb.DuckDBPyConnection) -> None:
-    got = rows(duck, "SELECT method, list_sort(list(problem)) AS solved FROM solved_sets GROUP BY method ORDER BY method")
+    got = rows(duck, "SELECT method, list_sort(list(problem)) AS solved FROM solved_sets "
+                     "GROUP BY method ORDER BY method")
     assert got == [{"method": "greedy", "solved": ["p0", "p1"]}, {"method": "sc", "solved": ["p1", "p2"]}]
 
 
@@ -241,8 +245,9 @@ def test_job_timeline_gives_waiting_time_duration_attempts_runner_and_error(duck
 def test_evaluations_view_gives_accuracy_per_method_and_subject(duck: duckdb.DuckDBPyConnection) -> None:
     got = rows(duck, "SELECT method, model, subject, n, n_correct, accuracy, solve_job_id IS NOT NULL AS has_solve "
                      "FROM evaluations ORDER BY method")
-    assert got == [dict(method="greedy", model="tiny", subject="arith", n=4, n_correct=2.0, accuracy=0.5, has_solve=True),
-                   dict(method="sc", model="tiny", subject="arith", n=4, n_correct=2.0, accuracy=0.5, has_solve=True)]
+    assert got == [
+        dict(method="greedy", model="tiny", subject="arith", n=4, n_correct=2.0, accuracy=0.5, has_solve=True),
+        dict(method="sc", model="tiny", subject="arith", n=4, n_correct=2.0, accuracy=0.5, has_solve=True)]
 
 
 def test_chains_and_asc_vs_sc_are_valid_and_empty_until_a_job_fills_them(duck: duckdb.DuckDBPyConnection) -> None:

@@ -88,7 +88,8 @@ def seed(store: Store) -> dict[str, int]:
         extract = _job(s, "extract-rationales", experiment, model="tiny")
         score = _job(s, "score-rationales", experiment, model="tiny")
         template_id = ensure_template(s, TEMPLATES["extract-insert"])
-        for k, (rationale, delta, kept) in enumerate([(KEPT_RATIONALE, 1.25, True), (DROPPED_RATIONALE, -0.375, False)]):
+        scored = [(KEPT_RATIONALE, 1.25, True), (DROPPED_RATIONALE, -0.375, False)]
+        for k, (rationale, delta, kept) in enumerate(scored):
             extraction = Extraction(job_id=extract.id, problem_id=problems[k].id, model_id=model.id,
                                     prompt_template_id=template_id, temperature=0.0, input_text="x",
                                     raw_output="x", fidelity=1.0, passed=True)
@@ -208,7 +209,8 @@ def listening_addresses(port: int) -> set[str]:
 
 def metric(page: Any, label: str) -> str:
     """The value shown by the Streamlit metric with this label."""
-    box = page.get_by_test_id("stMetric").filter(has=page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True))
+    label_box = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    box = page.get_by_test_id("stMetric").filter(has=label_box)
     return box.get_by_test_id("stMetricValue").inner_text(timeout=PAGE_TIMEOUT_MS).strip()
 
 

@@ -29,7 +29,8 @@ PROBLEMS = [
      "difficulty": "2"},
 ]
 
-DOC_MAP = FieldMap("documents", "doc_id", {"text": "body"}, {"subset": "part"}, {"source": "wikipedia", "split": "train"})
+DOC_MAP = FieldMap("documents", "doc_id", {"text": "body"}, {"subset": "part"},
+                   {"source": "wikipedia", "split": "train"})
 PROBLEM_MAP = FieldMap("problems", "pid", {"question": "q"},
                        {"solution": "worked", "answer": "gold", "subject": "topic", "level": "difficulty"},
                        {"benchmark": "gsm8k", "split": "test"})

@@ -216,7 +216,8 @@ def test_runner_until_done_waits_out_retry_backoff_where_once_stops(db) -> None:
                                     "--json", check=True).stdout)["id"]
 
     def statuses() -> dict[int, tuple[str, str]]:
-        return {j["id"]: (j["status"], j["attempts"]) for j in json.loads(db.rplat("jobs", "ls", "--json", check=True).stdout)}
+        listed = json.loads(db.rplat("jobs", "ls", "--json", check=True).stdout)
+        return {j["id"]: (j["status"], j["attempts"]) for j in listed}
 
     db.rplat("runner", "--once", "--quiet", check=True)
     assert statuses()[failing] == ("queued", "1/2")

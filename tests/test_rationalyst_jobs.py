@@ -85,7 +85,8 @@ def test_score_rationales_stores_the_loss_delta_of_every_rationale(db, tmp_path)
     for score, rationale in rows:
         n_following = len(hf.encode_continuation(rationale.following))
         assert len(score.lp_without) == len(score.lp_with) == n_following
-        without = hf.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": rationale.preceding}])
+        without = hf.chat_prompt([{"role": "system", "content": system},
+                                  {"role": "user", "content": rationale.preceding}])
         assert score.lp_without == pytest.approx(hf.score([without], [rationale.following])[0], abs=1e-4)
         expected = loss_delta(score.lp_without, score.lp_with, tau=score.tau,
                               spans_nonempty=bool(rationale.preceding))

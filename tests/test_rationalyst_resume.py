@@ -40,7 +40,8 @@ def test_killed_score_rationales_resumes_without_duplicates(db, tmp_path, runner
         job = s.get(Job, job_id)
         assert job.status == "succeeded", job.error
         assert job.attempts == 2
-        per_rationale = s.execute(select(RationaleScore.rationale_id, func.count()).where(RationaleScore.job_id == job_id)
+        per_rationale = s.execute(select(RationaleScore.rationale_id, func.count())
+                                  .where(RationaleScore.job_id == job_id)
                                   .group_by(RationaleScore.rationale_id)).all()
     assert len(per_rationale) == 120 and all(n == 1 for _, n in per_rationale)
     assert job.result["scored"] == 120

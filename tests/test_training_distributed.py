@@ -120,7 +120,8 @@ def test_cancelling_a_two_process_job_stops_its_workers(db, tmp_path, runners) -
     extract_job = seed_rationales(db, tmp_path, 8)
     queue = Queue(db.engine())
     score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
-    job_id, _ = queue.enqueue("train-rationalyst", {**COMMON, "score_job": score_job, "nproc": 2, "epochs": 10000}, after=[score_job])
+    job_id, _ = queue.enqueue("train-rationalyst", {**COMMON, "score_job": score_job, "nproc": 2, "epochs": 10000},
+                              after=[score_job])
     runner = runners("--max-jobs", "2")
     run_dir = db.home / "runs" / f"job-{job_id}"
     wait_for(lambda: count_rows(db, TrainingMetric, job_id) >= 8, "the first checkpoint")

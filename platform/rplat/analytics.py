@@ -119,8 +119,8 @@ LEFT JOIN store.models m ON m.id = e.model_id""",
 
 # Functions a read-only query must not call: the scanners' own (they open any SQLite file or PostgreSQL
 # server by name, outside the READ_ONLY attachment) and those that run SQL handed to them as a string.
-_FORBIDDEN_FUNCTION = re.compile(r"^(sqlite_|postgres_|pg_|read_postgres)|^(query|query_table|json_execute_serialized_sql)$",
-                                 re.IGNORECASE)
+_FORBIDDEN_FUNCTION = re.compile(
+    r"^(sqlite_|postgres_|pg_|read_postgres)|^(query|query_table|json_execute_serialized_sql)$", re.IGNORECASE)
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALY[SZ]E)?\b", re.IGNORECASE)
 
 

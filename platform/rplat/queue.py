@@ -105,8 +105,8 @@ def record_event(session: Session, job_id: int, event: str, message: str | None 
 def _fence_statement(on_sqlite: bool) -> Update:
     now = bindparam("now", type_=DateTime()) if on_sqlite else _db_now()
     return (update(Job)
-            .where(Job.id == bindparam("job_id", type_=Integer), Job.lease_token == bindparam("token", type_=BigInteger),
-                   Job.status == "running")
+            .where(Job.id == bindparam("job_id", type_=Integer),
+                   Job.lease_token == bindparam("token", type_=BigInteger), Job.status == "running")
             .values(heartbeat_at=now).returning(Job.id))
 
 

@@ -77,7 +77,8 @@ def register_model(session: Session, name: str, format: str, path: Path, *, role
     existing = session.scalar(select(Model).where(Model.name == name))
     if existing is not None:
         if existing.fingerprint != digests.fingerprint:
-            raise UserError(f"model name {name!r} is taken by different weights ({existing.path}); choose another name.")
+            raise UserError(f"model name {name!r} is taken by different weights ({existing.path}); "
+                            "choose another name.")
         if existing.sha256 is None:  # registered before sha256 was written
             existing.sha256 = digests.sha256
         return existing
@@ -96,7 +97,8 @@ def adapter_base(session: Session, format: str, path: Path) -> Model:
     hint_of = get_format(format).base_hint
     hint = hint_of(path) if hint_of is not None else None
     if not hint:
-        raise UserError(f"the adapter in {path} does not name its base model; pass --base NAME (see `rplat models ls`).")
+        raise UserError(f"the adapter in {path} does not name its base model; "
+                        "pass --base NAME (see `rplat models ls`).")
     bases = session.scalars(select(Model).where(Model.format == "base").order_by(Model.id)).all()
     hinted = Path(hint).expanduser()
     by_path = str(hinted.resolve()) if hinted.is_absolute() or hinted.exists() else None

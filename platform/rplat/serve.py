@@ -348,7 +348,8 @@ def start(engine: Engine, p: ServePlan, *, timeout: float = 300.0, poll: float =
             process = subprocess.Popen(p.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=_server_env(), start_new_session=True)
         except OSError as exc:
-            raise UserError(f"cannot run {p.command[0]} ({exc.strerror}); run `make vllm` or pass --vllm PATH.") from None
+            raise UserError(f"cannot run {p.command[0]} ({exc.strerror}); "
+                            "run `make vllm` or pass --vllm PATH.") from None
     names = sorted(set(p.served.values()))
     # The server runs in a session of its own (a detached one outlives us), so whatever ends the wait early
     # (not ready in time, Ctrl-C, SIGTERM, a failing database) must stop it here.

@@ -147,7 +147,8 @@ def jobs_ls(status: str | None, kind: str | None, experiment: str | None, limit:
         if experiment:
             q = q.where(Job.experiment_id == experiment_id(session, experiment))
         rows = [job_row(j) for j in session.scalars(q)]
-    emit(rows, ["id", "kind", "status", "attempts", "priority", "progress", "owner", "created", "error"], as_json, as_csv)
+    emit(rows, ["id", "kind", "status", "attempts", "priority", "progress", "owner", "created", "error"],
+         as_json, as_csv)
 
 
 @jobs.command("show")
@@ -232,8 +233,9 @@ def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None
     devices = parse_devices(gpus, "--gpus") if gpus is not None else None
     engine = open_store()
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
-    options = RunnerOptions(kinds=kind_list, once=once, until_done=until_done, max_jobs=max_jobs, lease_seconds=lease_seconds,
-                            poll_seconds=poll_seconds, name=name, host=host, gpus=devices, slots=slots)
+    options = RunnerOptions(kinds=kind_list, once=once, until_done=until_done, max_jobs=max_jobs,
+                            lease_seconds=lease_seconds, poll_seconds=poll_seconds, name=name, host=host,
+                            gpus=devices, slots=slots)
     echo = (lambda _m: None) if quiet else (lambda m: click.echo(f"[runner] {m}", err=True))
     done = Runner(queue_of(engine), settings.home, options, echo=echo).run()
     echo(f"stopped after {done} job(s)")

@@ -41,10 +41,12 @@ def serve() -> None:
 @click.option("--vllm", "vllm_path", envvar="RPLAT_VLLM", default=None, metavar="PATH",
               help="the `vllm` executable or its venv [env RPLAT_VLLM; default .venv-vllm from `make vllm`, then PATH]")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True, help="float32 matches the hf backend's CPU scores exactly; auto is bf16 for fp32 weights")
+              show_default=True,
+              help="float32 matches the hf backend's CPU scores exactly; auto is bf16 for fp32 weights")
 @click.option("--max-model-len", type=click.IntRange(16), default=None, help="context length (default: the model's)")
 @click.option("--eager", is_flag=True, help="no torch.compile: starts minutes faster on CPU, generates slower")
-@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1), help="seconds to wait for health")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1),
+              help="seconds to wait for health")
 @click.option("--detach/--foreground", default=False, show_default=True,
               help="return once healthy (stop later with `rplat serve stop MODEL`), or run until Ctrl-C/SIGTERM")
 @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")

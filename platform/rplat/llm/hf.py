@@ -151,7 +151,8 @@ class HFBackend:
         """Per-token log-probs of each continuation given its context, in left-padded length buckets. On the fast
         path, items whose contexts share a long prefix are first scored against one encoding of it."""
         if any(not c for c, k in zip(ctx_ids, cont_ids, strict=True) if k):
-            raise ValueError("every scored continuation needs a non-empty context (its first token is predicted from it)")
+            raise ValueError("every scored continuation needs a non-empty context "
+                             "(its first token is predicted from it)")
         out: list[list[float]] = [[] for _ in ctx_ids]
         todo = [i for i, c in enumerate(cont_ids) if c]
         if self.fast:

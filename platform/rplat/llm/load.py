@@ -204,7 +204,8 @@ class _Shared:
             for adapter in adapters:
                 if adapter.slot in self.attached.get(adapter.format, set()):
                     continue
-                module = _attach(self.module, adapter, trainable=False, on_failure=functools.partial(self._drop, adapter))
+                module = _attach(self.module, adapter, trainable=False,
+                                 on_failure=functools.partial(self._drop, adapter))
                 self.attached.setdefault(adapter.format, set()).add(adapter.slot)
                 if module is not self.module:  # the first adapter wraps the base (a PeftModel)
                     self.module = module.eval()
@@ -408,7 +409,8 @@ def resolve_backend(session: Session, name: str, *, backend: str = "hf", endpoin
         server = None if endpoint else live_server(session, model.id)
         url = endpoint or (server.url if server else None) or os.environ.get("RPLAT_OPENAI_BASE_URL")
         if not url:
-            raise UserError(f"no endpoint for model {name!r}; pass --param endpoint=URL or start one with `rplat serve`.")
+            raise UserError(f"no endpoint for model {name!r}; pass --param endpoint=URL "
+                            "or start one with `rplat serve`.")
         served = server.served_name if server else name
         return BackendSpec("openai", name, base.path, fingerprint, base.fingerprint, adapters, url=url,
                            served_name=served)
