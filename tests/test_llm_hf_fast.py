@@ -351,3 +351,22 @@ def test_switching_the_active_adapter_starts_an_empty_prefix_store() -> None:
     model.set_adapter("second")
     assert not fast._fast.store().entries
     _close(fast.score(contexts, continuations), _merged(model).score(contexts, continuations))
+
+
+def test_the_bare_base_under_disable_adapter_keys_its_store_as_no_adapter() -> None:
+    """A base view's calls run inside peft's disable_adapter(): its KV is the bare base's, whichever adapter
+    was switched on last, so its prefix store survives adapter switches in between."""
+    from rplat.llm.hf_fast import adapters
+
+    model = _lora_model()
+    with model.disable_adapter():
+        assert adapters(model) == ()
+        model.set_adapter("second")
+        assert adapters(model) == ()
+    assert adapters(model) == ("second",)
+    bare = HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="bare", fast=False)
+    base_view = HFBackend(model, tiny_tokenizer(), fingerprint="base", batch_size=3)
+    contexts, continuations = _document_items()
+    with model.disable_adapter():
+        _close(base_view.score(contexts, continuations), bare.score(contexts, continuations))
+        assert base_view._fast is not None and base_view._fast.store().entries

@@ -28,9 +28,11 @@ if TYPE_CHECKING:
 
 
 def adapters(model: Any) -> tuple[str, ...]:
-    """The peft adapters active on `model` (empty for a plain transformers model): KV caches encoded under one
-    adapter are not another's."""
-    if not getattr(model, "peft_config", None):
+    """The peft adapters active on `model` (empty for a plain transformers model, and inside peft's
+    `disable_adapter()`, where the base runs alone): KV caches encoded under one adapter are not another's."""
+    # peft keeps naming the last adapter while disable_adapter() runs the bare base; without its flag (a peft
+    # upgrade) the base's calls key on that adapter: right numbers, only less reuse.
+    if not getattr(model, "peft_config", None) or getattr(model, "_adapters_disabled", False):
         return ()
     active = model.active_adapters
     return tuple(active() if callable(active) else active)
