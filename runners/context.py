@@ -1,4 +1,4 @@
-"""JobContext: a handler's params, fenced writes, progress, logs, checkpoints, cancellation."""
+"""JobContext: a handler's fenced writes, progress, logs, checkpoints and cancellation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from rplat.errors import JobCancelled, JobInterrupted, LeaseLost
 from rplat.hashing import file_sha256
-from rplat.kinds import Params
 from rplat.models import Checkpoint, TrainingMetric
 from rplat.queue import ClaimedJob, Queue, record_event
 from rplat.store import insert_ignore, transaction, upsert
@@ -33,10 +32,8 @@ class StepMetric(TypedDict):
 
 
 class JobContext:
-    def __init__(self, job: ClaimedJob, params: Params, queue: Queue, home: Path, runner: str,
-                 stopping: threading.Event) -> None:
+    def __init__(self, job: ClaimedJob, queue: Queue, home: Path, runner: str, stopping: threading.Event) -> None:
         self.job = job
-        self.params = params
         self.queue = queue
         self.home = home
         self.runner = runner

@@ -52,8 +52,8 @@ class WorkerContext(JobContext):
     """A torchrun worker's view of its job: the handler's lease token (rank 0's writes are fenced like the
     handler's); progress goes to a file that the handler forwards to the runner's heartbeat."""
 
-    def __init__(self, job: ClaimedJob, params: Params, queue: Queue, home: Path, runner: str, run_dir: Path) -> None:
-        super().__init__(job, params, queue, home, runner, threading.Event())
+    def __init__(self, job: ClaimedJob, queue: Queue, home: Path, runner: str, run_dir: Path) -> None:
+        super().__init__(job, queue, home, runner, threading.Event())
         self.run_dir = run_dir
 
     def progress(self, done: int, total: int | None = None) -> None:
@@ -209,7 +209,7 @@ def _worker(args: argparse.Namespace) -> None:
         params = kinds.get(job.kind).params.model_validate(job.params)
         from rplat.config import get_settings
 
-        ctx = WorkerContext(job, params, Queue(engine), get_settings().home, f"{args.runner}/rank{rank}", run_dir)
+        ctx = WorkerContext(job, Queue(engine), get_settings().home, f"{args.runner}/rank{rank}", run_dir)
         result = _target(args.target)(ctx, params)
         if rank == 0:
             _write_json(run_dir / "result.json", result)

@@ -318,7 +318,7 @@ class Runner:
             except ValidationError as exc:
                 raise UserError(f"job {job.id}'s stored params no longer fit kind {job.kind!r}: "
                                 f"{exc.errors()[0]['msg']}") from None
-            ctx = JobContext(job, params, self.queue, self.home, self.name, self.stopping)
+            ctx = JobContext(job, self.queue, self.home, self.name, self.stopping)
             with self._lock:
                 self._current = ctx
             # Lineage: a model a parent registered is known now, a bundled one once the handler registered it.

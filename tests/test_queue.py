@@ -11,7 +11,6 @@ import pytest
 from conftest import Store
 from sqlalchemy import func, insert, select, update
 
-from rplat import kinds
 from rplat.errors import LeaseLost, UserError
 from rplat.models import Experiment, Job, JobDependency, JobEvent, utcnow
 from rplat.queue import ClaimedJob, Queue
@@ -73,8 +72,7 @@ def claim(q: Queue, owner: str = "runner-a") -> ClaimedJob:
 
 
 def context(q: Queue, claimed: ClaimedJob, db: Store) -> JobContext:
-    kind = kinds.get(claimed.kind)
-    return JobContext(claimed, kind.params.model_validate(claimed.params), q, db.home, "runner-a", threading.Event())
+    return JobContext(claimed, q, db.home, "runner-a", threading.Event())
 
 
 # --- enqueue -------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from sqlalchemy import select
 from rplat.models import Checkpoint, TrainingMetric
 from rplat.queue import Queue
 from rplat.runners.context import JobContext, StepMetric
-from rplat.runners.kinds import ProbeParams
 from rplat.runners.training import (
     Batch,
     CheckpointMismatch,
@@ -265,7 +264,7 @@ def test_a_job_context_hosts_the_loop_and_stores_metrics_and_checkpoints(db) -> 
     job_id, _ = queue.enqueue("probe", {"tag": "train", "devices": False})
     job = queue.claim("test-runner", None, lease_seconds=60)
     assert job is not None and job.id == job_id
-    ctx = JobContext(job, ProbeParams(devices=False), queue, db.home, "test-runner", threading.Event())
+    ctx = JobContext(job, queue, db.home, "test-runner", threading.Event())
     memory = MemoryHost()
     train(memory, tiny_model(seed=1), _examples(), CFG, causal_lm_objective(tiny_tokenizer().pad_token_id))
     summary = train(ctx, tiny_model(seed=1), _examples(), CFG, causal_lm_objective(tiny_tokenizer().pad_token_id))
