@@ -155,8 +155,16 @@ class SolveParams(ModelParams):
 
 
 class EvaluateParams(Params):
-    solve_job: Annotated[int, Ref("job", kind="solve", primary=True)] = Field(
-        description="the solve job whose trajectories to check")
+    solve_job: Annotated[int | None, Ref("job", kind="solve", primary=True)] = Field(
+        None, description="the solve job whose trajectories to check")
+    sample_job: Annotated[int | None, Ref("job", kind="sample", primary=True)] = Field(
+        None, description="the sample job whose chains to check (greedy, or self-consistency over its n samples)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvaluateParams:
+        if (self.solve_job is None) == (self.sample_job is None):
+            raise ValueError("name exactly one of solve_job and sample_job")
+        return self
 
 
 PROBE = JobKind("probe", ProbeParams, "rplat.runners.probe:run",
@@ -173,5 +181,5 @@ SOLVE = JobKind("solve", SolveParams, "rplat.runners.solve:run",
                 "Solve problems step by step: greedy, sc (self-consistency), random candidate, "
                 "RATIONALYST-guided (A6).")
 EVALUATE = JobKind("evaluate", EvaluateParams, "rplat.runners.solve:evaluate",
-                   "Check a solve job's answers (math-verify): predictions, self-consistency, "
+                   "Check a solve or sample job's answers (math-verify): predictions, self-consistency, "
                    "micro accuracy per subject.")

@@ -320,11 +320,26 @@ class RationaleScore(Base):
 
 
 class TrainingExample(Base):
+    """What a training job trained on: exactly one of a rationale, a teacher chain, or a problem's gold solution.
+
+    `label` says how the example entered the loss: pos / neg (a chain's label, or the side NT and UL put it on),
+    gold (a worked solution: train-sft, NT's gold term), rationale; `split` is train or eval.
+    """
+
     __tablename__ = "training_examples"
-    __table_args__ = (UniqueConstraint("job_id", "rationale_id"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "rationale_id"),
+        UniqueConstraint("job_id", "chain_id"),
+        UniqueConstraint("job_id", "problem_id"),
+        CheckConstraint("(CASE WHEN rationale_id IS NULL THEN 0 ELSE 1 END) + (CASE WHEN chain_id IS NULL THEN 0 "
+                        "ELSE 1 END) + (CASE WHEN problem_id IS NULL THEN 0 ELSE 1 END) = 1", name="one_source"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = job_fk()
-    rationale_id: Mapped[int] = mapped_column(ForeignKey("rationales.id", ondelete="CASCADE"), index=True)
+    rationale_id: Mapped[int | None] = mapped_column(ForeignKey("rationales.id", ondelete="CASCADE"), index=True)
+    chain_id: Mapped[int | None] = mapped_column(ForeignKey("teacher_chains.id", ondelete="CASCADE"), index=True)
+    problem_id: Mapped[int | None] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str | None] = mapped_column(String(8))
     split: Mapped[str] = mapped_column(String(16))
 
 
@@ -387,19 +402,30 @@ class StepCandidate(Base):
 
 
 class TeacherChain(Base):
+    """One chain of thought by a teacher for a problem, labelled positive or negative (TDG B1).
+
+    `teacher` names the chain set (an imported teacher such as gpt-3.5, or the model collect-chains sampled);
+    a (problem, teacher, sample index) is stored once, so a re-import or a resumed collection adds nothing.
+    `extracted_answer` is the last `\\boxed{}` of the chain; `hendrycks_correct` and `math_verify_correct` are
+    both labelers' verdicts against the problem's gold answer, and `label` is the verdict of `labeler`.
+    """
+
     __tablename__ = "teacher_chains"
     __table_args__ = (
-        UniqueConstraint("job_id", "problem_id", "teacher", "sample_idx"),
+        UniqueConstraint("problem_id", "teacher", "sample_idx"),
         CheckConstraint("label IN ('pos', 'neg')", name="label"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = job_fk()
     problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
-    teacher: Mapped[str] = mapped_column(String(64))
+    teacher: Mapped[str] = mapped_column(String(200), index=True)
     sample_idx: Mapped[int]
     text: Mapped[str] = mapped_column(Text)
     extracted_answer: Mapped[str | None] = mapped_column(Text)
     label: Mapped[str] = mapped_column(String(3), index=True)
+    labeler: Mapped[str] = mapped_column(String(16), default="hendrycks", server_default="hendrycks")
+    hendrycks_correct: Mapped[bool | None] = mapped_column(Boolean)
+    math_verify_correct: Mapped[bool | None] = mapped_column(Boolean)
     n_chars: Mapped[int]
 
 
@@ -438,6 +464,7 @@ class Sample(Base):
     text: Mapped[str] = mapped_column(Text)
     extracted_answer: Mapped[str | None] = mapped_column(Text)
     correct: Mapped[bool | None] = mapped_column(Boolean)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class RankerPair(Base):

@@ -82,6 +82,32 @@ def insert_prompt(preceding: str, following: str) -> str:
     return f"Text so far:\n{preceding}\n\nNext text:\n{following}"
 
 
+# --- Turning Dust into Gold (B1, B2): plain-text completion, no chat template ---------------------------------
+
+# The teacher's and the student's prompt: "Problem:\n{q}\nSolution:" (after k demonstrations for a teacher);
+# a training text is the same with the chain after "Solution:\n". The released files keep both prefixes in
+# their fields; rplat stores the bare problem and chain and puts the prefixes back here.
+TDG_CHAIN_FORMAT = "Problem:\n{question}\nSolution:\n{chain}"
+TDG_PROBLEM_PREFIX = "Problem:\n"
+TDG_SOLUTION_PREFIX = "Solution:\n"
+
+
+def tdg_prompt(question: str, demonstrations: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> str:
+    """The completion prompt for one problem, after (question, solution) demonstrations separated by blank lines."""
+    shots = "".join(tdg_training_text(q, s) + "\n\n" for q, s in demonstrations)
+    return f"{shots}Problem:\n{question}\nSolution:"
+
+
+def tdg_training_text(question: str, chain: str) -> str:
+    """`"Problem:\n{problem}" + "\n" + "Solution:\n{chain}"`, the text TDG trains on (loss on all of it)."""
+    return TDG_CHAIN_FORMAT.format(question=question, chain=chain)
+
+
+def strip_prefix(text: str, prefix: str) -> str:
+    """`text` without a leading `prefix` (the released files' "Problem:\n" / "Solution:\n")."""
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 @dataclass(frozen=True)
 class Template:
     """A named, versioned prompt: a system message and few-shot (user, assistant) pairs."""
@@ -110,6 +136,7 @@ TEMPLATES = {
         Template("score-future", "1", SCORE_SYSTEM),
         Template("implicit-scorer", "1", IMPLICIT_SCORER_SYSTEM),
         Template("agent-gsm8k", "1", GSM8K_AGENT_SYSTEM),
+        Template("tdg-chain", "1", TDG_CHAIN_FORMAT),
     )
 }
 

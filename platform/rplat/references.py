@@ -94,14 +94,16 @@ def made_model(kind_name: str, params: dict[str, Any], job_id: int) -> str | Non
 
 
 def model_of(session: Session, kind_name: str, params: dict[str, Any]) -> int | None:
-    """The id of the model a job runs, if it is registered (or the job it names has one) yet."""
-    primary = _primary(kinds.get(kind_name).params)
-    if primary is None or params.get(primary[0]) is None:
-        return None
-    value = params[primary[0]]
-    if primary[1].target == "job":
-        return session.scalar(select(Job.model_id).where(Job.id == value))
-    return session.scalar(select(Model.id).where(Model.name == value))
+    """The id of the model a job runs, if it is registered (or the job it names has one) yet: the first primary
+    field that is set (evaluate names a solve job or a sample job)."""
+    for field, ref in references(kinds.get(kind_name).params):
+        if not ref.primary or params.get(field) is None:
+            continue
+        value = params[field]
+        if ref.target == "job":
+            return session.scalar(select(Job.model_id).where(Job.id == value))
+        return session.scalar(select(Model.id).where(Model.name == value))
+    return None
 
 
 def _ancestors(session: Session, after: list[int]) -> list[_Ancestor]:

@@ -1,0 +1,204 @@
+"""The Turning-Dust-into-Gold job kinds (ALGORITHMS B1-B3, B5, B6): parameter schemas and handler names.
+
+Chains are named by their problem dataset and their `teacher` (the chain set: an imported teacher such as
+gpt-3.5, or what collect-chains stored under the teacher model's name). Every training kind trains a LoRA (or
+the NAT layer) on the student `model` and registers it under `adapter_name`. Importing this loads no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from rplat.bundled import SMOLLM2
+from rplat.kinds import JobKind, Params
+from rplat.references import Makes, Ref
+from rplat.runners.kinds import ModelParams
+
+LABELERS = ("hendrycks", "math-verify")
+Labeler = Literal["hendrycks", "math-verify"]
+
+
+class CollectChainsParams(ModelParams):
+    """B1: n chains per problem from a teacher, each labelled against the problem's gold answer."""
+
+    problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
+        description="problem dataset (with gold answers) to collect chains for")
+    teacher: str | None = Field(None, min_length=1, max_length=200,
+                                description="name of the chain set (default: the teacher model's name)")
+    n: int = Field(8, gt=0, le=256, description="chains per problem (reference: 8)")
+    temperature: float = Field(0.5, ge=0, description="teacher sampling temperature (reference, inferred: 0.5)")
+    max_tokens: int = Field(512, gt=0, description="token budget of one chain")
+    fewshot: Annotated[str | None, Ref("dataset", kind="problems")] = Field(
+        None, description="dataset whose worked solutions are the demonstrations (default: `problems`)")
+    n_fewshot: int = Field(4, ge=0, description="demonstrations before each problem (never the problem itself)")
+    labeler: Labeler = Field("hendrycks", description="which verdict is the chain's label (both are stored)")
+    seed: int = Field(0, description="sampling seed; sample k of a problem is drawn with its own seed")
+
+    def prompt_templates(self) -> tuple[str, ...]:
+        return ("tdg-chain",)
+
+
+class TdgTrainParams(Params):
+    """What every TDG training kind shares: the chains, the student, the LoRA and the loop."""
+
+    problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
+        description="training problem dataset (its chains, or for train-sft its worked solutions)")
+    teacher: str | None = Field(None, description="chain set to train on (teacher_chains.teacher); "
+                                "not used by train-sft")
+    model: Annotated[str, Ref("model", primary=True)] = Field(SMOLLM2, description="student base model")
+    adapter_name: str | None = Field(None, description="registry name of the result (default <kind>-job<ID>)")
+    lora_r: int = Field(8, gt=0, description="LoRA rank (reference: 8)")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha (reference: 16, scaling 2)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input (reference: 0.05)")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1,
+                                      description="linear layers to adapt (reference: q_proj, v_proj)")
+    max_chars: int = Field(1600, gt=0, description="keep a chain iff len(training text) < max_chars "
+                           "(reference: 1600 for Neg/NAT training, 1200 for NCE)")
+    max_length: int = Field(512, gt=8, description="tokens per example (longer ones are cut)")
+    epochs: int = Field(3, gt=0, description="passes over the chains (reference: 20)")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate (reference: 3e-4)")
+    batch_size: int = Field(4, gt=0, description="micro batch (reference: 16)")
+    grad_accum: int = Field(4, gt=0, description="micro batches per optimizer step (reference: 128 / 16)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warmup as a fraction of the optimizer steps")
+    warmup_steps: int | None = Field(None, ge=0, description="warmup in optimizer steps (reference: 200)")
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    limit: int | None = Field(None, gt=0, description="train on the chains of at most this many problems")
+    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
+    seed: int = Field(42, description="initialisation and shuffling seed (reference: 42)")
+    nproc: int = Field(1, ge=1, le=64, description="processes training together under torchrun (one per GPU)")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with nproc > 1: ddp or fsdp")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TdgTrainParams:
+        if self.warmup_steps is not None and "warmup_ratio" in self.model_fields_set:
+            raise ValueError("give warmup_steps or warmup_ratio, not both")
+        return self
+
+
+    def prompt_templates(self) -> tuple[str, ...]:
+        return ("tdg-chain",)
+
+
+class ChainTrainParams(TdgTrainParams):
+    """A training kind that reads teacher chains: `teacher` is required."""
+
+    @model_validator(mode="after")
+    def _needs_teacher(self) -> ChainTrainParams:
+        if self.teacher is None:
+            raise ValueError("name the chains to train on with --param teacher=NAME (the teachers stored: "
+                             "`rplat sql \"SELECT teacher, label, count(*) FROM chains GROUP BY ALL\"`)")
+        return self
+
+
+class TrainNegParams(ChainTrainParams):
+    """B2 stage 1: the negative LoRA, plain MLE on the negative chains."""
+
+    adapter_name: Annotated[str | None, Makes("neg-job{job_id}")] = None
+
+
+class TrainKdParams(ChainTrainParams):
+    """B5 CoT KD: MLE on the positive chains."""
+
+    adapter_name: Annotated[str | None, Makes("kd-job{job_id}")] = None
+
+
+class TrainMixParams(ChainTrainParams):
+    """B5 MIX: MLE on positives and negatives alike."""
+
+    adapter_name: Annotated[str | None, Makes("mix-job{job_id}")] = None
+
+
+class TrainNtParams(ChainTrainParams):
+    """B5 NT: +1 x log-likelihood of positives (and gold solutions), -lambda x that of negatives."""
+
+    adapter_name: Annotated[str | None, Makes("nt-job{job_id}")] = None
+    nt_lambda: float = Field(0.05, ge=0, description="weight of the negatives' likelihood, subtracted (reference 0.05)")
+    include_gold: bool = Field(True, description="also train on the problems' gold solutions with weight +1 (code)")
+
+
+class TrainUlParams(ChainTrainParams):
+    """B5 UL: MLE on positives plus lambda x token unlikelihood -log(1 - p) on negatives."""
+
+    adapter_name: Annotated[str | None, Makes("ul-job{job_id}")] = None
+    ul_lambda: float = Field(0.05, ge=0, description="weight of the unlikelihood term (reference 0.05)")
+
+
+class TrainSftParams(TdgTrainParams):
+    """The paper's "fine-tune" row: MLE on the problems' gold solutions (the base of the relative gains)."""
+
+    adapter_name: Annotated[str | None, Makes("sft-job{job_id}")] = None
+
+
+class TrainNatParams(ChainTrainParams):
+    """B2 stage 2: positive LoRA + dynamic integration unit on the positives, the negative LoRA frozen."""
+
+    adapter_name: Annotated[str | None, Makes("nat-job{job_id}")] = None
+    neg_model: Annotated[str, Ref("model")] = Field(
+        description="the negative LoRA (a train-neg result) the NAT layer plugs in, frozen")
+    unit_dim: int = Field(128, gt=0, description="width of W_Q, W_K, W_1 (reference: 128)")
+    unit_beta: float = Field(0.5, gt=0, le=1, description="w_neg = 2*beta*a_neg - beta (reference 0.5)")
+    log_every: int = Field(10, gt=0, description="optimizer steps between nat_alpha_logs rows (reference: 200)")
+
+
+class TrainNceParams(ChainTrainParams):
+    """B3: a fresh LoRA distilled from the NAT model, KD weighted per chain by beta = tanh(KL(neg || nat))."""
+
+    adapter_name: Annotated[str | None, Makes("nce-job{job_id}")] = None
+    nat_model: Annotated[str, Ref("model")] = Field(description="the NAT model (a train-nat result), frozen")
+    max_chars: int = Field(1200, gt=0, description="keep a chain iff len(training text) < max_chars (reference 1200)")
+    alpha: float = Field(0.5, ge=0, le=1, description="L = (1-alpha) CE + alpha KD (reference 0.5)")
+    beta_offset: float = Field(0.5, ge=0, description="KD weight = beta_offset + beta (code: 0.5; paper: 0)")
+    kd_temperature: float = Field(1.0, gt=0, description="softmax temperature T of the distillation (reference 1)")
+    self_augment: int = Field(0, ge=0, description="chains sampled from the NAT model per problem, added to the "
+                              "positives when they reach the gold answer (0: the code's teacher positives only)")
+    augment_temperature: float = Field(0.7, ge=0, description="sampling temperature of self-augmentation")
+    augment_max_tokens: int = Field(256, gt=0, description="token budget of one self-augmentation chain")
+
+
+class SampleParams(ModelParams):
+    """Whole chains for test problems from any model or adapter: greedy, or n samples at a temperature."""
+
+    problems: Annotated[str, Ref("dataset", kind="problems")] = Field(description="problem dataset to solve")
+    n: int = Field(1, gt=0, le=256, description="chains per problem (1 with temperature 0: greedy, the main table; "
+                   "16 for SC/ASC)")
+    temperature: float = Field(0.0, ge=0, description="0: greedy (reference main table); >0: sampled")
+    max_tokens: int = Field(512, gt=0, description="token budget of one chain (reference: 1024)")
+    fewshot: Annotated[str | None, Ref("dataset", kind="problems")] = Field(
+        None, description="dataset whose worked solutions are demonstrations (default none: trained students "
+        "answer zero-shot)")
+    n_fewshot: int = Field(0, ge=0, description="demonstrations before each problem")
+    labeler: Labeler = Field("math-verify", description="how a chain's answer is checked against the gold answer")
+    seed: int = Field(0, description="sampling seed")
+
+    @model_validator(mode="after")
+    def _greedy_once(self) -> SampleParams:
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError("greedy decoding (temperature 0) gives one chain; set n=1 or a temperature > 0")
+        return self
+
+    def prompt_templates(self) -> tuple[str, ...]:
+        return ("tdg-chain",)
+
+
+COLLECT_CHAINS = JobKind("collect-chains", CollectChainsParams, "rplat.runners.chains:collect",
+                         "Sample n teacher chains per problem and label them positive/negative (TDG B1).")
+TRAIN_NEG = JobKind("train-neg", TrainNegParams, "rplat.runners.train_tdg:train_neg",
+                    "Train the negative LoRA on the negative chains (TDG B2 stage 1).")
+TRAIN_NAT = JobKind("train-nat", TrainNatParams, "rplat.runners.train_nat:run",
+                    "Negative Assistant Training: positive LoRA + integration unit, negative LoRA frozen (TDG B2).")
+TRAIN_NCE = JobKind("train-nce", TrainNceParams, "rplat.runners.train_nce:run",
+                    "Negative Calibrated Enhancement: distil the NAT model into a fresh LoRA (TDG B3).")
+TRAIN_KD = JobKind("train-kd", TrainKdParams, "rplat.runners.train_tdg:train_kd",
+                   "CoT knowledge distillation: MLE on the positive chains (TDG baseline).")
+TRAIN_MIX = JobKind("train-mix", TrainMixParams, "rplat.runners.train_tdg:train_mix",
+                    "MLE on positive and negative chains alike (TDG baseline MIX).")
+TRAIN_NT = JobKind("train-nt", TrainNtParams, "rplat.runners.train_tdg:train_nt",
+                   "Negative training: likelihood of positives minus lambda x that of negatives (TDG baseline).")
+TRAIN_UL = JobKind("train-ul", TrainUlParams, "rplat.runners.train_tdg:train_ul",
+                   "Unlikelihood training on negatives beside MLE on positives (TDG baseline).")
+TRAIN_SFT = JobKind("train-sft", TrainSftParams, "rplat.runners.train_tdg:train_sft",
+                    "Fine-tune on the problems' gold solutions (the TDG table's fine-tune row).")
+SAMPLE = JobKind("sample", SampleParams, "rplat.runners.chains:sample",
+                 "Generate whole chains for problems (greedy or n samples) and check their answers (TDG eval).")
