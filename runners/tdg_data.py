@@ -1,0 +1,157 @@
+"""What every TDG training kind shares: the chains it trains on, their token ids, its LoRA and its result.
+
+A job first stores its examples (`store_examples`: teacher chains of `p.teacher` on `p.problems` with the
+wanted labels and shorter than `max_chars`, and/or the problems' gold solutions) as `training_examples` rows in
+one transaction, so what it trained on is written before training starts and a resumed run reads the same set;
+`load_examples` reads them back in a fixed order. The training text is B1's `"Problem:\\n{q}\\nSolution:\\n{c}"`,
+loss on all of it (`loss_on_prefix=True`), pads masked by the collate. `save_and_register` writes the result
+atomically under the job's home and registers it with role, base and parents.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from rplat.errors import UserError
+from rplat.lookup import dataset_id
+from rplat.models import Problem, TeacherChain, TrainingExample
+from rplat.prompts import tdg_training_text
+from rplat.references import made_model
+from rplat.registry import register_model
+from rplat.runners.context import JobContext
+from rplat.runners.kinds_tdg import TdgTrainParams
+from rplat.store import insert_ignore
+
+CHAIN_LABELS = ("pos", "neg")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One stored training example: a teacher chain (label pos/neg) or a problem's gold solution (label gold)."""
+
+    source: str  # "chain" or "gold"
+    source_id: int  # teacher_chains.id or problems.id
+    label: str  # pos, neg or gold
+    problem_id: int
+    text: str  # the training text (problem and chain)
+
+
+def store_examples(ctx: JobContext, p: TdgTrainParams, labels: Sequence[str] = (), *, gold: bool = False,
+                   max_chars: int | None = None) -> dict[str, int]:
+    """Store this job's examples: chains of `p.teacher` labelled `labels` whose training text is shorter than
+    `max_chars` (default `p.max_chars`), plus the gold solutions if `gold`, on the first `p.limit` problems of
+    `p.problems`; idempotent (a resumed job stores the same rows). Returns the counts per label."""
+    limit_chars = p.max_chars if max_chars is None else max_chars
+    with ctx.transaction() as s:
+        ds = dataset_id(s, p.problems, "problems")
+        problem_ids = s.scalars(select(Problem.id).where(Problem.dataset_id == ds).order_by(Problem.id)
+                                .limit(p.limit)).all()
+        rows: list[dict[str, Any]] = []
+        if labels:
+            if p.teacher is None:
+                raise UserError("this kind trains on teacher chains; name them with --param teacher=NAME.")
+            stored = s.scalar(select(func.count()).select_from(TeacherChain)
+                              .where(TeacherChain.teacher == p.teacher, TeacherChain.problem_id.in_(problem_ids)))
+            if not stored:
+                raise UserError(f"there are no chains of teacher {p.teacher!r} on dataset {p.problems!r}; import them "
+                                f"with `rplat import chains FILE --teacher {p.teacher} --dataset {p.problems}` or "
+                                "collect them with a collect-chains job.")
+            found = s.execute(select(TeacherChain.id, TeacherChain.label, TeacherChain.text, Problem.question)
+                              .join(Problem, Problem.id == TeacherChain.problem_id)
+                              .where(TeacherChain.teacher == p.teacher, TeacherChain.problem_id.in_(problem_ids),
+                                     TeacherChain.label.in_(list(labels)))
+                              .order_by(TeacherChain.id)).all()
+            rows += [dict(job_id=ctx.job_id, chain_id=r.id, label=r.label, split="train") for r in found
+                     if len(tdg_training_text(r.question, r.text)) < limit_chars]
+        n_chains = len(rows)
+        if gold:
+            solved = s.execute(select(Problem.id).where(Problem.id.in_(problem_ids), Problem.solution.is_not(None),
+                                                        Problem.solution != "").order_by(Problem.id)).all()
+            rows += [dict(job_id=ctx.job_id, problem_id=r.id, label="gold", split="train") for r in solved]
+        if not rows:
+            wanted = " or ".join([f"{label} chains" for label in labels] + (["gold solutions"] if gold else []))
+            raise UserError(f"dataset {p.problems!r} has no {wanted} to train on"
+                            + (f" shorter than max_chars={limit_chars}" if labels else "")
+                            + "; check --param teacher / problems, or raise --param max_chars.")
+        insert_ignore(s, TrainingExample, rows[:n_chains], ["job_id", "chain_id"])
+        insert_ignore(s, TrainingExample, rows[n_chains:], ["job_id", "problem_id"])
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+    return counts
+
+
+def load_examples(ctx: Any) -> list[Example]:
+    """This job's stored examples, chains first (by id), then gold solutions (by problem id)."""
+    with ctx.read() as s:
+        chains = s.execute(select(TrainingExample.chain_id, TrainingExample.label, TeacherChain.problem_id,
+                                  TeacherChain.text, Problem.question)
+                           .join(TeacherChain, TeacherChain.id == TrainingExample.chain_id)
+                           .join(Problem, Problem.id == TeacherChain.problem_id)
+                           .where(TrainingExample.job_id == ctx.job_id).order_by(TrainingExample.chain_id)).all()
+        golds = s.execute(select(TrainingExample.problem_id, Problem.question, Problem.solution)
+                          .join(Problem, Problem.id == TrainingExample.problem_id)
+                          .where(TrainingExample.job_id == ctx.job_id).order_by(TrainingExample.problem_id)).all()
+    return ([Example("chain", r.chain_id, r.label, r.problem_id, tdg_training_text(r.question, r.text))
+             for r in chains]
+            + [Example("gold", r.problem_id, "gold", r.problem_id, tdg_training_text(r.question, r.solution))
+               for r in golds])
+
+
+def encode(tokenizer: Any, text: str, max_length: int) -> dict[str, Any]:
+    """Token ids of a training text and its end-of-sequence token, cut to `max_length`; labels = the ids (the
+    loss covers the question too, as in the reference), padding masked later by the collate."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    ids = ids[:max_length]
+    return {"input_ids": ids, "labels": list(ids)}
+
+
+def encode_examples(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list[dict[str, Any]]:
+    """`encode` of every example, each dict also carrying its `label`, `source` and `source_id` (collates that
+    only read input_ids/labels ignore them)."""
+    return [{**encode(tokenizer, e.text, max_length), "label": e.label, "source": e.source, "source_id": e.source_id}
+            for e in examples]
+
+
+def lora_config(p: TdgTrainParams) -> Any:
+    """The peft LoRA of the params (B2's shared settings by default: r 8, alpha 16, dropout 0.05, q/v)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+                      target_modules=list(p.target_modules), task_type="CAUSAL_LM")
+
+
+def result_name(kind: str, p: TdgTrainParams, job_id: int) -> str:
+    """The registry name the job's result gets (the one enqueue checks promised to later jobs)."""
+    name = made_model(kind, p.model_dump(mode="json"), job_id)
+    assert name is not None, f"{kind}'s adapter_name must be marked Makes(...)"
+    return name
+
+
+def save_and_register(ctx: JobContext, kind: str, p: TdgTrainParams, write: Callable[[Path], None], *,
+                      fmt: str, role: str, parents: dict[str, int], config: dict[str, Any] | None = None,
+                      **columns: Any) -> tuple[str, int]:
+    """Write the result with `write(directory)` into a temporary directory, move it into place under
+    RPLAT_HOME/artifacts/models/<name> and register it (format, role, parents, this job); returns (name, id)."""
+    name = result_name(kind, p, ctx.job_id)
+    out = ctx.home / "artifacts" / "models" / name
+    tmp = out.with_name(f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    with ctx.transaction() as s:
+        row = register_model(s, name, fmt, out, role=role, parents=parents,
+                             config={"train_params": p.model_dump(mode="json"), **(config or {})},
+                             job_id=ctx.job_id, **columns)
+        return name, row.id
