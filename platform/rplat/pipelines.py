@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rplat import kinds
+from rplat.errors import UserError
 from rplat.methods.guided import GUIDED, SOLVE_METHODS
 from rplat.queue import Queue
 from rplat.store import transaction
@@ -59,4 +60,118 @@ class RationalystPipeline:
                     [ids["train"]] if guided else [])
                 ids["solve"][method] = solve
                 ids["evaluate"][method] = add("evaluate", {"solve_job": solve}, [solve])
+        return ids
+
+
+# The TDG training kinds by setting (the paper's row names), in the order their table lists them.
+TDG_TRAIN_KINDS = {"sft": "train-sft", "kd": "train-kd", "mix": "train-mix", "nt": "train-nt", "ul": "train-ul",
+                   "neg": "train-neg", "nat": "train-nat", "nce": "train-nce"}
+TDG_SETTINGS = ("base", *TDG_TRAIN_KINDS)
+TDG_KINDS = ("collect-chains", *TDG_TRAIN_KINDS.values(), "sample", "evaluate")
+# A params-file key applied to every training kind (a kind's own key wins).
+TDG_TRAIN_GROUP = "train"
+
+
+@dataclass
+class TdgPipeline:
+    """(collect-chains) -> neg -> nat -> nce, the baselines beside them; greedy sample + evaluate per model.
+
+    The chains are either collected from `teacher_model` (named after it) or already stored under
+    `chains_teacher` (imported). Every model, the untrained student included, gets one greedy `sample` of the
+    test problems after its training job and an `evaluate` after that sample. train-sft reads the gold
+    solutions, not the chains, so it and the student's own sample wait for nothing.
+    """
+
+    benchmark: str
+    test: str
+    student: str
+    teacher_model: str | None = None
+    chains_teacher: str | None = None
+    experiment: str | None = None
+    n_chains: int = 8
+    limit: int | None = None
+    train_steps: int | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def adapter_name(self, setting: str) -> str:
+        return f"{self.experiment or 'tdg'}-{setting}"
+
+    def teacher(self) -> str:
+        """The chain set the training kinds read: the imported one, or what collect-chains stores."""
+        if self.chains_teacher is not None:
+            return self.chains_teacher
+        assert self.teacher_model is not None
+        return self.overrides.get("collect-chains", {}).get("teacher") or self.teacher_model
+
+    def _check(self) -> None:
+        if (self.teacher_model is None) == (self.chains_teacher is None):
+            raise UserError("give exactly one of --teacher MODEL (collect chains from it) and --chains NAME "
+                            "(chains already imported under that teacher name).")
+        unknown = sorted(set(self.overrides) - {*TDG_KINDS, TDG_TRAIN_GROUP})
+        if unknown:
+            raise UserError(f"--params-file names {unknown[0]!r}, which is not a kind of this pipeline; its keys "
+                            f"are: {', '.join((*TDG_KINDS, TDG_TRAIN_GROUP))}.")
+        bad = next((k for k, v in self.overrides.items() if not isinstance(v, dict)), None)
+        if bad is not None:
+            raise UserError(f"--params-file entry {bad!r} must be an object of parameters, e.g. "
+                            '{"sample": {"max_tokens": 64}}.')
+
+    def _check_chains(self, session: Any) -> None:
+        from sqlalchemy import func, select
+
+        from rplat.models import Dataset, Problem, TeacherChain
+
+        n = session.scalar(select(func.count()).select_from(TeacherChain)
+                           .join(Problem, Problem.id == TeacherChain.problem_id)
+                           .join(Dataset, Dataset.id == Problem.dataset_id)
+                           .where(TeacherChain.teacher == self.chains_teacher, Dataset.name == self.benchmark))
+        if not n:
+            raise UserError(f"--chains {self.chains_teacher!r}: no chains of that teacher on dataset "
+                            f"{self.benchmark!r}; import them with `rplat import chains FILE --teacher "
+                            f"{self.chains_teacher}` or collect them with --teacher MODEL.")
+
+    def enqueue(self, queue: Queue) -> dict[str, Any]:
+        """Enqueue every job in one transaction (identical re-runs de-duplicate to the same jobs); returns their
+        ids: collect (or None), and train / sample / evaluate by setting (sample and evaluate include base)."""
+        self._check()
+
+        def params(kind: str, values: dict[str, Any]) -> dict[str, Any]:
+            group = self.overrides.get(TDG_TRAIN_GROUP, {}) if kind in TDG_TRAIN_KINDS.values() else {}
+            merged = {k: v for k, v in {**values, **group, **self.overrides.get(kind, {})}.items() if v is not None}
+            return kinds.validate_params(kind, merged)
+
+        teacher = self.teacher()
+        ids: dict[str, Any] = {"collect": None, "train": {}, "sample": {}, "evaluate": {}}
+        with transaction(queue.engine) as s:
+            def add(kind: str, values: dict[str, Any], after: list[int | None]) -> int:
+                job_id, _ = queue.enqueue_in(s, kind, params(kind, values), experiment=self.experiment,
+                                             after=[a for a in after if a is not None])
+                return job_id
+
+            if self.chains_teacher is not None:
+                self._check_chains(s)
+            else:
+                ids["collect"] = add("collect-chains", {"problems": self.benchmark, "model": self.teacher_model,
+                                                        "n": self.n_chains}, [])
+            chains = ids["collect"]
+            train = ids["train"]
+
+            def trainer(setting: str, after: int | None, **extra: Any) -> None:
+                values = {"problems": self.benchmark, "model": self.student, "teacher": teacher,
+                          "adapter_name": self.adapter_name(setting), "max_steps": self.train_steps, **extra}
+                train[setting] = add(TDG_TRAIN_KINDS[setting], values, [after])
+
+            train["sft"] = add("train-sft", {"problems": self.benchmark, "model": self.student,
+                                             "adapter_name": self.adapter_name("sft"),
+                                             "max_steps": self.train_steps}, [])
+            for setting in ("kd", "mix", "nt", "ul", "neg"):
+                trainer(setting, chains)
+            trainer("nat", train["neg"], neg_model=self.adapter_name("neg"))
+            trainer("nce", train["nat"], nat_model=self.adapter_name("nat"))
+            for setting in TDG_SETTINGS:
+                model = self.student if setting == "base" else self.adapter_name(setting)
+                sample = add("sample", {"problems": self.test, "model": model, "n": 1, "temperature": 0.0,
+                                        "limit": self.limit}, [train.get(setting)])
+                ids["sample"][setting] = sample
+                ids["evaluate"][setting] = add("evaluate", {"sample_job": sample}, [sample])
         return ids

@@ -102,8 +102,109 @@ def rationalyst_report(engine: Engine, *, experiment: str | None = None) -> dict
                                .where(*job_filter, Job.kind == "evaluate").order_by(Evaluation.job_id)).all()
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for ev, params in rows:
+        if params.get("solve_job") is None:
+            continue  # an evaluation of a TDG sample job (`rplat report tdg`)
         latest[(ev.method, ev.subject)] = {"method": ev.method, "subject": ev.subject, "n": ev.n,
                                            "correct": round(ev.n_correct, 2), "accuracy": round(ev.accuracy, 4),
                                            "evaluate_job": ev.job_id, "solve_job": params.get("solve_job")}
     results = sorted(latest.values(), key=lambda r: (r["subject"] != "all", r["subject"], r["method"]))
     return {"experiment": experiment, "funnel": funnel, "results": results}
+
+
+# Table 1's pairs (ALGORITHMS B5/B2): positive-only vs negative-only, then negative vs NAT.
+TDG_PAIRS = (("kd", "neg"), ("neg", "nat"))
+
+
+def _tdg_setting(kind: str | None) -> str:
+    """A model's TDG setting: the training kind that made it (train-kd -> kd), else base (not trained here)."""
+    from rplat.pipelines import TDG_TRAIN_KINDS
+
+    setting = (kind or "").removeprefix("train-")
+    return setting if setting in TDG_TRAIN_KINDS else "base"
+
+
+def tdg_report(engine: Engine, experiment: str) -> dict[str, Any]:
+    """The paper's Table 2 (greedy accuracy % per subject, micro Avg, gain vs sft) and Table 1 (solved-set overlaps
+    kd/neg and neg/nat), from the latest evaluation of each model's greedy sample job in the experiment."""
+    from sqlalchemy.orm import aliased
+
+    from rplat.methods.votes import OVERALL
+    from rplat.models import Evaluation, Model, Prediction, Problem
+    from rplat.pipelines import TDG_SETTINGS
+
+    maker = aliased(Job)
+    with transaction(engine) as session:
+        exp = experiment_id(session, experiment)
+        evaluates = {job_id: params.get("sample_job") for job_id, params in session.execute(
+            select(Job.id, Job.params).where(Job.experiment_id == exp, Job.kind == "evaluate",
+                                             Job.status == "succeeded")).all()}
+        wanted_samples = sorted({v for v in evaluates.values() if v is not None})
+        samples = dict(session.execute(select(Job.id, Job.params).where(
+            Job.id.in_(wanted_samples), Job.kind == "sample")).all()) if wanted_samples else {}
+        # Table 2 is the greedy main table: one chain per problem at temperature 0.
+        greedy = {e: sj for e, sj in evaluates.items() if sj in samples
+                  and float(samples[sj].get("temperature", 0.0)) == 0.0 and int(samples[sj].get("n", 1)) == 1}
+        rows = session.execute(
+            select(Evaluation, Model.name, maker.kind)
+            .join(Model, Model.id == Evaluation.model_id)
+            .outerjoin(maker, maker.id == Model.job_id)
+            .where(Evaluation.job_id.in_(list(greedy)), Evaluation.method == "greedy")
+            .order_by(Evaluation.job_id)).all() if greedy else []
+        latest: dict[str, dict[str, Any]] = {}  # model name -> its latest evaluation (job ids grow)
+        for ev, name, kind in rows:
+            entry = latest.get(name)
+            if entry is None or entry["evaluate_job"] < ev.job_id:
+                entry = latest[name] = {"setting": _tdg_setting(kind), "model": name, "model_id": ev.model_id,
+                                        "evaluate_job": ev.job_id, "sample_job": greedy[ev.job_id], "rows": {}}
+            if entry["evaluate_job"] == ev.job_id:
+                entry["rows"][ev.subject] = ev
+        by_setting: dict[str, dict[str, Any]] = {}  # setting -> its latest evaluated model (Table 1, the sft base)
+        for entry in sorted(latest.values(), key=lambda e: e["evaluate_job"]):
+            by_setting[entry["setting"]] = entry
+        solved: dict[int, dict[int, bool]] = {}
+        subject_of: dict[int, str | None] = {}
+        wanted = {e["evaluate_job"] for s in {x for pair in TDG_PAIRS for x in pair} if (e := by_setting.get(s))}
+        if wanted:
+            for job_id, problem_id, correct, subject in session.execute(
+                    select(Prediction.job_id, Prediction.problem_id, Prediction.correct, Problem.subject)
+                    .join(Problem, Problem.id == Prediction.problem_id)
+                    .where(Prediction.job_id.in_(wanted), Prediction.method == "greedy")).all():
+                solved.setdefault(job_id, {})[problem_id] = bool(correct)
+                subject_of[problem_id] = subject
+    if not latest:
+        raise UserError(f"experiment {experiment!r} has no evaluated greedy sample jobs yet; run `rplat pipeline "
+                        "tdg ...` in it and `rplat runner --until-done`.")
+    subjects = sorted({s for e in latest.values() for s in e["rows"] if s != OVERALL})
+    sft = by_setting.get("sft")
+    sft_avg = sft["rows"][OVERALL].accuracy if sft and OVERALL in sft["rows"] else None
+    order = {s: i for i, s in enumerate(TDG_SETTINGS)}
+    table2 = []
+    for e in sorted(latest.values(), key=lambda e: (order[e["setting"]], e["model"])):
+        overall = e["rows"].get(OVERALL)
+        avg = overall.accuracy if overall is not None else None
+        table2.append({
+            "setting": e["setting"], "model": e["model"], "evaluate_job": e["evaluate_job"],
+            "sample_job": e["sample_job"], "n": overall.n if overall is not None else 0,
+            "accuracy": {s: 100.0 * e["rows"][s].accuracy for s in subjects if s in e["rows"]},
+            "avg": None if avg is None else 100.0 * avg,
+            "gain": None if avg is None or not sft_avg else (avg - sft_avg) / sft_avg,
+        })
+    table1, missing = [], []
+    for a, b in TDG_PAIRS:
+        if a not in by_setting or b not in by_setting:
+            missing.append(f"{a}/{b}")
+            continue
+        ea, eb = by_setting[a], by_setting[b]
+        sa, sb = solved.get(ea["evaluate_job"], {}), solved.get(eb["evaluate_job"], {})
+        cells = []
+        for subject in (*subjects, OVERALL):
+            def of(s: dict[int, bool], subject: str = subject) -> set[int]:
+                return {p for p, ok in s.items() if ok and (subject == OVERALL or subject_of.get(p) == subject)}
+            pa, pb = of(sa), of(sb)
+            union = pa | pb
+            cells.append({"subject": subject, "intersection": len(pa & pb), "solved_a": len(pa), "solved_b": len(pb),
+                          "union": len(union), "iou": len(pa & pb) / len(union) if union else 0.0})
+        table1.append({"a": a, "b": b, "model_a": ea["model"], "model_b": eb["model"],
+                       "evaluate_job_a": ea["evaluate_job"], "evaluate_job_b": eb["evaluate_job"], "cells": cells})
+    return {"experiment": experiment, "subjects": subjects, "sft_model": sft["model"] if sft else None,
+            "table2": table2, "table1": table1, "missing_pairs": missing}

@@ -110,6 +110,59 @@ def report_rationalyst(experiment: str | None, as_json: bool) -> None:
     click.echo(table(summary["results"], ["method", "subject", "n", "correct", "accuracy", "evaluate_job"]))
 
 
+@report.command("tdg")
+@click.option("--experiment", required=True, help="the experiment whose greedy sample evaluations to show")
+@click.option("--table", "which", type=click.Choice(["1", "2"]), default="2", show_default=True,
+              help="with --csv: which table to print")
+@click.option("--json", "as_json", is_flag=True, help="print both tables as JSON, with their job ids")
+@click.option("--csv", "as_csv", is_flag=True, help="print one table (--table) as CSV")
+def report_tdg(experiment: str, which: str, as_json: bool, as_csv: bool) -> None:
+    """Turning Dust into Gold's Table 2 (greedy accuracy % per subject, micro Avg, gain against sft) and Table 1
+    (problems solved by kd and neg, and by neg and nat: both, each, IoU per subject and overall)."""
+    import csv
+
+    from rplat.reports import tdg_report
+
+    if as_json and as_csv:
+        raise UserError("choose one of --json and --csv, not both.")
+    summary = tdg_report(open_store(), experiment)
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+        return
+    subjects = summary["subjects"]
+    table2 = [{"setting": r["setting"], "model": r["model"], **r["accuracy"], "avg": r["avg"], "gain": r["gain"],
+               "evaluate_job": r["evaluate_job"]} for r in summary["table2"]]
+    columns2 = ["setting", "model", *subjects, "avg", "gain", "evaluate_job"]
+    table1 = [{"pair": f"{t['a']}/{t['b']}", "subject": c["subject"], "both": c["intersection"],
+               "solved_a": c["solved_a"], "solved_b": c["solved_b"], "iou": c["iou"]}
+              for t in summary["table1"] for c in t["cells"]]
+    columns1 = ["pair", "subject", "both", "solved_a", "solved_b", "iou"]
+    if as_csv:
+        rows, columns = (table2, columns2) if which == "2" else (table1, columns1)
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if r.get(c) is None else r.get(c) for c in columns] for r in rows])
+        return
+
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{v:.2f}"
+
+    click.echo(f"Table 2: greedy accuracy (%) on the test problems, experiment {experiment} "
+               "(avg: micro over all problems; gain: relative to sft)")
+    click.echo(table([{**r, **{s: pct(r.get(s)) for s in subjects}, "avg": pct(r["avg"]),
+                       "gain": "n/a" if r["gain"] is None else f"{100 * r['gain']:+.1f}%"} for r in table2], columns2))
+    for t in summary["table1"]:
+        click.echo(f"\nTable 1: problems solved by {t['a']} ({t['model_a']}, evaluate job {t['evaluate_job_a']}) "
+                   f"and {t['b']} ({t['model_b']}, evaluate job {t['evaluate_job_b']})")
+        cells = t["cells"]
+        click.echo(table([{"": label, **{c["subject"]: fmt(c) for c in cells}} for label, fmt in (
+            (f"{t['a']} & {t['b']}", lambda c: c["intersection"]), (t["a"], lambda c: c["solved_a"]),
+            (t["b"], lambda c: c["solved_b"]), ("IoU", lambda c: f"{c['iou']:.2f}"))],
+            ["", *(c["subject"] for c in cells)]))
+    for pair in summary["missing_pairs"]:
+        click.echo(f"\nTable 1 {pair}: not both models evaluated in this experiment")
+
+
 @report.command("prefilter")
 @click.option("--job", "job_id", type=int, default=None, help="the prefilter job (default: the latest one)")
 @click.option("--experiment", default=None, help="the latest prefilter job of this experiment")

@@ -50,3 +50,40 @@ def pipeline_rationalyst(documents: str, benchmark: str, test: str | None, model
                f"train {ids['train']}")
     for method, job in ids["solve"].items():
         click.echo(f"  solve {method}: job {job}, evaluate: job {ids['evaluate'][method]}")
+
+
+@pipeline.command("tdg")
+@click.option("--benchmark", required=True, help="training problem dataset (gold answers; worked solutions for sft)")
+@click.option("--test", required=True, help="problem dataset every model solves greedily")
+@click.option("--teacher", "teacher_model", default=None, help="model to collect the chains from (collect-chains)")
+@click.option("--chains", "chains_teacher", default=None, help="teacher name of chains already imported "
+              "(`rplat import chains FILE --teacher NAME`), instead of --teacher")
+@click.option("--student", required=True, help="base model every TDG setting trains a LoRA (or NAT) on")
+@click.option("--experiment", default=None)
+@click.option("--n-chains", default=8, show_default=True, type=click.IntRange(1, 256), help="chains per problem")
+@click.option("--limit", default=None, type=click.IntRange(1), help="sample at most this many test problems")
+@click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps of every training")
+@click.option("--params-file", default=None, help='JSON {"kind": {param: value}} overrides per job kind; the key '
+              '"train" applies to every training kind')
+@click.option("--json", "as_json", is_flag=True)
+def pipeline_tdg(benchmark: str, test: str, teacher_model: str | None, chains_teacher: str | None, student: str,
+                 experiment: str | None, n_chains: int, limit: int | None, train_steps: int | None,
+                 params_file: str | None, as_json: bool) -> None:
+    """(collect-chains) -> train-neg -> train-nat -> train-nce, the baselines (sft, kd, mix, nt, ul) beside them,
+    then a greedy sample and its evaluation for every model and the untrained student."""
+    from rplat.pipelines import TdgPipeline
+
+    overrides = load_params_file(params_file) if params_file else {}
+    ids = TdgPipeline(benchmark=benchmark, test=test, student=student, teacher_model=teacher_model,
+                      chains_teacher=chains_teacher, experiment=experiment, n_chains=n_chains, limit=limit,
+                      train_steps=train_steps, overrides=overrides).enqueue(queue_of(open_store()))
+    if as_json:
+        click.echo(json.dumps(ids))
+        return
+    if ids["collect"] is not None:
+        click.echo(f"collect-chains {ids['collect']}")
+    train = ids["train"]
+    click.echo(f"train-neg {train['neg']} -> train-nat {train['nat']} -> train-nce {train['nce']}; beside them: "
+               + ", ".join(f"train-{s} {train[s]}" for s in ("sft", "kd", "mix", "nt", "ul")))
+    for setting, job in ids["sample"].items():
+        click.echo(f"  {setting}: sample job {job}, evaluate job {ids['evaluate'][setting]}")
