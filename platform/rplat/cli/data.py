@@ -115,3 +115,16 @@ def generate_reasoning_gym(name: str, size: int, seed: int, out: str) -> None:
 
     n = write_reasoning_gym(name, size, seed, Path(out))
     click.echo(f"wrote {n} problems to {out}")
+
+
+@generate.command("sums")
+@click.option("--size", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--digits", default=1, show_default=True, type=click.IntRange(1, 6), help="digits per operand")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write")
+def generate_sums(size: int, seed: int, digits: int, out: str) -> None:
+    """Distinct two-term sums with worked solutions ending in \\boxed{}, subject carry / no-carry (the TDG demo)."""
+    from rplat.benchmarks import write_sums
+
+    n = write_sums(size, seed, Path(out), digits)
+    click.echo(f"wrote {n} problems to {out}")
