@@ -179,7 +179,43 @@ def _active_lora(module: Any, adapter_names: Sequence[str]) -> Iterator[None]:
     yield
 
 
+# --- nat: the NAT layer of TDG B2 (rplat.methods.nat) ------------------------------------------------------
+
+
+def _detect_nat(path: Path) -> bool:
+    return (path / "nat_config.json").is_file()
+
+
+def _check_nat(path: Path) -> None:
+    if not path.is_dir():
+        raise UserError(f"the NAT model directory {path} does not exist; re-register the model.")
+    if not isinstance(read_json(path, "nat_config.json").get("nat"), dict):
+        raise UserError(f"{path / 'nat_config.json'} has no \"nat\" settings; save the NAT model again (save_nat).")
+    if not (path / "nat_model.safetensors").is_file():
+        raise UserError(f"{path} has no nat_model.safetensors; save the NAT model again (save_nat).")
+
+
+def _attach_nat(module: Any, path: Path, adapter_name: str, trainable: bool) -> Any:
+    from rplat.methods.nat import load_nat
+
+    return load_nat(module, path, adapter_name=adapter_name, trainable=trainable)
+
+
+def _active_nat(module: Any, adapter_names: Sequence[str]) -> AbstractContextManager[None]:
+    from rplat.methods.nat import active_nat
+
+    if len(adapter_names) > 1:
+        raise UserError(f"NAT adapters {', '.join(adapter_names)} cannot be switched on together; open one at a time.")
+    return active_nat(module, adapter_names[0] if adapter_names else None)
+
+
+def _nat_base(path: Path) -> str | None:
+    return read_json(path, "nat_config.json").get("base_model_name_or_path") or None
+
+
 register_format("base", FormatLoader(detect=_detect_base, check=_check_model_dir))
 register_format("embedding", FormatLoader(detect=_detect_embedding, check=_check_embedding))
 register_format("lora", FormatLoader(detect=_detect_lora, check=_check_lora, attach=_attach_lora,
                                      active=_active_lora, base_hint=_lora_base))
+register_format("nat", FormatLoader(detect=_detect_nat, check=_check_nat, attach=_attach_nat,
+                                    active=_active_nat, base_hint=_nat_base))
