@@ -311,6 +311,25 @@ def nat_state(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER, *, negative
     return state
 
 
+def canonical_state(state: Mapping[str, torch.Tensor], adapter_name: str = DEFAULT_ADAPTER
+                    ) -> dict[str, torch.Tensor]:
+    """A model state dict's NAT tensors (e.g. the training loop's gathered trainable state) keyed as `nat_state`."""
+    out = {}
+    for key, value in state.items():
+        match = re.fullmatch(rf"(.+)\.nat\.{re.escape(adapter_name)}\.(\w+)", key)
+        if match is not None:
+            out[f"{_canonical(match.group(1))}.{match.group(2)}"] = value
+    return out
+
+
+def negative_state(neg_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A peft LoRA state dict as the NAT layer's negative tensors, keyed as `nat_state(..., negative=True)`."""
+    out = {}
+    for path, (a, b) in _negatives(neg_state).items():
+        out[f"{path}.neg_A"], out[f"{path}.neg_B"] = a, b
+    return out
+
+
 def save_nat(model: nn.Module, directory: Path, cfg: NATConfig, extra: Mapping[str, Any] | None = None, *,
              adapter_name: str = DEFAULT_ADAPTER, state: Mapping[str, torch.Tensor] | None = None) -> None:
     """Write `nat_model.safetensors` (pos LoRA, unit and negative LoRA) and `nat_config.json` ({"nat": cfg,
