@@ -92,7 +92,11 @@ LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
     "chains": """
 SELECT c.job_id, x.name AS experiment, c.id AS chain_id, c.problem_id, p.external_id AS problem, p.subject, p.level,
-       c.teacher, c.sample_idx, c.text AS chain, c.extracted_answer, p.answer AS gold, c.label, c.n_chars
+       c.teacher, c.sample_idx, c.text AS chain, c.extracted_answer, p.answer AS gold, c.label, c.n_chars,
+       c.labeler, CAST(c.hendrycks_correct AS BOOLEAN) AS hendrycks_correct,
+       CAST(c.math_verify_correct AS BOOLEAN) AS math_verify_correct,
+       CAST(c.hendrycks_correct AS BOOLEAN) IS DISTINCT FROM CAST(c.math_verify_correct AS BOOLEAN)
+           AS labelers_disagree
 FROM store.teacher_chains c
 JOIN store.problems p ON p.id = c.problem_id
 JOIN store.jobs j ON j.id = c.job_id

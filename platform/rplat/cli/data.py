@@ -16,7 +16,7 @@ from rplat.cli._common import cli, open_store
 
 @cli.group("import")
 def import_() -> None:
-    """Import documents or problems from JSONL or Parquet (all or nothing)."""
+    """Import documents, problems or teacher chains from JSONL (documents, problems: also Parquet); all or nothing."""
 
 
 def _progress_bar(total: int, label: str) -> Any:
@@ -97,6 +97,33 @@ def import_problems(file: str, dataset: str, id_field: str | None, split: str | 
     fmap = FieldMap("problems", id_field, {"question": question_field}, optional,
                     {"benchmark": benchmark, "split": split})
     _run_import(file, dataset, fmap, append, as_json)
+
+
+@import_.command("chains")
+@click.argument("path", metavar="FILE_OR_DIR", type=click.Path())
+@click.option("--teacher", required=True, help="name of the chain set (gpt-3.5, gpt-4, ...)")
+@click.option("--dataset", default="math-train", show_default=True,
+              help="problem dataset the chains belong to (released format: created or extended)")
+@click.option("--labeler", type=click.Choice(["hendrycks", "math-verify"]), default="hendrycks", show_default=True,
+              help="whose verdict is the label (both are stored)")
+@click.option("--format", "fmt", type=click.Choice(["auto", "released", "flat"]), default="auto", show_default=True,
+              help="released: one problem per line with its chains; flat: one chain per line with a problem_id")
+@click.option("--benchmark", default="math", show_default=True, help="benchmark recorded on created problems")
+@click.option("--split", default="train", show_default=True, help="split recorded on created problems")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def import_chains(path: str, teacher: str, dataset: str, labeler: str, fmt: str, benchmark: str, split: str,
+                  as_json: bool) -> None:
+    """Import teacher chains (TDG's released JSONL, or flat), labelled by both labelers; all or nothing."""
+    from rplat import chains
+
+    engine = open_store()
+    bar = _progress_bar(0, f"label {teacher} chains")
+    try:
+        summary = chains.import_chains(engine, Path(path), teacher=teacher, dataset=dataset, labeler=labeler,
+                                       benchmark=benchmark, split=split, fmt=fmt, progress=bar.update)
+    finally:
+        bar.close()
+    click.echo(json.dumps(summary) if as_json else chains.summary_line(summary))
 
 
 @cli.group()

@@ -1,0 +1,351 @@
+"""`rplat import chains`: teacher chains (TDG B1) into `teacher_chains`, labelled by both labelers, all or nothing.
+
+Two formats. *Released*: the TDG authors' files, one MATH problem per line with its gold solution and the
+teacher's chains (`{"question": "Problem:\\n…", "answer": …, "generated_answer": [...], "level", "type"}`); the
+problems are created in the dataset, or reused when their question is there already (the external id is a hash
+of the bare question, so the same problem imported for two teachers is one row). *Flat*: one chain per line,
+`{"problem_id": external id in the dataset, "chain": …, "sample_idx"?}`. Every record is validated, and every new
+chain labelled, before anything is written; the rows and an `import-chains` job (their lineage) commit together.
+A chain is stored once per (problem, teacher, sample index), so a re-import adds nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, String, select
+from sqlalchemy.orm import Session
+
+from rplat.errors import UserError
+from rplat.hashing import content_hash, file_sha256
+from rplat.importer import _records
+from rplat.methods.labelers import LABELERS, gold_answer, label_chain
+from rplat.models import Dataset, Problem, TeacherChain
+from rplat.prompts import TDG_PROBLEM_PREFIX, TDG_SOLUTION_PREFIX, strip_prefix
+from rplat.queue import Queue
+from rplat.store import insert_ignore, transaction
+
+FORMATS = ("auto", "released", "flat")
+BATCH = 2000
+_RELEASED_FIELDS = ("question", "answer", "generated_answer")
+_FLAT_FIELDS = ("problem_id", "chain")
+
+
+def _limit(model: type, column: str) -> int | None:
+    type_ = model.__table__.c[column].type  # type: ignore[attr-defined]
+    return type_.length if isinstance(type_, String) else None
+
+
+class _Bad(Exception):
+    """What is wrong with one record; the caller prefixes the file and line."""
+
+
+@dataclass(frozen=True)
+class _Where:
+    file: Path
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file} line {self.line}"
+
+
+@dataclass(frozen=True)
+class _NewProblem:
+    external_id: str
+    question: str
+    solution: str
+    answer: str | None
+    subject: str | None
+    level: str | None
+
+
+@dataclass
+class _Chain:
+    external_id: str  # the problem's
+    sample_idx: int
+    text: str
+    where: _Where
+
+
+def _clean(value: str, name: str) -> str:
+    if "\x00" in value:
+        raise _Bad(f"field {name} contains a NUL character (\\u0000), which databases cannot store; remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Bad(f"field {name} contains an unpaired surrogate (\\u{ord(value[exc.start]):04x}), which is not "
+                   "valid Unicode; fix that escape") from None
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "text", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _text(record: dict[str, Any], name: str, *, required: bool = True, max_len: int | None = None) -> str | None:
+    """A text field: present (if required), a string, not blank, storable, within its column's length."""
+    value = record.get(name)
+    if value is None:
+        if required:
+            raise _Bad(f"has no field {name!r}")
+        return None
+    if not isinstance(value, str):
+        raise _Bad(f"field {name!r} is {_kind(value)}, not text")
+    if required and not value.strip():
+        raise _Bad(f"field {name!r} is empty")
+    if max_len is not None and len(value) > max_len:
+        raise _Bad(f"field {name!r} is {len(value)} characters long; the column holds at most {max_len}")
+    return _clean(value, repr(name))
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+        if not found:
+            raise UserError(f"{path} is a directory with no *.jsonl files; point at a chains file or a directory "
+                            "holding some.")
+        return found
+    raise UserError(f"{path} does not exist; give a chains file (JSONL) or a directory of them.")
+
+
+def _records_of(files: list[Path]) -> Iterator[tuple[_Where, dict[str, Any]]]:
+    for file in files:
+        for line, record in _records(file):
+            yield _Where(file, line), record
+
+
+def _format_of(record: dict[str, Any], fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    if "generated_answer" in record:
+        return "released"
+    if "chain" in record:
+        return "flat"
+    raise _Bad("is neither a released record (question, answer, generated_answer) nor a flat one (problem_id, "
+               "chain); fix it, or pass --format to say which it should be")
+
+
+@dataclass
+class _Parsed:
+    """Everything the files say, validated: new problems (released), chains, and which formats were seen."""
+
+    problems: dict[str, _NewProblem]
+    chains: list[_Chain]
+    formats: set[str]
+
+
+def _parse(files: list[Path], fmt: str) -> _Parsed:
+    subject_max, level_max, id_max = _limit(Problem, "subject"), _limit(Problem, "level"), _limit(Problem,
+                                                                                                  "external_id")
+    parsed = _Parsed({}, [], set())
+    next_idx: dict[str, int] = {}  # released: chains continue their problem's indices if its question repeats
+    flat_keys: dict[tuple[str, int], _Where] = {}
+    for where, record in _records_of(files):
+        try:
+            kind = _format_of(record, fmt)
+            parsed.formats.add(kind)
+            if kind == "released":
+                question = strip_prefix(_text(record, "question") or "", TDG_PROBLEM_PREFIX)
+                if not question.strip():
+                    raise _Bad("field 'question' holds nothing after its 'Problem:' line")
+                solution = strip_prefix(_text(record, "answer") or "", TDG_SOLUTION_PREFIX)
+                subject = _text(record, "type", required=False, max_len=subject_max)
+                level = _text(record, "level", required=False, max_len=level_max)
+                generated = record.get("generated_answer")
+                if not isinstance(generated, list):
+                    raise _Bad(f"field 'generated_answer' is {_kind(generated)}, not an array of chains")
+                texts = []
+                for k, chain in enumerate(generated):
+                    if not isinstance(chain, str):
+                        raise _Bad(f"generated_answer item {k} is {_kind(chain)}, not text")
+                    texts.append(strip_prefix(_clean(chain, f"generated_answer item {k}"), TDG_SOLUTION_PREFIX))
+                ext = content_hash(question)
+                if ext not in parsed.problems:
+                    parsed.problems[ext] = _NewProblem(ext, question, solution, gold_answer(solution), subject, level)
+                start = next_idx.get(ext, 0)
+                parsed.chains.extend(_Chain(ext, start + k, text, where) for k, text in enumerate(texts))
+                next_idx[ext] = start + len(texts)
+            else:
+                raw_id = record.get("problem_id")
+                if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+                    raw_id = str(raw_id)
+                    record = {**record, "problem_id": raw_id}
+                ext = _text(record, "problem_id", max_len=id_max) or ""
+                chain = _text(record, "chain") or ""
+                raw_idx = record.get("sample_idx")
+                if raw_idx is None:
+                    idx = next_idx.get(ext, 0)
+                elif isinstance(raw_idx, int) and not isinstance(raw_idx, bool) and raw_idx >= 0:
+                    idx = raw_idx
+                else:
+                    raise _Bad(f"field 'sample_idx' is {raw_idx!r}, not a whole number of at least 0")
+                first = flat_keys.setdefault((ext, idx), where)
+                if first != where:
+                    raise _Bad(f"repeats sample_idx {idx} of problem {ext!r} first seen on {first}; give each chain "
+                               "of a problem its own sample_idx")
+                next_idx[ext] = max(next_idx.get(ext, 0), idx + 1)
+                parsed.chains.append(_Chain(ext, idx, strip_prefix(chain, TDG_SOLUTION_PREFIX), where))
+        except _Bad as exc:
+            raise UserError(f"{where} {exc}.") from None
+    if not parsed.formats:
+        raise UserError(f"{files[0] if len(files) == 1 else 'the files under the directory'} hold no records; "
+                        "nothing to import.")
+    return parsed
+
+
+@dataclass(frozen=True)
+class _Stored:
+    problem_id: int
+    answer: str | None
+
+
+def _stored_problems(session: Session, dataset_id: int | None) -> dict[str, _Stored]:
+    if dataset_id is None:
+        return {}
+    rows = session.execute(select(Problem.external_id, Problem.id, Problem.answer, Problem.solution)
+                           .where(Problem.dataset_id == dataset_id)).all()
+    return {ext: _Stored(pid, answer if answer is not None else gold_answer(solution))
+            for ext, pid, answer, solution in rows}
+
+
+def _stored_chains(session: Session, dataset_id: int | None, teacher: str) -> set[tuple[int, int]]:
+    if dataset_id is None:
+        return set()
+    rows = session.execute(select(TeacherChain.problem_id, TeacherChain.sample_idx)
+                           .join(Problem, Problem.id == TeacherChain.problem_id)
+                           .where(Problem.dataset_id == dataset_id, TeacherChain.teacher == teacher)).all()
+    return {(pid, idx) for pid, idx in rows}
+
+
+def _dataset(session: Session, name: str) -> Dataset | None:
+    ds = session.scalar(select(Dataset).where(Dataset.name == name))
+    if ds is not None and ds.kind != "problems":
+        raise UserError(f"dataset {name!r} holds {ds.kind}, not problems; choose another --dataset.")
+    return ds
+
+
+def _fingerprint(path: Path, files: list[Path]) -> str:
+    """The file's sha256; for a directory, the hash of its files' relative paths and sha256s."""
+    if path.is_file():
+        return file_sha256(path)
+    return content_hash([[str(f.relative_to(path)), file_sha256(f)] for f in files])
+
+
+def _check_options(path: Path, teacher: str, dataset: str, labeler: str, fmt: str) -> None:
+    if labeler not in LABELERS:
+        raise UserError(f"--labeler {labeler!r} is not a labeler; choose one of {', '.join(LABELERS)}.")
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is not a chains format; choose one of {', '.join(FORMATS)}.")
+    teacher_max, name_max = _limit(TeacherChain, "teacher"), _limit(Dataset, "name")
+    if not teacher.strip():
+        raise UserError("--teacher is empty; name the chain set (e.g. gpt-3.5).")
+    if teacher_max is not None and len(teacher) > teacher_max:
+        raise UserError(f"--teacher is {len(teacher)} characters long; teacher names are at most {teacher_max}.")
+    if not dataset.strip():
+        raise UserError("--dataset is empty; name the problem dataset (e.g. math-train).")
+    if name_max is not None and len(dataset) > name_max:
+        raise UserError(f"--dataset is {len(dataset)} characters long; dataset names are at most {name_max}.")
+
+
+def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, labeler: str = "hendrycks",
+                  benchmark: str | None = "math", split: str | None = "train", fmt: str = "auto",
+                  progress: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
+    """Import the chains in `path` (a JSONL file or a directory of them, recursively, in sorted order) as
+    `teacher`'s, on the problems of `dataset`, labelled by `labeler` (both verdicts stored); one transaction.
+    `progress(n)` is told of every n chains labelled. Returns a summary."""
+    path = Path(path)
+    _check_options(path, teacher, dataset, labeler, fmt)
+    files = _files(path)
+    parsed = _parse(files, fmt)
+    sha256 = _fingerprint(path, files)
+
+    # Label only the chains not stored yet (math-verify is the slow part), outside any write transaction.
+    with transaction(engine) as session:
+        ds = _dataset(session, dataset)
+        stored = _stored_problems(session, ds.id if ds else None)
+        present = _stored_chains(session, ds.id if ds else None, teacher)
+    if "flat" in parsed.formats:
+        if ds is None:
+            raise UserError(f"dataset {dataset!r} does not exist, and flat chains name problems in it; import its "
+                            "problems first (rplat import problems, or the released chains format).")
+        for chain in parsed.chains:
+            if chain.external_id not in stored and chain.external_id not in parsed.problems:
+                raise UserError(f"{chain.where} names problem {chain.external_id!r}, which dataset {dataset!r} does "
+                                "not hold; fix the problem_id or import that problem first.")
+    gold = {ext: s.answer for ext, s in stored.items()}
+    gold.update({ext: p.answer for ext, p in parsed.problems.items() if ext not in stored})
+    verdicts: dict[tuple[str, int], Any] = {}
+    pending = 0
+    for chain in parsed.chains:
+        known = stored.get(chain.external_id)
+        if known is not None and (known.problem_id, chain.sample_idx) in present:
+            continue
+        verdicts[chain.external_id, chain.sample_idx] = label_chain(chain.text, gold[chain.external_id], labeler)
+        pending += 1
+        if pending == 100:
+            progress(pending)
+            pending = 0
+    if pending:
+        progress(pending)
+
+    with transaction(engine) as session:
+        ds = _dataset(session, dataset)
+        stored = _stored_problems(session, ds.id if ds else None)
+        present = _stored_chains(session, ds.id if ds else None, teacher)
+        created = [p for ext, p in parsed.problems.items() if ext not in stored]
+        referenced = {c.external_id for c in parsed.chains} | set(parsed.problems)
+        fresh = [c for c in parsed.chains if (c.external_id, c.sample_idx) in verdicts
+                 and (c.external_id not in stored or (stored[c.external_id].problem_id, c.sample_idx) not in present)]
+        positives = sum(verdicts[c.external_id, c.sample_idx].label == "pos" for c in fresh)
+        disagree = sum(verdicts[c.external_id, c.sample_idx].hendrycks
+                       != verdicts[c.external_id, c.sample_idx].math_verify for c in fresh)
+        result = {"dataset": dataset, "teacher": teacher, "labeler": labeler, "format": "+".join(sorted(
+            parsed.formats)), "files": len(files), "read": len(parsed.chains), "imported": len(fresh),
+            "already_present": len(parsed.chains) - len(fresh), "positives": positives,
+            "negatives": len(fresh) - positives, "labelers_disagree": disagree, "problems_created": len(created),
+            "problems_reused": len(referenced) - len(created),
+            "problems_without_gold": sum(gold[ext] is None for ext in referenced)}
+        job_id = Queue.record_done(session, "import-chains", {
+            "file": str(path.resolve()), "sha256": sha256, "files": len(files), "teacher": teacher,
+            "dataset": dataset, "labeler": labeler, "format": fmt, "benchmark": benchmark, "split": split},
+            result, items=len(parsed.chains))
+        if ds is None:
+            ds = Dataset(name=dataset, kind="problems", source=str(path.resolve()), job_id=job_id)
+            session.add(ds)
+            session.flush()
+        for start in range(0, len(created), BATCH):
+            insert_ignore(session, Problem, [{
+                "dataset_id": ds.id, "job_id": job_id, "external_id": p.external_id, "benchmark": benchmark,
+                "split": split, "subject": p.subject, "level": p.level, "question": p.question,
+                "solution": p.solution, "answer": p.answer,
+                "content_hash": content_hash(p.question, p.solution, p.answer or ""),
+            } for p in created[start:start + BATCH]], ["dataset_id", "external_id"])
+        ids = {ext: s.problem_id for ext, s in stored.items()}
+        if created:
+            ids.update(session.execute(select(Problem.external_id, Problem.id)
+                                       .where(Problem.dataset_id == ds.id)).all())
+        for start in range(0, len(fresh), BATCH):
+            rows = []
+            for c in fresh[start:start + BATCH]:
+                v = verdicts[c.external_id, c.sample_idx]
+                rows.append({"job_id": job_id, "problem_id": ids[c.external_id], "teacher": teacher,
+                             "sample_idx": c.sample_idx, "text": c.text, "extracted_answer": v.answer,
+                             "label": v.label, "labeler": labeler, "hendrycks_correct": v.hendrycks,
+                             "math_verify_correct": v.math_verify, "n_chars": len(c.text)})
+            insert_ignore(session, TeacherChain, rows, ["problem_id", "teacher", "sample_idx"])
+    return {**result, "job_id": job_id}
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one line `rplat import chains` prints."""
+    return (f"imported {summary['imported']} chains of teacher {summary['teacher']} into dataset "
+            f"{summary['dataset']} ({summary['already_present']} already present; {summary['positives']} positive, "
+            f"{summary['negatives']} negative by {summary['labeler']}, {summary['labelers_disagree']} where the "
+            f"labelers disagree; problems {summary['problems_created']} created, {summary['problems_reused']} "
+            f"reused; import job {summary['job_id']})")
