@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from rplat.errors import UserError
 from rplat.models import Dataset, Job, JobDependency, Model, Problem, TeacherChain
+from rplat.pipelines import TdgPipeline
+from rplat.queue import Queue
 from rplat.registry import register_model
 from rplat.store import transaction
 
@@ -52,13 +55,17 @@ def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_sam
     # Bad input: one sentence, exit 2, and not a single job of the DAG written.
     bad = db.rplat(*base, "--teacher", "tiny", "--student", "nobody")
     assert bad.returncode == 2 and "'nobody'" in bad.stderr and "Traceback" not in bad.stderr
-    assert db.rplat(*base, "--student", "tiny").returncode == 2  # neither --teacher nor --chains
-    assert db.rplat(*base, "--teacher", "tiny", "--chains", "gpt", "--student", "tiny").returncode == 2
     no_chains = db.rplat(*base, "--chains", "gpt-3.5", "--student", "tiny")
     assert no_chains.returncode == 2 and "import chains" in no_chains.stderr
-    typo = tmp_path / "typo.json"
-    typo.write_text(json.dumps({"train-kdd": {"lr": 1e-3}}))
-    assert db.rplat(*base, "--teacher", "tiny", "--student", "tiny", "--params-file", str(typo)).returncode == 2
+    queue = Queue(db.engine())
+    pipe = {"benchmark": "sums-train", "test": "sums-test", "student": "tiny", "experiment": "t"}
+    for wrong, message in (({}, "exactly one of --teacher"),
+                           ({"teacher_model": "tiny", "chains_teacher": "gpt"}, "exactly one of --teacher"),
+                           ({"teacher_model": "tiny", "overrides": {"train-kdd": {"lr": 1e-3}}}, "'train-kdd'"),
+                           ({"teacher_model": "tiny", "overrides": {"sample": {"max_tokens": 0}}}, "max_tokens"),
+                           ({"teacher_model": "tiny", "test": "nope"}, "'nope'")):
+        with pytest.raises(UserError, match=message):
+            TdgPipeline(**{**pipe, **wrong}).enqueue(queue)  # type: ignore[arg-type]
     assert _pipeline_jobs(db) == []
 
     overrides = tmp_path / "overrides.json"
