@@ -34,7 +34,14 @@ class CollectChainsParams(ModelParams):
         None, description="dataset whose worked solutions are the demonstrations (default: `problems`)")
     n_fewshot: int = Field(4, ge=0, description="demonstrations before each problem (never the problem itself)")
     labeler: Labeler = Field("hendrycks", description="which verdict is the chain's label (both are stored)")
-    seed: int = Field(0, description="sampling seed; sample k of a problem is drawn with its own seed")
+    seed: int = Field(0, description="sampling seed of each batch's one call for its n chains per problem (a "
+                      "top-up to a larger n draws the new chains with a seed of their own)")
+
+    @model_validator(mode="after")
+    def _sampled(self) -> CollectChainsParams:
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError("temperature 0 gives one chain per problem, n times over; set n=1 or a temperature > 0")
+        return self
 
     def prompt_templates(self) -> tuple[str, ...]:
         return ("tdg-chain",)

@@ -35,6 +35,7 @@ from rplat.methods.votes import OVERALL, Accuracy, micro_accuracy, tie_credit, v
 from rplat.models import Evaluation, Prediction, Problem, SolveTrajectory, Step, StepCandidate
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.registry import get_model
+from rplat.runners.chains import evaluate_samples
 from rplat.runners.context import JobContext
 from rplat.runners.kinds import EvaluateParams, SolveParams
 from rplat.store import insert_ignore
@@ -250,6 +251,9 @@ def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
 
 
 def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
+    if p.sample_job is not None:
+        return evaluate_samples(ctx, p)
+    assert p.solve_job is not None  # EvaluateParams names exactly one of the two
     with ctx.read() as s:
         try:
             solved = SolveParams.model_validate(job_of_kind(s, p.solve_job, "solve", "solve_job").params)

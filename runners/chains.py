@@ -1,0 +1,259 @@
+"""Whole chains of thought: `collect-chains` (TDG B1), `sample` and the evaluation of sample jobs (B6).
+
+Both generating kinds prompt with `Problem:\\n{q}\\nSolution:` after few-shot demonstrations, stop where the
+model starts another problem, and ask the model only for what is not stored yet: each batch of problems is one
+`generate` call with n samples per prompt (the hf backend encodes a prompt once for its n samples), through the
+generation cache, committed in one fenced transaction with insert-ignore writes. A killed job resumes at the
+first batch it had not committed, and that batch's chains come back from the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from rplat.errors import UserError
+from rplat.llm import Backend, Completion, Sampling
+from rplat.llm.cache import CachedBackend
+from rplat.llm.load import prepare_backend
+from rplat.lookup import dataset_id, job_of_kind
+from rplat.methods.answers import normalize
+from rplat.methods.labelers import label_chain
+from rplat.methods.votes import OVERALL, Accuracy, micro_accuracy, tie_credit, vote
+from rplat.models import Evaluation, Prediction, Problem, Sample, TeacherChain
+from rplat.prompts import TDG_PROBLEM_PREFIX, TEMPLATES, ensure_template, tdg_prompt
+from rplat.registry import get_model
+from rplat.runners.context import JobContext
+from rplat.runners.kinds import EvaluateParams
+from rplat.runners.kinds_tdg import CollectChainsParams, SampleParams
+from rplat.store import insert_ignore
+
+STOP = "\n\n" + TDG_PROBLEM_PREFIX.rstrip("\n")  # a model that goes on to a next problem has ended its chain
+Demonstrations = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One problem to generate chains for: its prompt and the sample indexes still missing."""
+
+    problem_id: int
+    gold: str | None
+    prompt: str
+    missing: tuple[int, ...]
+
+
+def chain_text(completion: str) -> str:
+    """The chain in a completion: cut where the model starts another problem, stripped."""
+    cut = completion.find(STOP)
+    return (completion if cut < 0 else completion[:cut]).strip()
+
+
+def demonstrations(pool: Sequence[tuple[int, str, str]], problem_id: int, question: str, k: int, seed: int
+                   ) -> Demonstrations:
+    """k (question, solution) pairs from `pool` (id, question, solution), never the problem itself (by id or by
+    question), drawn from the seed and the problem's id: the same problem always gets the same demonstrations."""
+    if k <= 0 or not pool:
+        return ()
+    rng = random.Random(f"{seed}:{problem_id}")
+    draw = rng.sample(range(len(pool)), min(len(pool), k + 4))
+    picked = [pool[i] for i in draw if pool[i][0] != problem_id and pool[i][1] != question][:k]
+    if len(picked) < k and len(draw) < len(pool):  # many copies of the problem in the pool: look at all of it
+        rest = [pool[i] for i in rng.sample(range(len(pool)), len(pool))]
+        picked = [r for r in rest if r[0] != problem_id and r[1] != question][:k]
+    return tuple((q, s) for _, q, s in picked)
+
+
+def sample_chains(llm: Backend, sampling: Sampling, items: Sequence[Item]) -> list[tuple[Item, int, Completion]]:
+    """(item, sample index, completion) for every missing sample of `items`: one call per set of missing indexes
+    (normally one: all n). Samples a..b-1 are drawn with a seed of their own when a > 0, so topping up an
+    n=3 collection to n=8 gives five new chains, not repeats of the first ones."""
+    groups: dict[tuple[int, ...], list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.missing, []).append(item)
+    out: list[tuple[Item, int, Completion]] = []
+    for missing, group in groups.items():
+        seeded = sampling
+        if not sampling.greedy and missing[0] > 0:
+            seeded = dataclasses.replace(sampling, seed=(sampling.seed or 0) * 1000 + missing[0])
+        completions = llm.generate([it.prompt for it in group], seeded, n=len(missing))
+        for item, outs in zip(group, completions, strict=True):
+            out += [(item, k, c) for k, c in zip(missing, outs, strict=True)]
+    return out
+
+
+def chain_sampling(temperature: float, max_tokens: int, seed: int) -> Sampling:
+    """The decoding of a chain; greedy has no seed, so greedy chains of one prompt are shared across jobs."""
+    return Sampling(temperature=temperature, max_tokens=max_tokens, stop=(STOP,),
+                    seed=None if temperature <= 0 else seed)
+
+
+def _pool(s: Session, name: str | None, k: int) -> list[tuple[int, str, str]]:
+    if name is None or k <= 0:
+        return []
+    pool = s.execute(select(Problem.id, Problem.question, Problem.solution)
+                     .where(Problem.dataset_id == dataset_id(s, name, "problems"), Problem.solution.is_not(None))
+                     .order_by(Problem.id)).all()
+    if not pool:
+        raise UserError(f"dataset {name!r} has no worked solutions to use as demonstrations; pick a fewshot "
+                        "dataset imported with --solution-field, or set n_fewshot=0.")
+    return [tuple(r) for r in pool]  # type: ignore[misc]
+
+
+def _items(problems: Sequence[Any], have: set[tuple[int, int]], n: int, pool: list[tuple[int, str, str]], k: int,
+           seed: int) -> list[Item]:
+    items = []
+    for pid, question, gold in problems:
+        missing = tuple(i for i in range(n) if (pid, i) not in have)
+        if missing:
+            items.append(Item(pid, gold, tdg_prompt(question, demonstrations(pool, pid, question, k, seed)), missing))
+    return items
+
+
+def collect(ctx: JobContext, p: CollectChainsParams) -> dict[str, Any]:
+    spec = prepare_backend(ctx.engine, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
+    teacher = p.teacher or p.model
+    with ctx.transaction() as s:
+        ensure_template(s, TEMPLATES["tdg-chain"])
+    with ctx.read() as s:
+        problems_id = dataset_id(s, p.problems, "problems")
+        problems = s.execute(select(Problem.id, Problem.question, Problem.answer)
+                             .where(Problem.dataset_id == problems_id, Problem.answer.is_not(None))
+                             .order_by(Problem.id).limit(p.limit)).all()
+        if not problems:
+            raise UserError(f"dataset {p.problems!r} has no problems with a gold answer to label chains against; "
+                            "import it with --answer-field naming the answers.")
+        pool = _pool(s, p.fewshot or p.problems, p.n_fewshot)
+        have = set(s.execute(select(TeacherChain.problem_id, TeacherChain.sample_idx).where(
+            TeacherChain.teacher == teacher, TeacherChain.problem_id.in_([r.id for r in problems]),
+            TeacherChain.sample_idx < p.n)).all())
+    todo = _items(problems, have, p.n, pool, p.n_fewshot, p.seed)
+    total = len(problems) * p.n
+    done = total - sum(len(it.missing) for it in todo)
+    ctx.progress(done, total)
+    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
+    sampling = chain_sampling(p.temperature, p.max_tokens, p.seed)
+    for start in range(0, len(todo), p.batch_size):
+        ctx.check()
+        rows = []
+        for item, k, c in sample_chains(llm, sampling, todo[start:start + p.batch_size]):
+            text = chain_text(c.text)
+            verdict = label_chain(text, item.gold, p.labeler)
+            rows.append(dict(job_id=ctx.job_id, problem_id=item.problem_id, teacher=teacher, sample_idx=k, text=text,
+                             extracted_answer=verdict.answer, label=verdict.label, labeler=p.labeler,
+                             hendrycks_correct=verdict.hendrycks, math_verify_correct=verdict.math_verify,
+                             n_chars=len(text)))
+        with ctx.transaction() as s:
+            insert_ignore(s, TeacherChain, rows, ["problem_id", "teacher", "sample_idx"])
+        done += len(rows)
+        ctx.progress(done, total)
+    with ctx.read() as s:
+        mine = (TeacherChain.teacher == teacher) & TeacherChain.problem_id.in_([r.id for r in problems])
+        counts = dict(s.execute(select(TeacherChain.label, func.count()).where(mine)
+                                .group_by(TeacherChain.label)).all())
+        solved = s.scalar(select(func.count(func.distinct(TeacherChain.problem_id)))
+                          .where(mine, TeacherChain.label == "pos")) or 0
+    return {"teacher": teacher, "problems": len(problems), "chains": sum(counts.values()),
+            "pos": counts.get("pos", 0), "neg": counts.get("neg", 0), "problems_with_positive": solved,
+            "cache_hits": llm.hits, "cache_misses": llm.misses}
+
+
+def sample(ctx: JobContext, p: SampleParams) -> dict[str, Any]:
+    spec = prepare_backend(ctx.engine, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
+    decoding = "greedy" if p.temperature <= 0 else "sampled"
+    with ctx.transaction() as s:
+        ensure_template(s, TEMPLATES["tdg-chain"])
+        model_id = get_model(s, p.model).id
+    with ctx.read() as s:
+        problems = s.execute(select(Problem.id, Problem.question, Problem.answer)
+                             .where(Problem.dataset_id == dataset_id(s, p.problems, "problems"))
+                             .order_by(Problem.id).limit(p.limit)).all()
+        pool = _pool(s, p.fewshot, p.n_fewshot)
+        have = set(s.execute(select(Sample.problem_id, Sample.sample_idx).where(Sample.job_id == ctx.job_id)).all())
+    todo = _items(problems, have, p.n, pool, p.n_fewshot, p.seed)
+    total = len(problems) * p.n
+    done = total - sum(len(it.missing) for it in todo)
+    ctx.progress(done, total)
+    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
+    sampling = chain_sampling(p.temperature, p.max_tokens, p.seed)
+    for start in range(0, len(todo), p.batch_size):
+        ctx.check()
+        rows = []
+        for item, k, c in sample_chains(llm, sampling, todo[start:start + p.batch_size]):
+            text = chain_text(c.text)
+            verdict = label_chain(text, item.gold, p.labeler)
+            rows.append(dict(job_id=ctx.job_id, problem_id=item.problem_id, model_id=model_id, sample_idx=k,
+                             decoding=decoding, text=text, extracted_answer=verdict.answer,
+                             correct=None if item.gold is None else verdict.label == "pos",
+                             finish_reason=c.finish_reason))
+        with ctx.transaction() as s:
+            insert_ignore(s, Sample, rows, ["job_id", "problem_id", "sample_idx"])
+        done += len(rows)
+        ctx.progress(done, total)
+    with ctx.read() as s:
+        n, correct = s.execute(select(func.count(), func.count().filter(Sample.correct.is_(True)))
+                               .where(Sample.job_id == ctx.job_id)).one()
+    return {"samples": n, "correct": correct, "decoding": decoding, "problems": len(problems),
+            "cache_hits": llm.hits, "cache_misses": llm.misses}
+
+
+def sample_predictions(method: str, group: Sequence[Any]) -> tuple[str | None, float, int, float]:
+    """(answer, vote mass, tie size, credit) of one problem from its samples (sample_idx order), each with
+    `extracted_answer` and `correct`: greedy takes the one answer; sc votes over the normalised answers, and a
+    tied answer counts as correct when the first sample that gave it is."""
+    if method != "sc":
+        only = group[0]
+        return only.extracted_answer, 1.0, 1, 1.0 if only.correct else 0.0
+    first: dict[str, Any] = {}
+    answers = []
+    for r in group:
+        answer = normalize(r.extracted_answer)
+        answers.append(answer)
+        if answer is not None:
+            first.setdefault(answer, r)
+    winner, mass, tied = vote(answers)
+    return winner, mass, max(len(tied), 1), tie_credit(tied, lambda a: bool(first[a].correct))
+
+
+def evaluate_samples(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
+    """Predictions and micro accuracy of a sample job: greedy (n=1) or self-consistency (n>1, tie credit)."""
+    assert p.sample_job is not None
+    with ctx.read() as s:
+        try:
+            sampled = SampleParams.model_validate(job_of_kind(s, p.sample_job, "sample", "sample_job").params)
+        except ValidationError as exc:
+            raise UserError(f"sample_job {p.sample_job}'s stored params no longer fit kind 'sample': "
+                            f"{exc.errors()[0]['msg']}; evaluate a sample job enqueued by this version.") from None
+        model_id = get_model(s, sampled.model).id
+        rows = s.execute(select(Sample.problem_id, Sample.extracted_answer, Sample.correct, Problem.subject)
+                         .join(Problem, Problem.id == Sample.problem_id)
+                         .where(Sample.job_id == p.sample_job)
+                         .order_by(Sample.problem_id, Sample.sample_idx)).all()
+    if not rows:
+        raise UserError(f"sample job {p.sample_job} has no samples; run it to the end before evaluating it "
+                        "(`rplat jobs show` tells its state).")
+    method = "sc" if sampled.n > 1 else "greedy" if sampled.temperature <= 0 else "sampled"
+    by_problem: dict[int, list[Any]] = {}
+    for r in rows:
+        by_problem.setdefault(r.problem_id, []).append(r)
+    predictions, credits = [], []
+    for problem_id, group in by_problem.items():
+        answer, mass, tie_size, credit = sample_predictions(method, group)
+        predictions.append(dict(job_id=ctx.job_id, problem_id=problem_id, model_id=model_id, method=method,
+                                answer=answer, correct=credit == 1.0, vote_mass=mass, tie_size=tie_size,
+                                credit=credit))
+        credits.append((group[0].subject, credit))
+    accuracy = micro_accuracy(credits)
+    evaluations = [dict(job_id=ctx.job_id, model_id=model_id, method=method, subject=subject, n=a.n,
+                        n_correct=a.n_correct, accuracy=a.accuracy) for subject, a in accuracy.items()]
+    with ctx.transaction() as s:
+        insert_ignore(s, Prediction, predictions, ["job_id", "problem_id", "method"])
+        insert_ignore(s, Evaluation, evaluations, ["job_id", "method", "subject"])
+    overall = accuracy.get(OVERALL, Accuracy(0, 0.0))
+    return {"method": method, "sample_job": p.sample_job, "problems": overall.n, "accuracy": overall.accuracy}
