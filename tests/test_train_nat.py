@@ -31,7 +31,7 @@ from rplat.registry import register_model
 from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
 
-from killable_runners import HANG, count_rows, runner_processes, wait_for
+from killable_runners import count_rows, runner_processes, wait_for
 from tiny_lm import save_tiny, tiny_tokenizer
 
 TEACHER = "gpt-x"
@@ -146,19 +146,19 @@ def test_killed_train_nat_resumes_at_its_checkpoint_with_the_same_loss_curve(db,
     _seed(db, tmp_path, n_copies=8)
     queue = Queue(db.engine())
     neg_job, _ = queue.enqueue("train-neg", {**COMMON, "adapter_name": "neg", "max_steps": 2})
-    common = {**COMMON, "neg_model": "neg", "max_steps": 80, "epochs": 20, "checkpoint_every": 10, "lr": 1e-3,
+    common = {**COMMON, "neg_model": "neg", "max_steps": 40, "epochs": 20, "checkpoint_every": 5, "lr": 1e-3,
               "log_every": 10}
     straight, _ = queue.enqueue("train-nat", {**common, "adapter_name": "straight"}, after=[neg_job])
-    runners("--max-jobs", "2").wait(timeout=HANG)
-    assert count_rows(db, TrainingMetric, straight) == 80
+    _drain(db)  # in-process: one runner start-up less (each takes seconds on a loaded machine)
+    assert count_rows(db, TrainingMetric, straight) == 40
     crashed, _ = queue.enqueue("train-nat", {**common, "adapter_name": "crashed"})
     victim = runners("--once")
-    wait_for(lambda: count_rows(db, TrainingMetric, crashed) >= 20, "a few checkpoints")
+    wait_for(lambda: count_rows(db, TrainingMetric, crashed) >= 10, "a few checkpoints")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     with db.engine().connect() as conn:
         resume_at = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == crashed))
-    assert resume_at is not None and resume_at < 80
+    assert resume_at is not None and resume_at < 40
     rescuer = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
     wait_for(lambda: rescuer.poll() is not None, "the rescuing runner")
     with transaction(db.engine()) as s:
@@ -172,9 +172,9 @@ def test_killed_train_nat_resumes_at_its_checkpoint_with_the_same_loss_curve(db,
                                                                       NatAlphaLog.proj)).all()
                 for j in (straight, crashed)}
     assert job.result["resumed_from"] == resume_at and job.attempts == 2
-    assert [st for st, *_ in curves[crashed]] == list(range(80))
+    assert [st for st, *_ in curves[crashed]] == list(range(40))
     assert [loss for _, loss, _ in curves[crashed]] == pytest.approx([loss for _, loss, _ in curves[straight]],
                                                                      rel=1e-4)
     w_neg = [e["w_neg.1.q_proj"] for *_, e in curves[crashed]]
     assert w_neg == pytest.approx([e["w_neg.1.q_proj"] for *_, e in curves[straight]], rel=1e-4, abs=1e-6)
-    assert len(logs[crashed]) == 8 * 4 and [r[:3] for r in logs[crashed]] == [r[:3] for r in logs[straight]]
+    assert len(logs[crashed]) == 4 * 4 and [r[:3] for r in logs[crashed]] == [r[:3] for r in logs[straight]]
