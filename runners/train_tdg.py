@@ -1,4 +1,4 @@
-"""TDG's plain-LoRA training kinds: train-neg (B2 stage 1) and the B5 baselines kd, mix, nt, ul and sft.
+"""TDG's plain-LoRA kinds: train-neg (B2 stage 1) and the B5 baselines kd, mix, nt, ul, sft.
 
 Each kind is a row of `KINDS`: which examples it stores (chain labels, gold solutions), the objective it
 trains them with, and the role its LoRA is registered under. The handler stores the examples (`tdg_data`),

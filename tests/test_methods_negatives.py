@@ -1,4 +1,4 @@
-"""NT and UL losses (TDG B5) against hand-computed values on small tensors, signs of their gradients included."""
+"""NT and UL losses (TDG B5) against hand-computed values, their gradients' signs included."""
 
 from __future__ import annotations
 

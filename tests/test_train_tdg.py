@@ -1,4 +1,4 @@
-"""TDG's plain-LoRA kinds (train-neg, kd, mix, nt, ul, sft) on a tiny random model, on SQLite and PostgreSQL."""
+"""TDG's plain-LoRA kinds (train-neg, kd, mix, nt, ul, sft) on a tiny model, both stores."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TDG B5 baselines that learn from negative chains: negative training (NT) and unlikelihood (UL) losses.
+"""TDG B5 losses that learn from negative chains: negative training (NT) and unlikelihood (UL).
 
 Every function takes per-token log-probabilities of the target tokens, `token_logprobs` (rows, width), and a
 `mask` of the same shape (1 where a token carries loss, 0 on padding and anything not trained on), and returns a
