@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from rplat.methods.answers import extract_answer, is_correct
 
@@ -188,9 +189,11 @@ def gold_answer(solution: str | None) -> str | None:
     return plain if plain and "\n" not in plain and len(plain) <= _PLAIN_ANSWER_CHARS else None
 
 
+@lru_cache(maxsize=1 << 16)
 def math_verify_equiv(answer: str | None, gold: str | None) -> bool:
     """math-verify equivalence of two bare answers, each parsed as the argument of a box (bare LaTeX such as
-    `\\frac12` or `[1,2)` is otherwise not recognised as mathematics at all)."""
+    `\\frac12` or `[1,2)` is otherwise not recognised as mathematics at all). Memoised: the chains of one
+    problem often state the same answer, and a symbolic comparison costs milliseconds."""
     if answer is None or gold is None or not answer.strip() or not gold.strip():
         return False
     return is_correct("\\boxed{" + answer + "}", "\\boxed{" + gold + "}")
