@@ -14,6 +14,7 @@ from test_cli_errors import assert_one_clear_sentence, snapshot
 from rplat.chains import import_chains
 from rplat.errors import UserError
 from rplat.hashing import content_hash, file_sha256
+from rplat.importer import FieldMap, import_file
 from rplat.models import Dataset, Job, Problem, TeacherChain
 from rplat.store import transaction
 
@@ -90,7 +91,7 @@ def test_a_released_file_stores_every_chain_once_with_both_verdicts(db: Store) -
 
 
 def test_a_directory_reuses_problems_and_the_chains_view_shows_where_the_labelers_disagree(db: Store) -> None:
-    first = cli_json(db, str(ALGEBRA), "--teacher", "gpt-4", "--dataset", "math")
+    first = import_chains(db.engine(), ALGEBRA, teacher="gpt-4", dataset="math")
     summary = cli_json(db, str(RELEASED), "--teacher", "gpt-4", "--dataset", "math")
     assert (summary["files"], summary["read"], summary["imported"], summary["already_present"]) == (2, 20, 12, 8)
     assert (summary["problems_created"], summary["problems_reused"]) == (2, 2)
@@ -101,7 +102,7 @@ def test_a_directory_reuses_problems_and_the_chains_view_shows_where_the_labeler
     assert jobs == {first["job_id"]: 8, summary["job_id"]: 12}
 
     # Another teacher's chains on the same problems: new chains, no new problems; labelled by math-verify.
-    other = cli_json(db, str(RELEASED), "--teacher", "other", "--dataset", "math", "--labeler", "math-verify")
+    other = import_chains(db.engine(), RELEASED, teacher="other", dataset="math", labeler="math-verify")
     assert (other["imported"], other["problems_created"], other["problems_reused"]) == (20, 0, 4)
     assert (other["positives"], other["negatives"]) == (13, 7)
     assert counts(db) == (40, 4, 1)
@@ -117,8 +118,13 @@ def test_a_directory_reuses_problems_and_the_chains_view_shows_where_the_labeler
                                            ("Number Theory", 6, "\\text{2}", "2"))]
 
 
+def import_gsm(db: Store) -> None:
+    fmap = FieldMap("problems", "id", {"question": "question"}, {"solution": "solution", "answer": "answer"})
+    import_file(db.engine(), DATA / "problems.jsonl", "gsm", fmap)
+
+
 def test_flat_chains_attach_to_problems_already_in_the_dataset(db: Store) -> None:
-    db.rplat("import", "problems", str(DATA / "problems.jsonl"), "--dataset", "gsm", "--id-field", "id", check=True)
+    import_gsm(db)
     summary = cli_json(db, str(DATA / "flat.jsonl"), "--teacher", "smol", "--dataset", "gsm", "--labeler",
                        "math-verify")
     assert (summary["format"], summary["imported"], summary["positives"], summary["negatives"]) == ("flat", 4, 3, 1)
@@ -135,12 +141,12 @@ def test_flat_chains_attach_to_problems_already_in_the_dataset(db: Store) -> Non
         ("gsm-2", 5, "12", "pos", True),  # its own sample_idx
     ]
     assert got[0][5].startswith("3 bags of 4 apples")
-    assert cli_json(db, str(DATA / "flat.jsonl"), "--teacher", "smol", "--dataset", "gsm")["imported"] == 0
+    assert import_chains(db.engine(), DATA / "flat.jsonl", teacher="smol", dataset="gsm")["imported"] == 0
     assert counts(db) == (4, 2, 1)
 
 
 def test_flat_chains_naming_an_unknown_problem_are_refused(db: Store, tmp_path: Path) -> None:
-    db.rplat("import", "problems", str(DATA / "problems.jsonl"), "--dataset", "gsm", "--id-field", "id", check=True)
+    import_gsm(db)
     path = tmp_path / "flat.jsonl"
     path.write_text(json.dumps({"problem_id": "gsm-1", "chain": "\\boxed{12}"}) + "\n"
                     + json.dumps({"problem_id": "gsm-9", "chain": "\\boxed{3}"}) + "\n")
