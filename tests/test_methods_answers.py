@@ -37,3 +37,10 @@ def test_normalize_makes_votes_for_equal_numbers_equal() -> None:
     assert normalize("$1,200.0") == normalize("1200") == "1200"
     assert normalize("2.50") == "2.5"
     assert normalize(" Paris. ") == "paris"
+
+
+@pytest.mark.parametrize(("predicted", "gold"), [
+    ("\\frac12", "\\frac{1}{2}"), ("2\\sqrt{3}", "\\sqrt{12}"), ("Monday", "\\text{Monday}"), ("[1,2)", "[1,2)"),
+])
+def test_bare_latex_answers_are_compared_as_mathematics(predicted: str, gold: str) -> None:
+    assert is_correct(predicted, gold)

@@ -66,12 +66,17 @@ def normalize(answer: str | None) -> str | None:
 
 
 def is_correct(predicted: str | None, gold: str | None) -> bool:
-    """math-verify equivalence of the predicted and gold answers (False when either is missing)."""
+    """math-verify equivalence of the predicted and gold answers (False when either is missing). Each is parsed
+    as the argument of a box: bare LaTeX such as `\\frac12`, `2\\sqrt{3}` or `\\text{Monday}` is otherwise not
+    read as mathematics at all, while plain numbers, percentages and thousands separators parse the same."""
     if not predicted or not gold:
         return False
     from math_verify import parse, verify
 
+    def boxed(answer: str) -> str:
+        return answer if "\\boxed" in answer else "\\boxed{" + answer + "}"
+
     try:
-        return bool(verify(parse(gold), parse(predicted)))
+        return bool(verify(parse(boxed(gold)), parse(boxed(predicted))))
     except Exception:  # math-verify raises on unparsable input; such an answer is simply wrong
         return normalize(predicted) == normalize(gold)
