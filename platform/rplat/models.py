@@ -406,8 +406,9 @@ class TeacherChain(Base):
 
     `teacher` names the chain set (an imported teacher such as gpt-3.5, or the model collect-chains sampled);
     a (problem, teacher, sample index) is stored once, so a re-import or a resumed collection adds nothing.
-    `extracted_answer` is the last `\\boxed{}` of the chain; `hendrycks_correct` and `math_verify_correct` are
-    both labelers' verdicts against the problem's gold answer, and `label` is the verdict of `labeler`.
+    `extracted_answer` is the chain's last `\\boxed{}`, or without a box the `#### N` / "the answer is N" it states
+    (which math-verify judges; the Hendrycks rule counts an unboxed chain negative); `hendrycks_correct` and
+    `math_verify_correct` are both labelers' verdicts against the gold answer, `label` the verdict of `labeler`.
     """
 
     __tablename__ = "teacher_chains"
