@@ -23,6 +23,7 @@ from rplat.methods.labelers import label_chain
 from rplat.methods.votes import micro_accuracy
 from rplat.models import Dataset, Evaluation, GenerationCache, Job, Model, Prediction, Problem, Sample, TeacherChain
 from rplat.queue import Queue
+from rplat.registry import register_model
 from rplat.runners.chains import Item, chain_text, demonstrations, sample_chains
 from rplat.runners.kinds_tdg import CollectChainsParams
 from rplat.runners.loop import Runner, RunnerOptions
@@ -222,26 +223,27 @@ def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(d
 
 
 def test_killed_collect_chains_resumes_without_regenerating_what_it_stored(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
-    _add_tiny(db, tmp_path)
-    _import_sums(db, tmp_path, 150)
-    total = 150 * 3
+    with transaction(db.engine()) as s:  # in-process: the two runners' start-ups are most of this test's time
+        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+    _import_sums(db, tmp_path, 30)
+    total = 30 * 3
     job_id, _ = Queue(db.engine()).enqueue("collect-chains", {
-        "problems": "sums", "model": "tiny", "n": 3, "max_tokens": 40, "temperature": 1.0, "n_fewshot": 1,
+        "problems": "sums", "model": "tiny", "n": 3, "max_tokens": 24, "temperature": 1.0, "n_fewshot": 1,
         "batch_size": 1}, max_attempts=3)
     first = runners("--once")
-    wait_for(lambda: count_rows(db, TeacherChain, job_id) >= 15, "the first batches")
+    wait_for(lambda: count_rows(db, TeacherChain, job_id) >= 6, "the first batches")
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     before = _chains(db, "tiny")
     with db.engine().connect() as conn:
         cached_at_kill = conn.scalar(select(func.count()).select_from(GenerationCache))
-    assert 15 <= len(before) < total and cached_at_kill >= len(before)
+    assert 6 <= len(before) < total and cached_at_kill >= len(before)
     second = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
     second.wait(timeout=HANG)
     job = _job(db, job_id)
     after = _chains(db, "tiny")
     assert job.attempts == 2 and len(after) == total
-    assert Counter(r[1] for r in after).most_common(1)[0][1] == 3 and len({r[1] for r in after}) == 150
+    assert Counter(r[1] for r in after).most_common(1)[0][1] == 3 and len({r[1] for r in after}) == 30
     assert [r for r in after if r[0] in {b[0] for b in before}] == before  # stored chains untouched
     # The second attempt asked the model only for chains the first had not generated.
     assert job.result["cache_misses"] == total - cached_at_kill
