@@ -8,9 +8,11 @@ Per adapted linear layer, for an input x (ALGORITHMS B2, the code's placement of
 
 with W_2 zero-initialised, so a freshly attached layer is the base. Mode `neg` is `h0 + s B_neg A_neg x`.
 
-The forward computes exactly this, re-associated so the unit costs about one base matmul: W_K and W_1 are one
-(2u x d_out) matrix U, applied to h0 once, the LoRA parts through the small U B (so U h_j = U h0 + s (U B)(A x));
-W_2 is linear and applied once to w_pos GELU(W_1 h_pos) + w_neg GELU(W_1 h_neg).
+The forward computes exactly this, re-associated so that the unit costs three thin matmuls per token (W_Q x,
+W_1 h0, W_2 ...) instead of seven: a two-way softmax is a sigmoid of the difference, and in
+k_neg - k_pos = s W_K (B_neg A_neg x - B A x) the h0 terms cancel, so w_neg = beta tanh(q . (k_neg - k_pos) / 2)
+needs only the low-rank parts; W_1 h_j = W_1 h0 + s (W_1 B_j)(A_j x); and W_2 is linear, applied once to
+w_pos GELU(W_1 h_pos) + w_neg GELU(W_1 h_neg) (w_pos + w_neg = 1).
 
 `NATLinear` is an `nn.Linear` sharing the base layer's weight and bias (so the base's state-dict keys are
 unchanged and peft can still put a LoRA on it); its NAT adapters live in `nat.<name>`, at most one active.
@@ -95,22 +97,24 @@ class NATAdapter(nn.Module):
         s = self.scaling
         if mode == "neg":
             return h0 + s * F.linear(F.linear(xd, self.neg_A), self.neg_B)
+        shape = h0.shape
+        x, xd, h0 = x.reshape(-1, x.shape[-1]), xd.reshape(-1, x.shape[-1]), h0.reshape(-1, shape[-1])
         r = self.lora_A.shape[0]
-        low = F.linear(xd, torch.cat([self.lora_A, self.neg_A]))  # [..., 2r]: A x and A_neg x
-        unit = torch.cat([self.w_k, self.w_1])  # U = [W_K; W_1], [2u, d_out]
-        u_b = unit @ torch.cat([self.lora_B, self.neg_B], dim=1)  # [2u, 2r]: U B and U B_neg
-        u_h0 = F.linear(h0, unit)  # [..., 2u]
-        u_pos = u_h0 + s * F.linear(low[..., :r], u_b[:, :r])  # U h_pos
-        u_neg = u_h0 + s * F.linear(low[..., r:], u_b[:, r:])  # U h_neg
-        k_pos, z_pos = u_pos.split(self.unit_dim, dim=-1)
-        k_neg, z_neg = u_neg.split(self.unit_dim, dim=-1)
-        q = F.linear(x, self.w_q)
-        scores = torch.stack([(q * k_pos).sum(-1), (q * k_neg).sum(-1)], dim=-1)
-        a_neg = torch.softmax(scores, dim=-1)[..., 1:]  # softmax subtracts the max itself
-        w_neg = 2 * self.beta * a_neg - self.beta
+        low = F.linear(xd, torch.cat([self.lora_A, self.neg_A]))  # [N, 2r]: A x | A_neg x
+        both_b = torch.cat([self.lora_B, self.neg_B], dim=1)  # [d_out, 2r]
+        k_b = self.w_k @ both_b  # W_K B | W_K B_neg
+        w1_b = self.w_1 @ both_b  # W_1 B | W_1 B_neg
+        # softmax_j(q.k_j)[neg] = sigmoid(q.(k_neg - k_pos)), and k_neg - k_pos = s W_K (B_neg A_neg x - B A x):
+        # the h0 terms cancel. w_neg = beta (2 a_neg - 1) = beta tanh(q.(k_neg - k_pos) / 2).
+        k_diff = s * F.linear(low, torch.cat([-k_b[:, :r], k_b[:, r:]], dim=1))
+        score = (F.linear(x, self.w_q) * k_diff).sum(-1, keepdim=True)
+        w_neg = self.beta * torch.tanh(0.5 * score)
         self.last_w_neg = w_neg.detach().mean()
-        mixed = (1 - w_neg) * F.gelu(z_pos) + w_neg * F.gelu(z_neg)
-        return h0 + F.linear(mixed, self.w_2)
+        z0 = F.linear(h0, self.w_1)  # W_1 h0; W_1 h_j = W_1 h0 + s (W_1 B_j)(A_j x)
+        g_pos = F.gelu(torch.addmm(z0, low[:, :r], w1_b[:, :r].T, alpha=s))
+        g_neg = F.gelu(torch.addmm(z0, low[:, r:], w1_b[:, r:].T, alpha=s))
+        mixed = g_pos + w_neg * (g_neg - g_pos)  # w_pos g_pos + w_neg g_neg, w_pos = 1 - w_neg
+        return torch.addmm(h0, mixed, self.w_2.T).reshape(shape)  # h0 + W_2 mixed = h0 + w_pos v_pos + w_neg v_neg
 
 
 class NATLinear(nn.Linear):
