@@ -158,7 +158,7 @@ class Model(Base):
     safetensors + JSON on a base), `embedding` (a sentence-transformers directory); the loader's format registry
     (`rplat.llm.formats`) picks the loader from it. role: what the model is in an experiment (agent, teacher,
     rationalyst, neg, nat, nce, kd, mix, nt, ul, sft, ranker, prefilter...); free text, never read by a loader.
-    Parents (`model_parents.relation`): `base`, `negative` (NAT's frozen negative adapter), `teacher` (NCE).
+    Parents (`model_parents.relation`): `base`, `neg` (NAT's frozen negative LoRA), `teacher` (NCE).
     """
 
     __tablename__ = "models"
