@@ -218,3 +218,29 @@ def test_format_nat_loads_through_the_one_loader_beside_its_negative_lora(db, tm
         assert nat_backend.generate(["Problem: 1+1"], Sampling(max_tokens=3, temperature=0.0))[0][0].text is not None
     finally:
         LOADED.clear()
+
+
+def test_the_hf_fast_paths_key_their_kv_on_the_nat_mode_and_score_as_the_plain_path() -> None:
+    """KV encoded in mode mix is not reused in mode neg (the layers' outputs differ), so a backend switched
+    between modes scores each as the plain path does."""
+    from rplat.llm.hf import HFBackend
+    from rplat.llm.hf_fast import adapters
+
+    model = attach_nat(tiny_model(), CFG, _neg_lora()[1], trainable=False).eval()
+    _randomise(model, ("lora_B", "w_2"), seed=5)
+    fast = HFBackend(model, tiny_tokenizer(), fingerprint="nat", batch_size=2)
+    plain = HFBackend(model, tiny_tokenizer(), fingerprint="nat", batch_size=2, fast=False)
+    assert fast.fast
+    contexts = ["Problem: compute 12 * 3.", "Problem: compute 12 * 3."]
+    continuations = [" Solution: 36", " Solution: 12 * 3 = 36"]
+    assert adapters(model) == ("nat:default:mix",)
+    mix = fast.score(contexts, continuations)
+    with nat_mode(model, "neg"):
+        assert adapters(model) == ("nat:default:neg",)
+        neg = fast.score(contexts, continuations)
+        neg_plain = plain.score(contexts, continuations)
+    mix_plain = plain.score(contexts, continuations)
+    assert mix[0] != pytest.approx(neg[0], abs=1e-3)
+    for got, expected in ((mix, mix_plain), (neg, neg_plain)):
+        for a, b in zip(got, expected, strict=True):
+            assert a == pytest.approx(b, abs=1e-4)

@@ -32,10 +32,25 @@ def adapters(model: Any) -> tuple[str, ...]:
     `disable_adapter()`, where the base runs alone): KV caches encoded under one adapter are not another's."""
     # peft keeps naming the last adapter while disable_adapter() runs the bare base; without its flag (a peft
     # upgrade) the base's calls key on that adapter: right numbers, only less reuse.
+    return _peft_adapters(model) + _nat_adapter(model)
+
+
+def _peft_adapters(model: Any) -> tuple[str, ...]:
     if not getattr(model, "peft_config", None) or getattr(model, "_adapters_disabled", False):
         return ()
     active = model.active_adapters
     return tuple(active() if callable(active) else active)
+
+
+def _nat_adapter(model: Any) -> tuple[str, ...]:
+    """The active NAT adapter and its mode (mix, or neg: the negative LoRA alone), which change every layer's
+    output as an adapter does; the first NAT layer speaks for all (they switch together)."""
+    from rplat.methods.nat import NATLinear
+
+    for module in model.modules():
+        if isinstance(module, NATLinear):
+            return () if module.active_adapter is None else (f"nat:{module.active_adapter}:{module.mode}",)
+    return ()
 
 
 def _suits(model: Any) -> bool:
@@ -43,7 +58,7 @@ def _suits(model: Any) -> bool:
     prefix tuning): LoRA-style adapters change weights only, so the same KV reuse holds."""
     configs = getattr(model, "peft_config", None) or {}
     return plain_layers(model) and not any(getattr(configs[name], "is_prompt_learning", False)
-                                           for name in adapters(model))
+                                           for name in _peft_adapters(model))
 
 
 class FastPaths:
