@@ -14,13 +14,13 @@ DEMO_TRAIN_STEPS ?= 20
 DEMO_PIPELINE_PARAMS ?= {"extract-rationales": {"max_units": 6, "max_tokens": 48}, \
   "train-rationalyst": {"max_length": 256}, \
   "solve": {"n_fewshot": 2, "max_steps": 5, "n_samples": 3, "step_tokens": 48, "rationale_tokens": 32}}
-DEMO_TDG_TRAIN ?= 40
-DEMO_TDG_TEST ?= 20
+DEMO_TDG_TRAIN ?= 32
+DEMO_TDG_TEST ?= 12
 DEMO_TDG_CHAINS ?= 4
-DEMO_TDG_STEPS ?= 8
-DEMO_TDG_PARAMS ?= {"collect-chains": {"temperature": 0.7, "max_tokens": 48, "labeler": "math-verify"}, \
-  "train": {"batch_size": 4, "grad_accum": 1, "max_length": 128, "checkpoint_every": 4}, \
-  "train-nat": {"log_every": 2}, "sample": {"max_tokens": 48}}
+DEMO_TDG_STEPS ?= 6
+DEMO_TDG_PARAMS ?= {"collect-chains": {"temperature": 0.7, "max_tokens": 40, "labeler": "math-verify"}, \
+  "train": {"batch_size": 4, "grad_accum": 1, "max_length": 96, "checkpoint_every": 3}, \
+  "train-nat": {"log_every": 2}, "sample": {"max_tokens": 40}}
 
 .PHONY: install demo demo-tdg test lint bench bench-data clean vllm chromium
 
