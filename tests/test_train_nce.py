@@ -274,6 +274,42 @@ def test_self_augmentation_keeps_the_nat_samples_that_reach_the_gold_answer(db, 
     assert generated == 3 * 2 - len(planted)  # the planted samples came from the cache, the rest were generated
 
 
+def test_train_nce_distils_the_nat_model_that_train_neg_and_train_nat_made(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with transaction(db.engine()) as s:
+        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+    chains = seed_chains(db, 3)
+    queue = Queue(db.engine())
+    shared = dict(problems="p", teacher="t", model="tiny", max_length=MAX_LENGTH, batch_size=2, grad_accum=1,
+                  max_steps=2)
+    neg_job, _ = queue.enqueue("train-neg", {**shared, "adapter_name": "neg"})
+    nat_job, _ = queue.enqueue("train-nat", {**shared, "neg_model": "neg", "adapter_name": "nat"}, after=[neg_job])
+    nce_job, _ = queue.enqueue("train-nce", {**shared, "nat_model": "nat"}, after=[nat_job])
+    Runner(Queue(db.engine()), db.home, RunnerOptions(until_done=True, lease_seconds=30)).run()
+    job = finished(db, nce_job)
+    with transaction(db.engine()) as s:
+        nat_id = s.scalar(select(Model.id).where(Model.name == "nat", Model.format == "nat", Model.job_id == nat_job))
+        weights = s.execute(select(NceWeight.chain_id, NceWeight.teacher_adapter_id, NceWeight.beta)
+                            .where(NceWeight.job_id == nce_job).order_by(NceWeight.chain_id)).all()
+        teacher = s.scalar(select(ModelParent.parent_id).join(Model, Model.id == ModelParent.model_id)
+                           .where(Model.job_id == nce_job, ModelParent.relation == "teacher"))
+    assert [w.chain_id for w in weights] == chains["short"] and {w.teacher_adapter_id for w in weights} == {nat_id}
+    assert all(0.0 <= w.beta < 1.0 for w in weights) and teacher == nat_id
+    assert job.result["steps"] == 2 and job.result["examples"] == 3
+
+
+def test_a_nat_model_of_another_format_fails_the_job_with_one_sentence(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    build_nat(db, tmp_path)
+    seed_chains(db, 2)
+    job_id, _ = Queue(db.engine()).enqueue("train-nce", dict(BASE_PARAMS, nat_model="neg", max_steps=1))
+    drain(db)
+    with transaction(db.engine()) as s:
+        job = s.get(Job, job_id)
+        assert job.status == "failed" and job.attempts == 1
+        assert job.error.count(".") <= 2 and "'neg' is a lora model, not a NAT model" in job.error
+        for table in (TrainingExample, NceWeight):
+            assert not s.scalar(select(func.count()).select_from(table).where(table.job_id == job_id))
+
+
 @pytest.fixture
 def runners(db) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
     yield from runner_processes(db)
