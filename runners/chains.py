@@ -26,11 +26,12 @@ from rplat.llm.load import prepare_backend
 from rplat.lookup import dataset_id, job_of_kind
 from rplat.methods.answers import normalize
 from rplat.methods.labelers import label_chain
-from rplat.methods.votes import OVERALL, Accuracy, micro_accuracy, tie_credit, vote
-from rplat.models import Evaluation, Prediction, Problem, Sample, TeacherChain
+from rplat.methods.votes import tie_credit, vote
+from rplat.models import Problem, Sample, TeacherChain
 from rplat.prompts import TDG_PROBLEM_PREFIX, TEMPLATES, ensure_template, tdg_prompt
 from rplat.registry import get_model
 from rplat.runners.context import JobContext
+from rplat.runners.evaluation import Judged, record_evaluation
 from rplat.runners.kinds import EvaluateParams
 from rplat.runners.kinds_tdg import CollectChainsParams, SampleParams
 from rplat.store import insert_ignore
@@ -116,6 +117,28 @@ def _items(problems: Sequence[Any], have: set[tuple[int, int]], n: int, pool: li
     return items
 
 
+def _fill(ctx: JobContext, spec: Any, p: CollectChainsParams | SampleParams, todo: list[Any], total: int,
+          row: Any, table: type, keys: list[str]) -> CachedBackend:
+    """Generate every missing sample of `todo`, `p.batch_size` problems per call through the generation cache,
+    and store each batch's rows (`row(item, k, completion, chain, verdict)`) in its own transaction, idempotently on
+    `keys`: a job killed mid-run resumes with what it stored. Returns the cached backend (its hit counts)."""
+    done = total - sum(len(it.missing) for it in todo)
+    ctx.progress(done, total)
+    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
+    sampling = chain_sampling(p.temperature, p.max_tokens, p.seed)
+    for start in range(0, len(todo), p.batch_size):
+        ctx.check()
+        rows = []
+        for item, k, c in sample_chains(llm, sampling, todo[start:start + p.batch_size]):
+            text = chain_text(c.text)
+            rows.append(row(item, k, c, text, label_chain(text, item.gold, p.labeler)))
+        with ctx.transaction() as s:
+            insert_ignore(s, table, rows, keys)
+        done += len(rows)
+        ctx.progress(done, total)
+    return llm
+
+
 def collect(ctx: JobContext, p: CollectChainsParams) -> dict[str, Any]:
     spec = prepare_backend(ctx.engine, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
     teacher = p.teacher or p.model
@@ -134,25 +157,13 @@ def collect(ctx: JobContext, p: CollectChainsParams) -> dict[str, Any]:
             TeacherChain.teacher == teacher, TeacherChain.problem_id.in_([r.id for r in problems]),
             TeacherChain.sample_idx < p.n)).all())
     todo = _items(problems, have, p.n, pool, p.n_fewshot, p.seed)
-    total = len(problems) * p.n
-    done = total - sum(len(it.missing) for it in todo)
-    ctx.progress(done, total)
-    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
-    sampling = chain_sampling(p.temperature, p.max_tokens, p.seed)
-    for start in range(0, len(todo), p.batch_size):
-        ctx.check()
-        rows = []
-        for item, k, c in sample_chains(llm, sampling, todo[start:start + p.batch_size]):
-            text = chain_text(c.text)
-            verdict = label_chain(text, item.gold, p.labeler)
-            rows.append(dict(job_id=ctx.job_id, problem_id=item.problem_id, teacher=teacher, sample_idx=k, text=text,
-                             extracted_answer=verdict.answer, label=verdict.label, labeler=p.labeler,
-                             hendrycks_correct=verdict.hendrycks, math_verify_correct=verdict.math_verify,
-                             n_chars=len(text)))
-        with ctx.transaction() as s:
-            insert_ignore(s, TeacherChain, rows, ["problem_id", "teacher", "sample_idx"])
-        done += len(rows)
-        ctx.progress(done, total)
+
+    def row(item: Any, k: int, c: Completion, text: str, verdict: Any) -> dict[str, Any]:
+        return dict(job_id=ctx.job_id, problem_id=item.problem_id, teacher=teacher, sample_idx=k, text=text,
+                    extracted_answer=verdict.answer, label=verdict.label, labeler=p.labeler,
+                    hendrycks_correct=verdict.hendrycks, math_verify_correct=verdict.math_verify, n_chars=len(text))
+
+    llm = _fill(ctx, spec, p, todo, len(problems) * p.n, row, TeacherChain, ["problem_id", "teacher", "sample_idx"])
     with ctx.read() as s:
         mine = (TeacherChain.teacher == teacher) & TeacherChain.problem_id.in_([r.id for r in problems])
         counts = dict(s.execute(select(TeacherChain.label, func.count()).where(mine)
@@ -177,25 +188,13 @@ def sample(ctx: JobContext, p: SampleParams) -> dict[str, Any]:
         pool = _pool(s, p.fewshot, p.n_fewshot)
         have = set(s.execute(select(Sample.problem_id, Sample.sample_idx).where(Sample.job_id == ctx.job_id)).all())
     todo = _items(problems, have, p.n, pool, p.n_fewshot, p.seed)
-    total = len(problems) * p.n
-    done = total - sum(len(it.missing) for it in todo)
-    ctx.progress(done, total)
-    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
-    sampling = chain_sampling(p.temperature, p.max_tokens, p.seed)
-    for start in range(0, len(todo), p.batch_size):
-        ctx.check()
-        rows = []
-        for item, k, c in sample_chains(llm, sampling, todo[start:start + p.batch_size]):
-            text = chain_text(c.text)
-            verdict = label_chain(text, item.gold, p.labeler)
-            rows.append(dict(job_id=ctx.job_id, problem_id=item.problem_id, model_id=model_id, sample_idx=k,
-                             decoding=decoding, text=text, extracted_answer=verdict.answer,
-                             correct=None if item.gold is None else verdict.label == "pos",
-                             finish_reason=c.finish_reason))
-        with ctx.transaction() as s:
-            insert_ignore(s, Sample, rows, ["job_id", "problem_id", "sample_idx"])
-        done += len(rows)
-        ctx.progress(done, total)
+
+    def row(item: Any, k: int, c: Completion, text: str, verdict: Any) -> dict[str, Any]:
+        return dict(job_id=ctx.job_id, problem_id=item.problem_id, model_id=model_id, sample_idx=k,
+                    decoding=decoding, text=text, extracted_answer=verdict.answer,
+                    correct=None if item.gold is None else verdict.label == "pos", finish_reason=c.finish_reason)
+
+    llm = _fill(ctx, spec, p, todo, len(problems) * p.n, row, Sample, ["job_id", "problem_id", "sample_idx"])
     with ctx.read() as s:
         n, correct = s.execute(select(func.count(), func.count().filter(Sample.correct.is_(True)))
                                .where(Sample.job_id == ctx.job_id)).one()
@@ -242,18 +241,7 @@ def evaluate_samples(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
     by_problem: dict[int, list[Any]] = {}
     for r in rows:
         by_problem.setdefault(r.problem_id, []).append(r)
-    predictions, credits = [], []
-    for problem_id, group in by_problem.items():
-        answer, mass, tie_size, credit = sample_predictions(method, group)
-        predictions.append(dict(job_id=ctx.job_id, problem_id=problem_id, model_id=model_id, method=method,
-                                answer=answer, correct=credit == 1.0, vote_mass=mass, tie_size=tie_size,
-                                credit=credit))
-        credits.append((group[0].subject, credit))
-    accuracy = micro_accuracy(credits)
-    evaluations = [dict(job_id=ctx.job_id, model_id=model_id, method=method, subject=subject, n=a.n,
-                        n_correct=a.n_correct, accuracy=a.accuracy) for subject, a in accuracy.items()]
-    with ctx.transaction() as s:
-        insert_ignore(s, Prediction, predictions, ["job_id", "problem_id", "method"])
-        insert_ignore(s, Evaluation, evaluations, ["job_id", "method", "subject"])
-    overall = accuracy.get(OVERALL, Accuracy(0, 0.0))
+    overall = record_evaluation(ctx, model_id, method, (
+        Judged(problem_id, group[0].subject, *sample_predictions(method, group))
+        for problem_id, group in by_problem.items()))
     return {"method": method, "sample_job": p.sample_job, "problems": overall.n, "accuracy": overall.accuracy}

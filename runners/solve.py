@@ -31,14 +31,14 @@ from rplat.methods.guided import (
     scorer_messages,
     trajectory_text,
 )
-from rplat.methods.votes import OVERALL, Accuracy, micro_accuracy, tie_credit, vote
-from rplat.models import Evaluation, Prediction, Problem, SolveTrajectory, Step, StepCandidate
+from rplat.methods.votes import tie_credit, vote
+from rplat.models import Problem, SolveTrajectory, Step, StepCandidate
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.registry import get_model
 from rplat.runners.chains import evaluate_samples
 from rplat.runners.context import JobContext
+from rplat.runners.evaluation import Judged, record_evaluation
 from rplat.runners.kinds import EvaluateParams, SolveParams
-from rplat.store import insert_ignore
 
 
 @dataclass
@@ -270,7 +270,7 @@ def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
     for r in rows:
         by_problem.setdefault(r.problem_id, []).append(r)
     method = solved.method
-    predictions, credits = [], []
+    judged = []
     for problem_id, group in by_problem.items():
         gold = group[0].answer
         if method == "sc":
@@ -280,15 +280,6 @@ def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
         else:
             answer, mass, tie_size = group[0].prediction, 1.0, 1
             credit = 1.0 if is_correct(answer, gold) else 0.0
-        predictions.append(dict(job_id=ctx.job_id, problem_id=problem_id, model_id=model_id, method=method,
-                                answer=answer, correct=credit == 1.0, vote_mass=mass, tie_size=tie_size,
-                                credit=credit))
-        credits.append((group[0].subject, credit))
-    accuracy = micro_accuracy(credits)
-    evaluations = [dict(job_id=ctx.job_id, model_id=model_id, method=method, subject=subject, n=a.n,
-                        n_correct=a.n_correct, accuracy=a.accuracy) for subject, a in accuracy.items()]
-    with ctx.transaction() as s:
-        insert_ignore(s, Prediction, predictions, ["job_id", "problem_id", "method"])
-        insert_ignore(s, Evaluation, evaluations, ["job_id", "method", "subject"])
-    overall = accuracy.get(OVERALL, Accuracy(0, 0.0))
+        judged.append(Judged(problem_id, group[0].subject, answer, mass, tie_size, credit))
+    overall = record_evaluation(ctx, model_id, method, judged)
     return {"method": method, "solve_job": p.solve_job, "problems": overall.n, "accuracy": overall.accuracy}
