@@ -71,3 +71,25 @@ def seed_rationales(db: Any, tmp_path: Path, n: int) -> int:
                             rationale=f"add {k % 7} to {k}",
                             following=f"He has {k + k % 7} apples. The answer is {k}."))
     return job_id
+
+
+def kill_then_rescue(db: Any, runners: Callable[..., subprocess.Popen[bytes]], job_id: int, steps: int,
+                     ready: Callable[[], bool], what: str) -> tuple[int, Any]:
+    """The kill -9 sequence of a training job: a runner takes it, is killed once `ready()` (checkpoints were
+    written), and a second runner takes it over after the lease expires. Returns (the step it resumed from, the
+    job's result), having checked that the job succeeded."""
+    from rplat.models import Checkpoint
+
+    victim = runners("--once")
+    wait_for(ready, what)
+    victim.kill()  # SIGKILL: no handler runs, the lease is left to expire
+    victim.wait()
+    with db.engine().connect() as conn:
+        resume_at = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == job_id))
+    assert resume_at is not None and resume_at < steps
+    rescuer = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
+    wait_for(lambda: rescuer.poll() is not None, "the rescuing runner")
+    with transaction(db.engine()) as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded", job.error
+        return resume_at, (job.result, job.attempts)

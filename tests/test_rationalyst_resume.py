@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import func, select
 
-from rplat.models import Checkpoint, GenerationCache, Job, RationaleScore, TrainingMetric
+from rplat.models import GenerationCache, Job, RationaleScore, TrainingMetric
 from rplat.queue import Queue
 from rplat.store import transaction
 
-from killable_runners import HANG, count_rows, runner_processes, seed_rationales, wait_for
+from killable_runners import HANG, count_rows, kill_then_rescue, runner_processes, seed_rationales, wait_for
 
 
 @pytest.fixture
@@ -59,20 +59,11 @@ def test_killed_training_resumes_at_its_checkpoint_with_the_same_loss_curve(db, 
     runners("--once").wait(timeout=HANG)
     assert count_rows(db, TrainingMetric, straight) == 120
     crashed, _ = queue.enqueue("train-rationalyst", {**common, "adapter_name": "crashed"}, after=[score_job])
-    victim = runners("--once")
-    wait_for(lambda: count_rows(db, TrainingMetric, crashed) >= 30, "a few checkpoints")
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
-    with db.engine().connect() as conn:
-        resume_at = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == crashed))
-    assert resume_at is not None and resume_at < 120
-    rescuer = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
-    wait_for(lambda: rescuer.poll() is not None, "the rescuing runner")
+    resume_at, (result, _) = kill_then_rescue(
+        db, runners, crashed, 120, lambda: count_rows(db, TrainingMetric, crashed) >= 30, "a few checkpoints")
     with transaction(db.engine()) as s:
-        job = s.get(Job, crashed)
-        assert job.status == "succeeded", job.error
         curves = {j: s.execute(select(TrainingMetric.step, TrainingMetric.loss).where(TrainingMetric.job_id == j)
                                .order_by(TrainingMetric.step)).all() for j in (straight, crashed)}
-    assert job.result["resumed_from"] == resume_at
+    assert result["resumed_from"] == resume_at
     assert [st for st, _ in curves[crashed]] == list(range(120))
     assert [loss for _, loss in curves[crashed]] == pytest.approx([loss for _, loss in curves[straight]], rel=1e-4)

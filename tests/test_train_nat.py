@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +13,6 @@ from sqlalchemy import func, select
 from rplat.llm.load import LOADED, load, prepare_backend
 from rplat.methods.nat import nat_layers, nat_mode
 from rplat.models import (
-    Checkpoint,
     Dataset,
     Job,
     Model,
@@ -31,7 +28,7 @@ from rplat.registry import register_model
 from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
 
-from killable_runners import count_rows, runner_processes, wait_for
+from killable_runners import count_rows, kill_then_rescue, runner_processes
 from tiny_lm import save_tiny, tiny_tokenizer
 
 TEACHER = "gpt-x"
@@ -152,18 +149,9 @@ def test_killed_train_nat_resumes_at_its_checkpoint_with_the_same_loss_curve(db,
     _drain(db)  # in-process: one runner start-up less (each takes seconds on a loaded machine)
     assert count_rows(db, TrainingMetric, straight) == 40
     crashed, _ = queue.enqueue("train-nat", {**common, "adapter_name": "crashed"})
-    victim = runners("--once")
-    wait_for(lambda: count_rows(db, TrainingMetric, crashed) >= 10, "a few checkpoints")
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
-    with db.engine().connect() as conn:
-        resume_at = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == crashed))
-    assert resume_at is not None and resume_at < 40
-    rescuer = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
-    wait_for(lambda: rescuer.poll() is not None, "the rescuing runner")
+    resume_at, (result, attempts) = kill_then_rescue(
+        db, runners, crashed, 40, lambda: count_rows(db, TrainingMetric, crashed) >= 10, "a few checkpoints")
     with transaction(db.engine()) as s:
-        job = s.get(Job, crashed)
-        assert job.status == "succeeded", job.error
         curves = {j: s.execute(select(TrainingMetric.step, TrainingMetric.loss, TrainingMetric.extra)
                                .where(TrainingMetric.job_id == j).order_by(TrainingMetric.step)).all()
                   for j in (straight, crashed)}
@@ -171,7 +159,7 @@ def test_killed_train_nat_resumes_at_its_checkpoint_with_the_same_loss_curve(db,
                              .where(NatAlphaLog.job_id == j).order_by(NatAlphaLog.step, NatAlphaLog.layer,
                                                                       NatAlphaLog.proj)).all()
                 for j in (straight, crashed)}
-    assert job.result["resumed_from"] == resume_at and job.attempts == 2
+    assert result["resumed_from"] == resume_at and attempts == 2
     assert [st for st, *_ in curves[crashed]] == list(range(40))
     assert [loss for _, loss, _ in curves[crashed]] == pytest.approx([loss for _, loss, _ in curves[straight]],
                                                                      rel=1e-4)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +38,7 @@ from rplat.runners.tdg_data import encode
 from rplat.runners.train_nce import augment_sampling
 from rplat.store import insert_ignore, transaction
 
-from killable_runners import count_rows, runner_processes, wait_for
+from killable_runners import count_rows, kill_then_rescue, runner_processes
 from tiny_lm import save_tiny, tiny_model, tiny_tokenizer
 
 NAT_CFG = NATConfig(r=4, alpha=8.0, dropout=0.0, target_modules=("q_proj", "v_proj"), unit_dim=8)
@@ -324,24 +322,16 @@ def test_killed_train_nce_resumes_at_its_checkpoint_with_the_same_loss_curve(db,
     drain(db)  # in this process: one runner start fewer, and the same numbers (one thread, the CPU, fixed seeds)
     assert count_rows(db, TrainingMetric, straight) == 100
     crashed, _ = queue.enqueue("train-nce", {**common, "adapter_name": "crashed"})
-    victim = runners("--once")
     # Checkpoint rows, not metrics: a step's metrics are written just before its checkpoint.
-    wait_for(lambda: count_rows(db, Checkpoint, crashed) >= 2, "two checkpoints")
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
-    with db.engine().connect() as conn:
-        resume_at = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == crashed))
-    assert resume_at is not None and 10 <= resume_at < 100
-    rescuer = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
-    wait_for(lambda: rescuer.poll() is not None, "the rescuing runner")
+    resume_at, (result, attempts) = kill_then_rescue(
+        db, runners, crashed, 100, lambda: count_rows(db, Checkpoint, crashed) >= 2, "two checkpoints")
+    assert resume_at >= 10
     with transaction(db.engine()) as s:
-        job = s.get(Job, crashed)
-        assert job.status == "succeeded", job.error
         curves = {j: s.execute(select(TrainingMetric.step, TrainingMetric.loss).where(TrainingMetric.job_id == j)
                                .order_by(TrainingMetric.step)).all() for j in (straight, crashed)}
         weights = {j: s.execute(select(NceWeight.chain_id, NceWeight.beta).where(NceWeight.job_id == j)
                                 .order_by(NceWeight.chain_id)).all() for j in (straight, crashed)}
-    assert job.result["resumed_from"] == resume_at and job.attempts == 2
+    assert result["resumed_from"] == resume_at and attempts == 2
     assert [w.chain_id for w in weights[crashed]] == [w.chain_id for w in weights[straight]]
     assert [w.beta for w in weights[crashed]] == pytest.approx([w.beta for w in weights[straight]], rel=1e-6)
     assert [st for st, _ in curves[crashed]] == list(range(100))
