@@ -30,6 +30,7 @@ from rplat.runners.kinds_tdg import TdgTrainParams
 from rplat.store import insert_ignore
 
 CHAIN_LABELS = ("pos", "neg")
+FORMAT_NAMES = {"lora": "LoRA", "nat": "NAT"}
 
 
 @dataclass(frozen=True)
@@ -155,3 +156,25 @@ def save_and_register(ctx: JobContext, kind: str, p: TdgTrainParams, write: Call
                              config={"train_params": p.model_dump(mode="json"), **(config or {})},
                              job_id=ctx.job_id, **columns)
         return name, row.id
+
+
+def adapter_on_student_base(ctx: JobContext, p: TdgTrainParams, field: str, fmt: str, made_by: str
+                            ) -> tuple[Any, Any]:
+    """(the student's base, the adapter `getattr(p, field)` names), after checking that the adapter is of format
+    `fmt` and sits on that base (a NAT layer or a distillation teacher must share the student's weights)."""
+    from rplat.llm.load import base_of
+    from rplat.registry import get_model
+
+    name = getattr(p, field)
+    with ctx.read() as s:
+        base = base_of(s, get_model(s, p.model))
+        adapter = get_model(s, name)
+        if adapter.format != fmt:
+            raise UserError(f"{field} {name!r} is a {adapter.format} model, not a {FORMAT_NAMES.get(fmt, fmt)} model; "
+                            f"pass --param {field}= the result of a {made_by} job.")
+        adapter_base = base_of(s, adapter)
+        if adapter_base.id != base.id:
+            raise UserError(f"{field} {name!r} sits on {adapter_base.name!r}, not on the student's base "
+                            f"{base.name!r}; pass --param model={adapter_base.name} or a {fmt} model of that base.")
+        s.expunge_all()
+        return base, adapter

@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from sqlalchemy import select
 
-from rplat.errors import UserError
-from rplat.llm.load import base_of, load, prepare_backend
+from rplat.llm.load import load, prepare_backend
 from rplat.methods.nat import (
     NATConfig,
     attach_nat,
@@ -30,11 +29,16 @@ from rplat.methods.nat import (
     w_neg_stats,
 )
 from rplat.models import NatAlphaLog, TrainingMetric
-from rplat.registry import get_model
 from rplat.runners.context import JobContext
 from rplat.runners.distributed import is_main_process, launch
 from rplat.runners.kinds_tdg import TrainNatParams
-from rplat.runners.tdg_data import encode_examples, load_examples, save_and_register, store_examples
+from rplat.runners.tdg_data import (
+    adapter_on_student_base,
+    encode_examples,
+    load_examples,
+    save_and_register,
+    store_examples,
+)
 from rplat.runners.training import (
     Batch,
     Objective,
@@ -58,17 +62,8 @@ def nat_config(p: TrainNatParams) -> NATConfig:
 
 def _models(ctx: JobContext, p: TrainNatParams) -> tuple[int, int, str, str]:
     """(base id, neg id, neg path, base name), after checking that the negative LoRA sits on the student's base."""
-    with ctx.read() as s:
-        base = base_of(s, get_model(s, p.model))
-        neg = get_model(s, p.neg_model)
-        if neg.format != "lora":
-            raise UserError(f"neg_model {p.neg_model!r} is a {neg.format} model, not a LoRA; pass --param "
-                            "neg_model= the result of a train-neg job.")
-        neg_base = base_of(s, neg)
-        if neg_base.id != base.id:
-            raise UserError(f"the negative LoRA {p.neg_model!r} sits on {neg_base.name!r}, not on the student's base "
-                            f"{base.name!r}; pass --param model={neg_base.name} or a negative LoRA of that base.")
-        return base.id, neg.id, neg.path or "", base.name
+    base, neg = adapter_on_student_base(ctx, p, "neg_model", "lora", "train-neg")
+    return base.id, neg.id, neg.path or "", base.name
 
 
 def run(ctx: JobContext, p: TrainNatParams) -> dict[str, Any]:

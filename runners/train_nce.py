@@ -20,21 +20,26 @@ from typing import Any
 import torch
 from sqlalchemy import select
 
-from rplat.errors import UserError
 from rplat.llm import Sampling
 from rplat.llm.cache import CachedBackend
-from rplat.llm.load import BackendSpec, base_of, load, prepare_backend
+from rplat.llm.load import BackendSpec, load, prepare_backend
 from rplat.lookup import dataset_id
 from rplat.methods import nce
 from rplat.methods.labelers import label_chain
 from rplat.methods.nat import nat_mode
 from rplat.models import NceWeight, Problem, TeacherChain, TrainingExample
 from rplat.prompts import tdg_prompt, tdg_training_text
-from rplat.registry import get_model
 from rplat.runners.context import JobContext
 from rplat.runners.distributed import is_main_process, launch
 from rplat.runners.kinds_tdg import TrainNceParams
-from rplat.runners.tdg_data import encode_examples, load_examples, lora_config, save_and_register, store_examples
+from rplat.runners.tdg_data import (
+    adapter_on_student_base,
+    encode_examples,
+    load_examples,
+    lora_config,
+    save_and_register,
+    store_examples,
+)
 from rplat.runners.training import (
     Batch,
     Objective,
@@ -68,17 +73,8 @@ def run(ctx: JobContext, p: TrainNceParams) -> dict[str, Any]:
 
 def model_ids(ctx: JobContext, p: TrainNceParams) -> tuple[int, int]:
     """(base id, NAT model id); the NAT model must be a NAT adapter on the student's own base."""
-    with ctx.read() as s:
-        student_base = base_of(s, get_model(s, p.model))
-        nat = get_model(s, p.nat_model)
-        if nat.format != "nat":
-            raise UserError(f"nat_model {p.nat_model!r} is a {nat.format} model, not a NAT model; pass "
-                            "--param nat_model= the result of a train-nat job.")
-        nat_base = base_of(s, nat)
-        if nat_base.id != student_base.id:
-            raise UserError(f"the NAT model {p.nat_model!r} sits on {nat_base.name!r}, not on the student's base "
-                            f"{student_base.name!r}; pass --param model={nat_base.name} or a NAT model of that base.")
-        return student_base.id, nat.id
+    base, nat = adapter_on_student_base(ctx, p, "nat_model", "nat", "train-nat")
+    return base.id, nat.id
 
 
 # --- self-augmentation ---------------------------------------------------------------------------------------
