@@ -218,6 +218,11 @@ def test_format_nat_loads_through_the_one_loader_beside_its_negative_lora(db, tm
         assert nat_backend.generate(["Problem: 1+1"], Sampling(max_tokens=3, temperature=0.0))[0][0].text is not None
     finally:
         LOADED.clear()
+    # vLLM has no NAT layer: serving the NAT model would serve its bare base under its name, so it is refused.
+    from rplat.serve import plan
+
+    with pytest.raises(UserError, match="'tiny-nat' is a nat model, which vLLM cannot run"):
+        plan(db.engine(), "tiny-nat", home=tmp_path, vllm=str(tmp_path / "vllm"))
 
 
 def test_the_hf_fast_paths_key_their_kv_on_the_nat_mode_and_score_as_the_plain_path() -> None:

@@ -150,6 +150,9 @@ def plan(engine: Engine, name: str, *, home: Path, vllm: str, host: str = "127.0
         base = base_of(session, model)
         if base.format != "base":
             raise UserError(f"model {name!r} is a {base.format} model; `rplat serve` serves LLMs and their adapters.")
+        if model.format not in ("base", "lora"):
+            raise UserError(f"model {name!r} is a {model.format} model, which vLLM cannot run (only its base); "
+                            "use it in-process with --param backend=hf, every job's default.")
         loras = ([model] if model.format == "lora" else []) + [get_model(session, a) for a in adapters
                                                                 if a != model.name]
         for lora in loras:
