@@ -14,10 +14,14 @@ from pydantic import Field, model_validator
 from rplat.bundled import SMOLLM2
 from rplat.kinds import JobKind, Params
 from rplat.references import Makes, Ref
+from rplat.registry import BUNDLED_EMBEDDER
 from rplat.runners.kinds import ModelParams
 
 LABELERS = ("hendrycks", "math-verify")
 Labeler = Literal["hendrycks", "math-verify"]
+# ASC's vote functions (B4): f0 = 1 (plain SC), f1 = 1 + 2s, f2 = 1 + s, f3 = s (the default)
+VOTE_FUNCTIONS = ("f0", "f1", "f2", "f3")
+VoteFunction = Literal["f0", "f1", "f2", "f3"]
 
 
 class CollectChainsParams(ModelParams):
@@ -189,6 +193,56 @@ class SampleParams(ModelParams):
         return ("tdg-chain",)
 
 
+class TrainRankerParams(Params):
+    """B4: a ranker scores question + chain in (0, 1); trained on one positive and one negative chain per question."""
+
+    problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
+        description="training problem dataset whose labelled chains form the pairs")
+    teacher: str = Field(min_length=1, max_length=200, description="chain set to pair (teacher_chains.teacher)")
+    encoder: Annotated[str, Ref("model", primary=True)] = Field(
+        BUNDLED_EMBEDDER, description="encoder: an embedding model (the bundled MiniLM) or a base causal LM, "
+        "whose last hidden states are mean-pooled over the chain's tokens (reference: Flan-T5-XL encoder)")
+    ranker_name: Annotated[str | None, Makes("ranker-job{job_id}")] = Field(
+        None, description="registry name of the trained ranker (default ranker-job<ID>)")
+    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of the questions with both a positive "
+                                    "and a negative chain held out to measure ranker accuracy (s_pos > s_neg)")
+    p: float = Field(3.0, gt=0, description="pair loss (1 - s_pos)^p + s_neg^p (reference: 3)")
+    epochs: int = Field(5, gt=0, description="passes over the training questions, a fresh pair each (reference 5)")
+    lr: float = Field(2e-5, gt=0, description="peak learning rate (reference: 2e-5)")
+    weight_decay: float = Field(1e-5, ge=0, description="AdamW decay, none on biases and norms (reference 1e-5)")
+    final_lr_ratio: float = Field(0.02, ge=0, le=1, description="cosine decay ends at this fraction of lr "
+                                  "(reference: 0.02)")
+    batch_size: int = Field(1, gt=0, description="pairs per micro batch (reference: 1)")
+    grad_accum: int = Field(1, gt=0, description="micro batches per optimizer step")
+    max_length: int = Field(512, gt=8, description="tokens of question + chain (longer pairs are cut; reference 512)")
+    limit: int | None = Field(None, gt=0, description="pair the chains of at most this many questions")
+    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
+    seed: int = Field(0, description="pairing, split, initialisation and shuffling seed (reference: 0)")
+
+
+class ScoreSamplesParams(Params):
+    """B4 inference: the ranker's score of every stored sample of a sample job."""
+
+    sample_job: Annotated[int, Ref("job", kind="sample", primary=True)] = Field(
+        description="the sample job whose chains to score")
+    ranker: Annotated[str, Ref("model")] = Field(description="a trained ranker (a train-ranker result)")
+    batch_size: int = Field(16, gt=0, le=1024, description="samples per encoder call")
+
+
+class AggregateParams(Params):
+    """B4/B6: per problem, greedy, self-consistency and ASC under each vote function, as predictions."""
+
+    sample_job: Annotated[int, Ref("job", kind="sample", primary=True)] = Field(
+        description="the sample job with n > 1 samples per problem to vote over")
+    score_job: Annotated[int | None, Ref("job", kind="score-samples")] = Field(
+        None, description="ranker scores of those samples (without: self-consistency only)")
+    greedy_job: Annotated[int | None, Ref("job", kind="sample")] = Field(
+        None, description="a greedy sample job of the same model, for the greedy row")
+    votes: list[VoteFunction] = Field(default_factory=lambda: list(VOTE_FUNCTIONS), min_length=1,
+                                      description="ASC vote functions to store, as methods asc-f0..asc-f3")
+    vote: VoteFunction = Field("f3", description="the headline ASC vote (reference default: f3, f = s)")
+
+
 COLLECT_CHAINS = JobKind("collect-chains", CollectChainsParams, "rplat.runners.chains:collect",
                          "Sample n teacher chains per problem and label them positive/negative (TDG B1).")
 TRAIN_NEG = JobKind("train-neg", TrainNegParams, "rplat.runners.train_tdg:train_neg",
@@ -209,3 +263,9 @@ TRAIN_SFT = JobKind("train-sft", TrainSftParams, "rplat.runners.train_tdg:train_
                     "Fine-tune on the problems' gold solutions (the TDG table's fine-tune row).")
 SAMPLE = JobKind("sample", SampleParams, "rplat.runners.chains:sample",
                  "Generate whole chains for problems (greedy or n samples) and check their answers (TDG eval).")
+TRAIN_RANKER = JobKind("train-ranker", TrainRankerParams, "rplat.runners.ranker:train",
+                       "Train the ASC ranker on positive/negative chain pairs and measure held-out accuracy (TDG B4).")
+SCORE_SAMPLES = JobKind("score-samples", ScoreSamplesParams, "rplat.runners.ranker:score_samples",
+                        "Score every sample of a sample job with a trained ranker (TDG B4).")
+AGGREGATE = JobKind("aggregate", AggregateParams, "rplat.runners.aggregate:run",
+                    "Greedy, self-consistency and ASC votes per problem, with tie credit and margins (TDG B4/B6).")

@@ -54,6 +54,13 @@ def _processes_of(run_dir: Path) -> list[int]:
     return found
 
 
+def _last_checkpoint(db, job_id: int) -> int:  # type: ignore[no-untyped-def]
+    """The step of the job's newest recorded checkpoint, -1 before the first (metrics land before it does)."""
+    with db.engine().connect() as conn:
+        step = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == job_id))
+    return -1 if step is None else step
+
+
 def _curve(db, job_id: int) -> list[tuple[int, float, float | None]]:  # type: ignore[no-untyped-def]
     with db.engine().connect() as conn:
         rows = conn.execute(select(TrainingMetric.step, TrainingMetric.loss, TrainingMetric.extra)
@@ -89,14 +96,13 @@ def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(db, tmp_
                                after=[score_job])
     victim = runners("--once")
     run_dir = db.home / "runs" / f"job-{crashed}"
-    wait_for(lambda: count_rows(db, TrainingMetric, crashed) >= 16, "two checkpoints")
+    wait_for(lambda: _last_checkpoint(db, crashed) >= 16, "two checkpoints")
     assert len(_processes_of(run_dir)) == 3  # torchrun's agent and two workers
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     wait_for(lambda: not _processes_of(run_dir), "the workers to die with the runner")
-    with db.engine().connect() as conn:
-        resume_at = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == crashed))
-    assert resume_at is not None and 16 <= resume_at < STEPS
+    resume_at = _last_checkpoint(db, crashed)
+    assert 16 <= resume_at < STEPS
 
     rescuer = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
     wait_for(lambda: rescuer.poll() is not None, "the rescuing runner")

@@ -35,7 +35,7 @@ SELECT r.id AS rationale_id, r.rationale, r.preceding, r.following, r.position, 
        coalesce(dd.name, pd.name) AS dataset, em.name AS extractor, e.fidelity,
        r.job_id AS extract_job_id, rs.job_id AS score_job_id, sm.name AS scorer,
        rs.gamma, rs.s_without, rs.s_with, rs.loss_delta, rs.tau, CAST(rs.kept AS BOOLEAN) AS kept,
-       x.name AS experiment
+       rs.overlap, CAST(rs.leak AS BOOLEAN) AS leak, x.name AS experiment
 FROM store.rationales r
 JOIN store.extractions e ON e.id = r.extraction_id
 JOIN store.jobs ej ON ej.id = r.job_id
@@ -52,7 +52,8 @@ SELECT pr.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGIN
        x.name AS experiment, pr.method, m.name AS model,
        pr.method || ' / ' || coalesce(m.name, '?') || ' / job ' || pr.job_id AS run,
        pr.problem_id, p.external_id AS problem, ds.name AS dataset, p.subject, p.question,
-       pr.answer, p.answer AS gold, CAST(pr.correct AS BOOLEAN) AS correct, pr.credit, pr.vote_mass, pr.tie_size
+       pr.answer, p.answer AS gold, CAST(pr.correct AS BOOLEAN) AS correct, pr.credit, pr.vote_mass, pr.tie_size,
+       pr.margin
 FROM store.predictions pr
 JOIN store.jobs j ON j.id = pr.job_id
 JOIN store.problems p ON p.id = pr.problem_id
@@ -112,6 +113,52 @@ FROM predictions a
 JOIN predictions s ON s.problem_id = a.problem_id AND s.model IS NOT DISTINCT FROM a.model
                   AND s.experiment IS NOT DISTINCT FROM a.experiment
 WHERE a.method LIKE 'asc%' AND s.method = 'sc'""",
+    "samples": """
+SELECT sa.job_id AS sample_job_id, x.name AS experiment, m.name AS model, sa.id AS sample_id, sa.problem_id,
+       p.external_id AS problem, ds.name AS dataset, p.subject, p.level, sa.sample_idx, sa.decoding,
+       sa.text AS chain, sa.extracted_answer, p.answer AS gold, CAST(sa.correct AS BOOLEAN) AS correct,
+       sa.finish_reason
+FROM store.samples sa
+JOIN store.problems p ON p.id = sa.problem_id
+JOIN store.datasets ds ON ds.id = p.dataset_id
+JOIN store.jobs j ON j.id = sa.job_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id
+LEFT JOIN store.models m ON m.id = sa.model_id""",
+    "sample_scores": """
+SELECT rs.job_id AS score_job_id, sa.job_id AS sample_job_id, x.name AS experiment, m.name AS model,
+       rm.name AS ranker, sa.id AS sample_id, sa.problem_id, p.external_id AS problem, p.subject, sa.sample_idx,
+       sa.extracted_answer, CAST(sa.correct AS BOOLEAN) AS correct, rs.score, CAST(rs.truncated AS BOOLEAN) AS truncated
+FROM store.ranker_scores rs
+JOIN store.samples sa ON sa.id = rs.sample_id
+JOIN store.problems p ON p.id = sa.problem_id
+JOIN store.jobs j ON j.id = rs.job_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id
+LEFT JOIN store.models m ON m.id = sa.model_id
+LEFT JOIN store.models rm ON rm.id = rs.ranker_model_id""",
+    "ranker_pairs": """
+SELECT rp.job_id, x.name AS experiment, m.name AS encoder, rp.split, rp.epoch, rp.problem_id,
+       p.external_id AS problem, p.subject, rp.pos_chain_id, rp.neg_chain_id, rp.s_pos, rp.s_neg, rp.loss,
+       rp.s_pos > rp.s_neg AS ranked_right
+FROM store.ranker_pairs rp
+JOIN store.problems p ON p.id = rp.problem_id
+JOIN store.jobs j ON j.id = rp.job_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id
+LEFT JOIN store.models m ON m.id = j.model_id""",
+    "training_metrics": """
+SELECT t.job_id, j.kind, x.name AS experiment, m.name AS model,
+       coalesce(json_extract_string(j.params, '$.adapter_name'), json_extract_string(j.params, '$.ranker_name'))
+           AS result_name,
+       t.step, t.loss, t.lr, TRY_CAST(json_extract(t.extra, '$.eval_loss') AS DOUBLE) AS eval_loss,
+       CAST(t.extra AS VARCHAR) AS extra
+FROM store.training_metrics t
+JOIN store.jobs j ON j.id = t.job_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id
+LEFT JOIN store.models m ON m.id = j.model_id""",
+    "nat_alpha": """
+SELECT a.job_id, x.name AS experiment, a.step, a.layer, a.proj, a.mean_w_neg
+FROM store.nat_alpha_logs a
+JOIN store.jobs j ON j.id = a.job_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id""",
     "evaluations": """
 SELECT e.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGINT) AS solve_job_id,
        x.name AS experiment, e.method, m.name AS model, e.subject, e.n, e.n_correct, e.accuracy

@@ -317,6 +317,9 @@ class RationaleScore(Base):
     loss_delta: Mapped[float] = mapped_column(Float)
     tau: Mapped[float] = mapped_column(Float)
     kept: Mapped[bool] = mapped_column(Boolean, index=True)
+    # share of the following text the rationale restates (see rplat.methods.leaks); a leak is never kept
+    overlap: Mapped[float | None] = mapped_column(Float)
+    leak: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class TrainingExample(Base):
@@ -470,9 +473,10 @@ class Sample(Base):
 
 class RankerPair(Base):
     __tablename__ = "ranker_pairs"
-    __table_args__ = (UniqueConstraint("job_id", "epoch", "problem_id"),)
+    __table_args__ = (UniqueConstraint("job_id", "split", "epoch", "problem_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = job_fk()
+    split: Mapped[str] = mapped_column(String(8), default="train", server_default="train")  # train | heldout
     epoch: Mapped[int]
     problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"))
     pos_chain_id: Mapped[int] = mapped_column(ForeignKey("teacher_chains.id", ondelete="CASCADE"))
@@ -508,6 +512,8 @@ class Prediction(Base):
     vote_mass: Mapped[float | None] = mapped_column(Float)
     tie_size: Mapped[int] = mapped_column(default=1)
     credit: Mapped[float | None] = mapped_column(Float)
+    # the winner's vote mass minus the best other answer's (0 on a tie; the whole mass when one answer got votes)
+    margin: Mapped[float | None] = mapped_column(Float)
 
 
 class Evaluation(Base):
