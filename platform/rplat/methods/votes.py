@@ -3,6 +3,11 @@
 A vote gives every answer its weight (1 for self-consistency) and returns the answers with the most mass.
 When several answers tie, a problem earns the fraction of the tied answers that are correct: the expected
 accuracy of breaking the tie at random, which is what the papers' tables report.
+
+`vote` handles one problem's strings; `asc_vote` is the same rule vectorised over a batch of problems x
+samples of integer answer codes (-1: no answer), with ASC's vote functions (B4) f0 = 1 (plain
+self-consistency), f1 = 1 + 2s, f2 = 1 + s, f3 = s of each sample's ranker score s. `accuracy_curve` is the
+paper's accuracy against the number of samples k, by repeated subsampling of k of the n samples.
 """
 
 from __future__ import annotations
@@ -12,7 +17,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 OVERALL = "all"
+NO_ANSWER = -1
+VOTE_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "f0": np.ones_like,
+    "f1": lambda s: 1 + 2 * s,
+    "f2": lambda s: 1 + s,
+    "f3": lambda s: s,
+}
+# Masses summed in another order differ in the last bits; answers within this relative distance tie, so a tie
+# does not depend on summation order (integer counts, f0, never come this close without being equal).
+TIE_TOLERANCE = 1e-9
 
 
 class Vote(NamedTuple):
@@ -64,3 +81,127 @@ def micro_accuracy(credits: Iterable[tuple[str | None, float]]) -> dict[str, Acc
             n[key] += 1
             correct[key] += credit
     return {key: Accuracy(n[key], correct[key]) for key in n}
+
+
+def answer_codes(answers: Sequence[Sequence[str | None]], width: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Integer codes of problems' answers, a row per problem padded with NO_ANSWER to `width` (default: the
+    longest row), and the vocabulary they index. Codes follow the answers' sorted order, so the smallest tied
+    code is the answer `vote` names the winner."""
+    vocabulary = sorted({a for row in answers for a in row if a is not None})
+    index = {a: code for code, a in enumerate(vocabulary)}
+    width = max((len(row) for row in answers), default=0) if width is None else width
+    codes = np.full((len(answers), width), NO_ANSWER, dtype=np.int64)
+    for i, row in enumerate(answers):
+        codes[i, :len(row)] = [NO_ANSWER if a is None else index[a] for a in row]
+    return codes, vocabulary
+
+
+def vote_weights(f: str, scores: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """Each sample's vote under vote function `f` (f0..f3) of its ranker score; f0 needs no scores."""
+    if f not in VOTE_FUNCTIONS:
+        raise ValueError(f"unknown vote function {f!r}; one of {', '.join(VOTE_FUNCTIONS)}")
+    if f == "f0":
+        return np.ones(shape)
+    if scores is None:
+        raise ValueError(f"vote function {f} weighs samples by their ranker scores; none were given")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != shape:
+        raise ValueError(f"scores of shape {scores.shape} for answers of shape {shape}")
+    return VOTE_FUNCTIONS[f](scores)
+
+
+@dataclass(frozen=True)
+class Votes:
+    """Per problem of a batch: the winner's code (NO_ANSWER when no sample answered), its mass, the size of the
+    tie set (0 without answers), the margin (winner mass - best other answer's mass; 0 on a tie, the whole
+    mass when one answer got votes), the tie set as a mask over samples (True on the first sample that gave
+    each tied answer) and, when correctness was given, the credit |correct & tied| / |tied|."""
+
+    winner: np.ndarray
+    mass: np.ndarray
+    tie_size: np.ndarray
+    margin: np.ndarray
+    tied: np.ndarray
+    credit: np.ndarray | None
+
+
+def asc_vote(answers: np.ndarray, scores: np.ndarray | None = None, f: str = "f0",
+             correct: np.ndarray | None = None) -> Votes:
+    """`vote` over a batch: answers (problems x samples, integer codes, NO_ANSWER casts no vote), scores in
+    [0, 1] of the same shape (for f1..f3), and optionally each sample's correctness; an answer is as correct
+    as the first sample that gave it."""
+    answers = np.asarray(answers, dtype=np.int64)
+    if answers.ndim != 2 or answers.shape[1] == 0:
+        raise ValueError(f"answers must be problems x samples with at least one sample, got shape {answers.shape}")
+    n_problems, n_samples = answers.shape
+    weights = vote_weights(f, scores, answers.shape)
+    # Sorting each row makes every answer one run of equal codes; a stable sort puts the run's lowest sample
+    # index first, which is the sample whose correctness the answer takes.
+    order = np.argsort(answers, axis=1, kind="stable")
+    flat = (order + np.arange(n_problems)[:, None] * n_samples).ravel()
+    codes = answers.ravel()[flat]
+    starts = np.empty(codes.shape, dtype=bool)
+    np.not_equal(codes[1:], codes[:-1], out=starts[1:])
+    starts[::n_samples] = True
+    first = np.flatnonzero(starts)  # flat position of each answer group's first sample
+    n_groups = len(first)
+    group_code = codes[first]
+    group_problem = first // n_samples
+    group_sample = flat[first]  # flat index into answers of the sample that gave the answer first
+    answered = group_code != NO_ANSWER
+    mass = np.where(answered, np.add.reduceat(weights.ravel()[flat], first), -np.inf)
+    problem_start = np.flatnonzero(np.r_[True, group_problem[1:] != group_problem[:-1]])
+    top = np.maximum.reduceat(mass, problem_start)
+    has = np.isfinite(top)
+    in_tie = answered & (mass >= (top - TIE_TOLERANCE * np.maximum(1.0, np.abs(top)))[group_problem])
+    tie_size = np.add.reduceat(in_tie.astype(np.int64), problem_start)
+    # Codes ascend within a problem's groups, so its first tied group holds the smallest tied code.
+    winner_group = np.minimum.reduceat(np.where(in_tie, np.arange(n_groups), n_groups), problem_start)
+    winner_group = np.minimum(winner_group, n_groups - 1)
+    others = mass.copy()
+    others[winner_group[has]] = -np.inf
+    second = np.maximum.reduceat(others, problem_start)
+    top = np.where(has, top, 0.0)
+    margin = np.where(tie_size > 1, 0.0, np.where(np.isfinite(second), top - second, top))
+    tied = np.zeros(answers.size, dtype=bool)
+    tied[group_sample[in_tie]] = True
+    credit = None
+    if correct is not None:
+        correct = np.asarray(correct, dtype=bool)
+        if correct.shape != answers.shape:
+            raise ValueError(f"correctness of shape {correct.shape} for answers of shape {answers.shape}")
+        right = (in_tie & correct.ravel()[group_sample]).astype(np.float64)
+        credit = np.add.reduceat(right, problem_start) / np.maximum(tie_size, 1)
+    return Votes(np.where(has, group_code[winner_group], NO_ANSWER), top, tie_size, np.where(has, margin, 0.0),
+                 tied.reshape(answers.shape), credit)
+
+
+def accuracy_curve(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray | None = None,
+                   ks: Sequence[int] | None = None, repeats: int = 20, seed: int = 0, f: str = "f0") -> np.ndarray:
+    """Mean accuracy (credit per problem, micro-averaged) of voting with `f` over k of each problem's n samples,
+    for each k in `ks` (default 1..n), averaged over `repeats` random subsets per problem drawn with `seed`.
+
+    A repeat draws one random order of each problem's samples and its first k make the subset of every k, so
+    the subsets are nested and the same seed gives every vote function the same subsets (paired curves)."""
+    answers = np.asarray(answers, dtype=np.int64)
+    n_problems, n_samples = answers.shape
+    ks = list(range(1, n_samples + 1)) if ks is None else list(ks)
+    if any(not 1 <= k <= n_samples for k in ks):
+        raise ValueError(f"every k must lie in 1..{n_samples}, got {ks}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    correct = np.asarray(correct, dtype=bool)
+    scores = None if scores is None else np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(len(ks))
+    for _ in range(repeats):
+        order = np.argsort(rng.random(answers.shape), axis=1)
+        for i, k in enumerate(ks):
+            # Sorted back into sample order, so "the first sample that gave an answer" means the same as in asc_vote.
+            pick = np.sort(order[:, :k], axis=1)
+            result = asc_vote(np.take_along_axis(answers, pick, axis=1),
+                              None if scores is None else np.take_along_axis(scores, pick, axis=1), f,
+                              np.take_along_axis(correct, pick, axis=1))
+            assert result.credit is not None
+            total[i] += result.credit.mean() if n_problems else 0.0
+    return total / repeats
