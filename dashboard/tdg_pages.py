@@ -1,0 +1,189 @@
+"""The dashboard's Turning-Dust-into-Gold pages: teacher chains, SC and ASC votes, training curves."""
+
+from __future__ import annotations
+
+import altair as alt
+import duckdb
+import pandas as pd
+import streamlit as st
+
+from rplat.dashboard import tdg_queries as queries
+from rplat.dashboard.common import EMPTY, connection, table
+
+
+def chains_page() -> None:
+    st.title("Chains")
+    st.caption("Teacher chains per problem, labelled positive or negative by their answer against the gold one; "
+               "both labelers' verdicts (Hendrycks' boxed-answer rule and math-verify) are stored.")
+    con = connection()
+    teachers = queries.chain_teachers(con)
+    if not teachers:
+        st.info(EMPTY.format(what="teacher chains"))
+        return
+    a, b, c, d = st.columns(4)
+    chosen_teachers = a.multiselect("teacher", teachers, placeholder="every teacher")
+    subjects = b.multiselect("subject", queries.chain_subjects(con), placeholder="every subject")
+    levels = c.multiselect("level", queries.chain_levels(con), placeholder="every level")
+    label = {"all": None, "pos": "pos", "neg": "neg"}[d.radio("label", ["all", "pos", "neg"], horizontal=True)]
+    disagree = st.checkbox("only chains where the two labelers disagree")
+    filters = {"teachers": chosen_teachers, "subjects": subjects, "levels": levels, "label": label,
+               "disagree_only": disagree}
+    counts = queries.chain_counts(con, **filters)
+    a, b, c, d = st.columns(4)
+    a.metric("positive chains", counts["pos"])
+    b.metric("negative chains", counts["neg"])
+    c.metric("problems", counts["problems"])
+    d.metric("problems with a positive", counts["problems_with_positive"])
+    rows = queries.chains(con, **filters)
+    if rows.empty:
+        st.info("No chain matches these filters.")
+        return
+    table(rows.drop(columns=["chain"]))
+
+    st.subheader("One problem's chains")
+    problems = rows.drop_duplicates("problem_id")
+    labels = {int(r.problem_id): f"{r.problem} ({r.subject or 'no subject'}, {r.level or 'no level'}): gold {r.gold}"
+              for r in problems.itertuples()}
+    picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
+    question = queries.problem_question(con, picked)
+    if question:
+        st.markdown("**question**")
+        st.text(question)
+    for r in rows[rows["problem_id"] == picked].itertuples():
+        verdicts = f"Hendrycks {_tick(r.hendrycks_correct)}, math-verify {_tick(r.math_verify_correct)}"
+        st.markdown(f"**{r.teacher}, chain {r.sample_idx}: {r.label}** (extracted {r.extracted_answer or '-'}, "
+                    f"gold {r.gold}; {verdicts}; job {r.job_id})")
+        st.text(r.chain)
+
+
+def votes_page() -> None:
+    st.title("Votes")
+    st.caption("Per problem, the student's samples with their answers and ranker scores, and what greedy, "
+               "self-consistency (sc) and each ASC vote (f0 = 1, f1 = 1 + 2s, f2 = 1 + s, f3 = s) made of them, "
+               "with margins (winner's vote mass minus the runner-up's; 0 on a tie).")
+    con = connection()
+    runs = queries.aggregate_runs(con)
+    if runs.empty:
+        st.info(EMPTY.format(what="aggregated votes"))
+        return
+    labels = {int(r.job_id): f"aggregate job {r.job_id}: {r.model} on sample job {r.sample_job_id} ({r.experiment})"
+              for r in runs.itertuples()}
+    job = st.selectbox("run (aggregate job / model)", list(labels), format_func=labels.__getitem__)
+    run = runs.set_index("job_id").loc[job]
+    left, right = st.columns(2)
+    disagree = left.checkbox("only problems where ASC and SC disagree")
+    failed = right.checkbox("only problems every method failed")
+
+    accuracies = queries.run_accuracies(con, job)
+    if not accuracies.empty:
+        st.subheader("Accuracy per method (95% Wilson interval)")
+        table(accuracies.assign(interval=[f"[{lo:.3f}, {hi:.3f}]" for lo, hi in
+                                          zip(accuracies["ci_low"], accuracies["ci_high"], strict=True)]))
+        st.altair_chart(_interval_chart(accuracies, "method"))
+
+    shown = queries.votes(con, job, disagree_only=disagree, all_failed_only=failed)
+    st.metric("problems shown", shown["problem_id"].nunique())
+    if shown.empty:
+        st.info("No problem of this run matches these filters.")
+    else:
+        table(queries.votes_wide(shown))
+        _one_problem(con, shown, run)
+
+    everything = queries.votes(con, job)
+    voted = everything[everything["method"] != "greedy"].dropna(subset=["margin"])
+    if not voted.empty:
+        st.subheader("Vote margins")
+        st.altair_chart(alt.Chart(voted).mark_bar().encode(
+            x=alt.X("margin:Q", bin=alt.Bin(maxbins=20), title="margin"), y=alt.Y("count():Q", title="problems"),
+            color="method:N", column=alt.Column("method:N", title=None),
+            tooltip=["method", "count()"]).properties(width=140, height=160))
+
+    st.subheader("Accuracy against the number of samples k")
+    st.caption("SC and each ASC vote over k of each problem's samples, averaged over random subsets (the same "
+               "subsets for every method); f0 weighs every sample 1, so it is SC itself and is not drawn twice.")
+    if pd.isna(run.sample_job_id):
+        st.info("This aggregate job names no sample job, so there are no samples to subsample.")
+        return
+    left, right = st.columns(2)
+    repeats = int(left.number_input("random subsets per k", min_value=1, max_value=500, value=20))
+    seed = int(right.number_input("seed", value=0, step=1))
+    functions = [m.removeprefix("asc-") for m in run.methods if m.startswith("asc-") and m != "asc-f0"]
+    score_job = None if pd.isna(run.score_job_id) else int(run.score_job_id)
+    curve = queries.asc_curve(con, int(run.sample_job_id), score_job, functions, repeats=repeats, seed=seed)
+    if curve.empty:
+        st.info(f"Sample job {int(run.sample_job_id)} stored no samples.")
+        return
+    base = alt.Chart(curve).encode(x=alt.X("k:Q", title="samples per problem (k)"), color="method:N")
+    st.altair_chart(base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
+                    + base.mark_line(point=True).encode(y="accuracy:Q",
+                                                        tooltip=["method", "k", "accuracy", "ci_low", "ci_high"]))
+    table(curve)
+
+
+def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, run: pd.Series) -> None:
+    st.subheader("One problem's samples and votes")
+    problems = shown.drop_duplicates("problem_id")
+    labels = {int(r.problem_id): f"{r.problem} ({r.subject or 'no subject'}): gold {r.gold}"
+              for r in problems.itertuples()}
+    picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
+    question = queries.problem_question(con, picked)
+    if question:
+        st.markdown("**question**")
+        st.text(question)
+    table(shown[shown["problem_id"] == picked][["method", "answer", "correct", "credit", "vote_mass", "tie_size",
+                                                "margin"]])
+    if pd.isna(run.sample_job_id):
+        return
+    score_job = None if pd.isna(run.score_job_id) else int(run.score_job_id)
+    samples = queries.samples_of(con, int(run.sample_job_id), score_job, picked)
+    st.markdown(f"**samples** (sample job {int(run.sample_job_id)}"
+                + (f", ranker scores of job {score_job})" if score_job is not None else ", not scored)"))
+    table(samples[["sample_idx", "extracted_answer", "correct", "score", "truncated", "finish_reason", "chain"]])
+
+
+def training_page() -> None:
+    st.title("Training")
+    st.caption("The loss and every stored metric of training jobs against optimizer steps, several jobs "
+               "overlaid; NAT's mean w_neg per layer (how much the frozen negative LoRA contributes) over steps.")
+    con = connection()
+    jobs = queries.training_jobs(con)
+    if jobs.empty:
+        st.info(EMPTY.format(what="training metrics"))
+        return
+    labels = dict(zip(jobs["job_id"].astype(int), jobs["job"], strict=True))
+    chosen = st.multiselect("training jobs", list(labels), default=list(labels)[:1], format_func=labels.__getitem__)
+    curves = queries.training_curves(con, chosen)
+    metrics = sorted(curves["metric"].unique(), key=lambda m: (m != "loss", m != "eval_loss", m))
+    picked = st.multiselect("metrics", metrics, default=[m for m in metrics if m in ("loss", "eval_loss")])
+    for metric in picked:
+        st.subheader(metric)
+        st.altair_chart(alt.Chart(curves[curves["metric"] == metric]).mark_line(point=True).encode(
+            x=alt.X("step:Q", title="optimizer step"), y=alt.Y("value:Q", title=metric),
+            color=alt.Color("job:N", title="job"), tooltip=["job", "step", "value"]))
+    table(jobs)
+
+    st.subheader("NAT: mean w_neg per layer")
+    nat_jobs = queries.nat_jobs(con)
+    if not nat_jobs:
+        st.info("No train-nat job has logged w_neg yet.")
+        return
+    nat_job = st.selectbox("train-nat job", nat_jobs, format_func=lambda j: labels.get(j, f"job {j}"))
+    alpha = queries.nat_alpha(con, nat_job)
+    st.altair_chart(alt.Chart(alpha).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="optimizer step"), y=alt.Y("mean_w_neg:Q", title="mean w_neg"),
+        color=alt.Color("layer:N", title="layer"), strokeDash=alt.StrokeDash("proj:N", title="projection"),
+        tooltip=["step", "layer", "proj", "mean_w_neg"]))
+    table(alpha)
+
+
+def _interval_chart(rows: pd.DataFrame, category: str) -> alt.LayerChart:
+    """Accuracy points with their interval as a bar through them, one row per `category`."""
+    base = alt.Chart(rows).encode(y=alt.Y(f"{category}:N", sort=None, title=None))
+    return (base.mark_rule().encode(x=alt.X("ci_low:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
+                                    x2="ci_high:Q")
+            + base.mark_point(filled=True, size=60).encode(x="accuracy:Q",
+                                                           tooltip=[category, "accuracy", "ci_low", "ci_high"]))
+
+
+def _tick(value: bool | None) -> str:
+    return "-" if value is None or pd.isna(value) else ("right" if value else "wrong")

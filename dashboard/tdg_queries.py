@@ -1,0 +1,227 @@
+"""The Turning-Dust-into-Gold pages' queries: chains, votes, training curves over the analytics views."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from numbers import Real
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from rplat.dashboard.queries import ROW_LIMIT, frame, values
+from rplat.methods.votes import accuracy_curve, answer_codes
+from rplat.stats import wilson
+
+SC = "sc"
+
+# --- chains -----------------------------------------------------------------------------------------
+
+
+def chain_teachers(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return values(con, "SELECT DISTINCT teacher FROM chains ORDER BY 1")
+
+
+def chain_subjects(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return values(con, "SELECT DISTINCT coalesce(subject, '(none)') FROM chains ORDER BY 1")
+
+
+def chain_levels(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return values(con, "SELECT DISTINCT coalesce(level, '(none)') FROM chains ORDER BY 1")
+
+
+def _chain_filter(teachers: Sequence[str], subjects: Sequence[str], levels: Sequence[str], label: str | None,
+                  disagree_only: bool) -> tuple[str, list[Any]]:
+    """The WHERE clause the chain table and its counts share; an empty selection means no restriction."""
+    where = """(len(?) = 0 OR list_contains(?, teacher))
+               AND (len(?) = 0 OR list_contains(?, coalesce(subject, '(none)')))
+               AND (len(?) = 0 OR list_contains(?, coalesce(level, '(none)')))
+               AND (? IS NULL OR label = ?) AND (NOT ? OR labelers_disagree)"""
+    teachers, subjects, levels = list(teachers), list(subjects), list(levels)
+    return where, [teachers, teachers, subjects, subjects, levels, levels, label, label, disagree_only]
+
+
+def chains(con: duckdb.DuckDBPyConnection, teachers: Sequence[str] = (), subjects: Sequence[str] = (),
+           levels: Sequence[str] = (), label: str | None = None, disagree_only: bool = False) -> pd.DataFrame:
+    """The matching chains, by problem, teacher and sample, with both labelers' verdicts."""
+    where, params = _chain_filter(teachers, subjects, levels, label, disagree_only)
+    return frame(con, f"""
+        SELECT problem_id, problem, subject, level, teacher, sample_idx, label, extracted_answer, gold,
+               labeler, hendrycks_correct, math_verify_correct, labelers_disagree, n_chars, chain_id, job_id,
+               experiment, chain
+        FROM chains WHERE {where}
+        ORDER BY problem_id, teacher, sample_idx
+        LIMIT {ROW_LIMIT}""", params)
+
+
+def chain_counts(con: duckdb.DuckDBPyConnection, teachers: Sequence[str] = (), subjects: Sequence[str] = (),
+                 levels: Sequence[str] = (), label: str | None = None, disagree_only: bool = False
+                 ) -> dict[str, int]:
+    """Counts over every matching chain (not only the rows shown): pos, neg, problems, problems with a positive."""
+    where, params = _chain_filter(teachers, subjects, levels, label, disagree_only)
+    row = frame(con, f"""
+        SELECT count(*) FILTER (WHERE label = 'pos') AS pos, count(*) FILTER (WHERE label = 'neg') AS neg,
+               count(DISTINCT problem_id) AS problems,
+               count(DISTINCT problem_id) FILTER (WHERE label = 'pos') AS problems_with_positive
+        FROM chains WHERE {where}""", params).iloc[0]
+    return {key: int(value) for key, value in row.items()}
+
+
+def problem_question(con: duckdb.DuckDBPyConnection, problem_id: int) -> str | None:
+    """A problem's question (no view carries it beside the chains, so from the read-only `store.problems`)."""
+    found = values(con, "SELECT question FROM store.problems WHERE id = ?", [problem_id])
+    return found[0] if found and isinstance(found[0], str) else None
+
+
+# --- votes --------------------------------------------------------------------------------------------
+
+
+def aggregate_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Aggregate jobs with predictions, newest first: their model, experiment and the sample/score jobs voted on."""
+    # The views carry no job params, so the sample and score jobs come from the read-only `store.jobs` table.
+    return frame(con, """
+        SELECT p.job_id, any_value(p.model) AS model, any_value(p.experiment) AS experiment,
+               TRY_CAST(json_extract_string(any_value(j.params), '$.sample_job') AS BIGINT) AS sample_job_id,
+               TRY_CAST(json_extract_string(any_value(j.params), '$.score_job') AS BIGINT) AS score_job_id,
+               count(DISTINCT p.problem_id) AS problems, list_sort(list(DISTINCT p.method)) AS methods
+        FROM predictions p JOIN store.jobs j ON j.id = p.job_id
+        WHERE j.kind = 'aggregate'
+        GROUP BY p.job_id ORDER BY p.job_id DESC""")
+
+
+def votes(con: duckdb.DuckDBPyConnection, aggregate_job: int, disagree_only: bool = False,
+          all_failed_only: bool = False) -> pd.DataFrame:
+    """Every method's prediction per problem of an aggregate job (long: a row per problem and method).
+
+    disagree_only keeps the problems where some ASC vote names another answer than SC; all_failed_only those
+    no method earns any credit on (a tie with a right answer in it earns some)."""
+    return frame(con, """
+        WITH run AS (SELECT * FROM predictions WHERE job_id = ?),
+        failed AS (SELECT problem_id FROM run GROUP BY problem_id
+                   HAVING max(coalesce(credit, CAST(correct AS DOUBLE), 0)) = 0),
+        disagree AS (SELECT DISTINCT problem_id FROM asc_vs_sc WHERE job_id = ? AND sc_job_id = ? AND NOT agree)
+        SELECT problem_id, problem, subject, gold, method, answer, correct, credit, vote_mass, tie_size, margin
+        FROM run
+        WHERE (NOT ? OR problem_id IN (SELECT problem_id FROM disagree))
+          AND (NOT ? OR problem_id IN (SELECT problem_id FROM failed))
+        ORDER BY problem_id, method = 'greedy' DESC, method = 'sc' DESC, method""",
+                 [aggregate_job, aggregate_job, aggregate_job, disagree_only, all_failed_only])
+
+
+def votes_wide(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per problem, a column per method: `<method>` its answer, `<method> margin`, and a tick when right."""
+    if long.empty:
+        return pd.DataFrame(columns=["problem_id", "problem", "subject", "gold"])
+    long = long.assign(shown=[f"{a} ✓" if c else ("-" if a is None else str(a))
+                              for a, c in zip(long["answer"], long["correct"].fillna(False), strict=True)])
+    methods = list(dict.fromkeys(long["method"]))
+    keys = ["problem_id", "problem", "subject", "gold"]
+    answers = long.pivot(index=keys, columns="method", values="shown")[methods]
+    margins = long.pivot(index=keys, columns="method", values="margin")[methods].add_suffix(" margin")
+    columns = [c for m in methods for c in (m, f"{m} margin")]
+    return answers.join(margins)[columns].reset_index()
+
+
+def run_accuracies(con: duckdb.DuckDBPyConnection, aggregate_job: int) -> pd.DataFrame:
+    """Each method's accuracy over all problems of an aggregate job, with its 95% Wilson interval."""
+    rows = frame(con, """
+        SELECT method, n, n_correct, accuracy FROM evaluations WHERE job_id = ? AND subject = 'all'
+        ORDER BY method = 'greedy' DESC, method = 'sc' DESC, method""", [aggregate_job])
+    return _with_interval(rows, rows["n_correct"], rows["n"])
+
+
+def samples_of(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int | None, problem_id: int
+               ) -> pd.DataFrame:
+    """One problem's samples in a sample job with their answers and (if scored) ranker scores."""
+    return frame(con, """
+        SELECT s.sample_idx, s.extracted_answer, s.correct, r.score, r.truncated, s.finish_reason, s.chain,
+               s.sample_id, s.sample_job_id, r.score_job_id
+        FROM samples s
+        LEFT JOIN sample_scores r ON r.sample_id = s.sample_id AND r.score_job_id = ?
+        WHERE s.sample_job_id = ? AND s.problem_id = ?
+        ORDER BY s.sample_idx""", [score_job, sample_job, problem_id])
+
+
+def asc_curve(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int | None,
+              vote_functions: Sequence[str], repeats: int = 20, seed: int = 0) -> pd.DataFrame:
+    """Accuracy against the number of samples k (1..n) for SC and each ASC vote function, from the stored
+    samples (and scores), by repeated subsampling: method, k, accuracy, n (problems), ci_low, ci_high."""
+    rows = frame(con, """
+        SELECT s.problem_id, s.sample_idx, s.extracted_answer, coalesce(s.correct, false) AS correct, r.score
+        FROM samples s
+        LEFT JOIN sample_scores r ON r.sample_id = s.sample_id AND r.score_job_id = ?
+        WHERE s.sample_job_id = ?
+        ORDER BY s.problem_id, s.sample_idx""", [score_job, sample_job])
+    columns = ["method", "k", "accuracy", "n", "ci_low", "ci_high"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    groups = [group for _, group in rows.groupby("problem_id", sort=True)]
+    codes, _ = answer_codes([[None if pd.isna(a) else a for a in g["extracted_answer"]] for g in groups])
+    correct = np.zeros(codes.shape, dtype=bool)
+    scores = np.zeros(codes.shape)
+    for i, group in enumerate(groups):
+        correct[i, :len(group)] = group["correct"].astype(bool)
+        scores[i, :len(group)] = group["score"].fillna(0.0)
+    # A problem with fewer samples than the others is padded with empty slots (no answer, no vote), which
+    # a subset of k may draw: its curve then counts the missing samples as abstentions.
+    ks = list(range(1, codes.shape[1] + 1))
+    scored = score_job is not None and bool(rows["score"].notna().any())
+    methods = [(SC, "f0"), *((f"asc-{f}", f) for f in vote_functions if scored)]
+    curves = [pd.DataFrame({"method": method, "k": ks,
+                            "accuracy": accuracy_curve(codes, correct, scores if f != "f0" else None, ks,
+                                                       repeats, seed, f)})
+              for method, f in methods]
+    curve = pd.concat(curves, ignore_index=True).assign(n=len(groups))
+    return _with_interval(curve, curve["accuracy"] * curve["n"], curve["n"])[columns]
+
+
+def _with_interval(rows: pd.DataFrame, successes: pd.Series, n: pd.Series) -> pd.DataFrame:
+    bounds = [wilson(float(c), int(k)) for c, k in zip(successes, n, strict=True)]
+    return rows.assign(ci_low=[b[0] for b in bounds], ci_high=[b[1] for b in bounds])
+
+
+# --- training -------------------------------------------------------------------------------------------
+
+
+def training_jobs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Every job with training metrics, newest first, labelled "kind job N (result name)"."""
+    return frame(con, """
+        SELECT job_id, any_value(kind) AS kind, any_value(model) AS model, any_value(result_name) AS result_name,
+               any_value(experiment) AS experiment, count(*) AS steps, max(step) AS last_step,
+               any_value(kind) || ' job ' || job_id || coalesce(' (' || any_value(result_name) || ')', '') AS job
+        FROM training_metrics GROUP BY job_id ORDER BY job_id DESC""")
+
+
+def training_curves(con: duckdb.DuckDBPyConnection, job_ids: Sequence[int]) -> pd.DataFrame:
+    """The chosen jobs' metrics against steps, long: job_id, job, step, metric, value. Metrics are loss, lr and
+    every numeric key of `extra` (eval_loss among them) at the steps that stored one."""
+    rows = frame(con, """
+        SELECT job_id, kind || ' job ' || job_id || coalesce(' (' || result_name || ')', '') AS job, step, loss,
+               lr, extra
+        FROM training_metrics WHERE list_contains(?, job_id) ORDER BY job_id, step""", [[int(j) for j in job_ids]])
+    long = [{"job_id": r.job_id, "job": r.job, "step": r.step, "metric": metric, "value": float(value)}
+            for r in rows.itertuples()
+            for metric, value in [("loss", r.loss), ("lr", r.lr), *_numeric(r.extra)]
+            if value is not None and not pd.isna(value)]
+    return pd.DataFrame(long, columns=["job_id", "job", "step", "metric", "value"])
+
+
+def _numeric(extra: str | None) -> list[tuple[str, float]]:
+    parsed = json.loads(extra) if isinstance(extra, str) else None
+    if not isinstance(parsed, dict):
+        return []
+    return [(key, float(value)) for key, value in parsed.items()
+            if isinstance(value, Real) and not isinstance(value, bool)]
+
+
+def nat_jobs(con: duckdb.DuckDBPyConnection) -> list[int]:
+    return [int(j) for j in values(con, "SELECT DISTINCT job_id FROM nat_alpha ORDER BY job_id DESC")]
+
+
+def nat_alpha(con: duckdb.DuckDBPyConnection, job_id: int) -> pd.DataFrame:
+    """A train-nat job's mean w_neg per layer and projection at each logged step."""
+    return frame(con, """
+        SELECT step, layer, proj, mean_w_neg FROM nat_alpha WHERE job_id = ? ORDER BY step, layer, proj""",
+                 [job_id])
