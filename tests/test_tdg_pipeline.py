@@ -63,7 +63,9 @@ def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_sam
                            ({"teacher_model": "tiny", "chains_teacher": "gpt"}, "exactly one of --teacher"),
                            ({"teacher_model": "tiny", "overrides": {"train-kdd": {"lr": 1e-3}}}, "'train-kdd'"),
                            ({"teacher_model": "tiny", "overrides": {"sample": {"max_tokens": 0}}}, "max_tokens"),
-                           ({"teacher_model": "tiny", "test": "nope"}, "'nope'")):
+                           ({"teacher_model": "tiny", "test": "nope"}, "'nope'"),
+                           ({"teacher_model": "tiny", "asc_samples": 1}, "--asc-samples N > 1"),
+                           ({"teacher_model": "tiny", "asc_setting": "cot"}, "--asc-setting 'cot'")):
         with pytest.raises(UserError, match=message):
             TdgPipeline(**{**pipe, **wrong}).enqueue(queue)  # type: ignore[arg-type]
     assert _pipeline_jobs(db) == []
@@ -75,7 +77,7 @@ def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_sam
             "--params-file", str(overrides), "--json"]
     ids = json.loads(db.rplat(*args, check=True).stdout)
     jobs = {j.id: j for j in _pipeline_jobs(db)}
-    assert len(jobs) == 1 + 8 + 9 + 9
+    assert len(jobs) == 1 + 8 + 9 + 9 + 4  # collect, trainings, greedy samples, evaluates, ASC
     experiment = {j.experiment_id for j in jobs.values()}
     assert len(experiment) == 1 and None not in experiment
 
@@ -110,6 +112,20 @@ def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_sam
         assert evaluate.params["sample_job"] == sample.id and evaluate.params["solve_job"] is None
         assert _parents(db, evaluate.id) == [sample.id]
 
+    asc = ids["asc"]
+    ranker, sampled = jobs[asc["train-ranker"]], jobs[asc["sample"]]
+    score, aggregate = jobs[asc["score-samples"]], jobs[asc["aggregate"]]
+    assert asc["setting"] == "nce" and _parents(db, ranker.id) == [ids["collect"]]
+    assert (ranker.kind, ranker.params["problems"], ranker.params["teacher"], ranker.params["ranker_name"]) == (
+        "train-ranker", "sums-train", "tiny", "t-ranker")
+    assert (sampled.params["model"], sampled.params["n"], sampled.params["temperature"]) == ("t-nce", 16, 0.7)
+    assert sampled.params["max_tokens"] == 8 and _parents(db, sampled.id) == [train["nce"]]
+    assert (score.params["sample_job"], score.params["ranker"]) == (sampled.id, "t-ranker")
+    assert _parents(db, score.id) == sorted([sampled.id, ranker.id])
+    assert (aggregate.params["sample_job"], aggregate.params["score_job"], aggregate.params["greedy_job"]) == (
+        sampled.id, score.id, ids["sample"]["nce"])
+    assert _parents(db, aggregate.id) == sorted([score.id, ids["sample"]["nce"]])
+
     again = json.loads(db.rplat(*args, check=True).stdout)
     assert again == ids and len(_pipeline_jobs(db)) == len(jobs)  # an identical pipeline is the same jobs
 
@@ -122,7 +138,8 @@ def test_pipeline_tdg_with_imported_chains_collects_nothing(db, tmp_path) -> Non
     ids = json.loads(out.stdout)
     jobs = {j.id: j for j in _pipeline_jobs(db)}
     assert ids["collect"] is None and {j.kind for j in jobs.values()} >= {"train-neg", "sample", "evaluate"}
-    assert "collect-chains" not in {j.kind for j in jobs.values()} and len(jobs) == 8 + 9 + 9
+    assert "collect-chains" not in {j.kind for j in jobs.values()} and len(jobs) == 8 + 9 + 9 + 4
+    assert _parents(db, ids["asc"]["train-ranker"]) == []
     for setting in ("kd", "mix", "nt", "ul", "neg"):
         assert _parents(db, ids["train"][setting]) == [] and jobs[ids["train"][setting]].params["teacher"] == "gpt-3.5"
     assert _parents(db, ids["train"]["nat"]) == [ids["train"]["neg"]]
@@ -140,7 +157,8 @@ def _seed_positive_chains(db: Any, teacher: str) -> None:
                                math_verify_correct=True, n_chars=len(r.solution)))
 
 
-HANDLERS = ("rplat.runners.chains", "rplat.runners.train_tdg", "rplat.runners.train_nat", "rplat.runners.train_nce")
+HANDLERS = ("rplat.runners.chains", "rplat.runners.train_tdg", "rplat.runners.train_nat", "rplat.runners.train_nce",
+            "rplat.runners.ranker", "rplat.runners.aggregate")
 MISSING = [m for m in HANDLERS if importlib.util.find_spec(m) is None]
 
 

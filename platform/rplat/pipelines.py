@@ -26,6 +26,9 @@ class RationalystPipeline:
     extract_limit: int | None = None
     extract_mode: str = "rewrite"
     train_steps: int | None = None
+    asc_samples: int = 16
+    asc_temperature: float = 0.7
+    asc_setting: str = "nce"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def adapter_name(self) -> str:
@@ -67,19 +70,24 @@ class RationalystPipeline:
 TDG_TRAIN_KINDS = {"sft": "train-sft", "kd": "train-kd", "mix": "train-mix", "nt": "train-nt", "ul": "train-ul",
                    "neg": "train-neg", "nat": "train-nat", "nce": "train-nce"}
 TDG_SETTINGS = ("base", *TDG_TRAIN_KINDS)
-TDG_KINDS = ("collect-chains", *TDG_TRAIN_KINDS.values(), "sample", "evaluate")
+TDG_KINDS = ("collect-chains", *TDG_TRAIN_KINDS.values(), "sample", "evaluate", "train-ranker", "score-samples",
+             "aggregate")
 # A params-file key applied to every training kind (a kind's own key wins).
 TDG_TRAIN_GROUP = "train"
+# A params-file key for ASC's sampled sample job only, applied over the "sample" key.
+TDG_ASC_SAMPLE = "asc-sample"
 
 
 @dataclass
 class TdgPipeline:
-    """(collect-chains) -> neg -> nat -> nce, the baselines beside them; greedy sample + evaluate per model.
+    """(collect-chains) -> neg -> nat -> nce, the baselines beside them; greedy sample + evaluate per model; ASC.
 
     The chains are either collected from `teacher_model` (named after it) or already stored under
     `chains_teacher` (imported). Every model, the untrained student included, gets one greedy `sample` of the
     test problems after its training job and an `evaluate` after that sample. train-sft reads the gold
-    solutions, not the chains, so it and the student's own sample wait for nothing.
+    solutions, not the chains, so it and the student's own sample wait for nothing. ASC (B4): a ranker trained
+    on the chains scores `asc_samples` sampled chains of the `asc_setting` model per test problem, and
+    `aggregate` votes over them (greedy, sc, asc-f0..f3); `asc_samples` 0 leaves ASC out.
     """
 
     benchmark: str
@@ -91,6 +99,9 @@ class TdgPipeline:
     n_chains: int = 8
     limit: int | None = None
     train_steps: int | None = None
+    asc_samples: int = 16
+    asc_temperature: float = 0.7
+    asc_setting: str = "nce"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def adapter_name(self, setting: str) -> str:
@@ -107,10 +118,17 @@ class TdgPipeline:
         if (self.teacher_model is None) == (self.chains_teacher is None):
             raise UserError("give exactly one of --teacher MODEL (collect chains from it) and --chains NAME "
                             "(chains already imported under that teacher name).")
-        unknown = sorted(set(self.overrides) - {*TDG_KINDS, TDG_TRAIN_GROUP})
+        keys = (*TDG_KINDS, TDG_TRAIN_GROUP, TDG_ASC_SAMPLE)
+        unknown = sorted(set(self.overrides) - set(keys))
         if unknown:
             raise UserError(f"--params-file names {unknown[0]!r}, which is not a kind of this pipeline; its keys "
-                            f"are: {', '.join((*TDG_KINDS, TDG_TRAIN_GROUP))}.")
+                            f"are: {', '.join(keys)}.")
+        if self.asc_setting not in TDG_SETTINGS:
+            raise UserError(f"--asc-setting {self.asc_setting!r} is not a setting of this pipeline; pick one of "
+                            f"{', '.join(TDG_SETTINGS)}.")
+        if self.asc_samples == 1 or self.asc_samples < 0 or (self.asc_samples and self.asc_temperature <= 0):
+            raise UserError("ASC votes over several sampled chains: give --asc-samples N > 1 with "
+                            "--asc-temperature > 0, or --asc-samples 0 to leave ASC out.")
         bad = next((k for k, v in self.overrides.items() if not isinstance(v, dict)), None)
         if bad is not None:
             raise UserError(f"--params-file entry {bad!r} must be an object of parameters, e.g. "
@@ -135,16 +153,17 @@ class TdgPipeline:
         ids: collect (or None), and train / sample / evaluate by setting (sample and evaluate include base)."""
         self._check()
 
-        def params(kind: str, values: dict[str, Any]) -> dict[str, Any]:
+        def params(kind: str, values: dict[str, Any], key: str | None = None) -> dict[str, Any]:
             group = self.overrides.get(TDG_TRAIN_GROUP, {}) if kind in TDG_TRAIN_KINDS.values() else {}
-            merged = {k: v for k, v in {**values, **group, **self.overrides.get(kind, {})}.items() if v is not None}
+            own = self.overrides.get(key or kind, {})
+            merged = {k: v for k, v in {**values, **group, **own}.items() if v is not None}
             return kinds.validate_params(kind, merged)
 
         teacher = self.teacher()
-        ids: dict[str, Any] = {"collect": None, "train": {}, "sample": {}, "evaluate": {}}
+        ids: dict[str, Any] = {"collect": None, "train": {}, "sample": {}, "evaluate": {}, "asc": None}
         with transaction(queue.engine) as s:
-            def add(kind: str, values: dict[str, Any], after: list[int | None]) -> int:
-                job_id, _ = queue.enqueue_in(s, kind, params(kind, values), experiment=self.experiment,
+            def add(kind: str, values: dict[str, Any], after: list[int | None], key: str | None = None) -> int:
+                job_id, _ = queue.enqueue_in(s, kind, params(kind, values, key), experiment=self.experiment,
                                              after=[a for a in after if a is not None])
                 return job_id
 
@@ -174,4 +193,24 @@ class TdgPipeline:
                                         "limit": self.limit}, [train.get(setting)])
                 ids["sample"][setting] = sample
                 ids["evaluate"][setting] = add("evaluate", {"sample_job": sample}, [sample])
+            if self.asc_samples:
+                ids["asc"] = self._enqueue_asc(add, teacher, chains, ids)
         return ids
+
+    def _enqueue_asc(self, add: Any, teacher: str, chains: int | None, ids: dict[str, Any]
+                     ) -> dict[str, int]:
+        """train-ranker on the chains; a sampled sample job of the ASC model; score-samples; aggregate."""
+        ranker_name = f"{self.experiment or 'tdg'}-ranker"
+        ranker = add("train-ranker", {"problems": self.benchmark, "teacher": teacher, "ranker_name": ranker_name},
+                     [chains])
+        setting = self.asc_setting
+        model = self.student if setting == "base" else self.adapter_name(setting)
+        # the "sample" key's values (max_tokens, ...) apply, but not to n and temperature, which are ASC's own
+        sampled = {"problems": self.test, "model": model, "limit": self.limit, **self.overrides.get("sample", {}),
+                   "n": self.asc_samples, "temperature": self.asc_temperature}
+        sample = add("sample", sampled, [ids["train"].get(setting)], key=TDG_ASC_SAMPLE)
+        score = add("score-samples", {"sample_job": sample, "ranker": ranker_name}, [sample, ranker])
+        aggregate = add("aggregate", {"sample_job": sample, "score_job": score,
+                                      "greedy_job": ids["sample"][setting]}, [score, ids["sample"][setting]])
+        return {"setting": setting, "train-ranker": ranker, "sample": sample, "score-samples": score,
+                "aggregate": aggregate}

@@ -63,20 +63,28 @@ def pipeline_rationalyst(documents: str, benchmark: str, test: str | None, model
 @click.option("--n-chains", default=8, show_default=True, type=click.IntRange(1, 256), help="chains per problem")
 @click.option("--limit", default=None, type=click.IntRange(1), help="sample at most this many test problems")
 @click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps of every training")
+@click.option("--asc-samples", default=16, show_default=True, type=click.IntRange(0, 256),
+              help="sampled chains per test problem for ASC (0: no ranker, no ASC)")
+@click.option("--asc-temperature", default=0.7, show_default=True, type=float, help="ASC's sampling temperature")
+@click.option("--asc-setting", default="nce", show_default=True, help="the model ASC samples (a setting: base, "
+              "sft, kd, mix, nt, ul, neg, nat, nce)")
 @click.option("--params-file", default=None, help='JSON {"kind": {param: value}} overrides per job kind; the key '
-              '"train" applies to every training kind')
+              '"train" applies to every training kind, "asc-sample" to ASC\'s sample job only')
 @click.option("--json", "as_json", is_flag=True)
 def pipeline_tdg(benchmark: str, test: str, teacher_model: str | None, chains_teacher: str | None, student: str,
                  experiment: str | None, n_chains: int, limit: int | None, train_steps: int | None,
-                 params_file: str | None, as_json: bool) -> None:
+                 asc_samples: int, asc_temperature: float, asc_setting: str, params_file: str | None,
+                 as_json: bool) -> None:
     """(collect-chains) -> train-neg -> train-nat -> train-nce, the baselines (sft, kd, mix, nt, ul) beside them,
-    then a greedy sample and its evaluation for every model and the untrained student."""
+    then a greedy sample and its evaluation for every model and the untrained student; ASC: train-ranker on
+    the chains, n sampled chains of one model, score-samples, aggregate (greedy, sc, asc-f0..f3)."""
     from rplat.pipelines import TdgPipeline
 
     overrides = load_params_file(params_file) if params_file else {}
     ids = TdgPipeline(benchmark=benchmark, test=test, student=student, teacher_model=teacher_model,
                       chains_teacher=chains_teacher, experiment=experiment, n_chains=n_chains, limit=limit,
-                      train_steps=train_steps, overrides=overrides).enqueue(queue_of(open_store()))
+                      train_steps=train_steps, asc_samples=asc_samples, asc_temperature=asc_temperature,
+                      asc_setting=asc_setting, overrides=overrides).enqueue(queue_of(open_store()))
     if as_json:
         click.echo(json.dumps(ids))
         return
@@ -87,3 +95,6 @@ def pipeline_tdg(benchmark: str, test: str, teacher_model: str | None, chains_te
                + ", ".join(f"train-{s} {train[s]}" for s in ("sft", "kd", "mix", "nt", "ul")))
     for setting, job in ids["sample"].items():
         click.echo(f"  {setting}: sample job {job}, evaluate job {ids['evaluate'][setting]}")
+    if (asc := ids["asc"]) is not None:
+        click.echo(f"ASC on {asc['setting']}: train-ranker {asc['train-ranker']}, sample {asc['sample']} -> "
+                   f"score-samples {asc['score-samples']} -> aggregate {asc['aggregate']}")
