@@ -9,6 +9,7 @@ from sqlalchemy import Engine, select
 from rplat.errors import UserError
 from rplat.lookup import experiment_id, job_of_kind
 from rplat.models import Document, Job, PrefilterScore
+from rplat.stats import wilson
 from rplat.store import transaction
 
 
@@ -55,18 +56,30 @@ def prefilter_report(engine: Engine, *, job_id: int | None = None, experiment: s
 
         closest, farthest = ends(PrefilterScore.cosine.desc()), ends(PrefilterScore.cosine.asc())
     cosines = [r.cosine for r in scores]
+    passed = sum(1 for r in scores if r.passed)
     return {
         "job_id": job.id,
         "status": job.status,
         "threshold": job.params.get("threshold"),
         "max_chars": job.params.get("max_chars"),
         "scored": len(scores),
-        "passed": sum(1 for r in scores if r.passed),
+        "passed": passed,
+        **_interval(passed, len(scores), "pass_rate"),
         "cosine_quantiles": {name: _quantile(cosines, q) for name, q in
                              (("min", 0.0), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("max", 1.0))},
         "closest": closest,
         "farthest": farthest,
     }
+
+
+def _interval(successes: float, n: int, name: str, scale: float = 1.0, digits: int = 4) -> dict[str, float | None]:
+    """`name` = successes / n with its 95% Wilson interval as `ci_low` and `ci_high` (None, None, None at n = 0),
+    times `scale` (100 for percentages) and rounded to `digits`."""
+    if n <= 0:
+        return {name: None, "ci_low": None, "ci_high": None}
+    low, high = wilson(successes, n)
+    return {name: round(scale * successes / n, digits), "ci_low": round(scale * low, digits),
+            "ci_high": round(scale * high, digits)}
 
 
 def _document_example(r: Any) -> dict[str, Any]:
@@ -95,6 +108,10 @@ def rationalyst_report(engine: Engine, *, experiment: str | None = None) -> dict
             "extractions": count(Extraction),
             "passed_fidelity": count(Extraction, Extraction.passed.is_(True)),
             "rationales": count(Rationale),
+            "scored": count(RationaleScore),
+            # restate the text they precede (overlap above the score job's threshold): never kept, however large
+            # their loss delta
+            "leaks": count(RationaleScore, RationaleScore.leak.is_(True)),
             "kept": count(RationaleScore, RationaleScore.kept.is_(True)),
             "train_steps": count(TrainingMetric),
         }
@@ -105,10 +122,17 @@ def rationalyst_report(engine: Engine, *, experiment: str | None = None) -> dict
         if params.get("solve_job") is None:
             continue  # an evaluation of a TDG sample job (`rplat report tdg`)
         latest[(ev.method, ev.subject)] = {"method": ev.method, "subject": ev.subject, "n": ev.n,
-                                           "correct": round(ev.n_correct, 2), "accuracy": round(ev.accuracy, 4),
+                                           "correct": round(ev.n_correct, 2),
+                                           **_interval(ev.n_correct, ev.n, "accuracy"),
                                            "evaluate_job": ev.job_id, "solve_job": params.get("solve_job")}
     results = sorted(latest.values(), key=lambda r: (r["subject"] != "all", r["subject"], r["method"]))
     return {"experiment": experiment, "funnel": funnel, "results": results}
+
+
+def _percent_interval(ev: Any) -> tuple[float, float]:
+    """An evaluation row's 95% Wilson interval in percent."""
+    low, high = wilson(ev.n_correct, ev.n)
+    return 100.0 * low, 100.0 * high
 
 
 # Table 1's pairs (ALGORITHMS B5/B2): positive-only vs negative-only, then negative vs NAT.
@@ -182,11 +206,17 @@ def tdg_report(engine: Engine, experiment: str) -> dict[str, Any]:
     for e in sorted(latest.values(), key=lambda e: (order[e["setting"]], e["model"])):
         overall = e["rows"].get(OVERALL)
         avg = overall.accuracy if overall is not None else None
+        present = [s for s in subjects if s in e["rows"]]
+        intervals = {s: _percent_interval(e["rows"][s]) for s in present}
+        avg_interval = _percent_interval(overall) if overall is not None else (None, None)
         table2.append({
             "setting": e["setting"], "model": e["model"], "evaluate_job": e["evaluate_job"],
             "sample_job": e["sample_job"], "n": overall.n if overall is not None else 0,
-            "accuracy": {s: 100.0 * e["rows"][s].accuracy for s in subjects if s in e["rows"]},
+            "accuracy": {s: 100.0 * e["rows"][s].accuracy for s in present},
+            "ci_low": {s: low for s, (low, _) in intervals.items()},
+            "ci_high": {s: high for s, (_, high) in intervals.items()},
             "avg": None if avg is None else 100.0 * avg,
+            "avg_ci_low": avg_interval[0], "avg_ci_high": avg_interval[1],
             "gain": None if avg is None or not sft_avg else (avg - sft_avg) / sft_avg,
         })
     table1, missing = [], []
@@ -208,3 +238,76 @@ def tdg_report(engine: Engine, experiment: str) -> dict[str, Any]:
                        "evaluate_job_a": ea["evaluate_job"], "evaluate_job_b": eb["evaluate_job"], "cells": cells})
     return {"experiment": experiment, "subjects": subjects, "sft_model": sft["model"] if sft else None,
             "table2": table2, "table1": table1, "missing_pairs": missing}
+
+
+# Jobs whose predictions rows a comparison reads: `evaluate` (greedy, sc of a solve or sample job) and
+# `aggregate` (greedy, sc and the ASC votes of a sample job).
+COMPARABLE_KINDS = ("evaluate", "aggregate")
+
+
+def _parse_run(text: str) -> tuple[int, str | None]:
+    job, sep, method = text.strip().partition(":")
+    if not job.isdigit() or (sep and not method):
+        raise UserError(f"run {text!r} is not JOB or JOB:METHOD; give an evaluate or aggregate job id, optionally "
+                        "with the method to compare, e.g. 12 or 12:asc-f3.")
+    return int(job), method or None
+
+
+def _run_credits(session: Any, text: str) -> dict[str, Any]:
+    """A run's label (job, kind, method, model) and its credit per problem, from the job's predictions rows."""
+    from rplat.models import Model, Prediction
+
+    job_id, method = _parse_run(text)
+    job = session.get(Job, job_id)
+    if job is None or job.kind not in COMPARABLE_KINDS:
+        what = "does not exist" if job is None else f"is a {job.kind} job"
+        raise UserError(f"job {job_id} {what}, not an evaluate or aggregate job; see `rplat jobs ls --kind evaluate` "
+                        "or `rplat jobs ls --kind aggregate`.")
+    methods = list(session.scalars(select(Prediction.method).where(Prediction.job_id == job_id).distinct()
+                                   .order_by(Prediction.method)))
+    if not methods:
+        raise UserError(f"{job.kind} job {job_id} ({job.status}) has no predictions yet; compare it once it has "
+                        f"succeeded (`rplat jobs show {job_id}`).")
+    if method is None and len(methods) > 1:
+        raise UserError(f"{job.kind} job {job_id} stored several methods ({', '.join(methods)}); name one as "
+                        f"{job_id}:METHOD, e.g. {job_id}:{methods[-1]}.")
+    method = method or methods[0]
+    if method not in methods:
+        raise UserError(f"{job.kind} job {job_id} has no predictions of method {method!r}; its methods are "
+                        f"{', '.join(methods)}.")
+    rows = session.execute(select(Prediction.problem_id, Prediction.credit, Prediction.correct, Model.name)
+                           .outerjoin(Model, Model.id == Prediction.model_id)
+                           .where(Prediction.job_id == job_id, Prediction.method == method)).all()
+    # credit is nullable in the schema; a row without one earns what its correctness says
+    credits = {r.problem_id: float(r.credit) if r.credit is not None else float(bool(r.correct)) for r in rows}
+    models = sorted({r.name for r in rows if r.name is not None})
+    return {"job_id": job_id, "kind": job.kind, "method": method, "model": ", ".join(models) or None,
+            "credits": credits}
+
+
+def compare_report(engine: Engine, run_a: str, run_b: str, *, resamples: int = 10_000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Run A against run B (`JOB[:METHOD]` each) on the problems both predicted: each accuracy with its Wilson
+    interval, the difference with a seeded paired bootstrap interval, the exact McNemar p-value and who solves
+    what; problems only one run predicted are left out and counted."""
+    from rplat.stats import compare_paired
+
+    with transaction(engine) as session:
+        a, b = _run_credits(session, run_a), _run_credits(session, run_b)
+    common = sorted(a["credits"].keys() & b["credits"].keys())
+    if not common:
+        raise UserError(f"runs {run_a} and {run_b} predicted no problem in common ({len(a['credits'])} and "
+                        f"{len(b['credits'])} problems); compare runs over the same problems.")
+    credits_a = [a["credits"][p] for p in common]
+    credits_b = [b["credits"][p] for p in common]
+    c = compare_paired(credits_a, credits_b, resamples=resamples, seed=seed)
+
+    def side(run: dict[str, Any], credits: list[float]) -> dict[str, Any]:
+        low, high = wilson(sum(credits), len(credits))
+        return {"job_id": run["job_id"], "kind": run["kind"], "method": run["method"], "model": run["model"],
+                "accuracy": sum(credits) / len(credits), "ci_low": low, "ci_high": high,
+                "left_out": len(run["credits"]) - len(common)}
+
+    return {"a": side(a, credits_a), "b": side(b, credits_b), "n": c.n, "difference": c.difference,
+            "ci_low": c.ci_low, "ci_high": c.ci_high, "p_mcnemar": c.p_mcnemar, "both": c.both, "only_a": c.only_a,
+            "only_b": c.only_b, "neither": c.neither, "resamples": c.resamples, "seed": c.seed}

@@ -105,9 +105,19 @@ def report_rationalyst(experiment: str | None, as_json: bool) -> None:
         return
     f = summary["funnel"]
     click.echo(f"documents kept by the prefilter: {f['prefilter_passed']}; texts annotated: {f['extractions']} "
-               f"({f['passed_fidelity']} faithful); rationales: {f['rationales']}, kept by loss delta: {f['kept']}; "
+               f"({f['passed_fidelity']} faithful); rationales: {f['rationales']}, scored: {f['scored']}, "
+               f"leaks (restating the following text, never kept): {f['leaks']}, kept by loss delta: {f['kept']}; "
                f"training steps: {f['train_steps']}")
-    click.echo(table(summary["results"], ["method", "subject", "n", "correct", "accuracy", "evaluate_job"]))
+    accuracy = "accuracy % [95% CI]"
+    click.echo(table([{**r, accuracy: _with_interval(r["accuracy"], r["ci_low"], r["ci_high"], 100)}
+                      for r in summary["results"]], ["method", "subject", "n", "correct", accuracy, "evaluate_job"]))
+
+
+def _with_interval(value: float | None, low: float | None, high: float | None, scale: float = 1) -> str:
+    """`33.33 [9.7, 70.0]`: a percentage and its interval for a table cell (empty without a value)."""
+    if value is None or low is None or high is None:
+        return ""
+    return f"{scale * value:.2f} [{scale * low:.1f}, {scale * high:.1f}]"
 
 
 @report.command("tdg")
@@ -130,7 +140,10 @@ def report_tdg(experiment: str, which: str, as_json: bool, as_csv: bool) -> None
         click.echo(json.dumps(summary, default=str))
         return
     subjects = summary["subjects"]
-    table2 = [{"setting": r["setting"], "model": r["model"], **r["accuracy"], "avg": r["avg"], "gain": r["gain"],
+    table2 = [{"setting": r["setting"], "model": r["model"], **r["accuracy"],
+               **{f"{s}_ci_low": v for s, v in r["ci_low"].items()},
+               **{f"{s}_ci_high": v for s, v in r["ci_high"].items()},
+               "avg": r["avg"], "avg_ci_low": r["avg_ci_low"], "avg_ci_high": r["avg_ci_high"], "gain": r["gain"],
                "evaluate_job": r["evaluate_job"]} for r in summary["table2"]]
     columns2 = ["setting", "model", *subjects, "avg", "gain", "evaluate_job"]
     table1 = [{"pair": f"{t['a']}/{t['b']}", "subject": c["subject"], "both": c["intersection"],
@@ -138,18 +151,18 @@ def report_tdg(experiment: str, which: str, as_json: bool, as_csv: bool) -> None
               for t in summary["table1"] for c in t["cells"]]
     columns1 = ["pair", "subject", "both", "solved_a", "solved_b", "iou"]
     if as_csv:
-        rows, columns = (table2, columns2) if which == "2" else (table1, columns1)
+        with_ci = [name for c in columns2 for name in ((c, f"{c}_ci_low", f"{c}_ci_high") if c in (*subjects, "avg")
+                                                        else (c,))]
+        rows, columns = (table2, with_ci) if which == "2" else (table1, columns1)
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows([["" if r.get(c) is None else r.get(c) for c in columns] for r in rows])
         return
 
-    def pct(v: float | None) -> str:
-        return "" if v is None else f"{v:.2f}"
-
-    click.echo(f"Table 2: greedy accuracy (%) on the test problems, experiment {experiment} "
+    click.echo(f"Table 2: greedy accuracy (%) [95% Wilson interval] on the test problems, experiment {experiment} "
                "(avg: micro over all problems; gain: relative to sft)")
-    click.echo(table([{**r, **{s: pct(r.get(s)) for s in subjects}, "avg": pct(r["avg"]),
+    click.echo(table([{**r, **{s: _with_interval(r.get(s), r.get(f"{s}_ci_low"), r.get(f"{s}_ci_high"))
+                               for s in (*subjects, "avg")},
                        "gain": "n/a" if r["gain"] is None else f"{100 * r['gain']:+.1f}%"} for r in table2], columns2))
     for t in summary["table1"]:
         click.echo(f"\nTable 1: problems solved by {t['a']} ({t['model_a']}, evaluate job {t['evaluate_job_a']}) "
@@ -178,6 +191,9 @@ def report_prefilter(job_id: int | None, experiment: str | None, examples: int, 
         return
     click.echo(f"prefilter job {summary['job_id']} ({summary['status']}): {summary['passed']} of {summary['scored']} "
                f"documents kept at cosine >= {summary['threshold']} (max {summary['max_chars']} chars)")
+    if summary["pass_rate"] is not None:
+        click.echo("pass rate: " + _with_interval(summary["pass_rate"], summary["ci_low"], summary["ci_high"], 100)
+                   + " % [95% Wilson interval]")
     q = summary["cosine_quantiles"]
     click.echo("cosine to the reference centroid: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()))
     for title, key in (("closest", "closest"), ("farthest", "farthest")):
@@ -186,6 +202,41 @@ def report_prefilter(job_id: int | None, experiment: str | None, examples: int, 
             click.echo(f"  {doc['cosine']:.3f}  [{doc['external_id']}] {doc['snippet']}")
 
 
+
+@report.command("compare")
+@click.argument("run_a", metavar="RUN_A")
+@click.argument("run_b", metavar="RUN_B")
+@click.option("--resamples", default=10_000, show_default=True, type=click.IntRange(1),
+              help="paired bootstrap resamples of the common problems")
+@click.option("--seed", default=0, show_default=True, type=int, help="the bootstrap's random seed")
+@click.option("--json", "as_json", is_flag=True)
+def report_compare(run_a: str, run_b: str, resamples: int, seed: int, as_json: bool) -> None:
+    """Two runs on the problems both predicted: accuracies, their difference with a paired bootstrap interval, the
+    exact McNemar test, and how many problems each solves alone.
+
+    A RUN is an evaluate or aggregate job id, with the method after a colon when the job stored several.
+
+    \b
+    rplat report compare 12 15
+    rplat report compare 20:sc 20:asc-f3 --json
+    """
+    from rplat.reports import compare_report
+
+    c = compare_report(open_store(), run_a, run_b, resamples=resamples, seed=seed)
+    if as_json:
+        click.echo(json.dumps(c))
+        return
+    for name in ("a", "b"):
+        r = c[name]
+        click.echo(f"{name.upper()}: {r['kind']} job {r['job_id']} {r['method']} (model {r['model'] or '?'}): "
+                   f"accuracy {_with_interval(r['accuracy'], r['ci_low'], r['ci_high'], 100)} % [95% Wilson]")
+    click.echo(f"on {c['n']} common problems; difference A - B: {100 * c['difference']:+.2f} points, paired "
+               f"bootstrap 95% interval [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}] ({c['resamples']} "
+               f"resamples, seed {c['seed']})")
+    click.echo(f"solved by both: {c['both']}, by A only: {c['only_a']}, by B only: {c['only_b']}, "
+               f"by neither: {c['neither']}; exact McNemar p = {c['p_mcnemar']:.4g}")
+    click.echo(f"left out (predicted by one run only): {c['a']['left_out']} of A's problems, "
+               f"{c['b']['left_out']} of B's")
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
