@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -23,7 +22,7 @@ from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import prepare_backend
-from rplat.lookup import dataset_id, job_of_kind
+from rplat.lookup import dataset_id, stored_params
 from rplat.methods.answers import normalize
 from rplat.methods.labelers import label_chain
 from rplat.methods.votes import tie_credit, vote
@@ -224,11 +223,7 @@ def evaluate_samples(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
     """Predictions and micro accuracy of a sample job: greedy (n=1) or self-consistency (n>1, tie credit)."""
     assert p.sample_job is not None
     with ctx.read() as s:
-        try:
-            sampled = SampleParams.model_validate(job_of_kind(s, p.sample_job, "sample", "sample_job").params)
-        except ValidationError as exc:
-            raise UserError(f"sample_job {p.sample_job}'s stored params no longer fit kind 'sample': "
-                            f"{exc.errors()[0]['msg']}; evaluate a sample job enqueued by this version.") from None
+        sampled = stored_params(s, p.sample_job, "sample", SampleParams, "sample_job", "evaluate")
         model_id = get_model(s, sampled.model).id
         rows = s.execute(select(Sample.problem_id, Sample.extracted_answer, Sample.correct, Problem.subject)
                          .join(Problem, Problem.id == Sample.problem_id)

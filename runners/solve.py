@@ -12,15 +12,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import BackendSpec, prepare_backend
-from rplat.lookup import dataset_id, job_of_kind
+from rplat.lookup import dataset_id, stored_params
 from rplat.methods.answers import extract_answer, has_final_answer, is_correct, normalize
 from rplat.methods.guided import (
     GUIDED,
@@ -255,11 +253,7 @@ def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
         return evaluate_samples(ctx, p)
     assert p.solve_job is not None  # EvaluateParams names exactly one of the two
     with ctx.read() as s:
-        try:
-            solved = SolveParams.model_validate(job_of_kind(s, p.solve_job, "solve", "solve_job").params)
-        except ValidationError as exc:
-            raise UserError(f"solve_job {p.solve_job}'s stored params no longer fit kind 'solve': "
-                            f"{exc.errors()[0]['msg']}; evaluate a solve job enqueued by this version.") from None
+        solved = stored_params(s, p.solve_job, "solve", SolveParams, "solve_job", "evaluate")
         model_id = get_model(s, solved.model).id
         rows = s.execute(select(SolveTrajectory.problem_id, SolveTrajectory.normalized_pred, SolveTrajectory.prediction,
                                 Problem.answer, Problem.subject)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
 from rplat.models import Dataset, Experiment, Job
+
+P = TypeVar("P", bound=BaseModel)
 
 
 def experiment_id(session: Session, name: str) -> int:
@@ -32,3 +37,13 @@ def job_of_kind(session: Session, job_id: int, kind: str, param: str = "job") ->
     if job is None or job.kind != kind:
         raise UserError(f"{param} {job_id} is not a {kind} job; see `rplat jobs ls --kind {kind}`.")
     return job
+
+
+def stored_params(session: Session, job_id: int, kind: str, schema: type[P], param: str, verb: str) -> P:
+    """The stored params of job `job_id` (a `kind` job named by `param`), read as `schema`: a job enqueued by
+    an older version whose params no longer validate is one sentence saying what to `verb` instead."""
+    try:
+        return schema.model_validate(job_of_kind(session, job_id, kind, param).params)
+    except ValidationError as exc:
+        raise UserError(f"{param} {job_id}'s stored params no longer fit kind {kind!r}: {exc.errors()[0]['msg']}; "
+                        f"{verb} a {kind} job enqueued by this version.") from None
