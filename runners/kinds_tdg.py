@@ -242,6 +242,13 @@ class AggregateParams(Params):
                                       description="ASC vote functions to store, as methods asc-f0..asc-f3")
     vote: VoteFunction = Field("f3", description="the headline ASC vote (reference default: f3, f = s)")
 
+    @model_validator(mode="after")
+    def _headline_is_stored(self) -> AggregateParams:
+        if self.vote not in self.votes:
+            raise ValueError(f"the headline vote {self.vote} is not among votes {self.votes}; add it to votes or "
+                             "pick one of them")
+        return self
+
 
 COLLECT_CHAINS = JobKind("collect-chains", CollectChainsParams, "rplat.runners.chains:collect",
                          "Sample n teacher chains per problem and label them positive/negative (TDG B1).")

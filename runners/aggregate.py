@@ -1,0 +1,136 @@
+"""`aggregate` (TDG B4/B6): greedy, self-consistency and ASC's four votes per problem, as predictions.
+
+The votes are `rplat.methods.votes.asc_vote` over every problem at once: answers normalised as the sample job's
+own evaluation normalises them, each sample weighted by its ranker score from the score-samples job, ties kept
+(credit = the tied answers' share of right ones). All methods are written in one transaction, insert-ignore, so
+a re-run writes nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rplat.errors import UserError
+from rplat.lookup import job_of_kind
+from rplat.methods.answers import normalize
+from rplat.methods.votes import answer_codes, asc_vote
+from rplat.models import Problem, RankerScore, Sample
+from rplat.registry import get_model
+from rplat.runners.chains import sample_predictions
+from rplat.runners.context import JobContext
+from rplat.runners.evaluation import Judged, record_evaluations
+from rplat.runners.kinds_tdg import AggregateParams, SampleParams, ScoreSamplesParams
+
+
+def _sample_params(s: Session, job_id: int, param: str) -> SampleParams:
+    try:
+        return SampleParams.model_validate(job_of_kind(s, job_id, "sample", param).params)
+    except ValidationError as exc:
+        raise UserError(f"{param} {job_id}'s stored params no longer fit kind 'sample': "
+                        f"{exc.errors()[0]['msg']}; aggregate a sample job enqueued by this version.") from None
+
+
+def _samples(s: Session, job_id: int) -> dict[int, list[Any]]:
+    """The job's samples per problem (id, answer, correct, subject), in sample_idx order."""
+    rows = s.execute(select(Sample.id, Sample.problem_id, Sample.extracted_answer, Sample.correct, Problem.subject)
+                     .join(Problem, Problem.id == Sample.problem_id)
+                     .where(Sample.job_id == job_id)
+                     .order_by(Sample.problem_id, Sample.sample_idx)).all()
+    if not rows:
+        raise UserError(f"sample job {job_id} has no samples; run it to the end before aggregating it "
+                        "(`rplat jobs show` tells its state).")
+    by_problem: dict[int, list[Any]] = {}
+    for r in rows:
+        by_problem.setdefault(r.problem_id, []).append(r)
+    return by_problem
+
+
+def _check_score_job(s: Session, p: AggregateParams) -> None:
+    """A score job of another sample job is refused."""
+    assert p.score_job is not None
+    scored = ScoreSamplesParams.model_validate(job_of_kind(s, p.score_job, "score-samples", "score_job").params)
+    if scored.sample_job != p.sample_job:
+        raise UserError(f"score_job {p.score_job} scored sample job {scored.sample_job}, not sample_job "
+                        f"{p.sample_job}; give the score-samples job of sample job {p.sample_job}.")
+
+
+def _scores(s: Session, p: AggregateParams, sample_ids: Sequence[int]) -> dict[int, float]:
+    """The score job's ranker score of every sample; one that did not score every sample is refused."""
+    scores: dict[int, float] = dict(s.execute(select(RankerScore.sample_id, RankerScore.score)
+                                          .where(RankerScore.job_id == p.score_job)).all())
+    missing = sum(1 for i in sample_ids if i not in scores)
+    if missing:
+        raise UserError(f"score_job {p.score_job} has no ranker score for {missing} of the {len(sample_ids)} samples "
+                        f"of sample job {p.sample_job}; let it finish (`rplat jobs show {p.score_job}`) and "
+                        "aggregate again.")
+    return scores
+
+
+def votes(by_problem: dict[int, list[Any]], scores: dict[int, float] | None, methods: Sequence[str]
+          ) -> dict[str, list[Judged]]:
+    """Per method ("sc", "asc-f0".."asc-f3"), every problem's vote over its samples' normalised answers."""
+    problem_ids = list(by_problem)
+    groups = [by_problem[i] for i in problem_ids]
+    codes, vocabulary = answer_codes([[normalize(r.extracted_answer) for r in g] for g in groups])
+    correct = np.zeros(codes.shape, dtype=bool)
+    weights = np.zeros(codes.shape)
+    for i, g in enumerate(groups):
+        correct[i, :len(g)] = [bool(r.correct) for r in g]
+        if scores is not None:
+            weights[i, :len(g)] = [scores[r.id] for r in g]
+    out: dict[str, list[Judged]] = {}
+    for method in methods:
+        result = asc_vote(codes, weights, "f0" if method == "sc" else method.removeprefix("asc-"), correct)
+        assert result.credit is not None
+        out[method] = [Judged(problem_id, g[0].subject, vocabulary[w] if w >= 0 else None, float(mass),
+                              max(int(tie), 1), float(credit), float(margin))
+                       for problem_id, g, w, mass, tie, credit, margin in zip(
+                           problem_ids, groups, result.winner.tolist(), result.mass, result.tie_size,
+                           result.credit, result.margin, strict=True)]
+    return out
+
+
+def greedy(by_problem: dict[int, list[Any]]) -> list[Judged]:
+    """The greedy row: each problem's one chain, judged as the sample job's evaluation judges it."""
+    out = []
+    for problem_id, g in by_problem.items():
+        answer, mass, tie, credit = sample_predictions("greedy", g)
+        out.append(Judged(problem_id, g[0].subject, answer, mass, tie, credit, 1.0 if answer is not None else 0.0))
+    return out
+
+
+def run(ctx: JobContext, p: AggregateParams) -> dict[str, Any]:
+    """Predictions and evaluations of greedy (with greedy_job), sc and asc-<f> for each of `votes` (with
+    score_job) over the sample job's problems."""
+    with ctx.read() as s:
+        sampled = _sample_params(s, p.sample_job, "sample_job")
+        if sampled.n < 2:
+            raise UserError(f"sample_job {p.sample_job} drew n={sampled.n} sample per problem, nothing to vote over; "
+                            "aggregate a sample job with n > 1 (e.g. --param n=16 --param temperature=0.7).")
+        model_id = get_model(s, sampled.model).id
+        if p.score_job is not None:
+            _check_score_job(s, p)
+        by_problem = _samples(s, p.sample_job)
+        scores = None if p.score_job is None else _scores(s, p, [r.id for g in by_problem.values() for r in g])
+        greedy_rows = None
+        if p.greedy_job is not None:
+            greedy_params = _sample_params(s, p.greedy_job, "greedy_job")
+            if greedy_params.n != 1 or greedy_params.temperature > 0 or greedy_params.model != sampled.model:
+                raise UserError(f"greedy_job {p.greedy_job} is not a greedy sample job of model {sampled.model!r} "
+                                f"(it has n={greedy_params.n}, temperature={greedy_params.temperature}, model "
+                                f"{greedy_params.model!r}); give a sample job of that model with n=1, temperature 0.")
+            greedy_rows = _samples(s, p.greedy_job)
+    methods = ["sc"] + ([f"asc-{f}" for f in p.votes] if scores is not None else [])
+    judged: dict[str, list[Judged]] = {} if greedy_rows is None else {"greedy": greedy(greedy_rows)}
+    judged |= votes(by_problem, scores, methods)
+    ctx.progress(len(by_problem), len(by_problem))
+    overall = record_evaluations(ctx, model_id, judged)
+    return {"sample_job": p.sample_job, "problems": len(by_problem),
+            "vote": f"asc-{p.vote}" if scores is not None else "sc",
+            "accuracy": {method: a.accuracy for method, a in overall.items()}}

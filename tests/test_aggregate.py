@@ -1,0 +1,155 @@
+"""The `aggregate` job: greedy, sc and asc-f0..f3 predictions and evaluations from stored samples and scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from rplat.errors import UserError
+from rplat.kinds import validate_params
+from rplat.models import Dataset, Evaluation, Job, Model, Prediction, Problem, RankerScore, Sample
+from rplat.queue import Queue
+from rplat.runners.loop import Runner, RunnerOptions
+from rplat.store import transaction
+
+# (gold, subject, greedy (answer, correct), samples (answer, correct, ranker score)). Problem 0: "7.0" votes with
+# "7", and f3's scores overturn the count (7: 0.25 + 0.25 against 8: 0.75). Problem 1: sc ties 3 against 4, the
+# scores break the tie for the wrong 4. Problem 2: no sample gave an answer.
+PROBLEMS = [
+    ("7", "algebra", ("7", True), [("7", True, 0.25), ("7.0", True, 0.25), ("8", False, 0.75), (None, False, 0.5)]),
+    ("3", "algebra", ("4", False), [("4", False, 0.75), ("3", True, 0.25), (None, False, 1.0), (None, False, 0.0)]),
+    ("5", "geometry", (None, False), [(None, False, 0.5)] * 4),
+]
+# method -> per problem (answer, vote_mass, tie_size, margin, credit), by hand with f0 = 1, f1 = 1 + 2s,
+# f2 = 1 + s, f3 = s; a tie names the first tied answer in sorted order.
+EXPECTED: dict[str, list[tuple[str | None, float, int, float, float]]] = {
+    "greedy": [("7", 1.0, 1, 1.0, 1.0), ("4", 1.0, 1, 1.0, 0.0), (None, 1.0, 1, 0.0, 0.0)],
+    "sc": [("7", 2.0, 1, 1.0, 1.0), ("3", 1.0, 2, 0.0, 0.5), (None, 0.0, 1, 0.0, 0.0)],
+    "asc-f0": [("7", 2.0, 1, 1.0, 1.0), ("3", 1.0, 2, 0.0, 0.5), (None, 0.0, 1, 0.0, 0.0)],
+    "asc-f1": [("7", 3.0, 1, 0.5, 1.0), ("4", 2.5, 1, 1.0, 0.0), (None, 0.0, 1, 0.0, 0.0)],
+    "asc-f2": [("7", 2.5, 1, 0.75, 1.0), ("4", 1.75, 1, 0.5, 0.0), (None, 0.0, 1, 0.0, 0.0)],
+    "asc-f3": [("8", 0.75, 1, 0.25, 0.0), ("4", 0.75, 1, 0.5, 0.0), (None, 0.0, 1, 0.0, 0.0)],
+}
+
+
+def _seed(db, *, n: int = 4, scored: int | None = None) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """PROBLEMS as a greedy sample job, an n-sample job and a score job on it holding the first `scored` scores
+    (default: all); returns the ids."""
+    with transaction(db.engine()) as s:
+        importer = Job(kind="import-problems", status="succeeded", params={})
+        model = Model(name="student", format="base", fingerprint="f" * 64)
+        s.add_all([importer, model])
+        s.flush()
+        dataset = Dataset(name="math", kind="problems", job_id=importer.id)
+        greedy = Job(kind="sample", status="succeeded", params={"problems": "math", "model": "student", "n": 1})
+        sampled = Job(kind="sample", status="succeeded",
+                      params={"problems": "math", "model": "student", "n": n, "temperature": 0.7})
+        s.add_all([dataset, greedy, sampled])
+        s.flush()
+        score = Job(kind="score-samples", status="succeeded", params={"sample_job": sampled.id, "ranker": "r"})
+        s.add(score)
+        s.flush()
+        scores = []
+        for k, (gold, subject, (g_answer, g_correct), samples) in enumerate(PROBLEMS):
+            problem = Problem(dataset_id=dataset.id, job_id=importer.id, external_id=f"p{k}", subject=subject,
+                              question=f"q{k}", answer=gold, content_hash=f"h{k}")
+            s.add(problem)
+            s.flush()
+            s.add(Sample(job_id=greedy.id, problem_id=problem.id, model_id=model.id, sample_idx=0, decoding="greedy",
+                         text="...", extracted_answer=g_answer, correct=g_correct))
+            for i, (answer, correct, score_value) in enumerate(samples[:n]):
+                sample = Sample(job_id=sampled.id, problem_id=problem.id, model_id=model.id, sample_idx=i,
+                                decoding="sampled", text="...", extracted_answer=answer, correct=correct)
+                s.add(sample)
+                s.flush()
+                scores.append(RankerScore(job_id=score.id, sample_id=sample.id, ranker_model_id=model.id,
+                                          score=score_value))
+        s.add_all(scores[:scored])
+        return {"greedy": greedy.id, "sample": sampled.id, "score": score.id, "model": model.id}
+
+
+def _run(db, params: dict[str, Any]) -> Job:  # type: ignore[no-untyped-def]
+    job_id = Queue(db.engine()).enqueue("aggregate", params, max_attempts=1)[0]
+    Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+    with transaction(db.engine()) as s:
+        job = s.get(Job, job_id)
+        s.expunge(job)
+    return job
+
+
+def _predictions(db, job_id: int) -> dict[str, list[tuple[Any, ...]]]:  # type: ignore[no-untyped-def]
+    got: dict[str, list[tuple[Any, ...]]] = {}
+    with transaction(db.engine()) as s:
+        for p in s.scalars(select(Prediction).where(Prediction.job_id == job_id)
+                           .order_by(Prediction.method, Prediction.problem_id)):
+            got.setdefault(p.method, []).append((p.answer, p.vote_mass, p.tie_size, p.margin, p.credit))
+            assert p.correct == (p.credit == 1.0)
+    return got
+
+
+def test_aggregate_writes_every_methods_hand_computed_votes_and_a_rerun_adds_nothing(db) -> None:  # type: ignore[no-untyped-def]
+    ids = _seed(db)
+    job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "greedy_job": ids["greedy"]})
+    assert job.status == "succeeded", job.error
+    assert job.result == {"sample_job": ids["sample"], "problems": 3, "vote": "asc-f3", "accuracy": {
+        "greedy": 1 / 3, "sc": 0.5, "asc-f0": 0.5, "asc-f1": 1 / 3, "asc-f2": 1 / 3, "asc-f3": 0.0}}
+    assert _predictions(db, job.id) == EXPECTED
+    with transaction(db.engine()) as s:
+        evaluations = {(e.method, e.subject): (e.n, e.n_correct, e.model_id) for e in s.scalars(
+            select(Evaluation).where(Evaluation.job_id == job.id))}
+    assert evaluations[("sc", "all")] == (3, 1.5, ids["model"])
+    assert evaluations[("sc", "algebra")] == (2, 1.5, ids["model"])
+    assert evaluations[("sc", "geometry")] == (1, 0.0, ids["model"])
+    assert evaluations[("asc-f2", "algebra")] == (2, 1.0, ids["model"])
+    assert len(evaluations) == 6 * 3
+
+    # As if the runner died after its commit: the job runs again and finds every row in place.
+    with transaction(db.engine()) as s:
+        s.execute(update(Job).where(Job.id == job.id).values(status="failed"))
+    Queue(db.engine()).retry(job.id)
+    Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+    assert _predictions(db, job.id) == EXPECTED
+    with transaction(db.engine()) as s:
+        assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.job_id == job.id)) == 6 * 3
+
+
+def test_aggregate_without_scores_stores_self_consistency_only(db) -> None:  # type: ignore[no-untyped-def]
+    ids = _seed(db)
+    job = _run(db, {"sample_job": ids["sample"]})
+    assert job.status == "succeeded", job.error
+    assert job.result == {"sample_job": ids["sample"], "problems": 3, "vote": "sc", "accuracy": {"sc": 0.5}}
+    assert _predictions(db, job.id) == {"sc": EXPECTED["sc"]}
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("other sample job", "score_job {score} scored sample job {sample}, not sample_job {other}"),
+    ("one sample", "sample_job {other} drew n=1 sample per problem, nothing to vote over"),
+    ("missing scores", "score_job {score} has no ranker score for 2 of the 12 samples of sample job {sample}"),
+])
+def test_aggregate_refuses_bad_inputs_in_one_sentence_and_writes_nothing(db, case: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    ids = _seed(db, scored=10 if case == "missing scores" else None)
+    if case == "missing scores":
+        params = {"sample_job": ids["sample"], "score_job": ids["score"]}
+        ids["other"] = ids["sample"]
+    else:
+        with transaction(db.engine()) as s:
+            n = 1 if case == "one sample" else 4
+            second = Job(kind="sample", status="succeeded",
+                         params={"problems": "math", "model": "student", "n": n, "temperature": 0.7})
+            s.add(second)
+            s.flush()
+            ids["other"] = second.id
+        params = {"sample_job": ids["other"], "score_job": ids["score"]}
+    job = _run(db, params)
+    assert job.status == "failed"
+    assert message.format(**ids) in job.error
+    assert "Traceback" not in job.error
+    with transaction(db.engine()) as s:
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 0
+
+
+def test_the_headline_vote_must_be_among_the_stored_votes() -> None:
+    with pytest.raises(UserError, match="headline vote f3 is not among votes"):
+        validate_params("aggregate", {"sample_job": 1, "votes": ["f0", "f1"]})
