@@ -2,7 +2,7 @@
 
 `Model.format` names an entry here. A format whose loader has `attach` is an adapter format: its files are
 attached to a shared base module (unmerged) and switched on per call with `active`; the others (`base`,
-`embedding`) are whole models. `register_format` adds a format without touching the backends or the loader.
+`embedding`, `ranker`) are whole models. `register_format` adds a format without touching the backends or the loader.
 """
 
 from __future__ import annotations
@@ -213,9 +213,28 @@ def _nat_base(path: Path) -> str | None:
     return read_json(path, "nat_config.json").get("base_model_name_or_path") or None
 
 
+# --- ranker: TDG B4's trained ranker (rplat.methods.ranker), a scorer, not a language model -----------------
+
+
+def _detect_ranker(path: Path) -> bool:
+    return (path / "ranker_config.json").is_file()
+
+
+def _check_ranker(path: Path) -> None:
+    if not path.is_dir():
+        raise UserError(f"the ranker directory {path} does not exist; re-register the ranker.")
+    if not isinstance(read_json(path, "ranker_config.json").get("ranker"), dict):
+        raise UserError(f"{path / 'ranker_config.json'} has no \"ranker\" settings; save the ranker again (a "
+                        "train-ranker job).")
+    if not (path / "head.safetensors").is_file():
+        raise UserError(f"{path} has no head.safetensors; save the ranker again (a train-ranker job).")
+    _check_model_dir(path / "encoder")
+
+
 register_format("base", FormatLoader(detect=_detect_base, check=_check_model_dir))
 register_format("embedding", FormatLoader(detect=_detect_embedding, check=_check_embedding))
 register_format("lora", FormatLoader(detect=_detect_lora, check=_check_lora, attach=_attach_lora,
                                      active=_active_lora, base_hint=_lora_base))
 register_format("nat", FormatLoader(detect=_detect_nat, check=_check_nat, attach=_attach_nat,
                                     active=_active_nat, base_hint=_nat_base))
+register_format("ranker", FormatLoader(detect=_detect_ranker, check=_check_ranker))
