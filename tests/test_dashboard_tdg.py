@@ -1,0 +1,221 @@
+"""The Chains, Votes and Training pages (AppTest, in-process) and their queries, on the hand-known TDG world."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pytest
+from conftest import Store, _make_store, _MigratedTemplates
+from dashboard_seed_tdg import seed_tdg
+from streamlit.testing.v1 import AppTest
+
+from rplat import analytics
+from rplat.dashboard import tdg_queries as queries
+from rplat.dashboard.common import EMPTY
+from rplat.stats import wilson
+
+RUN_TIMEOUT = 120.0  # seconds one script run may take on the loaded CI machine before AppTest gives up
+ASC = ["f1", "f2", "f3"]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          _templates: _MigratedTemplates) -> Iterator[tuple[Store, dict[str, int]]]:
+    """One seeded store per backend, shared by the tests (they only read it)."""
+    for store in _make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
+        yield store, seed_tdg(store)
+
+
+@pytest.fixture
+def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """The seeded ids, with RPLAT_DATABASE_URL pointing the app at the seeded store."""
+    store, seeded = world
+    for key, value in store.env.items():
+        if key.startswith("RPLAT_"):
+            monkeypatch.setenv(key, value)
+    return seeded
+
+
+@pytest.fixture(scope="module")
+def duck(world: tuple[Store, dict[str, int]]) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = analytics.connect(world[0].url)
+    yield con
+    con.close()
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_string(f"from rplat.dashboard.tdg_pages import {name}\n{name}()",
+                               default_timeout=RUN_TIMEOUT).run()
+
+
+def shown(at: AppTest) -> list[str]:
+    """Everything the page says in text, info boxes and markdown, in order."""
+    return [e.value for e in [*at.info, *at.markdown, *at.text]]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    assert not at.exception, [e.value for e in at.exception]
+    return {m.label: m.value for m in at.metric}
+
+
+def chart_data(at: AppTest, n: int) -> pd.DataFrame:
+    """The rows behind the page's n-th altair chart (Streamlit ships them as Arrow IPC streams)."""
+    proto = at.get("vega_lite_chart")[n].proto
+    return pd.concat([pa.ipc.open_stream(d.data.data).read_pandas() for d in proto.datasets], ignore_index=True)
+
+
+# --- queries ------------------------------------------------------------------------------------------
+
+
+def test_chain_counts_follow_every_filter(duck: duckdb.DuckDBPyConnection) -> None:
+    assert queries.chain_counts(duck) == {"pos": 4, "neg": 6, "problems": 4, "problems_with_positive": 3}
+    assert queries.chain_counts(duck, teachers=["gpt-3.5"]) == {"pos": 2, "neg": 6, "problems": 4,
+                                                                 "problems_with_positive": 2}
+    assert queries.chain_counts(duck, subjects=["Prealgebra"], label="pos") == {
+        "pos": 2, "neg": 0, "problems": 2, "problems_with_positive": 2}
+    assert queries.chain_counts(duck, levels=["Level 1"], label="neg") == {
+        "pos": 0, "neg": 2, "problems": 2, "problems_with_positive": 0}
+
+
+def test_chains_where_the_labelers_disagree_are_the_unboxed_right_answers(duck: duckdb.DuckDBPyConnection) -> None:
+    rows = queries.chains(duck, disagree_only=True)
+    assert [(r.problem, r.teacher, r.sample_idx, r.label, r.extracted_answer, r.gold, r.hendrycks_correct,
+             r.math_verify_correct) for r in rows.itertuples()] == [
+        ("m1", "gpt-3.5", 0, "neg", "42", "42", False, True), ("m2", "gpt-3.5", 1, "neg", "6", "6", False, True)]
+    assert rows["chain"].tolist() == ["7 * 6 = 42. The answer is 42.", "10 - 4 = 6\n#### 6"]
+
+
+def test_votes_keep_the_problems_where_asc_and_sc_disagree_or_every_method_failed(
+        duck: duckdb.DuckDBPyConnection, ids: dict[str, int]) -> None:
+    job = ids["aggregate"]
+    assert queries.votes(duck, job)["problem"].unique().tolist() == ["m0", "m1", "m2", "m3"]
+    # m1: f3 says 42 where SC says 41; m2: SC ties 4 and 6, the ASC votes name 6; m3: every vote says 17.
+    assert queries.votes(duck, job, disagree_only=True)["problem"].unique().tolist() == ["m1", "m2"]
+    # m2's SC tie earns half a credit, so only m3 fails under every method.
+    assert queries.votes(duck, job, all_failed_only=True)["problem"].unique().tolist() == ["m3"]
+    assert queries.votes(duck, job, disagree_only=True, all_failed_only=True).empty
+
+
+def test_votes_wide_gives_each_method_its_answer_and_margin_per_problem(duck: duckdb.DuckDBPyConnection,
+                                                                         ids: dict[str, int]) -> None:
+    wide = queries.votes_wide(queries.votes(duck, ids["aggregate"]))
+    assert wide.columns.tolist() == ["problem_id", "problem", "subject", "gold", "greedy", "greedy margin", "sc",
+                                     "sc margin", "asc-f0", "asc-f0 margin", "asc-f1", "asc-f1 margin", "asc-f2",
+                                     "asc-f2 margin", "asc-f3", "asc-f3 margin"]
+    m1 = wide.set_index("problem").loc["m1"]
+    assert (m1["greedy"], m1["sc"], m1["sc margin"], m1["asc-f1"], m1["asc-f1 margin"], m1["asc-f3"],
+            m1["asc-f3 margin"]) == ("42 ✓", "41", 1.0, "41", 0.0, "42 ✓", 0.5)
+
+
+def test_run_accuracies_carry_the_wilson_interval_of_the_stored_credit(duck: duckdb.DuckDBPyConnection,
+                                                                       ids: dict[str, int]) -> None:
+    rows = queries.run_accuracies(duck, ids["aggregate"])
+    assert [(r.method, r.n, r.n_correct, r.accuracy) for r in rows.itertuples()] == [
+        ("greedy", 4, 2.0, 0.5), ("sc", 4, 1.5, 0.375), ("asc-f0", 4, 1.5, 0.375), ("asc-f1", 4, 2.5, 0.625),
+        ("asc-f2", 4, 2.0, 0.5), ("asc-f3", 4, 3.0, 0.75)]
+    sc = rows.set_index("method").loc["sc"]
+    assert (sc["ci_low"], sc["ci_high"]) == pytest.approx(wilson(1.5, 4))
+    assert sc["ci_low"] < 0.375 < sc["ci_high"]
+
+
+def test_asc_curve_at_all_samples_is_the_full_votes_accuracy_and_at_one_the_same_for_every_method(
+        duck: duckdb.DuckDBPyConnection, ids: dict[str, int]) -> None:
+    curve = queries.asc_curve(duck, ids["sample"], ids["score-samples"], ASC, repeats=5, seed=3)
+    assert curve["method"].unique().tolist() == ["sc", "asc-f1", "asc-f2", "asc-f3"]
+    assert curve["k"].unique().tolist() == [1, 2, 3, 4]
+    full = curve[curve["k"] == 4].set_index("method")
+    # the stored votes' credits: SC 1 + 0 + 1/2 + 0, f1 1 + 1/2 + 1 + 0, f2 1 + 0 + 1 + 0, f3 1 + 1 + 1 + 0
+    assert full["accuracy"].to_dict() == pytest.approx({"sc": 0.375, "asc-f1": 0.625, "asc-f2": 0.5,
+                                                        "asc-f3": 0.75})
+    assert (full.loc["asc-f3", "ci_low"], full.loc["asc-f3", "ci_high"]) == pytest.approx(wilson(3.0, 4))
+    # one sample wins its vote whatever its weight, and every method draws the same subsets
+    assert curve[curve["k"] == 1]["accuracy"].nunique() == 1
+
+
+def test_asc_curve_without_scores_is_sc_alone(duck: duckdb.DuckDBPyConnection, ids: dict[str, int]) -> None:
+    curve = queries.asc_curve(duck, ids["sample"], None, ASC, repeats=2)
+    assert curve["method"].unique().tolist() == ["sc"]
+
+
+def test_samples_of_a_problem_carry_their_answers_and_ranker_scores(duck: duckdb.DuckDBPyConnection,
+                                                                    ids: dict[str, int]) -> None:
+    rows = queries.samples_of(duck, ids["sample"], ids["score-samples"], ids["problem1"])
+    assert [(r.sample_idx, None if pd.isna(r.extracted_answer) else r.extracted_answer, r.correct, r.score)
+            for r in rows.itertuples()] == [(0, "41", False, 0.125), (1, "41", False, 0.25), (2, "42", True, 0.875),
+                                            (3, None, False, 0.5)]
+
+
+def test_training_curves_hold_loss_lr_and_every_numeric_extra_key(duck: duckdb.DuckDBPyConnection,
+                                                                  ids: dict[str, int]) -> None:
+    curves = queries.training_curves(duck, [ids["train-neg"]])
+    assert sorted(curves["metric"].unique()) == ["eval_loss", "grad_norm", "loss", "lr"]
+    assert curves["job"].unique().tolist() == [f"train-neg job {ids['train-neg']} (neg-dash)"]
+    by_metric = {m: list(zip(g["step"], g["value"], strict=True)) for m, g in curves.groupby("metric")}
+    assert by_metric["loss"] == [(1, 2.0), (2, 1.5), (3, 1.25), (4, 1.0)]
+    assert by_metric["eval_loss"] == [(2, 2.5), (4, 2.0)]
+    assert queries.training_curves(duck, [])["metric"].tolist() == []
+
+
+# --- the pages -----------------------------------------------------------------------------------------
+
+
+def test_chains_page_counts_and_lists_the_chains_and_narrows_to_labeler_disagreements(ids: dict[str, int]) -> None:
+    at = page("chains_page")
+    assert metrics(at) == {"positive chains": "4", "negative chains": "6", "problems": "4",
+                           "problems with a positive": "3"}
+    assert len(at.dataframe[0].value) == 10
+    # the first problem is open: its question and its three chains in full
+    assert "What is 2 + 3?" in shown(at) and "2 + 3 = 6, so \\boxed{6}." in shown(at)
+
+    at.checkbox[0].check().run()
+    assert metrics(at) == {"positive chains": "0", "negative chains": "2", "problems": "2",
+                           "problems with a positive": "0"}
+    assert at.dataframe[0].value["chain_id"].tolist() == [3, 6]
+    at.selectbox[0].set_value(ids["problem2"]).run()
+    assert "10 - 4 = 6\n#### 6" in shown(at) and "7 * 6 = 42. The answer is 42." not in shown(at)
+
+
+def test_votes_page_shows_sc_against_asc_per_problem_with_samples_margins_and_the_curve(ids: dict[str, int]) -> None:
+    at = page("votes_page")
+    assert metrics(at) == {"problems shown": "4"}
+    accuracy, wide, votes, samples, curve = (frame.value for frame in at.dataframe)
+    assert accuracy["accuracy"].tolist() == [0.5, 0.375, 0.375, 0.625, 0.5, 0.75]
+    assert wide["asc-f3"].tolist() == ["5 ✓", "42 ✓", "6 ✓", "17"]
+    assert votes["method"].tolist() == ["greedy", "sc", "asc-f0", "asc-f1", "asc-f2", "asc-f3"]  # of m0
+    assert samples["score"].tolist() == [0.875, 0.75, 0.125, 0.25]
+    assert curve[curve["k"] == 4].set_index("method")["accuracy"].to_dict() == pytest.approx(
+        {"sc": 0.375, "asc-f1": 0.625, "asc-f2": 0.5, "asc-f3": 0.75})
+    margins = chart_data(at, 1)
+    assert sorted(margins.loc[margins["method"] == "sc", "margin"]) == [0.0, 1.0, 1.0, 1.0]
+
+    at.checkbox[1].check().run()  # only problems every method failed
+    assert metrics(at) == {"problems shown": "1"}
+    assert at.dataframe[1].value["problem"].tolist() == ["m3"]
+    assert at.dataframe[3].value["extracted_answer"].tolist()[:3] == ["17", "19", "17"]
+
+
+def test_training_page_overlays_the_chosen_jobs_and_draws_nat_w_neg_per_layer(ids: dict[str, int]) -> None:
+    at = page("training_page")
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect[0].value == [ids["train-nat"]]  # the newest job
+    assert at.multiselect[1].value == ["loss", "eval_loss"]
+    assert at.multiselect[1].options == ["loss", "eval_loss", "grad_norm", "lr"]
+    at.multiselect[0].select(ids["train-neg"]).run()
+    loss = chart_data(at, 0)
+    assert {job: g["value"].tolist() for job, g in loss.groupby("job")} == {
+        f"train-nat job {ids['train-nat']} (nat-dash)": [3.0, 2.5, 2.0, 1.75],
+        f"train-neg job {ids['train-neg']} (neg-dash)": [2.0, 1.5, 1.25, 1.0]}
+    alpha = chart_data(at, 2)
+    assert alpha.loc[alpha["step"] == 4, ["layer", "proj", "mean_w_neg"]].values.tolist() == [
+        [0, "q_proj", -0.375], [0, "v_proj", -0.25], [1, "q_proj", 0.25], [1, "v_proj", 0.375]]
+
+
+def test_every_tdg_page_says_so_when_the_store_is_empty(db: Store) -> None:
+    for name, what in [("chains_page", "teacher chains"), ("votes_page", "aggregated votes"),
+                       ("training_page", "training metrics")]:
+        at = page(name)
+        assert not at.exception, [e.value for e in at.exception]
+        assert [i.value for i in at.info] == [EMPTY.format(what=what)]
