@@ -11,16 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rplat.asc import ballots, ranker_scores, samples_by_problem
 from rplat.errors import UserError
-from rplat.lookup import job_of_kind
-from rplat.methods.answers import normalize
-from rplat.methods.votes import answer_codes, asc_vote
-from rplat.models import Problem, RankerScore, Sample
+from rplat.lookup import stored_params
+from rplat.methods.votes import asc_vote
 from rplat.registry import get_model
 from rplat.runners.chains import sample_predictions
 from rplat.runners.context import JobContext
@@ -28,33 +24,18 @@ from rplat.runners.evaluation import Judged, record_evaluations
 from rplat.runners.kinds_tdg import AggregateParams, SampleParams, ScoreSamplesParams
 
 
-def _sample_params(s: Session, job_id: int, param: str) -> SampleParams:
-    try:
-        return SampleParams.model_validate(job_of_kind(s, job_id, "sample", param).params)
-    except ValidationError as exc:
-        raise UserError(f"{param} {job_id}'s stored params no longer fit kind 'sample': "
-                        f"{exc.errors()[0]['msg']}; aggregate a sample job enqueued by this version.") from None
-
-
 def _samples(s: Session, job_id: int) -> dict[int, list[Any]]:
-    """The job's samples per problem (id, answer, correct, subject), in sample_idx order."""
-    rows = s.execute(select(Sample.id, Sample.problem_id, Sample.extracted_answer, Sample.correct, Problem.subject)
-                     .join(Problem, Problem.id == Sample.problem_id)
-                     .where(Sample.job_id == job_id)
-                     .order_by(Sample.problem_id, Sample.sample_idx)).all()
-    if not rows:
+    by_problem = samples_by_problem(s, job_id)
+    if not by_problem:
         raise UserError(f"sample job {job_id} has no samples; run it to the end before aggregating it "
                         "(`rplat jobs show` tells its state).")
-    by_problem: dict[int, list[Any]] = {}
-    for r in rows:
-        by_problem.setdefault(r.problem_id, []).append(r)
     return by_problem
 
 
 def _check_score_job(s: Session, p: AggregateParams) -> None:
     """A score job of another sample job is refused."""
     assert p.score_job is not None
-    scored = ScoreSamplesParams.model_validate(job_of_kind(s, p.score_job, "score-samples", "score_job").params)
+    scored = stored_params(s, p.score_job, "score-samples", ScoreSamplesParams, "score_job", "aggregate with")
     if scored.sample_job != p.sample_job:
         raise UserError(f"score_job {p.score_job} scored sample job {scored.sample_job}, not sample_job "
                         f"{p.sample_job}; give the score-samples job of sample job {p.sample_job}.")
@@ -62,8 +43,8 @@ def _check_score_job(s: Session, p: AggregateParams) -> None:
 
 def _scores(s: Session, p: AggregateParams, sample_ids: Sequence[int]) -> dict[int, float]:
     """The score job's ranker score of every sample; one that did not score every sample is refused."""
-    scores: dict[int, float] = dict(s.execute(select(RankerScore.sample_id, RankerScore.score)
-                                          .where(RankerScore.job_id == p.score_job)).all())
+    assert p.score_job is not None
+    scores = ranker_scores(s, p.score_job)
     missing = sum(1 for i in sample_ids if i not in scores)
     if missing:
         raise UserError(f"score_job {p.score_job} has no ranker score for {missing} of the {len(sample_ids)} samples "
@@ -75,23 +56,15 @@ def _scores(s: Session, p: AggregateParams, sample_ids: Sequence[int]) -> dict[i
 def votes(by_problem: dict[int, list[Any]], scores: dict[int, float] | None, methods: Sequence[str]
           ) -> dict[str, list[Judged]]:
     """Per method ("sc", "asc-f0".."asc-f3"), every problem's vote over its samples' normalised answers."""
-    problem_ids = list(by_problem)
-    groups = [by_problem[i] for i in problem_ids]
-    codes, vocabulary = answer_codes([[normalize(r.extracted_answer) for r in g] for g in groups])
-    correct = np.zeros(codes.shape, dtype=bool)
-    weights = np.zeros(codes.shape)
-    for i, g in enumerate(groups):
-        correct[i, :len(g)] = [bool(r.correct) for r in g]
-        if scores is not None:
-            weights[i, :len(g)] = [scores[r.id] for r in g]
+    b = ballots(by_problem, scores)
     out: dict[str, list[Judged]] = {}
     for method in methods:
-        result = asc_vote(codes, weights, "f0" if method == "sc" else method.removeprefix("asc-"), correct)
+        result = asc_vote(b.codes, b.scores, "f0" if method == "sc" else method.removeprefix("asc-"), b.correct)
         assert result.credit is not None
-        out[method] = [Judged(problem_id, g[0].subject, vocabulary[w] if w >= 0 else None, float(mass),
+        out[method] = [Judged(problem_id, subject, b.vocabulary[w] if w >= 0 else None, float(mass),
                               max(int(tie), 1), float(credit), float(margin))
-                       for problem_id, g, w, mass, tie, credit, margin in zip(
-                           problem_ids, groups, result.winner.tolist(), result.mass, result.tie_size,
+                       for problem_id, subject, w, mass, tie, credit, margin in zip(
+                           b.problem_ids, b.subjects, result.winner.tolist(), result.mass, result.tie_size,
                            result.credit, result.margin, strict=True)]
     return out
 
@@ -109,7 +82,7 @@ def run(ctx: JobContext, p: AggregateParams) -> dict[str, Any]:
     """Predictions and evaluations of greedy (with greedy_job), sc and asc-<f> for each of `votes` (with
     score_job) over the sample job's problems."""
     with ctx.read() as s:
-        sampled = _sample_params(s, p.sample_job, "sample_job")
+        sampled = stored_params(s, p.sample_job, "sample", SampleParams, "sample_job", "aggregate")
         if sampled.n < 2:
             raise UserError(f"sample_job {p.sample_job} drew n={sampled.n} sample per problem, nothing to vote over; "
                             "aggregate a sample job with n > 1 (e.g. --param n=16 --param temperature=0.7).")
@@ -120,7 +93,8 @@ def run(ctx: JobContext, p: AggregateParams) -> dict[str, Any]:
         scores = None if p.score_job is None else _scores(s, p, [r.id for g in by_problem.values() for r in g])
         greedy_rows = None
         if p.greedy_job is not None:
-            greedy_params = _sample_params(s, p.greedy_job, "greedy_job")
+            greedy_params = stored_params(s, p.greedy_job, "sample", SampleParams, "greedy_job",
+                                          "aggregate with")
             if greedy_params.n != 1 or greedy_params.temperature > 0 or greedy_params.model != sampled.model:
                 raise UserError(f"greedy_job {p.greedy_job} is not a greedy sample job of model {sampled.model!r} "
                                 f"(it has n={greedy_params.n}, temperature={greedy_params.temperature}, model "

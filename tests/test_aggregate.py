@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
+from rplat.cli import main
 from rplat.errors import UserError
 from rplat.kinds import validate_params
-from rplat.models import Dataset, Evaluation, Job, Model, Prediction, Problem, RankerScore, Sample
+from rplat.models import Dataset, Evaluation, Experiment, Job, Model, Prediction, Problem, RankerScore, Sample
 from rplat.queue import Queue
 from rplat.runners.loop import Runner, RunnerOptions
+from rplat.stats import wilson
 from rplat.store import transaction
 
 # (gold, subject, greedy (answer, correct), samples (answer, correct, ranker score)). Problem 0: "7.0" votes with
@@ -40,7 +43,7 @@ def _seed(db, *, n: int = 4, scored: int | None = None) -> dict[str, int]:  # ty
     with transaction(db.engine()) as s:
         importer = Job(kind="import-problems", status="succeeded", params={})
         model = Model(name="student", format="base", fingerprint="f" * 64)
-        s.add_all([importer, model])
+        s.add_all([importer, model, Experiment(name="asc")])
         s.flush()
         dataset = Dataset(name="math", kind="problems", job_id=importer.id)
         greedy = Job(kind="sample", status="succeeded", params={"problems": "math", "model": "student", "n": 1})
@@ -71,7 +74,7 @@ def _seed(db, *, n: int = 4, scored: int | None = None) -> dict[str, int]:  # ty
 
 
 def _run(db, params: dict[str, Any]) -> Job:  # type: ignore[no-untyped-def]
-    job_id = Queue(db.engine()).enqueue("aggregate", params, max_attempts=1)[0]
+    job_id = Queue(db.engine()).enqueue("aggregate", params, experiment="asc", max_attempts=1)[0]
     Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
     with transaction(db.engine()) as s:
         job = s.get(Job, job_id)
@@ -153,3 +156,49 @@ def test_aggregate_refuses_bad_inputs_in_one_sentence_and_writes_nothing(db, cas
 def test_the_headline_vote_must_be_among_the_stored_votes() -> None:
     with pytest.raises(UserError, match="headline vote f3 is not among votes"):
         validate_params("aggregate", {"sample_job": 1, "votes": ["f0", "f1"]})
+
+
+# --- rplat report asc ---------------------------------------------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The CLI in this process (fast): exit code, stdout, stderr."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_report_asc_gives_each_methods_accuracy_for_every_k_with_wilson_intervals(db, capsys) -> None:  # type: ignore[no-untyped-def]
+    ids = _seed(db)
+    job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "votes": ["f1", "f3"]})
+    code, out, err = _cli(capsys, "report", "asc", "--experiment", "asc", "--json", "--repeats", "5")
+    assert code == 0, err
+    rows = json.loads(out)
+    curve = {(r["method"], r["k"]): r for r in rows}
+    assert sorted(curve) == [(m, k) for m in ("asc-f1", "asc-f3", "sc") for k in range(1, 5)]
+    assert {(r["model"], r["aggregate_job"], r["sample_job"], r["n"]) for r in rows} == {
+        ("student", job.id, ids["sample"], 3)}
+    # every sample in every subset: the stored votes' accuracies
+    assert {m: curve[(m, 4)]["accuracy"] for m in ("sc", "asc-f1", "asc-f3")} == pytest.approx(
+        {"sc": 0.5, "asc-f1": 1 / 3, "asc-f3": 0.0})
+    assert (curve[("sc", 4)]["ci_low"], curve[("sc", 4)]["ci_high"]) == pytest.approx(wilson(1.5, 3))
+    # one sample decides alone, whatever its weight, and every method saw the same subsets
+    assert curve[("sc", 1)]["accuracy"] == curve[("asc-f1", 1)]["accuracy"] == curve[("asc-f3", 1)]["accuracy"]
+    code, table, err = _cli(capsys, "report", "asc", "--experiment", "asc", "--repeats", "5")
+    assert code == 0, err
+    assert "against the number of samples k, experiment asc, 5 subsets per k (seed 0)" in table
+    assert f"student  sc      4  3  50.00 [{100 * wilson(1.5, 3)[0]:.1f}, {100 * wilson(1.5, 3)[1]:.1f}]" in table
+
+
+def test_report_asc_on_an_experiment_without_aggregate_jobs_is_one_sentence(db, capsys) -> None:  # type: ignore[no-untyped-def]
+    with transaction(db.engine()) as s:
+        s.add(Experiment(name="empty"))
+    code, _, err = _cli(capsys, "report", "asc", "--experiment", "empty")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: experiment 'empty' has no succeeded aggregate job; enqueue one with `rplat enqueue aggregate "
+        "--experiment empty --param sample_job=ID --param score_job=ID` and run it."]

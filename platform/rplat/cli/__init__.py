@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import click
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from rplat.cli import analysis, data, db, jobs, models, pipelines, serve  # noqa: F401 (each registers its commands)
+from rplat.cli import analysis, asc, data, db, export, jobs, models, pipelines, serve  # noqa: F401 (each registers its commands)
 from rplat.cli._common import cli
 from rplat.errors import UserError
 

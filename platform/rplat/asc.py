@@ -1,0 +1,108 @@
+"""The ASC curve (TDG B4): SC and ASC accuracy against the number of samples k, from an experiment's stored votes.
+
+The votes' inputs are what an `aggregate` job read: its sample job's samples (answers normalised, each answer
+as correct as the first sample that gave it) and its score job's ranker scores. `accuracy_curve` subsamples k
+of each problem's n samples `repeats` times with one seed, the same subsets for every method, so the curves
+are paired; each point carries the 95% Wilson interval of its accuracy over the problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from rplat.errors import UserError
+from rplat.lookup import experiment_id
+from rplat.methods.answers import normalize
+from rplat.methods.votes import VOTE_FUNCTIONS, accuracy_curve, answer_codes
+from rplat.models import Job, Problem, RankerScore, Sample
+from rplat.stats import wilson
+from rplat.store import transaction
+
+
+@dataclass(frozen=True)
+class Ballots:
+    """A sample job's votes as arrays, a row per problem (sample_idx order, padded with no answer): answer codes
+    into `vocabulary` (normalised answers), each sample's correctness and, with a score job, its ranker score."""
+
+    problem_ids: list[int]
+    subjects: list[str | None]
+    codes: np.ndarray
+    vocabulary: list[str]
+    correct: np.ndarray
+    scores: np.ndarray | None
+
+
+def ballots(groups: Mapping[int, Sequence[Any]], scores: Mapping[int, float] | None) -> Ballots:
+    """Ballots from each problem's samples (rows with `id`, `extracted_answer`, `correct`, `subject`, in
+    sample_idx order) and the ranker score of every sample id (None: no scores)."""
+    rows = list(groups.values())
+    codes, vocabulary = answer_codes([[normalize(r.extracted_answer) for r in g] for g in rows])
+    correct = np.zeros(codes.shape, dtype=bool)
+    weights = None if scores is None else np.zeros(codes.shape)
+    for i, g in enumerate(rows):
+        correct[i, :len(g)] = [bool(r.correct) for r in g]
+        if weights is not None and scores is not None:
+            weights[i, :len(g)] = [scores[r.id] for r in g]
+    return Ballots(list(groups), [g[0].subject for g in rows], codes, vocabulary, correct, weights)
+
+
+def samples_by_problem(session: Session, sample_job: int) -> dict[int, list[Any]]:
+    """A sample job's samples per problem (id, problem_id, extracted_answer, correct, subject), sample_idx order."""
+    by_problem: dict[int, list[Any]] = {}
+    for r in session.execute(select(Sample.id, Sample.problem_id, Sample.extracted_answer, Sample.correct,
+                                    Problem.subject)
+                             .join(Problem, Problem.id == Sample.problem_id)
+                             .where(Sample.job_id == sample_job)
+                             .order_by(Sample.problem_id, Sample.sample_idx)).all():
+        by_problem.setdefault(r.problem_id, []).append(r)
+    return by_problem
+
+
+def ranker_scores(session: Session, score_job: int) -> dict[int, float]:
+    """A score-samples job's score of each sample id."""
+    return dict(session.execute(select(RankerScore.sample_id, RankerScore.score)
+                                .where(RankerScore.job_id == score_job)).all())
+
+
+def asc_curve(engine: Engine, experiment: str, *, repeats: int = 20, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows (model, aggregate_job, sample_job, method, k, n, accuracy, ci_low, ci_high) for k = 1..n of every
+    succeeded aggregate job of the experiment (the latest per sample and score job), for sc and each asc vote
+    the job stored."""
+    if repeats < 1:
+        raise UserError(f"--repeats {repeats} is too small; give at least 1 subsample per k.")
+    with transaction(engine) as s:
+        exp = experiment_id(s, experiment)
+        jobs = s.execute(select(Job.id, Job.params).where(Job.experiment_id == exp, Job.kind == "aggregate",
+                                                          Job.status == "succeeded").order_by(Job.id)).all()
+        if not jobs:
+            raise UserError(f"experiment {experiment!r} has no succeeded aggregate job; enqueue one with "
+                            f"`rplat enqueue aggregate --experiment {experiment} --param sample_job=ID "
+                            "--param score_job=ID` and run it.")
+        latest = {(p["sample_job"], p.get("score_job")): (job_id, p) for job_id, p in jobs}
+        models = dict(s.execute(select(Job.id, Job.params).where(
+            Job.id.in_([key[0] for key in latest]))).all())
+        inputs = [(job_id, p, models[p["sample_job"]].get("model"),
+                   ballots(samples_by_problem(s, p["sample_job"]),
+                           None if p.get("score_job") is None else ranker_scores(s, p["score_job"])))
+                  for job_id, p in latest.values()]
+    rows: list[dict[str, Any]] = []
+    for job_id, p, model, b in inputs:
+        n_problems, n_samples = b.codes.shape
+        methods = [("sc", "f0")] + ([(f"asc-{f}", f) for f in p.get("votes", list(VOTE_FUNCTIONS))]
+                                    if b.scores is not None else [])
+        ks = list(range(1, n_samples + 1))
+        for method, f in methods:
+            curve = accuracy_curve(b.codes, b.correct, b.scores, ks, repeats, seed, f)
+            for k, accuracy in zip(ks, curve.tolist(), strict=True):
+                low, high = wilson(accuracy * n_problems, n_problems)
+                rows.append({"model": model, "aggregate_job": job_id, "sample_job": p["sample_job"],
+                             "method": method, "k": k, "n": n_problems, "accuracy": accuracy, "ci_low": low,
+                             "ci_high": high})
+    return rows

@@ -1,0 +1,36 @@
+"""`rplat report asc`: SC and ASC accuracy against the number of samples k (the TDG paper's ASC figure)."""
+
+from __future__ import annotations
+
+import click
+
+from rplat.cli._common import emit, listing, open_store
+from rplat.cli.analysis import report
+
+COLUMNS = ["model", "method", "k", "n", "accuracy", "ci_low", "ci_high", "aggregate_job", "sample_job"]
+
+
+@report.command("asc")
+@click.option("--experiment", required=True, help="the experiment whose aggregate jobs to draw the curve of")
+@click.option("--repeats", type=int, default=20, show_default=True,
+              help="random subsets of k samples per problem and k (the same subsets for every method)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the subsets")
+@listing
+def report_asc(experiment: str, repeats: int, seed: int, as_json: bool, as_csv: bool) -> None:
+    """Accuracy of self-consistency and each ASC vote over k = 1..n of every problem's n samples, averaged over
+    random subsets, with 95% Wilson intervals; one curve per aggregate job (model) of the experiment.
+
+    \b
+    rplat report asc --experiment math-asc
+    rplat report asc --experiment math-asc --repeats 100 --seed 1 --csv
+    """
+    from rplat.asc import asc_curve
+
+    rows = asc_curve(open_store(), experiment, repeats=repeats, seed=seed)
+    if as_json or as_csv:
+        emit(rows, COLUMNS, as_json, as_csv)
+        return
+    click.echo(f"accuracy (%) [95% Wilson interval] against the number of samples k, experiment {experiment}, "
+               f"{repeats} subsets per k (seed {seed})")
+    emit([{**r, "accuracy %": f"{100 * r['accuracy']:.2f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"}
+          for r in rows], ["model", "method", "k", "n", "accuracy %", "aggregate_job"], False)
