@@ -8,11 +8,11 @@ from numbers import Real
 from typing import Any
 
 import duckdb
-import numpy as np
 import pandas as pd
 
+from rplat.asc import ballots
 from rplat.dashboard.queries import ROW_LIMIT, frame, values
-from rplat.methods.votes import accuracy_curve, answer_codes
+from rplat.methods.votes import accuracy_curve
 from rplat.stats import wilson
 
 SC = "sc"
@@ -147,9 +147,13 @@ def samples_of(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int |
 def asc_curve(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int | None,
               vote_functions: Sequence[str], repeats: int = 20, seed: int = 0) -> pd.DataFrame:
     """Accuracy against the number of samples k (1..n) for SC and each ASC vote function, from the stored
-    samples (and scores), by repeated subsampling: method, k, accuracy, n (problems), ci_low, ci_high."""
+    samples (and scores), by repeated subsampling: method, k, accuracy, n (problems), ci_low, ci_high.
+
+    The ballots are the aggregate job's own (`rplat.asc.ballots`: normalised answers), so the curve at k = n
+    is the stored accuracy, and the defaults are `rplat report asc`'s, so both show the same numbers."""
     rows = frame(con, """
-        SELECT s.problem_id, s.sample_idx, s.extracted_answer, coalesce(s.correct, false) AS correct, r.score
+        SELECT s.sample_id AS id, s.problem_id, s.extracted_answer, coalesce(s.correct, false) AS correct,
+               s.subject, r.score
         FROM samples s
         LEFT JOIN sample_scores r ON r.sample_id = s.sample_id AND r.score_job_id = ?
         WHERE s.sample_job_id = ?
@@ -157,23 +161,18 @@ def asc_curve(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int | 
     columns = ["method", "k", "accuracy", "n", "ci_low", "ci_high"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
-    groups = [group for _, group in rows.groupby("problem_id", sort=True)]
-    codes, _ = answer_codes([[None if pd.isna(a) else a for a in g["extracted_answer"]] for g in groups])
-    correct = np.zeros(codes.shape, dtype=bool)
-    scores = np.zeros(codes.shape)
-    for i, group in enumerate(groups):
-        correct[i, :len(group)] = group["correct"].astype(bool)
-        scores[i, :len(group)] = group["score"].fillna(0.0)
-    # A problem with fewer samples than the others is padded with empty slots (no answer, no vote), which
-    # a subset of k may draw: its curve then counts the missing samples as abstentions.
-    ks = list(range(1, codes.shape[1] + 1))
-    scored = score_job is not None and bool(rows["score"].notna().any())
+    rows = rows.astype(object).where(rows.notna(), None)
+    groups: dict[int, list[Any]] = {}
+    for row in rows.itertuples(index=False):
+        groups.setdefault(int(row.problem_id), []).append(row)
+    # ASC needs a score for every sample; a score job that has not finished leaves SC alone.
+    scored = score_job is not None and bool(rows["score"].notna().all())
+    b = ballots(groups, {int(r.id): float(r.score) for r in rows.itertuples()} if scored else None)
+    ks = list(range(1, b.codes.shape[1] + 1))
     methods = [(SC, "f0"), *((f"asc-{f}", f) for f in vote_functions if scored)]
-    curves = [pd.DataFrame({"method": method, "k": ks,
-                            "accuracy": accuracy_curve(codes, correct, scores if f != "f0" else None, ks,
-                                                       repeats, seed, f)})
-              for method, f in methods]
-    curve = pd.concat(curves, ignore_index=True).assign(n=len(groups))
+    curve = pd.concat([pd.DataFrame({"method": method, "k": ks,
+                                     "accuracy": accuracy_curve(b.codes, b.correct, b.scores, ks, repeats, seed, f)})
+                       for method, f in methods], ignore_index=True).assign(n=len(groups))
     return _with_interval(curve, curve["accuracy"] * curve["n"], curve["n"])[columns]
 
 

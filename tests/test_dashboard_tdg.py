@@ -9,10 +9,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from conftest import Store, _make_store, _MigratedTemplates
-from dashboard_seed_tdg import seed_tdg
+from dashboard_seed_tdg import EXPERIMENT, seed_tdg
 from streamlit.testing.v1 import AppTest
 
-from rplat import analytics
+from rplat import analytics, asc
 from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.common import EMPTY
 from rplat.stats import wilson
@@ -133,6 +133,15 @@ def test_asc_curve_at_all_samples_is_the_full_votes_accuracy_and_at_one_the_same
     assert (full.loc["asc-f3", "ci_low"], full.loc["asc-f3", "ci_high"]) == pytest.approx(wilson(3.0, 4))
     # one sample wins its vote whatever its weight, and every method draws the same subsets
     assert curve[curve["k"] == 1]["accuracy"].nunique() == 1
+
+
+def test_asc_curve_shows_the_same_numbers_as_rplat_report_asc(world: tuple[Store, dict[str, int]],
+                                                               duck: duckdb.DuckDBPyConnection) -> None:
+    store, ids = world
+    report = pd.DataFrame(asc.asc_curve(store.engine(), EXPERIMENT))
+    report = report[report["method"] != "asc-f0"][["method", "k", "accuracy", "n", "ci_low", "ci_high"]]
+    ours = queries.asc_curve(duck, ids["sample"], ids["score-samples"], ASC)
+    pd.testing.assert_frame_equal(ours, report.reset_index(drop=True), check_dtype=False)
 
 
 def test_asc_curve_without_scores_is_sc_alone(duck: duckdb.DuckDBPyConnection, ids: dict[str, int]) -> None:
