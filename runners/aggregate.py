@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from rplat.asc import ballots, ranker_scores, samples_by_problem
 from rplat.errors import UserError
 from rplat.lookup import stored_params
-from rplat.methods.votes import asc_vote
+from rplat.methods.votes import asc_votes
 from rplat.registry import get_model
 from rplat.runners.chains import sample_predictions
 from rplat.runners.context import JobContext
@@ -57,9 +57,11 @@ def votes(by_problem: dict[int, list[Any]], scores: dict[int, float] | None, met
           ) -> dict[str, list[Judged]]:
     """Per method ("sc", "asc-f0".."asc-f3"), every problem's vote over its samples' normalised answers."""
     b = ballots(by_problem, scores)
+    fs = {method: "f0" if method == "sc" else method.removeprefix("asc-") for method in methods}
+    results = asc_votes(b.codes, b.scores, sorted(set(fs.values())), b.correct)
     out: dict[str, list[Judged]] = {}
-    for method in methods:
-        result = asc_vote(b.codes, b.scores, "f0" if method == "sc" else method.removeprefix("asc-"), b.correct)
+    for method, f in fs.items():
+        result = results[f]
         assert result.credit is not None
         out[method] = [Judged(problem_id, subject, b.vocabulary[w] if w >= 0 else None, float(mass),
                               max(int(tie), 1), float(credit), float(margin))

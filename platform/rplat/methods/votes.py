@@ -125,55 +125,89 @@ class Votes:
     credit: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class _Answers:
+    """A batch's answers grouped once for any number of votes: per distinct answer of each problem (a group),
+    its code, its problem, the flat index of the first sample that gave it, and where each problem's groups
+    start."""
+
+    shape: tuple[int, int]
+    order: np.ndarray  # flat sample indexes, each problem's samples sorted by answer
+    first: np.ndarray  # position in `order` of each group's first sample
+    code: np.ndarray
+    problem: np.ndarray
+    sample: np.ndarray
+    answered: np.ndarray
+    problem_start: np.ndarray
+
+
+def _group(answers: np.ndarray) -> _Answers:
+    answers = np.asarray(answers, dtype=np.int64)
+    if answers.ndim != 2 or answers.shape[1] == 0:
+        raise ValueError(f"answers must be problems x samples with at least one sample, got shape {answers.shape}")
+    n_problems, n_samples = answers.shape
+    # Sorting each row makes every answer one run of equal codes; a stable sort puts the run's lowest sample
+    # index first, which is the sample whose correctness the answer takes.
+    order = (np.argsort(answers, axis=1, kind="stable") + np.arange(n_problems)[:, None] * n_samples).ravel()
+    codes = answers.ravel()[order]
+    starts = np.empty(codes.shape, dtype=bool)
+    np.not_equal(codes[1:], codes[:-1], out=starts[1:])
+    starts[::n_samples] = True
+    first = np.flatnonzero(starts)
+    code = codes[first]
+    problem = first // n_samples
+    return _Answers((n_problems, n_samples), order, first, code, problem, order[first], code != NO_ANSWER,
+                    np.flatnonzero(np.r_[True, problem[1:] != problem[:-1]]))
+
+
+def _vote(g: _Answers, weights: np.ndarray, correct: np.ndarray | None) -> Votes:
+    n_groups = len(g.first)
+    mass = np.where(g.answered, np.add.reduceat(weights.ravel()[g.order], g.first), -np.inf)
+    top = np.maximum.reduceat(mass, g.problem_start)
+    has = np.isfinite(top)
+    in_tie = g.answered & (mass >= (top - TIE_TOLERANCE * np.maximum(1.0, np.abs(top)))[g.problem])
+    tie_size = np.add.reduceat(in_tie.astype(np.int64), g.problem_start)
+    # Codes ascend within a problem's groups, so its first tied group holds the smallest tied code.
+    winner_group = np.minimum.reduceat(np.where(in_tie, np.arange(n_groups), n_groups), g.problem_start)
+    winner_group = np.minimum(winner_group, n_groups - 1)
+    others = mass.copy()
+    others[winner_group[has]] = -np.inf
+    second = np.maximum.reduceat(others, g.problem_start)
+    top = np.where(has, top, 0.0)
+    margin = np.where(tie_size > 1, 0.0, np.where(np.isfinite(second), top - second, top))
+    tied = np.zeros(g.shape[0] * g.shape[1], dtype=bool)
+    tied[g.sample[in_tie]] = True
+    credit = None
+    if correct is not None:
+        right = (in_tie & correct.ravel()[g.sample]).astype(np.float64)
+        credit = np.add.reduceat(right, g.problem_start) / np.maximum(tie_size, 1)
+    return Votes(np.where(has, g.code[winner_group], NO_ANSWER), top, tie_size, np.where(has, margin, 0.0),
+                 tied.reshape(g.shape), credit)
+
+
+def _correctness(correct: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    if correct is None:
+        return None
+    correct = np.asarray(correct, dtype=bool)
+    if correct.shape != shape:
+        raise ValueError(f"correctness of shape {correct.shape} for answers of shape {shape}")
+    return correct
+
+
+def asc_votes(answers: np.ndarray, scores: np.ndarray | None, fs: Sequence[str],
+              correct: np.ndarray | None = None) -> dict[str, Votes]:
+    """`asc_vote` under each vote function of `fs`, grouping the answers once for all of them."""
+    g = _group(answers)
+    right = _correctness(correct, g.shape)
+    return {f: _vote(g, vote_weights(f, scores, g.shape), right) for f in fs}
+
+
 def asc_vote(answers: np.ndarray, scores: np.ndarray | None = None, f: str = "f0",
              correct: np.ndarray | None = None) -> Votes:
     """`vote` over a batch: answers (problems x samples, integer codes, NO_ANSWER casts no vote), scores in
     [0, 1] of the same shape (for f1..f3), and optionally each sample's correctness; an answer is as correct
     as the first sample that gave it."""
-    answers = np.asarray(answers, dtype=np.int64)
-    if answers.ndim != 2 or answers.shape[1] == 0:
-        raise ValueError(f"answers must be problems x samples with at least one sample, got shape {answers.shape}")
-    n_problems, n_samples = answers.shape
-    weights = vote_weights(f, scores, answers.shape)
-    # Sorting each row makes every answer one run of equal codes; a stable sort puts the run's lowest sample
-    # index first, which is the sample whose correctness the answer takes.
-    order = np.argsort(answers, axis=1, kind="stable")
-    flat = (order + np.arange(n_problems)[:, None] * n_samples).ravel()
-    codes = answers.ravel()[flat]
-    starts = np.empty(codes.shape, dtype=bool)
-    np.not_equal(codes[1:], codes[:-1], out=starts[1:])
-    starts[::n_samples] = True
-    first = np.flatnonzero(starts)  # flat position of each answer group's first sample
-    n_groups = len(first)
-    group_code = codes[first]
-    group_problem = first // n_samples
-    group_sample = flat[first]  # flat index into answers of the sample that gave the answer first
-    answered = group_code != NO_ANSWER
-    mass = np.where(answered, np.add.reduceat(weights.ravel()[flat], first), -np.inf)
-    problem_start = np.flatnonzero(np.r_[True, group_problem[1:] != group_problem[:-1]])
-    top = np.maximum.reduceat(mass, problem_start)
-    has = np.isfinite(top)
-    in_tie = answered & (mass >= (top - TIE_TOLERANCE * np.maximum(1.0, np.abs(top)))[group_problem])
-    tie_size = np.add.reduceat(in_tie.astype(np.int64), problem_start)
-    # Codes ascend within a problem's groups, so its first tied group holds the smallest tied code.
-    winner_group = np.minimum.reduceat(np.where(in_tie, np.arange(n_groups), n_groups), problem_start)
-    winner_group = np.minimum(winner_group, n_groups - 1)
-    others = mass.copy()
-    others[winner_group[has]] = -np.inf
-    second = np.maximum.reduceat(others, problem_start)
-    top = np.where(has, top, 0.0)
-    margin = np.where(tie_size > 1, 0.0, np.where(np.isfinite(second), top - second, top))
-    tied = np.zeros(answers.size, dtype=bool)
-    tied[group_sample[in_tie]] = True
-    credit = None
-    if correct is not None:
-        correct = np.asarray(correct, dtype=bool)
-        if correct.shape != answers.shape:
-            raise ValueError(f"correctness of shape {correct.shape} for answers of shape {answers.shape}")
-        right = (in_tie & correct.ravel()[group_sample]).astype(np.float64)
-        credit = np.add.reduceat(right, problem_start) / np.maximum(tie_size, 1)
-    return Votes(np.where(has, group_code[winner_group], NO_ANSWER), top, tie_size, np.where(has, margin, 0.0),
-                 tied.reshape(answers.shape), credit)
+    return asc_votes(answers, scores, [f], correct)[f]
 
 
 def accuracy_curve(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray | None = None,
