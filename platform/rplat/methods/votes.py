@@ -87,12 +87,20 @@ def answer_codes(answers: Sequence[Sequence[str | None]], width: int | None = No
     """Integer codes of problems' answers, a row per problem padded with NO_ANSWER to `width` (default: the
     longest row), and the vocabulary they index. Codes follow the answers' sorted order, so the smallest tied
     code is the answer `vote` names the winner."""
-    vocabulary = sorted({a for row in answers for a in row if a is not None})
-    index = {a: code for code, a in enumerate(vocabulary)}
-    width = max((len(row) for row in answers), default=0) if width is None else width
+    lengths = np.fromiter((len(row) for row in answers), dtype=np.int64, count=len(answers))
+    longest = int(lengths.max(initial=0))
+    width = longest if width is None else width
+    if width < longest:
+        raise ValueError(f"width {width} is less than the longest row's {longest} answers")
+    # One pass numbers the answers in order of appearance; a lookup table then turns those numbers into ranks.
+    seen: dict[str | None, int] = {None: 0}
+    order = np.fromiter((seen.setdefault(a, len(seen)) for row in answers for a in row), dtype=np.int64,
+                        count=int(lengths.sum()))
+    vocabulary = sorted(a for a in seen if a is not None)
+    rank = np.full(len(seen), NO_ANSWER, dtype=np.int64)
+    rank[[seen[a] for a in vocabulary]] = np.arange(len(vocabulary))
     codes = np.full((len(answers), width), NO_ANSWER, dtype=np.int64)
-    for i, row in enumerate(answers):
-        codes[i, :len(row)] = [NO_ANSWER if a is None else index[a] for a in row]
+    codes[np.arange(width) < lengths[:, None]] = rank[order]
     return codes, vocabulary
 
 
