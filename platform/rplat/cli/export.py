@@ -1,0 +1,36 @@
+"""`rplat export`: a view's rows with their lineage columns, ready for other tools (JSONL, Parquet, CSV)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rplat.cli._common import cli, open_store
+
+
+@cli.command("export")
+@click.argument("view")
+@click.option("--where", default=None, help="a read-only SQL predicate over the view's columns, e.g. kept")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "csv"]), default=None,
+              help="the file format (default: the suffix of --out)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="the file to write")
+def export(view: str, where: str | None, fmt: str | None, out: Path) -> None:
+    """Write the rows of VIEW (rationales, chains, samples, predictions, ...) to a file, each with the job that
+    made it: its kind, model, prompt template and params as JSON.
+
+    The predicate is checked like `rplat sql`: read-only, no function reaching past the views. The file appears
+    whole or not at all.
+
+    \b
+    rplat export rationales --where "kept" --out kept.parquet
+    rplat export chains --where "label = 'pos' AND NOT labelers_disagree" --format jsonl --out pos.jsonl
+    rplat export predictions --where "job_id = 12" --out preds.csv
+    """
+    from rplat.export import export_view
+
+    engine = open_store()
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
+    rows = export_view(url, view, out, fmt=fmt, where=where)
+    click.echo(f"wrote {rows} rows of {view} to {out}")

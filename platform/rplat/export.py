@@ -1,0 +1,127 @@
+"""`rplat export`: a view's rows with the lineage of the jobs that made them, as JSONL, Parquet or CSV."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from rplat import analytics
+from rplat.errors import UserError
+
+# The views that can be exported and the columns naming the jobs that made each row: a rationale is made by its
+# extract job and judged (loss delta, kept, leak) by its score job, so it carries the lineage of both.
+EXPORTS: dict[str, tuple[str, ...]] = {
+    "rationales": ("extract_job_id", "score_job_id"),
+    "chains": ("job_id",),
+    "samples": ("sample_job_id",),
+    "predictions": ("job_id",),
+    "sample_scores": ("score_job_id",),
+    "ranker_pairs": ("job_id",),
+    "step_candidates": ("job_id",),
+    "evaluations": ("job_id",),
+    "training_metrics": ("job_id",),
+}
+FORMATS = ("jsonl", "parquet", "csv")
+_BATCH_ROWS = 10_000  # rows fetched and written at a time: an export streams, it does not hold the view in memory
+
+
+def format_of(path: Path, fmt: str | None) -> str:
+    """The format asked for, or the one the file's suffix names."""
+    if fmt is not None:
+        return fmt
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise UserError(f"cannot tell the format of {path} from its suffix; give --format "
+                        f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}.")
+    return suffix
+
+
+def export_query(view: str, where: str | None) -> str:
+    """The SELECT over `view` with lineage columns per job column (`{prefix}job_kind`, `{prefix}job_model`,
+    `{prefix}job_prompt_template`, `{prefix}job_params` as JSON text), filtered by the user's predicate."""
+    if view not in EXPORTS:
+        raise UserError(f"cannot export {view!r}; the views with lineage are {', '.join(EXPORTS)}.")
+    columns, joins = [], []
+    for i, job_column in enumerate(EXPORTS[view]):
+        prefix = job_column.removesuffix("job_id")
+        j, m, t = f"lineage_job{i}", f"lineage_model{i}", f"lineage_template{i}"
+        columns.append(f"{j}.kind AS {prefix}job_kind, {m}.name AS {prefix}job_model, "
+                       f"{t}.name AS {prefix}job_prompt_template, CAST({j}.params AS VARCHAR) AS {prefix}job_params")
+        joins.append(f"LEFT JOIN store.jobs {j} ON {j}.id = v.{job_column} "
+                     f"LEFT JOIN store.models {m} ON {m}.id = {j}.model_id "
+                     f"LEFT JOIN store.prompt_templates {t} ON {t}.id = {j}.prompt_template_id")
+    query = f"SELECT * FROM (SELECT v.*, {', '.join(columns)} FROM {view} v {' '.join(joins)}) AS exported"
+    if where is None:
+        return query
+    if not where.strip():
+        raise UserError("--where is empty; give a predicate over the view's columns, e.g. --where kept, "
+                        "or leave --where out.")
+    # On lines of its own, a trailing `--` comment in the predicate cannot swallow the closing parenthesis.
+    return f"{query} WHERE (\n{where}\n)"
+
+
+def _write(reader: pa.RecordBatchReader, fmt: str, out: IO[Any]) -> int:
+    rows = 0
+    if fmt == "parquet":
+        with pq.ParquetWriter(out, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+    elif fmt == "csv":
+        with pa_csv.CSVWriter(out, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+    else:
+        for batch in reader:
+            for row in batch.to_pylist():
+                out.write(json.dumps(row, default=str, ensure_ascii=False).encode() + b"\n")
+            rows += batch.num_rows
+    return rows
+
+
+def export_view(database_url: str, view: str, out: Path, *, fmt: str | None = None,
+                where: str | None = None) -> int:
+    """Write the rows of `view` satisfying `where` (checked read-only like `rplat sql`) to `out`, atomically (a
+    temporary file beside it, renamed when complete); returns the number of rows. No file is left on failure."""
+    fmt = format_of(out, fmt)
+    query = export_query(view, where)
+    if not out.parent.is_dir():
+        raise UserError(f"the directory {out.parent} does not exist; create it or choose another --out.")
+    if out.is_dir():
+        raise UserError(f"{out} is a directory; give --out a file name, e.g. {out / f'{view}.{fmt}'}.")
+    con = analytics.connect(database_url)
+    try:
+        try:
+            analytics._read_only_statement(con, query)
+        except UserError as exc:
+            raise UserError(f"the --where predicate {where!r} is refused: {exc}") from None
+        try:
+            reader = con.execute(query).to_arrow_reader(_BATCH_ROWS)
+        except duckdb.Error as exc:
+            raise UserError(f"the --where predicate {where!r} does not run on the view {view} "
+                            f"({analytics._first_line(exc)}); `rplat sql --views` lists its columns.") from None
+        tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "xb") as f:  # 0o666 less the umask, like any file the user writes
+                rows = _write(reader, fmt, f)
+            os.replace(tmp, out)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise UserError(f"cannot write {out} ({exc.strerror or exc}); choose a writable --out path.") from None
+            if isinstance(exc, duckdb.Error | pa.ArrowException):
+                raise UserError(f"exporting {view} failed ({analytics._first_line(exc)}); nothing was written."
+                                ) from None
+            raise
+    finally:
+        con.close()
+    return rows
