@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from rplat.bundled import SMOLLM2
 from rplat.kinds import JobKind, Params
 from rplat.methods.guided import GUIDED, SolveMethod
+from rplat.methods.leaks import LEAK_THRESHOLD
 from rplat.references import Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
 
@@ -76,6 +77,9 @@ class ScoreParams(ModelParams):
                                             description='per-source tau, e.g. {"gsm8k": 1.2, "ecqa": 0.5}')
     batch_size: int = Field(64, gt=0, le=1024,
                             description="rationales scored per model call (a document's share one encoding)")
+    leak_threshold: float = Field(
+        LEAK_THRESHOLD, gt=0, description="a rationale whose overlap with its following text (novel bigram "
+        "containment, rplat.methods.leaks) is >= this is a leak and never kept; above 1 marks none")
 
     def prompt_templates(self) -> tuple[str, ...]:
         return ("score-future",)

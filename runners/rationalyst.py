@@ -1,4 +1,4 @@
-"""RATIONALYST jobs: `extract-rationales` (A2/A3) and `score-rationales` (A4).
+"""RATIONALYST jobs: `extract-rationales` (A2/A3) and `score-rationales` (A4, with leak detection).
 
 Both read their inputs, skip what this job already wrote (a re-claimed job resumes there), call the model
 through the generation cache, and commit each batch in one fenced transaction with insert-ignore writes.
@@ -17,6 +17,7 @@ from rplat.llm import Backend, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import prepare_backend
 from rplat.lookup import dataset_id, job_of_kind
+from rplat.methods.leaks import is_leak, overlap
 from rplat.methods.loss_delta import loss_delta, scoring_contexts, spans_nonempty
 from rplat.methods.rationales import fidelity, insert_rationales, parse_triples, text_units
 from rplat.models import (
@@ -187,9 +188,12 @@ def score(ctx: JobContext, p: ScoreParams) -> dict[str, Any]:
             lp_without, lp_with = scored[k], scored[len(batch) + k]
             ld = loss_delta(lp_without, lp_with, gamma=p.gamma, tau=tau,
                             spans_nonempty=spans_nonempty(r.preceding, r.rationale, r.following))
+            # A copy of the following text lowers its loss most of all, so a leak is dropped whatever its delta.
+            shared = overlap(r.preceding, r.rationale, r.following)
+            leak = is_leak(shared, p.leak_threshold)
             out.append(dict(job_id=ctx.job_id, rationale_id=r.id, scorer_model_id=scorer_id, lp_without=lp_without,
                             lp_with=lp_with, gamma=p.gamma, s_without=ld.s_without, s_with=ld.s_with,
-                            loss_delta=ld.delta, tau=tau, kept=ld.kept))
+                            loss_delta=ld.delta, tau=tau, kept=ld.kept and not leak, overlap=shared, leak=leak))
         with ctx.transaction() as s:
             insert_ignore(s, RationaleScore, out, ["job_id", "rationale_id"])
         done += len(batch)
@@ -198,5 +202,12 @@ def score(ctx: JobContext, p: ScoreParams) -> dict[str, Any]:
         n, kept, mean = s.execute(select(func.count(), func.count().filter(RationaleScore.kept.is_(True)),
                                          func.avg(RationaleScore.loss_delta)).where(RationaleScore.job_id == ctx.job_id)
                                   ).one()
-    return {"scored": n, "kept": kept, "mean_loss_delta": float(mean) if mean is not None else None,
+        leaks = s.execute(select(RationaleScore.loss_delta, RationaleScore.tau, Rationale.preceding,
+                                 Rationale.rationale, Rationale.following)
+                          .join(Rationale, Rationale.id == RationaleScore.rationale_id)
+                          .where(RationaleScore.job_id == ctx.job_id, RationaleScore.leak.is_(True))).all()
+    # The leaks the loss-delta filter alone would have kept: what leak detection changed.
+    dropped = sum(ld >= tau and spans_nonempty(pre, rat, fol) for ld, tau, pre, rat, fol in leaks)
+    return {"scored": n, "kept": kept, "leaks": len(leaks), "leaks_dropped": dropped,
+            "mean_loss_delta": float(mean) if mean is not None else None,
             "cache_hits": llm.hits, "cache_misses": llm.misses}
