@@ -10,6 +10,10 @@ import streamlit as st
 from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.common import EMPTY, connection, table
 
+STEPS = alt.Axis(format="d", tickMinStep=1)
+"""An axis of whole numbers (steps, k): no tick between two of them."""
+ALL_PROJECTIONS = "all (mean)"
+
 
 def chains_page() -> None:
     st.title("Chains")
@@ -77,8 +81,9 @@ def votes_page() -> None:
     accuracies = queries.run_accuracies(con, job)
     if not accuracies.empty:
         st.subheader("Accuracy per method (95% Wilson interval)")
-        table(accuracies.assign(interval=[f"[{lo:.3f}, {hi:.3f}]" for lo, hi in
-                                          zip(accuracies["ci_low"], accuracies["ci_high"], strict=True)]))
+        table(accuracies[["method", "n", "n_correct", "accuracy"]].assign(
+            **{"95% interval": [f"[{lo:.3f}, {hi:.3f}]"
+                                for lo, hi in zip(accuracies["ci_low"], accuracies["ci_high"], strict=True)]}))
         st.altair_chart(_interval_chart(accuracies, "method"))
 
     shown = queries.votes(con, job, disagree_only=disagree, all_failed_only=failed)
@@ -90,17 +95,22 @@ def votes_page() -> None:
         _one_problem(con, shown, run)
 
     everything = queries.votes(con, job)
-    voted = everything[everything["method"] != "greedy"].dropna(subset=["margin"])
+    voted = everything[~everything["method"].isin(["greedy", "asc-f0"])].dropna(subset=["margin"])
     if not voted.empty:
         st.subheader("Vote margins")
+        st.caption("How decisively each vote picked its answer over all problems of the run (asc-f0 weighs every "
+                   "sample 1: it is sc, drawn once).")
+        order = list(dict.fromkeys(voted["method"]))
         st.altair_chart(alt.Chart(voted).mark_bar().encode(
             x=alt.X("margin:Q", bin=alt.Bin(maxbins=20), title="margin"), y=alt.Y("count():Q", title="problems"),
-            color="method:N", column=alt.Column("method:N", title=None),
-            tooltip=["method", "count()"]).properties(width=140, height=160))
+            color=alt.Color("method:N", sort=order, legend=None),
+            column=alt.Column("method:N", sort=order, title=None),
+            tooltip=["method", "count()"]).properties(width=160, height=160))
 
     st.subheader("Accuracy against the number of samples k")
     st.caption("SC and each ASC vote over k of each problem's samples, averaged over random subsets (the same "
-               "subsets for every method); f0 weighs every sample 1, so it is SC itself and is not drawn twice.")
+               "subsets for every method; the defaults are `rplat report asc`'s), with 95% Wilson bands over the "
+               "problems.")
     if pd.isna(run.sample_job_id):
         st.info("This aggregate job names no sample job, so there are no samples to subsample.")
         return
@@ -113,10 +123,13 @@ def votes_page() -> None:
     if curve.empty:
         st.info(f"Sample job {int(run.sample_job_id)} stored no samples.")
         return
-    base = alt.Chart(curve).encode(x=alt.X("k:Q", title="samples per problem (k)"), color="method:N")
-    st.altair_chart(base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
-                    + base.mark_line(point=True).encode(y="accuracy:Q",
-                                                        tooltip=["method", "k", "accuracy", "ci_low", "ci_high"]))
+    order = list(dict.fromkeys(curve["method"]))
+    base = alt.Chart(curve).encode(x=alt.X("k:Q", title="samples per problem (k)", axis=STEPS),
+                                   color=alt.Color("method:N", sort=order))
+    st.altair_chart(base.mark_line(point=True).encode(
+                        y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
+                        tooltip=["method", "k", "accuracy", "ci_low", "ci_high"])
+                    + base.mark_area(opacity=0.08).encode(y="ci_low:Q", y2="ci_high:Q"))
     table(curve)
 
 
@@ -158,7 +171,8 @@ def training_page() -> None:
     for metric in picked:
         st.subheader(metric)
         st.altair_chart(alt.Chart(curves[curves["metric"] == metric]).mark_line(point=True).encode(
-            x=alt.X("step:Q", title="optimizer step"), y=alt.Y("value:Q", title=metric),
+            x=alt.X("step:Q", title="optimizer step", axis=STEPS),
+            y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
             color=alt.Color("job:N", title="job"), tooltip=["job", "step", "value"]))
     table(jobs)
 
@@ -167,13 +181,20 @@ def training_page() -> None:
     if not nat_jobs:
         st.info("No train-nat job has logged w_neg yet.")
         return
-    nat_job = st.selectbox("train-nat job", nat_jobs, format_func=lambda j: labels.get(j, f"job {j}"))
+    left, right = st.columns(2)
+    nat_job = left.selectbox("train-nat job", nat_jobs, format_func=lambda j: labels.get(j, f"job {j}"))
     alpha = queries.nat_alpha(con, nat_job)
-    st.altair_chart(alt.Chart(alpha).mark_line(point=True).encode(
-        x=alt.X("step:Q", title="optimizer step"), y=alt.Y("mean_w_neg:Q", title="mean w_neg"),
-        color=alt.Color("layer:N", title="layer"), strokeDash=alt.StrokeDash("proj:N", title="projection"),
-        tooltip=["step", "layer", "proj", "mean_w_neg"]))
-    table(alpha)
+    projections = sorted(alpha["proj"].unique())
+    proj = right.selectbox("projection", [ALL_PROJECTIONS, *projections])
+    drawn = alpha if proj == ALL_PROJECTIONS else alpha[alpha["proj"] == proj]
+    # A real model has dozens of layers: one line per layer, coloured along the depth, the projections averaged.
+    st.altair_chart(alt.Chart(drawn).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="optimizer step", axis=STEPS),
+        y=alt.Y("mean(mean_w_neg):Q", title="mean w_neg" if proj == ALL_PROJECTIONS else f"mean w_neg, {proj}"),
+        color=alt.Color("layer:Q", title="layer", scale=alt.Scale(scheme="viridis"),
+                        legend=alt.Legend(format="d", tickMinStep=1)), detail="layer:N",
+        tooltip=["step", "layer", alt.Tooltip("mean(mean_w_neg):Q", title="mean w_neg")]))
+    table(drawn)
 
 
 def _interval_chart(rows: pd.DataFrame, category: str) -> alt.LayerChart:
