@@ -7,8 +7,9 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
+from rplat.config import get_settings
 from rplat.dashboard import tdg_queries as queries
-from rplat.dashboard.common import EMPTY, connection, table
+from rplat.dashboard.common import EMPTY, connection, store, table
 
 STEPS = alt.Axis(format="d", tickMinStep=1)
 """An axis of whole numbers (steps, k): no tick between two of them."""
@@ -119,7 +120,8 @@ def votes_page() -> None:
     seed = int(right.number_input("seed", value=0, step=1))
     functions = [m.removeprefix("asc-") for m in run.methods if m.startswith("asc-") and m != "asc-f0"]
     score_job = None if pd.isna(run.score_job_id) else int(run.score_job_id)
-    curve = queries.asc_curve(con, int(run.sample_job_id), score_job, functions, repeats=repeats, seed=seed)
+    curve = _asc_curve(get_settings().database_url, int(run.sample_job_id), score_job, tuple(functions), repeats,
+                       seed)
     if curve.empty:
         st.info(f"Sample job {int(run.sample_job_id)} stored no samples.")
         return
@@ -131,6 +133,13 @@ def votes_page() -> None:
                         tooltip=["method", "k", "accuracy", "ci_low", "ci_high"])
                     + base.mark_area(opacity=0.08).encode(y="ci_low:Q", y2="ci_high:Q"))
     table(curve)
+
+
+@st.cache_data(show_spinner="Subsampling the votes...", max_entries=32)
+def _asc_curve(database_url: str, sample_job: int, score_job: int | None, functions: tuple[str, ...], repeats: int,
+               seed: int) -> pd.DataFrame:
+    # Seconds on thousands of problems, and a finished job's samples and scores never change: once per input.
+    return queries.asc_curve(store(database_url), sample_job, score_job, functions, repeats=repeats, seed=seed)
 
 
 def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, run: pd.Series) -> None:

@@ -220,6 +220,8 @@ def test_training_page_overlays_the_chosen_jobs_and_draws_nat_w_neg_per_layer(id
     alpha = chart_data(at, 2)
     assert alpha.loc[alpha["step"] == 4, ["layer", "proj", "mean_w_neg"]].values.tolist() == [
         [0, "q_proj", -0.375], [0, "v_proj", -0.25], [1, "q_proj", 0.25], [1, "v_proj", 0.375]]
+    at.selectbox[1].set_value("v_proj").run()
+    assert chart_data(at, 2)["mean_w_neg"].tolist() == [-0.125, 0.25, -0.25, 0.375]
 
 
 def test_every_tdg_page_says_so_when_the_store_is_empty(db: Store) -> None:
