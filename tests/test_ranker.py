@@ -1,0 +1,204 @@
+"""train-ranker and score-samples on a tiny random encoder (SQLite and PostgreSQL), and a kill -9 mid-training."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from rplat.methods.ranker import Ranker, RankerConfig, collate, encode_pair, load_ranker, save_ranker
+from rplat.models import (
+    Dataset,
+    Job,
+    Model,
+    ModelParent,
+    Problem,
+    RankerPair,
+    RankerScore,
+    Sample,
+    TeacherChain,
+    TrainingMetric,
+)
+from rplat.queue import Queue
+from rplat.registry import register_model
+from rplat.runners.loop import Runner, RunnerOptions
+from rplat.store import transaction
+
+from killable_runners import count_rows, kill_then_rescue, runner_processes
+from tiny_lm import save_tiny, tiny_model, tiny_tokenizer
+
+TEACHER = "gpt-x"
+COMMON = {"problems": "train", "teacher": TEACHER, "encoder": "tiny", "max_length": 48, "lr": 1e-3}
+
+
+def _seed(db: Any, tmp_path: Path, n_problems: int) -> dict[int, dict[str, set[int]]]:
+    """The tiny model as the encoder and `n_problems` sums with two positive and two negative chains each (the
+    last problem only positives); returns problem id -> label -> chain ids."""
+    with transaction(db.engine()) as s:
+        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+        job_id = Queue.record_done(s, "import-chains", {}, {})
+        ds = Dataset(name="train", kind="problems", job_id=job_id)
+        s.add(ds)
+        s.flush()
+        chains: dict[int, dict[str, set[int]]] = {}
+        for k in range(n_problems):
+            problem = Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question=f"Compute {k} + 3.",
+                              answer=str(k + 3), content_hash=f"h{k}")
+            s.add(problem)
+            s.flush()
+            labels = ["pos", "neg", "pos", "neg"] if k < n_problems - 1 else ["pos", "pos"]
+            chains[problem.id] = {"pos": set(), "neg": set()}
+            for i, label in enumerate(labels):
+                text = f"{k} + 3 = {k + 3 + (0 if label == 'pos' else i + 1)}, so \\boxed{{{k + 3}}}."
+                chain = TeacherChain(job_id=job_id, problem_id=problem.id, teacher=TEACHER, sample_idx=i, text=text,
+                                     label=label, n_chars=len(text))
+                s.add(chain)
+                s.flush()
+                chains[problem.id][label].add(chain.id)
+    return chains
+
+
+def _drain(db: Any) -> None:
+    Runner(Queue(db.engine()), db.home, RunnerOptions(until_done=True, lease_seconds=30)).run()
+
+
+def _pairs(db: Any, job_id: int, split: str) -> list[Any]:
+    with transaction(db.engine()) as s:
+        return s.execute(select(RankerPair.epoch, RankerPair.problem_id, RankerPair.pos_chain_id,
+                                RankerPair.neg_chain_id, RankerPair.s_pos, RankerPair.s_neg, RankerPair.loss)
+                         .where(RankerPair.job_id == job_id, RankerPair.split == split)
+                         .order_by(RankerPair.epoch, RankerPair.problem_id)).all()
+
+
+def test_train_ranker_stores_a_pair_per_question_and_epoch_and_reports_heldout_accuracy(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    chains = _seed(db, tmp_path, 7)  # 6 questions with both labels: 4 train, 2 held out
+    job_id, _ = Queue(db.engine()).enqueue("train-ranker", {**COMMON, "epochs": 2, "heldout_fraction": 0.3,
+                                                            "batch_size": 2, "checkpoint_every": 2})
+    _drain(db)
+    with transaction(db.engine()) as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded", job.error
+        ranker = s.scalar(select(Model).where(Model.job_id == job_id))
+        parents = dict(s.execute(select(ModelParent.relation, ModelParent.parent_id)
+                                 .where(ModelParent.model_id == ranker.id)).all())
+        tiny_id = s.scalar(select(Model.id).where(Model.name == "tiny"))
+        last = s.scalar(select(TrainingMetric).where(TrainingMetric.job_id == job_id)
+                        .order_by(TrainingMetric.step.desc()).limit(1))
+        extra, steps = last.extra, last.step + 1
+    train, heldout = _pairs(db, job_id, "train"), _pairs(db, job_id, "heldout")
+    train_questions = {q for _, q, *_ in train}
+    assert (ranker.name, ranker.format, ranker.role, parents) == (f"ranker-job{job_id}", "ranker", "ranker",
+                                                                    {"base": tiny_id})
+    assert len(train_questions) == 4 and len(heldout) == 2 and not train_questions & {q for _, q, *_ in heldout}
+    assert sorted((e, q) for e, q, *_ in train) == sorted((e, q) for e in (0, 1) for q in train_questions)
+    assert all(a in chains[q]["pos"] and b in chains[q]["neg"] for _, q, a, b, *_ in train + heldout)
+    assert all(lo == pytest.approx((1 - sp) ** 3 + sn ** 3, rel=1e-5) for *_, sp, sn, lo in train + heldout)
+    accuracy = sum(sp > sn for *_, sp, sn, _ in heldout) / 2
+    assert job.result["heldout_accuracy"] == accuracy == extra["heldout_accuracy"]
+    assert job.result["heldout_loss"] == pytest.approx(sum(r[-1] for r in heldout) / 2)
+    assert job.result["pairs"] == 8 and steps == job.result["steps"] == 4
+
+    # The registered ranker reloads from its safetensors and gives the stored held-out scores.
+    model, tok, cfg = load_ranker(Path(ranker.path))
+    _, q, pos_id, _, s_pos, _, _ = heldout[0]
+    with transaction(db.engine()) as s:
+        question = s.get(Problem, q).question
+        text = s.get(TeacherChain, pos_id).text
+    batch = collate([encode_pair(tok, question, text, cfg.max_length)], tok.pad_token_id)
+    with torch.no_grad():
+        assert model(**batch).item() == pytest.approx(s_pos, abs=1e-5)
+
+
+def _ranker_and_samples(db: Any, tmp_path: Path) -> int:
+    """A ranker built in-process (tiny encoder, max length 24) and a sample job: problem 0 with two short samples
+    and an over-long one, problem 1 with only an over-long one. Returns the sample job's id."""
+    directory = tmp_path / "ranker"
+    torch.manual_seed(0)
+    save_ranker(Ranker(tiny_model().model, 32), tiny_tokenizer(), directory, RankerConfig("base", 32, 24))
+    with transaction(db.engine()) as s:
+        rk = register_model(s, "rk", "ranker", directory, role="ranker")
+        job_id = Queue.record_done(s, "sample", {}, {})
+        ds = Dataset(name="test", kind="problems", job_id=job_id)
+        s.add(ds)
+        s.flush()
+        long = " ".join(["3 + 4 = 7."] * 10)
+        for k, texts in enumerate([["3 + 4 = 7.", "The answer is 8.", long], [long]]):
+            problem = Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question="Compute 3 + 4.",
+                              answer="7", content_hash=f"t{k}")
+            s.add(problem)
+            s.flush()
+            s.add_all([Sample(job_id=job_id, problem_id=problem.id, model_id=rk.id, sample_idx=i, decoding="sampled",
+                              text=t) for i, t in enumerate(texts)])
+    return job_id
+
+
+def test_score_samples_scores_each_sample_once_and_fills_over_long_ones_with_the_problem_mean(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sample_job = _ranker_and_samples(db, tmp_path)
+    job_id, _ = Queue(db.engine()).enqueue("score-samples", {"sample_job": sample_job, "ranker": "rk",
+                                                             "batch_size": 1})
+    _drain(db)
+    with transaction(db.engine()) as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded", job.error
+        rows = s.execute(select(Sample.problem_id, Sample.sample_idx, RankerScore.score, RankerScore.truncated)
+                         .join(Sample, Sample.id == RankerScore.sample_id).where(RankerScore.job_id == job_id)
+                         .order_by(Sample.problem_id, Sample.sample_idx)).all()
+    (_, _, a, ta), (_, _, b, tb), (_, _, filled, tf), (_, _, alone, tl) = rows
+    assert (ta, tb, tf, tl) == (False, False, True, True)
+    assert 0 < a < 1 and 0 < b < 1 and a != b
+    assert filled == pytest.approx((a + b) / 2) and alone == 1.0
+    assert job.result["scored"] == 4 and job.result["truncated"] == 2
+    assert job.result["mean_score"] == pytest.approx((a + b + filled + alone) / 4)
+
+
+def test_bad_inputs_fail_the_job_with_one_sentence_and_write_nothing(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sample_job = _ranker_and_samples(db, tmp_path)
+    with transaction(db.engine()) as s:
+        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+        empty_samples = Queue.record_done(s, "sample", {}, {})
+    queue = Queue(db.engine())
+    not_a_ranker, _ = queue.enqueue("score-samples", {"sample_job": sample_job, "ranker": "tiny"})
+    no_samples, _ = queue.enqueue("score-samples", {"sample_job": empty_samples, "ranker": "rk"})
+    no_pairs, _ = queue.enqueue("train-ranker", {**COMMON, "problems": "test"})
+    _drain(db)
+    with transaction(db.engine()) as s:
+        errors = {j: (s.get(Job, j).status, s.get(Job, j).error) for j in (not_a_ranker, no_samples, no_pairs)}
+        written = s.scalar(select(func.count()).select_from(RankerScore)) + s.scalar(
+            select(func.count()).select_from(RankerPair))
+    assert errors[not_a_ranker] == ("failed", "ranker 'tiny' is a base model, not a ranker; pass --param ranker= the "
+                                              "result of a train-ranker job.")
+    assert errors[no_samples][0] == "failed" and "stored no samples" in errors[no_samples][1]
+    assert errors[no_pairs][0] == "failed" and "both a positive and a negative chain" in errors[no_pairs][1]
+    assert written == 0
+
+
+@pytest.fixture
+def runners(db) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
+    yield from runner_processes(db)
+
+
+def test_killed_train_ranker_resumes_with_the_same_loss_curve_and_pairs(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+    _seed(db, tmp_path, 11)
+    common = {**COMMON, "epochs": 8, "heldout_fraction": 0.2, "checkpoint_every": 4}  # 8 questions x 8 = 64 steps
+    queue = Queue(db.engine())
+    straight, _ = queue.enqueue("train-ranker", {**common, "ranker_name": "straight"})
+    _drain(db)
+    crashed, _ = queue.enqueue("train-ranker", {**common, "ranker_name": "crashed"})
+    resume_at, (result, attempts) = kill_then_rescue(db, runners, crashed, 64, checkpoint_at=8)
+    with transaction(db.engine()) as s:
+        curves = {j: s.execute(select(TrainingMetric.step, TrainingMetric.loss).where(TrainingMetric.job_id == j)
+                               .order_by(TrainingMetric.step)).all() for j in (straight, crashed)}
+    assert result["resumed_from"] == resume_at > 0 and attempts == 2
+    assert [st for st, _ in curves[crashed]] == list(range(64))
+    assert [lo for _, lo in curves[crashed]] == pytest.approx([lo for _, lo in curves[straight]], rel=1e-4)
+    pairs = {j: _pairs(db, j, "train") for j in (straight, crashed)}
+    assert len(pairs[crashed]) == count_rows(db, RankerPair, crashed) - 2 == 64
+    assert [r[:4] for r in pairs[crashed]] == [r[:4] for r in pairs[straight]]
+    assert [r[4] for r in pairs[crashed]] == pytest.approx([r[4] for r in pairs[straight]], rel=1e-4)
+    with transaction(db.engine()) as s:
+        assert result["heldout_accuracy"] == s.get(Job, straight).result["heldout_accuracy"]
