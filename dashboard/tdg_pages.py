@@ -47,8 +47,8 @@ def chains_page() -> None:
 
     st.subheader("One problem's chains")
     problems = rows.drop_duplicates("problem_id")
-    labels = {int(r.problem_id): f"{r.problem} ({r.subject or 'no subject'}, {r.level or 'no level'}): gold {r.gold}"
-              for r in problems.itertuples()}
+    labels = {int(r.problem_id): f"{r.problem} ({_text(r.subject, 'no subject')}, {_text(r.level, 'no level')}): "
+                                 f"gold {_text(r.gold)}" for r in problems.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
     question = queries.problem_question(con, picked)
     if question:
@@ -56,8 +56,8 @@ def chains_page() -> None:
         st.text(question)
     for r in rows[rows["problem_id"] == picked].itertuples():
         verdicts = f"Hendrycks {_tick(r.hendrycks_correct)}, math-verify {_tick(r.math_verify_correct)}"
-        st.markdown(f"**{r.teacher}, chain {r.sample_idx}: {r.label}** (extracted {r.extracted_answer or '-'}, "
-                    f"gold {r.gold}; {verdicts}; job {r.job_id})")
+        st.markdown(f"**{r.teacher}, chain {r.sample_idx}: {r.label}** (extracted `{_text(r.extracted_answer)}`, "
+                    f"gold `{_text(r.gold)}`; {verdicts}; job {r.job_id})")
         st.text(r.chain)
 
 
@@ -145,7 +145,7 @@ def _asc_curve(database_url: str, sample_job: int, score_job: int | None, functi
 def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, run: pd.Series) -> None:
     st.subheader("One problem's samples and votes")
     problems = shown.drop_duplicates("problem_id")
-    labels = {int(r.problem_id): f"{r.problem} ({r.subject or 'no subject'}): gold {r.gold}"
+    labels = {int(r.problem_id): f"{r.problem} ({_text(r.subject, 'no subject')}): gold {_text(r.gold)}"
               for r in problems.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
     question = queries.problem_question(con, picked)
@@ -213,6 +213,11 @@ def _interval_chart(rows: pd.DataFrame, category: str) -> alt.LayerChart:
                                     x2="ci_high:Q")
             + base.mark_point(filled=True, size=60).encode(x="accuracy:Q",
                                                            tooltip=[category, "accuracy", "ci_low", "ci_high"]))
+
+
+def _text(value: object, missing: str = "-") -> str:
+    """A value for a label; DuckDB hands a NULL string to pandas as NaN."""
+    return missing if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
 
 def _tick(value: bool | None) -> str:

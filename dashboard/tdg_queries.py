@@ -114,7 +114,7 @@ def votes_wide(long: pd.DataFrame) -> pd.DataFrame:
     """One row per problem, a column per method: `<method>` its answer, `<method> margin`, and a tick when right."""
     if long.empty:
         return pd.DataFrame(columns=["problem_id", "problem", "subject", "gold"])
-    long = long.assign(shown=[f"{a} ✓" if c else ("-" if a is None else str(a))
+    long = long.assign(shown=[f"{a} ✓" if c else ("-" if pd.isna(a) else str(a))
                               for a, c in zip(long["answer"], long["correct"].fillna(False), strict=True)])
     methods = list(dict.fromkeys(long["method"]))
     keys = ["problem_id", "problem", "subject", "gold"]
