@@ -5,9 +5,10 @@ When several answers tie, a problem earns the fraction of the tied answers that 
 accuracy of breaking the tie at random, which is what the papers' tables report.
 
 `vote` handles one problem's strings; `asc_vote` is the same rule vectorised over a batch of problems x
-samples of integer answer codes (-1: no answer), with ASC's vote functions (B4) f0 = 1 (plain
-self-consistency), f1 = 1 + 2s, f2 = 1 + s, f3 = s of each sample's ranker score s. `accuracy_curve` is the
-paper's accuracy against the number of samples k, by repeated subsampling of k of the n samples.
+samples of integer answer codes (-1: no answer; `answer_codes` makes them), with ASC's vote functions (B4)
+f0 = 1 (plain self-consistency), f1 = 1 + 2s, f2 = 1 + s, f3 = s of each sample's ranker score s;
+`asc_votes` runs several of them on one grouping of the answers. `accuracy_curve` is the paper's accuracy
+against the number of samples k, by repeated subsampling of k of the n samples.
 """
 
 from __future__ import annotations
