@@ -43,6 +43,10 @@ def chains_page() -> None:
     if rows.empty:
         st.info("No chain matches these filters.")
         return
+    total = counts["pos"] + counts["neg"]
+    if len(rows) < total:
+        st.caption(f"The first {len(rows)} of the {total} matching chains, by problem; narrow the filters to see "
+                   "the others.")
     table(rows.drop(columns=["chain"]))
 
     st.subheader("One problem's chains")
@@ -75,6 +79,8 @@ def votes_page() -> None:
               for r in runs.itertuples()}
     job = st.selectbox("run (aggregate job / model)", list(labels), format_func=labels.__getitem__)
     run = runs.set_index("job_id").loc[job]
+    sample_job = int(run.sample_job_id)
+    score_job = None if pd.isna(run.score_job_id) else int(run.score_job_id)
     left, right = st.columns(2)
     disagree = left.checkbox("only problems where ASC and SC disagree")
     failed = right.checkbox("only problems every method failed")
@@ -93,7 +99,7 @@ def votes_page() -> None:
         st.info("No problem of this run matches these filters.")
     else:
         table(queries.votes_wide(shown))
-        _one_problem(con, shown, run)
+        _one_problem(con, shown, sample_job, score_job)
 
     everything = queries.votes(con, job)
     voted = everything[~everything["method"].isin(["greedy", "asc-f0"])].dropna(subset=["margin"])
@@ -112,18 +118,13 @@ def votes_page() -> None:
     st.caption("SC and each ASC vote over k of each problem's samples, averaged over random subsets (the same "
                "subsets for every method; the defaults are `rplat report asc`'s), with 95% Wilson bands over the "
                "problems.")
-    if pd.isna(run.sample_job_id):
-        st.info("This aggregate job names no sample job, so there are no samples to subsample.")
-        return
     left, right = st.columns(2)
     repeats = int(left.number_input("random subsets per k", min_value=1, max_value=500, value=20))
     seed = int(right.number_input("seed", value=0, step=1))
     functions = [m.removeprefix("asc-") for m in run.methods if m.startswith("asc-") and m != "asc-f0"]
-    score_job = None if pd.isna(run.score_job_id) else int(run.score_job_id)
-    curve = _asc_curve(get_settings().database_url, int(run.sample_job_id), score_job, tuple(functions), repeats,
-                       seed)
+    curve = _asc_curve(get_settings().database_url, sample_job, score_job, tuple(functions), repeats, seed)
     if curve.empty:
-        st.info(f"Sample job {int(run.sample_job_id)} stored no samples.")
+        st.info(f"Sample job {sample_job} stored no samples.")
         return
     order = list(dict.fromkeys(curve["method"]))
     base = alt.Chart(curve).encode(x=alt.X("k:Q", title="samples per problem (k)", axis=STEPS),
@@ -142,7 +143,8 @@ def _asc_curve(database_url: str, sample_job: int, score_job: int | None, functi
     return queries.asc_curve(store(database_url), sample_job, score_job, functions, repeats=repeats, seed=seed)
 
 
-def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, run: pd.Series) -> None:
+def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, sample_job: int, score_job: int | None
+                 ) -> None:
     st.subheader("One problem's samples and votes")
     problems = shown.drop_duplicates("problem_id")
     labels = {int(r.problem_id): f"{r.problem} ({_text(r.subject, 'no subject')}): gold {_text(r.gold)}"
@@ -154,11 +156,8 @@ def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, run: pd.Se
         st.text(question)
     table(shown[shown["problem_id"] == picked][["method", "answer", "correct", "credit", "vote_mass", "tie_size",
                                                 "margin"]])
-    if pd.isna(run.sample_job_id):
-        return
-    score_job = None if pd.isna(run.score_job_id) else int(run.score_job_id)
-    samples = queries.samples_of(con, int(run.sample_job_id), score_job, picked)
-    st.markdown(f"**samples** (sample job {int(run.sample_job_id)}"
+    samples = queries.samples_of(con, sample_job, score_job, picked)
+    st.markdown(f"**samples** (sample job {sample_job}"
                 + (f", ranker scores of job {score_job})" if score_job is not None else ", not scored)"))
     table(samples[["sample_idx", "extracted_answer", "correct", "score", "truncated", "finish_reason", "chain"]])
 
