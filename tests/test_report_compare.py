@@ -163,7 +163,7 @@ def test_compare_refuses_a_run_it_cannot_compare_in_one_sentence(world: tuple[St
     db, w = world
     cases = [
         ("999", str(w.a), "job 999 does not exist, not an evaluate or aggregate job"),
-        (str(w.sample), str(w.a), f"job {w.sample} is a sample job, not an evaluate or aggregate job"),
+        (str(w.sample), str(w.a), f"job {w.sample} is of kind sample, not an evaluate or aggregate job"),
         (str(w.empty), str(w.a), f"evaluate job {w.empty} (queued) has no predictions yet"),
         (str(w.a), str(w.b), f"aggregate job {w.b} stored several methods (asc-f3, sc); name one as {w.b}:METHOD"),
         (str(w.a), f"{w.b}:asc-f9", "has no predictions of method 'asc-f9'; its methods are asc-f3, sc"),
@@ -182,7 +182,8 @@ def test_report_compare_cli_prints_the_comparison_and_json(world: tuple[Store, W
     code, out, _ = run_cli(capsys, "report", "compare", str(w.a), f"{w.b}:asc-f3", "--seed", "5")
     printed = out.splitlines()
     assert code == 0
-    assert printed[0] == f"A: evaluate job {w.a} greedy (model student): accuracy 75.00 [30.1, 95.4] % [95% Wilson]"
+    assert printed[0] == (f"A: evaluate job {w.a} greedy (model student): accuracy 75.00% (95% Wilson interval "
+                          "30.1-95.4%)")
     assert printed[2] == ("on 4 common problems; difference A - B: +50.00 points, paired bootstrap 95% interval "
                           "[-50.0, +100.0] (10000 resamples, seed 5)")
     assert printed[3] == "solved by both: 0, by A only: 3, by B only: 1, by neither: 0; exact McNemar p = 0.625"

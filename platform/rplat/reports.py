@@ -260,7 +260,7 @@ def _run_credits(session: Any, text: str) -> dict[str, Any]:
     job_id, method = _parse_run(text)
     job = session.get(Job, job_id)
     if job is None or job.kind not in COMPARABLE_KINDS:
-        what = "does not exist" if job is None else f"is a {job.kind} job"
+        what = "does not exist" if job is None else f"is of kind {job.kind}"
         raise UserError(f"job {job_id} {what}, not an evaluate or aggregate job; see `rplat jobs ls --kind evaluate` "
                         "or `rplat jobs ls --kind aggregate`.")
     methods = list(session.scalars(select(Prediction.method).where(Prediction.job_id == job_id).distinct()

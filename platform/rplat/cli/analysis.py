@@ -120,6 +120,11 @@ def _with_interval(value: float | None, low: float | None, high: float | None, s
     return f"{scale * value:.2f} [{scale * low:.1f}, {scale * high:.1f}]"
 
 
+def _proportion(value: float, low: float, high: float) -> str:
+    """`75.00% (95% Wilson interval 30.1-95.4%)`: a proportion and its interval in a sentence."""
+    return f"{100 * value:.2f}% (95% Wilson interval {100 * low:.1f}-{100 * high:.1f}%)"
+
+
 @report.command("tdg")
 @click.option("--experiment", required=True, help="the experiment whose greedy sample evaluations to show")
 @click.option("--table", "which", type=click.Choice(["1", "2"]), default="2", show_default=True,
@@ -192,8 +197,7 @@ def report_prefilter(job_id: int | None, experiment: str | None, examples: int, 
     click.echo(f"prefilter job {summary['job_id']} ({summary['status']}): {summary['passed']} of {summary['scored']} "
                f"documents kept at cosine >= {summary['threshold']} (max {summary['max_chars']} chars)")
     if summary["pass_rate"] is not None:
-        click.echo("pass rate: " + _with_interval(summary["pass_rate"], summary["ci_low"], summary["ci_high"], 100)
-                   + " % [95% Wilson interval]")
+        click.echo(f"pass rate: {_proportion(summary['pass_rate'], summary['ci_low'], summary['ci_high'])}")
     q = summary["cosine_quantiles"]
     click.echo("cosine to the reference centroid: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()))
     for title, key in (("closest", "closest"), ("farthest", "farthest")):
@@ -229,7 +233,7 @@ def report_compare(run_a: str, run_b: str, resamples: int, seed: int, as_json: b
     for name in ("a", "b"):
         r = c[name]
         click.echo(f"{name.upper()}: {r['kind']} job {r['job_id']} {r['method']} (model {r['model'] or '?'}): "
-                   f"accuracy {_with_interval(r['accuracy'], r['ci_low'], r['ci_high'], 100)} % [95% Wilson]")
+                   f"accuracy {_proportion(r['accuracy'], r['ci_low'], r['ci_high'])}")
     click.echo(f"on {c['n']} common problems; difference A - B: {100 * c['difference']:+.2f} points, paired "
                f"bootstrap 95% interval [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}] ({c['resamples']} "
                f"resamples, seed {c['seed']})")
