@@ -10,7 +10,8 @@ from rplat.config import get_settings
 from rplat.dashboard import queries
 from rplat.errors import UserError
 
-EMPTY = "No {what} yet: run `make demo` (or `rplat pipeline rationalyst` and `rplat runner`) to fill the store."
+EMPTY = ("No {what} yet: run `make demo` (or `rplat pipeline rationalyst` / `rplat pipeline tdg` and "
+         "`rplat runner`) to fill the store.")
 
 
 @st.cache_resource
