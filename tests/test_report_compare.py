@@ -21,12 +21,13 @@ from rplat.models import (
     Extraction,
     Job,
     Prediction,
+    PrefilterScore,
     PromptTemplate,
     Rationale,
     RationaleScore,
     TeacherChain,
 )
-from rplat.reports import compare_report, rationalyst_report, tdg_report
+from rplat.reports import compare_report, prefilter_report, rationalyst_report, tdg_report
 from rplat.stats import wilson
 from rplat.store import transaction
 
@@ -96,6 +97,14 @@ def seed_world(store: Store) -> World:
                        content_hash="d0")
         s.add(doc)
         s.flush()
+        prefilter = seed.job("prefilter", {"threshold": 0.3, "max_chars": 2000}, "rat")
+        for i, cosine in enumerate((0.9, 0.6, 0.4, 0.1)):  # 3 of 4 documents pass 0.3
+            d = Document(dataset_id=ds.id, job_id=docs, external_id=f"pf{i}", text=f"text {i}", n_chars=6,
+                         content_hash=f"pf{i}")
+            s.add(d)
+            s.flush()
+            s.add(PrefilterScore(job_id=prefilter, document_id=d.id, embed_model_id=student, cosine=cosine,
+                                 threshold=0.3, passed=cosine >= 0.3))
         ex = Extraction(job_id=extract, document_id=doc.id, model_id=student, prompt_template_id=template.id,
                         temperature=0.0, input_text="Tom has 3 apples.", raw_output="...", passed=True)
         s.add(ex)
@@ -202,7 +211,8 @@ def test_report_rationalyst_gives_wilson_intervals_and_counts_leaks_in_the_funne
     low, high = wilson(3, 4)
     assert (result["accuracy"], result["ci_low"], result["ci_high"]) == (0.75, round(low, 4), round(high, 4))
     funnel = report["funnel"]
-    assert (funnel["rationales"], funnel["scored"], funnel["leaks"], funnel["kept"]) == (3, 3, 1, 1)
+    assert (funnel["prefilter_passed"], funnel["rationales"], funnel["scored"], funnel["leaks"], funnel["kept"]) == (
+        3, 3, 3, 1, 1)
     code, printed, _ = run_cli(capsys, "report", "rationalyst", "--experiment", "rat")
     assert code == 0
     assert "scored: 3, leaks (restating the following text, never kept): 1, kept by loss delta: 1" in printed
@@ -224,3 +234,14 @@ def test_report_tdg_cells_carry_the_wilson_interval_of_their_counts(db: Store,
     assert "33.33 [9.7, 70.0]" in printed  # 2 of 6: Wilson [9.68, 70.00]
     csv_header = run_cli(capsys, "report", "tdg", "--experiment", "e", "--csv")[1].splitlines()[0]
     assert "carry,carry_ci_low,carry_ci_high" in csv_header and "avg,avg_ci_low,avg_ci_high" in csv_header
+
+
+def test_report_prefilter_gives_the_pass_rate_with_its_wilson_interval(world: tuple[Store, World],
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    db, _ = world
+    report = prefilter_report(db.engine(), experiment="rat", examples=0)
+    low, high = wilson(3, 4)
+    assert (report["passed"], report["scored"]) == (3, 4)
+    assert (report["pass_rate"], report["ci_low"], report["ci_high"]) == (0.75, round(low, 4), round(high, 4))
+    code, printed, _ = run_cli(capsys, "report", "prefilter", "--experiment", "rat", "--examples", "0")
+    assert code == 0 and printed.splitlines()[1] == "pass rate: 75.00% (95% Wilson interval 30.1-95.4%)"
