@@ -1,4 +1,4 @@
-"""`aggregate` (TDG B4/B6): greedy, self-consistency and ASC's four votes per problem, as predictions.
+"""`aggregate` (TDG B4/B6): greedy, self-consistency and the four ASC votes per problem, stored.
 
 The votes are `rplat.methods.votes.asc_vote` over every problem at once: answers normalised as the sample job's
 own evaluation normalises them, each sample weighted by its ranker score from the score-samples job, ties kept

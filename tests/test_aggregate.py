@@ -1,4 +1,4 @@
-"""The `aggregate` job: greedy, sc and asc-f0..f3 predictions and evaluations from stored samples and scores."""
+"""The `aggregate` job (sc, asc-f0..f3, greedy from stored samples and scores); `rplat report asc`."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""ASC's vectorised votes (f0..f3 over problems x samples) and the accuracy-against-k curve, on crafted answers."""
+"""ASC's vectorised votes (f0..f3) and the accuracy-against-k curve, on crafted answer sets."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rplat.methods.votes import NO_ANSWER, accuracy_curve, answer_codes, asc_vote, tie_credit, vote
+from rplat.methods.votes import NO_ANSWER, accuracy_curve, accuracy_curves, answer_codes, asc_vote, tie_credit, vote
 
 A, B, C, N = 0, 1, 2, NO_ANSWER
 
@@ -98,8 +98,9 @@ def test_the_curve_at_k_equal_n_is_the_vote_over_all_samples() -> None:
 
 
 def test_one_sample_scores_the_same_under_every_vote_function_on_the_same_subsets() -> None:
-    curves = {f: accuracy_curve(ANSWERS, CORRECT, SCORES, [1], repeats=7, seed=5, f=f) for f in ("f0", "f1", "f3")}
+    curves = accuracy_curves(ANSWERS, CORRECT, SCORES, [1], repeats=7, seed=5, fs=["f0", "f1", "f3"])
     assert curves["f0"].tolist() == curves["f1"].tolist() == curves["f3"].tolist()
+    assert curves["f3"].tolist() == accuracy_curve(ANSWERS, CORRECT, SCORES, [1], repeats=7, seed=5, f="f3").tolist()
 
 
 def test_the_curve_at_k_1_estimates_the_share_of_right_samples_and_is_seeded() -> None:

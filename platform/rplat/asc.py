@@ -1,7 +1,7 @@
-"""The ASC curve (TDG B4): SC and ASC accuracy against the number of samples k, from an experiment's stored votes.
+"""The ASC curve (TDG B4): SC and ASC accuracy against the number of samples k, from stored votes.
 
 The votes' inputs are what an `aggregate` job read: its sample job's samples (answers normalised, each answer
-as correct as the first sample that gave it) and its score job's ranker scores. `accuracy_curve` subsamples k
+as correct as the first sample that gave it) and its score job's ranker scores. `accuracy_curves` subsamples k
 of each problem's n samples `repeats` times with one seed, the same subsets for every method, so the curves
 are paired; each point carries the 95% Wilson interval of its accuracy over the problems.
 """
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from rplat.errors import UserError
 from rplat.lookup import experiment_id
 from rplat.methods.answers import normalize
-from rplat.methods.votes import VOTE_FUNCTIONS, accuracy_curve, answer_codes
+from rplat.methods.votes import VOTE_FUNCTIONS, accuracy_curves, answer_codes
 from rplat.models import Job, Problem, RankerScore, Sample
 from rplat.stats import wilson
 from rplat.store import transaction
@@ -98,9 +98,9 @@ def asc_curve(engine: Engine, experiment: str, *, repeats: int = 20, seed: int =
         methods = [("sc", "f0")] + ([(f"asc-{f}", f) for f in p.get("votes", list(VOTE_FUNCTIONS))]
                                     if b.scores is not None else [])
         ks = list(range(1, n_samples + 1))
+        curves = accuracy_curves(b.codes, b.correct, b.scores, ks, repeats, seed, sorted({f for _, f in methods}))
         for method, f in methods:
-            curve = accuracy_curve(b.codes, b.correct, b.scores, ks, repeats, seed, f)
-            for k, accuracy in zip(ks, curve.tolist(), strict=True):
+            for k, accuracy in zip(ks, curves[f].tolist(), strict=True):
                 low, high = wilson(accuracy * n_problems, n_problems)
                 rows.append({"model": model, "aggregate_job": job_id, "sample_job": p["sample_job"],
                              "method": method, "k": k, "n": n_problems, "accuracy": accuracy, "ci_low": low,

@@ -1,4 +1,4 @@
-"""`rplat report asc`: SC and ASC accuracy against the number of samples k (the TDG paper's ASC figure)."""
+"""`rplat report asc`: SC and ASC accuracy against the number of samples k (TDG's ASC figure)."""
 
 from __future__ import annotations
 

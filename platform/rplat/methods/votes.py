@@ -219,13 +219,16 @@ def asc_vote(answers: np.ndarray, scores: np.ndarray | None = None, f: str = "f0
     return asc_votes(answers, scores, [f], correct)[f]
 
 
-def accuracy_curve(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray | None = None,
-                   ks: Sequence[int] | None = None, repeats: int = 20, seed: int = 0, f: str = "f0") -> np.ndarray:
-    """Mean accuracy (credit per problem, micro-averaged) of voting with `f` over k of each problem's n samples,
-    for each k in `ks` (default 1..n), averaged over `repeats` random subsets per problem drawn with `seed`.
+def accuracy_curves(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray | None = None,
+                    ks: Sequence[int] | None = None, repeats: int = 20, seed: int = 0,
+                    fs: Sequence[str] = ("f0",)) -> dict[str, np.ndarray]:
+    """Mean accuracy (credit per problem, micro-averaged) of voting with each of `fs` over k of each problem's
+    n samples, for each k in `ks` (default 1..n), averaged over `repeats` random subsets per problem drawn with
+    `seed`.
 
     A repeat draws one random order of each problem's samples and its first k make the subset of every k, so
-    the subsets are nested and the same seed gives every vote function the same subsets (paired curves)."""
+    the subsets are nested, and every vote function votes on the same subsets (paired curves; the same seed
+    gives the same subsets in another call too)."""
     answers = np.asarray(answers, dtype=np.int64)
     n_problems, n_samples = answers.shape
     ks = list(range(1, n_samples + 1)) if ks is None else list(ks)
@@ -236,15 +239,22 @@ def accuracy_curve(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray 
     correct = np.asarray(correct, dtype=bool)
     scores = None if scores is None else np.asarray(scores, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    total = np.zeros(len(ks))
+    total = {f: np.zeros(len(ks)) for f in fs}
     for _ in range(repeats):
         order = np.argsort(rng.random(answers.shape), axis=1)
         for i, k in enumerate(ks):
             # Sorted back into sample order, so "the first sample that gave an answer" means the same as in asc_vote.
             pick = np.sort(order[:, :k], axis=1)
-            result = asc_vote(np.take_along_axis(answers, pick, axis=1),
-                              None if scores is None else np.take_along_axis(scores, pick, axis=1), f,
+            votes = asc_votes(np.take_along_axis(answers, pick, axis=1),
+                              None if scores is None else np.take_along_axis(scores, pick, axis=1), fs,
                               np.take_along_axis(correct, pick, axis=1))
-            assert result.credit is not None
-            total[i] += result.credit.mean() if n_problems else 0.0
-    return total / repeats
+            for f, result in votes.items():
+                assert result.credit is not None
+                total[f][i] += result.credit.mean() if n_problems else 0.0
+    return {f: t / repeats for f, t in total.items()}
+
+
+def accuracy_curve(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray | None = None,
+                   ks: Sequence[int] | None = None, repeats: int = 20, seed: int = 0, f: str = "f0") -> np.ndarray:
+    """`accuracy_curves` of one vote function `f`."""
+    return accuracy_curves(answers, correct, scores, ks, repeats, seed, [f])[f]
