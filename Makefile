@@ -18,6 +18,7 @@ DEMO_TDG_TRAIN ?= 32
 DEMO_TDG_TEST ?= 12
 DEMO_TDG_CHAINS ?= 4
 DEMO_TDG_STEPS ?= 6
+DEMO_TDG_ASC ?= 4
 DEMO_TDG_PARAMS ?= {"collect-chains": {"temperature": 0.7, "max_tokens": 40, "n_fewshot": 2, "labeler": "math-verify"}, \
   "train": {"batch_size": 4, "grad_accum": 1, "max_length": 96, "checkpoint_every": 3}, \
   "train-nat": {"log_every": 2}, "sample": {"max_tokens": 40}}
@@ -60,12 +61,15 @@ define demo_tdg_enqueue
 	$(BIN)/rplat import problems $(CACHE)/sums-test.jsonl --dataset sums-test --id-field id --benchmark sums --split test --subject-field subject --append
 	$(BIN)/rplat experiments ls --json | grep -qF '"name": "demo-tdg",' || $(BIN)/rplat experiments add demo-tdg --description "make demo: TDG"
 	echo '$(DEMO_TDG_PARAMS)' > $(CACHE)/demo-tdg.json
-	$(BIN)/rplat pipeline tdg --experiment demo-tdg --benchmark sums-train --test sums-test --teacher smollm2-135m-instruct --student smollm2-135m-instruct --n-chains $(DEMO_TDG_CHAINS) --train-steps $(DEMO_TDG_STEPS) --params-file $(CACHE)/demo-tdg.json
+	$(BIN)/rplat pipeline tdg --experiment demo-tdg --benchmark sums-train --test sums-test --teacher smollm2-135m-instruct --student smollm2-135m-instruct --n-chains $(DEMO_TDG_CHAINS) --train-steps $(DEMO_TDG_STEPS) --asc-samples $(DEMO_TDG_ASC) --params-file $(CACHE)/demo-tdg.json
 endef
 
 define demo_tdg_report
 	$(BIN)/rplat sql "SELECT subject, label, count(*) AS chains FROM chains WHERE teacher = 'smollm2-135m-instruct' GROUP BY ALL ORDER BY ALL"
 	$(BIN)/rplat report tdg --experiment demo-tdg
+	$(BIN)/rplat report asc --experiment demo-tdg
+	agg=$$($(BIN)/rplat sql --csv "SELECT max(job_id) FROM job_timeline WHERE kind = 'aggregate' AND experiment = 'demo-tdg' AND status = 'succeeded'" | tail -n 1); \
+	$(BIN)/rplat report compare $$agg:sc $$agg:asc-f3
 endef
 
 # Two runners, one per core, each keeping torch and the models it loaded between jobs (a runner with slots
