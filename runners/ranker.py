@@ -1,4 +1,4 @@
-"""`train-ranker` and `score-samples` (TDG B4): the ASC ranker trained on chain pairs, then samples scored.
+"""`train-ranker` and `score-samples` (TDG B4): train the ASC ranker on chain pairs, score samples.
 
 train-ranker reads the questions of `problems` that have both a positive and a negative chain of `teacher`,
 holds a seeded `heldout_fraction` of them out, and gives every training question one pair per epoch (one random
@@ -230,7 +230,7 @@ def score_samples(ctx: JobContext, p: ScoreSamplesParams) -> dict[str, Any]:
     if not samples:
         raise UserError(f"sample job {p.sample_job} stored no samples; pass --param sample_job= a sample job that "
                         "succeeded.")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = training_device()
     model, tokenizer, cfg = load_ranker(ranker_path, device)
     encoded = {r.id: encode_pair(tokenizer, r.question, r.text, cfg.max_length) for r in samples if r.id not in done}
     # Similar lengths in a batch mean little padding.

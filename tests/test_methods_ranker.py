@@ -1,4 +1,4 @@
-"""The ASC ranker's pure parts (TDG B4): head formula, chain-only pooling, pair loss, inputs, save and load."""
+"""The ASC ranker's pure parts (TDG B4): head, chain-only pooling, pair loss, inputs, saving."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""train-ranker and score-samples on a tiny random encoder (SQLite and PostgreSQL), and a kill -9 mid-training."""
+"""train-ranker and score-samples on a tiny random encoder (both stores); kill -9 mid-training."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ASC ranker (TDG B4): an encoder mean-pooled over the chain's tokens, then a residual ELU head.
+"""The ASC ranker (TDG B4): an encoder mean-pooled over the chain's tokens, a residual ELU head.
 
 For a question q and a chain c, tokenized as one pair (`[specials] q [specials] c [specials]`), the encoder's
 last hidden states are averaged over the chain's tokens only (`chain_mask`: 1 on c, 0 on q, on special tokens
