@@ -1,4 +1,4 @@
-"""The Streamlit app behind `rplat dashboard`: rationales, failures, solved sets, jobs."""
+"""The Streamlit app behind `rplat dashboard`: rationales, failures, intersections, jobs, SQL and the TDG pages."""
 
 from __future__ import annotations
 
@@ -6,8 +6,17 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from rplat.analytics import MAX_RUNS
 from rplat.dashboard import queries
 from rplat.dashboard.common import EMPTY, connection, table
+from rplat.dashboard.tdg_pages import chains_page, training_page, votes_page
+from rplat.errors import UserError
+
+DEFAULT_RUNS = 4
+"""Intersections start with the newest runs, this many of them."""
+
+EXAMPLE_QUERY = ("SELECT method, model, count(*) AS problems, avg(CAST(correct AS INTEGER)) AS accuracy\n"
+                 "FROM predictions GROUP BY ALL ORDER BY accuracy DESC")
 
 
 def rationales_page() -> None:
@@ -19,23 +28,36 @@ def rationales_page() -> None:
     if not sources:
         st.info(EMPTY.format(what="rationales"))
         return
-    left, middle, right = st.columns(3)
+    left, middle, right, far = st.columns(4)
     chosen = left.multiselect("source", sources, default=sources)
     kept = {"all": None, "kept": True, "dropped": False}[middle.radio("kept", ["all", "kept", "dropped"],
                                                                       horizontal=True)]
+    leak = {"all": None, "leaks": True, "no leaks": False}[far.radio("leaks", ["all", "leaks", "no leaks"],
+                                                                     horizontal=True)]
     highest_first = right.radio("sort by loss delta", ["highest first", "lowest first"],
                                 horizontal=True) == "highest first"
-    rows = queries.rationales(con, chosen, kept, highest_first)
+    rows = queries.rationales(con, chosen, kept, highest_first, leak)
     if rows.empty:
         st.info("No rationale matches these filters.")
         return
     scored = rows["loss_delta"].notna()
-    a, b, c = st.columns(3)
+    a, b, c, d = st.columns(4)
     a.metric("rationales shown", len(rows))
     b.metric("kept", int(rows["kept"].fillna(False).astype(bool).sum()))
-    c.metric("mean loss delta", f"{rows.loc[scored, 'loss_delta'].mean():.4f}" if scored.any() else "-")
+    c.metric("leaks", int(rows["leak"].fillna(False).astype(bool).sum()))
+    d.metric("mean loss delta", f"{rows.loc[scored, 'loss_delta'].mean():.4f}" if scored.any() else "-")
     table(rows[["rationale_id", "extract_job_id", "score_job_id", "source", "loss_delta", "s_with", "s_without",
-                "tau", "kept", "rationale", "item", "experiment"]])
+                "tau", "kept", "overlap", "leak", "rationale", "item", "experiment"]])
+    groups = queries.loss_delta_groups(rows)
+    if not groups.empty:
+        st.subheader("Loss deltas")
+        st.caption("How much each shown rationale helps: kept and dropped by the threshold tau, and the leaks "
+                   "(rationales that copy the text they precede, dropped whatever their delta).")
+        st.altair_chart(alt.Chart(groups).mark_bar(opacity=0.75).encode(
+            x=alt.X("loss_delta:Q", bin=alt.Bin(maxbins=40), title="loss delta (S_with - S_without)"),
+            y=alt.Y("count():Q", stack=None, title="rationales"),
+            color=alt.Color("group:N", scale=alt.Scale(domain=["kept", "dropped", "leak"])),
+            tooltip=["group:N", "count():Q"]))
 
     st.subheader("One rationale in its context")
     labels = {int(r.rationale_id): f"#{r.rationale_id}  delta {_number(r.loss_delta)}  {r.rationale[:80]}"
@@ -44,7 +66,9 @@ def rationales_page() -> None:
     row = rows.set_index("rationale_id").loc[picked]
     st.caption(f"extracted by job {row.extract_job_id} ({row.extractor}); "
                + (f"scored by job {int(row.score_job_id)} ({row.scorer}), tau {_number(row.tau)}, "
-                  f"{'kept' if row.kept else 'dropped'}" if pd.notna(row.score_job_id) else "not scored yet"))
+                  f"overlap with the following text {_number(row.overlap)}, "
+                  f"{'a leak, ' if _true(row.leak) else ''}{'kept' if row.kept else 'dropped'}"
+                  if pd.notna(row.score_job_id) else "not scored yet"))
     a, b, c = st.columns(3)
     a.metric("S_without", _number(row.s_without))
     b.metric("S_with", _number(row.s_with))
@@ -99,41 +123,67 @@ def failures_page() -> None:
         table(group[["job_id", "candidate_idx", "candidate", "score", "chosen"]])
 
 
-def solved_sets_page() -> None:
-    st.title("Solved sets")
-    st.caption("Which problems each run solves, and where two runs differ.")
+def intersections_page() -> None:
+    st.title("Intersections")
+    st.caption("Which problems each of the chosen runs solves: over the problems all of them answered, how many "
+               "each combination of runs solves, and nobody else (an UpSet chart); pick one to see its problems.")
     con = connection()
-    runs = queries.runs(con)
+    runs = queries.solved_runs(con)
     if not runs:
         st.info(EMPTY.format(what="evaluated runs"))
         return
-    table(queries.evaluations(con))
-    if len(runs) < 2:
-        st.info("Only one run is evaluated so far; a comparison needs two.")
+    accuracies = queries.accuracies(con)
+    if not accuracies.empty:
+        st.subheader("Accuracy per run")
+        st.altair_chart(_accuracy_chart(accuracies))
+        table(accuracies[["run", "experiment", "n", "n_correct", "accuracy", "ci_low", "ci_high"]])
+
+    st.subheader("Solved sets")
+    chosen = st.multiselect("runs", runs, default=runs[:DEFAULT_RUNS], max_selections=MAX_RUNS)
+    if not chosen:
+        st.info("Choose the runs to intersect.")
         return
-    left, right = st.columns(2)
-    run_a = left.selectbox("run A", runs, index=0)
-    run_b = right.selectbox("run B", [r for r in runs if r != run_a], index=0)
-    counts = queries.intersection(con, run_a, run_b)
-    if counts is None:
-        st.info("These two runs answered no problem in common.")
+    combinations = queries.signatures(con, chosen)
+    if combinations.empty:
+        st.info("These runs answered no problem in common.")
         return
-    st.caption(f"over the {counts['problems']} problems both answered (evaluate jobs "
-               f"{counts['job_id_a']} and {counts['job_id_b']})")
-    a, b, c, d = st.columns(4)
-    a.metric("both solve", int(counts["both_solved"]))
-    b.metric("only A solves", int(counts["only_a"]))
-    c.metric("only B solves", int(counts["only_b"]))
-    d.metric("neither solves", int(counts["neither"]))
-    left, right = st.columns(2)
-    for column, run, ids, label in [(left, run_a, counts["only_a_problem_ids"], "A"),
-                                    (right, run_b, counts["only_b_problem_ids"], "B")]:
-        column.markdown(f"**only {label} solves** ({run})")
-        if len(ids):
-            with column:
-                table(queries.predictions_of(con, run, list(ids)))
-        else:
-            column.caption("none")
+    common = int(combinations["problems"].sum())
+    a, b, c = st.columns(3)
+    a.metric("common problems", common)
+    b.metric("solved by all", int(combinations.loc[combinations["mask"] == 2 ** len(chosen) - 1, "problems"].sum()))
+    c.metric("solved by none", int(combinations.loc[combinations["mask"] == 0, "problems"].sum()))
+    st.altair_chart(_upset_chart(combinations, chosen))
+    labels = {int(r.mask): f"{r.combination} ({r.problems} problem{'' if r.problems == 1 else 's'})"
+              for r in combinations.itertuples()}
+    mask = st.selectbox("combination", list(labels), format_func=labels.__getitem__)
+    st.caption(f"{labels[mask]}: each chosen run's answer beside the gold one")
+    table(queries.signature_problems(con, chosen, mask))
+
+
+def _accuracy_chart(rows: pd.DataFrame) -> alt.LayerChart:
+    """Each run's accuracy as a point on its 95% Wilson interval."""
+    base = alt.Chart(rows[["run", "accuracy", "ci_low", "ci_high", "n"]]).encode(
+        y=alt.Y("run:N", sort=None, title=None))
+    return (base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("ci_low:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy (95% Wilson interval)"), x2="ci_high:Q")
+        + base.mark_point(filled=True, size=70).encode(x="accuracy:Q", tooltip=["run", "n", "accuracy", "ci_low",
+                                                                                  "ci_high"]))
+
+
+def _upset_chart(combinations: pd.DataFrame, runs: list[str]) -> alt.VConcatChart:
+    """Intersection sizes as bars over the membership matrix: a dark dot where the run is in the combination."""
+    order = combinations["combination"].tolist()
+    x = alt.X("combination:N", sort=order, axis=None)
+    sizes = alt.Chart(combinations[["combination", "problems"]]).encode(x=x, y=alt.Y("problems:Q", title="problems"))
+    width = max(240, 36 * len(order))
+    bars = (sizes.mark_bar() + sizes.mark_text(dy=-6).encode(text="problems:Q")).properties(height=220, width=width)
+    members = combinations.melt(id_vars=["combination"], value_vars=runs, var_name="run", value_name="member")
+    y = alt.Y("run:N", sort=runs, title=None, axis=alt.Axis(labelLimit=400))
+    dots = alt.Chart(members).mark_circle(size=140).encode(
+        x=x, y=y, color=alt.Color("member:N", scale=alt.Scale(domain=[True, False], range=["#222", "#ddd"]),
+                                  legend=None), tooltip=["combination", "run", "member"])
+    links = alt.Chart(members[members["member"]]).mark_line(color="#222").encode(x=x, y=y, detail="combination:N")
+    return alt.vconcat(bars, (links + dots).properties(height=28 * len(runs), width=width), spacing=4)
 
 
 def jobs_page() -> None:
@@ -161,6 +211,32 @@ def jobs_page() -> None:
             tooltip=["job_id", "kind", "status", "experiment", "duration_seconds", "runner"]))
 
 
+def sql_page() -> None:
+    st.title("SQL")
+    st.caption("One read-only query (DuckDB SQL) over the views below and the store's tables as `store.<table>`; "
+               "writes are refused exactly as `rplat sql` refuses them.")
+    con = connection()
+    query = st.text_area("query", value=EXAMPLE_QUERY, height=140)
+    if st.button("run", type="primary"):
+        st.session_state["sql_query"] = query
+    ran = st.session_state.get("sql_query")
+    if ran:
+        try:
+            rows = queries.run_sql(con, ran)
+        except UserError as exc:
+            st.error(str(exc))
+        else:
+            st.caption(f"{len(rows)} rows" + (f", the first {queries.ROW_LIMIT} shown" if len(rows) > queries.ROW_LIMIT
+                                              else ""))
+            table(rows.head(queries.ROW_LIMIT))
+    st.subheader("Views")
+    table(queries.view_columns(con))
+
+
+def _true(value: object) -> bool:
+    return bool(pd.notna(value) and value)
+
+
 def _number(value: float | None) -> str:
     return "-" if value is None or pd.isna(value) else f"{value:.4f}"
 
@@ -169,8 +245,12 @@ def main() -> None:
     st.set_page_config(page_title="rplat", layout="wide")
     pages = [st.Page(rationales_page, title="Rationales", default=True),
              st.Page(failures_page, title="Failures", url_path="failures"),
-             st.Page(solved_sets_page, title="Solved sets", url_path="solved-sets"),
-             st.Page(jobs_page, title="Jobs", url_path="jobs")]
+             st.Page(intersections_page, title="Intersections", url_path="intersections"),
+             st.Page(chains_page, title="Chains", url_path="chains"),
+             st.Page(votes_page, title="Votes", url_path="votes"),
+             st.Page(training_page, title="Training", url_path="training"),
+             st.Page(jobs_page, title="Jobs", url_path="jobs"),
+             st.Page(sql_page, title="SQL", url_path="sql")]
     st.navigation(pages, position="top").run()
 
 

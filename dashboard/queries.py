@@ -9,6 +9,8 @@ import duckdb
 import pandas as pd
 
 from rplat import analytics
+from rplat.methods.votes import OVERALL
+from rplat.stats import wilson
 
 ROW_LIMIT = 1000
 """Tables show at most this many rows; the filters narrow them down."""
@@ -41,19 +43,29 @@ def rationale_sources(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def rationales(con: duckdb.DuckDBPyConnection, sources: Sequence[str], kept: bool | None,
-               highest_first: bool) -> pd.DataFrame:
-    """Scored and unscored rationales of the chosen sources, by loss delta (unscored last)."""
+               highest_first: bool, leak: bool | None = None) -> pd.DataFrame:
+    """Scored and unscored rationales of the chosen sources, by loss delta (unscored last); `leak` True keeps only
+    the rationales marked as leaks (copies of the text they precede), False only the others."""
     return frame(con, f"""
         SELECT rationale_id, extract_job_id, score_job_id, experiment, source, loss_delta, s_with, s_without,
-               tau, kept, rationale, preceding, following, dataset, coalesce(document, problem) AS item,
-               extractor, scorer
+               tau, kept, overlap, leak, rationale, preceding, following, dataset,
+               coalesce(document, problem) AS item, extractor, scorer
         FROM rationales
         WHERE list_contains(?, coalesce(source, '(none)')) AND (? IS NULL OR kept = ?)
+          AND (? IS NULL OR leak IS NOT DISTINCT FROM ?)
         ORDER BY loss_delta {'DESC' if highest_first else 'ASC'} NULLS LAST, rationale_id
-        LIMIT {ROW_LIMIT}""", [list(sources), kept, kept])
+        LIMIT {ROW_LIMIT}""", [list(sources), kept, kept, leak, leak])
 
 
-# --- predictions, failures, solved sets -----------------------------------------------------------
+def loss_delta_groups(rows: pd.DataFrame) -> pd.DataFrame:
+    """The scored rationales' loss deltas, each in its group for the histogram: leak, kept or dropped."""
+    scored = rows[rows["loss_delta"].notna()]
+    group = ["leak" if pd.notna(leak) and leak else "kept" if pd.notna(kept) and kept else "dropped"
+             for leak, kept in zip(scored["leak"], scored["kept"], strict=True)]
+    return pd.DataFrame({"loss_delta": scored["loss_delta"].astype(float), "group": group})
+
+
+# --- predictions, failures, intersections ---------------------------------------------------------
 
 
 def runs(con: duckdb.DuckDBPyConnection, *, with_failures: bool = False) -> list[str]:
@@ -80,26 +92,73 @@ def step_candidates(con: duckdb.DuckDBPyConnection, solve_job_id: int, problem_i
         ORDER BY sample_idx, step_idx, candidate_idx""", [solve_job_id, problem_id])
 
 
-def evaluations(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return frame(con, """
-        SELECT job_id, solve_job_id, experiment, method, model, subject, n, n_correct, accuracy
-        FROM evaluations ORDER BY experiment, subject, accuracy DESC, job_id""")
+def accuracies(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Every run's accuracy over all its problems with the 95% Wilson interval, as runs are named elsewhere."""
+    rows = frame(con, f"""
+        SELECT method || ' / ' || coalesce(model, '?') || ' / job ' || job_id AS run, experiment, method, model,
+               job_id, n, n_correct, accuracy
+        FROM evaluations WHERE subject = '{OVERALL}'
+        ORDER BY job_id DESC, method""")
+    bounds = [wilson(float(c), int(n)) for c, n in zip(rows["n_correct"], rows["n"], strict=True)]
+    return rows.assign(ci_low=[b[0] for b in bounds], ci_high=[b[1] for b in bounds])
 
 
-def intersection(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str) -> dict[str, Any] | None:
-    """Both/only-A/only-B/neither counts over the problems both runs answered; None if they share none."""
-    rows = frame(con, """
-        SELECT job_id_a, job_id_b, problems, both_solved, only_a, only_b, neither,
-               only_a_problem_ids, only_b_problem_ids
-        FROM intersections WHERE run_a = ? AND run_b = ?""", [run_a, run_b])
-    return None if rows.empty else rows.iloc[0].to_dict()
+def solved_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return analytics.solved_runs(con)
 
 
-def predictions_of(con: duckdb.DuckDBPyConnection, run: str, problem_ids: Sequence[int]) -> pd.DataFrame:
-    return frame(con, """
-        SELECT job_id, solve_job_id, problem_id, problem, subject, answer, gold
-        FROM predictions WHERE run = ? AND list_contains(?, problem_id)
-        ORDER BY problem_id""", [run, [int(i) for i in problem_ids]])
+def combination_name(runs: Sequence[str], mask: int) -> str:
+    members = [run for k, run in enumerate(runs) if mask >> k & 1]
+    return "solved by none" if not members else "solved by all" if len(members) == len(runs) > 1 else (
+        "solved only by " + ", ".join(members))
+
+
+def signatures(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> pd.DataFrame:
+    """One row per combination of `runs` that solves some common problem (exactly those runs), largest first:
+    its mask, name, problem count and, per run, whether it is a member."""
+    rows = analytics.solved_signatures(con, runs)
+    out = pd.DataFrame(rows, columns=["mask", "problems"])
+    out.insert(1, "combination", [combination_name(runs, int(m)) for m in out["mask"]])
+    for k, run in enumerate(runs):
+        out[run] = [bool(int(m) >> k & 1) for m in out["mask"]]
+    return out
+
+
+def signature_problems(con: duckdb.DuckDBPyConnection, runs: Sequence[str], mask: int) -> pd.DataFrame:
+    """The common problems of `runs` solved by exactly the runs in `mask`: each with its gold answer and every
+    run's answer (a column per run)."""
+    ids = analytics.problems_with_signature(con, runs, mask, ROW_LIMIT)
+    long = frame(con, """
+        SELECT problem_id, problem, dataset, subject, gold, run, answer
+        FROM predictions WHERE list_contains(?, problem_id) AND list_contains(?, run)""", [ids, list(runs)])
+    if long.empty:
+        return pd.DataFrame(columns=["problem_id", "problem", "dataset", "subject", "gold", *runs])
+    keys = ["problem_id", "problem", "dataset", "subject", "gold"]
+    wide = long.pivot(index=keys, columns="run", values="answer")
+    return wide[list(runs)].reset_index().sort_values("problem_id", ignore_index=True)
+
+
+# --- SQL ------------------------------------------------------------------------------------------
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:
+    """A user's one read-only query, refused exactly as `rplat sql` refuses it (UserError)."""
+    cursor = con.cursor()
+    try:
+        columns, rows = analytics.run_query(cursor, sql)
+    finally:
+        cursor.close()
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def view_columns(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    cursor = con.cursor()
+    try:
+        columns = analytics.view_columns(cursor)
+    finally:
+        cursor.close()
+    return pd.DataFrame([(view, ", ".join(f"{c} {t}" for c, t in cols)) for view, cols in columns.items()],
+                        columns=["view", "columns"])
 
 
 # --- jobs -----------------------------------------------------------------------------------------

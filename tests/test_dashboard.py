@@ -1,4 +1,4 @@
-"""`rplat dashboard` in a real Chromium: pages show the rows, 127.0.0.1 only, nothing writes."""
+"""`rplat dashboard` in real Chromium: every page and its filters, 127.0.0.1 only, nothing writes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import pytest
 from conftest import Store
+from dashboard_seed_tdg import seed_tdg
 from sqlalchemy import func, select
 from test_cli_errors import assert_one_clear_sentence
 
@@ -47,6 +48,7 @@ PAGE_TIMEOUT_MS = 30_000  # one page's first render, its queries included
 T0 = dt.datetime(2026, 1, 5, 10, 0, 0)
 KEPT_RATIONALE = "Tom must add the four apples he buys to the three he has"
 DROPPED_RATIONALE = "apples are a kind of fruit"
+LEAK_RATIONALE = "He buys 4 more, so he has 7"  # a copy of the following text: the highest delta, and a leak
 # (question, gold, greedy's answer, rationalyst-implicit's answer): greedy solves 1-5, implicit solves 1, 2, 6.
 PROBLEMS = [
     ("What is 2 + 3?", "5", "5", "5"),
@@ -69,7 +71,8 @@ def _job(s: Any, kind: str, experiment: Experiment, **params: Any) -> Job:
 
 
 def seed(store: Store) -> dict[str, int]:
-    """Hand-made rows for every page: two scored rationales, two solving methods with their evaluations."""
+    """Hand-made rows for every page: three scored rationales (kept, dropped, a leak), two solving methods with
+    their evaluations."""
     with transaction(store.engine()) as s:
         experiment = Experiment(name="dash")
         s.add(experiment)
@@ -88,8 +91,10 @@ def seed(store: Store) -> dict[str, int]:
         extract = _job(s, "extract-rationales", experiment, model="tiny")
         score = _job(s, "score-rationales", experiment, model="tiny")
         template_id = ensure_template(s, TEMPLATES["extract-insert"])
-        scored = [(KEPT_RATIONALE, 1.25, True), (DROPPED_RATIONALE, -0.375, False)]
-        for k, (rationale, delta, kept) in enumerate(scored):
+        # (rationale, loss delta, kept, overlap with the following text, leak)
+        scored = [(KEPT_RATIONALE, 1.25, True, 0.125, False), (DROPPED_RATIONALE, -0.375, False, 0.0, False),
+                  (LEAK_RATIONALE, 4.5, False, 1.0, True)]
+        for k, (rationale, delta, kept, overlap, leak) in enumerate(scored):
             extraction = Extraction(job_id=extract.id, problem_id=problems[k].id, model_id=model.id,
                                     prompt_template_id=template_id, temperature=0.0, input_text="x",
                                     raw_output="x", fidelity=1.0, passed=True)
@@ -102,7 +107,7 @@ def seed(store: Store) -> dict[str, int]:
             s.flush()
             s.add(RationaleScore(job_id=score.id, rationale_id=row.id, scorer_model_id=model.id, lp_without=[-2.5],
                                  lp_with=[-2.5 + delta], gamma=0.9, s_without=-2.5, s_with=-2.5 + delta,
-                                 loss_delta=delta, tau=0.5, kept=kept))
+                                 loss_delta=delta, tau=0.5, kept=kept, overlap=overlap, leak=leak))
 
         ids = {"extract": extract.id, "score": score.id}
         for column, method in [(2, "greedy"), (3, "rationalyst-implicit")]:
@@ -221,6 +226,22 @@ def grid(page: Any, n: int = 0) -> list[dict[str, str]]:
     return [dict(zip(header, row, strict=True)) for row in rows]
 
 
+def grid_once(page: Any, n: int, rows: int) -> list[dict[str, str]]:
+    """The n-th data frame's rows once it has `rows` of them: a rerun redraws the page's elements one by one."""
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while len(shown := grid(page, n)) != rows and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return shown
+
+
+def choose(page: Any, label: str, option: str) -> None:
+    """Pick `option` in the Streamlit selectbox labelled `label`."""
+    box = page.get_by_test_id("stSelectbox").filter(has_text=label).locator("input")
+    box.click()
+    box.fill(option)  # the options narrow down to the one typed; Enter takes it
+    box.press("Enter")
+
+
 def visit(page: Any, url: str, expect: str) -> str:
     """Open a page, wait until `expect` shows, and return its text; Streamlit must show no error of any kind."""
     page.goto(url)
@@ -231,25 +252,34 @@ def visit(page: Any, url: str, expect: str) -> str:
     return text
 
 
+def shoot(page: Any, directory: Path, name: str) -> None:
+    page.screenshot(path=str(directory / f"{name}.png"), full_page=True)
+    assert (directory / f"{name}.png").stat().st_size > 0
+
+
 def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(db, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with running_dashboard(db, tmp_path / "dashboard.log") as (url, port):
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and no other address
-        page = browser.new_page()
-        for path, what in [("", "rationales"), ("failures", "wrong predictions"),
-                           ("solved-sets", "evaluated runs"), ("jobs", "jobs")]:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for path, what in [("", "rationales"), ("failures", "wrong predictions"), ("intersections", "evaluated runs"),
+                           ("chains", "teacher chains"), ("votes", "aggregated votes"),
+                           ("training", "training metrics"), ("jobs", "jobs")]:
             visit(page, f"{url}/{path}", f"No {what} yet")
         assert "make demo" in page.inner_text("body")
 
         ids = seed(db)
-        text = visit(page, f"{url}/", KEPT_RATIONALE)
-        assert [(r["rationale_id"], r["extract_job_id"], r["score_job_id"], r["loss_delta"], r["rationale"])
-                for r in grid(page)] == [("1", str(ids["extract"]), str(ids["score"]), "1.25", KEPT_RATIONALE),
-                                         ("2", str(ids["extract"]), str(ids["score"]), "-0.375", DROPPED_RATIONALE)]
-        assert metric(page, "loss delta") == "1.2500"
-        assert metric(page, "S_without") == "-2.5000"
-        assert metric(page, "S_with") == "-1.2500"
+        text = visit(page, f"{url}/", "a leak, dropped")  # the highest delta, shown in its context
+        assert [(r["rationale_id"], r["extract_job_id"], r["score_job_id"], r["loss_delta"], r["overlap"], r["leak"],
+                 r["rationale"]) for r in grid(page)] == [
+            ("3", str(ids["extract"]), str(ids["score"]), "4.5", "1", "true", LEAK_RATIONALE),
+            ("1", str(ids["extract"]), str(ids["score"]), "1.25", "0.125", "false", KEPT_RATIONALE),
+            ("2", str(ids["extract"]), str(ids["score"]), "-0.375", "0", "false", DROPPED_RATIONALE)]
+        assert metric(page, "leaks") == "1"
+        assert metric(page, "loss delta") == "4.5000"
         assert "Tom has 3 apples." in text and "He buys 4 more, so he has 7." in text
         assert f"extracted by job {ids['extract']}" in text and f"scored by job {ids['score']}" in text
+        page.get_by_test_id("stVegaLiteChart").first.wait_for(timeout=PAGE_TIMEOUT_MS)  # the loss-delta histogram
+        shoot(page, tmp_path, "rationales")
 
         # The newest run comes first: rationalyst-implicit, whose first failure is "10 - 4" answered 16.
         text = visit(page, f"{url}/failures", "chosen: The answer is 16.")
@@ -264,20 +294,51 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(db, br
         assert [(r["job_id"], r["candidate"], r["score"]) for r in grid(page, 1)] == [
             (str(ids["rationalyst-implicit"]), "The answer is 0.", "-3.5"),
             (str(ids["rationalyst-implicit"]), "The answer is 16.", "-0.75")]
+        shoot(page, tmp_path, "failures")
 
-        # A = rationalyst-implicit solves problems 1, 2, 6; B = greedy solves 1-5; nobody solves 7.
-        text = visit(page, f"{url}/solved-sets", "both solve")
-        assert [metric(page, label) for label in ["both solve", "only A solves", "only B solves", "neither solves"]
-                ] == ["2", "1", "3", "1"]
-        assert (f"evaluate jobs {ids['evaluate-rationalyst-implicit']} and {ids['evaluate-greedy']}") in text
-        only_b = grid(page, 2)  # the first frame is the evaluations, then only A's and only B's problems
-        assert {r["job_id"] for r in only_b} == {str(ids["evaluate-greedy"])}
-        assert [r["answer"] for r in only_b] == ["6", "18", "4"]
+        # The TDG world lands while the dashboard runs: Intersections takes in its runs on the next visit.
+        tdg = seed_tdg(db)
+        f0, f1, f2, f3 = (f"asc-f{k} / student / job {tdg['aggregate']}" for k in range(4))
+        visit(page, f"{url}/intersections", "common problems")
+        assert [metric(page, label) for label in ["common problems", "solved by all", "solved by none"]] == [
+            "4", "1", "1"]
+        page.get_by_test_id("stVegaLiteChart").nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)  # the UpSet chart
+        assert [r["problem"] for r in grid(page, 1)] == ["m3"]  # the largest combination first: solved by none
+        choose(page, "combination", f"solved only by {f1}, {f2}, {f3} (1 problem)")
+        # The grid is drawn on a canvas; its mirror table is in the DOM but hidden.
+        page.get_by_test_id("stDataFrame").nth(1).get_by_text("m2", exact=True).wait_for(state="attached",
+                                                                                        timeout=PAGE_TIMEOUT_MS)
+        assert [(r["problem"], r["gold"], r[f0], r[f1], r[f2], r[f3]) for r in grid(page, 1)] == [
+            ("m2", "6", "4", "6", "6", "6")]
+        shoot(page, tmp_path, "intersections")
+
+        visit(page, f"{url}/chains", "positive chains")
+        assert len(grid(page)) == 10
+        page.get_by_text("only chains where the two labelers disagree").click()
+        assert [(r["problem"], r["teacher"], r["sample_idx"], r["label"]) for r in grid_once(page, 0, 2)] == [
+            ("m1", "gpt-3.5", "0", "neg"), ("m2", "gpt-3.5", "1", "neg")]
+        shoot(page, tmp_path, "chains")
+
+        visit(page, f"{url}/votes", "only problems where ASC and SC disagree")
+        shoot(page, tmp_path, "votes")
+        visit(page, f"{url}/training", "training jobs")
+        page.get_by_test_id("stVegaLiteChart").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        shoot(page, tmp_path, "training")
 
         visit(page, f"{url}/jobs", "succeeded")
-        assert metric(page, "succeeded") == "7"
-        assert [(r["job_id"], r["status"]) for r in grid(page)] == [(str(i), "succeeded") for i in range(7, 0, -1)]
+        with transaction(db.engine()) as s:
+            assert metric(page, "succeeded") == str(s.scalar(select(func.count()).select_from(Job)))
         page.get_by_test_id("stVegaLiteChart").first.wait_for(timeout=PAGE_TIMEOUT_MS)  # the timeline
+        shoot(page, tmp_path, "jobs")
+
+        visit(page, f"{url}/sql", "Views")
+        page.get_by_test_id("stTextArea").locator("textarea").fill("DELETE FROM store.jobs")
+        page.get_by_test_id("stButton").get_by_text("run", exact=True).click()
+        page.get_by_test_id("stAlertContentError").wait_for(timeout=PAGE_TIMEOUT_MS)
+        assert "only read-only queries run here" in page.get_by_test_id("stAlertContentError").inner_text()
+        shoot(page, tmp_path, "sql")
+        assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(
+            ["rationales", "failures", "intersections", "chains", "votes", "training", "jobs", "sql"])
         page.close()
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,11 @@ SELECT run_a, run_b, job_id_a, method_a, model_a, experiment_a, job_id_b, method
        coalesce(list_sort(list(problem_id) FILTER (WHERE solved_b AND NOT solved_a)), []) AS only_b_problem_ids
 FROM pairs
 GROUP BY ALL""",
+    "run_solves": """
+SELECT pr.job_id, pr.method, pr.method || ' / ' || coalesce(m.name, '?') || ' / job ' || pr.job_id AS run,
+       pr.problem_id, CAST(pr.correct AS BOOLEAN) AS correct
+FROM store.predictions pr
+LEFT JOIN store.models m ON m.id = pr.model_id""",
     "step_candidates": """
 SELECT c.job_id, x.name AS experiment, t.method, m.name AS model,
        t.id AS trajectory_id, t.problem_id, p.external_id AS problem, t.sample_idx, s.step_idx,
@@ -228,6 +234,7 @@ def connect(database_url: str) -> duckdb.DuckDBPyConnection:
             raise UserError(f"DuckDB cannot open the store ({_first_line(exc)}); check RPLAT_DATABASE_URL.") from None
         for name, sql in VIEWS.items():
             con.execute(f"CREATE VIEW {name} AS {sql}")
+        _create_cache(con)
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     except BaseException:
@@ -301,3 +308,119 @@ def view_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, st
         if table in columns:
             columns[table].append((column, data_type))
     return columns
+
+
+# --- N-way intersections ----------------------------------------------------------------------------
+
+MAX_RUNS = 63
+"""An intersection's combination is a bit mask over the chosen runs (bit k: runs[k] solves the problem) that fits a
+signed 64-bit integer, in DuckDB and in SQLite."""
+
+CACHE = "cache"
+"""The schema of the connection's own copy of `run_solves`: the scanners push no filter down to a SQLite store, so
+every query over the view reads all of `predictions` (seconds at 10^6 rows); the copy reads it once per new
+evaluation, keyed by a small integer per run."""
+
+_refreshing = threading.Lock()  # Streamlit's sessions share one connection; one of them refreshes at a time
+
+
+def _create_cache(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"CREATE SCHEMA {CACHE}")
+    con.execute(f"CREATE TABLE {CACHE}.runs (run_key INTEGER, run VARCHAR, job_id BIGINT, method VARCHAR)")
+    con.execute(f"CREATE TABLE {CACHE}.run_solves (run_key INTEGER, problem_id BIGINT, correct BOOLEAN)")
+
+
+def _literal(value: int | str) -> str:
+    return str(int(value)) if isinstance(value, int) else _quote(value)
+
+
+def solved_problems_sql(source: str, run_column: str, runs: Sequence[int | str]) -> str:
+    """SQL (DuckDB's and SQLite's alike) of each problem that every one of `runs` (values of `run_column` in
+    `source`) answered, with its mask: the sum of 2^k over the runs[k] that solve it. The runs are literals (run
+    names are quoted, keys are integers), so each row costs one CASE, not a lookup in a list."""
+    values = [_literal(run) for run in runs]
+    bits = " ".join(f"WHEN {v} THEN {1 << k}" for k, v in enumerate(values))
+    return f"""
+SELECT problem_id, mask FROM (
+    SELECT problem_id, count(*) AS answered, sum(CASE WHEN correct THEN CASE {run_column} {bits} END ELSE 0 END) AS mask
+    FROM {source} WHERE {run_column} IN ({", ".join(values)})
+    GROUP BY problem_id) AS per_problem
+WHERE answered = {len(values)}"""
+
+
+def signatures_sql(source: str, run_column: str, runs: Sequence[int | str]) -> str:
+    """SQL of how many common problems of `runs` each combination of them solves, exactly (mask: those runs)."""
+    return (f"SELECT mask, count(*) AS problems FROM ({solved_problems_sql(source, run_column, runs)}) AS solved "
+            "GROUP BY mask ORDER BY problems DESC, mask")
+
+
+def refresh_solves(con: duckdb.DuckDBPyConnection) -> None:
+    """Copy the predictions of every run evaluated since the last refresh into the connection's cache. A job writes
+    its predictions and evaluations in one transaction and never changes them, so the small evaluations table
+    says which runs exist and a run once copied stays right."""
+    with _refreshing:
+        cursor = con.cursor()
+        try:
+            new = [r[0] for r in cursor.execute(
+                f"SELECT DISTINCT job_id FROM store.evaluations "
+                f"WHERE job_id NOT IN (SELECT job_id FROM {CACHE}.runs) ORDER BY job_id").fetchall()]
+            if not new:
+                return
+            cursor.execute("BEGIN")
+            cursor.execute("CREATE TEMP TABLE fresh AS SELECT job_id, method, run, problem_id, correct "
+                           "FROM run_solves WHERE list_contains(?, job_id)", [new])
+            cursor.execute(f"""INSERT INTO {CACHE}.runs
+                SELECT (SELECT count(*) FROM {CACHE}.runs) + row_number() OVER (ORDER BY job_id, method) - 1,
+                       run, job_id, method
+                FROM fresh GROUP BY run, job_id, method""")
+            # Sorted by run, so that a query for a few runs skips the other runs' row groups.
+            cursor.execute(f"""INSERT INTO {CACHE}.run_solves
+                SELECT r.run_key, f.problem_id, f.correct FROM fresh f JOIN {CACHE}.runs r USING (job_id, method)
+                ORDER BY r.run_key, f.problem_id""")
+            cursor.execute("DROP TABLE fresh")
+            cursor.execute("COMMIT")
+        finally:
+            cursor.close()
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    refresh_solves(con)
+    cursor = con.cursor()  # a connection of its own: the caller's may be in use by another thread
+    try:
+        return cursor.execute(sql, params).fetchall()
+    finally:
+        cursor.close()
+
+
+def solved_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The evaluated runs, newest evaluation first."""
+    return [r[0] for r in _fetch(con, f"SELECT run FROM {CACHE}.runs ORDER BY job_id DESC, run")]
+
+
+def _run_keys(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> list[int]:
+    chosen = list(dict.fromkeys(runs))
+    if not chosen:
+        raise UserError("choose at least one run to intersect.")
+    if len(chosen) > MAX_RUNS:
+        raise UserError(f"an intersection takes at most {MAX_RUNS} runs, not {len(chosen)}; choose fewer.")
+    keys = dict(_fetch(con, f"SELECT run, run_key FROM {CACHE}.runs"))
+    unknown = [r for r in chosen if r not in keys]
+    if unknown:
+        raise UserError(f"there is no evaluated run {unknown[0]!r}; `rplat sql \"SELECT DISTINCT run FROM "
+                        "predictions\"` lists them.")
+    return [int(keys[r]) for r in chosen]
+
+
+def solved_signatures(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> list[tuple[int, int]]:
+    """(mask, problems) for every combination of `runs` that some common problem has, largest first: bit k of mask
+    says runs[k] solves those problems, the others answered them wrongly (mask 0: nobody solves them)."""
+    sql = signatures_sql(f"{CACHE}.run_solves", "run_key", _run_keys(con, runs))
+    return [(int(mask), int(n)) for mask, n in _fetch(con, sql)]
+
+
+def problems_with_signature(con: duckdb.DuckDBPyConnection, runs: Sequence[str], mask: int, limit: int
+                            ) -> list[int]:
+    """The ids of (at most `limit` of) the common problems of `runs` solved by exactly the runs in `mask`."""
+    solved = solved_problems_sql(f"{CACHE}.run_solves", "run_key", _run_keys(con, runs))
+    return [int(r[0]) for r in _fetch(con, f"SELECT problem_id FROM ({solved}) WHERE mask = $mask "
+                                           "ORDER BY problem_id LIMIT $limit", {"mask": mask, "limit": limit})]

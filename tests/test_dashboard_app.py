@@ -1,0 +1,212 @@
+"""The Rationales, Failures, Intersections, Jobs and SQL pages (AppTest, in-process) and their queries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pytest
+from conftest import Store, _make_store, _MigratedTemplates
+from dashboard_seed_tdg import seed_tdg
+from streamlit.testing.v1 import AppTest
+from test_dashboard import DROPPED_RATIONALE, KEPT_RATIONALE, LEAK_RATIONALE, seed
+
+from rplat import analytics
+from rplat.dashboard import queries
+from rplat.errors import UserError
+from rplat.stats import wilson
+
+RUN_TIMEOUT = 120.0  # seconds one script run may take on the loaded CI machine before AppTest gives up
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          _templates: _MigratedTemplates) -> Iterator[tuple[Store, dict[str, int]]]:
+    """One store per backend with both hand-known worlds (the RATIONALYST one, then the TDG one), only read."""
+    for store in _make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
+        yield store, {**seed(store), **seed_tdg(store)}
+
+
+@pytest.fixture
+def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """The seeded ids, with RPLAT_DATABASE_URL pointing the app at the seeded store."""
+    store, seeded = world
+    for key, value in store.env.items():
+        if key.startswith("RPLAT_"):
+            monkeypatch.setenv(key, value)
+    return seeded
+
+
+@pytest.fixture(scope="module")
+def duck(world: tuple[Store, dict[str, int]]) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = analytics.connect(world[0].url)
+    yield con
+    con.close()
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_string(f"from rplat.dashboard.app import {name}\n{name}()",
+                               default_timeout=RUN_TIMEOUT).run()
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    assert not at.exception, [e.value for e in at.exception]
+    return {m.label: m.value for m in at.metric}
+
+
+def radio(at: AppTest, label: str) -> Any:
+    return next(r for r in at.radio if r.label == label)
+
+
+def chart_data(at: AppTest, n: int) -> pd.DataFrame:
+    """The rows behind the page's n-th altair chart (Streamlit ships them as Arrow IPC streams)."""
+    proto = at.get("vega_lite_chart")[n].proto
+    return pd.concat([pa.ipc.open_stream(d.data.data).read_pandas() for d in proto.datasets], ignore_index=True)
+
+
+def asc_runs(ids: dict[str, int]) -> list[str]:
+    """The aggregate job's runs, as the Intersections page names and orders them (newest job, then by name)."""
+    return [f"{m} / student / job {ids['aggregate']}" for m in ["asc-f0", "asc-f1", "asc-f2", "asc-f3", "greedy", "sc"]]
+
+
+# --- Rationales -----------------------------------------------------------------------------------------
+
+
+def test_rationales_show_overlap_and_leak_and_the_leak_filter_keeps_only_leaks(ids: dict[str, int]) -> None:
+    at = page("rationales_page")
+    assert metrics(at)["leaks"] == "1"
+    shown = at.dataframe[0].value
+    assert [(r.rationale, r.loss_delta, r.overlap, r.leak, r.kept) for r in shown.itertuples()] == [
+        (LEAK_RATIONALE, 4.5, 1.0, True, False), (KEPT_RATIONALE, 1.25, 0.125, False, True),
+        (DROPPED_RATIONALE, -0.375, 0.0, False, False)]
+    radio(at, "leaks").set_value("leaks").run()
+    assert at.dataframe[0].value["rationale"].tolist() == [LEAK_RATIONALE]
+    radio(at, "leaks").set_value("no leaks").run()
+    assert at.dataframe[0].value["rationale"].tolist() == [KEPT_RATIONALE, DROPPED_RATIONALE]
+
+
+def test_the_loss_delta_histogram_puts_each_rationale_in_kept_dropped_or_leak(ids: dict[str, int]) -> None:
+    data = chart_data(page("rationales_page"), 0)
+    assert sorted(zip(data["group"], data["loss_delta"], strict=True)) == [
+        ("dropped", -0.375), ("kept", 1.25), ("leak", 4.5)]
+
+
+# --- Failures and Jobs -------------------------------------------------------------------------------------
+
+
+def test_failures_start_with_the_newest_run_and_say_when_no_solve_job_has_steps(ids: dict[str, int]) -> None:
+    at = page("failures_page")
+    assert at.selectbox[0].value == asc_runs(ids)[0]
+    assert metrics(at)["problems answered wrongly"] == "3"  # asc-f0 misses m1, m2, m3
+    assert at.dataframe[0].value["prediction"].tolist() == ["41", "4", "17"]
+    assert "names no solve job" in at.info[0].value
+    at.selectbox[0].set_value(f"greedy / tiny / job {ids['evaluate-greedy']}").run()
+    assert metrics(at)["prediction"] == "41" and metrics(at)["gold"] == "42"
+    assert at.text[-1].value == "chosen: The answer is 41."
+
+
+def test_jobs_count_every_status_and_filter_by_kind(ids: dict[str, int]) -> None:
+    at = page("jobs_page")
+    assert metrics(at)["succeeded"] == str(len(at.dataframe[0].value))
+    at.multiselect[1].set_value(["aggregate"]).run()
+    assert at.dataframe[0].value["job_id"].tolist() == [ids["aggregate"]]
+
+
+# --- Intersections ---------------------------------------------------------------------------------------
+
+
+def test_signatures_count_the_common_problems_each_exact_combination_of_runs_solves(
+        duck: duckdb.DuckDBPyConnection, ids: dict[str, int]) -> None:
+    greedy, sc = asc_runs(ids)[4], asc_runs(ids)[5]
+    # greedy solves m0 and m1, sc only m0: m0 both (mask 0b11), m1 greedy alone (0b01), m2 and m3 neither.
+    got = queries.signatures(duck, [greedy, sc])
+    assert got[["mask", "problems", greedy, sc]].values.tolist() == [[0, 2, False, False], [1, 1, True, False],
+                                                                     [3, 1, True, True]]
+    assert got["combination"].tolist() == ["solved by none", f"solved only by {greedy}", "solved by all"]
+    assert analytics.problems_with_signature(duck, [greedy, sc], 0, 10) == [ids["problem2"], ids["problem3"]]
+
+
+def test_signatures_of_runs_over_different_problems_are_empty(duck: duckdb.DuckDBPyConnection,
+                                                             ids: dict[str, int]) -> None:
+    assert queries.signatures(duck, [asc_runs(ids)[0], f"greedy / tiny / job {ids['evaluate-greedy']}"]).empty
+
+
+def test_an_intersection_refuses_an_unknown_run_in_one_sentence(duck: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(UserError, match="there is no evaluated run 'nope / x / job 9'"):
+        analytics.solved_signatures(duck, ["nope / x / job 9"])
+
+
+def test_the_cache_takes_in_a_run_evaluated_after_the_first_query(db: Store) -> None:
+    seed(db)
+    con = analytics.connect(db.url)
+    assert len(analytics.solved_runs(con)) == 2
+    ids = seed_tdg(db)
+    assert analytics.solved_runs(con)[:2] == [f"asc-f0 / student / job {ids['aggregate']}",
+                                              f"asc-f1 / student / job {ids['aggregate']}"]
+    assert len(analytics.solved_runs(con)) == 8
+    con.close()
+
+
+def test_intersections_page_draws_the_upset_of_the_newest_runs_and_lists_a_combinations_problems(
+        ids: dict[str, int]) -> None:
+    at = page("intersections_page")
+    f0, f1, f2, f3 = asc_runs(ids)[:4]
+    assert at.multiselect[0].value == [f0, f1, f2, f3]
+    # Solved: f0 {m0}, f1 and f2 {m0, m2}, f3 {m0, m1, m2}; nobody solves m3.
+    assert metrics(at) == {"common problems": "4", "solved by all": "1", "solved by none": "1"}
+    upset = chart_data(at, 1)  # the first chart is the accuracy per run; this one, bars and matrix
+    bars = upset.dropna(subset=["problems"])
+    assert sorted(zip(bars["combination"], bars["problems"], strict=True)) == [
+        ("solved by all", 1), ("solved by none", 1), (f"solved only by {f1}, {f2}, {f3}", 1),
+        (f"solved only by {f3}", 1)]
+    members = upset.dropna(subset=["run"]).drop_duplicates()  # the dots' rows, and the links' (members only)
+    assert sorted(members.loc[members["member"].astype(bool)].query("combination == 'solved by all'")["run"]) == [
+        f0, f1, f2, f3]
+    at.selectbox[0].set_value(0b1110).run()
+    problems = at.dataframe[-1].value
+    assert problems[["problem", "gold", f0, f1, f2, f3]].values.tolist() == [["m2", "6", "4", "6", "6", "6"]]
+
+
+def test_intersections_page_follows_the_chosen_runs(ids: dict[str, int]) -> None:
+    at = page("intersections_page")
+    greedy, sc = asc_runs(ids)[4], asc_runs(ids)[5]
+    at.multiselect[0].set_value([greedy, sc]).run()
+    assert metrics(at) == {"common problems": "4", "solved by all": "1", "solved by none": "2"}
+    at.selectbox[0].set_value(0b01).run()
+    assert at.dataframe[-1].value[["problem", greedy, sc]].values.tolist() == [["m1", "42", "41"]]
+
+
+def test_accuracy_per_run_carries_its_wilson_interval(duck: duckdb.DuckDBPyConnection, ids: dict[str, int]) -> None:
+    rows = queries.accuracies(duck).set_index("run")
+    f3 = rows.loc[asc_runs(ids)[3]]
+    assert (f3["n"], f3["n_correct"], f3["accuracy"]) == (4, 3.0, 0.75)
+    assert (f3["ci_low"], f3["ci_high"]) == pytest.approx(wilson(3, 4))
+    greedy = rows.loc[f"greedy / tiny / job {ids['evaluate-greedy']}"]
+    assert (greedy["ci_low"], greedy["ci_high"]) == pytest.approx(wilson(5, 7))
+
+
+# --- SQL ------------------------------------------------------------------------------------------------
+
+
+def test_sql_page_runs_a_query_and_lists_every_view(ids: dict[str, int]) -> None:
+    at = page("sql_page")
+    assert at.dataframe[-1].value["view"].tolist() == list(analytics.VIEWS)
+    at.text_area[0].set_value("SELECT problem FROM solved_sets WHERE method = 'asc-f3' ORDER BY problem").run()
+    at.button[0].click().run()
+    assert not at.error
+    assert at.dataframe[0].value["problem"].tolist() == ["m0", "m1", "m2"]
+
+
+def test_sql_page_refuses_a_write_with_the_sentence_of_rplat_sql(ids: dict[str, int],
+                                                                 duck: duckdb.DuckDBPyConnection) -> None:
+    write = "DELETE FROM store.jobs"
+    with pytest.raises(UserError) as refused:
+        analytics.run_query(duck, write)
+    at = page("sql_page")
+    at.text_area[0].set_value(write).run()
+    at.button[0].click().run()
+    assert [e.value for e in at.error] == [str(refused.value)]
+    assert len(at.dataframe) == 1  # the views, no result
