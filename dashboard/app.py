@@ -14,6 +14,8 @@ from rplat.errors import UserError
 
 DEFAULT_RUNS = 4
 """Intersections start with the newest runs, this many of them."""
+SHOWN_COMBINATIONS = 40
+"""The UpSet chart and the combination picker show the largest combinations only: 20 runs can have 10^5 of them."""
 
 EXAMPLE_QUERY = ("SELECT method, model, count(*) AS problems, avg(CAST(correct AS INTEGER)) AS accuracy\n"
                  "FROM predictions GROUP BY ALL ORDER BY accuracy DESC")
@@ -152,9 +154,12 @@ def intersections_page() -> None:
     a.metric("common problems", common)
     b.metric("solved by all", int(combinations.loc[combinations["mask"] == 2 ** len(chosen) - 1, "problems"].sum()))
     c.metric("solved by none", int(combinations.loc[combinations["mask"] == 0, "problems"].sum()))
-    st.altair_chart(_upset_chart(combinations, chosen))
+    if len(combinations) > SHOWN_COMBINATIONS:
+        st.caption(f"the {SHOWN_COMBINATIONS} largest of {len(combinations)} combinations")
+    largest = combinations.head(SHOWN_COMBINATIONS)
+    st.altair_chart(_upset_chart(largest, chosen))
     labels = {int(r.mask): f"{r.combination} ({r.problems} problem{'' if r.problems == 1 else 's'})"
-              for r in combinations.itertuples()}
+              for r in largest.itertuples()}
     mask = st.selectbox("combination", list(labels), format_func=labels.__getitem__)
     st.caption(f"{labels[mask]}: each chosen run's answer beside the gold one")
     table(queries.signature_problems(con, chosen, mask))

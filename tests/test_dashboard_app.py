@@ -210,3 +210,15 @@ def test_sql_page_refuses_a_write_with_the_sentence_of_rplat_sql(ids: dict[str, 
     at.button[0].click().run()
     assert [e.value for e in at.error] == [str(refused.value)]
     assert len(at.dataframe) == 1  # the views, no result
+
+
+def test_intersections_page_shows_only_the_largest_combinations(ids: dict[str, int],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from rplat.dashboard import app
+
+    monkeypatch.setattr(app, "SHOWN_COMBINATIONS", 2)
+    at = page("intersections_page")
+    assert "the 2 largest of 4 combinations" in [c.value for c in at.caption]
+    assert at.selectbox[0].options == ["solved by none (1 problem)", f"solved only by {asc_runs(ids)[3]} (1 problem)"]
+    assert chart_data(at, 1)["combination"].drop_duplicates().tolist() == [
+        "solved by none", f"solved only by {asc_runs(ids)[3]}"]
