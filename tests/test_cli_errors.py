@@ -1,11 +1,13 @@
-"""Bad input through the real CLI: one `error:` sentence, exit 2, no traceback, store unchanged."""
+"""Bad input through the CLI: one `error:` sentence, exit 2, no traceback, store unchanged.
+
+The cases run the CLI's entry point (`rplat.cli.main`, what `rplat` and `python -m rplat.cli` call) in this process,
+its output captured: the same code path and output, without ~110 interpreter start-ups. The schema checks below, and
+tests/test_cli.py, run the real `rplat` process."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,21 +309,33 @@ CASES = [
 ]
 
 
-def run_cli(store: Store, args: list[str], url: str | None) -> subprocess.CompletedProcess[str]:
-    """`store.rplat(*args)`, or the same subprocess pointed at another database URL."""
-    if url is None:
-        return store.rplat(*args)
-    return subprocess.run([sys.executable, "-m", "rplat.cli", *args], env={**store.env, "RPLAT_DATABASE_URL": url},
-                          capture_output=True, text=True, timeout=300, cwd=store.home)
+def run_cli(store: Store, args: list[str], url: str | None, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> tuple[str, str, int]:
+    """(stdout, stderr, exit code) of `rplat *args` run in this process against the store (or `url`), in the
+    store's home like `store.rplat`."""
+    from rplat.cli import main
+
+    monkeypatch.chdir(store.home)
+    if url is not None:
+        monkeypatch.setenv("RPLAT_DATABASE_URL", url)
+    capsys.readouterr()  # what the setup printed is not the command's
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return out, err, code
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_one_sentence_exit_2_and_changes_nothing(db: Store, case: Case) -> None:
+def test_bad_input_is_one_sentence_exit_2_and_changes_nothing(db: Store, case: Case, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     subst = (case.setup(db) if case.setup else None) or {}
     args = [a.format(**subst) for a in case.args]
     before = snapshot(db)
-    proc = run_cli(db, args, case.url)
-    assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode, [e.format(**subst) for e in case.expect])
+    out, err, code = run_cli(db, args, case.url, monkeypatch, capsys)
+    assert_one_clear_sentence(out, err, code, [e.format(**subst) for e in case.expect])
     assert snapshot(db) == before
 
 
