@@ -127,13 +127,10 @@ def signatures(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> pd.DataFr
 def signature_problems(con: duckdb.DuckDBPyConnection, runs: Sequence[str], mask: int) -> pd.DataFrame:
     """The common problems of `runs` solved by exactly the runs in `mask`: each with its gold answer and every
     run's answer (a column per run)."""
-    ids = analytics.problems_with_signature(con, runs, mask, ROW_LIMIT)
-    long = frame(con, """
-        SELECT problem_id, problem, dataset, subject, gold, run, answer
-        FROM predictions WHERE list_contains(?, problem_id) AND list_contains(?, run)""", [ids, list(runs)])
-    if long.empty:
-        return pd.DataFrame(columns=["problem_id", "problem", "dataset", "subject", "gold", *runs])
     keys = ["problem_id", "problem", "dataset", "subject", "gold"]
+    long = pd.DataFrame(analytics.signature_answers(con, runs, mask, ROW_LIMIT), columns=[*keys, "run", "answer"])
+    if long.empty:
+        return pd.DataFrame(columns=[*keys, *runs])
     wide = long.pivot(index=keys, columns="run", values="answer")
     return wide[list(runs)].reset_index().sort_values("problem_id", ignore_index=True)
 

@@ -126,7 +126,14 @@ def test_signatures_count_the_common_problems_each_exact_combination_of_runs_sol
     assert got[["mask", "problems", greedy, sc]].values.tolist() == [[0, 2, False, False], [1, 1, True, False],
                                                                      [3, 1, True, True]]
     assert got["combination"].tolist() == ["solved by none", f"solved only by {greedy}", "solved by all"]
-    assert analytics.problems_with_signature(duck, [greedy, sc], 0, 10) == [ids["problem2"], ids["problem3"]]
+    assert analytics.signature_answers(duck, [greedy, sc], 0, 10) == [
+        (ids["problem2"], "m2", "math-test", "Prealgebra", "6", greedy, "4"),
+        (ids["problem2"], "m2", "math-test", "Prealgebra", "6", sc, "4"),
+        (ids["problem3"], "m3", "math-test", "Prealgebra", "18", greedy, "16"),
+        (ids["problem3"], "m3", "math-test", "Prealgebra", "18", sc, "17")]
+    assert analytics.signature_answers(duck, [sc, greedy], 0, 1) == [
+        (ids["problem2"], "m2", "math-test", "Prealgebra", "6", sc, "4"),
+        (ids["problem2"], "m2", "math-test", "Prealgebra", "6", greedy, "4")]
 
 
 def test_signatures_of_runs_over_different_problems_are_empty(duck: duckdb.DuckDBPyConnection,

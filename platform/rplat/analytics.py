@@ -317,9 +317,9 @@ MAX_RUNS = 63
 signed 64-bit integer, in DuckDB and in SQLite."""
 
 CACHE = "cache"
-"""The schema of the connection's own copy of `run_solves`: the scanners push no filter down to a SQLite store, so
-every query over the view reads all of `predictions` (seconds at 10^6 rows); the copy reads it once per new
-evaluation, keyed by a small integer per run."""
+"""The schema of the connection's own copy of the evaluated runs' predictions: the scanners push no filter down to a
+SQLite store, so every query over `predictions` or `run_solves` reads the whole table (seconds at 10^6 rows); the
+copy reads it once per new evaluation, keyed by a small integer per run, with each problem's details once."""
 
 _refreshing = threading.Lock()  # Streamlit's sessions share one connection; one of them refreshes at a time
 
@@ -327,7 +327,10 @@ _refreshing = threading.Lock()  # Streamlit's sessions share one connection; one
 def _create_cache(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA {CACHE}")
     con.execute(f"CREATE TABLE {CACHE}.runs (run_key INTEGER, run VARCHAR, job_id BIGINT, method VARCHAR)")
-    con.execute(f"CREATE TABLE {CACHE}.run_solves (run_key INTEGER, problem_id BIGINT, correct BOOLEAN)")
+    con.execute(f"CREATE TABLE {CACHE}.run_solves (run_key INTEGER, problem_id BIGINT, correct BOOLEAN, "
+                "answer VARCHAR)")
+    con.execute(f"CREATE TABLE {CACHE}.problems (problem_id BIGINT, problem VARCHAR, dataset VARCHAR, "
+                "subject VARCHAR, gold VARCHAR)")
 
 
 def _literal(value: int | str) -> str:
@@ -366,19 +369,27 @@ def refresh_solves(con: duckdb.DuckDBPyConnection) -> None:
                 f"WHERE job_id NOT IN (SELECT job_id FROM {CACHE}.runs) ORDER BY job_id").fetchall()]
             if not new:
                 return
-            cursor.execute("BEGIN")
-            cursor.execute("CREATE TEMP TABLE fresh AS SELECT job_id, method, run, problem_id, correct "
-                           "FROM run_solves WHERE list_contains(?, job_id)", [new])
-            cursor.execute(f"""INSERT INTO {CACHE}.runs
-                SELECT (SELECT count(*) FROM {CACHE}.runs) + row_number() OVER (ORDER BY job_id, method) - 1,
-                       run, job_id, method
-                FROM fresh GROUP BY run, job_id, method""")
-            # Sorted by run, so that a query for a few runs skips the other runs' row groups.
-            cursor.execute(f"""INSERT INTO {CACHE}.run_solves
-                SELECT r.run_key, f.problem_id, f.correct FROM fresh f JOIN {CACHE}.runs r USING (job_id, method)
-                ORDER BY r.run_key, f.problem_id""")
-            cursor.execute("DROP TABLE fresh")
-            cursor.execute("COMMIT")
+            cursor.begin()
+            try:
+                cursor.execute("CREATE TEMP TABLE fresh AS SELECT job_id, method, run, problem_id, problem, dataset, "
+                               "subject, gold, answer, correct FROM predictions WHERE list_contains(?, job_id)", [new])
+                cursor.execute(f"""INSERT INTO {CACHE}.runs
+                    SELECT (SELECT count(*) FROM {CACHE}.runs) + row_number() OVER (ORDER BY job_id, method) - 1,
+                           run, job_id, method
+                    FROM fresh GROUP BY run, job_id, method""")
+                # Sorted by run, so that a query for a few runs skips the other runs' row groups.
+                cursor.execute(f"""INSERT INTO {CACHE}.run_solves
+                    SELECT r.run_key, f.problem_id, f.correct, f.answer
+                    FROM fresh f JOIN {CACHE}.runs r USING (job_id, method)
+                    ORDER BY r.run_key, f.problem_id""")
+                cursor.execute(f"""INSERT INTO {CACHE}.problems
+                    SELECT DISTINCT problem_id, problem, dataset, subject, gold FROM fresh
+                    WHERE problem_id NOT IN (SELECT problem_id FROM {CACHE}.problems)""")
+                cursor.execute("DROP TABLE fresh")
+            except BaseException:
+                cursor.rollback()
+                raise
+            cursor.commit()
         finally:
             cursor.close()
 
@@ -418,9 +429,17 @@ def solved_signatures(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> li
     return [(int(mask), int(n)) for mask, n in _fetch(con, sql)]
 
 
-def problems_with_signature(con: duckdb.DuckDBPyConnection, runs: Sequence[str], mask: int, limit: int
-                            ) -> list[int]:
-    """The ids of (at most `limit` of) the common problems of `runs` solved by exactly the runs in `mask`."""
-    solved = solved_problems_sql(f"{CACHE}.run_solves", "run_key", _run_keys(con, runs))
-    return [int(r[0]) for r in _fetch(con, f"SELECT problem_id FROM ({solved}) WHERE mask = $mask "
-                                           "ORDER BY problem_id LIMIT $limit", {"mask": mask, "limit": limit})]
+def signature_answers(con: duckdb.DuckDBPyConnection, runs: Sequence[str], mask: int, limit: int
+                      ) -> list[tuple[int, str, str | None, str | None, str | None, str, str | None]]:
+    """(problem_id, problem, dataset, subject, gold, run, answer) of each of `runs` for (at most `limit` of) their
+    common problems solved by exactly the runs in `mask`, by problem id."""
+    keys = _run_keys(con, runs)
+    solved = solved_problems_sql(f"{CACHE}.run_solves", "run_key", keys)
+    return _fetch(con, f"""
+        WITH chosen AS (SELECT problem_id FROM ({solved}) WHERE mask = $mask ORDER BY problem_id LIMIT $limit)
+        SELECT p.problem_id, p.problem, p.dataset, p.subject, p.gold, r.run, s.answer
+        FROM chosen c
+        JOIN {CACHE}.problems p USING (problem_id)
+        JOIN {CACHE}.run_solves s ON s.problem_id = c.problem_id AND list_contains($keys, s.run_key)
+        JOIN {CACHE}.runs r ON r.run_key = s.run_key
+        ORDER BY p.problem_id, list_position($keys, s.run_key)""", {"mask": mask, "limit": limit, "keys": keys})
