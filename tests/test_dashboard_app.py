@@ -17,7 +17,9 @@ from test_dashboard import DROPPED_RATIONALE, KEPT_RATIONALE, LEAK_RATIONALE, se
 from rplat import analytics
 from rplat.dashboard import queries
 from rplat.errors import UserError
+from rplat.models import Evaluation, Job
 from rplat.stats import wilson
+from rplat.store import transaction
 
 RUN_TIMEOUT = 120.0  # seconds one script run may take on the loaded CI machine before AppTest gives up
 
@@ -154,6 +156,20 @@ def test_the_cache_takes_in_a_run_evaluated_after_the_first_query(db: Store) -> 
     assert analytics.solved_runs(con)[:2] == [f"asc-f0 / student / job {ids['aggregate']}",
                                               f"asc-f1 / student / job {ids['aggregate']}"]
     assert len(analytics.solved_runs(con)) == 8
+    con.close()
+
+
+def test_the_cache_copies_an_evaluation_without_predictions_once(db: Store) -> None:
+    seed(db)
+    with transaction(db.engine()) as s:
+        empty = Job(kind="evaluate", status="succeeded", params={}, attempts=1)
+        s.add(empty)
+        s.flush()
+        s.add(Evaluation(job_id=empty.id, method="greedy", subject="all", n=0, n_correct=0, accuracy=0.0))
+    con = analytics.connect(db.url)
+    assert len(analytics.solved_runs(con)) == 2
+    # Marked as copied, so the next refresh does not read predictions again looking for its rows.
+    assert empty.id in [r[0] for r in con.execute(f"SELECT job_id FROM {analytics.CACHE}.jobs").fetchall()]
     con.close()
 
 

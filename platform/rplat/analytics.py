@@ -326,6 +326,8 @@ _refreshing = threading.Lock()  # Streamlit's sessions share one connection; one
 
 def _create_cache(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA {CACHE}")
+    # Every evaluated job copied so far, also one whose evaluation has no prediction (an empty problem set).
+    con.execute(f"CREATE TABLE {CACHE}.jobs (job_id BIGINT)")
     con.execute(f"CREATE TABLE {CACHE}.runs (run_key INTEGER, run VARCHAR, job_id BIGINT, method VARCHAR)")
     con.execute(f"CREATE TABLE {CACHE}.run_solves (run_key INTEGER, problem_id BIGINT, correct BOOLEAN, "
                 "answer VARCHAR)")
@@ -366,7 +368,7 @@ def refresh_solves(con: duckdb.DuckDBPyConnection) -> None:
         try:
             new = [r[0] for r in cursor.execute(
                 f"SELECT DISTINCT job_id FROM store.evaluations "
-                f"WHERE job_id NOT IN (SELECT job_id FROM {CACHE}.runs) ORDER BY job_id").fetchall()]
+                f"WHERE job_id NOT IN (SELECT job_id FROM {CACHE}.jobs) ORDER BY job_id").fetchall()]
             if not new:
                 return
             cursor.begin()
@@ -385,6 +387,7 @@ def refresh_solves(con: duckdb.DuckDBPyConnection) -> None:
                 cursor.execute(f"""INSERT INTO {CACHE}.problems
                     SELECT DISTINCT problem_id, problem, dataset, subject, gold FROM fresh
                     WHERE problem_id NOT IN (SELECT problem_id FROM {CACHE}.problems)""")
+                cursor.execute(f"INSERT INTO {CACHE}.jobs SELECT unnest(?)", [new])
                 cursor.execute("DROP TABLE fresh")
             except BaseException:
                 cursor.rollback()
