@@ -12,10 +12,9 @@ from rplat.dashboard.common import EMPTY, connection, table
 from rplat.dashboard.tdg_pages import chains_page, training_page, votes_page
 from rplat.errors import UserError
 
-DEFAULT_RUNS = 4
-"""Intersections start with the newest runs, this many of them."""
-SHOWN_COMBINATIONS = 40
-"""The UpSet chart and the combination picker show the largest combinations only: 20 runs can have 10^5 of them."""
+# Comments, not attribute docstrings: Streamlit's magic would print a bare string of the app script on every page.
+DEFAULT_RUNS = 4  # Intersections start with the newest runs, this many of them
+SHOWN_COMBINATIONS = 40  # the UpSet chart and the combination picker show the largest: 20 runs can have 10^5
 
 EXAMPLE_QUERY = ("SELECT method, model, count(*) AS problems, avg(CAST(correct AS INTEGER)) AS accuracy\n"
                  "FROM predictions GROUP BY ALL ORDER BY accuracy DESC")

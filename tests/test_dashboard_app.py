@@ -245,3 +245,13 @@ def test_intersections_page_shows_only_the_largest_combinations(ids: dict[str, i
     assert at.selectbox[0].options == ["solved by none (1 problem)", f"solved only by {asc_runs(ids)[3]} (1 problem)"]
     assert chart_data(at, 1)["combination"].drop_duplicates().tolist() == [
         "solved by none", f"solved only by {asc_runs(ids)[3]}"]
+
+
+def test_the_app_script_shows_nothing_of_its_own_above_a_pages_title(ids: dict[str, int]) -> None:
+    from rplat.dashboard import app
+
+    at = AppTest.from_file(app.__file__, default_timeout=RUN_TIMEOUT).run()
+    assert not at.exception
+    # Streamlit's magic would print any bare string of the script (an attribute docstring, say) before the page.
+    first = next(e for e in at.main if type(e).__name__ != "SpecialBlock")
+    assert (type(first).__name__, first.value) == ("Title", "Rationales")
