@@ -260,7 +260,8 @@ def shoot(page: Any, directory: Path, name: str) -> None:
 def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(db, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with running_dashboard(db, tmp_path / "dashboard.log") as (url, port):
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and no other address
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # Streamlit scrolls inside its own container, so a screenshot shows what fits this viewport.
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
         for path, what in [("", "rationales"), ("failures", "wrong predictions"), ("intersections", "evaluated runs"),
                            ("chains", "teacher chains"), ("votes", "aggregated votes"),
                            ("training", "training metrics"), ("jobs", "jobs")]:
