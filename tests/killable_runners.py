@@ -1,4 +1,4 @@
-"""Helpers of the kill -9 tests: real runner subprocesses, seeded rationales, untimed waits."""
+"""Helpers of the kill -9 tests: real runner subprocesses, in-process rescuers, seeded rationales, untimed waits."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from rplat.models import Extraction, Job, Rationale
+from rplat.models import Checkpoint, Extraction, Job, Rationale
 from rplat.prompts import TEMPLATES, ensure_template
+from rplat.queue import Queue
 from rplat.registry import register_model
+from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
 
 from tiny_lm import save_tiny
 
 HANG = 300.0  # a guard against hangs, never a performance threshold
+LEASE_SECONDS = 2.0  # the runner processes' leases: what a rescuer waits out after a kill -9, at most
+IN_PROCESS_LEASE_SECONDS = 30.0
 
 
 def wait_for(predicate: Callable[[], bool], what: str) -> None:
@@ -35,7 +39,7 @@ def runner_processes(db: Any) -> Iterator[Callable[..., subprocess.Popen[bytes]]
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "rplat.cli", "runner", "--lease-seconds", "2",
+        proc = subprocess.Popen([sys.executable, "-m", "rplat.cli", "runner", "--lease-seconds", str(LEASE_SECONDS),
                                  "--poll-seconds", "0.1", "--quiet", *args], env=db.env, cwd=db.home,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(proc)
@@ -73,22 +77,36 @@ def seed_rationales(db: Any, tmp_path: Path, n: int) -> int:
     return job_id
 
 
-def kill_then_rescue(db: Any, runners: Callable[..., subprocess.Popen[bytes]], job_id: int, steps: int,
-                     ready: Callable[[], bool], what: str) -> tuple[int, Any]:
-    """The kill -9 sequence of a training job: a runner takes it, is killed once `ready()` (checkpoints were
-    written), and a second runner takes it over after the lease expires. Returns (the step it resumed from, the
-    job's result), having checked that the job succeeded."""
-    from rplat.models import Checkpoint
+def last_checkpoint(db: Any, job_id: int) -> int:
+    """The step of the job's newest recorded checkpoint, -1 before the first. Kill tests wait on this, not on
+    metric rows: a step's metrics are written just before its checkpoint."""
+    with db.engine().connect() as conn:
+        step = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == job_id))
+    return -1 if step is None else step
 
+
+def run_one(db: Any) -> None:
+    """A runner in this process (torch is imported here already: one runner start-up less) that runs one job and
+    returns; a job whose runner was killed it takes over once that runner's lease has expired. Its own lease is
+    long: nothing takes over from it, and this busy process must not lose it between heartbeats."""
+    Runner(Queue(db.engine()), db.home, RunnerOptions(max_jobs=1, lease_seconds=IN_PROCESS_LEASE_SECONDS,
+                                                      poll_seconds=0.1)).run()
+
+
+def kill_then_rescue(db: Any, runners: Callable[..., subprocess.Popen[bytes]], job_id: int, steps: int,
+                     checkpoint_at: int) -> tuple[int, Any]:
+    """The kill -9 sequence of a training job: a runner process takes it and is killed once the checkpoint of step
+    `checkpoint_at` (or a later one) is recorded; a second runner, in this process, takes it over after the lease
+    expires. Returns (the step it resumed from, (the job's result, its attempts)), having checked that the job
+    succeeded. `steps - checkpoint_at` steps are the margin for noticing the checkpoint before the job ends."""
     victim = runners("--once")
-    wait_for(ready, what)
+    wait_for(lambda: last_checkpoint(db, job_id) >= checkpoint_at or victim.poll() is not None,
+             f"the checkpoint of step {checkpoint_at}")
     victim.kill()  # SIGKILL: no handler runs, the lease is left to expire
     victim.wait()
-    with db.engine().connect() as conn:
-        resume_at = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == job_id))
-    assert resume_at is not None and resume_at < steps
-    rescuer = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
-    wait_for(lambda: rescuer.poll() is not None, "the rescuing runner")
+    resume_at = last_checkpoint(db, job_id)
+    assert checkpoint_at <= resume_at < steps, f"killed after the checkpoint of step {resume_at} of {steps}"
+    run_one(db)
     with transaction(db.engine()) as s:
         job = s.get(Job, job_id)
         assert job.status == "succeeded", job.error

@@ -29,7 +29,7 @@ from rplat.runners.kinds_tdg import CollectChainsParams
 from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
 
-from killable_runners import HANG, count_rows, runner_processes, wait_for
+from killable_runners import count_rows, run_one, runner_processes, wait_for
 from tiny_lm import save_tiny, tiny_tokenizer
 
 
@@ -238,8 +238,7 @@ def test_killed_collect_chains_resumes_without_regenerating_what_it_stored(db, t
     with db.engine().connect() as conn:
         cached_at_kill = conn.scalar(select(func.count()).select_from(GenerationCache))
     assert 6 <= len(before) < total and cached_at_kill >= len(before)
-    second = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
-    second.wait(timeout=HANG)
+    run_one(db)  # waits for the dead runner's lease to expire, then takes the job
     job = _job(db, job_id)
     after = _chains(db, "tiny")
     assert job.attempts == 2 and len(after) == total

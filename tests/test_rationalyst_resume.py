@@ -12,9 +12,13 @@ from sqlalchemy import func, select
 
 from rplat.models import GenerationCache, Job, RationaleScore, TrainingMetric
 from rplat.queue import Queue
+from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
 
-from killable_runners import HANG, count_rows, kill_then_rescue, runner_processes, seed_rationales, wait_for
+from killable_runners import count_rows, kill_then_rescue, run_one, runner_processes, seed_rationales, wait_for
+
+# Two checkpoints before the kill, and 50 steps to notice them in before the run ends.
+STEPS = 60
 
 
 @pytest.fixture
@@ -34,8 +38,7 @@ def test_killed_score_rationales_resumes_without_duplicates(db, tmp_path, runner
     with db.engine().connect() as conn:
         cached_at_kill = conn.scalar(select(func.count()).select_from(GenerationCache))
     assert 10 <= partial < 120 and cached_at_kill >= 2 * partial
-    second = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
-    wait_for(lambda: second.poll() is not None, "the second runner")
+    run_one(db)  # waits for the dead runner's lease to expire, then takes the job
     with transaction(db.engine()) as s:
         job = s.get(Job, job_id)
         assert job.status == "succeeded", job.error
@@ -53,17 +56,17 @@ def test_killed_training_resumes_at_its_checkpoint_with_the_same_loss_curve(db, 
     extract_job = seed_rationales(db, tmp_path, 40)
     queue = Queue(db.engine())
     score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
-    common = {"score_job": score_job, "model": "tiny", "max_steps": 120, "epochs": 12, "batch_size": 4, "grad_accum": 1,
-              "checkpoint_every": 10, "eval_fraction": 0.0, "lr": 1e-3}
+    common = {"score_job": score_job, "model": "tiny", "max_steps": STEPS, "epochs": 6, "batch_size": 4,
+              "grad_accum": 1, "checkpoint_every": 5, "eval_fraction": 0.0, "lr": 1e-3}
     straight, _ = queue.enqueue("train-rationalyst", {**common, "adapter_name": "straight"}, after=[score_job])
-    runners("--once").wait(timeout=HANG)
-    assert count_rows(db, TrainingMetric, straight) == 120
+    # The uninterrupted yardstick in this process: the same numbers (one thread, the CPU, fixed seeds).
+    Runner(queue, db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+    assert count_rows(db, TrainingMetric, straight) == STEPS
     crashed, _ = queue.enqueue("train-rationalyst", {**common, "adapter_name": "crashed"}, after=[score_job])
-    resume_at, (result, _) = kill_then_rescue(
-        db, runners, crashed, 120, lambda: count_rows(db, TrainingMetric, crashed) >= 30, "a few checkpoints")
+    resume_at, (result, _) = kill_then_rescue(db, runners, crashed, STEPS, checkpoint_at=10)
     with transaction(db.engine()) as s:
         curves = {j: s.execute(select(TrainingMetric.step, TrainingMetric.loss).where(TrainingMetric.job_id == j)
                                .order_by(TrainingMetric.step)).all() for j in (straight, crashed)}
     assert result["resumed_from"] == resume_at
-    assert [st for st, _ in curves[crashed]] == list(range(120))
+    assert [st for st, _ in curves[crashed]] == list(range(STEPS))
     assert [loss for _, loss in curves[crashed]] == pytest.approx([loss for _, loss in curves[straight]], rel=1e-4)

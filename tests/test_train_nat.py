@@ -149,8 +149,7 @@ def test_killed_train_nat_resumes_at_its_checkpoint_with_the_same_loss_curve(db,
     _drain(db)  # in-process: one runner start-up less (each takes seconds on a loaded machine)
     assert count_rows(db, TrainingMetric, straight) == 40
     crashed, _ = queue.enqueue("train-nat", {**common, "adapter_name": "crashed"})
-    resume_at, (result, attempts) = kill_then_rescue(
-        db, runners, crashed, 40, lambda: count_rows(db, TrainingMetric, crashed) >= 10, "a few checkpoints")
+    resume_at, (result, attempts) = kill_then_rescue(db, runners, crashed, 40, checkpoint_at=10)
     with transaction(db.engine()) as s:
         curves = {j: s.execute(select(TrainingMetric.step, TrainingMetric.loss, TrainingMetric.extra)
                                .where(TrainingMetric.job_id == j).order_by(TrainingMetric.step)).all()

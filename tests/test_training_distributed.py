@@ -9,34 +9,53 @@ import math
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from rplat.models import Checkpoint, Job, JobEvent, Model, TrainingMetric
+from rplat.models import Job, JobEvent, Model, TrainingMetric
 from rplat.queue import Queue
+from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
 
-from killable_runners import HANG, count_rows, runner_processes, seed_rationales, wait_for
+from killable_runners import (
+    IN_PROCESS_LEASE_SECONDS,
+    LEASE_SECONDS,
+    last_checkpoint,
+    run_one,
+    runner_processes,
+    seed_rationales,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
 # Absolute, per step: two processes add the same per-token terms in another order (and all-reduce them), so the
 # float sums differ in the last bits; the largest difference measured over 80 such steps was 7.1e-7.
 TOLERANCE = 1e-4
-# 25 rationales, 2 held out, 23 trained on for 15 epochs in global batches of 4: the last step has one example,
-# so the second rank runs a zero-weight one.
+# 25 rationales, 2 held out, 23 trained on for 11 epochs in global batches of 4: the last step has one example,
+# so the second rank runs a zero-weight one. Checkpoints every 8 steps: the kill comes after the second (16), with
+# 48 steps left to notice it in before the run ends.
 RATIONALES = 25
-STEPS = math.ceil(15 * 23 / 4)
-COMMON = {"model": "tiny", "epochs": 15, "batch_size": 2, "grad_accum": 2, "checkpoint_every": 8,
+STEPS = math.ceil(11 * 23 / 4)
+COMMON = {"model": "tiny", "epochs": 11, "batch_size": 2, "grad_accum": 2, "checkpoint_every": 8,
           "eval_fraction": 0.1, "eval_every": 8, "lr": 1e-3, "lora_dropout": 0.0}
 
 
 @pytest.fixture
-def runners(db) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
+def runners(db, monkeypatch) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
+    # Torchrun workers of a runner in this process inherit its environment: they load the test plugins too.
+    monkeypatch.setenv("PYTHONPATH", db.env["PYTHONPATH"])
     yield from runner_processes(db)
+
+
+def _run_in_process(db, **options: object) -> None:  # type: ignore[no-untyped-def]
+    """A runner in this process (one runner start-up less; torchrun still starts real workers)."""
+    options = {"lease_seconds": IN_PROCESS_LEASE_SECONDS, "poll_seconds": 0.1, **options}
+    Runner(Queue(db.engine()), db.home, RunnerOptions(**options)).run()  # type: ignore[arg-type]
 
 
 def _processes_of(run_dir: Path) -> list[int]:
@@ -52,13 +71,6 @@ def _processes_of(run_dir: Path) -> list[int]:
             if str(run_dir).encode() in argv and state != "Z":
                 found.append(int(entry.name))
     return found
-
-
-def _last_checkpoint(db, job_id: int) -> int:  # type: ignore[no-untyped-def]
-    """The step of the job's newest recorded checkpoint, -1 before the first (metrics land before it does)."""
-    with db.engine().connect() as conn:
-        step = conn.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == job_id))
-    return -1 if step is None else step
 
 
 def _curve(db, job_id: int) -> list[tuple[int, float, float | None]]:  # type: ignore[no-untyped-def]
@@ -78,7 +90,7 @@ def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(db, tmp_
                               after=[score_job])
     sharded, _ = queue.enqueue("train-rationalyst", {**common, "adapter_name": "sharded", "nproc": 2,
                                                      "parallel": "fsdp"}, after=[score_job])
-    runners("--max-jobs", "4").wait(timeout=HANG)
+    _run_in_process(db, once=True)
     with transaction(db.engine()) as s:
         for job_id in (single, double, sharded):
             job = s.get(Job, job_id)
@@ -89,23 +101,22 @@ def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(db, tmp_
     assert [loss for _, loss, _ in two] == pytest.approx([loss for _, loss, _ in one], abs=TOLERANCE)
     assert [loss for _, loss, _ in _curve(db, sharded)] == pytest.approx([loss for _, loss, _ in one], abs=TOLERANCE)
     evals = [(st, ev) for st, _, ev in one if ev is not None]
-    assert [st for st, _ in evals] == [*range(7, STEPS, 8), STEPS - 1]
+    assert [st for st, _ in evals] == [*range(7, STEPS - 1, 8), STEPS - 1]
     assert [ev for _, ev, in evals] == pytest.approx([ev for _, _, ev in two if ev is not None], abs=TOLERANCE)
 
     crashed, _ = queue.enqueue("train-rationalyst", {**common, "adapter_name": "crashed", "nproc": 2},
                                after=[score_job])
     victim = runners("--once")
     run_dir = db.home / "runs" / f"job-{crashed}"
-    wait_for(lambda: _last_checkpoint(db, crashed) >= 16, "two checkpoints")
+    wait_for(lambda: last_checkpoint(db, crashed) >= 16 or victim.poll() is not None, "two checkpoints")
     assert len(_processes_of(run_dir)) == 3  # torchrun's agent and two workers
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     wait_for(lambda: not _processes_of(run_dir), "the workers to die with the runner")
-    resume_at = _last_checkpoint(db, crashed)
+    resume_at = last_checkpoint(db, crashed)
     assert 16 <= resume_at < STEPS
 
-    rescuer = runners("--max-jobs", "1")  # waits for the dead runner's lease to expire, then takes the job
-    wait_for(lambda: rescuer.poll() is not None, "the rescuing runner")
+    run_one(db)  # waits for the dead runner's lease to expire, then takes the job
     with transaction(db.engine()) as s:
         job = s.get(Job, crashed)
         assert job.status == "succeeded", job.error
@@ -128,12 +139,23 @@ def test_cancelling_a_two_process_job_stops_its_workers(db, tmp_path, runners) -
     score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
     job_id, _ = queue.enqueue("train-rationalyst", {**COMMON, "score_job": score_job, "nproc": 2, "epochs": 10000},
                               after=[score_job])
-    runner = runners("--max-jobs", "2")
     run_dir = db.home / "runs" / f"job-{job_id}"
-    wait_for(lambda: count_rows(db, TrainingMetric, job_id) >= 8, "the first checkpoint")
-    assert len(_processes_of(run_dir)) == 3
-    queue.cancel(job_id)
-    wait_for(lambda: runner.poll() is not None, "the runner to finish the cancelled job")
+    workers_at_cancel: list[int] = []
+
+    def cancel_after_the_first_checkpoint() -> None:
+        try:
+            wait_for(lambda: last_checkpoint(db, job_id) >= 8, "the first checkpoint")
+            workers_at_cancel.append(len(_processes_of(run_dir)))
+        finally:  # even after a failed wait: the runner below would train for 10000 epochs
+            queue.cancel(job_id)
+
+    canceller = threading.Thread(target=cancel_after_the_first_checkpoint)
+    canceller.start()
+    # The score job, then the training job until its cancellation, which reaches the runner with its next
+    # heartbeat (every third of a lease: short here).
+    _run_in_process(db, max_jobs=2, lease_seconds=LEASE_SECONDS)
+    canceller.join()
+    assert workers_at_cancel == [3]  # torchrun's agent and two workers were running
     with transaction(db.engine()) as s:
         job = s.get(Job, job_id)
     assert job.status == "cancelled" and job.progress_done is not None and 8 <= job.progress_done < job.progress_total
