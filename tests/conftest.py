@@ -8,6 +8,7 @@ a missing server skips the PostgreSQL half with the reason; in CI (CI=true) it i
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sqlite3
@@ -44,6 +45,7 @@ def _pg_engine(url: str):  # type: ignore[no-untyped-def]
     return create_engine(parsed, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
 
 
+@functools.cache  # asked once per session, not once per test: each ask is a connection of its own
 def _pg_available() -> str | None:
     """None if PostgreSQL answers, else why not."""
     try:
@@ -135,6 +137,13 @@ def _templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_MigratedTe
     templates = _MigratedTemplates(tmp_path_factory.mktemp("templates"))
     yield templates
     templates.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An RPLAT_HOME for the bundled SmolLM2, one per session: converting its GGUF takes ~40 s of CPU, and the tests
+    that convert it (test_bundled, first in the session) and serve it (test_vllm) need the same converted model."""
+    return tmp_path_factory.mktemp("smollm2-home")
 
 
 def _make_store(backend: str, tmp_path: Path, *, migrate: bool = True,

@@ -16,9 +16,10 @@ from rplat.store import transaction
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An RPLAT_HOME the tests of this module share: the conversion takes a while, and its result is the same."""
-    return tmp_path_factory.mktemp("home")
+def home(smollm2_home: Path) -> Path:
+    """The session's SmolLM2 home (the conversion takes a while, its result is the same): these tests, first in the
+    session to use it, convert the model into it; test_vllm then serves that conversion."""
+    return smollm2_home
 
 
 def test_bundled_model_converts_once_registers_and_generates(db, home: Path) -> None:  # type: ignore[no-untyped-def]

@@ -272,7 +272,7 @@ def _make_lora(base: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+def served(tmp_path_factory: pytest.TempPathFactory, smollm2_home: Path) -> Iterator[Store]:
     """A SQLite store with SmolLM2 and a LoRA of it registered and served by one real `vllm serve`."""
     _need_vllm()
     from rplat.bundled import convert_smollm2
@@ -282,7 +282,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     home.mkdir()
     store = Store("sqlite", f"sqlite:///{home / 'rplat.db'}", home)
     upgrade(store.engine())
-    smol = convert_smollm2(REPO / ".cache" / "test-home")  # converted once, kept between runs
+    smol = convert_smollm2(smollm2_home)  # converted once per session (by test_bundled, when it ran first)
     with transaction(store.engine()) as s:
         base = register_model(s, SMOLLM2, "base", smol, role="agent")
         register_model(s, ADAPTER, "lora", _make_lora(smol, home / "lora"), parents={"base": base.id}, lora_r=8)
