@@ -51,7 +51,7 @@ from rplat.registry import BUNDLED_EMBEDDER, ensure_bundled_embedder, get_model
 from rplat.runners.context import JobContext, StepMetric
 from rplat.runners.kinds_tdg import ScoreSamplesParams, TrainRankerParams
 from rplat.runners.tdg_data import save_and_register
-from rplat.runners.training import Batch, Objective, TrainConfig, training_device, weight_decay_groups
+from rplat.runners.training import Batch, Objective, PerEpoch, TrainConfig, training_device, weight_decay_groups
 from rplat.runners.training import train as train_loop
 from rplat.store import insert_ignore, upsert
 
@@ -178,7 +178,9 @@ def train(ctx: JobContext, p: TrainRankerParams) -> dict[str, Any]:
     encoder, tokenizer = load_encoder(encoder_dir(path, kind))
     cfg = RankerConfig(kind, encoder.config.hidden_size, min(p.max_length, encoder_limit(encoder, tokenizer)))
     ranker = Ranker(encoder, cfg.hidden_size).to(device)
-    examples = _pairs(questions, train_ids, p.epochs, p.seed, tokenizer, cfg.max_length)
+    pairs = _pairs(questions, train_ids, p.epochs, p.seed, tokenizer, cfg.max_length)
+    # each epoch its own fresh pair per question, trained after the previous epoch's
+    examples = PerEpoch([[e for e in pairs if e["epoch"] == epoch] for epoch in range(p.epochs)])
     heldout = _pairs(questions, sorted(held), 1, p.seed, tokenizer, cfg.max_length)
     host = PairHost(ctx)
     heldout_rows: list[dict[str, Any]] = []
@@ -199,8 +201,8 @@ def train(ctx: JobContext, p: TrainRankerParams) -> dict[str, Any]:
 
     objective = Objective(lambda pairs: _collate(pairs, tokenizer.pad_token_id), loss,
                           lambda batch: float(len(batch["problem_id"])))
-    train_cfg = TrainConfig(epochs=1, lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
-                            grad_accum=p.grad_accum, checkpoint_every=p.checkpoint_every, seed=p.seed)
+    train_cfg = TrainConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size, grad_accum=p.grad_accum,
+                            checkpoint_every=p.checkpoint_every, final_lr_ratio=p.final_lr_ratio, seed=p.seed)
     summary = train_loop(host, ranker, examples, train_cfg, objective, eval_fn=evaluate if heldout else None,
                          param_groups=lambda module: weight_decay_groups(module, p.weight_decay))
     _write_pairs(ctx, heldout_rows)
@@ -208,7 +210,7 @@ def train(ctx: JobContext, p: TrainRankerParams) -> dict[str, Any]:
     name, model_id = save_and_register(
         ctx, "train-ranker", p, lambda out: save_ranker(ranker, tokenizer, out, cfg, {"encoder_model": p.encoder}),
         fmt="ranker", role="ranker", parents={"base": encoder_id}, config={"ranker": asdict(cfg), **final})
-    return {**summary, "pairs": len(examples), "train_questions": len(train_ids), "heldout_questions": len(held),
+    return {**summary, "pairs": len(pairs), "train_questions": len(train_ids), "heldout_questions": len(held),
             "heldout_accuracy": final.get("heldout_accuracy"), "heldout_loss": final.get("heldout_loss"),
             "max_length": cfg.max_length, "model": name, "model_id": model_id}
 

@@ -89,6 +89,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     eval_every: int | None = None  # the eval hook runs every this many steps, and always after the last one
     max_grad_norm: float = 1.0
+    final_lr_ratio: float = 0.0  # the cosine decays to this fraction of the peak learning rate
     seed: int = 0
     parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes: replicate (DDP) or shard (FSDP2)
 
@@ -157,8 +158,22 @@ def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
             {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def total_steps(n_examples: int, cfg: TrainConfig) -> int:
-    steps = math.ceil(cfg.epochs * n_examples / (cfg.batch_size * cfg.grad_accum))
+@dataclass(frozen=True)
+class PerEpoch:
+    """Examples that differ between epochs (e.g. a fresh random pair per question each epoch): epoch e trains on
+    `epochs[e]`, shuffled, after the whole of epoch e - 1. `TrainConfig.epochs` is then ignored."""
+
+    epochs: Sequence[Sequence[Any]]
+
+
+def _epoch_sizes(examples: Sequence[Any] | PerEpoch, cfg: TrainConfig) -> list[int]:
+    return [len(e) for e in examples.epochs] if isinstance(examples, PerEpoch) else [len(examples)] * cfg.epochs
+
+
+def total_steps(n_examples: int | Sequence[int], cfg: TrainConfig) -> int:
+    """Optimizer steps over `n_examples` per epoch (an int: the same examples `cfg.epochs` times)."""
+    n = cfg.epochs * n_examples if isinstance(n_examples, int) else sum(n_examples)
+    steps = math.ceil(n / (cfg.batch_size * cfg.grad_accum))
     return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
 
 
@@ -166,19 +181,24 @@ def warmup_steps(steps: int, cfg: TrainConfig) -> int:
     return cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * steps)
 
 
-def lr_factor(step: int, warmup: int, steps: int) -> float:
-    """Multiplier of the peak learning rate at optimizer step `step`: linear warmup, then cosine to zero."""
+def lr_factor(step: int, warmup: int, steps: int, final: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step`: linear warmup, then a cosine from 1 down to
+    `final` (0: to zero)."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
     progress = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _order(n_examples: int, cfg: TrainConfig) -> list[int]:
-    """Every example index of the whole run, in order: epoch e is the permutation seeded with seed + e."""
+def _order(sizes: Sequence[int], cfg: TrainConfig, *, distinct: bool) -> list[int]:
+    """Every example index of the whole run, in order: epoch e is the permutation seeded with seed + e of its
+    `sizes[e]` examples (the same examples every epoch, or with `distinct` epoch e's own, stored after e - 1's)."""
     order: list[int] = []
-    for epoch in range(cfg.epochs):
-        order += torch.randperm(n_examples, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+    offset = 0
+    for epoch, size in enumerate(sizes):
+        perm = torch.randperm(size, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+        order += [offset + i for i in perm] if distinct else perm
+        offset += size if distinct else 0
     return order
 
 
@@ -276,7 +296,7 @@ def check_checkpoint_keys(saved: Sequence[str], model_keys: Sequence[str], may_b
 # --- the loop ----------------------------------------------------------------------------------------------
 
 
-def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any], cfg: TrainConfig,
+def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any] | PerEpoch, cfg: TrainConfig,
           objective: Objective, *, eval_fn: EvalFn | None = None, param_groups: ParamGroups | None = None,
           may_be_absent: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """Train `model`'s trainable parameters on `examples`, resuming from the host's newest checkpoint.
@@ -286,6 +306,10 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any], c
     values go into that step's `extra`. `may_be_absent(key)` says which state-dict keys a checkpoint may lack
     (default: every key that is not a trainable parameter, i.e. frozen weights and buffers). Returns steps,
     resumed_from, final_loss and the last eval values (`final_eval`)."""
+    sizes = _epoch_sizes(examples, cfg)
+    distinct = isinstance(examples, PerEpoch)
+    if isinstance(examples, PerEpoch):
+        examples = [e for epoch in examples.epochs for e in epoch]
     if not examples:
         raise UserError("there are no training examples; check the job's inputs.")
     rank, world = rank_and_world()
@@ -300,10 +324,11 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any], c
         {"params": [p for p in wrapped.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    steps = total_steps(len(examples), cfg)
+    steps = total_steps(sizes, cfg)
     warmup = warmup_steps(steps, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
-    order = _order(len(examples), cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps,
+                                                                                 cfg.final_lr_ratio))
+    order = _order(sizes, cfg, distinct=distinct)
     per_step = cfg.batch_size * cfg.grad_accum
     start = 0
     torch.manual_seed(cfg.seed + rank)

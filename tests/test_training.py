@@ -19,6 +19,7 @@ from rplat.runners.training import (
     Batch,
     CheckpointMismatch,
     Objective,
+    PerEpoch,
     TrainConfig,
     causal_lm_objective,
     check_checkpoint_keys,
@@ -239,6 +240,28 @@ def test_lr_factor_rises_linearly_then_decays_by_a_cosine() -> None:
     assert [lr_factor(s, 2, 8) for s in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert lr_factor(5, 2, 8) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 6)))
     assert lr_factor(8, 2, 8) == pytest.approx(0.0)
+
+
+def test_lr_factor_decays_to_the_final_ratio_when_given_one() -> None:
+    assert lr_factor(2, 2, 8, 0.02) == pytest.approx(1.0)
+    assert lr_factor(5, 2, 8, 0.02) == pytest.approx(0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert lr_factor(8, 2, 8, 0.02) == pytest.approx(0.02)
+
+
+def test_per_epoch_examples_train_each_epoch_whole_before_the_next() -> None:
+    """Epoch e's own examples (a fresh draw each epoch), shuffled within the epoch, never mixed across epochs."""
+    seen: list[int] = []
+
+    def loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        seen.extend(batch["x"].tolist())
+        return sum(p.sum() for p in model.parameters()) * 0.0, {}
+
+    objective = Objective(lambda rows: {"x": torch.tensor(list(rows))}, loss, lambda batch: float(len(batch["x"])))
+    epochs = [[0, 1, 2, 3], [10, 11, 12, 13, 14]]
+    cfg = TrainConfig(epochs=7, batch_size=1, grad_accum=1, checkpoint_every=100, seed=3)
+    result = train(MemoryHost(), torch.nn.Linear(1, 1), PerEpoch(epochs), cfg, objective)
+    assert result["steps"] == total_steps([4, 5], cfg) == 9  # cfg.epochs does not count
+    assert sorted(seen[:4]) == epochs[0] and sorted(seen[4:]) == epochs[1] and seen != [*epochs[0], *epochs[1]]
 
 
 def test_eval_values_are_stored_every_k_steps_and_leave_training_unchanged() -> None:
