@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from rplat.errors import UserError
-from rplat.models import Dataset, Job, JobDependency, Model, Problem, TeacherChain
+from rplat.models import Dataset, Job, JobDependency, Model, Prediction, Problem, RankerScore, TeacherChain
 from rplat.pipelines import TdgPipeline
 from rplat.queue import Queue
 from rplat.registry import register_model
@@ -175,10 +175,11 @@ def test_whole_pipeline_tdg_on_a_tiny_model_runs_to_the_report(db, tmp_path) -> 
                   "lora_dropout": 0.0},
         "train-nat": {"unit_dim": 8, "log_every": 1},
         "sample": {"max_tokens": 6},
+        "train-ranker": {"encoder": "tiny", "epochs": 2, "max_length": 64, "heldout_fraction": 0.25},
     }))
     ids = json.loads(db.rplat("pipeline", "tdg", "--benchmark", "sums-train", "--test", "sums-test", "--teacher",
                               "tiny", "--student", "tiny", "--experiment", "t", "--n-chains", "3", "--train-steps", "2",
-                              "--params-file", str(overrides), "--json", check=True).stdout)
+                              "--asc-samples", "3", "--params-file", str(overrides), "--json", check=True).stdout)
     run = db.rplat("runner", "--until-done", "--lease-seconds", "30", timeout=1500)
     assert run.returncode == 0, run.stderr
     jobs = _pipeline_jobs(db)
@@ -188,7 +189,7 @@ def test_whole_pipeline_tdg_on_a_tiny_model_runs_to_the_report(db, tmp_path) -> 
                            .where(TeacherChain.teacher == "tiny")).all()
         adapters = {m.name: m for m in s.scalars(select(Model).where(Model.name.like("t-%"))).all()}
     assert len(chains) == 4 * 3 and {c.job_id for c in chains if c.sample_idx > 0} == {ids["collect"]}
-    assert set(adapters) == {f"t-{s}" for s in SETTINGS if s != "base"}
+    assert set(adapters) == {f"t-{s}" for s in SETTINGS if s != "base"} | {"t-ranker"}
     assert all(adapters[f"t-{s}"].job_id == ids["train"][s] for s in ids["train"])
 
     report = json.loads(db.rplat("report", "tdg", "--experiment", "t", "--json", check=True).stdout)
@@ -198,3 +199,20 @@ def test_whole_pipeline_tdg_on_a_tiny_model_runs_to_the_report(db, tmp_path) -> 
     assert [(t["a"], t["b"]) for t in report["table1"]] == [("kd", "neg"), ("neg", "nat")]
     printed = db.rplat("report", "tdg", "--experiment", "t", check=True).stdout
     assert "Table 2" in printed and "Table 1" in printed and "t-nce" in printed
+
+    # ASC: every test problem voted on by each method, the ranker registered, the curve and a paired comparison.
+    aggregate = ids["asc"]["aggregate"]
+    with transaction(db.engine()) as s:
+        methods = s.execute(select(Prediction.method, func.count()).where(Prediction.job_id == aggregate)
+                            .group_by(Prediction.method)).all()
+        ranker = s.scalar(select(Model).where(Model.name == "t-ranker"))
+        scored = s.scalar(select(func.count()).select_from(RankerScore)
+                          .where(RankerScore.job_id == ids["asc"]["score-samples"]))
+    assert dict(methods) == {m: 3 for m in ("greedy", "sc", "asc-f0", "asc-f1", "asc-f2", "asc-f3")}
+    assert ranker is not None and ranker.format == "ranker" and ranker.job_id == ids["asc"]["train-ranker"]
+    assert scored == 3 * 3
+    curve = json.loads(db.rplat("report", "asc", "--experiment", "t", "--json", check=True).stdout)
+    assert curve  # one row per method and k
+    compare = json.loads(db.rplat("report", "compare", f"{aggregate}:sc", f"{aggregate}:asc-f3", "--json",
+                                  check=True).stdout)
+    assert compare["n"] == 3
