@@ -233,7 +233,7 @@ def test_handler_burning_cpu_past_its_lease_is_never_reclaimed(db: Store, runner
     for name in ("runner-a", "runner-b"):
         runners.start(name, lease=lease)
     wait_for(lambda: scalar(engine, select(func.count()).select_from(Runner)) == 2, "both runners to poll")
-    job_id = enqueue(engine, "probe", {"burn_seconds": 5 * lease, "devices": False})
+    job_id = enqueue(engine, "probe", {"burn_seconds": 3 * lease, "devices": False})
     wait_for(lambda: job(engine, job_id).status in TERMINAL_STATUSES, "the job to finish")
     stored = job(engine, job_id)
     assert (stored.status, stored.attempts, stored.lease_token) == ("succeeded", 1, 1), "claimed once, never again"

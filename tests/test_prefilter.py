@@ -1,4 +1,7 @@
-"""The `prefilter` job (RATIONALYST A1) end to end with real runner processes, both stores."""
+"""The `prefilter` job (RATIONALYST A1) end to end with real runner processes, both stores.
+
+The runner that finishes an interrupted job runs in this process: only the interrupted one needs a process of its
+own (each start-up imports torch)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from rplat.models import Checkpoint, Document, Job, JobEvent, Model, PrefilterScore
+from rplat.queue import Queue
 from rplat.registry import BUNDLED_EMBEDDER, bundled_embedder_path, digest_dir
+from rplat.runners.loop import Runner, RunnerOptions
 
 MATH_DOCS = {
     "math-notebooks": "Sara buys 3 notebooks at $4 each and a pen for $2. She pays with a $20 bill. How much change "
@@ -274,6 +279,10 @@ def _wait_for_scores(db: Store, job_id: int, runner: subprocess.Popen[str], mini
         time.sleep(0.02)
 
 
+def _run_in_process(db: Store, **options: Any) -> None:
+    Runner(Queue(db.engine()), db.home, RunnerOptions(lease_seconds=30, poll_seconds=0.1, **options)).run()
+
+
 N_MANY = 160
 LEASE_SECONDS = 3
 
@@ -295,9 +304,9 @@ def test_killed_runner_job_resumes_from_checkpoint_without_duplicates(db: Store,
     assert [step for _, step, _ in checkpoint_before] == [0]
     # The same job again under another id, run without interruption, as the yardstick.
     baseline_id = _enqueue(db, "--param", "batch_size=2", "--no-dedupe")
-    time.sleep(LEASE_SECONDS + 1)  # let the dead runner's lease expire so `--once` can reclaim the job
 
-    db.rplat("runner", "--once", check=True)
+    # Runs the baseline, then waits for the dead runner's lease to expire and reclaims the job.
+    _run_in_process(db, until_done=True)
 
     job = _job(db, job_id)
     assert (job.status, job.attempts) == ("succeeded", 2)
@@ -332,7 +341,7 @@ def test_sigterm_releases_the_job_and_the_next_runner_finishes_it(db: Store, gsm
     assert 0 < _count_scores(db, job_id) < N_MANY
     checkpoint_before = _checkpoints(db, job_id)
 
-    db.rplat("runner", "--once", check=True)
+    _run_in_process(db, once=True)
 
     job = _job(db, job_id)
     assert (job.status, job.attempts) == ("succeeded", 1)
