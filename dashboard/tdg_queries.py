@@ -70,8 +70,8 @@ def chain_counts(con: duckdb.DuckDBPyConnection, teachers: Sequence[str] = (), s
 
 
 def problem_question(con: duckdb.DuckDBPyConnection, problem_id: int) -> str | None:
-    """A problem's question (no view carries it beside the chains, so from the read-only `store.problems`)."""
-    found = values(con, "SELECT question FROM store.problems WHERE id = ?", [problem_id])
+    """A problem's question, as the chains view carries it."""
+    found = values(con, "SELECT any_value(question) FROM chains WHERE problem_id = ?", [problem_id])
     return found[0] if found and isinstance(found[0], str) else None
 
 
@@ -80,13 +80,11 @@ def problem_question(con: duckdb.DuckDBPyConnection, problem_id: int) -> str | N
 
 def aggregate_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Aggregate jobs with predictions, newest first: their model, experiment and the sample/score jobs voted on."""
-    # The views carry no job params, so the sample and score jobs come from the read-only `store.jobs` table.
     return frame(con, """
         SELECT p.job_id, any_value(p.model) AS model, any_value(p.experiment) AS experiment,
-               TRY_CAST(json_extract_string(any_value(j.params), '$.sample_job') AS BIGINT) AS sample_job_id,
-               TRY_CAST(json_extract_string(any_value(j.params), '$.score_job') AS BIGINT) AS score_job_id,
+               any_value(p.sample_job_id) AS sample_job_id, any_value(p.score_job_id) AS score_job_id,
                count(DISTINCT p.problem_id) AS problems, list_sort(list(DISTINCT p.method)) AS methods
-        FROM predictions p JOIN store.jobs j ON j.id = p.job_id
+        FROM predictions p JOIN job_timeline j ON j.job_id = p.job_id
         WHERE j.kind = 'aggregate'
         GROUP BY p.job_id ORDER BY p.job_id DESC""")
 

@@ -50,6 +50,8 @@ LEFT JOIN store.rationale_scores rs ON rs.rationale_id = r.id
 LEFT JOIN store.models sm ON sm.id = rs.scorer_model_id""",
     "predictions": """
 SELECT pr.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGINT) AS solve_job_id,
+       TRY_CAST(json_extract_string(j.params, '$.sample_job') AS BIGINT) AS sample_job_id,
+       TRY_CAST(json_extract_string(j.params, '$.score_job') AS BIGINT) AS score_job_id,
        x.name AS experiment, pr.method, m.name AS model,
        pr.method || ' / ' || coalesce(m.name, '?') || ' / job ' || pr.job_id AS run,
        pr.problem_id, p.external_id AS problem, ds.name AS dataset, p.subject, p.question,
@@ -99,7 +101,7 @@ LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
     "chains": """
 SELECT c.job_id, x.name AS experiment, c.id AS chain_id, c.problem_id, p.external_id AS problem, p.subject, p.level,
-       c.teacher, c.sample_idx, c.text AS chain, c.extracted_answer, p.answer AS gold, c.label, c.n_chars,
+       p.question, c.teacher, c.sample_idx, c.text AS chain, c.extracted_answer, p.answer AS gold, c.label, c.n_chars,
        c.labeler, CAST(c.hendrycks_correct AS BOOLEAN) AS hendrycks_correct,
        CAST(c.math_verify_correct AS BOOLEAN) AS math_verify_correct,
        CAST(c.hendrycks_correct AS BOOLEAN) IS DISTINCT FROM CAST(c.math_verify_correct AS BOOLEAN)
