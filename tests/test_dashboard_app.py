@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import apptests
 import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
+from apptests import RUN_TIMEOUT, duck_of, point_app_at
 from conftest import Store, _make_store, _MigratedTemplates
 from dashboard_seed_tdg import seed_tdg
 from streamlit.testing.v1 import AppTest
@@ -20,8 +22,6 @@ from rplat.errors import UserError
 from rplat.models import Evaluation, Job
 from rplat.stats import wilson
 from rplat.store import transaction
-
-RUN_TIMEOUT = 120.0  # seconds one script run may take on the loaded CI machine before AppTest gives up
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -35,23 +35,17 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture
 def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """The seeded ids, with RPLAT_DATABASE_URL pointing the app at the seeded store."""
-    store, seeded = world
-    for key, value in store.env.items():
-        if key.startswith("RPLAT_"):
-            monkeypatch.setenv(key, value)
-    return seeded
+    point_app_at(world[0], monkeypatch)
+    return world[1]
 
 
 @pytest.fixture(scope="module")
 def duck(world: tuple[Store, dict[str, int]]) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = analytics.connect(world[0].url)
-    yield con
-    con.close()
+    yield from duck_of(world[0])
 
 
 def page(name: str) -> AppTest:
-    return AppTest.from_string(f"from rplat.dashboard.app import {name}\n{name}()",
-                               default_timeout=RUN_TIMEOUT).run()
+    return apptests.page("app", name)
 
 
 def metrics(at: AppTest) -> dict[str, str]:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import apptests
 import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
+from apptests import duck_of, point_app_at
 from conftest import Store, _make_store, _MigratedTemplates
 from dashboard_seed_tdg import EXPERIMENT, seed_tdg
 from streamlit.testing.v1 import AppTest
 
-from rplat import analytics, asc
+from rplat import asc
 from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.common import EMPTY
 from rplat.stats import wilson
 
-RUN_TIMEOUT = 120.0  # seconds one script run may take on the loaded CI machine before AppTest gives up
 ASC = ["f1", "f2", "f3"]
 
 
@@ -32,23 +33,17 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture
 def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """The seeded ids, with RPLAT_DATABASE_URL pointing the app at the seeded store."""
-    store, seeded = world
-    for key, value in store.env.items():
-        if key.startswith("RPLAT_"):
-            monkeypatch.setenv(key, value)
-    return seeded
+    point_app_at(world[0], monkeypatch)
+    return world[1]
 
 
 @pytest.fixture(scope="module")
 def duck(world: tuple[Store, dict[str, int]]) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = analytics.connect(world[0].url)
-    yield con
-    con.close()
+    yield from duck_of(world[0])
 
 
 def page(name: str) -> AppTest:
-    return AppTest.from_string(f"from rplat.dashboard.tdg_pages import {name}\n{name}()",
-                               default_timeout=RUN_TIMEOUT).run()
+    return apptests.page("tdg_pages", name)
 
 
 def shown(at: AppTest) -> list[str]:

@@ -1,0 +1,34 @@
+"""What the AppTest modules share: pointing the app at a seeded store and running one page function."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import duckdb
+import pytest
+from conftest import Store
+from streamlit.testing.v1 import AppTest
+
+from rplat import analytics
+
+RUN_TIMEOUT = 120.0  # seconds one script run may take on the loaded CI machine before AppTest gives up
+
+
+def point_app_at(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app reads RPLAT_DATABASE_URL (and RPLAT_HOME) through rplat.config: set them to the store's."""
+    for key, value in store.env.items():
+        if key.startswith("RPLAT_"):
+            monkeypatch.setenv(key, value)
+
+
+def duck_of(store: Store) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Body of a module-scoped fixture: the store's read-only DuckDB connection, closed after the module."""
+    con = analytics.connect(store.url)
+    yield con
+    con.close()
+
+
+def page(module: str, name: str) -> AppTest:
+    """Page function `name` of `rplat.dashboard.<module>`, run once."""
+    return AppTest.from_string(f"from rplat.dashboard.{module} import {name}\n{name}()",
+                               default_timeout=RUN_TIMEOUT).run()
