@@ -1,7 +1,7 @@
-"""The `prefilter` job (RATIONALYST A1) end to end with real runner processes, both stores.
+"""The `prefilter` job (RATIONALYST A1) end to end, interrupted runner processes included, both stores.
 
-The runner that finishes an interrupted job runs in this process: only the interrupted one needs a process of its
-own (each start-up imports torch)."""
+Runners run in this process, except the interrupted ones, which need a process of their own (killed, or sent
+SIGTERM): each runner start-up imports torch."""
 
 from __future__ import annotations
 
@@ -115,17 +115,21 @@ def _checkpoints(db: Store, job_id: int) -> list[tuple[int, int, str]]:
         return [(c.id, c.step, c.sha256) for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))]
 
 
+def _run_in_process(db: Store, **options: Any) -> None:
+    Runner(Queue(db.engine()), db.home, RunnerOptions(lease_seconds=30, poll_seconds=0.1, **options)).run()
+
+
 # --- one finished job per backend, shared by the tests that only read it ---------------------------
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def prefiltered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                 gsm_file: Path) -> Iterator[tuple[Store, int]]:
-    """A store where a real runner finished one prefilter job over MATH_DOCS, OTHER_DOCS and LONG_DOC."""
+    """A store where a runner finished one prefilter job over MATH_DOCS, OTHER_DOCS and LONG_DOC."""
     for store in _make_store(request.param, tmp_path_factory.mktemp(request.param)):
         _import(store, gsm_file, {**MATH_DOCS, **OTHER_DOCS, LONG_ID: LONG_DOC})
         job_id = _enqueue(store)
-        store.rplat("runner", "--once", check=True)
+        _run_in_process(store, once=True)
         yield store, job_id
 
 
@@ -277,10 +281,6 @@ def _wait_for_scores(db: Store, job_id: int, runner: subprocess.Popen[str], mini
         assert runner.poll() is None, "the runner exited before writing any score"
         assert time.monotonic() < deadline, "the runner wrote no score within 240 s"
         time.sleep(0.02)
-
-
-def _run_in_process(db: Store, **options: Any) -> None:
-    Runner(Queue(db.engine()), db.home, RunnerOptions(lease_seconds=30, poll_seconds=0.1, **options)).run()
 
 
 N_MANY = 160
