@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+from test_analytics import run_cli
 
-from rplat.cli import main
 from rplat.errors import UserError
 from rplat.kinds import validate_params
 from rplat.models import Dataset, Evaluation, Experiment, Job, Model, Prediction, Problem, RankerScore, Sample
@@ -161,21 +161,10 @@ def test_the_headline_vote_must_be_among_the_stored_votes() -> None:
 # --- rplat report asc ---------------------------------------------------------------------------------------
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """The CLI in this process (fast): exit code, stdout, stderr."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_report_asc_gives_each_methods_accuracy_for_every_k_with_wilson_intervals(db, capsys) -> None:  # type: ignore[no-untyped-def]
     ids = _seed(db)
     job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "votes": ["f1", "f3"]})
-    code, out, err = _cli(capsys, "report", "asc", "--experiment", "asc", "--json", "--repeats", "5")
+    code, out, err = run_cli(capsys, "report", "asc", "--experiment", "asc", "--json", "--repeats", "5")
     assert code == 0, err
     rows = json.loads(out)
     curve = {(r["method"], r["k"]): r for r in rows}
@@ -188,7 +177,7 @@ def test_report_asc_gives_each_methods_accuracy_for_every_k_with_wilson_interval
     assert (curve[("sc", 4)]["ci_low"], curve[("sc", 4)]["ci_high"]) == pytest.approx(wilson(1.5, 3))
     # one sample decides alone, whatever its weight, and every method saw the same subsets
     assert curve[("sc", 1)]["accuracy"] == curve[("asc-f1", 1)]["accuracy"] == curve[("asc-f3", 1)]["accuracy"]
-    code, table, err = _cli(capsys, "report", "asc", "--experiment", "asc", "--repeats", "5")
+    code, table, err = run_cli(capsys, "report", "asc", "--experiment", "asc", "--repeats", "5")
     assert code == 0, err
     assert "against the number of samples k, experiment asc, 5 subsets per k (seed 0)" in table
     assert f"student  sc      4  3  50.00 [{100 * wilson(1.5, 3)[0]:.1f}, {100 * wilson(1.5, 3)[1]:.1f}]" in table
@@ -197,7 +186,7 @@ def test_report_asc_gives_each_methods_accuracy_for_every_k_with_wilson_interval
 def test_report_asc_on_an_experiment_without_aggregate_jobs_is_one_sentence(db, capsys) -> None:  # type: ignore[no-untyped-def]
     with transaction(db.engine()) as s:
         s.add(Experiment(name="empty"))
-    code, _, err = _cli(capsys, "report", "asc", "--experiment", "empty")
+    code, _, err = run_cli(capsys, "report", "asc", "--experiment", "empty")
     assert code == 2
     assert err.strip().splitlines() == [
         "error: experiment 'empty' has no succeeded aggregate job; enqueue one with `rplat enqueue aggregate "

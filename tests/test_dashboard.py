@@ -242,11 +242,16 @@ def choose(page: Any, label: str, option: str) -> None:
     box.press("Enter")
 
 
-def visit(page: Any, url: str, expect: str) -> str:
-    """Open a page, wait until `expect` shows, and return its text; Streamlit must show no error of any kind."""
+def visit(page: Any, url: str, expect: str, *also: str) -> str:
+    """Open a page, wait until `expect` shows and then every text of `also` (Streamlit draws a page's elements one
+    by one, so what the caller reads must all have arrived), and return its text; Streamlit must show no error."""
     page.goto(url)
     page.get_by_text(expect).first.wait_for(timeout=PAGE_TIMEOUT_MS)
     text = page.inner_text("body")
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while not all(a in text for a in also) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        text = page.inner_text("body")
     assert page.get_by_test_id("stException").count() == 0, text
     assert "Page not found" not in text, text
     return text
@@ -269,7 +274,8 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(db, br
         assert "make demo" in page.inner_text("body")
 
         ids = seed(db)
-        text = visit(page, f"{url}/", "a leak, dropped")  # the highest delta, shown in its context
+        text = visit(page, f"{url}/", "a leak, dropped",  # the highest delta, shown in its context
+                     "Tom has 3 apples.", "He buys 4 more, so he has 7.")
         assert [(r["rationale_id"], r["extract_job_id"], r["score_job_id"], r["loss_delta"], r["overlap"], r["leak"],
                  r["rationale"]) for r in grid(page)] == [
             ("3", str(ids["extract"]), str(ids["score"]), "4.5", "1", "true", LEAK_RATIONALE),
@@ -283,7 +289,8 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(db, br
         shoot(page, tmp_path, "rationales")
 
         # The newest run comes first: rationalyst-implicit, whose first failure is "10 - 4" answered 16.
-        text = visit(page, f"{url}/failures", "chosen: The answer is 16.")
+        text = visit(page, f"{url}/failures", "chosen: The answer is 16.", "rationale: work it out",
+                     f"solve job {ids['rationalyst-implicit']}")
         assert metric(page, "prediction") == "16"
         assert metric(page, "gold") == "6"
         assert metric(page, "evaluate job") == str(ids["evaluate-rationalyst-implicit"])

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
+from test_rationalyst_jobs import seed_triples
 
 from rplat.methods.leaks import overlap
 from rplat.methods.loss_delta import loss_delta
-from rplat.models import Dataset, Extraction, Job, Problem, Rationale, RationaleScore
-from rplat.prompts import TEMPLATES, ensure_template
+from rplat.models import Job, Rationale, RationaleScore
 from rplat.queue import Queue
-from rplat.registry import register_model
 from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
-
-from tiny_lm import save_tiny
 
 # (preceding, rationale, following, source): a copy, and two real rationales whose loss-delta verdicts differ
 # (the tiny model's deltas are random, so tau decides: -1e9 for "pile" keeps, 1e9 for "gsm8k" drops).
@@ -27,27 +24,7 @@ TAUS = {"pile": -1e9, "gsm8k": 1e9}
 
 def _seed(db, tmp_path) -> int:  # type: ignore[no-untyped-def]
     """A registered tiny model and a finished extraction job holding TRIPLES; returns that job's id."""
-    with transaction(db.engine()) as s:
-        model = register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
-        job_id = s.scalar(insert(Job).values(kind="extract-rationales", status="succeeded", params={},
-                                             attempts=1, max_attempts=1, lease_token=1, cancel_requested=False,
-                                             priority=0, progress_done=0).returning(Job.id))
-        ds = Dataset(name="p", kind="problems", job_id=job_id)
-        s.add(ds)
-        s.flush()
-        template_id = ensure_template(s, TEMPLATES["extract-insert"])
-        for k, (pre, rat, fol, source) in enumerate(TRIPLES):
-            problem = Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question=pre, content_hash=str(k))
-            s.add(problem)
-            s.flush()
-            ext = Extraction(job_id=job_id, problem_id=problem.id, model_id=model.id, prompt_template_id=template_id,
-                             temperature=0.0, input_text=pre, raw_output=f"{pre}<BOT>{rat}<EOT>{fol}", fidelity=1.0,
-                             passed=True)
-            s.add(ext)
-            s.flush()
-            s.add(Rationale(job_id=job_id, extraction_id=ext.id, position=1, preceding=pre, rationale=rat,
-                            following=fol, left_step=1, source=source))
-    return job_id
+    return seed_triples(db, tmp_path, TRIPLES, "extract-insert")
 
 
 def _score(db, params: dict) -> tuple[dict, list[tuple[RationaleScore, Rationale]]]:  # type: ignore[no-untyped-def]

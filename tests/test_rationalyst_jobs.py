@@ -35,19 +35,19 @@ TRIPLES = [
 ]
 
 
-def _seed_rationales(db, tmp_path) -> int:  # type: ignore[no-untyped-def]
-    """A registered tiny model and an (already finished) extraction job with four rationales; returns that job's id."""
-    path = save_tiny(tmp_path / "tiny")
+def seed_triples(db, tmp_path, triples, template: str = "extract-reasoning") -> int:  # type: ignore[no-untyped-def]
+    """A registered tiny model and an (already finished) extraction job holding one rationale per (preceding,
+    rationale, following, source) of `triples`; returns that job's id."""
     with transaction(db.engine()) as s:
-        model = register_model(s, "tiny", "base", path, role="agent")
+        model = register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
         job_id = s.scalar(insert(Job).values(kind="extract-rationales", status="succeeded", params={},
                                              attempts=1, max_attempts=1, lease_token=1, cancel_requested=False,
                                              priority=0, progress_done=0).returning(Job.id))
         ds = Dataset(name="p", kind="problems", job_id=job_id)
         s.add(ds)
         s.flush()
-        template_id = ensure_template(s, TEMPLATES["extract-reasoning"])
-        for k, (pre, rat, fol) in enumerate(TRIPLES):
+        template_id = ensure_template(s, TEMPLATES[template])
+        for k, (pre, rat, fol, source) in enumerate(triples):
             problem = Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question=pre or "q",
                               content_hash=str(k))
             s.add(problem)
@@ -58,8 +58,13 @@ def _seed_rationales(db, tmp_path) -> int:  # type: ignore[no-untyped-def]
             s.add(ext)
             s.flush()
             s.add(Rationale(job_id=job_id, extraction_id=ext.id, position=1, preceding=pre, rationale=rat,
-                            following=fol, left_step=1, source="gsm8k" if k % 2 else "pile"))
+                            following=fol, left_step=1, source=source))
     return job_id
+
+
+def _seed_rationales(db, tmp_path) -> int:  # type: ignore[no-untyped-def]
+    """TRIPLES, sources alternating pile and gsm8k."""
+    return seed_triples(db, tmp_path, [(*t, "gsm8k" if k % 2 else "pile") for k, t in enumerate(TRIPLES)])
 
 
 def _drain(db) -> None:  # type: ignore[no-untyped-def]

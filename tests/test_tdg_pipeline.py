@@ -213,6 +213,9 @@ def test_whole_pipeline_tdg_on_a_tiny_model_runs_to_the_report(db, tmp_path) -> 
     assert scored == 3 * 3
     curve = json.loads(db.rplat("report", "asc", "--experiment", "t", "--json", check=True).stdout)
     assert curve  # one row per method and k
+    printed = db.rplat("report", "asc", "--experiment", "t", check=True).stdout
+    assert f"ranker t-ranker (train-ranker job {ids['asc']['train-ranker']}, encoder tiny): " in printed
+    assert "of 1 held-out pairs ranked right" in printed  # 4 questions, 1 held out
     compare = json.loads(db.rplat("report", "compare", f"{aggregate}:sc", f"{aggregate}:asc-f3", "--json",
                                   check=True).stdout)
     assert compare["n"] == 3

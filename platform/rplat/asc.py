@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -21,7 +21,7 @@ from rplat.errors import UserError
 from rplat.lookup import experiment_id
 from rplat.methods.answers import normalize
 from rplat.methods.votes import VOTE_FUNCTIONS, accuracy_curves, answer_codes
-from rplat.models import Job, Problem, RankerScore, Sample
+from rplat.models import Job, Problem, RankerPair, RankerScore, Sample
 from rplat.stats import wilson
 from rplat.store import transaction
 
@@ -106,3 +106,25 @@ def asc_curve(engine: Engine, experiment: str, *, repeats: int = 20, seed: int =
                              "method": method, "k": k, "n": n_problems, "accuracy": accuracy, "ci_low": low,
                              "ci_high": high})
     return rows
+
+
+def ranker_accuracy(engine: Engine, experiment: str) -> list[dict[str, Any]]:
+    """Per succeeded train-ranker job of the experiment: its ranker and its accuracy (s_pos > s_neg) on the pairs
+    of the questions it held out, with a 95% Wilson interval (no row for a ranker that held none out)."""
+    with transaction(engine) as s:
+        exp = experiment_id(s, experiment)
+        params = dict(s.execute(select(Job.id, Job.params).where(
+            Job.experiment_id == exp, Job.kind == "train-ranker", Job.status == "succeeded")).all())
+        found = s.execute(
+            select(RankerPair.job_id, func.count(), func.sum(case((RankerPair.s_pos > RankerPair.s_neg, 1), else_=0)))
+            .where(RankerPair.job_id.in_(list(params)), RankerPair.split == "heldout")
+            .group_by(RankerPair.job_id).order_by(RankerPair.job_id)).all() if params else []
+    rows = []
+    for job_id, n, right in found:
+        p = params[job_id]
+        low, high = wilson(float(right or 0), int(n))
+        rows.append({"train_ranker_job": job_id, "ranker": p.get("ranker_name") or f"ranker-job{job_id}",
+                     "encoder": p.get("encoder"), "heldout_pairs": int(n), "accuracy": (right or 0) / n,
+                     "ci_low": low, "ci_high": high})
+    return rows
+

@@ -18,18 +18,24 @@ COLUMNS = ["model", "method", "k", "n", "accuracy", "ci_low", "ci_high", "aggreg
 @listing
 def report_asc(experiment: str, repeats: int, seed: int, as_json: bool, as_csv: bool) -> None:
     """Accuracy of self-consistency and each ASC vote over k = 1..n of every problem's n samples, averaged over
-    random subsets, with 95% Wilson intervals; one curve per aggregate job (model) of the experiment.
+    random subsets, with 95% Wilson intervals; one curve per aggregate job (model) of the experiment. The text
+    output first gives each ranker's accuracy on its held-out pairs.
 
     \b
     rplat report asc --experiment math-asc
     rplat report asc --experiment math-asc --repeats 100 --seed 1 --csv
     """
-    from rplat.asc import asc_curve
+    from rplat.asc import asc_curve, ranker_accuracy
 
-    rows = asc_curve(open_store(), experiment, repeats=repeats, seed=seed)
+    engine = open_store()
+    rows = asc_curve(engine, experiment, repeats=repeats, seed=seed)
     if as_json or as_csv:
         emit(rows, COLUMNS, as_json, as_csv)
         return
+    for r in ranker_accuracy(engine, experiment):
+        click.echo(f"ranker {r['ranker']} (train-ranker job {r['train_ranker_job']}, encoder {r['encoder']}): "
+                   f"{100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] of "
+                   f"{r['heldout_pairs']} held-out pairs ranked right (s_pos > s_neg)")
     click.echo(f"accuracy (%) [95% Wilson interval] against the number of samples k, experiment {experiment}, "
                f"{repeats} subsets per k (seed {seed})")
     emit([{**r, "accuracy %": f"{100 * r['accuracy']:.2f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"}
