@@ -30,7 +30,7 @@ from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
 
 from killable_runners import count_rows, kill_then_rescue, runner_processes
-from tiny_lm import save_tiny, tiny_model, tiny_tokenizer
+from tiny_lm import save_tiny, tiny_and_chain_set, tiny_model, tiny_tokenizer
 
 TEACHER = "gpt-x"
 COMMON = {"problems": "train", "teacher": TEACHER, "encoder": "tiny", "max_length": 48, "lr": 1e-3}
@@ -40,14 +40,10 @@ def _seed(db: Any, tmp_path: Path, n_problems: int) -> dict[int, dict[str, set[i
     """The tiny model as the encoder and `n_problems` sums with two positive and two negative chains each (the
     last problem only positives); returns problem id -> label -> chain ids."""
     with transaction(db.engine()) as s:
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
-        job_id = Queue.record_done(s, "import-chains", {}, {})
-        ds = Dataset(name="train", kind="problems", job_id=job_id)
-        s.add(ds)
-        s.flush()
+        job_id, ds_id = tiny_and_chain_set(s, tmp_path)
         chains: dict[int, dict[str, set[int]]] = {}
         for k in range(n_problems):
-            problem = Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question=f"Compute {k} + 3.",
+            problem = Problem(dataset_id=ds_id, job_id=job_id, external_id=str(k), question=f"Compute {k} + 3.",
                               answer=str(k + 3), content_hash=f"h{k}")
             s.add(problem)
             s.flush()

@@ -13,7 +13,6 @@ from sqlalchemy import func, select
 from rplat.llm.load import LOADED, load, prepare_backend
 from rplat.methods.nat import nat_layers, nat_mode
 from rplat.models import (
-    Dataset,
     Job,
     Model,
     ModelParent,
@@ -24,12 +23,11 @@ from rplat.models import (
     TrainingMetric,
 )
 from rplat.queue import Queue
-from rplat.registry import register_model
 from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
 
 from killable_runners import count_rows, kill_then_rescue, runner_processes
-from tiny_lm import save_tiny, tiny_tokenizer
+from tiny_lm import tiny_and_chain_set, tiny_tokenizer
 
 TEACHER = "gpt-x"
 PROBLEMS = ["Compute 2 + 3.", "Compute 12 * 3.", "Tom has 3 apples and buys 4."]
@@ -44,14 +42,10 @@ def _seed(db, tmp_path: Path, n_copies: int = 1) -> dict[str, set[int]]:  # type
     """The tiny model, a problems dataset `train` with the chains of TEACHER (each problem `n_copies` times);
     returns the chain ids by label."""
     with transaction(db.engine()) as s:
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
-        job_id = Queue.record_done(s, "import-chains", {}, {})
-        ds = Dataset(name="train", kind="problems", job_id=job_id)
-        s.add(ds)
-        s.flush()
+        job_id, ds_id = tiny_and_chain_set(s, tmp_path)
         ids: dict[str, set[int]] = {"pos": set(), "neg": set()}
         for copy in range(n_copies):
-            problems = [Problem(dataset_id=ds.id, job_id=job_id, external_id=f"{copy}-{k}", question=q,
+            problems = [Problem(dataset_id=ds_id, job_id=job_id, external_id=f"{copy}-{k}", question=q,
                                 content_hash=f"h{copy}-{k}") for k, q in enumerate(PROBLEMS)]
             s.add_all(problems)
             s.flush()

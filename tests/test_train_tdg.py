@@ -10,13 +10,12 @@ import torch
 from sqlalchemy import select
 
 from rplat.llm.load import load, prepare_backend
-from rplat.models import Dataset, Job, Model, ModelParent, Problem, TeacherChain, TrainingExample, TrainingMetric
+from rplat.models import Job, Model, ModelParent, Problem, TeacherChain, TrainingExample, TrainingMetric
 from rplat.queue import Queue
-from rplat.registry import register_model
 from rplat.runners.loop import Runner, RunnerOptions
 from rplat.store import transaction
 
-from tiny_lm import save_tiny, tiny_tokenizer
+from tiny_lm import tiny_and_chain_set, tiny_tokenizer
 
 TEACHER = "gpt-x"
 MAX_CHARS = 120
@@ -37,12 +36,8 @@ def _seed(db, tmp_path: Path) -> dict[tuple[int, int], int]:  # type: ignore[no-
     """The tiny model, a problems dataset `train`, the chains of TEACHER and one chain of another teacher;
     returns the chain ids by (problem index, sample index)."""
     with transaction(db.engine()) as s:
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
-        job_id = Queue.record_done(s, "import-chains", {}, {})
-        ds = Dataset(name="train", kind="problems", job_id=job_id)
-        s.add(ds)
-        s.flush()
-        problems = [Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question=q, solution=sol,
+        job_id, ds_id = tiny_and_chain_set(s, tmp_path)
+        problems = [Problem(dataset_id=ds_id, job_id=job_id, external_id=str(k), question=q, solution=sol,
                             answer=None, content_hash=f"h{k}") for k, (q, sol) in enumerate(PROBLEMS)]
         s.add_all(problems)
         s.flush()

@@ -51,3 +51,18 @@ def save_tiny(path: Path, seed: int = 0) -> Path:
     tiny_model(seed).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def tiny_and_chain_set(session, tmp_path: Path, name: str = "train") -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Register the tiny model as "tiny" and record a finished import-chains job owning an empty problems dataset
+    `name`, for a test to fill with problems and chains; returns (that job's id, the dataset's id)."""
+    from rplat.models import Dataset
+    from rplat.queue import Queue
+    from rplat.registry import register_model
+
+    register_model(session, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+    job_id = Queue.record_done(session, "import-chains", {}, {})
+    ds = Dataset(name=name, kind="problems", job_id=job_id)
+    session.add(ds)
+    session.flush()
+    return job_id, ds.id
