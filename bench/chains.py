@@ -36,7 +36,7 @@ from rplat.llm.load import prepare_backend  # noqa: E402
 from rplat.migrate import upgrade  # noqa: E402
 from rplat.prompts import tdg_prompt  # noqa: E402
 from rplat.registry import register_model  # noqa: E402
-from rplat.runners.chains import Item, chain_sampling, demonstrations, sample_chains  # noqa: E402
+from rplat.runners.tdg.chains import Item, chain_sampling, demonstrations, sample_chains  # noqa: E402
 from rplat.store import get_engine, transaction  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

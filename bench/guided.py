@@ -39,8 +39,8 @@ from rplat.llm.cache import CachedBackend  # noqa: E402
 from rplat.llm.hf import HFBackend  # noqa: E402
 from rplat.methods.guided import fewshot_messages  # noqa: E402
 from rplat.migrate import upgrade  # noqa: E402
-from rplat.runners.kinds import SolveParams  # noqa: E402
-from rplat.runners.solve import Models, Solver, Trajectory  # noqa: E402
+from rplat.runners.rationalyst.kinds import SolveParams  # noqa: E402
+from rplat.runners.rationalyst.solve import Models, Solver, Trajectory  # noqa: E402
 from rplat.store import get_engine  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ Run:  OMP_NUM_THREADS=1 .venv/bin/python bench/ingest.py [--rows 100000] [--repe
 Both sides read the same generated JSONL file (~500 characters of text per document) and end with the
 same rows in the `documents` table of a freshly migrated store, in one transaction:
 
-- rplat: `rplat.importer.import_file`, the function behind `rplat import documents FILE --id-field id`
+- rplat: `rplat.imports.datasets.import_file`, the function behind `rplat import documents FILE --id-field id`
   (every record validated before anything is written, content hash and length computed, the import job
   and dataset rows written, all in one transaction), timed from opening the file to the commit. It
   writes the documents with COPY on PostgreSQL and the driver's executemany on SQLite.
@@ -45,7 +45,7 @@ from sqlalchemy import insert, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from rplat.hashing import content_hash  # noqa: E402
-from rplat.importer import FieldMap, import_file  # noqa: E402
+from rplat.imports.datasets import FieldMap, import_file  # noqa: E402
 from rplat.migrate import upgrade  # noqa: E402
 from rplat.models import Dataset, Job, utcnow  # noqa: E402
 from rplat.store import get_engine, scratch_postgres, transaction  # noqa: E402
@@ -96,7 +96,7 @@ def fresh_store(backend: str, workdir: Path) -> Iterator[str]:
 
 
 def run_rplat(url: str, corpus: Path) -> float:
-    """Seconds for `rplat.importer.import_file` (what `rplat import documents --id-field id` runs)."""
+    """Seconds for `rplat.imports.datasets.import_file` (what `rplat import documents --id-field id` runs)."""
     engine = get_engine(url)
     fmap = FieldMap("documents", "id", {"text": "text"}, {}, {"source": None, "split": None})
     start = time.perf_counter()

@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from rplat.llm.hf import HFBackend  # noqa: E402
 from rplat.methods.rationales import parse_triples, text_units  # noqa: E402
 from rplat.prompts import TEMPLATES  # noqa: E402
-from rplat.runners.kinds import ScoreParams  # noqa: E402
-from rplat.runners.rationalyst import score_pairs  # noqa: E402
+from rplat.runners.rationalyst.kinds import ScoreParams  # noqa: E402
+from rplat.runners.rationalyst.mining import score_pairs  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = {"wiki": (REPO / ".cache" / "boolq-dev.jsonl", "passage"),

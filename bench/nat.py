@@ -32,9 +32,9 @@ import torch  # noqa: E402
 
 from rplat.methods.nat import NATConfig, attach_nat  # noqa: E402
 from rplat.prompts import tdg_training_text  # noqa: E402
-from rplat.runners.tdg_data import encode  # noqa: E402
-from rplat.runners.train_nat import nat_objective  # noqa: E402
-from rplat.runners.training import causal_lm_objective, target_tokens  # noqa: E402
+from rplat.runners.tdg.examples import encode  # noqa: E402
+from rplat.runners.tdg.nat import nat_objective  # noqa: E402
+from rplat.runners.training.loop import causal_lm_objective, target_tokens  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

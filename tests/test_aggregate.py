@@ -13,7 +13,7 @@ from rplat.errors import UserError
 from rplat.kinds import validate_params
 from rplat.models import Dataset, Evaluation, Experiment, Job, Model, Prediction, Problem, RankerScore, Sample
 from rplat.queue import Queue
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.stats import wilson
 from rplat.store import transaction
 

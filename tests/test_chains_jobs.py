@@ -24,9 +24,9 @@ from rplat.methods.votes import micro_accuracy
 from rplat.models import Dataset, Evaluation, GenerationCache, Job, Model, Prediction, Problem, Sample, TeacherChain
 from rplat.queue import Queue
 from rplat.registry import register_model
-from rplat.runners.chains import Item, chain_text, demonstrations, sample_chains
-from rplat.runners.kinds_tdg import CollectChainsParams
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
+from rplat.runners.tdg.chains import Item, chain_text, demonstrations, sample_chains
+from rplat.runners.tdg.kinds import CollectChainsParams
 from rplat.store import transaction
 
 from killable_runners import count_rows, run_one, runner_processes, wait_for

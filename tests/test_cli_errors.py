@@ -18,7 +18,7 @@ import pytest
 from conftest import Store
 from sqlalchemy import inspect, text
 
-from rplat.importer import FieldMap, import_file
+from rplat.imports.datasets import FieldMap, import_file
 from rplat.models import Experiment
 from rplat.store import transaction
 

@@ -21,7 +21,7 @@ from test_conformance import Runners, events, job, wait_for
 from rplat.errors import UserError
 from rplat.models import Job
 from rplat.queue import Queue, default_dedupe_key
-from rplat.runners.loop import parse_devices, visible_devices
+from rplat.runners.framework.runner import parse_devices, visible_devices
 from rplat.store import transaction
 
 import rplat_test_plugins
@@ -252,7 +252,7 @@ def test_runner_without_nvidia_driver_starts_without_importing_torch(tmp_path: P
         pytest.skip("this machine has an NVIDIA driver")
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     env["PATH"] = str(tmp_path)  # no nvidia-smi either
-    code = ("import sys; from rplat.runners.loop import visible_devices; "
+    code = ("import sys; from rplat.runners.framework.runner import visible_devices; "
             "print(visible_devices(), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out == "[] False\n"

@@ -13,7 +13,7 @@ import pytest
 from conftest import Store
 from sqlalchemy import func, select
 
-from rplat.importer import FieldMap, import_file
+from rplat.imports.datasets import FieldMap, import_file
 from rplat.models import Dataset, Document, Job, Problem
 from rplat.store import transaction
 

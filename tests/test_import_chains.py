@@ -11,10 +11,10 @@ from conftest import TESTS, Store
 from sqlalchemy import func, select
 from test_cli_errors import assert_one_clear_sentence, snapshot
 
-from rplat.chains import import_chains
 from rplat.errors import UserError
 from rplat.hashing import content_hash, file_sha256
-from rplat.importer import FieldMap, import_file
+from rplat.imports.chains import import_chains
+from rplat.imports.datasets import FieldMap, import_file
 from rplat.models import Dataset, Job, Problem, TeacherChain
 from rplat.store import transaction
 

@@ -9,7 +9,7 @@ from rplat.methods.leaks import overlap
 from rplat.methods.loss_delta import loss_delta
 from rplat.models import Job, Rationale, RationaleScore
 from rplat.queue import Queue
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 # (preceding, rationale, following, source): a copy, and two real rationales whose loss-delta verdicts differ

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 
 from rplat.errors import UserError
 from rplat.hashing import content_hash
-from rplat.importer import FieldMap, import_file
+from rplat.imports.datasets import FieldMap, import_file
 from rplat.models import Base, Job, Model, PromptTemplate
 from rplat.prompts import TEMPLATES
 from rplat.queue import Queue

@@ -22,7 +22,7 @@ from rplat.llm.load import LOADED, Adapter, BackendSpec, load
 from rplat.models import Job, Model, ModelParent
 from rplat.queue import Queue
 from rplat.registry import register_model
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 from tiny_lm import save_tiny

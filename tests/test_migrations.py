@@ -166,7 +166,7 @@ def test_runner_refuses_a_database_not_at_head_with_one_sentence(empty_db: Store
 def test_runner_guard_holds_when_the_runner_is_started_in_process(empty_db: Store) -> None:
     from rplat.errors import UserError
     from rplat.queue import Queue
-    from rplat.runners.loop import Runner, RunnerOptions
+    from rplat.runners.framework.runner import Runner, RunnerOptions
 
     runner = Runner(Queue(empty_db.engine()), empty_db.home, RunnerOptions(once=True))
     with pytest.raises(UserError, match=r"run `rplat db upgrade`"):

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from rplat.models import Checkpoint, Document, Job, JobEvent, Model, PrefilterScore
 from rplat.queue import Queue
 from rplat.registry import BUNDLED_EMBEDDER, bundled_embedder_path, digest_dir
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
 
 MATH_DOCS = {
     "math-notebooks": "Sara buys 3 notebooks at $4 each and a pen for $2. She pays with a $20 bill. How much change "
@@ -178,7 +178,7 @@ def test_passed_iff_cosine_reaches_threshold_and_text_is_short_enough(prefiltere
 
 
 def test_cosines_equal_the_pure_methods_applied_in_process(prefiltered: tuple[Store, int], gsm_file: Path) -> None:
-    from rplat.embeddings import encode, load_encoder
+    from rplat.llm.embeddings import encode, load_encoder
     from rplat.methods.prefilter import centroid, cosine_to, preprocess, reference_text
 
     db, job_id = prefiltered

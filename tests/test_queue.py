@@ -14,8 +14,8 @@ from sqlalchemy import func, insert, select, update
 from rplat.errors import LeaseLost, UserError
 from rplat.models import Experiment, Job, JobDependency, JobEvent, utcnow
 from rplat.queue import ClaimedJob, Queue
-from rplat.runners.context import JobContext
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.context import JobContext
+from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 import rplat_test_plugins

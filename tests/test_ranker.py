@@ -26,7 +26,7 @@ from rplat.models import (
 )
 from rplat.queue import Queue
 from rplat.registry import register_model
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 from killable_runners import count_rows, kill_then_rescue, runner_processes

@@ -22,7 +22,7 @@ from rplat.models import (
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.queue import Queue
 from rplat.registry import register_model
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 from tiny_lm import save_tiny, tiny_tokenizer

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from rplat.models import GenerationCache, Job, RationaleScore, TrainingMetric
 from rplat.queue import Queue
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 from killable_runners import count_rows, kill_then_rescue, run_one, runner_processes, seed_rationales, wait_for

@@ -23,9 +23,9 @@ from rplat.models import (
 )
 from rplat.queue import Queue
 from rplat.registry import register_model
-from rplat.runners.kinds import SolveParams
-from rplat.runners.loop import Runner, RunnerOptions
-from rplat.runners.solve import Models, Solver, Trajectory
+from rplat.runners.framework.runner import Runner, RunnerOptions
+from rplat.runners.rationalyst.kinds import SolveParams
+from rplat.runners.rationalyst.solve import Models, Solver, Trajectory
 from rplat.store import transaction
 
 from tiny_lm import save_tiny

@@ -157,8 +157,8 @@ def _seed_positive_chains(db: Any, teacher: str) -> None:
                                math_verify_correct=True, n_chars=len(r.solution)))
 
 
-HANDLERS = ("rplat.runners.chains", "rplat.runners.train_tdg", "rplat.runners.train_nat", "rplat.runners.train_nce",
-            "rplat.runners.ranker", "rplat.runners.aggregate")
+HANDLERS = ("rplat.runners.tdg.chains", "rplat.runners.tdg.train", "rplat.runners.tdg.nat", "rplat.runners.tdg.nce",
+            "rplat.runners.tdg.ranker", "rplat.runners.tdg.aggregate")
 MISSING = [m for m in HANDLERS if importlib.util.find_spec(m) is None]
 
 

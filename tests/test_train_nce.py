@@ -31,10 +31,10 @@ from rplat.models import (
 from rplat.prompts import tdg_prompt, tdg_training_text
 from rplat.queue import Queue
 from rplat.registry import register_model
-from rplat.runners.kinds_tdg import TrainNceParams
-from rplat.runners.loop import Runner, RunnerOptions
-from rplat.runners.tdg_data import encode
-from rplat.runners.train_nce import augment_sampling
+from rplat.runners.framework.runner import Runner, RunnerOptions
+from rplat.runners.tdg.examples import encode
+from rplat.runners.tdg.kinds import TrainNceParams
+from rplat.runners.tdg.nce import augment_sampling
 from rplat.store import insert_ignore, transaction
 
 from killable_runners import count_rows, kill_then_rescue, runner_processes

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from rplat.llm.load import load, prepare_backend
 from rplat.models import Job, Model, ModelParent, Problem, TeacherChain, TrainingExample, TrainingMetric
 from rplat.queue import Queue
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 from tiny_lm import tiny_and_chain_set, tiny_tokenizer

@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from rplat.models import Checkpoint, TrainingMetric
 from rplat.queue import Queue
-from rplat.runners.context import JobContext, StepMetric
-from rplat.runners.training import (
+from rplat.runners.framework.context import JobContext, StepMetric
+from rplat.runners.training.loop import (
     Batch,
     CheckpointMismatch,
     Objective,

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from rplat.models import Job, JobEvent, Model, TrainingMetric
 from rplat.queue import Queue
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 from killable_runners import (

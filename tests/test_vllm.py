@@ -374,7 +374,7 @@ def test_prompt_logprobs_agree_with_the_hf_backend(served: Store, name: str) -> 
 
 def test_a_solve_job_runs_against_the_server_with_backend_openai(served: Store, tmp_path: Path) -> None:
     from rplat.queue import Queue
-    from rplat.runners.loop import Runner, RunnerOptions
+    from rplat.runners.framework.runner import Runner, RunnerOptions
 
     problems = tmp_path / "gsm.jsonl"
     served.rplat("generate", "reasoning-gym", "gsm_symbolic", "--size", "2", "--out", str(problems), check=True)

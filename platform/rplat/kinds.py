@@ -1,7 +1,8 @@
 """The registry of job kinds: each kind's parameter schema and the handler that runs it.
 
-Built-in kinds and third-party ones arrive the same way: the `rplat.kinds` entry-point group (each entry
-a `JobKind`), or modules named in RPLAT_PLUGINS (comma-separated) that define `KINDS: list[JobKind]`.
+Built-in kinds and third-party ones arrive the same way: the `rplat.kinds` entry-point group (each entry a
+`JobKind` or a family's list of them, e.g. `rplat.runners.tdg.kinds:KINDS`), or modules named in RPLAT_PLUGINS
+(comma-separated) that define `KINDS: list[JobKind]`.
 Handlers are named as "module:function" strings and imported only when a runner executes the kind, so
 enqueueing and starting a runner never pay for torch.
 """
@@ -57,7 +58,9 @@ def _load() -> None:
         return
     _loaded = True
     for ep in entry_points(group="rplat.kinds"):
-        register(ep.load())
+        loaded = ep.load()
+        for kind in loaded if isinstance(loaded, list | tuple) else [loaded]:
+            register(kind)
     for module in filter(None, (m.strip() for m in os.environ.get("RPLAT_PLUGINS", "").split(","))):
         try:
             plugin = importlib.import_module(module)

@@ -26,7 +26,7 @@ def _progress_bar(total: int, label: str) -> Any:
 
 
 def _run_import(file: str, dataset: str, fmap: Any, append: bool, as_json: bool) -> None:
-    from rplat.importer import import_file
+    from rplat.imports.datasets import import_file
 
     engine = open_store()
     bar = _progress_bar(0, f"import {dataset}")
@@ -68,7 +68,7 @@ def _with(options: list[Any]) -> Any:
 def import_documents(file: str, dataset: str, id_field: str | None, split: str | None, append: bool, as_json: bool,
                      text_field: str, source: str | None, subset_field: str | None) -> None:
     """Import unlabeled documents (the RATIONALYST corpus)."""
-    from rplat.importer import FieldMap
+    from rplat.imports.datasets import FieldMap
 
     optional = {"subset": subset_field} if subset_field else {}
     fmap = FieldMap("documents", id_field, {"text": text_field}, optional, {"source": source, "split": split})
@@ -87,7 +87,7 @@ def import_problems(file: str, dataset: str, id_field: str | None, split: str | 
                     question_field: str, solution_field: str, answer_field: str, subject_field: str | None,
                     level_field: str | None, benchmark: str | None) -> None:
     """Import benchmark problems (question, worked solution, gold answer)."""
-    from rplat.importer import FieldMap
+    from rplat.imports.datasets import FieldMap
 
     optional = {"solution": solution_field, "answer": answer_field}
     if subject_field:
@@ -114,7 +114,7 @@ def import_problems(file: str, dataset: str, id_field: str | None, split: str | 
 def import_chains(path: str, teacher: str, dataset: str, labeler: str, fmt: str, benchmark: str, split: str,
                   as_json: bool) -> None:
     """Import teacher chains (TDG's released JSONL, or flat), labelled by both labelers; all or nothing."""
-    from rplat import chains
+    from rplat.imports import chains
 
     engine = open_store()
     bar = _progress_bar(0, f"label {teacher} chains")
@@ -138,7 +138,7 @@ def generate() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write")
 def generate_reasoning_gym(name: str, size: int, seed: int, out: str) -> None:
     """Generate NAME (e.g. gsm_symbolic) from reasoning-gym with its worked solutions, deterministically by seed."""
-    from rplat.benchmarks import write_reasoning_gym
+    from rplat.imports.generate import write_reasoning_gym
 
     n = write_reasoning_gym(name, size, seed, Path(out))
     click.echo(f"wrote {n} problems to {out}")
@@ -151,7 +151,7 @@ def generate_reasoning_gym(name: str, size: int, seed: int, out: str) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write")
 def generate_sums(size: int, seed: int, digits: int, out: str) -> None:
     """Distinct two-term sums with worked solutions ending in \\boxed{}, subject carry / no-carry (the TDG demo)."""
-    from rplat.benchmarks import write_sums
+    from rplat.imports.generate import write_sums
 
     n = write_sums(size, seed, Path(out), digits)
     click.echo(f"wrote {n} problems to {out}")

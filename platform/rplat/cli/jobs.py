@@ -227,7 +227,7 @@ def jobs_retry(job_id: int) -> None:
 def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None, lease_seconds: float,
            poll_seconds: float, name: str | None, host: str | None, gpus: str | None, slots: int, quiet: bool) -> None:
     """Claim and run jobs until stopped (SIGTERM releases the running jobs for other runners)."""
-    from rplat.runners.loop import Runner, RunnerOptions, parse_devices
+    from rplat.runners.framework.runner import Runner, RunnerOptions, parse_devices
 
     settings = get_settings()
     devices = parse_devices(gpus, "--gpus") if gpus is not None else None

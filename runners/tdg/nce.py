@@ -29,10 +29,8 @@ from rplat.methods.labelers import label_chain
 from rplat.methods.nat import nat_mode
 from rplat.models import NceWeight, Problem, TeacherChain, TrainingExample
 from rplat.prompts import tdg_prompt, tdg_training_text
-from rplat.runners.context import JobContext
-from rplat.runners.distributed import is_main_process, launch
-from rplat.runners.kinds_tdg import TrainNceParams
-from rplat.runners.tdg_data import (
+from rplat.runners.framework.context import JobContext
+from rplat.runners.tdg.examples import (
     adapter_on_student_base,
     encode_examples,
     load_examples,
@@ -40,7 +38,9 @@ from rplat.runners.tdg_data import (
     save_and_register,
     store_examples,
 )
-from rplat.runners.training import (
+from rplat.runners.tdg.kinds import TrainNceParams
+from rplat.runners.training.distributed import is_main_process, launch
+from rplat.runners.training.loop import (
     Batch,
     Objective,
     TrainConfig,
@@ -67,7 +67,7 @@ def run(ctx: JobContext, p: TrainNceParams) -> dict[str, Any]:
     weigh(ctx, p, nat_spec, nat_id)
     extra = {"teacher_positives": counts.get("pos", 0), "augmented": augmented}
     if p.nproc > 1:
-        return {**launch(ctx, "rplat.runners.train_nce:fit", p.nproc), **extra}
+        return {**launch(ctx, "rplat.runners.tdg.nce:fit", p.nproc), **extra}
     return {**fit(ctx, p), **extra}
 
 

@@ -25,8 +25,8 @@ from rplat.models import Problem, TeacherChain, TrainingExample
 from rplat.prompts import tdg_training_text
 from rplat.references import made_model
 from rplat.registry import register_model
-from rplat.runners.context import JobContext
-from rplat.runners.kinds_tdg import TdgTrainParams
+from rplat.runners.framework.context import JobContext
+from rplat.runners.tdg.kinds import TdgTrainParams
 from rplat.store import insert_ignore
 
 CHAIN_LABELS = ("pos", "neg")

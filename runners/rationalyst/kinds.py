@@ -1,4 +1,4 @@
-"""The built-in job kinds: parameter schemas and handler names (importing this loads no torch)."""
+"""RATIONALYST's job kinds (A1-A6): parameter schemas and handler names (importing this loads no torch)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,7 @@ from rplat.methods.guided import GUIDED, SolveMethod
 from rplat.methods.leaks import LEAK_THRESHOLD
 from rplat.references import Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
-
-
-class ProbeParams(Params):
-    target: str | None = Field(None, description="host name the operator expects (informational; "
-                               "`rplat enqueue --host H` pins a job to a machine)")
-    sleep_seconds: float = Field(0.0, ge=0, description="stay busy this long (sleeping), checking for cancellation")
-    burn_seconds: float = Field(0.0, ge=0, description="stay busy this long on the CPU, to measure it or test leases")
-    tag: str | None = Field(None, description="free text recorded in the result, e.g. to tell probes apart")
-    devices: bool = Field(True, description="list torch devices (imports torch; off for queue benchmarks)")
+from rplat.runners.params import ModelParams
 
 
 class PrefilterParams(Params):
@@ -34,15 +26,6 @@ class PrefilterParams(Params):
     embed_model: Annotated[str, Ref("model", primary=True)] = Field(
         BUNDLED_EMBEDDER, description="registered embedding model")
     preprocess: bool = Field(True, description="lowercase, strip punctuation and stopwords before embedding")
-
-
-class ModelParams(Params):
-    model: Annotated[str, Ref("model", primary=True)] = Field(
-        SMOLLM2, description="registered model (the bundled SmolLM2 by default)")
-    backend: str = Field("hf", pattern="^(hf|openai)$", description="hf (in-process) or openai (a server)")
-    endpoint: str | None = Field(None, description="OpenAI-compatible base URL, for backend=openai")
-    batch_size: int = Field(8, gt=0, le=1024, description="items per model call and per committed batch")
-    limit: int | None = Field(None, gt=0, description="process at most this many items (smoke runs)")
 
 
 class ExtractParams(ModelParams):
@@ -158,32 +141,16 @@ class SolveParams(ModelParams):
         return ("agent-gsm8k", "implicit-scorer") if self.method == "rationalyst-implicit" else ("agent-gsm8k",)
 
 
-class EvaluateParams(Params):
-    solve_job: Annotated[int | None, Ref("job", kind="solve", primary=True)] = Field(
-        None, description="the solve job whose trajectories to check")
-    sample_job: Annotated[int | None, Ref("job", kind="sample", primary=True)] = Field(
-        None, description="the sample job whose chains to check (greedy, or self-consistency over its n samples)")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> EvaluateParams:
-        if (self.solve_job is None) == (self.sample_job is None):
-            raise ValueError("name exactly one of solve_job and sample_job")
-        return self
-
-
-PROBE = JobKind("probe", ProbeParams, "rplat.runners.probe:run",
-                "Report a runner machine's host, devices, library versions and free disk.")
-PREFILTER = JobKind("prefilter", PrefilterParams, "rplat.runners.prefilter:run",
+PREFILTER = JobKind("prefilter", PrefilterParams, "rplat.runners.rationalyst.prefilter:run",
                     "Score documents by similarity to a benchmark's reference centroid (RATIONALYST A1).")
-EXTRACT = JobKind("extract-rationales", ExtractParams, "rplat.runners.rationalyst:extract",
+EXTRACT = JobKind("extract-rationales", ExtractParams, "rplat.runners.rationalyst.mining:extract",
                   "Insert implicit rationales with an LLM, check fidelity, split into triples (RATIONALYST A2/A3).")
-SCORE = JobKind("score-rationales", ScoreParams, "rplat.runners.rationalyst:score",
+SCORE = JobKind("score-rationales", ScoreParams, "rplat.runners.rationalyst.mining:score",
                 "Loss delta of each rationale; keep those that make the following text likelier (RATIONALYST A4).")
-TRAIN_RATIONALYST = JobKind("train-rationalyst", TrainRationalystParams, "rplat.runners.train_rationalyst:run",
+TRAIN_RATIONALYST = JobKind("train-rationalyst", TrainRationalystParams, "rplat.runners.rationalyst.train:run",
                             "Fine-tune a rationale model: preceding text -> rationale, loss on the rationale (A5).")
-SOLVE = JobKind("solve", SolveParams, "rplat.runners.solve:run",
+SOLVE = JobKind("solve", SolveParams, "rplat.runners.rationalyst.solve:run",
                 "Solve problems step by step: greedy, sc (self-consistency), random candidate, "
                 "RATIONALYST-guided (A6).")
-EVALUATE = JobKind("evaluate", EvaluateParams, "rplat.runners.solve:evaluate",
-                   "Check a solve or sample job's answers (math-verify): predictions, self-consistency, "
-                   "micro accuracy per subject.")
+
+KINDS = [PREFILTER, EXTRACT, SCORE, TRAIN_RATIONALYST, SOLVE]

@@ -18,10 +18,10 @@ from rplat.errors import UserError
 from rplat.lookup import stored_params
 from rplat.methods.votes import asc_votes
 from rplat.registry import get_model
-from rplat.runners.chains import sample_predictions
-from rplat.runners.context import JobContext
-from rplat.runners.evaluation import Judged, record_evaluations
-from rplat.runners.kinds_tdg import AggregateParams, SampleParams, ScoreSamplesParams
+from rplat.runners.evaluation.evaluate import Judged, record_evaluations
+from rplat.runners.framework.context import JobContext
+from rplat.runners.tdg.chains import sample_predictions
+from rplat.runners.tdg.kinds import AggregateParams, SampleParams, ScoreSamplesParams
 
 
 def _samples(s: Session, job_id: int) -> dict[int, list[Any]]:

@@ -1,7 +1,7 @@
 """Multi-process training jobs: the handler runs torchrun and watches it; rank 0 writes, fenced.
 
 `launch(ctx, target, nproc)` runs in the runner's process, whose heartbeat thread keeps holding the job's lease.
-It starts `python -m rplat.runners.distributed agent -- <torchrun arguments>` in a new session: the agent asks
+It starts `python -m rplat.runners.training.distributed agent -- <torchrun arguments>` in a new session: the agent asks
 to die with the runner, then is torchrun itself (`torch.distributed.run`), which starts `nproc` workers
 (`... worker ...`). The handler waits, calling `ctx.check()` every poll and stopping the whole tree on
 cancellation, a lost lease or shutdown. Each worker asks to die with its agent (a runner killed -9 takes its
@@ -35,7 +35,7 @@ from rplat.errors import LeaseLost, UserError
 from rplat.kinds import Params
 from rplat.models import Job
 from rplat.queue import ClaimedJob, Queue
-from rplat.runners.context import JobContext
+from rplat.runners.framework.context import JobContext
 from rplat.store import get_engine, transaction
 
 POLL_SECONDS = 0.2
@@ -96,13 +96,13 @@ def launch(ctx: JobContext, target: str, nproc: int) -> dict[str, Any]:
     run_dir.mkdir(parents=True)
     torchrun = ["--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
                 "--master-port", str(_free_port()), "--max-restarts", "0"]
-    worker = ["-m", "rplat.runners.distributed", "worker", "--target", target, "--job", str(ctx.job_id),
+    worker = ["-m", "rplat.runners.training.distributed", "worker", "--target", target, "--job", str(ctx.job_id),
               "--token", str(ctx.job.lease_token), "--runner", ctx.runner, "--run-dir", str(run_dir)]
     env = {**os.environ, "RPLAT_DATABASE_URL": ctx.engine.url.render_as_string(hide_password=False),
            "RPLAT_HOME": str(ctx.home), "OMP_NUM_THREADS": "1"}
     log_path = run_dir / "torchrun.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "rplat.runners.distributed", "agent", "--parent",
+        proc = subprocess.Popen([sys.executable, "-m", "rplat.runners.training.distributed", "agent", "--parent",
                                  str(os.getpid()), "--", *torchrun, *worker], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -223,7 +223,7 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rplat.runners.distributed")
+    parser = argparse.ArgumentParser(prog="python -m rplat.runners.training.distributed")
     sub = parser.add_subparsers(dest="role", required=True)
     agent = sub.add_parser("agent", help="torchrun, dying with the runner process --parent")
     agent.add_argument("--parent", type=int, required=True)

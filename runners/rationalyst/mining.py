@@ -30,8 +30,8 @@ from rplat.models import (
 )
 from rplat.prompts import TEMPLATES, ensure_template, insert_prompt
 from rplat.registry import get_model
-from rplat.runners.context import JobContext
-from rplat.runners.kinds import ExtractParams, ScoreParams
+from rplat.runners.framework.context import JobContext
+from rplat.runners.rationalyst.kinds import ExtractParams, ScoreParams
 from rplat.store import insert_ignore
 
 

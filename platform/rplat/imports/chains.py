@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
 from rplat.hashing import content_hash, file_sha256
-from rplat.importer import _records
+from rplat.imports.datasets import _records
 from rplat.methods.labelers import LABELERS, gold_answer, label_chain
 from rplat.models import Dataset, Problem, TeacherChain
 from rplat.prompts import TDG_PROBLEM_PREFIX, TDG_SOLUTION_PREFIX, strip_prefix

@@ -2,7 +2,7 @@
 
 A runner with one slot and no devices runs its jobs one at a time in its own process. With devices (`--gpus`,
 by default the visible CUDA devices) or several slots (`--slots`), it claims while a slot is free, giving
-each job the free devices it needs, and runs every job in a child process (`rplat.runners.job_worker`) whose
+each job the free devices it needs, and runs every job in a child process (`rplat.runners.framework.worker`) whose
 CUDA_VISIBLE_DEVICES names the job's devices: CUDA reads that variable once per process, so concurrent jobs
 cannot share one. The child is the in-process execution path with a heartbeat thread of its own, so its
 lease, cancellation and fencing work as they do in-process; it dies with the runner (PR_SET_PDEATHSIG), so a
@@ -36,8 +36,15 @@ from rplat.errors import JobCancelled, JobInterrupted, LeaseLost, UserError
 from rplat.migrate import ensure_at_head
 from rplat.queue import ClaimedJob, Queue
 from rplat.quiet import silence_libraries
-from rplat.runners.context import JobContext
-from rplat.runners.output import how_far
+from rplat.runners.framework.context import JobContext
+
+
+def how_far(progress: tuple[int, int | None] | None, seconds: float) -> str:
+    """", 40/40 in 63 s" from the job's (done, total) progress and this attempt's seconds."""
+    done, total = progress or (0, None)
+    if total is None:
+        return f", {done} in {seconds:.0f} s" if done else f" in {seconds:.0f} s"
+    return f", {done}/{total} in {seconds:.0f} s"
 
 
 @dataclass
@@ -253,7 +260,7 @@ class Runner:
                  "runner": self.name, "lease_seconds": self.options.lease_seconds, "parent": os.getpid(),
                  "job": dataclasses.asdict(job)}
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(job.devices)}
-        proc = subprocess.Popen([sys.executable, "-m", "rplat.runners.job_worker"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "rplat.runners.framework.worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env)
         assert proc.stdin is not None and proc.stdout is not None
         child = _Child(job, proc)
@@ -299,7 +306,7 @@ class Runner:
             self.echo(f"job {job.id} ({job.kind}): {state} (its process {how})")
 
     def run_claimed(self, job: ClaimedJob) -> str:
-        """Run a job another process claimed for this runner (see rplat.runners.job_worker), heartbeating its
+        """Run a job another process claimed for this runner (see rplat.runners.framework.worker), heartbeating its
         lease from this process; returns its end state."""
         self._install_signals()
         with self._heartbeat(runner_row=False):

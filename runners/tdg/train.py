@@ -24,10 +24,9 @@ import torch
 from rplat.llm.load import base_of, load, prepare_backend
 from rplat.methods.negatives import mle_and_unlikelihood, weighted_nll
 from rplat.registry import get_model
-from rplat.runners import tdg_data
-from rplat.runners.context import JobContext
-from rplat.runners.distributed import is_main_process, launch
-from rplat.runners.kinds_tdg import (
+from rplat.runners.framework.context import JobContext
+from rplat.runners.tdg import examples as tdg_data
+from rplat.runners.tdg.kinds import (
     TdgTrainParams,
     TrainKdParams,
     TrainMixParams,
@@ -36,7 +35,8 @@ from rplat.runners.kinds_tdg import (
     TrainSftParams,
     TrainUlParams,
 )
-from rplat.runners.training import (
+from rplat.runners.training.distributed import is_main_process, launch
+from rplat.runners.training.loop import (
     Batch,
     Objective,
     TrainConfig,
@@ -130,7 +130,7 @@ def _run(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:
     prepare_backend(ctx.engine, p.model, home=ctx.home)  # converts the bundled model once, before any worker
     tdg_data.store_examples(ctx, p, kind.labels, gold=kind.gold(p))
     if p.nproc > 1:
-        return launch(ctx, "rplat.runners.train_tdg:fit", p.nproc)
+        return launch(ctx, "rplat.runners.tdg.train:fit", p.nproc)
     return fit(ctx, p)
 
 

@@ -48,11 +48,11 @@ from rplat.methods.ranker import (
 )
 from rplat.models import Problem, RankerPair, RankerScore, Sample, TeacherChain
 from rplat.registry import BUNDLED_EMBEDDER, ensure_bundled_embedder, get_model
-from rplat.runners.context import JobContext, StepMetric
-from rplat.runners.kinds_tdg import ScoreSamplesParams, TrainRankerParams
-from rplat.runners.tdg_data import save_and_register
-from rplat.runners.training import Batch, Objective, PerEpoch, TrainConfig, training_device, weight_decay_groups
-from rplat.runners.training import train as train_loop
+from rplat.runners.framework.context import JobContext, StepMetric
+from rplat.runners.tdg.examples import save_and_register
+from rplat.runners.tdg.kinds import ScoreSamplesParams, TrainRankerParams
+from rplat.runners.training.loop import Batch, Objective, PerEpoch, TrainConfig, training_device, weight_decay_groups
+from rplat.runners.training.loop import train as train_loop
 from rplat.store import insert_ignore, upsert
 
 PAIR_KEY = ["job_id", "split", "epoch", "problem_id"]

@@ -15,7 +15,7 @@ from rplat.bundled import SMOLLM2
 from rplat.kinds import JobKind, Params
 from rplat.references import Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
-from rplat.runners.kinds import ModelParams
+from rplat.runners.params import ModelParams
 
 LABELERS = ("hendrycks", "math-verify")
 Labeler = Literal["hendrycks", "math-verify"]
@@ -250,29 +250,32 @@ class AggregateParams(Params):
         return self
 
 
-COLLECT_CHAINS = JobKind("collect-chains", CollectChainsParams, "rplat.runners.chains:collect",
+COLLECT_CHAINS = JobKind("collect-chains", CollectChainsParams, "rplat.runners.tdg.chains:collect",
                          "Sample n teacher chains per problem and label them positive/negative (TDG B1).")
-TRAIN_NEG = JobKind("train-neg", TrainNegParams, "rplat.runners.train_tdg:train_neg",
+TRAIN_NEG = JobKind("train-neg", TrainNegParams, "rplat.runners.tdg.train:train_neg",
                     "Train the negative LoRA on the negative chains (TDG B2 stage 1).")
-TRAIN_NAT = JobKind("train-nat", TrainNatParams, "rplat.runners.train_nat:run",
+TRAIN_NAT = JobKind("train-nat", TrainNatParams, "rplat.runners.tdg.nat:run",
                     "Negative Assistant Training: positive LoRA + integration unit, negative LoRA frozen (TDG B2).")
-TRAIN_NCE = JobKind("train-nce", TrainNceParams, "rplat.runners.train_nce:run",
+TRAIN_NCE = JobKind("train-nce", TrainNceParams, "rplat.runners.tdg.nce:run",
                     "Negative Calibrated Enhancement: distil the NAT model into a fresh LoRA (TDG B3).")
-TRAIN_KD = JobKind("train-kd", TrainKdParams, "rplat.runners.train_tdg:train_kd",
+TRAIN_KD = JobKind("train-kd", TrainKdParams, "rplat.runners.tdg.train:train_kd",
                    "CoT knowledge distillation: MLE on the positive chains (TDG baseline).")
-TRAIN_MIX = JobKind("train-mix", TrainMixParams, "rplat.runners.train_tdg:train_mix",
+TRAIN_MIX = JobKind("train-mix", TrainMixParams, "rplat.runners.tdg.train:train_mix",
                     "MLE on positive and negative chains alike (TDG baseline MIX).")
-TRAIN_NT = JobKind("train-nt", TrainNtParams, "rplat.runners.train_tdg:train_nt",
+TRAIN_NT = JobKind("train-nt", TrainNtParams, "rplat.runners.tdg.train:train_nt",
                    "Negative training: likelihood of positives minus lambda x that of negatives (TDG baseline).")
-TRAIN_UL = JobKind("train-ul", TrainUlParams, "rplat.runners.train_tdg:train_ul",
+TRAIN_UL = JobKind("train-ul", TrainUlParams, "rplat.runners.tdg.train:train_ul",
                    "Unlikelihood training on negatives beside MLE on positives (TDG baseline).")
-TRAIN_SFT = JobKind("train-sft", TrainSftParams, "rplat.runners.train_tdg:train_sft",
+TRAIN_SFT = JobKind("train-sft", TrainSftParams, "rplat.runners.tdg.train:train_sft",
                     "Fine-tune on the problems' gold solutions (the TDG table's fine-tune row).")
-SAMPLE = JobKind("sample", SampleParams, "rplat.runners.chains:sample",
+SAMPLE = JobKind("sample", SampleParams, "rplat.runners.tdg.chains:sample",
                  "Generate whole chains for problems (greedy or n samples) and check their answers (TDG eval).")
-TRAIN_RANKER = JobKind("train-ranker", TrainRankerParams, "rplat.runners.ranker:train",
+TRAIN_RANKER = JobKind("train-ranker", TrainRankerParams, "rplat.runners.tdg.ranker:train",
                        "Train the ASC ranker on positive/negative chain pairs and measure held-out accuracy (TDG B4).")
-SCORE_SAMPLES = JobKind("score-samples", ScoreSamplesParams, "rplat.runners.ranker:score_samples",
+SCORE_SAMPLES = JobKind("score-samples", ScoreSamplesParams, "rplat.runners.tdg.ranker:score_samples",
                         "Score every sample of a sample job with a trained ranker (TDG B4).")
-AGGREGATE = JobKind("aggregate", AggregateParams, "rplat.runners.aggregate:run",
+AGGREGATE = JobKind("aggregate", AggregateParams, "rplat.runners.tdg.aggregate:run",
                     "Greedy, self-consistency and ASC votes per problem, with tie credit and margins (TDG B4/B6).")
+
+KINDS = [COLLECT_CHAINS, TRAIN_NEG, TRAIN_NAT, TRAIN_NCE, TRAIN_KD, TRAIN_MIX, TRAIN_NT, TRAIN_UL, TRAIN_SFT, SAMPLE,
+         TRAIN_RANKER, SCORE_SAMPLES, AGGREGATE]

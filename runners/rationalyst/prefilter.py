@@ -7,14 +7,14 @@ from typing import Any
 import torch
 from sqlalchemy import func, select
 
-from rplat.embeddings import encode, load_encoder
 from rplat.errors import UserError
+from rplat.llm.embeddings import encode, load_encoder
 from rplat.lookup import dataset_id
 from rplat.methods.prefilter import centroid, cosine_to, keep, preprocess, reference_text
 from rplat.models import Document, PrefilterScore, Problem
 from rplat.registry import BUNDLED_EMBEDDER, ensure_bundled_embedder, get_model
-from rplat.runners.context import JobContext
-from rplat.runners.kinds import PrefilterParams
+from rplat.runners.framework.context import JobContext
+from rplat.runners.rationalyst.kinds import PrefilterParams
 from rplat.store import insert_ignore
 
 

@@ -1,6 +1,6 @@
 """The child process where a runner with devices or slots runs one job it claimed.
 
-The runner starts `python -m rplat.runners.job_worker` with CUDA_VISIBLE_DEVICES set to the job's devices and
+The runner starts `python -m rplat.runners.framework.worker` with CUDA_VISIBLE_DEVICES set to the job's devices and
 writes the order on stdin: the store's URL, RPLAT_HOME, the runner's name and pid, the lease length and the
 claimed job. This process asks to die with the runner, then runs the job exactly as a runner does in-process
 (heartbeat thread, fenced writes, cancellation, release on SIGTERM); its messages go to stdout, which the
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rplat.config import get_settings
 from rplat.queue import ClaimedJob, Queue
-from rplat.runners.distributed import die_with_parent
-from rplat.runners.loop import Runner, RunnerOptions
+from rplat.runners.framework.runner import Runner, RunnerOptions
+from rplat.runners.training.distributed import die_with_parent
 from rplat.store import get_engine
 
 

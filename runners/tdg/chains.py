@@ -29,10 +29,10 @@ from rplat.methods.votes import tie_credit, vote
 from rplat.models import Problem, Sample, TeacherChain
 from rplat.prompts import TDG_PROBLEM_PREFIX, TEMPLATES, ensure_template, tdg_prompt
 from rplat.registry import get_model
-from rplat.runners.context import JobContext
-from rplat.runners.evaluation import Judged, record_evaluation
-from rplat.runners.kinds import EvaluateParams
-from rplat.runners.kinds_tdg import CollectChainsParams, SampleParams
+from rplat.runners.evaluation.evaluate import Judged, record_evaluation
+from rplat.runners.evaluation.kinds import EvaluateParams
+from rplat.runners.framework.context import JobContext
+from rplat.runners.tdg.kinds import CollectChainsParams, SampleParams
 from rplat.store import insert_ignore
 
 STOP = "\n\n" + TDG_PROBLEM_PREFIX.rstrip("\n")  # a model that goes on to a next problem has ended its chain

@@ -29,17 +29,17 @@ from rplat.methods.nat import (
     w_neg_stats,
 )
 from rplat.models import NatAlphaLog, TrainingMetric
-from rplat.runners.context import JobContext
-from rplat.runners.distributed import is_main_process, launch
-from rplat.runners.kinds_tdg import TrainNatParams
-from rplat.runners.tdg_data import (
+from rplat.runners.framework.context import JobContext
+from rplat.runners.tdg.examples import (
     adapter_on_student_base,
     encode_examples,
     load_examples,
     save_and_register,
     store_examples,
 )
-from rplat.runners.training import (
+from rplat.runners.tdg.kinds import TrainNatParams
+from rplat.runners.training.distributed import is_main_process, launch
+from rplat.runners.training.loop import (
     Batch,
     Objective,
     TrainConfig,
@@ -71,7 +71,7 @@ def run(ctx: JobContext, p: TrainNatParams) -> dict[str, Any]:
     _models(ctx, p)
     store_examples(ctx, p, ("pos",))  # the positive chains only (the negatives went into the negative LoRA)
     if p.nproc > 1:
-        return launch(ctx, "rplat.runners.train_nat:fit", p.nproc)
+        return launch(ctx, "rplat.runners.tdg.nat:fit", p.nproc)
     return fit(ctx, p)
 
 

@@ -25,10 +25,10 @@ from rplat.lookup import job_of_kind
 from rplat.models import Rationale, RationaleScore, TrainingExample
 from rplat.references import made_model
 from rplat.registry import get_model, register_model
-from rplat.runners.context import JobContext
-from rplat.runners.distributed import is_main_process, launch
-from rplat.runners.kinds import TrainRationalystParams
-from rplat.runners.training import (
+from rplat.runners.framework.context import JobContext
+from rplat.runners.rationalyst.kinds import TrainRationalystParams
+from rplat.runners.training.distributed import is_main_process, launch
+from rplat.runners.training.loop import (
     TrainConfig,
     causal_lm_loss,
     causal_lm_objective,
@@ -72,7 +72,7 @@ def run(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
                       [dict(job_id=ctx.job_id, rationale_id=i, split=sp) for i, sp in split.items()],
                       ["job_id", "rationale_id"])
     if p.nproc > 1:
-        return launch(ctx, "rplat.runners.train_rationalyst:fit", p.nproc)
+        return launch(ctx, "rplat.runners.rationalyst.train:fit", p.nproc)
     return fit(ctx, p)
 
 

@@ -33,10 +33,11 @@ from rplat.methods.votes import tie_credit, vote
 from rplat.models import Problem, SolveTrajectory, Step, StepCandidate
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.registry import get_model
-from rplat.runners.chains import evaluate_samples
-from rplat.runners.context import JobContext
-from rplat.runners.evaluation import Judged, record_evaluation
-from rplat.runners.kinds import EvaluateParams, SolveParams
+from rplat.runners.evaluation.evaluate import Judged, record_evaluation
+from rplat.runners.evaluation.kinds import EvaluateParams
+from rplat.runners.framework.context import JobContext
+from rplat.runners.rationalyst.kinds import SolveParams
+from rplat.runners.tdg.chains import evaluate_samples
 
 
 @dataclass

@@ -9,8 +9,8 @@ import socket
 import time
 from typing import Any
 
-from rplat.runners.context import JobContext
-from rplat.runners.kinds import ProbeParams
+from rplat.runners.framework.context import JobContext
+from rplat.runners.framework.kinds import ProbeParams
 
 
 def _version(dist: str) -> str | None:

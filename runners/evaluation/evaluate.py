@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from rplat.methods.votes import OVERALL, Accuracy, micro_accuracy
 from rplat.models import Evaluation, Prediction
-from rplat.runners.context import JobContext
+from rplat.runners.framework.context import JobContext
 from rplat.store import insert_ignore
 
 

@@ -1,0 +1,1 @@
+"""`evaluate`: one prediction per problem and micro accuracy, for solve and sample jobs alike."""
