@@ -1,6 +1,6 @@
 """Prompt templates of both papers as content-hashed rows: each job points at its exact prompt.
 
-System prompts are verbatim from the reference code (ALGORITHMS.md A2, A4, A6; typos included, since
+System prompts are verbatim from the reference code (docs/rationalyst.md, A2, A4, A6; typos included, since
 they are what the papers' models saw). The few-shot demonstrations are rplat's own, written in the
 reference's format: the user turn is the raw text, the assistant turn the same text with rationales
 inserted between sentences.

@@ -1,7 +1,7 @@
 """The two teacher-chain labelers of TDG B1: the paper's Hendrycks MATH rule and math-verify.
 
 `hendrycks` is what the reference code did (the last `\\boxed{}` of chain and gold, the MATH normalisation
-of ALGORITHMS.md B1, then string equality; no box means negative). `math-verify` compares the same answers
+of docs/tdg.md B1, then string equality; no box means negative). `math-verify` compares the same answers
 symbolically, so it also credits `0.50` against `\\frac{1}{2}`. Both verdicts are always computed, so the
 chains the paper called negative that are in fact right can be counted.
 """
@@ -69,7 +69,7 @@ def remove_boxed(boxed: str | None) -> str | None:
     return None
 
 
-# --- the Hendrycks MATH normalisation (ALGORITHMS.md B1, in its order) ---------------------------------
+# --- the Hendrycks MATH normalisation (docs/tdg.md B1, in its order) ---------------------------------
 
 
 def _fix_fracs(string: str) -> str:

@@ -1,6 +1,6 @@
 """Negative Assistant Training's layer (TDG B2): base linear + positive LoRA + frozen negative LoRA + unit.
 
-Per adapted linear layer, for an input x (ALGORITHMS B2, the code's placement of the softmax):
+Per adapted linear layer, for an input x (docs/tdg.md B2, the code's placement of the softmax):
 
     h0 = W0 x,  h_pos = h0 + s B A x,  h_neg = h0 + s B_neg A_neg x,  q = W_Q x,  k_j = W_K h_j,
     v_j = W_2 GELU(W_1 h_j),  a = softmax_j(q . k_j)  (no 1/sqrt(d)),  w_neg = 2 beta a_neg - beta,
