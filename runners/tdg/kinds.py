@@ -11,11 +11,20 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from rplat.bundled import SMOLLM2
 from rplat.kinds import JobKind, Params
 from rplat.references import Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
-from rplat.runners.params import ModelParams
+from rplat.runners.params import (
+    Epochs,
+    FineTuneParams,
+    GradAccum,
+    LearningRate,
+    MaxLength,
+    MicroBatch,
+    ModelParams,
+    Seed,
+    TrainParams,
+)
 
 LABELERS = ("hendrycks", "math-verify")
 Labeler = Literal["hendrycks", "math-verify"]
@@ -51,42 +60,24 @@ class CollectChainsParams(ModelParams):
         return ("tdg-chain",)
 
 
-class TdgTrainParams(Params):
-    """What every TDG training kind shares: the chains, the student, the LoRA and the loop."""
+class TdgTrainParams(FineTuneParams):
+    """What every TDG training kind shares: the chains, and TDG's values of the loop's knobs (each description
+    gives the reference code's value; it also warms up for 200 steps, and its LoRA is FineTuneParams' default)."""
 
     problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
         description="training problem dataset (its chains, or for train-sft its worked solutions)")
     teacher: str | None = Field(None, description="chain set to train on (teacher_chains.teacher); "
                                 "not used by train-sft")
-    model: Annotated[str, Ref("model", primary=True)] = Field(SMOLLM2, description="student base model")
-    adapter_name: str | None = Field(None, description="registry name of the result (default <kind>-job<ID>)")
-    lora_r: int = Field(8, gt=0, description="LoRA rank (reference: 8)")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha (reference: 16, scaling 2)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input (reference: 0.05)")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1,
-                                      description="linear layers to adapt (reference: q_proj, v_proj)")
+    adapter_name: str | None = Field(None, description="registry name of the result (default <setting>-job<ID>)")
     max_chars: int = Field(1600, gt=0, description="keep a chain iff len(training text) < max_chars "
                            "(reference: 1600 for Neg/NAT training, 1200 for NCE)")
-    max_length: int = Field(512, gt=8, description="tokens per example (longer ones are cut)")
-    epochs: int = Field(3, gt=0, description="passes over the chains (reference: 20)")
-    lr: float = Field(3e-4, gt=0, description="peak learning rate (reference: 3e-4)")
-    batch_size: int = Field(4, gt=0, description="micro batch (reference: 16)")
-    grad_accum: int = Field(4, gt=0, description="micro batches per optimizer step (reference: 128 / 16)")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warmup as a fraction of the optimizer steps")
-    warmup_steps: int | None = Field(None, ge=0, description="warmup in optimizer steps (reference: 200)")
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     limit: int | None = Field(None, gt=0, description="train on the chains of at most this many problems")
-    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
-    seed: int = Field(42, description="initialisation and shuffling seed (reference: 42)")
-    nproc: int = Field(1, ge=1, le=64, description="processes training together under torchrun (one per GPU)")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with nproc > 1: ddp or fsdp")
-
-    @model_validator(mode="after")
-    def _one_warmup(self) -> TdgTrainParams:
-        if self.warmup_steps is not None and "warmup_ratio" in self.model_fields_set:
-            raise ValueError("give warmup_steps or warmup_ratio, not both")
-        return self
-
+    epochs: Epochs = Field(3, description="passes over the chains (reference: 20)")
+    lr: LearningRate = Field(3e-4, description="peak learning rate (reference: 3e-4)")
+    batch_size: MicroBatch = Field(4, description="micro batch (reference: 16)")
+    grad_accum: GradAccum = Field(4, description="micro batches per optimizer step (reference: 128 / 16)")
+    max_length: MaxLength = 512
+    seed: Seed = Field(42, description="initialisation and shuffling seed (reference: 42)")
 
     def prompt_templates(self) -> tuple[str, ...]:
         return ("tdg-chain",)
@@ -193,7 +184,7 @@ class SampleParams(ModelParams):
         return ("tdg-chain",)
 
 
-class TrainRankerParams(Params):
+class TrainRankerParams(TrainParams):
     """B4: a ranker scores question + chain in (0, 1); trained on one positive and one negative chain per question."""
 
     problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
@@ -207,17 +198,16 @@ class TrainRankerParams(Params):
     heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of the questions with both a positive "
                                     "and a negative chain held out to measure ranker accuracy (s_pos > s_neg)")
     p: float = Field(3.0, gt=0, description="pair loss (1 - s_pos)^p + s_neg^p (reference: 3)")
-    epochs: int = Field(5, gt=0, description="passes over the training questions, a fresh pair each (reference 5)")
-    lr: float = Field(2e-5, gt=0, description="peak learning rate (reference: 2e-5)")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW decay, none on biases and norms (reference 1e-5)")
     final_lr_ratio: float = Field(0.02, ge=0, le=1, description="cosine decay ends at this fraction of lr "
                                   "(reference: 0.02)")
-    batch_size: int = Field(1, gt=0, description="pairs per micro batch (reference: 1)")
-    grad_accum: int = Field(1, gt=0, description="micro batches per optimizer step")
-    max_length: int = Field(512, gt=8, description="tokens of question + chain (longer pairs are cut; reference 512)")
     limit: int | None = Field(None, gt=0, description="pair the chains of at most this many questions")
-    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
-    seed: int = Field(0, description="pairing, split, initialisation and shuffling seed (reference: 0)")
+    epochs: Epochs = Field(5, description="passes over the training questions, a fresh pair each (reference 5)")
+    lr: LearningRate = Field(2e-5, description="peak learning rate (reference: 2e-5)")
+    batch_size: MicroBatch = Field(1, description="pairs per micro batch (reference: 1)")
+    grad_accum: GradAccum = 1
+    max_length: MaxLength = Field(512, description="tokens of question + chain (longer pairs are cut; reference 512)")
+    seed: Seed = Field(0, description="pairing, split, initialisation and shuffling seed (reference: 0)")
 
 
 class ScoreSamplesParams(Params):

@@ -42,7 +42,6 @@ from rplat.runners.training.distributed import is_main_process, launch
 from rplat.runners.training.loop import (
     Batch,
     Objective,
-    TrainConfig,
     causal_lm_loss,
     collate_causal_lm,
     target_tokens,
@@ -116,10 +115,7 @@ def fit(ctx: JobContext, p: TrainNatParams) -> dict[str, Any]:
     model, tokenizer = load(spec, adapters=(), trainable=True, dtype=torch.float32, device=str(device))
     model = attach_nat(model, cfg, neg_state)
     examples = encode_examples(tokenizer, load_examples(ctx), p.max_length)
-    train_cfg = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                            warmup_ratio=p.warmup_ratio, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
-                            checkpoint_every=p.checkpoint_every, seed=p.seed, parallel=p.parallel)
-    summary = train(ctx, model, examples, train_cfg, nat_objective(tokenizer.pad_token_id))
+    summary = train(ctx, model, examples, p.train_config(), nat_objective(tokenizer.pad_token_id))
     weights = trainable_state(model)  # every rank takes part (FSDP gathers); rank 0 gets the weights
     if not is_main_process():
         return {}

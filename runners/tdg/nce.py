@@ -34,7 +34,6 @@ from rplat.runners.tdg.examples import (
     adapter_on_student_base,
     encode_examples,
     load_examples,
-    lora_config,
     save_and_register,
     store_examples,
 )
@@ -43,7 +42,6 @@ from rplat.runners.training.distributed import is_main_process, launch
 from rplat.runners.training.loop import (
     Batch,
     Objective,
-    TrainConfig,
     batch_examples,
     collate_causal_lm,
     train,
@@ -215,13 +213,10 @@ def fit(ctx: JobContext, p: TrainNceParams) -> dict[str, Any]:
     student, tokenizer = load(base_spec, adapters=(), trainable=True, dtype=torch.float32, device=str(device))
     from peft import get_peft_model
 
-    student = get_peft_model(student, lora_config(p))
+    student = get_peft_model(student, p.lora_config())
     teacher = nat_spec.open()
     train_set = [{**e, "beta": betas[e["source_id"]]} for e in encode_examples(tokenizer, examples, p.max_length)]
-    cfg = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                      warmup_ratio=p.warmup_ratio, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
-                      checkpoint_every=p.checkpoint_every, seed=p.seed, parallel=p.parallel)
-    summary = train(ctx, student, train_set, cfg, nce_objective(teacher, pad_id(tokenizer), p))
+    summary = train(ctx, student, train_set, p.train_config(), nce_objective(teacher, pad_id(tokenizer), p))
     weights = trainable_state(student)  # every rank takes part (FSDP gathers); rank 0 gets the weights
     if not is_main_process():
         return {}

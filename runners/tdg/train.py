@@ -39,7 +39,6 @@ from rplat.runners.training.distributed import is_main_process, launch
 from rplat.runners.training.loop import (
     Batch,
     Objective,
-    TrainConfig,
     causal_lm_objective,
     collate_causal_lm,
     target_tokens,
@@ -147,13 +146,10 @@ def fit(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:
     model, tokenizer = load(spec, adapters=(), trainable=True, dtype=torch.float32, device=str(device))
     from peft import get_peft_model
 
-    model = get_peft_model(model, tdg_data.lora_config(p))
+    model = get_peft_model(model, p.lora_config())
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     encoded = tdg_data.encode_examples(tokenizer, examples, p.max_length)
-    cfg = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                      warmup_ratio=p.warmup_ratio, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
-                      checkpoint_every=p.checkpoint_every, seed=p.seed, parallel=p.parallel)
-    summary = train(ctx, model, encoded, cfg, kind.objective(p, pad_id))
+    summary = train(ctx, model, encoded, p.train_config(), kind.objective(p, pad_id))
     weights = trainable_state(model)  # every rank takes part (FSDP gathers); rank 0 gets the weights
     if not is_main_process():
         return {}
