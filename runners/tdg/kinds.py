@@ -1,17 +1,21 @@
-"""The Turning-Dust-into-Gold job kinds (ALGORITHMS B1-B3, B5, B6): parameter schemas and handler names.
+"""The Turning-Dust-into-Gold job kinds (B1-B6): parameter schemas, handler names and the training table.
 
 Chains are named by their problem dataset and their `teacher` (the chain set: an imported teacher such as
 gpt-3.5, or what collect-chains stored under the teacher model's name). Every training kind trains a LoRA (or
-the NAT layer) on the student `model` and registers it under `adapter_name`. Importing this loads no torch.
+the NAT layer) on the student `model` and registers it under `adapter_name`; each is one row of `TRAINING`, which
+the family's `KINDS`, the TDG pipeline, the TDG report and the training handlers read. Importing this loads no
+torch.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from rplat.kinds import JobKind, Params
+from rplat.kinds import JobKind, Params, resolve
 from rplat.references import Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
 from rplat.runners.params import (
@@ -242,22 +246,6 @@ class AggregateParams(Params):
 
 COLLECT_CHAINS = JobKind("collect-chains", CollectChainsParams, "rplat.runners.tdg.chains:collect",
                          "Sample n teacher chains per problem and label them positive/negative (TDG B1).")
-TRAIN_NEG = JobKind("train-neg", TrainNegParams, "rplat.runners.tdg.train:train_neg",
-                    "Train the negative LoRA on the negative chains (TDG B2 stage 1).")
-TRAIN_NAT = JobKind("train-nat", TrainNatParams, "rplat.runners.tdg.nat:run",
-                    "Negative Assistant Training: positive LoRA + integration unit, negative LoRA frozen (TDG B2).")
-TRAIN_NCE = JobKind("train-nce", TrainNceParams, "rplat.runners.tdg.nce:run",
-                    "Negative Calibrated Enhancement: distil the NAT model into a fresh LoRA (TDG B3).")
-TRAIN_KD = JobKind("train-kd", TrainKdParams, "rplat.runners.tdg.train:train_kd",
-                   "CoT knowledge distillation: MLE on the positive chains (TDG baseline).")
-TRAIN_MIX = JobKind("train-mix", TrainMixParams, "rplat.runners.tdg.train:train_mix",
-                    "MLE on positive and negative chains alike (TDG baseline MIX).")
-TRAIN_NT = JobKind("train-nt", TrainNtParams, "rplat.runners.tdg.train:train_nt",
-                   "Negative training: likelihood of positives minus lambda x that of negatives (TDG baseline).")
-TRAIN_UL = JobKind("train-ul", TrainUlParams, "rplat.runners.tdg.train:train_ul",
-                   "Unlikelihood training on negatives beside MLE on positives (TDG baseline).")
-TRAIN_SFT = JobKind("train-sft", TrainSftParams, "rplat.runners.tdg.train:train_sft",
-                    "Fine-tune on the problems' gold solutions (the TDG table's fine-tune row).")
 SAMPLE = JobKind("sample", SampleParams, "rplat.runners.tdg.chains:sample",
                  "Generate whole chains for problems (greedy or n samples) and check their answers (TDG eval).")
 TRAIN_RANKER = JobKind("train-ranker", TrainRankerParams, "rplat.runners.tdg.ranker:train",
@@ -267,5 +255,63 @@ SCORE_SAMPLES = JobKind("score-samples", ScoreSamplesParams, "rplat.runners.tdg.
 AGGREGATE = JobKind("aggregate", AggregateParams, "rplat.runners.tdg.aggregate:run",
                     "Greedy, self-consistency and ASC votes per problem, with tie credit and margins (TDG B4/B6).")
 
-KINDS = [COLLECT_CHAINS, TRAIN_NEG, TRAIN_NAT, TRAIN_NCE, TRAIN_KD, TRAIN_MIX, TRAIN_NT, TRAIN_UL, TRAIN_SFT, SAMPLE,
-         TRAIN_RANKER, SCORE_SAMPLES, AGGREGATE]
+
+@dataclass(frozen=True, kw_only=True)
+class TdgTraining(JobKind):
+    """A TDG training kind and the row of the paper's table its model fills, declared once: the pipeline trains,
+    samples and evaluates one model per row, the report names the row by `setting`, and the handler reads here
+    what the kind trains on and with which objective."""
+
+    setting: str  # the row's name in the paper's table; also the registry role of the model the kind trains
+    labels: tuple[str, ...]  # the labels of the teacher chains it trains on (none: it reads no chains)
+    gold: Callable[[Any], bool] = lambda p: False  # (params) -> whether it also trains on the gold solutions
+    objective: str  # "module:function" making its training Objective (from what its handler has), imported then
+    builds_on: str | None = None  # the setting whose model it plugs in, named by its params' `<setting>_model`
+
+    @property
+    def role(self) -> str:
+        return self.setting
+
+    def load_objective(self) -> Callable[..., Any]:
+        return resolve(self.objective)
+
+
+PLAIN_LORA = "rplat.runners.tdg.train:run"  # the handler of every kind that trains one fresh LoRA
+MLE = "rplat.runners.tdg.train:mle_objective"
+
+# The TDG training kinds, in the order the paper's Table 2 lists their rows.
+TRAINING = (
+    TdgTraining("train-sft", TrainSftParams, PLAIN_LORA,
+                "Fine-tune on the problems' gold solutions (the TDG table's fine-tune row).",
+                setting="sft", labels=(), gold=lambda p: True, objective=MLE),
+    TdgTraining("train-kd", TrainKdParams, PLAIN_LORA,
+                "CoT knowledge distillation: MLE on the positive chains (TDG baseline).",
+                setting="kd", labels=("pos",), objective=MLE),
+    TdgTraining("train-mix", TrainMixParams, PLAIN_LORA,
+                "MLE on positive and negative chains alike (TDG baseline MIX).",
+                setting="mix", labels=("pos", "neg"), objective=MLE),
+    TdgTraining("train-nt", TrainNtParams, PLAIN_LORA,
+                "Negative training: likelihood of positives minus lambda x that of negatives (TDG baseline).",
+                setting="nt", labels=("pos", "neg"), gold=lambda p: p.include_gold,
+                objective="rplat.runners.tdg.train:nt_objective"),
+    TdgTraining("train-ul", TrainUlParams, PLAIN_LORA,
+                "Unlikelihood training on negatives beside MLE on positives (TDG baseline).",
+                setting="ul", labels=("pos", "neg"), objective="rplat.runners.tdg.train:ul_objective"),
+    TdgTraining("train-neg", TrainNegParams, PLAIN_LORA,
+                "Train the negative LoRA on the negative chains (TDG B2 stage 1).",
+                setting="neg", labels=("neg",), objective=MLE),
+    TdgTraining("train-nat", TrainNatParams, "rplat.runners.tdg.nat:run",
+                "Negative Assistant Training: positive LoRA + integration unit, negative LoRA frozen (TDG B2).",
+                setting="nat", labels=("pos",), objective="rplat.runners.tdg.nat:nat_objective", builds_on="neg"),
+    TdgTraining("train-nce", TrainNceParams, "rplat.runners.tdg.nce:run",
+                "Negative Calibrated Enhancement: distil the NAT model into a fresh LoRA (TDG B3).",
+                setting="nce", labels=("pos",), objective="rplat.runners.tdg.nce:nce_objective", builds_on="nat"),
+)
+
+
+def training_of(p: TdgTrainParams) -> TdgTraining:
+    """The row of the table whose kind takes these params."""
+    return next(row for row in TRAINING if type(p) is row.params)
+
+
+KINDS = [COLLECT_CHAINS, *TRAINING, SAMPLE, TRAIN_RANKER, SCORE_SAMPLES, AGGREGATE]
