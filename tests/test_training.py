@@ -15,12 +15,12 @@ from sqlalchemy import select
 from rplat.models import Checkpoint, TrainingMetric
 from rplat.queue import Queue
 from rplat.runners.framework.context import JobContext, StepMetric
+from rplat.runners.training.config import TrainConfig
 from rplat.runners.training.loop import (
     Batch,
     CheckpointMismatch,
     Objective,
     PerEpoch,
-    TrainConfig,
     causal_lm_objective,
     check_checkpoint_keys,
     collate_causal_lm,

@@ -40,8 +40,14 @@ class JobKind:
     gpus: int = 0  # devices a job of this kind needs unless `enqueue --gpus` says otherwise
 
     def load_handler(self) -> Callable[..., dict[str, Any] | None]:
-        module, _, func = self.handler.partition(":")
-        return getattr(importlib.import_module(module), func)
+        return resolve(self.handler)
+
+
+def resolve(target: str) -> Any:
+    """What a "module:name" string names, its module imported now: declarations name code this way so that
+    reading them imports nothing heavy."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 _registry: dict[str, JobKind] = {}

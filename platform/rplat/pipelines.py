@@ -9,6 +9,7 @@ from rplat import kinds
 from rplat.errors import UserError
 from rplat.methods.guided import GUIDED, SOLVE_METHODS
 from rplat.queue import Queue
+from rplat.runners.tdg.kinds import TRAINING
 from rplat.store import transaction
 
 
@@ -66,12 +67,11 @@ class RationalystPipeline:
         return ids
 
 
-# The TDG training kinds by setting (the paper's row names), in the order their table lists them.
-TDG_TRAIN_KINDS = {"sft": "train-sft", "kd": "train-kd", "mix": "train-mix", "nt": "train-nt", "ul": "train-ul",
-                   "neg": "train-neg", "nat": "train-nat", "nce": "train-nce"}
-TDG_SETTINGS = ("base", *TDG_TRAIN_KINDS)
-TDG_KINDS = ("collect-chains", *TDG_TRAIN_KINDS.values(), "sample", "evaluate", "train-ranker", "score-samples",
-             "aggregate")
+# The models a TDG experiment compares, by setting (the paper's row names): the untrained student, then one per
+# row of the training table, in the paper's order.
+TDG_SETTINGS = ("base", *(row.setting for row in TRAINING))
+TDG_KINDS = ("collect-chains", *(row.name for row in TRAINING), "sample", "evaluate", "train-ranker",
+             "score-samples", "aggregate")
 # A params-file key applied to every training kind (a kind's own key wins).
 TDG_TRAIN_GROUP = "train"
 # A params-file key for ASC's sampled sample job only, applied over the "sample" key.
@@ -154,7 +154,7 @@ class TdgPipeline:
         self._check()
 
         def params(kind: str, values: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-            group = self.overrides.get(TDG_TRAIN_GROUP, {}) if kind in TDG_TRAIN_KINDS.values() else {}
+            group = self.overrides.get(TDG_TRAIN_GROUP, {}) if any(kind == row.name for row in TRAINING) else {}
             own = self.overrides.get(key or kind, {})
             merged = {k: v for k, v in {**values, **group, **own}.items() if v is not None}
             return kinds.validate_params(kind, merged)
@@ -174,19 +174,17 @@ class TdgPipeline:
                                                         "n": self.n_chains}, [])
             chains = ids["collect"]
             train = ids["train"]
-
-            def trainer(setting: str, after: int | None, **extra: Any) -> None:
-                values = {"problems": self.benchmark, "model": self.student, "teacher": teacher,
-                          "adapter_name": self.adapter_name(setting), "max_steps": self.train_steps, **extra}
-                train[setting] = add(TDG_TRAIN_KINDS[setting], values, [after])
-
-            train["sft"] = add("train-sft", {"problems": self.benchmark, "model": self.student,
-                                             "adapter_name": self.adapter_name("sft"),
-                                             "max_steps": self.train_steps}, [])
-            for setting in ("kd", "mix", "nt", "ul", "neg"):
-                trainer(setting, chains)
-            trainer("nat", train["neg"], neg_model=self.adapter_name("neg"))
-            trainer("nce", train["nat"], nat_model=self.adapter_name("nat"))
+            for row in TRAINING:  # in the table's order, so a model another row builds on is enqueued first
+                values = {"problems": self.benchmark, "model": self.student,
+                          "adapter_name": self.adapter_name(row.setting), "max_steps": self.train_steps}
+                after = None
+                if row.labels:  # it reads the chains
+                    values["teacher"] = teacher
+                    after = chains
+                if row.builds_on is not None:  # it plugs in that row's model, so it waits for it (not the chains)
+                    values[f"{row.builds_on}_model"] = self.adapter_name(row.builds_on)
+                    after = train[row.builds_on]
+                train[row.setting] = add(row.name, values, [after])
             for setting in TDG_SETTINGS:
                 model = self.student if setting == "base" else self.adapter_name(setting)
                 sample = add("sample", {"problems": self.test, "model": model, "n": 1, "temperature": 0.0,

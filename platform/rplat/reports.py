@@ -140,11 +140,11 @@ TDG_PAIRS = (("kd", "neg"), ("neg", "nat"))
 
 
 def _tdg_setting(kind: str | None) -> str:
-    """A model's TDG setting: the training kind that made it (train-kd -> kd), else base (not trained here)."""
-    from rplat.pipelines import TDG_TRAIN_KINDS
+    """A model's TDG setting: the row of the training kind that made it (train-kd -> kd), else base (not trained
+    here)."""
+    from rplat.runners.tdg.kinds import TRAINING
 
-    setting = (kind or "").removeprefix("train-")
-    return setting if setting in TDG_TRAIN_KINDS else "base"
+    return next((row.setting for row in TRAINING if row.name == kind), "base")
 
 
 def tdg_report(engine: Engine, experiment: str) -> dict[str, Any]:

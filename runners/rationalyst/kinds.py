@@ -6,13 +6,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from rplat.bundled import SMOLLM2
 from rplat.kinds import JobKind, Params
 from rplat.methods.guided import GUIDED, SolveMethod
 from rplat.methods.leaks import LEAK_THRESHOLD
 from rplat.references import Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
-from rplat.runners.params import ModelParams
+from rplat.runners.params import (
+    Epochs,
+    FineTuneParams,
+    GradAccum,
+    LearningRate,
+    MaxLength,
+    MicroBatch,
+    ModelParams,
+    Seed,
+)
 
 
 class PrefilterParams(Params):
@@ -68,41 +76,24 @@ class ScoreParams(ModelParams):
         return ("score-future",)
 
 
-class TrainRationalystParams(Params):
+class TrainRationalystParams(FineTuneParams):
+    """A5: preceding text -> rationale, with RATIONALYST's values of the loop's knobs (each description gives the
+    reference script's value; it fully fine-tunes, where the default here is a LoRA)."""
+
     score_job: Annotated[int, Ref("job", kind="score-rationales")] = Field(
         description="the score-rationales job whose kept rationales to train on")
-    model: Annotated[str, Ref("model", primary=True)] = Field(SMOLLM2, description="base model to fine-tune")
     adapter_name: Annotated[str | None, Makes("rationalyst-job{job_id}")] = Field(
         None, description="registry name of the result (default rationalyst-job<ID>)")
     lora: bool = Field(True, description="train a LoRA adapter (False: full fine-tune)")
-    lora_r: int = Field(8, gt=0)
-    lora_alpha: float = Field(16.0, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    epochs: int = Field(3, gt=0)
-    lr: float = Field(2e-4, gt=0, description="reference full fine-tune: 2e-5; LoRA wants larger")
-    batch_size: int = Field(2, gt=0)
-    grad_accum: int = Field(4, gt=0, description="reference: 8 (x 2 GPUs x 2 = 32)")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warmup as a fraction of the optimizer steps")
-    warmup_steps: int | None = Field(None, ge=0, description="warmup in optimizer steps (instead of warmup_ratio)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input (0: runs with different "
-                                "nproc give the same curve; with dropout each process draws its own masks)")
-    max_length: int = Field(1024, gt=8, description="tokens per example (reference model_max_length 1024)")
-    max_steps: int | None = Field(None, gt=0)
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     eval_every: int | None = Field(50, gt=0, description="eval loss on the held-out split every this many steps "
                                    "(and after the last one) into training_metrics.extra")
-    checkpoint_every: int = Field(50, gt=0)
-    seed: int = Field(0)
-    nproc: int = Field(1, ge=1, le=64, description="processes training together under torchrun (one per GPU; "
-                       "DDP, or FSDP with parallel=fsdp); batch_size x grad_accum stays the global batch")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with nproc > 1: ddp replicates the model in "
-                                             "every process, fsdp shards it (for models one GPU cannot hold)")
-
-    @model_validator(mode="after")
-    def _one_warmup(self) -> TrainRationalystParams:
-        if self.warmup_steps is not None and "warmup_ratio" in self.model_fields_set:
-            raise ValueError("give warmup_steps or warmup_ratio, not both")
-        return self
+    epochs: Epochs = Field(3, description="passes over the rationales (reference: 20)")
+    lr: LearningRate = Field(2e-4, description="reference full fine-tune: 2e-5; LoRA wants larger")
+    batch_size: MicroBatch = Field(2, description="micro batch (reference: 2 per GPU)")
+    grad_accum: GradAccum = Field(4, description="reference: 8 (x 2 GPUs x 2 = 32)")
+    max_length: MaxLength = Field(1024, description="tokens per example (reference model_max_length 1024)")
+    seed: Seed = Field(0, description="split, initialisation and shuffling seed")
 
 
 class SolveParams(ModelParams):

@@ -29,7 +29,6 @@ from rplat.runners.framework.context import JobContext
 from rplat.runners.rationalyst.kinds import TrainRationalystParams
 from rplat.runners.training.distributed import is_main_process, launch
 from rplat.runners.training.loop import (
-    TrainConfig,
     causal_lm_loss,
     causal_lm_objective,
     target_tokens,
@@ -93,10 +92,9 @@ def fit(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
     if not train_set:
         raise UserError("no training example fits max_length; raise --param max_length.")
     if p.lora:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                                                 target_modules=list(p.target_modules), task_type="CAUSAL_LM"))
+        model = get_peft_model(model, p.lora_config())
     objective = causal_lm_objective(tokenizer.pad_token_id)
 
     def eval_loss(module: torch.nn.Module) -> dict[str, float]:
@@ -108,10 +106,7 @@ def fit(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
             tokens += target_tokens(batch)
         return {"eval_loss": total / max(tokens, 1.0)}
 
-    cfg = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                      warmup_ratio=p.warmup_ratio, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
-                      checkpoint_every=p.checkpoint_every, eval_every=p.eval_every, seed=p.seed, parallel=p.parallel)
-    summary = train(ctx, model, train_set, cfg, objective, eval_fn=eval_loss if eval_set else None)
+    summary = train(ctx, model, train_set, p.train_config(), objective, eval_fn=eval_loss if eval_set else None)
     weights = trainable_state(model)  # every rank takes part (FSDP gathers); rank 0 gets the weights
     if not is_main_process():
         return {}

@@ -44,12 +44,11 @@ class Example:
     text: str  # the training text (problem and chain)
 
 
-def store_examples(ctx: JobContext, p: TdgTrainParams, labels: Sequence[str] = (), *, gold: bool = False,
-                   max_chars: int | None = None) -> dict[str, int]:
+def store_examples(ctx: JobContext, p: TdgTrainParams, labels: Sequence[str] = (), *, gold: bool = False
+                   ) -> dict[str, int]:
     """Store this job's examples: chains of `p.teacher` labelled `labels` whose training text is shorter than
-    `max_chars` (default `p.max_chars`), plus the gold solutions if `gold`, on the first `p.limit` problems of
-    `p.problems`; idempotent (a resumed job stores the same rows). Returns the counts per label."""
-    limit_chars = p.max_chars if max_chars is None else max_chars
+    `p.max_chars`, plus the gold solutions if `gold`, on the first `p.limit` problems of `p.problems`; idempotent
+    (a resumed job stores the same rows). Returns the counts per label."""
     with ctx.transaction() as s:
         ds = dataset_id(s, p.problems, "problems")
         problem_ids = s.scalars(select(Problem.id).where(Problem.dataset_id == ds).order_by(Problem.id)
@@ -70,7 +69,7 @@ def store_examples(ctx: JobContext, p: TdgTrainParams, labels: Sequence[str] = (
                                      TeacherChain.label.in_(list(labels)))
                               .order_by(TeacherChain.id)).all()
             rows += [dict(job_id=ctx.job_id, chain_id=r.id, label=r.label, split="train") for r in found
-                     if len(tdg_training_text(r.question, r.text)) < limit_chars]
+                     if len(tdg_training_text(r.question, r.text)) < p.max_chars]
         n_chains = len(rows)
         if gold:
             solved = s.execute(select(Problem.id).where(Problem.id.in_(problem_ids), Problem.solution.is_not(None),
@@ -79,7 +78,7 @@ def store_examples(ctx: JobContext, p: TdgTrainParams, labels: Sequence[str] = (
         if not rows:
             wanted = " or ".join([f"{label} chains" for label in labels] + (["gold solutions"] if gold else []))
             raise UserError(f"dataset {p.problems!r} has no {wanted} to train on"
-                            + (f" shorter than max_chars={limit_chars}" if labels else "")
+                            + (f" shorter than max_chars={p.max_chars}" if labels else "")
                             + "; check --param teacher / problems, or raise --param max_chars.")
         insert_ignore(s, TrainingExample, rows[:n_chains], ["job_id", "chain_id"])
         insert_ignore(s, TrainingExample, rows[n_chains:], ["job_id", "problem_id"])
@@ -121,14 +120,6 @@ def encode_examples(tokenizer: Any, examples: Sequence[Example], max_length: int
     only read input_ids/labels ignore them)."""
     return [{**encode(tokenizer, e.text, max_length), "label": e.label, "source": e.source, "source_id": e.source_id}
             for e in examples]
-
-
-def lora_config(p: TdgTrainParams) -> Any:
-    """The peft LoRA of the params (B2's shared settings by default: r 8, alpha 16, dropout 0.05, q/v)."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                      target_modules=list(p.target_modules), task_type="CAUSAL_LM")
 
 
 def result_name(kind: str, p: TdgTrainParams, job_id: int) -> str:

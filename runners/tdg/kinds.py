@@ -1,21 +1,34 @@
-"""The Turning-Dust-into-Gold job kinds (ALGORITHMS B1-B3, B5, B6): parameter schemas and handler names.
+"""The Turning-Dust-into-Gold job kinds (B1-B6): parameter schemas, handler names and the training table.
 
 Chains are named by their problem dataset and their `teacher` (the chain set: an imported teacher such as
 gpt-3.5, or what collect-chains stored under the teacher model's name). Every training kind trains a LoRA (or
-the NAT layer) on the student `model` and registers it under `adapter_name`. Importing this loads no torch.
+the NAT layer) on the student `model` and registers it under `adapter_name`; each is one row of `TRAINING`, which
+the family's `KINDS`, the TDG pipeline, the TDG report and the training handlers read. Importing this loads no
+torch.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from rplat.bundled import SMOLLM2
-from rplat.kinds import JobKind, Params
+from rplat.kinds import JobKind, Params, resolve
 from rplat.references import Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
-from rplat.runners.params import ModelParams
+from rplat.runners.params import (
+    Epochs,
+    FineTuneParams,
+    GradAccum,
+    LearningRate,
+    MaxLength,
+    MicroBatch,
+    ModelParams,
+    Seed,
+    TrainParams,
+)
 
 LABELERS = ("hendrycks", "math-verify")
 Labeler = Literal["hendrycks", "math-verify"]
@@ -51,42 +64,24 @@ class CollectChainsParams(ModelParams):
         return ("tdg-chain",)
 
 
-class TdgTrainParams(Params):
-    """What every TDG training kind shares: the chains, the student, the LoRA and the loop."""
+class TdgTrainParams(FineTuneParams):
+    """What every TDG training kind shares: the chains, and TDG's values of the loop's knobs (each description
+    gives the reference code's value; it also warms up for 200 steps, and its LoRA is FineTuneParams' default)."""
 
     problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
         description="training problem dataset (its chains, or for train-sft its worked solutions)")
     teacher: str | None = Field(None, description="chain set to train on (teacher_chains.teacher); "
                                 "not used by train-sft")
-    model: Annotated[str, Ref("model", primary=True)] = Field(SMOLLM2, description="student base model")
-    adapter_name: str | None = Field(None, description="registry name of the result (default <kind>-job<ID>)")
-    lora_r: int = Field(8, gt=0, description="LoRA rank (reference: 8)")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha (reference: 16, scaling 2)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input (reference: 0.05)")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1,
-                                      description="linear layers to adapt (reference: q_proj, v_proj)")
+    adapter_name: str | None = Field(None, description="registry name of the result (default <setting>-job<ID>)")
     max_chars: int = Field(1600, gt=0, description="keep a chain iff len(training text) < max_chars "
                            "(reference: 1600 for Neg/NAT training, 1200 for NCE)")
-    max_length: int = Field(512, gt=8, description="tokens per example (longer ones are cut)")
-    epochs: int = Field(3, gt=0, description="passes over the chains (reference: 20)")
-    lr: float = Field(3e-4, gt=0, description="peak learning rate (reference: 3e-4)")
-    batch_size: int = Field(4, gt=0, description="micro batch (reference: 16)")
-    grad_accum: int = Field(4, gt=0, description="micro batches per optimizer step (reference: 128 / 16)")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warmup as a fraction of the optimizer steps")
-    warmup_steps: int | None = Field(None, ge=0, description="warmup in optimizer steps (reference: 200)")
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     limit: int | None = Field(None, gt=0, description="train on the chains of at most this many problems")
-    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
-    seed: int = Field(42, description="initialisation and shuffling seed (reference: 42)")
-    nproc: int = Field(1, ge=1, le=64, description="processes training together under torchrun (one per GPU)")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with nproc > 1: ddp or fsdp")
-
-    @model_validator(mode="after")
-    def _one_warmup(self) -> TdgTrainParams:
-        if self.warmup_steps is not None and "warmup_ratio" in self.model_fields_set:
-            raise ValueError("give warmup_steps or warmup_ratio, not both")
-        return self
-
+    epochs: Epochs = Field(3, description="passes over the chains (reference: 20)")
+    lr: LearningRate = Field(3e-4, description="peak learning rate (reference: 3e-4)")
+    batch_size: MicroBatch = Field(4, description="micro batch (reference: 16)")
+    grad_accum: GradAccum = Field(4, description="micro batches per optimizer step (reference: 128 / 16)")
+    max_length: MaxLength = 512
+    seed: Seed = Field(42, description="initialisation and shuffling seed (reference: 42)")
 
     def prompt_templates(self) -> tuple[str, ...]:
         return ("tdg-chain",)
@@ -193,7 +188,7 @@ class SampleParams(ModelParams):
         return ("tdg-chain",)
 
 
-class TrainRankerParams(Params):
+class TrainRankerParams(TrainParams):
     """B4: a ranker scores question + chain in (0, 1); trained on one positive and one negative chain per question."""
 
     problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
@@ -207,17 +202,16 @@ class TrainRankerParams(Params):
     heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of the questions with both a positive "
                                     "and a negative chain held out to measure ranker accuracy (s_pos > s_neg)")
     p: float = Field(3.0, gt=0, description="pair loss (1 - s_pos)^p + s_neg^p (reference: 3)")
-    epochs: int = Field(5, gt=0, description="passes over the training questions, a fresh pair each (reference 5)")
-    lr: float = Field(2e-5, gt=0, description="peak learning rate (reference: 2e-5)")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW decay, none on biases and norms (reference 1e-5)")
     final_lr_ratio: float = Field(0.02, ge=0, le=1, description="cosine decay ends at this fraction of lr "
                                   "(reference: 0.02)")
-    batch_size: int = Field(1, gt=0, description="pairs per micro batch (reference: 1)")
-    grad_accum: int = Field(1, gt=0, description="micro batches per optimizer step")
-    max_length: int = Field(512, gt=8, description="tokens of question + chain (longer pairs are cut; reference 512)")
     limit: int | None = Field(None, gt=0, description="pair the chains of at most this many questions")
-    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
-    seed: int = Field(0, description="pairing, split, initialisation and shuffling seed (reference: 0)")
+    epochs: Epochs = Field(5, description="passes over the training questions, a fresh pair each (reference 5)")
+    lr: LearningRate = Field(2e-5, description="peak learning rate (reference: 2e-5)")
+    batch_size: MicroBatch = Field(1, description="pairs per micro batch (reference: 1)")
+    grad_accum: GradAccum = 1
+    max_length: MaxLength = Field(512, description="tokens of question + chain (longer pairs are cut; reference 512)")
+    seed: Seed = Field(0, description="pairing, split, initialisation and shuffling seed (reference: 0)")
 
 
 class ScoreSamplesParams(Params):
@@ -252,22 +246,6 @@ class AggregateParams(Params):
 
 COLLECT_CHAINS = JobKind("collect-chains", CollectChainsParams, "rplat.runners.tdg.chains:collect",
                          "Sample n teacher chains per problem and label them positive/negative (TDG B1).")
-TRAIN_NEG = JobKind("train-neg", TrainNegParams, "rplat.runners.tdg.train:train_neg",
-                    "Train the negative LoRA on the negative chains (TDG B2 stage 1).")
-TRAIN_NAT = JobKind("train-nat", TrainNatParams, "rplat.runners.tdg.nat:run",
-                    "Negative Assistant Training: positive LoRA + integration unit, negative LoRA frozen (TDG B2).")
-TRAIN_NCE = JobKind("train-nce", TrainNceParams, "rplat.runners.tdg.nce:run",
-                    "Negative Calibrated Enhancement: distil the NAT model into a fresh LoRA (TDG B3).")
-TRAIN_KD = JobKind("train-kd", TrainKdParams, "rplat.runners.tdg.train:train_kd",
-                   "CoT knowledge distillation: MLE on the positive chains (TDG baseline).")
-TRAIN_MIX = JobKind("train-mix", TrainMixParams, "rplat.runners.tdg.train:train_mix",
-                    "MLE on positive and negative chains alike (TDG baseline MIX).")
-TRAIN_NT = JobKind("train-nt", TrainNtParams, "rplat.runners.tdg.train:train_nt",
-                   "Negative training: likelihood of positives minus lambda x that of negatives (TDG baseline).")
-TRAIN_UL = JobKind("train-ul", TrainUlParams, "rplat.runners.tdg.train:train_ul",
-                   "Unlikelihood training on negatives beside MLE on positives (TDG baseline).")
-TRAIN_SFT = JobKind("train-sft", TrainSftParams, "rplat.runners.tdg.train:train_sft",
-                    "Fine-tune on the problems' gold solutions (the TDG table's fine-tune row).")
 SAMPLE = JobKind("sample", SampleParams, "rplat.runners.tdg.chains:sample",
                  "Generate whole chains for problems (greedy or n samples) and check their answers (TDG eval).")
 TRAIN_RANKER = JobKind("train-ranker", TrainRankerParams, "rplat.runners.tdg.ranker:train",
@@ -277,5 +255,63 @@ SCORE_SAMPLES = JobKind("score-samples", ScoreSamplesParams, "rplat.runners.tdg.
 AGGREGATE = JobKind("aggregate", AggregateParams, "rplat.runners.tdg.aggregate:run",
                     "Greedy, self-consistency and ASC votes per problem, with tie credit and margins (TDG B4/B6).")
 
-KINDS = [COLLECT_CHAINS, TRAIN_NEG, TRAIN_NAT, TRAIN_NCE, TRAIN_KD, TRAIN_MIX, TRAIN_NT, TRAIN_UL, TRAIN_SFT, SAMPLE,
-         TRAIN_RANKER, SCORE_SAMPLES, AGGREGATE]
+
+@dataclass(frozen=True, kw_only=True)
+class TdgTraining(JobKind):
+    """A TDG training kind and the row of the paper's table its model fills, declared once: the pipeline trains,
+    samples and evaluates one model per row, the report names the row by `setting`, and the handler reads here
+    what the kind trains on and with which objective."""
+
+    setting: str  # the row's name in the paper's table; also the registry role of the model the kind trains
+    labels: tuple[str, ...]  # the labels of the teacher chains it trains on (none: it reads no chains)
+    gold: Callable[[Any], bool] = lambda p: False  # (params) -> whether it also trains on the gold solutions
+    objective: str  # "module:function" making its training Objective (from what its handler has), imported then
+    builds_on: str | None = None  # the setting whose model it plugs in, named by its params' `<setting>_model`
+
+    @property
+    def role(self) -> str:
+        return self.setting
+
+    def load_objective(self) -> Callable[..., Any]:
+        return resolve(self.objective)
+
+
+PLAIN_LORA = "rplat.runners.tdg.train:run"  # the handler of every kind that trains one fresh LoRA
+MLE = "rplat.runners.tdg.train:mle_objective"
+
+# The TDG training kinds, in the order the paper's Table 2 lists their rows.
+TRAINING = (
+    TdgTraining("train-sft", TrainSftParams, PLAIN_LORA,
+                "Fine-tune on the problems' gold solutions (the TDG table's fine-tune row).",
+                setting="sft", labels=(), gold=lambda p: True, objective=MLE),
+    TdgTraining("train-kd", TrainKdParams, PLAIN_LORA,
+                "CoT knowledge distillation: MLE on the positive chains (TDG baseline).",
+                setting="kd", labels=("pos",), objective=MLE),
+    TdgTraining("train-mix", TrainMixParams, PLAIN_LORA,
+                "MLE on positive and negative chains alike (TDG baseline MIX).",
+                setting="mix", labels=("pos", "neg"), objective=MLE),
+    TdgTraining("train-nt", TrainNtParams, PLAIN_LORA,
+                "Negative training: likelihood of positives minus lambda x that of negatives (TDG baseline).",
+                setting="nt", labels=("pos", "neg"), gold=lambda p: p.include_gold,
+                objective="rplat.runners.tdg.train:nt_objective"),
+    TdgTraining("train-ul", TrainUlParams, PLAIN_LORA,
+                "Unlikelihood training on negatives beside MLE on positives (TDG baseline).",
+                setting="ul", labels=("pos", "neg"), objective="rplat.runners.tdg.train:ul_objective"),
+    TdgTraining("train-neg", TrainNegParams, PLAIN_LORA,
+                "Train the negative LoRA on the negative chains (TDG B2 stage 1).",
+                setting="neg", labels=("neg",), objective=MLE),
+    TdgTraining("train-nat", TrainNatParams, "rplat.runners.tdg.nat:run",
+                "Negative Assistant Training: positive LoRA + integration unit, negative LoRA frozen (TDG B2).",
+                setting="nat", labels=("pos",), objective="rplat.runners.tdg.nat:nat_objective", builds_on="neg"),
+    TdgTraining("train-nce", TrainNceParams, "rplat.runners.tdg.nce:run",
+                "Negative Calibrated Enhancement: distil the NAT model into a fresh LoRA (TDG B3).",
+                setting="nce", labels=("pos",), objective="rplat.runners.tdg.nce:nce_objective", builds_on="nat"),
+)
+
+
+def training_of(p: TdgTrainParams) -> TdgTraining:
+    """The row of the table whose kind takes these params."""
+    return next(row for row in TRAINING if type(p) is row.params)
+
+
+KINDS = [COLLECT_CHAINS, *TRAINING, SAMPLE, TRAIN_RANKER, SCORE_SAMPLES, AGGREGATE]

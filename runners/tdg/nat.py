@@ -37,12 +37,11 @@ from rplat.runners.tdg.examples import (
     save_and_register,
     store_examples,
 )
-from rplat.runners.tdg.kinds import TrainNatParams
+from rplat.runners.tdg.kinds import TrainNatParams, training_of
 from rplat.runners.training.distributed import is_main_process, launch
 from rplat.runners.training.loop import (
     Batch,
     Objective,
-    TrainConfig,
     causal_lm_loss,
     collate_causal_lm,
     target_tokens,
@@ -69,7 +68,7 @@ def _models(ctx: JobContext, p: TrainNatParams) -> tuple[int, int, str, str]:
 def run(ctx: JobContext, p: TrainNatParams) -> dict[str, Any]:
     prepare_backend(ctx.engine, p.model, home=ctx.home)  # converts the bundled model once, before any worker starts
     _models(ctx, p)
-    store_examples(ctx, p, ("pos",))  # the positive chains only (the negatives went into the negative LoRA)
+    store_examples(ctx, p, training_of(p).labels)  # the positives (the negatives went into the negative LoRA)
     if p.nproc > 1:
         return launch(ctx, "rplat.runners.tdg.nat:fit", p.nproc)
     return fit(ctx, p)
@@ -116,10 +115,8 @@ def fit(ctx: JobContext, p: TrainNatParams) -> dict[str, Any]:
     model, tokenizer = load(spec, adapters=(), trainable=True, dtype=torch.float32, device=str(device))
     model = attach_nat(model, cfg, neg_state)
     examples = encode_examples(tokenizer, load_examples(ctx), p.max_length)
-    train_cfg = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                            warmup_ratio=p.warmup_ratio, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
-                            checkpoint_every=p.checkpoint_every, seed=p.seed, parallel=p.parallel)
-    summary = train(ctx, model, examples, train_cfg, nat_objective(tokenizer.pad_token_id))
+    row = training_of(p)
+    summary = train(ctx, model, examples, p.train_config(), row.load_objective()(tokenizer.pad_token_id))
     weights = trainable_state(model)  # every rank takes part (FSDP gathers); rank 0 gets the weights
     if not is_main_process():
         return {}
@@ -127,10 +124,10 @@ def fit(ctx: JobContext, p: TrainNatParams) -> dict[str, Any]:
     # The negative LoRA never changes: saved from its own file, so sharded (FSDP) copies need no gathering.
     state = {**negative_state(neg_state), **canonical_state(weights)}
     name, model_id = save_and_register(
-        ctx, "train-nat", p,
+        ctx, row.name, p,
         lambda out: save_nat(model, out, cfg, {"base_model_name_or_path": base_name, "neg_model": p.neg_model},
                              state=state),
-        fmt="nat", role="nat", parents={"base": base_id, "neg": neg_id},
+        fmt="nat", role=row.role, parents={"base": base_id, "neg": neg_id},
         config={"nat": cfg.to_dict(), "examples": {"pos": len(examples)}},
         lora_r=p.lora_r, lora_alpha=p.lora_alpha, target_modules=list(p.target_modules))
     summary.pop("final_eval", None)

@@ -34,16 +34,14 @@ from rplat.runners.tdg.examples import (
     adapter_on_student_base,
     encode_examples,
     load_examples,
-    lora_config,
     save_and_register,
     store_examples,
 )
-from rplat.runners.tdg.kinds import TrainNceParams
+from rplat.runners.tdg.kinds import TrainNceParams, training_of
 from rplat.runners.training.distributed import is_main_process, launch
 from rplat.runners.training.loop import (
     Batch,
     Objective,
-    TrainConfig,
     batch_examples,
     collate_causal_lm,
     train,
@@ -52,7 +50,6 @@ from rplat.runners.training.loop import (
 )
 from rplat.store import insert_ignore
 
-KIND = "train-nce"
 AUGMENT_STOP = ("\nProblem:",)  # a sampled chain ends where the model starts the next problem
 AUGMENT_BATCH = 16  # problems per generation call of self-augmentation
 LABELER = "hendrycks"  # the paper's verdict decides whether a sampled chain reaches the gold answer (both stored)
@@ -62,7 +59,7 @@ def run(ctx: JobContext, p: TrainNceParams) -> dict[str, Any]:
     nat_spec = prepare_backend(ctx.engine, p.nat_model, home=ctx.home)
     prepare_backend(ctx.engine, p.model, home=ctx.home)  # converts the bundled model once, before any worker starts
     _, nat_id = model_ids(ctx, p)
-    counts = store_examples(ctx, p, ("pos",))
+    counts = store_examples(ctx, p, training_of(p).labels)
     augmented = self_augment(ctx, p, nat_spec) if p.self_augment else 0
     weigh(ctx, p, nat_spec, nat_id)
     extra = {"teacher_positives": counts.get("pos", 0), "augmented": augmented}
@@ -215,18 +212,16 @@ def fit(ctx: JobContext, p: TrainNceParams) -> dict[str, Any]:
     student, tokenizer = load(base_spec, adapters=(), trainable=True, dtype=torch.float32, device=str(device))
     from peft import get_peft_model
 
-    student = get_peft_model(student, lora_config(p))
+    student = get_peft_model(student, p.lora_config())
     teacher = nat_spec.open()
     train_set = [{**e, "beta": betas[e["source_id"]]} for e in encode_examples(tokenizer, examples, p.max_length)]
-    cfg = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                      warmup_ratio=p.warmup_ratio, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
-                      checkpoint_every=p.checkpoint_every, seed=p.seed, parallel=p.parallel)
-    summary = train(ctx, student, train_set, cfg, nce_objective(teacher, pad_id(tokenizer), p))
+    row = training_of(p)
+    summary = train(ctx, student, train_set, p.train_config(), row.load_objective()(teacher, pad_id(tokenizer), p))
     weights = trainable_state(student)  # every rank takes part (FSDP gathers); rank 0 gets the weights
     if not is_main_process():
         return {}
     name, model_id = save_and_register(
-        ctx, KIND, p, lambda out: student.save_pretrained(out, state_dict=weights), fmt="lora", role="nce",
+        ctx, row.name, p, lambda out: student.save_pretrained(out, state_dict=weights), fmt="lora", role=row.role,
         parents={"base": base_id, "teacher": nat_id}, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
         target_modules=list(p.target_modules))
     summary.pop("final_eval")

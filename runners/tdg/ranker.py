@@ -2,9 +2,9 @@
 
 train-ranker reads the questions of `problems` that have both a positive and a negative chain of `teacher`,
 holds a seeded `heldout_fraction` of them out, and gives every training question one pair per epoch (one random
-positive, one random negative, a function of seed, epoch and question). The loop gets all epochs' pairs as one
-set (`TrainConfig.epochs=1`): the loop repeats the same examples each epoch, while every epoch needs a fresh
-pair; so the pairs of all epochs are shuffled together, each seen once. The encoder and the head train through
+positive, one random negative, a function of seed, epoch and question). The loop gets each epoch's pairs as
+that epoch's own examples (`PerEpoch`: epoch e trains on its fresh pairs, shuffled, after epoch e - 1's), where
+it would otherwise repeat the same examples every epoch. The encoder and the head train through
 the one loop (AdamW, no decay on biases and norms, cosine decay, exact resume). Every scored training pair
 reaches `ranker_pairs` with the metrics of its step (same writes, same resume point: a resumed run rewrites
 the steps after its checkpoint, upserted on (job, split, epoch, question)); after the last step the held-out
@@ -51,7 +51,7 @@ from rplat.registry import BUNDLED_EMBEDDER, ensure_bundled_embedder, get_model
 from rplat.runners.framework.context import JobContext, StepMetric
 from rplat.runners.tdg.examples import save_and_register
 from rplat.runners.tdg.kinds import ScoreSamplesParams, TrainRankerParams
-from rplat.runners.training.loop import Batch, Objective, PerEpoch, TrainConfig, training_device, weight_decay_groups
+from rplat.runners.training.loop import Batch, Objective, PerEpoch, training_device, weight_decay_groups
 from rplat.runners.training.loop import train as train_loop
 from rplat.store import insert_ignore, upsert
 
@@ -201,9 +201,7 @@ def train(ctx: JobContext, p: TrainRankerParams) -> dict[str, Any]:
 
     objective = Objective(lambda pairs: _collate(pairs, tokenizer.pad_token_id), loss,
                           lambda batch: float(len(batch["problem_id"])))
-    train_cfg = TrainConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                            checkpoint_every=p.checkpoint_every, final_lr_ratio=p.final_lr_ratio, seed=p.seed)
-    summary = train_loop(host, ranker, examples, train_cfg, objective, eval_fn=evaluate if heldout else None,
+    summary = train_loop(host, ranker, examples, p.train_config(), objective, eval_fn=evaluate if heldout else None,
                          param_groups=lambda module: weight_decay_groups(module, p.weight_decay))
     _write_pairs(ctx, heldout_rows)
     final = summary.pop("final_eval") or {}

@@ -1,10 +1,11 @@
 """TDG's plain-LoRA kinds: train-neg (B2 stage 1) and the B5 baselines kd, mix, nt, ul, sft.
 
-Each kind is a row of `KINDS`: which examples it stores (chain labels, gold solutions), the objective it
-trains them with, and the role its LoRA is registered under. The handler stores the examples (`tdg_data`),
-then `fit` trains a fresh peft LoRA on the student base through the shared loop (exact resume), in the
-handler's process or, with `nproc > 1`, on every torchrun worker; rank 0 saves the adapter and registers it
-as format `lora` with its base as parent, so `rplat serve` serves it and train-nat plugs train-neg's in.
+One handler, `run`, serves them all: it finds the job's row of the training table (`rplat.runners.tdg.kinds`),
+which says which examples it stores (chain labels, gold solutions), the objective it trains them with and the
+role its LoRA is registered under. The handler stores the examples, then `fit` trains a fresh peft LoRA on the
+student base through the shared loop (exact resume), in the handler's process or, with `nproc > 1`, on every
+torchrun worker; rank 0 saves the adapter and registers it as format `lora` with its base as parent, so
+`rplat serve` serves it and train-nat plugs train-neg's in.
 
 Every loss is a sum over the target tokens (question and chain, pads masked) and the loop divides by the
 tokens of the global batch: MLE kinds train on HF's mean token loss, NT on `-sum_b w_b log p(b)` per token
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,20 +26,11 @@ from rplat.methods.negatives import mle_and_unlikelihood, weighted_nll
 from rplat.registry import get_model
 from rplat.runners.framework.context import JobContext
 from rplat.runners.tdg import examples as tdg_data
-from rplat.runners.tdg.kinds import (
-    TdgTrainParams,
-    TrainKdParams,
-    TrainMixParams,
-    TrainNegParams,
-    TrainNtParams,
-    TrainSftParams,
-    TrainUlParams,
-)
+from rplat.runners.tdg.kinds import TdgTrainParams, TrainNtParams, TrainUlParams, training_of
 from rplat.runners.training.distributed import is_main_process, launch
 from rplat.runners.training.loop import (
     Batch,
     Objective,
-    TrainConfig,
     causal_lm_objective,
     collate_causal_lm,
     target_tokens,
@@ -48,17 +39,6 @@ from rplat.runners.training.loop import (
     trainable_state,
     training_device,
 )
-
-
-@dataclass(frozen=True)
-class TdgKind:
-    """What makes one plain-LoRA TDG kind: its data (chain labels, gold solutions), objective and role."""
-
-    name: str
-    role: str
-    labels: tuple[str, ...]
-    gold: Callable[[Any], bool]
-    objective: Callable[[Any, int], Objective]  # (params, pad token id) -> objective
 
 
 def _token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,11 +67,13 @@ def _collate_with(pad_id: int, **columns: Callable[[dict[str, Any]], float | boo
     return collate
 
 
-def _mle(p: TdgTrainParams, pad_id: int) -> Objective:
+def mle_objective(p: TdgTrainParams, pad_id: int) -> Objective:
+    """sft, kd, mix and neg: the causal-LM loss on every example alike."""
     return causal_lm_objective(pad_id)
 
 
-def _nt(p: TrainNtParams, pad_id: int) -> Objective:
+def nt_objective(p: TrainNtParams, pad_id: int) -> Objective:
+    """NT: each example's token NLL weighted +1 (positives, gold) or -nt_lambda (negatives)."""
     def loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         logprobs, mask = _token_logprobs(model, batch)
         return weighted_nll(logprobs, mask, batch["weight"]), _nll_parts(logprobs, mask, batch["negative"])
@@ -101,7 +83,8 @@ def _nt(p: TrainNtParams, pad_id: int) -> Objective:
     return Objective(collate, loss, target_tokens)
 
 
-def _ul(p: TrainUlParams, pad_id: int) -> Objective:
+def ul_objective(p: TrainUlParams, pad_id: int) -> Objective:
+    """UL: MLE on the positives plus ul_lambda x the token unlikelihood of the negatives."""
     def loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         logprobs, mask = _token_logprobs(model, batch)
         total, parts = mle_and_unlikelihood(logprobs, mask, batch["negative"], p.ul_lambda)
@@ -110,25 +93,11 @@ def _ul(p: TrainUlParams, pad_id: int) -> Objective:
     return Objective(_collate_with(pad_id, negative=lambda e: e["label"] == "neg"), loss, target_tokens)
 
 
-def _never(p: Any) -> bool:
-    return False
-
-
-KINDS: dict[type[TdgTrainParams], TdgKind] = {
-    TrainNegParams: TdgKind("train-neg", "neg", ("neg",), _never, _mle),
-    TrainKdParams: TdgKind("train-kd", "kd", ("pos",), _never, _mle),
-    TrainMixParams: TdgKind("train-mix", "mix", ("pos", "neg"), _never, _mle),
-    TrainNtParams: TdgKind("train-nt", "nt", ("pos", "neg"), lambda p: p.include_gold, _nt),
-    TrainUlParams: TdgKind("train-ul", "ul", ("pos", "neg"), _never, _ul),
-    TrainSftParams: TdgKind("train-sft", "sft", (), lambda p: True, _mle),
-}
-
-
-def _run(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:
+def run(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:
     """Store the kind's examples (once: a resumed job finds them), then train, alone or under torchrun."""
-    kind = KINDS[type(p)]
+    row = training_of(p)
     prepare_backend(ctx.engine, p.model, home=ctx.home)  # converts the bundled model once, before any worker
-    tdg_data.store_examples(ctx, p, kind.labels, gold=kind.gold(p))
+    tdg_data.store_examples(ctx, p, row.labels, gold=row.gold(p))
     if p.nproc > 1:
         return launch(ctx, "rplat.runners.tdg.train:fit", p.nproc)
     return fit(ctx, p)
@@ -136,7 +105,7 @@ def _run(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:
 
 def fit(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:
     """Train a fresh LoRA on the job's stored examples; on rank 0 (or alone) save and register it."""
-    kind = KINDS[type(p)]
+    row = training_of(p)
     spec = prepare_backend(ctx.engine, p.model, home=ctx.home)
     with ctx.read() as s:
         base_id = base_of(s, get_model(s, p.model)).id
@@ -147,43 +116,17 @@ def fit(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:
     model, tokenizer = load(spec, adapters=(), trainable=True, dtype=torch.float32, device=str(device))
     from peft import get_peft_model
 
-    model = get_peft_model(model, tdg_data.lora_config(p))
+    model = get_peft_model(model, p.lora_config())
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     encoded = tdg_data.encode_examples(tokenizer, examples, p.max_length)
-    cfg = TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                      warmup_ratio=p.warmup_ratio, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
-                      checkpoint_every=p.checkpoint_every, seed=p.seed, parallel=p.parallel)
-    summary = train(ctx, model, encoded, cfg, kind.objective(p, pad_id))
+    summary = train(ctx, model, encoded, p.train_config(), row.load_objective()(p, pad_id))
     weights = trainable_state(model)  # every rank takes part (FSDP gathers); rank 0 gets the weights
     if not is_main_process():
         return {}
     name, model_id = tdg_data.save_and_register(
-        ctx, kind.name, p, lambda out: model.save_pretrained(out, state_dict=weights), fmt="lora", role=kind.role,
+        ctx, row.name, p, lambda out: model.save_pretrained(out, state_dict=weights), fmt="lora", role=row.role,
         parents={"base": base_id}, config={"examples": counts}, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
         target_modules=list(p.target_modules))
     summary.pop("final_eval")
     return {**summary, "examples": counts, "nproc": p.nproc, "model": name, "model_id": model_id}
 
-
-def train_neg(ctx: JobContext, p: TrainNegParams) -> dict[str, Any]:
-    return _run(ctx, p)
-
-
-def train_kd(ctx: JobContext, p: TrainKdParams) -> dict[str, Any]:
-    return _run(ctx, p)
-
-
-def train_mix(ctx: JobContext, p: TrainMixParams) -> dict[str, Any]:
-    return _run(ctx, p)
-
-
-def train_nt(ctx: JobContext, p: TrainNtParams) -> dict[str, Any]:
-    return _run(ctx, p)
-
-
-def train_ul(ctx: JobContext, p: TrainUlParams) -> dict[str, Any]:
-    return _run(ctx, p)
-
-
-def train_sft(ctx: JobContext, p: TrainSftParams) -> dict[str, Any]:
-    return _run(ctx, p)

@@ -28,7 +28,7 @@ import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from rplat.errors import UserError
 from rplat.runners.framework.context import StepMetric
+from rplat.runners.training.config import TrainConfig
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -74,24 +75,6 @@ class TrainingHost(Protocol):
 
 class CheckpointMismatch(UserError):
     """A checkpoint does not fit the model being trained: resuming from it would train other weights."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    warmup_steps: int | None = None  # when given, wins over warmup_ratio
-    batch_size: int = 2  # examples per micro-batch (per process)
-    grad_accum: int = 1  # global batch = batch_size * grad_accum examples, whatever the number of processes
-    max_steps: int | None = None
-    checkpoint_every: int = 50
-    eval_every: int | None = None  # the eval hook runs every this many steps, and always after the last one
-    max_grad_norm: float = 1.0
-    final_lr_ratio: float = 0.0  # the cosine decays to this fraction of the peak learning rate
-    seed: int = 0
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes: replicate (DDP) or shard (FSDP2)
 
 
 def batch_examples(batch: Batch) -> float:
