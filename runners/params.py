@@ -78,7 +78,10 @@ class FineTuneParams(TrainParams):
 
     @model_validator(mode="after")
     def _one_warmup(self) -> FineTuneParams:
-        if self.warmup_steps is not None and "warmup_ratio" in self.model_fields_set:
+        # A stored job's params hold every field, the default warmup_ratio beside its warmup_steps included: only a
+        # ratio other than the default contradicts the steps.
+        ratio = type(self).model_fields["warmup_ratio"].default
+        if self.warmup_steps is not None and self.warmup_ratio != ratio:
             raise ValueError("give warmup_steps or warmup_ratio, not both")
         return self
 

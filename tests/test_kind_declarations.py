@@ -218,6 +218,13 @@ def test_a_warmup_is_given_in_steps_or_as_a_ratio_not_both(kind: str) -> None:
         kinds.validate_params(kind, {**_minimal(kind), "warmup_steps": 5, "warmup_ratio": 0.1})
 
 
+@pytest.mark.parametrize("kind", sorted(set(STORED) - {"train-ranker"}))
+def test_a_job_enqueued_with_warmup_steps_reads_back_from_its_stored_params(kind: str) -> None:
+    stored = kinds.validate_params(kind, {**_minimal(kind), "warmup_steps": 5})
+    assert stored["warmup_steps"] == 5 and "warmup_ratio" in stored  # every field is stored, the default ratio too
+    assert kinds.parse(kind, stored).train_config().warmup_steps == 5
+
+
 def test_the_kinds_and_their_params_import_without_torch() -> None:
     code = ("import sys, rplat.runners.tdg.kinds, rplat.runners.rationalyst.kinds, rplat.runners.params, "
             "rplat.pipelines, rplat.kinds; rplat.kinds.all_kinds(); assert 'torch' not in sys.modules")
