@@ -23,7 +23,7 @@ DEMO_TDG_PARAMS ?= {"collect-chains": {"temperature": 0.7, "max_tokens": 40, "n_
   "train": {"batch_size": 4, "grad_accum": 1, "max_length": 96, "checkpoint_every": 3}, \
   "train-nat": {"log_every": 2}, "sample": {"max_tokens": 40}}
 
-.PHONY: install demo demo-tdg test lint bench bench-data clean vllm chromium
+.PHONY: install demo demo-tdg test test-minimum lint bench bench-data clean vllm chromium
 
 $(BIN)/rplat: pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -112,6 +112,25 @@ demo-tdg: install
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+
+# The stated minimum versions (requirements/minimum.txt, pyproject's lower bounds), installed without their
+# dependencies into an overlay that PYTHONPATH puts in front of .venv, and the tests of what each minimum is for:
+# the versions imported, the hf fast paths and loading, peft adapters and LoRA training, GGUF conversion,
+# sentence-transformers' embeddings. SQLite only: no database code differs between the two stacks.
+MINIMUM := $(CACHE)/minimum
+MINIMUM_TESTS := tests/test_minimum.py tests/test_llm_hf_fast.py tests/test_llm_hf.py tests/test_llm_load.py \
+  tests/test_training.py tests/test_bundled.py::test_bundled_model_converts_once_registers_and_generates \
+  tests/test_prefilter.py::test_cosines_equal_the_pure_methods_applied_in_process
+
+$(MINIMUM)/.installed: requirements/minimum.txt | $(BIN)/rplat
+	rm -rf $(MINIMUM) $(MINIMUM).tmp
+	$(BIN)/pip install -q --no-deps --target $(MINIMUM).tmp -r requirements/minimum.txt
+	mv $(MINIMUM).tmp $(MINIMUM)
+	touch $@
+
+test-minimum: install $(MINIMUM)/.installed
+	PYTHONPATH=$(MINIMUM) RPLAT_MINIMUM_OVERLAY=$(MINIMUM) OMP_NUM_THREADS=1 \
+	  $(BIN)/pytest -q -k "not postgresql" $(MINIMUM_TESTS)
 
 lint: install
 	$(BIN)/ruff check platform runners migrations dashboard tests bench
