@@ -323,7 +323,8 @@ CASES = [
     Case("sqlite-file-where-no-directory-can-be-made", ("jobs", "ls"),
          ["cannot use /proc/rplat", "check the path and its permissions"], url="sqlite:////proc/rplat/rplat.db"),
     # click's own usage errors, in the same one-line form
-    Case("unknown-command", ("enqueu", "probe"), ["no such command 'enqueu'", "rplat --help"]),
+    Case("unknown-command", ("enqueu", "probe"),
+         ["no such command 'enqueu' (did you mean 'enqueue'?)", "rplat --help"]),
     Case("unknown-option", ("jobs", "ls", "--statu", "queued"),
          ["no such option '--statu'", "did you mean '--status'", "rplat jobs ls --help"]),
     Case("job-id-not-a-number", ("jobs", "show", "latest"),
