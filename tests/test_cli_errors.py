@@ -145,6 +145,18 @@ def params_not_object(store: Store) -> None:
     write(store, "params.json", "[1, 2]\n")
 
 
+def tags_line2_not_json(store: Store) -> None:
+    write(store, "tags.jsonl", jsonl({"tag": "a"}) + '{"tag": \n' + jsonl({"tag": "c"}))
+
+
+def tags_blank(store: Store) -> None:
+    write(store, "tags.jsonl", "\n\n")
+
+
+def two_tags(store: Store) -> None:
+    write(store, "tags.jsonl", jsonl({"tag": "a"}, {"tag": "b"}))
+
+
 def existing_experiment(store: Store) -> None:
     with transaction(store.engine()) as session:
         session.add(Experiment(name="baseline"))
@@ -245,6 +257,19 @@ CASES = [
     Case("after-a-nonexistent-job", ("enqueue", "probe", "--after", "999"),
          ["--after names job 999, which does not exist"]),
     Case("zero-max-attempts", ("enqueue", "probe", "--max-attempts", "0"), ["max_attempts must be at least 1"]),
+    # enqueue --params-jsonl: the file is read and every line checked before anything is written
+    Case("params-jsonl-line-not-json", ("enqueue", "probe", "--params-jsonl", "tags.jsonl"),
+         ["tags.jsonl line 2 is not valid JSON", "fix or remove that line"], tags_line2_not_json),
+    Case("params-jsonl-missing", ("enqueue", "probe", "--params-jsonl", "nope.jsonl"),
+         ["--params-jsonl nope.jsonl does not exist"]),
+    Case("params-jsonl-without-lines", ("enqueue", "probe", "--params-jsonl", "tags.jsonl"),
+         ["--params-jsonl tags.jsonl holds no lines of params"], tags_blank),
+    Case("params-jsonl-with-one-dedupe-key", ("enqueue", "probe", "--params-jsonl", "tags.jsonl", "--dedupe-key", "k"),
+         ["--dedupe-key makes every line one job", "--no-dedupe"], two_tags),
+    Case("params-jsonl-of-an-unknown-kind", ("enqueue", "trian-nat", "--params-jsonl", "tags.jsonl"),
+         ["error: unknown job kind 'trian-nat'"], two_tags),
+    Case("params-jsonl-after-a-nonexistent-job", ("enqueue", "probe", "--params-jsonl", "tags.jsonl", "--after", "999"),
+         ["error: --after names job 999, which does not exist"], two_tags),
     # enqueue: the datasets, models and jobs that params name exist (and are of the right kind) before it is queued
     Case("enqueue-names-an-unknown-dataset", ("enqueue", "solve", "--param", "problems=nope", "--param", "model=tiny"),
          ["parameter 'problems' of solve names dataset 'nope', which does not exist",
@@ -298,7 +323,8 @@ CASES = [
     Case("sqlite-file-where-no-directory-can-be-made", ("jobs", "ls"),
          ["cannot use /proc/rplat", "check the path and its permissions"], url="sqlite:////proc/rplat/rplat.db"),
     # click's own usage errors, in the same one-line form
-    Case("unknown-command", ("enqueu", "probe"), ["no such command 'enqueu'", "rplat --help"]),
+    Case("unknown-command", ("enqueu", "probe"),
+         ["no such command 'enqueu' (did you mean 'enqueue'?)", "rplat --help"]),
     Case("unknown-option", ("jobs", "ls", "--statu", "queued"),
          ["no such option '--statu'", "did you mean '--status'", "rplat jobs ls --help"]),
     Case("job-id-not-a-number", ("jobs", "show", "latest"),

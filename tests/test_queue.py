@@ -162,6 +162,47 @@ def test_concurrent_identical_enqueues_make_one_job(queue: Queue) -> None:
     assert count(queue, Job) == 1
 
 
+# --- many at once ---------------------------------------------------------------------------------
+
+
+def test_enqueue_many_dedupes_each_job_as_enqueue_does_with_the_same_options(queue: Queue) -> None:
+    with transaction(queue.engine) as session:
+        session.execute(insert(Experiment).values(name="exp"))
+    single, _ = queue.enqueue("probe", {"tag": "a", **PROBE}, experiment="exp", priority=2)
+    jobs = [("line 1", {"tag": "a", **PROBE}), ("line 2", {"tag": "b", **PROBE}), ("line 3", {"tag": "b", **PROBE})]
+    results = queue.enqueue_many("probe", jobs, experiment="exp", priority=2)
+    new = results[1][0]
+    assert results == [(single, False), (new, True), (new, False)]
+    assert queue.enqueue("probe", {"tag": "b", **PROBE}, experiment="exp", priority=2) == (new, False)
+    assert (job(queue, new).priority, job(queue, new).experiment_id) == (2, job(queue, single).experiment_id)
+
+
+def test_enqueue_many_with_a_bad_job_names_it_and_writes_none(queue: Queue) -> None:
+    jobs = [("line 1", {"tag": "a", **PROBE}), ("line 2", {"colour": "red"}), ("line 3", {"tag": "c", **PROBE})]
+    with pytest.raises(UserError, match="^line 2: bad parameter for job kind 'probe': 'colour' is not a parameter"):
+        queue.enqueue_many("probe", jobs)
+    assert count(queue, Job) == 0
+
+
+def test_enqueue_many_words_a_bad_option_once_not_as_a_mistake_of_one_job(queue: Queue) -> None:
+    with pytest.raises(UserError, match="^experiment 'ghost' does not exist"):
+        queue.enqueue_many("probe", [("line 1", PROBE), ("line 2", {"tag": "b", **PROBE})], experiment="ghost")
+    with pytest.raises(UserError, match="^max_attempts must be at least 1"):
+        queue.enqueue_many("probe", [("line 1", PROBE)], max_attempts=0)
+    assert count(queue, Job) == 0
+
+
+def test_enqueue_many_failing_after_jobs_were_inserted_rolls_them_back(queue: Queue) -> None:
+    with transaction(queue.engine) as session:
+        solve = Queue.record_done(session, "solve", {}, {})
+    # The second job's reference is checked in the transaction, after the first job's row was inserted.
+    jobs = [("line 1", {"solve_job": solve}), ("line 2", {"solve_job": 999})]
+    with pytest.raises(UserError, match="^line 2: parameter 'solve_job' of evaluate names job 999, which does not"):
+        queue.enqueue_many("evaluate", jobs)
+    assert count(queue, Job) == 1  # the solve job alone
+    assert count(queue, JobEvent) == 0
+
+
 # --- claim order and kinds ------------------------------------------------------------------------
 
 

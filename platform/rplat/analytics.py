@@ -277,7 +277,8 @@ def _read_only_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str:
         raise UserError(f"only read-only queries run here (SELECT, SHOW, DESCRIBE, EXPLAIN), not {kind}; "
                         "the store is read-only.")
     query = _EXPLAIN.sub("", statement.query) if kind == "EXPLAIN" else statement.query
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])  # type: ignore[index]
+    # The query as a quoted literal, not a bound parameter: binding a Python value makes DuckDB import pandas.
+    tree = json.loads(con.execute(f"SELECT json_serialize_sql({_quote(query)})").fetchone()[0])  # type: ignore[index]
     if tree.get("error"):
         raise UserError("only plain queries run here (SELECT, SHOW, DESCRIBE, EXPLAIN SELECT), not PRAGMA or "
                         "other statements; the store is read-only.")

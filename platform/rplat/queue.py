@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import (
     BigInteger,
@@ -269,6 +269,45 @@ class _HotPath:
         self._local.held = (raw, time.monotonic())
 
 
+class JobOptions(TypedDict, total=False):
+    """How a job is queued beside its kind and params: the keyword arguments of `Queue.enqueue`, `enqueue_many` and
+    `enqueue_in`, each optional (its default in brackets)."""
+
+    experiment: str | None  # the experiment's name [none]
+    priority: int  # higher is claimed first [0]
+    max_attempts: int  # claims before the job fails for good [3]
+    after: Sequence[int]  # jobs that must succeed before this one runs [none]
+    dedupe_key: str | None  # jobs with the same key are one job [from kind, params, experiment, after, host, gpus]
+    dedupe: bool  # False: always a new job, even if an identical one exists [True]
+    model_id: int | None  # the model the job runs [the one its params name]
+    host: str | None  # only a runner on this machine (its host name, or its `--host`) claims the job [any]
+    gpus: int | None  # only a runner with this many free devices claims the job [the kind's]
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """What a job's options name, looked up in the enqueue transaction: the experiment's id and each parent's
+    status (by id, ascending)."""
+
+    experiment_id: int | None
+    parents: dict[int, str]
+
+
+def _check(options: JobOptions) -> None:
+    max_attempts = options.get("max_attempts", 3)
+    if max_attempts < 1:
+        raise UserError(f"max_attempts must be at least 1, got {max_attempts}.")
+
+
+@contextlib.contextmanager
+def _named(label: str) -> Iterator[None]:
+    """A mistake in one of many jobs, prefixed with which one: "jobs.jsonl line 3: ..."."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{label}: {exc}") from None
+
+
 def default_dedupe_key(kind: str, params: dict[str, Any], experiment_id: int | None, after: Sequence[int],
                        host: str | None = None, gpus: int = 0) -> str:
     """The same logical job (kind, params, experiment, parents, pinned host, GPUs needed) always gets the same
@@ -300,68 +339,70 @@ class Queue:
 
     # --- enqueue -----------------------------------------------------------------------------------
 
-    def enqueue(
-        self,
-        kind: str,
-        params: dict[str, Any] | None = None,
-        *,
-        experiment: str | None = None,
-        priority: int = 0,
-        max_attempts: int = 3,
-        after: Sequence[int] = (),
-        dedupe_key: str | None = None,
-        dedupe: bool = True,
-        model_id: int | None = None,
-        host: str | None = None,
-        gpus: int | None = None,
-    ) -> tuple[int, bool]:
-        """Validate and enqueue one job; returns (job id, created). An identical job already enqueued is returned.
-        With `host`, only a runner on that machine (its host name, or its `--host`) claims the job; with `gpus`
-        (default: the kind's), only a runner with that many free devices."""
+    def enqueue(self, kind: str, params: dict[str, Any] | None = None, **options: Unpack[JobOptions]
+                ) -> tuple[int, bool]:
+        """Validate and enqueue one job; returns (job id, created). An identical job already enqueued is returned."""
         validated = kinds.validate_params(kind, params or {})
-        if max_attempts < 1:
-            raise UserError(f"max_attempts must be at least 1, got {max_attempts}.")
+        _check(options)
         with transaction(self.engine) as session:
-            return self.enqueue_in(
-                session, kind, validated, experiment=experiment, priority=priority, max_attempts=max_attempts,
-                after=after, dedupe_key=dedupe_key, dedupe=dedupe, model_id=model_id, host=host, gpus=gpus,
-            )
+            return self.enqueue_in(session, kind, validated, **options)
 
-    def enqueue_in(
-        self,
-        session: Session,
-        kind: str,
-        validated: dict[str, Any],
-        *,
-        experiment: str | None = None,
-        priority: int = 0,
-        max_attempts: int = 3,
-        after: Sequence[int] = (),
-        dedupe_key: str | None = None,
-        dedupe: bool = True,
-        model_id: int | None = None,
-        host: str | None = None,
-        gpus: int | None = None,
-    ) -> tuple[int, bool]:
+    def enqueue_many(self, kind: str, jobs: Iterable[tuple[str, dict[str, Any]]], **options: Unpack[JobOptions]
+                     ) -> list[tuple[int, bool]]:
+        """Enqueue many jobs of one kind with the same options, all or none: `jobs` pairs each job's params with how a
+        mistake in them is named ("jobs.jsonl line 3"). Every job's params are validated before anything is
+        written, then all are enqueued in one transaction, each de-duplicated as `enqueue` would; returns
+        (job id, created) per job, in order."""
+        kinds.get(kind)  # an unknown kind or a bad option is one mistake, not one per job
+        _check(options)
+        validated: list[tuple[str, dict[str, Any]]] = []
+        for label, params in jobs:
+            with _named(label):
+                validated.append((label, kinds.validate_params(kind, params)))
+        with transaction(self.engine) as session:
+            placed = self._place(session, options)
+            enqueued = []
+            for label, params in validated:
+                with _named(label):
+                    enqueued.append(self._insert(session, kind, params, placed, options))
+            return enqueued
+
+    def enqueue_in(self, session: Session, kind: str, validated: dict[str, Any], **options: Unpack[JobOptions]
+                   ) -> tuple[int, bool]:
         """Enqueue inside the caller's transaction (pipelines enqueue a whole DAG in one)."""
+        return self._insert(session, kind, validated, self._place(session, options), options)
+
+    @staticmethod
+    def _place(session: Session, options: JobOptions) -> _Placement:
+        """Look up the experiment and the parents the options name (a missing one is a UserError)."""
+        experiment = options.get("experiment")
         experiment_id = find_experiment(session, experiment) if experiment is not None else None
-        parents = sorted(set(after))
-        if parents:
-            # FOR SHARE (PostgreSQL): a parent cannot fail between this read and our commit, unseen by both sides.
-            found = dict(session.execute(
-                select(Job.id, Job.status).where(Job.id.in_(parents)).with_for_update(read=True)).all())
-            missing = [p for p in parents if p not in found]
-            if missing:
-                raise UserError(f"--after names job {missing[0]}, which does not exist; see `rplat jobs ls`.")
-        else:
-            found = {}
+        parents = sorted(set(options.get("after", ())))
+        if not parents:
+            return _Placement(experiment_id, {})
+        # FOR SHARE (PostgreSQL): a parent cannot fail between this read and our commit, unseen by both sides.
+        found = dict(session.execute(
+            select(Job.id, Job.status).where(Job.id.in_(parents)).with_for_update(read=True)).all())
+        missing = [p for p in parents if p not in found]
+        if missing:
+            raise UserError(f"--after names job {missing[0]}, which does not exist; see `rplat jobs ls`.")
+        return _Placement(experiment_id, {p: found[p] for p in parents})
+
+    def _insert(self, session: Session, kind: str, validated: dict[str, Any], placed: _Placement,
+                options: JobOptions) -> tuple[int, bool]:
+        """Check the params' references and insert the job, or find the identical one (dedupe)."""
+        experiment_id, parents = placed.experiment_id, list(placed.parents)
         lineage = references.check(session, kind, validated, parents)
-        gpus = gpus_needed(kind, gpus)
+        gpus = gpus_needed(kind, options.get("gpus"))
+        host = options.get("host")
+        dedupe = options.get("dedupe", True)
+        dedupe_key = options.get("dedupe_key")
         if dedupe and dedupe_key is None:
             dedupe_key = default_dedupe_key(kind, validated, experiment_id, parents, host, gpus)
+        model_id = options.get("model_id")
         values = dict(
-            kind=kind, params=validated, experiment_id=experiment_id, priority=priority, max_attempts=max_attempts,
-            gpus=gpus,
+            kind=kind, params=validated, experiment_id=experiment_id, priority=options.get("priority", 0),
+            max_attempts=options.get("max_attempts", 3), gpus=gpus,
             dedupe_key=dedupe_key if dedupe else None, model_id=model_id if model_id is not None else lineage.model_id,
             prompt_template_id=lineage.prompt_template_id, target_host=host, status="queued", attempts=0,
             lease_token=0, cancel_requested=False, progress_done=0,
@@ -379,9 +420,9 @@ class Queue:
         if parents:
             session.execute(insert(JobDependency), [{"job_id": job_id, "depends_on_id": p} for p in parents])
         record_event(session, job_id, "enqueued")
-        dead = [p for p in parents if found[p] in ("failed", "cancelled")]
+        dead = [p for p, status in placed.parents.items() if status in ("failed", "cancelled")]
         if dead:
-            reason = f"parent job {dead[0]} {found[dead[0]]}"
+            reason = f"parent job {dead[0]} {placed.parents[dead[0]]}"
             session.execute(update(Job).where(Job.id == job_id).values(
                 status="cancelled", error=reason, finished_at=_now(session)))
             record_event(session, job_id, "cancelled", reason)

@@ -1,19 +1,106 @@
-"""The `rplat` command line: one module per command group, all thin over the library."""
+"""The `rplat` command line: the table of its commands, loaded lazily, and the entry point that words every error.
+
+Each command lives in one module of this package and is imported only when it runs or shows its own help, so a
+command pays for the libraries it uses and no other's (`rplat jobs ls` never imports DuckDB, `rplat sql` never
+torch). `rplat --help` imports none: it lists the commands from COMMANDS.
+"""
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import click
-from sqlalchemy.exc import DBAPIError, OperationalError
 
-from rplat.cli import analysis, asc, data, db, export, jobs, models, pipelines, serve  # noqa: F401 (each registers its commands)
-from rplat.cli._common import cli
 from rplat.errors import UserError
 
-__all__ = ["cli", "main"]
+__all__ = ["COMMANDS", "cli", "main"]
+
+
+class Lazy(NamedTuple):
+    """Where a command is defined ("module:attribute") and its help line: the first sentence of its docstring."""
+
+    target: str
+    help: str
+
+
+COMMANDS: dict[str, Lazy] = {
+    "dashboard": Lazy("rplat.cli.analysis:dashboard", "Browse rationales, failures, solved sets and jobs in a "
+                      "read-only Streamlit app (runs until Ctrl-C)."),
+    "db": Lazy("rplat.cli.db:db", "Schema migrations (Alembic)."),
+    "enqueue": Lazy("rplat.cli.enqueue:enqueue", "Queue a job of KIND, or one per line of a JSONL file."),
+    "experiments": Lazy("rplat.cli.jobs:experiments", "Named experiments that group jobs."),
+    "explain": Lazy("rplat.cli.analysis:explain", "Where row ID of TABLE came from: its job (params, parents), "
+                    "models, prompt template and inputs."),
+    "export": Lazy("rplat.cli.export:export", "Write the rows of VIEW (rationales, chains, samples, predictions, "
+                   "...) to a file, each with the job that made it: its kind, model, prompt template and params as "
+                   "JSON."),
+    "generate": Lazy("rplat.cli.data:generate", "Write benchmark files from offline generators (then `rplat import "
+                     "problems`)."),
+    "import": Lazy("rplat.cli.data:import_", "Import documents, problems or teacher chains from JSONL (documents, "
+                   "problems: also Parquet); all or nothing."),
+    "init": Lazy("rplat.cli.db:init", "Create RPLAT_HOME and the database, and migrate it to the current schema."),
+    "jobs": Lazy("rplat.cli.jobs:jobs", "List, inspect, cancel and retry jobs."),
+    "kinds": Lazy("rplat.cli.jobs:kinds_cmd", "List job kinds and their parameters."),
+    "models": Lazy("rplat.cli.models:models", "The model and adapter registry."),
+    "pipeline": Lazy("rplat.cli.pipelines:pipeline", "Enqueue a method's whole DAG of jobs at once."),
+    "report": Lazy("rplat.cli.analysis:report", "Human-readable summaries of finished jobs."),
+    "runner": Lazy("rplat.cli.jobs:runner", "Claim and run jobs until stopped (SIGTERM releases the running jobs "
+                   "for other runners)."),
+    "serve": Lazy("rplat.cli.serve:serve", "vLLM servers for registered models: `rplat serve MODEL` starts one, "
+                  "`stop` ends it, `ls` lists them."),
+    "sql": Lazy("rplat.cli.analysis:sql", "Run one read-only QUERY over the analytics views (DuckDB) and print the "
+                "rows."),
+    "status": Lazy("rplat.cli.jobs:status", "Queue depth per kind and status, live runners with their devices and "
+                   "the jobs on them, running jobs."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands, all declared in `lazy`, are imported by name when one is invoked (click's
+    documented LazyGroup pattern); its help lists them from their declared help lines instead of importing them."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, Lazy], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.lazy)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return None
+        module, _, attribute = self.lazy[cmd_name].target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command), f"{self.lazy[cmd_name].target} is not a click command"
+        return command
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:  # click suggests close names from `self.commands`: none here
+            raise click.exceptions.NoSuchCommand(exc.command_name, possibilities=self.lazy, ctx=ctx) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # What click.Group.format_commands writes, from the help lines: the same shortening, no import.
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = [(name, click.Command(name, help=self.lazy[name].help).get_short_help_str(limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rplat")
+def cli() -> None:
+    """rplat: run RATIONALYST and Turning-Dust-into-Gold experiments on a database-backed job queue.
+
+    The store is RPLAT_DATABASE_URL (default: a SQLite file under RPLAT_HOME, default ./.rplat).
+    """
 
 
 def _one_sentence(message: str) -> str:
@@ -23,8 +110,17 @@ def _one_sentence(message: str) -> str:
     return text[:1].lower() + text[1:] if text[1:2].islower() else text
 
 
-def _first_line(exc: DBAPIError) -> str:
-    return (str(exc.orig) if exc.orig else str(exc)).strip().splitlines()[0].rstrip(".")
+def _database_error(exc: Exception) -> str | None:
+    """The sentence for a database error SQLAlchemy raised, or None if `exc` is not one."""
+    # Looked up, not imported: a command that never opened the store never imported SQLAlchemy, and then `exc`
+    # cannot be one of its errors (importing it here would cost every command SQLAlchemy's start-up).
+    errors = sys.modules.get("sqlalchemy.exc")
+    if errors is None or not isinstance(exc, errors.DBAPIError):
+        return None
+    first = (str(exc.orig) if exc.orig else str(exc)).strip().splitlines()[0].rstrip(".")
+    if isinstance(exc, errors.OperationalError):
+        return f"the database refused the operation ({first}); check RPLAT_DATABASE_URL."
+    return f"the database rejected the change ({first}); nothing was written."
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -44,14 +140,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         command = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "rplat"
         click.echo(f"error: {_one_sentence(exc.format_message())}; see `{command} --help`.", err=True)
         sys.exit(2)
-    except OperationalError as exc:
-        click.echo(f"error: the database refused the operation ({_first_line(exc)}); check RPLAT_DATABASE_URL.",
-                   err=True)
-        sys.exit(2)
-    except DBAPIError as exc:
-        click.echo(f"error: the database rejected the change ({_first_line(exc)}); nothing was written.", err=True)
-        sys.exit(2)
     except OSError as exc:
         what = f"cannot use {exc.filename} ({exc.strerror})" if exc.filename else f"operating system error ({exc})"
         click.echo(f"error: {what}; check the path and its permissions.", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        sentence = _database_error(exc)
+        if sentence is None:
+            raise
+        click.echo(f"error: {sentence}", err=True)
         sys.exit(2)

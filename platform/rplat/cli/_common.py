@@ -1,4 +1,8 @@
-"""What every command group shares: the root `cli` group, the store, output as tables or JSON."""
+"""What every command group shares: the store, the queue, params from the command line, output as tables or JSON.
+
+Imported by every command, so it imports only click and the standard library at the top: the store's libraries
+load inside the functions that open it, when a command does.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,23 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine
 
 from rplat.config import get_settings
 from rplat.errors import UserError
-from rplat.models import Job
-from rplat.queue import Queue
-from rplat.store import check_reachable, get_engine
 
-# --- helpers --------------------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from rplat.models import Job
+    from rplat.queue import Queue
 
 
 def open_store(*, at_head: bool = True) -> Engine:
+    from rplat.store import check_reachable, get_engine
+
     engine = get_engine()
     check_reachable(engine)
     if at_head:
@@ -32,6 +38,8 @@ def open_store(*, at_head: bool = True) -> Engine:
 
 
 def queue_of(engine: Engine) -> Queue:
+    from rplat.queue import Queue
+
     return Queue(engine, retry_base_seconds=get_settings().retry_base_seconds)
 
 
@@ -103,16 +111,3 @@ def job_row(job: Job) -> dict[str, Any]:
             "priority": job.priority, "progress": progress, "owner": job.lease_owner,
             "created": job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else None,
             "error": (job.error or "").splitlines()[0][:80] if job.error else None}
-
-
-
-# --- root -----------------------------------------------------------------------------------------
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="rplat")
-def cli() -> None:
-    """rplat: run RATIONALYST and Turning-Dust-into-Gold experiments on a database-backed job queue.
-
-    The store is RPLAT_DATABASE_URL (default: a SQLite file under RPLAT_HOME, default ./.rplat).
-    """

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import click
 
-from rplat.cli._common import cli, emit, open_store, table
+from rplat.cli._common import emit, open_store, table
+from rplat.cli.asc import report_asc
 from rplat.config import get_settings
 from rplat.errors import UserError
-from rplat.store import transaction
 
 # --- sql -----------------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @click.argument("query", required=False)
 @click.option("--views", "list_views", is_flag=True, help="list the views and their columns")
 @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts (one object per row)")
@@ -64,7 +64,7 @@ def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool) -> Non
 # --- explain -------------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @click.argument("table_name", metavar="TABLE")
 @click.argument("row_id", metavar="ID", type=int)
 @click.option("--json", "as_json", is_flag=True, help="print the tree as JSON for scripts")
@@ -77,6 +77,7 @@ def explain(table_name: str, row_id: int, as_json: bool) -> None:
     """
     from rplat.lineage import explain as explain_row
     from rplat.lineage import render
+    from rplat.store import transaction
 
     engine = open_store()
     with transaction(engine.execution_options(rplat_readonly=True)) as session:
@@ -87,9 +88,12 @@ def explain(table_name: str, row_id: int, as_json: bool) -> None:
 # --- reports --------------------------------------------------------------------------------------
 
 
-@cli.group()
+@click.group()
 def report() -> None:
     """Human-readable summaries of finished jobs."""
+
+
+report.add_command(report_asc)
 
 
 @report.command("rationalyst")
@@ -242,7 +246,7 @@ def report_compare(run_a: str, run_b: str, resamples: int, seed: int, as_json: b
     click.echo(f"left out (predicted by one run only): {c['a']['left_out']} of A's problems, "
                f"{c['b']['left_out']} of B's")
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to bind (0.0.0.0 shows the store to every machine that can reach this one)")
 @click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))

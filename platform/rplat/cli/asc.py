@@ -5,12 +5,11 @@ from __future__ import annotations
 import click
 
 from rplat.cli._common import emit, listing, open_store
-from rplat.cli.analysis import report
 
 COLUMNS = ["model", "method", "k", "n", "accuracy", "ci_low", "ci_high", "aggregate_job", "sample_job"]
 
 
-@report.command("asc")
+@click.command("asc")
 @click.option("--experiment", required=True, help="the experiment whose aggregate jobs to draw the curve of")
 @click.option("--repeats", type=int, default=20, show_default=True,
               help="random subsets of k samples per problem and k (the same subsets for every method)")

@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from rplat.cli._common import cli, open_store
+from rplat.cli._common import open_store
 
 # --- import ---------------------------------------------------------------------------------------
 
 
-@cli.group("import")
+@click.group("import")
 def import_() -> None:
     """Import documents, problems or teacher chains from JSONL (documents, problems: also Parquet); all or nothing."""
 
@@ -126,7 +126,7 @@ def import_chains(path: str, teacher: str, dataset: str, labeler: str, fmt: str,
     click.echo(json.dumps(summary) if as_json else chains.summary_line(summary))
 
 
-@cli.group()
+@click.group()
 def generate() -> None:
     """Write benchmark files from offline generators (then `rplat import problems`)."""
 

@@ -6,11 +6,11 @@ import sys
 
 import click
 
-from rplat.cli._common import cli, open_store
+from rplat.cli._common import open_store
 from rplat.config import get_settings
 
 
-@cli.command()
+@click.command()
 def init() -> None:
     """Create RPLAT_HOME and the database, and migrate it to the current schema."""
     from rplat.migrate import upgrade
@@ -27,7 +27,7 @@ def init() -> None:
 # --- db -------------------------------------------------------------------------------------------
 
 
-@cli.group()
+@click.group()
 def db() -> None:
     """Schema migrations (Alembic)."""
 

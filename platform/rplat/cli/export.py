@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from rplat.cli._common import cli, open_store
+from rplat.cli._common import open_store
 
 
-@cli.command("export")
+@click.command("export")
 @click.argument("view")
 @click.option("--where", default=None, help="a read-only SQL predicate over the view's columns, e.g. kept")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "csv"]), default=None,

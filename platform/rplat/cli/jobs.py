@@ -1,4 +1,4 @@
-"""`rplat experiments`, `enqueue`, `kinds`, `jobs`, `runner` and `status`: the queue."""
+"""`rplat experiments`, `kinds`, `jobs`, `runner` and `status`: the queue and who works on it."""
 
 from __future__ import annotations
 
@@ -8,28 +8,16 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
-from rplat import kinds as kinds_registry
-from rplat.cli._common import (
-    cli,
-    emit,
-    job_row,
-    listing,
-    load_params_file,
-    open_store,
-    parse_param,
-    queue_of,
-    table,
-)
+from rplat.cli._common import emit, job_row, listing, open_store, queue_of, table
 from rplat.config import get_settings
 from rplat.errors import UserError
-from rplat.lookup import experiment_id
 from rplat.models import JOB_STATUSES, Experiment, Job, JobEvent, Runner, utcnow
 from rplat.store import transaction
 
 # --- experiments ----------------------------------------------------------------------------------
 
 
-@cli.group()
+@click.group()
 def experiments() -> None:
     """Named experiments that group jobs."""
 
@@ -64,44 +52,15 @@ def experiments_ls(as_json: bool, as_csv: bool) -> None:
 
 
 
-# --- enqueue and jobs -----------------------------------------------------------------------------
+# --- kinds and jobs -------------------------------------------------------------------------------
 
 
-@cli.command()
-@click.argument("kind")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="a job parameter (repeatable)")
-@click.option("--params-file", default=None, help="JSON object of parameters (--param overrides it)")
-@click.option("--experiment", default=None, help="experiment the job belongs to")
-@click.option("--after", multiple=True, type=int, metavar="JOB", help="run only after this job succeeded")
-@click.option("--priority", default=0, show_default=True, type=int, help="higher runs first")
-@click.option("--max-attempts", default=3, show_default=True, type=int)
-@click.option("--dedupe-key", default=None, help="jobs with the same key are one job (default: kind+params)")
-@click.option("--no-dedupe", is_flag=True, help="always create a new job, even if an identical one exists")
-@click.option("--host", default=None, help="only a runner on this machine (host name, or runner --host) takes it")
-@click.option("--gpus", default=None, type=int, metavar="N",
-              help="GPUs the job needs: only a runner with N free devices takes it (default: the kind's, often 0)")
-@click.option("--json", "as_json", is_flag=True)
-def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, experiment: str | None,
-            after: tuple[int, ...], priority: int, max_attempts: int, dedupe_key: str | None, no_dedupe: bool,
-            host: str | None, gpus: int | None, as_json: bool) -> None:
-    """Queue a job of KIND (see `rplat kinds`)."""
-    raw: dict[str, Any] = load_params_file(params_file) if params_file else {}
-    raw.update(dict(parse_param(p) for p in params))
-    kinds_registry.validate_params(kind, raw)
-    engine = open_store()
-    job_id, created = queue_of(engine).enqueue(
-        kind, raw, experiment=experiment, priority=priority, max_attempts=max_attempts, after=after,
-        dedupe_key=dedupe_key, dedupe=not no_dedupe, host=host, gpus=gpus)
-    if as_json:
-        click.echo(json.dumps({"id": job_id, "created": created}))
-    else:
-        click.echo(f"job {job_id} {'queued' if created else 'already exists (identical job)'}")
-
-
-@cli.command("kinds")
+@click.command("kinds")
 @listing
 def kinds_cmd(as_json: bool, as_csv: bool) -> None:
     """List job kinds and their parameters."""
+    from rplat import kinds as kinds_registry
+
     rows = []
     for kind in kinds_registry.all_kinds().values():
         params = ", ".join(
@@ -116,7 +75,7 @@ def kinds_cmd(as_json: bool, as_csv: bool) -> None:
         click.echo(f"{r['kind']}: {r['description']}\n    params: {r['params']}")
 
 
-@cli.group()
+@click.group()
 def jobs() -> None:
     """List, inspect, cancel and retry jobs."""
 
@@ -145,6 +104,8 @@ def jobs_ls(status: str | None, kind: str | None, experiment: str | None, limit:
         if kind:
             q = q.where(Job.kind == kind)
         if experiment:
+            from rplat.lookup import experiment_id
+
             q = q.where(Job.experiment_id == experiment_id(session, experiment))
         rows = [job_row(j) for j in session.scalars(q)]
     emit(rows, ["id", "kind", "status", "attempts", "priority", "progress", "owner", "created", "error"],
@@ -209,7 +170,7 @@ def jobs_retry(job_id: int) -> None:
 # --- runner and status ----------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @click.option("--kinds", default=None, help="comma-separated job kinds to take (default: all)")
 @click.option("--once", is_flag=True, help="exit as soon as no job is claimable (drain the queue)")
 @click.option("--until-done", is_flag=True,
@@ -241,7 +202,7 @@ def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None
     echo(f"stopped after {done} job(s)")
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Queue depth per kind and status, live runners with their devices and the jobs on them, running jobs."""

@@ -7,13 +7,13 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from rplat.cli._common import cli, emit, listing, open_store
+from rplat.cli._common import emit, listing, open_store
 from rplat.config import get_settings
 from rplat.models import Model
 from rplat.store import transaction
 
 
-@cli.group()
+@click.group()
 def models() -> None:
     """The model and adapter registry."""
 

@@ -7,13 +7,13 @@ import json
 import click
 
 from rplat.bundled import SMOLLM2
-from rplat.cli._common import cli, load_params_file, open_store, queue_of
+from rplat.cli._common import load_params_file, open_store, queue_of
 from rplat.methods.guided import SOLVE_METHODS
 
 # --- pipelines ------------------------------------------------------------------------------------
 
 
-@cli.group()
+@click.group()
 def pipeline() -> None:
     """Enqueue a method's whole DAG of jobs at once."""
 

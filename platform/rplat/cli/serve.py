@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from rplat.cli._common import cli, emit, listing, open_store
+from rplat.cli._common import emit, listing, open_store
 from rplat.config import get_settings
 
 # --- serving --------------------------------------------------------------------------------------
@@ -23,7 +23,7 @@ class _StartByDefault(click.Group):
         return super().parse_args(ctx, args)
 
 
-@cli.group(cls=_StartByDefault)
+@click.group(cls=_StartByDefault)
 def serve() -> None:
     """vLLM servers for registered models: `rplat serve MODEL` starts one, `stop` ends it, `ls` lists them.
 
