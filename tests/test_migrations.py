@@ -32,6 +32,33 @@ def _revision(db: Store) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
+def test_the_head_read_from_the_revision_files_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from rplat.migrate import alembic_config, head_revision
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def test_the_revision_read_from_the_database_is_alembics_before_during_and_after_migrating(empty_db: Store) -> None:
+    from alembic.runtime.migration import MigrationContext
+
+    from rplat.migrate import current_revision, downgrade, upgrade
+
+    engine = empty_db.engine()
+
+    def alembics() -> str | None:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    assert current_revision(engine) is None and alembics() is None
+    upgrade(engine, "3c1d0e7a9b21")
+    assert current_revision(engine) == alembics() == "3c1d0e7a9b21"
+    upgrade(engine)
+    downgrade(engine, "base")  # the alembic_version table stays, empty
+    assert current_revision(engine) is None and alembics() is None
+
+
 def test_upgrade_creates_every_table_of_the_models(empty_db: Store) -> None:
     from rplat.migrate import head_revision
 
