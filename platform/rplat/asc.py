@@ -41,15 +41,23 @@ class Ballots:
     scores: np.ndarray | None
 
 
+def sample_answers(groups: Mapping[int, Sequence[Any]]) -> tuple[list[list[str | None]], list[list[bool]]]:
+    """Each problem's samples (rows with `extracted_answer` and `correct`) as every vote over them reads them:
+    the normalised answers and the stored labels (a sample without a label is wrong)."""
+    rows = list(groups.values())
+    return [[normalize(r.extracted_answer) for r in g] for g in rows], [[bool(r.correct) for r in g] for g in rows]
+
+
 def ballots(groups: Mapping[int, Sequence[Any]], scores: Mapping[int, float] | None) -> Ballots:
     """Ballots from each problem's samples (rows with `id`, `extracted_answer`, `correct`, `subject`, in
     sample_idx order) and the ranker score of every sample id (None: no scores)."""
     rows = list(groups.values())
-    codes, vocabulary = answer_codes([[normalize(r.extracted_answer) for r in g] for g in rows])
+    answers, labels = sample_answers(groups)
+    codes, vocabulary = answer_codes(answers)
     correct = np.zeros(codes.shape, dtype=bool)
     weights = None if scores is None else np.zeros(codes.shape)
     for i, g in enumerate(rows):
-        correct[i, :len(g)] = [bool(r.correct) for r in g]
+        correct[i, :len(g)] = labels[i]
         if weights is not None and scores is not None:
             weights[i, :len(g)] = [scores[r.id] for r in g]
     return Ballots(list(groups), [g[0].subject for g in rows], codes, vocabulary, correct, weights)

@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rplat.asc import sample_answers
 from rplat.errors import UserError
 from rplat.lookup import stored_params
-from rplat.methods.answers import is_correct, normalize
+from rplat.methods.answers import is_correct
 from rplat.methods.votes import OVERALL, Accuracy, micro_accuracy, self_consistency
 from rplat.models import Evaluation, Prediction, Problem, Sample, SolveTrajectory
 from rplat.registry import get_model
@@ -60,10 +61,10 @@ def judge_sc(groups: Mapping[int, Sequence[Any]], answers: Sequence[Sequence[str
 def judge_samples(method: str, groups: Mapping[int, Sequence[Any]]) -> list[Judged]:
     """Each problem's prediction from a sample job's samples (rows with `extracted_answer`, `correct` and
     `subject`, in sample_idx order): `sc` votes over their normalised answers, each as right as its stored label
-    says; greedy and sampled (n=1) take the one chain as it is."""
+    says (as aggregate's ASC votes read them: `rplat.asc.sample_answers`); greedy and sampled (n=1) take the one
+    chain as it is."""
     if method == "sc":
-        return judge_sc(groups, [[normalize(r.extracted_answer) for r in rows] for rows in groups.values()],
-                        [[bool(r.correct) for r in rows] for rows in groups.values()])
+        return judge_sc(groups, *sample_answers(groups))
     return [judge_chain(problem_id, rows[0].subject, rows[0].extracted_answer, bool(rows[0].correct))
             for problem_id, rows in groups.items()]
 
