@@ -60,8 +60,8 @@ def micro_accuracy(credits: Iterable[tuple[str | None, float]]) -> dict[str, Acc
 
 def answer_codes(answers: Sequence[Sequence[str | None]], width: int | None = None) -> tuple[np.ndarray, list[str]]:
     """Integer codes of problems' answers, a row per problem padded with NO_ANSWER to `width` (default: the
-    longest row), and the vocabulary they index. Codes follow the answers' sorted order, so the smallest tied
-    code is the answer `vote` names the winner."""
+    longest row), and the vocabulary they index. Codes follow the answers' sorted order, so the winner of a tie,
+    its smallest code, is the first of the tied answers in sorted order."""
     lengths = np.fromiter((len(row) for row in answers), dtype=np.int64, count=len(answers))
     longest = int(lengths.max(initial=0))
     width = longest if width is None else width
@@ -187,7 +187,7 @@ def asc_votes(answers: np.ndarray, scores: np.ndarray | None, fs: Sequence[str],
 
 def asc_vote(answers: np.ndarray, scores: np.ndarray | None = None, f: str = "f0",
              correct: np.ndarray | None = None) -> Votes:
-    """`vote` over a batch: answers (problems x samples, integer codes, NO_ANSWER casts no vote), scores in
+    """The vote over a batch: answers (problems x samples, integer codes, NO_ANSWER casts no vote), scores in
     [0, 1] of the same shape (for f1..f3), and optionally each sample's correctness; an answer is as correct
     as the first sample that gave it."""
     return asc_votes(answers, scores, [f], correct)[f]
