@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from rplat.asc import ballots
+from rplat.asc import sample_ballots
 from rplat.dashboard.queries import ROW_LIMIT, frame, values
 from rplat.methods.votes import accuracy_curve
 from rplat.stats import wilson
@@ -147,30 +147,18 @@ def asc_curve(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int | 
     """Accuracy against the number of samples k (1..n) for SC and each ASC vote function, from the stored
     samples (and scores), by repeated subsampling: method, k, accuracy, n (problems), ci_low, ci_high.
 
-    The ballots are the aggregate job's own (`rplat.asc.ballots`: normalised answers), so the curve at k = n
+    The ballots are the aggregate job's own (`rplat.asc.sample_ballots`: normalised answers), so the curve at k = n
     is the stored accuracy, and the defaults are `rplat report asc`'s, so both show the same numbers."""
-    rows = frame(con, """
-        SELECT s.sample_id AS id, s.problem_id, s.extracted_answer, coalesce(s.correct, false) AS correct,
-               s.subject, r.score
-        FROM samples s
-        LEFT JOIN sample_scores r ON r.sample_id = s.sample_id AND r.score_job_id = ?
-        WHERE s.sample_job_id = ?
-        ORDER BY s.problem_id, s.sample_idx""", [score_job, sample_job])
     columns = ["method", "k", "accuracy", "n", "ci_low", "ci_high"]
-    if rows.empty:
+    b = sample_ballots(con, sample_job, score_job)
+    if b is None:
         return pd.DataFrame(columns=columns)
-    rows = rows.astype(object).where(rows.notna(), None)
-    groups: dict[int, list[Any]] = {}
-    for row in rows.itertuples(index=False):
-        groups.setdefault(int(row.problem_id), []).append(row)
-    # ASC needs a score for every sample; a score job that has not finished leaves SC alone.
-    scored = score_job is not None and bool(rows["score"].notna().all())
-    b = ballots(groups, {int(r.id): float(r.score) for r in rows.itertuples()} if scored else None)
     ks = list(range(1, b.codes.shape[1] + 1))
-    methods = [(SC, "f0"), *((f"asc-{f}", f) for f in vote_functions if scored)]
+    # ASC needs a score for every sample; a score job that has not finished leaves SC alone.
+    methods = [(SC, "f0"), *((f"asc-{f}", f) for f in vote_functions if b.scores is not None)]
     curve = pd.concat([pd.DataFrame({"method": method, "k": ks,
                                      "accuracy": accuracy_curve(b.codes, b.correct, b.scores, ks, repeats, seed, f)})
-                       for method, f in methods], ignore_index=True).assign(n=len(groups))
+                       for method, f in methods], ignore_index=True).assign(n=len(b.problem_ids))
     return _with_interval(curve, curve["accuracy"] * curve["n"], curve["n"])[columns]
 
 

@@ -250,6 +250,34 @@ def test_evaluations_view_gives_accuracy_per_method_and_subject(duck: duckdb.Duc
         dict(method="sc", model="tiny", subject="arith", n=4, n_correct=2.0, accuracy=0.5, has_solve=True)]
 
 
+def test_evaluations_name_the_sample_job_and_the_models_maker_and_the_job_timeline_holds_params(
+        db: Store) -> None:
+    seeded = seed(db)
+    with transaction(seeded.engine()) as s:
+        exp = s.scalar(select(Experiment).where(Experiment.name == "exp"))
+        train = _job(s, "train-kd", exp, params={"adapter_name": "kd"})
+        kd = Model(name="kd", format="lora", fingerprint="k" * 64, job_id=train.id)
+        s.add(kd)
+        s.flush()
+        sample = _job(s, "sample", exp, params={"model": "kd", "n": 1, "temperature": 0.0})
+        evaluate = _job(s, "evaluate", exp, params={"sample_job": sample.id, "solve_job": None})
+        s.add(Evaluation(job_id=evaluate.id, model_id=kd.id, method="greedy", subject="all", n=1, n_correct=1.0,
+                         accuracy=1.0))
+        ids = (train.id, sample.id)
+    con = analytics.connect(seeded.url)
+    try:
+        got = rows(con, "SELECT e.model, e.solve_job_id, e.sample_job_id, e.model_job_id, maker.kind AS made_by, "
+                        "sample.params AS sample_params FROM evaluations e "
+                        "LEFT JOIN job_timeline maker ON maker.job_id = e.model_job_id "
+                        "LEFT JOIN job_timeline sample ON sample.job_id = e.sample_job_id ORDER BY e.job_id")
+    finally:
+        con.close()
+    # the seeded solve evaluations (model tiny, imported: made by no job), then the sample job's
+    assert [(r["model"], r["solve_job_id"] is not None, r["sample_job_id"], r["model_job_id"], r["made_by"])
+            for r in got] == [("tiny", True, None, None, None)] * 2 + [("kd", False, ids[1], ids[0], "train-kd")]
+    assert json.loads(got[-1]["sample_params"]) == {"model": "kd", "n": 1, "temperature": 0.0}
+
+
 def test_chains_and_asc_vs_sc_are_valid_and_empty_until_a_job_fills_them(duck: duckdb.DuckDBPyConnection) -> None:
     assert rows(duck, "SELECT count(*) AS n FROM chains") == [{"n": 0}]
     assert rows(duck, "SELECT count(*) AS n FROM asc_vs_sc") == [{"n": 0}]

@@ -26,7 +26,7 @@ SELECT j.id AS job_id, j.kind, j.status, x.name AS experiment, m.name AS model, 
        epoch(j.started_at - j.created_at) AS queued_seconds,
        epoch(j.finished_at - j.started_at) AS duration_seconds,
        j.attempts, j.max_attempts, j.lease_owner AS runner, j.target_host AS host,
-       j.progress_done, j.progress_total, j.error
+       j.progress_done, j.progress_total, j.error, CAST(j.params AS JSON) AS params
 FROM store.jobs j
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
@@ -169,7 +169,9 @@ JOIN store.jobs j ON j.id = a.job_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id""",
     "evaluations": """
 SELECT e.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGINT) AS solve_job_id,
-       x.name AS experiment, e.method, m.name AS model, e.subject, e.n, e.n_correct, e.accuracy
+       x.name AS experiment, e.method, m.name AS model, e.subject, e.n, e.n_correct, e.accuracy,
+       TRY_CAST(json_extract_string(j.params, '$.sample_job') AS BIGINT) AS sample_job_id,
+       m.job_id AS model_job_id
 FROM store.evaluations e
 JOIN store.jobs j ON j.id = e.job_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id

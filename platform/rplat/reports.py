@@ -1,16 +1,49 @@
-"""Summaries of finished jobs for people (the CLI's `rplat report ...`)."""
+"""Summaries of finished jobs for people (the CLI's `rplat report ...`).
+
+A report reads the analytics views that hold its numbers (`rplat.analytics`, one DuckDB connection per report),
+so it shows what `rplat sql` and the dashboard show; names people type are checked first (`rplat.lookup`).
+"""
 
 from __future__ import annotations
 
+from collections import namedtuple
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import duckdb
 from sqlalchemy import Engine, select
 
+from rplat import analytics
 from rplat.errors import UserError
 from rplat.lookup import experiment_id, job_of_kind
+from rplat.methods.votes import OVERALL
 from rplat.models import Document, Job, PrefilterScore
 from rplat.stats import wilson
 from rplat.store import transaction
+
+
+@contextmanager
+def open_views(engine: Engine) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The analytics views over the store of `engine`, on one DuckDB connection closed after use."""
+    con = analytics.connect(engine.url.render_as_string(hide_password=False))
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def records(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+    """The rows of a query over the views, each a named tuple of its columns."""
+    cursor = con.execute(sql, params)
+    row = namedtuple("row", [d[0] for d in cursor.description or []], rename=True)  # type: ignore[misc]
+    return [row(*values) for values in cursor.fetchall()]
+
+
+def known_experiment(engine: Engine, name: str) -> None:
+    """Refuse an experiment that does not exist, in the sentence every command uses."""
+    with transaction(engine) as session:
+        experiment_id(session, name)
 
 
 def _latest_job(session: Any, kind: str, job_id: int | None, experiment: str | None) -> Job:
@@ -88,45 +121,45 @@ def _document_example(r: Any) -> dict[str, Any]:
             "snippet": snippet[:100] + ("..." if len(snippet) > 100 else "")}
 
 
+# The RATIONALYST funnel, over the jobs of an experiment (all jobs without one). Prefilter scores and extractions
+# have no view of their own: their store tables.
+_FUNNEL = """
+WITH mine AS (SELECT job_id FROM job_timeline WHERE $experiment IS NULL OR experiment = $experiment)
+SELECT
+    (SELECT count(*) FROM store.prefilter_scores
+     WHERE CAST(passed AS BOOLEAN) AND job_id IN (SELECT job_id FROM mine)) AS prefilter_passed,
+    (SELECT count(*) FROM store.extractions WHERE job_id IN (SELECT job_id FROM mine)) AS extractions,
+    (SELECT count(*) FROM store.extractions
+     WHERE CAST(passed AS BOOLEAN) AND job_id IN (SELECT job_id FROM mine)) AS passed_fidelity,
+    count(DISTINCT rationale_id) FILTER (WHERE extract_job_id IN (SELECT job_id FROM mine)) AS rationales,
+    count(*) FILTER (WHERE score_job_id IN (SELECT job_id FROM mine)) AS scored,
+    -- restate the text they precede (overlap above the score job's threshold): never kept, however large their
+    -- loss delta
+    count(*) FILTER (WHERE leak AND score_job_id IN (SELECT job_id FROM mine)) AS leaks,
+    count(*) FILTER (WHERE kept AND score_job_id IN (SELECT job_id FROM mine)) AS kept,
+    (SELECT count(*) FROM training_metrics WHERE job_id IN (SELECT job_id FROM mine)) AS train_steps
+FROM rationales"""
+
+
 def rationalyst_report(engine: Engine, *, experiment: str | None = None) -> dict[str, Any]:
-    """Accuracy of every evaluated solve method (latest evaluation per method) and the mining funnel's counts."""
-    from sqlalchemy import func
-
-    from rplat.models import Evaluation, Extraction, PrefilterScore, Rationale, RationaleScore, TrainingMetric
-
-    with transaction(engine) as session:
-        job_filter = []
-        if experiment is not None:
-            job_filter = [Job.experiment_id == experiment_id(session, experiment)]
-
-        def count(model: Any, *where: Any) -> int:
-            return session.scalar(select(func.count()).select_from(model).join(Job, Job.id == model.job_id)
-                                  .where(*job_filter, *where)) or 0
-
-        funnel = {
-            "prefilter_passed": count(PrefilterScore, PrefilterScore.passed.is_(True)),
-            "extractions": count(Extraction),
-            "passed_fidelity": count(Extraction, Extraction.passed.is_(True)),
-            "rationales": count(Rationale),
-            "scored": count(RationaleScore),
-            # restate the text they precede (overlap above the score job's threshold): never kept, however large
-            # their loss delta
-            "leaks": count(RationaleScore, RationaleScore.leak.is_(True)),
-            "kept": count(RationaleScore, RationaleScore.kept.is_(True)),
-            "train_steps": count(TrainingMetric),
-        }
-        rows = session.execute(select(Evaluation, Job.params).join(Job, Job.id == Evaluation.job_id)
-                               .where(*job_filter, Job.kind == "evaluate").order_by(Evaluation.job_id)).all()
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for ev, params in rows:
-        if params.get("solve_job") is None:
-            continue  # an evaluation of a TDG sample job (`rplat report tdg`)
-        latest[(ev.method, ev.subject)] = {"method": ev.method, "subject": ev.subject, "n": ev.n,
-                                           "correct": round(ev.n_correct, 2),
-                                           **_interval(ev.n_correct, ev.n, "accuracy"),
-                                           "evaluate_job": ev.job_id, "solve_job": params.get("solve_job")}
-    results = sorted(latest.values(), key=lambda r: (r["subject"] != "all", r["subject"], r["method"]))
-    return {"experiment": experiment, "funnel": funnel, "results": results}
+    """Accuracy of every evaluated solve method (latest evaluation per method and subject) and the mining funnel's
+    counts."""
+    if experiment is not None:
+        known_experiment(engine, experiment)
+    with open_views(engine) as con:
+        (funnel,) = records(con, _FUNNEL, {"experiment": experiment})
+        # An evaluation of a TDG sample job has no solve job: `rplat report tdg` shows it.
+        rows = records(con, """
+            SELECT e.method, e.subject, e.n, e.n_correct, e.job_id, e.solve_job_id
+            FROM evaluations e JOIN job_timeline j ON j.job_id = e.job_id
+            WHERE j.kind = 'evaluate' AND e.solve_job_id IS NOT NULL
+              AND ($experiment IS NULL OR e.experiment = $experiment)
+            QUALIFY e.job_id = max(e.job_id) OVER (PARTITION BY e.method, e.subject)
+            ORDER BY e.subject <> $overall, e.subject, e.method""", {"experiment": experiment, "overall": OVERALL})
+    results = [{"method": r.method, "subject": r.subject, "n": r.n, "correct": round(r.n_correct, 2),
+                **_interval(r.n_correct, r.n, "accuracy"), "evaluate_job": r.job_id, "solve_job": r.solve_job_id}
+               for r in rows]
+    return {"experiment": experiment, "funnel": funnel._asdict(), "results": results}
 
 
 def _percent_interval(ev: Any) -> tuple[float, float]:
@@ -148,56 +181,40 @@ def _tdg_setting(kind: str | None) -> str:
 
 
 def tdg_report(engine: Engine, experiment: str) -> dict[str, Any]:
-    """The paper's Table 2 (greedy accuracy % per subject, micro Avg, gain vs sft) and Table 1 (solved-set overlaps
-    kd/neg and neg/nat), from the latest evaluation of each model's greedy sample job in the experiment."""
-    from sqlalchemy.orm import aliased
-
-    from rplat.methods.votes import OVERALL
-    from rplat.models import Evaluation, Model, Prediction, Problem
+    """The paper's Table 2 (greedy accuracy % per subject, micro Avg, gain vs sft; the `evaluations` view) and
+    Table 1 (solved-set overlaps kd/neg and neg/nat; the `solved_sets` view), from the latest evaluation of each
+    model's greedy sample job in the experiment."""
     from rplat.pipelines import TDG_SETTINGS
 
-    maker = aliased(Job)
-    with transaction(engine) as session:
-        exp = experiment_id(session, experiment)
-        evaluates = {job_id: params.get("sample_job") for job_id, params in session.execute(
-            select(Job.id, Job.params).where(Job.experiment_id == exp, Job.kind == "evaluate",
-                                             Job.status == "succeeded")).all()}
-        wanted_samples = sorted({v for v in evaluates.values() if v is not None})
-        samples = dict(session.execute(select(Job.id, Job.params).where(
-            Job.id.in_(wanted_samples), Job.kind == "sample")).all()) if wanted_samples else {}
-        # Table 2 is the greedy main table: one chain per problem at temperature 0.
-        greedy = {e: sj for e, sj in evaluates.items() if sj in samples
-                  and float(samples[sj].get("temperature", 0.0)) == 0.0 and int(samples[sj].get("n", 1)) == 1}
-        rows = session.execute(
-            select(Evaluation, Model.name, maker.kind)
-            .join(Model, Model.id == Evaluation.model_id)
-            .outerjoin(maker, maker.id == Model.job_id)
-            .where(Evaluation.job_id.in_(list(greedy)), Evaluation.method == "greedy")
-            .order_by(Evaluation.job_id)).all() if greedy else []
-        latest: dict[str, dict[str, Any]] = {}  # model name -> its latest evaluation (job ids grow)
-        for ev, name, kind in rows:
-            entry = latest.get(name)
-            if entry is None or entry["evaluate_job"] < ev.job_id:
-                entry = latest[name] = {"setting": _tdg_setting(kind), "model": name, "model_id": ev.model_id,
-                                        "evaluate_job": ev.job_id, "sample_job": greedy[ev.job_id], "rows": {}}
-            if entry["evaluate_job"] == ev.job_id:
-                entry["rows"][ev.subject] = ev
-        by_setting: dict[str, dict[str, Any]] = {}  # setting -> its latest evaluated model (Table 1, the sft base)
-        for entry in sorted(latest.values(), key=lambda e: e["evaluate_job"]):
-            by_setting[entry["setting"]] = entry
-        solved: dict[int, dict[int, bool]] = {}
-        subject_of: dict[int, str | None] = {}
-        wanted = {e["evaluate_job"] for s in {x for pair in TDG_PAIRS for x in pair} if (e := by_setting.get(s))}
-        if wanted:
-            for job_id, problem_id, correct, subject in session.execute(
-                    select(Prediction.job_id, Prediction.problem_id, Prediction.correct, Problem.subject)
-                    .join(Problem, Problem.id == Prediction.problem_id)
-                    .where(Prediction.job_id.in_(wanted), Prediction.method == "greedy")).all():
-                solved.setdefault(job_id, {})[problem_id] = bool(correct)
-                subject_of[problem_id] = subject
-    if not latest:
-        raise UserError(f"experiment {experiment!r} has no evaluated greedy sample jobs yet; run `rplat pipeline "
-                        "tdg ...` in it and `rplat runner --until-done`.")
+    known_experiment(engine, experiment)
+    with open_views(engine) as con:
+        # Table 2 is the greedy main table: one chain per problem at temperature 0. Each model's latest
+        # evaluation counts (job ids grow).
+        rows = records(con, """
+            SELECT e.job_id, e.sample_job_id, e.model, maker.kind AS maker_kind, e.subject, e.n, e.n_correct,
+                   e.accuracy
+            FROM evaluations e
+            JOIN job_timeline j ON j.job_id = e.job_id
+            JOIN job_timeline sample ON sample.job_id = e.sample_job_id AND sample.kind = 'sample'
+            LEFT JOIN job_timeline maker ON maker.job_id = e.model_job_id
+            WHERE e.experiment = $experiment AND j.kind = 'evaluate' AND j.status = 'succeeded'
+              AND e.method = 'greedy' AND e.model IS NOT NULL
+              AND coalesce(CAST(json_extract(sample.params, '$.temperature') AS DOUBLE), 0.0) = 0.0
+              AND coalesce(CAST(json_extract(sample.params, '$.n') AS BIGINT), 1) = 1
+            QUALIFY e.job_id = max(e.job_id) OVER (PARTITION BY e.model)
+            ORDER BY e.job_id""", {"experiment": experiment})
+        latest: dict[str, dict[str, Any]] = {}  # model name -> its latest evaluation, in evaluate job order
+        for r in rows:
+            latest.setdefault(r.model, {"setting": _tdg_setting(r.maker_kind), "model": r.model,
+                                        "evaluate_job": r.job_id, "sample_job": r.sample_job_id,
+                                        "rows": {}})["rows"][r.subject] = r
+        if not latest:
+            raise UserError(f"experiment {experiment!r} has no evaluated greedy sample jobs yet; run `rplat "
+                            "pipeline tdg ...` in it and `rplat runner --until-done`.")
+        # setting -> its latest evaluated model (Table 1, the sft base)
+        by_setting = {entry["setting"]: entry for entry in latest.values()}
+        pairs = [(by_setting[a], by_setting[b]) for a, b in TDG_PAIRS if a in by_setting and b in by_setting]
+        overlaps = _overlaps(con, [(ea["evaluate_job"], eb["evaluate_job"]) for ea, eb in pairs]) if pairs else {}
     subjects = sorted({s for e in latest.values() for s in e["rows"] if s != OVERALL})
     sft = by_setting.get("sft")
     sft_avg = sft["rows"][OVERALL].accuracy if sft and OVERALL in sft["rows"] else None
@@ -219,25 +236,41 @@ def tdg_report(engine: Engine, experiment: str) -> dict[str, Any]:
             "avg_ci_low": avg_interval[0], "avg_ci_high": avg_interval[1],
             "gain": None if avg is None or not sft_avg else (avg - sft_avg) / sft_avg,
         })
-    table1, missing = [], []
-    for a, b in TDG_PAIRS:
-        if a not in by_setting or b not in by_setting:
-            missing.append(f"{a}/{b}")
-            continue
-        ea, eb = by_setting[a], by_setting[b]
-        sa, sb = solved.get(ea["evaluate_job"], {}), solved.get(eb["evaluate_job"], {})
+    table1 = []
+    for ea, eb in pairs:
         cells = []
         for subject in (*subjects, OVERALL):
-            def of(s: dict[int, bool], subject: str = subject) -> set[int]:
-                return {p for p, ok in s.items() if ok and (subject == OVERALL or subject_of.get(p) == subject)}
-            pa, pb = of(sa), of(sb)
-            union = pa | pb
-            cells.append({"subject": subject, "intersection": len(pa & pb), "solved_a": len(pa), "solved_b": len(pb),
-                          "union": len(union), "iou": len(pa & pb) / len(union) if union else 0.0})
-        table1.append({"a": a, "b": b, "model_a": ea["model"], "model_b": eb["model"],
+            both, solved_a, solved_b, union = overlaps.get(
+                (ea["evaluate_job"], eb["evaluate_job"], subject == OVERALL, None if subject == OVERALL else subject),
+                (0, 0, 0, 0))
+            cells.append({"subject": subject, "intersection": both, "solved_a": solved_a, "solved_b": solved_b,
+                          "union": union, "iou": both / union if union else 0.0})
+        table1.append({"a": ea["setting"], "b": eb["setting"], "model_a": ea["model"], "model_b": eb["model"],
                        "evaluate_job_a": ea["evaluate_job"], "evaluate_job_b": eb["evaluate_job"], "cells": cells})
+    missing = [f"{a}/{b}" for a, b in TDG_PAIRS if a not in by_setting or b not in by_setting]
     return {"experiment": experiment, "subjects": subjects, "sft_model": sft["model"] if sft else None,
             "table2": table2, "table1": table1, "missing_pairs": missing}
+
+
+def _overlaps(con: duckdb.DuckDBPyConnection, pairs: list[tuple[int, int]]
+              ) -> dict[tuple[int, int, bool, str | None], tuple[int, int, int, int]]:
+    """For each pair of greedy evaluate jobs (a, b), per subject and overall: how many problems both solve, a
+    solves, b solves and either solves; keyed (a, b, overall, subject). A problem without a subject counts only
+    overall."""
+    rows = records(con, """
+        WITH pairs AS (SELECT unnest($a) AS job_a, unnest($b) AS job_b),
+        solved AS (
+            SELECT p.job_a, p.job_b, s.problem_id, any_value(s.subject) AS subject,
+                   bool_or(s.job_id = p.job_a) AS by_a, bool_or(s.job_id = p.job_b) AS by_b
+            FROM pairs p JOIN solved_sets s ON s.job_id IN (p.job_a, p.job_b) AND s.method = 'greedy'
+            GROUP BY p.job_a, p.job_b, s.problem_id)
+        SELECT job_a, job_b, grouping(subject) = 1 AS overall, subject,
+               count(*) FILTER (WHERE by_a AND by_b) AS both_solved, count(*) FILTER (WHERE by_a) AS solved_a,
+               count(*) FILTER (WHERE by_b) AS solved_b, count(*) AS either
+        FROM solved GROUP BY job_a, job_b, GROUPING SETS ((subject), ())""",
+                   {"a": [a for a, _ in pairs], "b": [b for _, b in pairs]})
+    return {(r.job_a, r.job_b, r.overall, r.subject): (r.both_solved, r.solved_a, r.solved_b, r.either)
+            for r in rows if r.overall or r.subject is not None}
 
 
 # Jobs whose predictions rows a comparison reads: `evaluate` (greedy, sc of a solve or sample job) and
@@ -253,18 +286,18 @@ def _parse_run(text: str) -> tuple[int, str | None]:
     return int(job), method or None
 
 
-def _run_credits(session: Any, text: str) -> dict[str, Any]:
-    """A run's label (job, kind, method, model) and its credit per problem, from the job's predictions rows."""
-    from rplat.models import Model, Prediction
-
+def _run_credits(con: duckdb.DuckDBPyConnection, text: str) -> dict[str, Any]:
+    """A run's label (job, kind, method, model) and its credit per problem, from the `predictions` view."""
     job_id, method = _parse_run(text)
-    job = session.get(Job, job_id)
-    if job is None or job.kind not in COMPARABLE_KINDS:
-        what = "does not exist" if job is None else f"is of kind {job.kind}"
+    jobs = records(con, "SELECT kind, status FROM job_timeline WHERE job_id = $job", {"job": job_id})
+    if not jobs or jobs[0].kind not in COMPARABLE_KINDS:
+        what = "does not exist" if not jobs else f"is of kind {jobs[0].kind}"
         raise UserError(f"job {job_id} {what}, not an evaluate or aggregate job; see `rplat jobs ls --kind evaluate` "
                         "or `rplat jobs ls --kind aggregate`.")
-    methods = list(session.scalars(select(Prediction.method).where(Prediction.job_id == job_id).distinct()
-                                   .order_by(Prediction.method)))
+    job = jobs[0]
+    rows = records(con, "SELECT method, problem_id, credit, correct, model FROM predictions WHERE job_id = $job",
+                   {"job": job_id})
+    methods = sorted({r.method for r in rows})
     if not methods:
         raise UserError(f"{job.kind} job {job_id} ({job.status}) has no predictions yet; compare it once it has "
                         f"succeeded (`rplat jobs show {job_id}`).")
@@ -275,12 +308,10 @@ def _run_credits(session: Any, text: str) -> dict[str, Any]:
     if method not in methods:
         raise UserError(f"{job.kind} job {job_id} has no predictions of method {method!r}; its methods are "
                         f"{', '.join(methods)}.")
-    rows = session.execute(select(Prediction.problem_id, Prediction.credit, Prediction.correct, Model.name)
-                           .outerjoin(Model, Model.id == Prediction.model_id)
-                           .where(Prediction.job_id == job_id, Prediction.method == method)).all()
+    mine = [r for r in rows if r.method == method]
     # credit is nullable in the schema; a row without one earns what its correctness says
-    credits = {r.problem_id: float(r.credit) if r.credit is not None else float(bool(r.correct)) for r in rows}
-    models = sorted({r.name for r in rows if r.name is not None})
+    credits = {r.problem_id: float(r.credit) if r.credit is not None else float(bool(r.correct)) for r in mine}
+    models = sorted({r.model for r in mine if r.model is not None})
     return {"job_id": job_id, "kind": job.kind, "method": method, "model": ", ".join(models) or None,
             "credits": credits}
 
@@ -292,8 +323,8 @@ def compare_report(engine: Engine, run_a: str, run_b: str, *, resamples: int = 1
     what; problems only one run predicted are left out and counted."""
     from rplat.stats import compare_paired
 
-    with transaction(engine) as session:
-        a, b = _run_credits(session, run_a), _run_credits(session, run_b)
+    with open_views(engine) as con:
+        a, b = _run_credits(con, run_a), _run_credits(con, run_b)
     common = sorted(a["credits"].keys() & b["credits"].keys())
     if not common:
         raise UserError(f"runs {run_a} and {run_b} predicted no problem in common ({len(a['credits'])} and "

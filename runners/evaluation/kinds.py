@@ -23,7 +23,7 @@ class EvaluateParams(Params):
         return self
 
 
-EVALUATE = JobKind("evaluate", EvaluateParams, "rplat.runners.rationalyst.solve:evaluate",
+EVALUATE = JobKind("evaluate", EvaluateParams, "rplat.runners.evaluation.evaluate:evaluate",
                    "Check a solve or sample job's answers (math-verify): predictions, self-consistency, "
                    "micro accuracy per subject.")
 

@@ -1,4 +1,4 @@
-"""`solve` (RATIONALYST A6) step by step, with or without rationale guidance, and `evaluate`.
+"""`solve` (RATIONALYST A6) step by step, with or without rationale guidance (`evaluate` judges the result).
 
 All trajectories of a chunk of problems advance one step together, so every model call is one batch. Each
 chunk is written in one fenced transaction: trajectories, their steps, and every candidate with its score.
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import BackendSpec, prepare_backend
-from rplat.lookup import dataset_id, stored_params
+from rplat.lookup import dataset_id
 from rplat.methods.answers import extract_answer, has_final_answer, is_correct, normalize
 from rplat.methods.guided import (
     GUIDED,
@@ -29,15 +29,10 @@ from rplat.methods.guided import (
     scorer_messages,
     trajectory_text,
 )
-from rplat.methods.votes import tie_credit, vote
 from rplat.models import Problem, SolveTrajectory, Step, StepCandidate
 from rplat.prompts import TEMPLATES, ensure_template
-from rplat.registry import get_model
-from rplat.runners.evaluation.evaluate import Judged, record_evaluation
-from rplat.runners.evaluation.kinds import EvaluateParams
 from rplat.runners.framework.context import JobContext
 from rplat.runners.rationalyst.kinds import SolveParams
-from rplat.runners.tdg.chains import evaluate_samples
 
 
 @dataclass
@@ -248,33 +243,3 @@ def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
     return {"trajectories": n, "correct": correct, "method": p.method,
             "agent_cache_misses": models.agent.misses, "agent_cache_hits": models.agent.hits}
 
-
-def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
-    if p.sample_job is not None:
-        return evaluate_samples(ctx, p)
-    assert p.solve_job is not None  # EvaluateParams names exactly one of the two
-    with ctx.read() as s:
-        solved = stored_params(s, p.solve_job, "solve", SolveParams, "solve_job", "evaluate")
-        model_id = get_model(s, solved.model).id
-        rows = s.execute(select(SolveTrajectory.problem_id, SolveTrajectory.normalized_pred, SolveTrajectory.prediction,
-                                Problem.answer, Problem.subject)
-                         .join(Problem, Problem.id == SolveTrajectory.problem_id)
-                         .where(SolveTrajectory.job_id == p.solve_job)
-                         .order_by(SolveTrajectory.problem_id, SolveTrajectory.sample_idx)).all()
-    by_problem: dict[int, list[Any]] = {}
-    for r in rows:
-        by_problem.setdefault(r.problem_id, []).append(r)
-    method = solved.method
-    judged = []
-    for problem_id, group in by_problem.items():
-        gold = group[0].answer
-        if method == "sc":
-            winner, mass, tied = vote([r.normalized_pred for r in group])
-            credit = tie_credit(tied, lambda a, gold=gold: is_correct(a, gold))
-            answer, tie_size = winner, max(len(tied), 1)
-        else:
-            answer, mass, tie_size = group[0].prediction, 1.0, 1
-            credit = 1.0 if is_correct(answer, gold) else 0.0
-        judged.append(Judged(problem_id, group[0].subject, answer, mass, tie_size, credit))
-    overall = record_evaluation(ctx, model_id, method, judged)
-    return {"method": method, "solve_job": p.solve_job, "problems": overall.n, "accuracy": overall.accuracy}

@@ -1,9 +1,9 @@
 """`aggregate` (TDG B4/B6): greedy, self-consistency and the four ASC votes per problem, stored.
 
-The votes are `rplat.methods.votes.asc_vote` over every problem at once: answers normalised as the sample job's
-own evaluation normalises them, each sample weighted by its ranker score from the score-samples job, ties kept
-(credit = the tied answers' share of right ones). All methods are written in one transaction, insert-ignore, so
-a re-run writes nothing new.
+Greedy and sc are judged as `evaluate` judges a sample job (`rplat.runners.evaluation.evaluate`); the ASC votes
+are `rplat.methods.votes.asc_votes` over every problem at once, on the same normalised answers, each sample
+weighted by its ranker score from the score-samples job, ties kept (credit = the tied answers' share of right
+ones). All methods are written in one transaction, insert-ignore, so a re-run writes nothing new.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from rplat.errors import UserError
 from rplat.lookup import stored_params
 from rplat.methods.votes import asc_votes
 from rplat.registry import get_model
-from rplat.runners.evaluation.evaluate import Judged, record_evaluations
+from rplat.runners.evaluation.evaluate import Judged, judge_samples, record_evaluations
 from rplat.runners.framework.context import JobContext
-from rplat.runners.tdg.chains import sample_predictions
 from rplat.runners.tdg.kinds import AggregateParams, SampleParams, ScoreSamplesParams
 
 
@@ -55,29 +54,20 @@ def _scores(s: Session, p: AggregateParams, sample_ids: Sequence[int]) -> dict[i
 
 def votes(by_problem: dict[int, list[Any]], scores: dict[int, float] | None, methods: Sequence[str]
           ) -> dict[str, list[Judged]]:
-    """Per method ("sc", "asc-f0".."asc-f3"), every problem's vote over its samples' normalised answers."""
-    b = ballots(by_problem, scores)
-    fs = {method: "f0" if method == "sc" else method.removeprefix("asc-") for method in methods}
-    results = asc_votes(b.codes, b.scores, sorted(set(fs.values())), b.correct)
-    out: dict[str, list[Judged]] = {}
-    for method, f in fs.items():
-        result = results[f]
-        assert result.credit is not None
-        out[method] = [Judged(problem_id, subject, b.vocabulary[w] if w >= 0 else None, float(mass),
-                              max(int(tie), 1), float(credit), float(margin))
-                       for problem_id, subject, w, mass, tie, credit, margin in zip(
-                           b.problem_ids, b.subjects, result.winner.tolist(), result.mass, result.tie_size,
-                           result.credit, result.margin, strict=True)]
-    return out
-
-
-def greedy(by_problem: dict[int, list[Any]]) -> list[Judged]:
-    """The greedy row: each problem's one chain, judged as the sample job's evaluation judges it."""
-    out = []
-    for problem_id, g in by_problem.items():
-        answer, mass, tie, credit = sample_predictions("greedy", g)
-        out.append(Judged(problem_id, g[0].subject, answer, mass, tie, credit, 1.0 if answer is not None else 0.0))
-    return out
+    """Per method ("sc", "asc-f0".."asc-f3"), every problem's vote over its samples' normalised answers: sc as
+    `evaluate` votes, the ASC votes weighing each sample by its ranker score."""
+    fs = sorted({method.removeprefix("asc-") for method in methods if method != "sc"})
+    asc: dict[str, list[Judged]] = {}
+    if fs:
+        b = ballots(by_problem, scores)
+        for f, result in asc_votes(b.codes, b.scores, fs, b.correct).items():
+            assert result.credit is not None
+            asc[f"asc-{f}"] = [Judged(problem_id, subject, b.vocabulary[w] if w >= 0 else None, float(mass),
+                                      max(int(tie), 1), float(credit), float(margin))
+                               for problem_id, subject, w, mass, tie, credit, margin in zip(
+                                   b.problem_ids, b.subjects, result.winner.tolist(), result.mass, result.tie_size,
+                                   result.credit, result.margin, strict=True)]
+    return {method: judge_samples("sc", by_problem) if method == "sc" else asc[method] for method in methods}
 
 
 def run(ctx: JobContext, p: AggregateParams) -> dict[str, Any]:
@@ -103,7 +93,7 @@ def run(ctx: JobContext, p: AggregateParams) -> dict[str, Any]:
                                 f"{greedy_params.model!r}); give a sample job of that model with n=1, temperature 0.")
             greedy_rows = _samples(s, p.greedy_job)
     methods = ["sc"] + ([f"asc-{f}" for f in p.votes] if scores is not None else [])
-    judged: dict[str, list[Judged]] = {} if greedy_rows is None else {"greedy": greedy(greedy_rows)}
+    judged: dict[str, list[Judged]] = {} if greedy_rows is None else {"greedy": judge_samples("greedy", greedy_rows)}
     judged |= votes(by_problem, scores, methods)
     ctx.progress(len(by_problem), len(by_problem))
     overall = record_evaluations(ctx, model_id, judged)

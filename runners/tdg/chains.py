@@ -1,4 +1,4 @@
-"""Whole chains of thought: `collect-chains` (TDG B1), `sample` and the evaluation of sample jobs (B6).
+"""Whole chains of thought: `collect-chains` (TDG B1) and `sample` (B6; `evaluate` judges a sample job).
 
 Both generating kinds prompt with `Problem:\\n{q}\\nSolution:` after few-shot demonstrations, stop where the
 model starts another problem, and ask the model only for what is not stored yet: each batch of problems is one
@@ -22,15 +22,11 @@ from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import prepare_backend
-from rplat.lookup import dataset_id, stored_params
-from rplat.methods.answers import normalize
+from rplat.lookup import dataset_id
 from rplat.methods.labelers import label_chain
-from rplat.methods.votes import tie_credit, vote
 from rplat.models import Problem, Sample, TeacherChain
 from rplat.prompts import TDG_PROBLEM_PREFIX, TEMPLATES, ensure_template, tdg_prompt
 from rplat.registry import get_model
-from rplat.runners.evaluation.evaluate import Judged, record_evaluation
-from rplat.runners.evaluation.kinds import EvaluateParams
 from rplat.runners.framework.context import JobContext
 from rplat.runners.tdg.kinds import CollectChainsParams, SampleParams
 from rplat.store import insert_ignore
@@ -200,43 +196,3 @@ def sample(ctx: JobContext, p: SampleParams) -> dict[str, Any]:
     return {"samples": n, "correct": correct, "decoding": decoding, "problems": len(problems),
             "cache_hits": llm.hits, "cache_misses": llm.misses}
 
-
-def sample_predictions(method: str, group: Sequence[Any]) -> tuple[str | None, float, int, float]:
-    """(answer, vote mass, tie size, credit) of one problem from its samples (sample_idx order), each with
-    `extracted_answer` and `correct`: greedy takes the one answer; sc votes over the normalised answers, and a
-    tied answer counts as correct when the first sample that gave it is."""
-    if method != "sc":
-        only = group[0]
-        return only.extracted_answer, 1.0, 1, 1.0 if only.correct else 0.0
-    first: dict[str, Any] = {}
-    answers = []
-    for r in group:
-        answer = normalize(r.extracted_answer)
-        answers.append(answer)
-        if answer is not None:
-            first.setdefault(answer, r)
-    winner, mass, tied = vote(answers)
-    return winner, mass, max(len(tied), 1), tie_credit(tied, lambda a: bool(first[a].correct))
-
-
-def evaluate_samples(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
-    """Predictions and micro accuracy of a sample job: greedy (n=1) or self-consistency (n>1, tie credit)."""
-    assert p.sample_job is not None
-    with ctx.read() as s:
-        sampled = stored_params(s, p.sample_job, "sample", SampleParams, "sample_job", "evaluate")
-        model_id = get_model(s, sampled.model).id
-        rows = s.execute(select(Sample.problem_id, Sample.extracted_answer, Sample.correct, Problem.subject)
-                         .join(Problem, Problem.id == Sample.problem_id)
-                         .where(Sample.job_id == p.sample_job)
-                         .order_by(Sample.problem_id, Sample.sample_idx)).all()
-    if not rows:
-        raise UserError(f"sample job {p.sample_job} has no samples; run it to the end before evaluating it "
-                        "(`rplat jobs show` tells its state).")
-    method = "sc" if sampled.n > 1 else "greedy" if sampled.temperature <= 0 else "sampled"
-    by_problem: dict[int, list[Any]] = {}
-    for r in rows:
-        by_problem.setdefault(r.problem_id, []).append(r)
-    overall = record_evaluation(ctx, model_id, method, (
-        Judged(problem_id, group[0].subject, *sample_predictions(method, group))
-        for problem_id, group in by_problem.items()))
-    return {"method": method, "sample_job": p.sample_job, "problems": overall.n, "accuracy": overall.accuracy}

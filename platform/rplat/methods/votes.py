@@ -4,11 +4,12 @@ A vote gives every answer its weight (1 for self-consistency) and returns the an
 When several answers tie, a problem earns the fraction of the tied answers that are correct: the expected
 accuracy of breaking the tie at random, which is what the papers' tables report.
 
-`vote` handles one problem's strings; `asc_vote` is the same rule vectorised over a batch of problems x
-samples of integer answer codes (-1: no answer; `answer_codes` makes them), with ASC's vote functions (B4)
-f0 = 1 (plain self-consistency), f1 = 1 + 2s, f2 = 1 + s, f3 = s of each sample's ranker score s;
-`asc_votes` runs several of them on one grouping of the answers. `accuracy_curve` is the paper's accuracy
-against the number of samples k, by repeated subsampling of k of the n samples.
+`asc_vote` is the rule over a batch of problems x samples of integer answer codes (-1: no answer;
+`answer_codes` makes them), with ASC's vote functions (B4) f0 = 1 (plain self-consistency), f1 = 1 + 2s,
+f2 = 1 + s, f3 = s of each sample's ranker score s; `asc_votes` runs several of them on one grouping of the
+answers. `self_consistency` is its f0 over answer strings, the one self-consistency every job uses, so SC and
+ASC's f0 cannot drift apart. `accuracy_curve` is the paper's accuracy against the number of samples k, by
+repeated subsampling of k of the n samples.
 """
 
 from __future__ import annotations
@@ -31,33 +32,6 @@ VOTE_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 # Masses summed in another order differ in the last bits; answers within this relative distance tie, so a tie
 # does not depend on summation order (integer counts, f0, never come this close without being equal).
 TIE_TOLERANCE = 1e-9
-
-
-class Vote(NamedTuple):
-    winner: str | None
-    mass: float
-    tied: tuple[str, ...]
-
-
-def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> Vote:
-    """The answer with the most mass; `tied` lists every answer with that mass (sorted, the winner first).
-    A None answer (none extracted) casts no vote; no answers at all give (None, 0.0, ())."""
-    if weights is not None and len(weights) != len(answers):
-        raise ValueError(f"{len(answers)} answers but {len(weights)} weights")
-    mass: dict[str, float] = defaultdict(float)
-    for k, answer in enumerate(answers):
-        if answer is not None:
-            mass[answer] += 1.0 if weights is None else weights[k]
-    if not mass:
-        return Vote(None, 0.0, ())
-    top = max(mass.values())
-    tied = tuple(sorted(a for a, m in mass.items() if m == top))
-    return Vote(tied[0], top, tied)
-
-
-def tie_credit(tied: Sequence[str], correct: Callable[[str], bool]) -> float:
-    """The fraction of the tied answers that are correct (0.0 when nothing was voted for)."""
-    return sum(1 for a in tied if correct(a)) / len(tied) if tied else 0.0
 
 
 @dataclass(frozen=True)
@@ -86,8 +60,8 @@ def micro_accuracy(credits: Iterable[tuple[str | None, float]]) -> dict[str, Acc
 
 def answer_codes(answers: Sequence[Sequence[str | None]], width: int | None = None) -> tuple[np.ndarray, list[str]]:
     """Integer codes of problems' answers, a row per problem padded with NO_ANSWER to `width` (default: the
-    longest row), and the vocabulary they index. Codes follow the answers' sorted order, so the smallest tied
-    code is the answer `vote` names the winner."""
+    longest row), and the vocabulary they index. Codes follow the answers' sorted order, so the winner of a tie,
+    its smallest code, is the first of the tied answers in sorted order."""
     lengths = np.fromiter((len(row) for row in answers), dtype=np.int64, count=len(answers))
     longest = int(lengths.max(initial=0))
     width = longest if width is None else width
@@ -213,10 +187,45 @@ def asc_votes(answers: np.ndarray, scores: np.ndarray | None, fs: Sequence[str],
 
 def asc_vote(answers: np.ndarray, scores: np.ndarray | None = None, f: str = "f0",
              correct: np.ndarray | None = None) -> Votes:
-    """`vote` over a batch: answers (problems x samples, integer codes, NO_ANSWER casts no vote), scores in
+    """The vote over a batch: answers (problems x samples, integer codes, NO_ANSWER casts no vote), scores in
     [0, 1] of the same shape (for f1..f3), and optionally each sample's correctness; an answer is as correct
     as the first sample that gave it."""
     return asc_votes(answers, scores, [f], correct)[f]
+
+
+class Consensus(NamedTuple):
+    """One problem's self-consistency: the answer most samples gave (None when no sample answered), its vote
+    count, every answer with that count (sorted, the winner first; none without answers), the credit (the share
+    of the tied answers that are right) and the margin over the next answer (0 on a tie, the whole count when
+    one answer got votes)."""
+
+    winner: str | None
+    mass: float
+    tied: tuple[str, ...]
+    credit: float
+    margin: float
+
+
+def self_consistency(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]]
+                     ) -> list[Consensus]:
+    """Each problem's self-consistency over its samples' answers (None: none extracted, casts no vote), given
+    each sample's correctness: an answer is as correct as the first sample that gave it. This is `asc_vote` with
+    f0 = 1 on the answers' codes, so a vote of equal weights has one implementation."""
+    if len(correct) != len(answers) or any(len(a) != len(c) for a, c in zip(answers, correct, strict=True)):
+        raise ValueError("give one correctness per answer, problem by problem")
+    if not answers:
+        return []
+    codes, vocabulary = answer_codes(answers, max(1, max(len(row) for row in answers)))
+    right = np.zeros(codes.shape, dtype=bool)
+    for i, row in enumerate(correct):
+        right[i, :len(row)] = row
+    votes = asc_vote(codes, None, "f0", right)
+    assert votes.credit is not None
+    return [Consensus(None if winner == NO_ANSWER else vocabulary[winner], mass,
+                      tuple(vocabulary[c] for c in sorted(codes[i][votes.tied[i]].tolist())), credit, margin)
+            for i, (winner, mass, credit, margin) in enumerate(zip(
+                votes.winner.tolist(), votes.mass.tolist(), votes.credit.tolist(), votes.margin.tolist(),
+                strict=True))]
 
 
 def accuracy_curves(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray | None = None,

@@ -1,0 +1,103 @@
+"""Self-consistency is one vote: evaluating a solve job, evaluating a sample job and aggregating the sample job
+(sc and asc-f0) give every problem the same winner, vote mass, tie size and credit from the same answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from rplat.methods.answers import normalize
+from rplat.models import (
+    Dataset,
+    Evaluation,
+    Experiment,
+    Job,
+    Model,
+    Prediction,
+    Problem,
+    RankerScore,
+    Sample,
+    SolveTrajectory,
+)
+from rplat.queue import Queue
+from rplat.runners.framework.runner import Runner, RunnerOptions
+from rplat.store import transaction
+
+# (gold, subject, five samples' answers: None where none was extracted) and, by hand, the vote of each problem:
+# (answer, vote mass, tie size, credit).
+PROBLEMS: list[tuple[str, str, list[str | None]]] = [
+    ("7", "algebra", ["7", "7.0", "8", None, "9"]),  # "7.0" votes with "7": a majority of two
+    ("3", "algebra", ["4", "3", None, None, "5"]),  # a three-way tie with one right answer: a third of a problem
+    ("5", "geometry", [None] * 5),  # nothing answered: no winner, a tie of one, no credit
+    ("2", "geometry", ["1", "2", "2", "1", None]),  # two tie at two votes, one right: half a problem
+    ("6", "geometry", ["6", None, None, None, None]),  # one answer among unanswered samples wins alone
+]
+VOTES = [("7", 2.0, 1, 1.0), ("3", 1.0, 3, 1 / 3), (None, 0.0, 1, 0.0), ("1", 2.0, 2, 0.5), ("6", 1.0, 1, 1.0)]
+
+
+def _seed(db: Any) -> dict[str, int]:
+    """PROBLEMS as a finished sc solve job (trajectories) and a finished sample job (samples, labelled by the
+    gold answer) with a score job; returns their ids."""
+    with transaction(db.engine()) as s:
+        importer = Job(kind="import-problems", status="succeeded", params={})
+        model = Model(name="student", format="base", fingerprint="f" * 64)
+        s.add_all([importer, model, Experiment(name="sc")])
+        s.flush()
+        dataset = Dataset(name="math", kind="problems", job_id=importer.id)
+        solve = Job(kind="solve", status="succeeded", params={"problems": "math", "model": "student", "method": "sc",
+                                                              "n_samples": 5})
+        sample = Job(kind="sample", status="succeeded",
+                     params={"problems": "math", "model": "student", "n": 5, "temperature": 0.7})
+        s.add_all([dataset, solve, sample])
+        s.flush()
+        score = Job(kind="score-samples", status="succeeded", params={"sample_job": sample.id, "ranker": "r"})
+        s.add(score)
+        s.flush()
+        for k, (gold, subject, answers) in enumerate(PROBLEMS):
+            problem = Problem(dataset_id=dataset.id, job_id=importer.id, external_id=f"p{k}", subject=subject,
+                              question=f"q{k}", answer=gold, content_hash=f"h{k}")
+            s.add(problem)
+            s.flush()
+            for i, answer in enumerate(answers):
+                right = normalize(answer) == gold
+                s.add(SolveTrajectory(job_id=solve.id, problem_id=problem.id, sample_idx=i, method="sc",
+                                      final_text=str(answer), prediction=answer, normalized_pred=normalize(answer),
+                                      correct=right, n_steps=1, stopped_reason="answer"))
+                chain = Sample(job_id=sample.id, problem_id=problem.id, model_id=model.id, sample_idx=i,
+                               decoding="sampled", text="...", extracted_answer=answer, correct=right)
+                s.add(chain)
+                s.flush()
+                s.add(RankerScore(job_id=score.id, sample_id=chain.id, ranker_model_id=model.id, score=0.5))
+        return {"solve": solve.id, "sample": sample.id, "score": score.id}
+
+
+def _votes(s: Any, job_id: int, method: str) -> list[tuple[str | None, float | None, int, float | None]]:
+    return [tuple(r) for r in s.execute(  # type: ignore[misc]
+        select(Prediction.answer, Prediction.vote_mass, Prediction.tie_size, Prediction.credit)
+        .where(Prediction.job_id == job_id, Prediction.method == method).order_by(Prediction.problem_id)).all()]
+
+
+def _accuracy(s: Any, job_id: int, method: str) -> dict[str, tuple[int, float, float]]:
+    return {e.subject: (e.n, e.n_correct, e.accuracy) for e in s.scalars(
+        select(Evaluation).where(Evaluation.job_id == job_id, Evaluation.method == method))}
+
+
+def test_solve_evaluate_sample_evaluate_and_aggregate_cast_the_same_self_consistency_vote(db) -> None:  # type: ignore[no-untyped-def]
+    ids = _seed(db)
+    queue = Queue(db.engine())
+    jobs = {"solve": queue.enqueue("evaluate", {"solve_job": ids["solve"]}, experiment="sc")[0],
+            "sample": queue.enqueue("evaluate", {"sample_job": ids["sample"]}, experiment="sc")[0],
+            "aggregate": queue.enqueue("aggregate", {"sample_job": ids["sample"], "score_job": ids["score"],
+                                                     "votes": ["f0"], "vote": "f0"}, experiment="sc")[0]}
+    Runner(queue, db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+    with transaction(db.engine()) as s:
+        assert [s.get(Job, job).status for job in jobs.values()] == ["succeeded"] * 3
+        votes = {name: _votes(s, job, "sc") for name, job in jobs.items()}
+        votes["asc-f0"] = _votes(s, jobs["aggregate"], "asc-f0")
+        accuracy = {name: _accuracy(s, job, "sc") for name, job in jobs.items()}
+        accuracy["asc-f0"] = _accuracy(s, jobs["aggregate"], "asc-f0")
+    # exactly equal, float credits (a third) included: one vote computed them all
+    assert votes == {name: VOTES for name in votes}
+    assert accuracy == {name: {"algebra": (2, 1 + 1 / 3, (1 + 1 / 3) / 2), "geometry": (3, 1.5, 0.5),
+                               "all": (5, 1 + 1 / 3 + 1.5, (1 + 1 / 3 + 1.5) / 5)} for name in accuracy}
