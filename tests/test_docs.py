@@ -88,12 +88,7 @@ def test_every_page_of_the_docs_is_listed_in_the_index() -> None:
     assert [p.name for p in DOCS.glob("*.md") if p != index and p.resolve() not in listed] == []
 
 
-@pytest.mark.parametrize("what", [
-    "the shared notes folder",
-    "the design notes",
-    pytest.param("the algorithms notes", marks=pytest.mark.xfail(
-        strict=True, reason="five code comments still cite the algorithms notes; they are to point at docs/")),
-])
+@pytest.mark.parametrize("what", ["the shared notes folder", "the design notes", "the algorithms notes"])
 def test_nothing_in_the_repository_points_outside_it(what: str) -> None:
     files = _searched_files()
     assert len(files) > 100, "the search found too few files; SEARCHED is wrong"
@@ -118,3 +113,24 @@ def test_every_job_kind_rplat_ships_is_documented_and_no_other() -> None:
 
 def test_every_view_is_documented_and_no_other() -> None:
     assert _headings("views.md") == set(analytics.VIEWS)
+
+
+def _sections(page: str) -> dict[str, str]:
+    """Each `### \`name\`` heading of a docs page and the text up to the next heading."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    parts = re.split(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.MULTILINE)
+    return {m.group(1): body for heading, body in zip(parts[1::2], parts[2::2], strict=True)
+            if (m := re.fullmatch(r"`([^`]+)`", heading))}
+
+
+def test_every_views_columns_are_the_ones_its_section_names(tmp_path: Path) -> None:
+    from rplat.migrate import upgrade
+    from rplat.store import get_engine
+
+    url = f"sqlite:///{tmp_path / 'rplat.db'}"
+    upgrade(get_engine(url))
+    con = analytics.connect(url)
+    sections = _sections("views.md")
+    undocumented = {view: sorted(c for c, _ in columns if f"`{c}`" not in sections[view])
+                    for view, columns in analytics.view_columns(con).items()}
+    assert {view: cs for view, cs in undocumented.items() if cs} == {}

@@ -168,7 +168,7 @@ def _percent_interval(ev: Any) -> tuple[float, float]:
     return 100.0 * low, 100.0 * high
 
 
-# Table 1's pairs (ALGORITHMS B5/B2): positive-only vs negative-only, then negative vs NAT.
+# Table 1's pairs (docs/tdg.md, B6): positive-only vs negative-only, then negative vs NAT.
 TDG_PAIRS = (("kd", "neg"), ("neg", "nat"))
 
 
