@@ -116,7 +116,7 @@ def test_every_view_is_documented_and_no_other() -> None:
 
 
 def _sections(page: str) -> dict[str, str]:
-    """Each `### \`name\`` heading of a docs page and the text up to the next heading."""
+    r"""Each `### \`name\`` heading of a docs page and the text up to the next heading."""
     text = (DOCS / page).read_text(encoding="utf-8")
     parts = re.split(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.MULTILINE)
     return {m.group(1): body for heading, body in zip(parts[1::2], parts[2::2], strict=True)
