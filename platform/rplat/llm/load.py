@@ -40,7 +40,7 @@ def open_backend(spec: BackendSpec) -> Backend:
     """The backend of `spec`: its shared base's view with its adapters (`hf`), or its server (`openai`)."""
     if spec.backend == "hf":
         return _shared(spec, spec.adapters, None, spec.device).view(spec.adapters, spec.fingerprint)
-    from rplat.llm.openai import OpenAIBackend  # httpx, only for a model that is served
+    from rplat.llm.openai import OpenAIBackend  # on first use: only a served model needs httpx
 
     assert spec.url is not None and spec.served_name is not None
     return OpenAIBackend(spec.url, spec.served_name, load_tokenizer(spec.base_path), fingerprint=spec.fingerprint)

@@ -3,9 +3,9 @@
 `prepare_backend(engine, name)` gives a `BackendSpec`: the registry row's base, its adapters (an adapter's
 parent is its base), the cache identity of the two together, and for the `openai` backend the URL of a live
 `rplat serve` server. The bundled SmolLM2 is converted and registered on first use (`ensure_bundled`).
-Everything here runs in short transactions of its own, never inside a job's write transaction, which on
-SQLite would hold the database lock (and starve the heartbeat) for as long as a conversion takes; the weights
-are loaded afterwards, by `rplat.llm.load`, from the spec alone.
+Everything here runs in short transactions of its own, and the weights are loaded afterwards, outside any
+transaction, by `rplat.llm.load` from the spec alone: neither happens inside a job's write transaction, which
+on SQLite would hold the database lock (and starve the heartbeat) for as long as a conversion or a load takes.
 """
 
 from __future__ import annotations
