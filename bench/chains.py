@@ -3,14 +3,15 @@
 Command: OMP_NUM_THREADS=1 .venv/bin/python bench/chains.py [--problems 8] [--n 8] [--max-tokens 48] [--no-vllm]
 
 One model, the bundled SmolLM2-135M-Instruct (converted once under .cache/bench, registered in a fresh SQLite
-store and opened through `prepare_backend`, as a job opens it), writes n = 8 chains per problem at temperature
-0.7 for one-digit sums, each prompt `Problem:\\n{q}\\nSolution:` after two worked demonstrations (as
-collect-chains builds it). rplat runs collect-chains' own `sample_chains` through `CachedBackend` on that empty
-store: all problems of a batch in one call, each prompt encoded once for its n samples. The baseline is the
-reference scripts' way: per problem, per chain, its own `model.generate` over the full prompt, generating exactly
-as many tokens as rplat did for that chain (so both sides do the same work). Figures are chains per second; the
-last line reads `ratio chains: X` (X > 1: rplat is faster). With .venv-vllm present, the same chains are also
-asked of `rplat serve` (vLLM on CPU, float32, eager) through the openai backend, printed as an extra figure.
+store, resolved by `prepare_backend` and opened by `open_backend`, as a job opens it), writes n = 8 chains per
+problem at temperature 0.7 for one-digit sums, each prompt `Problem:\\n{q}\\nSolution:` after two worked
+demonstrations (as collect-chains builds it). rplat runs collect-chains' own `sample_chains` through
+`CachedBackend` on that empty store: all problems of a batch in one call, each prompt encoded once for its n
+samples. The baseline is the reference scripts' way: per problem, per chain, its own `model.generate` over the
+full prompt, generating exactly as many tokens as rplat did for that chain (so both sides do the same work).
+Figures are chains per second; the last line reads `ratio chains: X` (X > 1: rplat is faster). With .venv-vllm
+present, the same chains are also asked of `rplat serve` (vLLM on CPU, float32, eager) through the openai
+backend, printed as an extra figure.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import torch  # noqa: E402
 from rplat.bundled import SMOLLM2, convert_smollm2  # noqa: E402
 from rplat.llm import Backend, Completion, Sampling  # noqa: E402
 from rplat.llm.cache import CachedBackend  # noqa: E402
-from rplat.llm.load import prepare_backend  # noqa: E402
+from rplat.llm.load import open_backend  # noqa: E402
+from rplat.llm.resolve import prepare_backend  # noqa: E402
 from rplat.migrate import upgrade  # noqa: E402
 from rplat.prompts import tdg_prompt  # noqa: E402
 from rplat.registry import register_model  # noqa: E402
@@ -104,7 +106,7 @@ def run_vllm(home: Path, db_url: str, todo: list[Item], sampling: Sampling, batc
     log = home / "serve" / f"{SMOLLM2}.log"
     try:
         engine = get_engine(db_url)
-        llm = prepare_backend(engine, SMOLLM2, backend="openai", home=home).open()
+        llm = open_backend(prepare_backend(engine, SMOLLM2, backend="openai", home=home))
         cache = get_engine(f"sqlite:///{home / 'vllm-cache.db'}")
         upgrade(cache)
         run_rplat(CachedBackend(llm, cache), todo[:1], Sampling(temperature=TEMPERATURE, max_tokens=4), 1)  # warm
@@ -139,7 +141,7 @@ def main() -> None:
         upgrade(engine)
         with transaction(engine) as s:
             register_model(s, SMOLLM2, "base", convert_smollm2(REPO / ".cache" / "bench"), role="agent")
-        backend = prepare_backend(engine, SMOLLM2, home=home).open()
+        backend = open_backend(prepare_backend(engine, SMOLLM2, home=home))
         # Warm up both paths once on one problem (a throwaway store: the measured run caches nothing it replays).
         warm_engine = get_engine(f"sqlite:///{home / 'warm.db'}")
         upgrade(warm_engine)

@@ -55,9 +55,14 @@ def load(which: str) -> HFBackend:
 
         return HFBackend(tiny_model(), tiny_tokenizer(), fingerprint="tiny")
     from rplat.bundled import convert_smollm2
+    from rplat.llm import load as loader
+    from rplat.llm.resolve import BackendSpec
 
-    path = convert_smollm2(REPO / ".cache" / "bench")
-    return HFBackend.load(path, fingerprint="smollm2", device="cpu")
+    path = str(convert_smollm2(REPO / ".cache" / "bench"))
+    # rplat's one loader, on a spec that names the directory (no registry here); the backend is built over
+    # the module itself, since the baseline calls the model directly
+    module, tokenizer = loader.load(BackendSpec("hf", "smollm2", path, "smollm2", "smollm2", device="cpu"))
+    return HFBackend(module, tokenizer, fingerprint="smollm2")
 
 
 def problems(n: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from rplat.bundled import SMOLLM2, convert_smollm2, ensure_smollm2
 from rplat.llm import Sampling
 from rplat.llm.load import LOADED, open_backend
+from rplat.llm.resolve import prepare_backend
 from rplat.models import Model
 from rplat.store import transaction
 
@@ -32,8 +33,8 @@ def test_bundled_model_converts_once_registers_and_generates(db, home: Path) -> 
         path = Path(first.path)
     assert (path / "model.safetensors").exists() and not (path / "config.json").read_text().count("quantization")
     assert convert_smollm2(home) == path  # already converted: nothing to do
+    backend = open_backend(prepare_backend(db.engine(), SMOLLM2, device="cpu", home=home))
     with transaction(db.engine()) as s:
-        backend = open_backend(s, SMOLLM2, device="cpu", home=home)
         row = s.scalar(select(Model).where(Model.name == SMOLLM2))
     try:
         prompt = backend.chat_prompt([{"role": "user", "content": "What is 2+3?"}])

@@ -18,7 +18,8 @@ from sqlalchemy import select
 from test_cli_errors import assert_one_clear_sentence, snapshot
 
 from rplat.errors import UserError
-from rplat.llm.load import LOADED, Adapter, BackendSpec, load
+from rplat.llm.load import LOADED, load, open_backend
+from rplat.llm.resolve import Adapter, BackendSpec
 from rplat.models import Job, Model, ModelParent
 from rplat.queue import Queue
 from rplat.registry import register_model
@@ -97,7 +98,7 @@ def test_adapters_share_one_unmerged_base_and_each_call_gives_its_merged_models_
     base_spec = spec("base", models["base"])
     a_spec, b_spec = spec("a", models["base"], adapter("a", models["a"])), spec("b", models["base"],
                                                                                adapter("b", models["b"]))
-    backends = {"base": base_spec.open(), "a": a_spec.open(), "b": b_spec.open()}
+    backends = {"base": open_backend(base_spec), "a": open_backend(a_spec), "b": open_backend(b_spec)}
     assert len({id(view.model) for view in backends.values()}) == 1, "one module for the base and both adapters"
     assert LOADED.base_paths() == [str(models["base"])]
     assert set(backends["a"].model.peft_config) == {a_spec.adapters[0].slot, b_spec.adapters[0].slot}
@@ -119,14 +120,14 @@ def test_adapters_share_one_unmerged_base_and_each_call_gives_its_merged_models_
 
 def test_a_backend_is_opened_once_per_view_and_keeps_the_effective_fingerprint(models: dict[str, Path]) -> None:
     a_spec = spec("a", models["base"], adapter("a", models["a"]))
-    first, again = a_spec.open(), a_spec.open()
+    first, again = open_backend(a_spec), open_backend(a_spec)
     assert first is again
-    assert first.fingerprint == a_spec.fingerprint != spec("base", models["base"]).open().fingerprint
+    assert first.fingerprint == a_spec.fingerprint != open_backend(spec("base", models["base"])).fingerprint
 
 
 def test_two_threads_on_two_adapters_never_see_each_others_weights(models: dict[str, Path]) -> None:
-    views = [spec("a", models["base"], adapter("a", models["a"])).open(),
-             spec("b", models["base"], adapter("b", models["b"])).open()]
+    views = [open_backend(spec("a", models["base"], adapter("a", models["a"]))),
+             open_backend(spec("b", models["base"], adapter("b", models["b"])))]
     alone = [view.score([CONTEXT], [CONTINUATION]) for view in views]
     seen: list[list[list[list[float]]]] = [[], []]
 
@@ -147,15 +148,15 @@ def test_two_threads_on_two_adapters_never_see_each_others_weights(models: dict[
 @pytest.mark.parametrize("limit", ["count", "bytes"])
 def test_loading_a_second_base_beyond_the_limit_evicts_the_first(models: dict[str, Path], limit: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    first = spec("base", models["base"]).open()
+    first = open_backend(spec("base", models["base"]))
     if limit == "count":
         monkeypatch.setenv("RPLAT_MAX_LOADED_MODELS", "1")
     else:  # room for one tiny model's weights, not two
         monkeypatch.setenv("RPLAT_MAX_LOADED_MODELS", "5")
         monkeypatch.setenv("RPLAT_MAX_LOADED_BYTES", str(LOADED.nbytes() + 1))
-    spec("other", models["other"]).open()
+    open_backend(spec("other", models["other"]))
     assert LOADED.base_paths() == [str(models["other"])]
-    reloaded = spec("base", models["base"]).open()
+    reloaded = open_backend(spec("base", models["base"]))
     assert LOADED.base_paths() == [str(models["base"])]
     assert reloaded is not first and reloaded.model is not first.model
     assert reloaded.score([CONTEXT], [CONTINUATION]) == first.score([CONTEXT], [CONTINUATION])
@@ -164,13 +165,13 @@ def test_loading_a_second_base_beyond_the_limit_evicts_the_first(models: dict[st
 def test_an_invalid_limit_is_one_sentence(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RPLAT_MAX_LOADED_MODELS", "two")
     with pytest.raises(UserError, match="RPLAT_MAX_LOADED_MODELS='two' is not a positive whole number"):
-        spec("base", models["base"]).open()
+        open_backend(spec("base", models["base"]))
 
 
 def test_trainable_gives_a_private_copy_that_leaves_the_shared_module_alone(models: dict[str, Path]) -> None:
     a_spec = spec("a", models["base"], adapter("a", models["a"]))
     shared, tokenizer = load(a_spec)
-    assert load(a_spec)[0] is shared and tokenizer is a_spec.open().tokenizer
+    assert load(a_spec)[0] is shared and tokenizer is open_backend(a_spec).tokenizer
     before = {name: p.detach().clone() for name, p in shared.named_parameters()}
     private, _ = load(a_spec, trainable=True)
     assert private is not shared and LOADED.base_paths() == [str(models["base"])]
@@ -190,12 +191,12 @@ def test_missing_or_corrupt_weights_fail_with_one_sentence(models: dict[str, Pat
     broken = save_tiny(tmp_path / "broken")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match=r"^the model in .*broken cannot be loaded \(.*\); register a complete"):
-        spec("broken", broken).open()
+        open_backend(spec("broken", broken))
     (broken / "model.safetensors").unlink()
     with pytest.raises(UserError, match=r"has no weight files"):
-        spec("broken", broken).open()
+        open_backend(spec("broken", broken))
     with pytest.raises(UserError, match=r"the adapter directory .* does not exist"):
-        spec("gone", models["base"], adapter("gone", tmp_path / "gone")).open()
+        open_backend(spec("gone", models["base"], adapter("gone", tmp_path / "gone")))
 
 
 def test_an_adapter_that_does_not_fit_leaves_no_damaged_base_in_use(models: dict[str, Path], tmp_path: Path) -> None:
@@ -205,14 +206,14 @@ def test_an_adapter_that_does_not_fit_leaves_no_damaged_base_in_use(models: dict
     wider = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2)
     get_peft_model(LlamaForCausalLM(wider), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "w")
-    base = spec("base", models["base"]).open()
+    base = open_backend(spec("base", models["base"]))
     expected = base.score([CONTEXT], [CONTINUATION])
     with pytest.raises(UserError, match=r"^adapter 'wide' in .* does not fit its base \(RuntimeError: .*size mismatch"):
-        spec("wide", models["base"], adapter("wide", tmp_path / "w")).open()
+        open_backend(spec("wide", models["base"], adapter("wide", tmp_path / "w")))
     assert LOADED.base_paths() == []
     with pytest.raises(RuntimeError, match="was unloaded because adapter 'wide' failed to attach"):
         base.score([CONTEXT], [CONTINUATION])
-    assert spec("base", models["base"]).open().score([CONTEXT], [CONTINUATION]) == expected
+    assert open_backend(spec("base", models["base"])).score([CONTEXT], [CONTINUATION]) == expected
 
 
 # --- registration and a job on a broken model (both stores) ------------------------------------------------

@@ -180,7 +180,8 @@ def test_bad_targets_and_mismatched_negative_loras_are_user_errors(tmp_path: Pat
 
 def test_format_nat_loads_through_the_one_loader_beside_its_negative_lora(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from rplat.llm import Sampling
-    from rplat.llm.load import LOADED, load, prepare_backend
+    from rplat.llm.load import LOADED, load, open_backend
+    from rplat.llm.resolve import prepare_backend
     from rplat.registry import register_model
     from rplat.store import transaction
 
@@ -197,9 +198,9 @@ def test_format_nat_loads_through_the_one_loader_beside_its_negative_lora(db, tm
     ids = _ids()
     LOADED.clear()
     try:
-        neg_backend = prepare_backend(db.engine(), "tiny-neg").open()
-        nat_backend = prepare_backend(db.engine(), "tiny-nat").open()
-        base_backend = prepare_backend(db.engine(), "tiny").open()
+        neg_backend = open_backend(prepare_backend(db.engine(), "tiny-neg"))
+        nat_backend = open_backend(prepare_backend(db.engine(), "tiny-nat"))
+        base_backend = open_backend(prepare_backend(db.engine(), "tiny"))
         module, _ = load(prepare_backend(db.engine(), "tiny-nat"))
         assert module is nat_backend.model and not module.training
         assert not any(p.requires_grad for p in module.parameters())

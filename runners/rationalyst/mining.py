@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from rplat.errors import UserError
 from rplat.llm import Backend, Sampling
 from rplat.llm.cache import CachedBackend
-from rplat.llm.load import prepare_backend
+from rplat.llm.load import open_backend
+from rplat.llm.resolve import prepare_backend
 from rplat.lookup import dataset_id, job_of_kind
 from rplat.methods.leaks import is_leak, overlap
 from rplat.methods.loss_delta import loss_delta, scoring_contexts, spans_nonempty
@@ -106,7 +107,7 @@ def extract(ctx: JobContext, p: ExtractParams) -> dict[str, Any]:
     total = len(items)
     items = [it for it in items if (it.document_id, it.problem_id) not in written]
     done = total - len(items)
-    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
+    llm = CachedBackend(open_backend(spec), ctx.engine, job_id=ctx.job_id)
     sampling = Sampling(temperature=p.temperature, max_tokens=p.max_tokens, seed=p.seed)
     ctx.progress(done, total)
     for start in range(0, len(items), p.batch_size):
@@ -175,7 +176,7 @@ def score(ctx: JobContext, p: ScoreParams) -> dict[str, Any]:
                         .where(RationaleScore.job_id == ctx.job_id)) or 0
     if p.limit is not None:
         rows = rows[:max(p.limit - done, 0)]
-    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
+    llm = CachedBackend(open_backend(spec), ctx.engine, job_id=ctx.job_id)
     total = done + len(rows)
     ctx.progress(done, total)
     for start in range(0, len(rows), p.batch_size):

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
-from rplat.llm.load import BackendSpec, prepare_backend
+from rplat.llm.load import open_backend
+from rplat.llm.resolve import BackendSpec, prepare_backend
 from rplat.lookup import dataset_id
 from rplat.methods.answers import extract_answer, has_final_answer, is_correct, normalize
 from rplat.methods.guided import (
@@ -223,7 +224,8 @@ def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
     samples = p.n_samples if p.method == "sc" else 1
     todo = [Trajectory(pid, q, gold, k) for pid, q, gold in problems for k in range(samples)
             if (pid, k) not in written]
-    agent, rationalyst, scorer = (spec.open() if spec else None for spec in (agent_spec, rationalyst_spec, scorer_spec))
+    agent, rationalyst, scorer = (open_backend(spec) if spec else None
+                                  for spec in (agent_spec, rationalyst_spec, scorer_spec))
     models = Models(_cached(ctx, agent), _cached(ctx, rationalyst) if rationalyst else None,
                     _cached(ctx, scorer) if scorer else None)
     solver = Solver(p, models, fewshot_messages(examples))

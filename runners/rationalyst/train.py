@@ -20,7 +20,8 @@ import torch
 from sqlalchemy import select
 
 from rplat.errors import UserError
-from rplat.llm.load import base_of, load, prepare_backend
+from rplat.llm.load import load
+from rplat.llm.resolve import base_of, prepare_backend
 from rplat.lookup import job_of_kind
 from rplat.models import Rationale, RationaleScore, TrainingExample
 from rplat.references import made_model

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
-from rplat.llm.load import prepare_backend
+from rplat.llm.load import open_backend
+from rplat.llm.resolve import prepare_backend
 from rplat.lookup import dataset_id
 from rplat.methods.labelers import label_chain
 from rplat.models import Problem, Sample, TeacherChain
@@ -119,7 +120,7 @@ def _fill(ctx: JobContext, spec: Any, p: CollectChainsParams | SampleParams, tod
     `keys`: a job killed mid-run resumes with what it stored. Returns the cached backend (its hit counts)."""
     done = total - sum(len(it.missing) for it in todo)
     ctx.progress(done, total)
-    llm = CachedBackend(spec.open(), ctx.engine, job_id=ctx.job_id)
+    llm = CachedBackend(open_backend(spec), ctx.engine, job_id=ctx.job_id)
     sampling = chain_sampling(p.temperature, p.max_tokens, p.seed)
     for start in range(0, len(todo), p.batch_size):
         ctx.check()

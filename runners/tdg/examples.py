@@ -153,7 +153,7 @@ def adapter_on_student_base(ctx: JobContext, p: TdgTrainParams, field: str, fmt:
                             ) -> tuple[Any, Any]:
     """(the student's base, the adapter `getattr(p, field)` names), after checking that the adapter is of format
     `fmt` and sits on that base (a NAT layer or a distillation teacher must share the student's weights)."""
-    from rplat.llm.load import base_of
+    from rplat.llm.resolve import base_of
     from rplat.registry import get_model
 
     name = getattr(p, field)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from sqlalchemy import select
 
-from rplat.llm.load import load, prepare_backend
+from rplat.llm.load import load
+from rplat.llm.resolve import prepare_backend
 from rplat.methods.nat import (
     NATConfig,
     attach_nat,

@@ -22,7 +22,8 @@ from sqlalchemy import select
 
 from rplat.llm import Sampling
 from rplat.llm.cache import CachedBackend
-from rplat.llm.load import BackendSpec, load, prepare_backend
+from rplat.llm.load import load, open_backend
+from rplat.llm.resolve import BackendSpec, prepare_backend
 from rplat.lookup import dataset_id
 from rplat.methods import nce
 from rplat.methods.labelers import label_chain
@@ -92,7 +93,7 @@ def self_augment(ctx: JobContext, p: TrainNceParams, nat_spec: BackendSpec) -> i
         problems = s.execute(select(Problem.id, Problem.question, Problem.answer).where(Problem.dataset_id == ds)
                              .order_by(Problem.id).limit(p.limit)).all()
     problems = [r for r in problems if r.answer]
-    backend = CachedBackend(nat_spec.open(), ctx.engine, job_id=ctx.job_id)
+    backend = CachedBackend(open_backend(nat_spec), ctx.engine, job_id=ctx.job_id)
     total = len(problems) * p.self_augment
     for k in range(p.self_augment):
         sampling = augment_sampling(p, k)
@@ -154,7 +155,7 @@ def weigh(ctx: JobContext, p: TrainNceParams, nat_spec: BackendSpec, nat_id: int
     todo = [e for e in load_examples(ctx) if e.source == "chain" and e.source_id not in done]
     if not todo:
         return
-    teacher = nat_spec.open()
+    teacher = open_backend(nat_spec)
     device = next(teacher.model.parameters()).device
     encoded = encode_examples(teacher.tokenizer, todo, p.max_length)
     for start in range(0, len(encoded), p.batch_size):
@@ -213,7 +214,7 @@ def fit(ctx: JobContext, p: TrainNceParams) -> dict[str, Any]:
     from peft import get_peft_model
 
     student = get_peft_model(student, p.lora_config())
-    teacher = nat_spec.open()
+    teacher = open_backend(nat_spec)
     train_set = [{**e, "beta": betas[e["source_id"]]} for e in encode_examples(tokenizer, examples, p.max_length)]
     row = training_of(p)
     summary = train(ctx, student, train_set, p.train_config(), row.load_objective()(teacher, pad_id(tokenizer), p))

@@ -28,7 +28,7 @@ import torch
 from sqlalchemy import case, func, select
 
 from rplat.errors import UserError
-from rplat.llm.load import ensure_bundled
+from rplat.llm.resolve import ensure_bundled
 from rplat.lookup import dataset_id
 from rplat.methods.ranker import (
     ENCODER_KINDS,

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from rplat.llm.load import base_of, load, prepare_backend
+from rplat.llm.load import load
+from rplat.llm.resolve import base_of, prepare_backend
 from rplat.methods.negatives import mle_and_unlikelihood, weighted_nll
 from rplat.registry import get_model
 from rplat.runners.framework.context import JobContext

@@ -1,8 +1,10 @@
 """One way to talk to models: the backend protocol every generation and scoring call goes through.
 
 Backends: `hf` (transformers in-process), `openai` (any OpenAI-compatible server: vLLM, SGLang, hosted
-APIs). Every call from a job goes through `rplat.llm.cache.CachedBackend`, keyed by (model fingerprint,
-prompt hash, sampling params, sample index), so a re-run after a crash regenerates nothing already stored.
+APIs). A registered model is opened in two steps: `rplat.llm.resolve.prepare_backend` reads the registry into
+a `BackendSpec` (no weights), and `rplat.llm.load.open_backend(spec)` loads it. Every call from a job goes
+through `rplat.llm.cache.CachedBackend`, keyed by (model fingerprint, prompt hash, sampling params, sample
+index), so a re-run after a crash regenerates nothing already stored.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -91,19 +90,6 @@ class HFBackend:
                 warnings.warn(f"rplat's hf fast paths are off: {reason}. Scoring and generation take the plain "
                               f"path (same numbers, slower); set {FAST_ENV}=0 to silence this.", RuntimeWarning,
                               stacklevel=2)
-
-    @classmethod
-    def load(cls, path: str | Path, *, fingerprint: str, device: str | None = None, batch_size: int = 8,
-             fast: bool = True, prefix_cache_bytes: int | None = None) -> HFBackend:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype).to(device)
-        return cls(model, tokenizer, fingerprint=fingerprint, batch_size=batch_size, fast=fast,
-                   prefix_cache_bytes=prefix_cache_bytes)
 
     @property
     def fast(self) -> bool:

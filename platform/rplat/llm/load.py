@@ -1,16 +1,14 @@
 """The one model loader: shared bases with unmerged adapters, a bounded LRU, backends over them.
 
-`load(spec)` opens a registered model's module and tokenizer. `trainable=False` gives the shared module, kept
-in an LRU of base modules (at most RPLAT_MAX_LOADED_MODELS of them, default 2, and at most RPLAT_MAX_LOADED_BYTES
-of weights when that is set); every adapter of the same base is attached to that one module, unmerged, under a
+A `BackendSpec` from `rplat.llm.resolve.prepare_backend` says what to open; this module loads it, and never
+reads the registry. `open_backend(spec)` is the one way to open a model's backend: for `hf`, one
+`SharedModelBackend` per (base, adapters) view of a shared module, each call switching the view's adapters on
+under the module's lock; for `openai`, a client of the spec's server with the model's own tokenizer.
+`load(spec)` gives the module and tokenizer themselves. `trainable=False` gives the shared module, kept in an
+LRU of base modules (at most RPLAT_MAX_LOADED_MODELS of them, default 2, and at most RPLAT_MAX_LOADED_BYTES of
+weights when that is set); every adapter of the same base is attached to that one module, unmerged, under a
 name of its own (the format registry in `rplat.llm.formats` says how). `trainable=True` gives a fresh private
-copy, never cached, for a training job to modify. `BackendSpec.open()` builds one `HFBackend` per (base,
-adapters) view of a shared module; each call switches the view's adapters on under the module's lock.
-
-Jobs resolve a model in two steps: `prepare_backend` reads the registry (and converts the bundled model on
-first use) in short transactions of its own, then `BackendSpec.open()` loads the weights. Neither happens
-inside a job's write transaction, which on SQLite would hold the database lock (and starve the heartbeat)
-for as long as a conversion or a load takes."""
+copy, never cached, for a training job to modify."""
 
 from __future__ import annotations
 
@@ -22,20 +20,13 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
-
 from rplat.errors import UserError
-from rplat.hashing import content_hash
 from rplat.llm import Backend, Completion, Message, Sampling
-from rplat.llm.formats import adapter_formats, get_format
-from rplat.models import Model, ModelParent
-from rplat.registry import get_model
-from rplat.store import transaction
+from rplat.llm.formats import get_format
+from rplat.llm.resolve import Adapter, BackendSpec
 
 if TYPE_CHECKING:
     import torch
@@ -45,45 +36,14 @@ if TYPE_CHECKING:
 DEFAULT_MAX_LOADED_MODELS = 2
 
 
-@dataclass(frozen=True)
-class Adapter:
-    """An adapter to attach to a base module: its registry name, format, directory and weights' fingerprint."""
+def open_backend(spec: BackendSpec) -> Backend:
+    """The backend of `spec`: its shared base's view with its adapters (`hf`), or its server (`openai`)."""
+    if spec.backend == "hf":
+        return _shared(spec, spec.adapters, None, spec.device).view(spec.adapters, spec.fingerprint)
+    from rplat.llm.openai import OpenAIBackend  # on first use: only a served model needs httpx
 
-    name: str
-    format: str
-    path: str
-    fingerprint: str
-
-    @property
-    def slot(self) -> str:
-        """Its name inside the shared module: one per distinct weights (two registry names of the same files
-        share it), and a valid torch module name."""
-        return f"{self.format}_{self.fingerprint[:16]}"
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """Everything needed to open a model's backend, read from the registry; `open()` does the slow part.
-
-    `fingerprint` is the effective one (base and adapters together), which the generation cache keys on."""
-
-    backend: str
-    name: str
-    base_path: str
-    fingerprint: str
-    base_fingerprint: str
-    adapters: tuple[Adapter, ...] = ()
-    url: str | None = None
-    served_name: str | None = None
-    device: str | None = None
-
-    def open(self) -> Backend:
-        if self.backend == "hf":
-            return _shared(self, self.adapters, None, self.device).view(self.adapters, self.fingerprint)
-        from rplat.llm.openai import OpenAIBackend
-
-        assert self.url is not None and self.served_name is not None
-        return OpenAIBackend.for_model(self.url, self.served_name, self.base_path, fingerprint=self.fingerprint)
+    assert spec.url is not None and spec.served_name is not None
+    return OpenAIBackend(spec.url, spec.served_name, load_tokenizer(spec.base_path), fingerprint=spec.fingerprint)
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -93,7 +53,7 @@ def load(spec: BackendSpec, *, adapters: Sequence[Adapter] | None = None, traina
          dtype: torch.dtype | None = None, device: str | None = None) -> tuple[Any, Any]:
     """(module, tokenizer) of `spec`'s base with `adapters` attached unmerged (default: the spec's own; `()` for
     the bare base). `trainable=False`: the shared, cached module in eval mode, frozen; calls on it must run
-    with its adapters switched on, as the backends from `BackendSpec.open()` do (`backend.activated()`).
+    with its adapters switched on, as the backends from `open_backend` do (`backend.activated()`).
     `trainable=True`: a fresh private copy, never cached, its adapters trainable. Default dtype: bfloat16 on a
     GPU that supports it, else float32; default device: CUDA when available, else CPU."""
     chosen = spec.adapters if adapters is None else tuple(adapters)
@@ -365,92 +325,3 @@ def _shared(spec: BackendSpec, adapters: Sequence[Adapter], dtype: torch.dtype |
     entry = LOADED.get(spec.base_path, spec.base_fingerprint, dtype, device)
     entry.attach(adapters)
     return entry
-
-
-# --- the registry side -------------------------------------------------------------------------------------
-
-
-def base_of(session: Session, model: Model) -> Model:
-    """The base model an adapter was trained on (the model itself if it is not an adapter)."""
-    if model.format not in adapter_formats():
-        return model
-    parent_id = session.scalar(select(ModelParent.parent_id).where(ModelParent.model_id == model.id,
-                                                                   ModelParent.relation == "base"))
-    if parent_id is None:
-        raise UserError(f"adapter {model.name!r} has no base model recorded; re-register it with its base.")
-    return session.get(Model, parent_id)  # type: ignore[return-value]
-
-
-def effective_fingerprint(session: Session, model: Model) -> str:
-    """Base and adapter weights together: the same adapter on two bases is two cache identities."""
-    if model.format not in adapter_formats():
-        return model.fingerprint
-    return content_hash(base_of(session, model).fingerprint, model.fingerprint)
-
-
-def resolve_backend(session: Session, name: str, *, backend: str = "hf", endpoint: str | None = None,
-                    device: str | None = None) -> BackendSpec:
-    """Registry look-up only: the model, its base, its cache identity and where it is served."""
-    model = get_model(session, name)
-    base = base_of(session, model)
-    if base.format != "base":
-        raise UserError(f"model {name!r} is a {base.format} model, not a language model; pick an LLM or an adapter "
-                        "of one (see `rplat models ls`).")
-    if not base.path or not Path(base.path).exists():
-        raise UserError(f"the weights of model {base.name!r} are missing at {base.path}; re-register the model.")
-    fingerprint = effective_fingerprint(session, model)
-    adapters = (Adapter(model.name, model.format, model.path or "", model.fingerprint),) \
-        if model.format in adapter_formats() else ()
-    if backend == "hf":
-        return BackendSpec("hf", name, base.path, fingerprint, base.fingerprint, adapters, device=device)
-    if backend == "openai":
-        from rplat.serve import live_server
-
-        server = None if endpoint else live_server(session, model.id)
-        url = endpoint or (server.url if server else None) or os.environ.get("RPLAT_OPENAI_BASE_URL")
-        if not url:
-            raise UserError(f"no endpoint for model {name!r}; pass --param endpoint=URL "
-                            "or start one with `rplat serve`.")
-        served = server.served_name if server else name
-        return BackendSpec("openai", name, base.path, fingerprint, base.fingerprint, adapters, url=url,
-                           served_name=served)
-    raise UserError(f"unknown backend {backend!r}; use hf or openai.")
-
-
-def ensure_bundled(engine: Engine, name: str, home: Path | None = None) -> None:
-    """If `name` is the bundled SmolLM2 and not yet usable, convert it (outside any transaction: it takes ~40 s)
-    and register it (in a short one of its own). Other names are left to the registry."""
-    from rplat.bundled import SMOLLM2, convert_smollm2, ensure_smollm2
-
-    if name != SMOLLM2:
-        return
-    with transaction(engine.execution_options(rplat_readonly=True)) as s:
-        found = s.scalar(select(Model.path).where(Model.name == name))
-    if found is None or not Path(found).exists():
-        from rplat.config import get_settings
-
-        home = home or get_settings().home
-        convert_smollm2(home)
-        with transaction(engine) as s:
-            ensure_smollm2(s, home)
-
-
-def prepare_backend(engine: Engine, name: str, *, backend: str = "hf", endpoint: str | None = None,
-                    device: str | None = None, home: Path | None = None) -> BackendSpec:
-    """`resolve_backend` in a read transaction of its own, after `ensure_bundled`."""
-    ensure_bundled(engine, name, home)
-    with transaction(engine.execution_options(rplat_readonly=True)) as s:
-        return resolve_backend(s, name, backend=backend, endpoint=endpoint, device=device)
-
-
-def open_backend(session: Session, name: str, *, backend: str = "hf", endpoint: str | None = None,
-                 device: str | None = None, home: Path | None = None) -> Backend:
-    """The backend for registered model `name` within the caller's session (the bundled SmolLM2 is converted
-    and registered on first use); jobs use `prepare_backend` instead."""
-    from rplat.bundled import SMOLLM2, ensure_smollm2
-
-    if name == SMOLLM2 and session.scalar(select(Model.id).where(Model.name == name)) is None:
-        from rplat.config import get_settings
-
-        ensure_smollm2(session, home or get_settings().home)
-    return resolve_backend(session, name, backend=backend, endpoint=endpoint, device=device).open()

@@ -1,10 +1,10 @@
 """The `openai` backend: any OpenAI-compatible completions server (vLLM, SGLang, hosted APIs).
 
-Prompts are sent as token ids encoded by the model's own tokenizer (loaded from the registered model
-directory), so scoring covers exactly the continuation's tokens — the same tokens the `hf` backend scores —
-and prompt log-probs come back through `echo`. Requests run concurrently up to a limit and retry with
-exponential backoff on connection errors, 429 and 5xx. The API key is read from an environment variable,
-never from code or the database.
+Prompts are sent as token ids encoded by the model's own tokenizer (`rplat.llm.load.open_backend` passes the
+one saved in the registered model directory), so scoring covers exactly the continuation's tokens — the same
+tokens the `hf` backend scores — and prompt log-probs come back through `echo`. Requests run concurrently up
+to a limit and retry with exponential backoff on connection errors, 429 and 5xx. The API key is read from an
+environment variable, never from code or the database.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,13 +37,6 @@ class OpenAIBackend:
         key = os.environ.get(api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-
-    @classmethod
-    def for_model(cls, base_url: str, served_model: str, model_path: str | Path, *, fingerprint: str,
-                  **kwargs: Any) -> OpenAIBackend:
-        from rplat.llm.load import load_tokenizer
-
-        return cls(base_url, served_model, load_tokenizer(model_path), fingerprint=fingerprint, **kwargs)
 
     # --- HTTP --------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -23,8 +23,13 @@ from rplat.llm.hf_fast import packed
 from rplat.llm.hf_fast.attention import gqa_attention
 from rplat.llm.hf_fast.prefix import PrefixStore, plain_layers, prefilled
 
-if TYPE_CHECKING:
-    from rplat.llm.hf import HFBackend
+
+class Owner(Protocol):
+    """The backend the fast paths serve (an `HFBackend`), read at every call: the loader replaces its `model`
+    when the first adapter wraps the shared base."""
+
+    model: Any
+    tokenizer: Any
 
 
 def adapters(model: Any) -> tuple[str, ...]:
@@ -65,7 +70,7 @@ class FastPaths:
     """The fast paths of one `HFBackend`: its prefix store holds KV caches of its current model and adapter only
     (a new model or another active adapter starts an empty store)."""
 
-    def __init__(self, backend: HFBackend, budget: int) -> None:
+    def __init__(self, backend: Owner, budget: int) -> None:
         self.backend = backend
         self.budget = budget
         self._model: weakref.ref[Any] | None = None  # weak: a replaced model must not stay in memory for this
