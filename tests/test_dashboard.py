@@ -38,6 +38,7 @@ from rplat.models import (
     Step,
     StepCandidate,
 )
+from rplat.ports import free_port
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.store import transaction
 
@@ -146,16 +147,10 @@ def seed(store: Store) -> dict[str, int]:
 # --- the server and the browser ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def running_dashboard(store: Store, log: Path) -> Iterator[tuple[str, int]]:
     """`rplat dashboard` as a real subprocess; yields its URL and port once Streamlit answers its health check."""
-    port = _free_port()
+    port = free_port()
     with log.open("w") as out:
         proc = store.popen("dashboard", "--port", str(port), stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -365,7 +360,7 @@ def test_the_dashboards_connection_cannot_write(db) -> None:  # type: ignore[no-
 
 
 def test_dashboard_refuses_a_store_that_is_not_at_head(empty_db) -> None:  # type: ignore[no-untyped-def]
-    proc = empty_db.rplat("dashboard", "--port", str(_free_port()), timeout=60)
+    proc = empty_db.rplat("dashboard", "--port", str(free_port()), timeout=60)
     assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode, ["not at head", "rplat db upgrade"])
 
 

@@ -36,6 +36,7 @@ from rplat.errors import UserError
 from rplat.llm.resolve import base_of, ensure_bundled, live_server
 from rplat.models import Model, utcnow
 from rplat.models import Server as ServerRow
+from rplat.ports import check_port, free_port
 from rplat.registry import get_model
 from rplat.store import transaction
 
@@ -86,23 +87,6 @@ def find_vllm(explicit: str | None = None) -> str:
     if found:
         return found
     raise UserError("no vllm executable found; run `make vllm` (it builds .venv-vllm) or pass --vllm PATH.")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def check_port(host: str, port: int, fix: str) -> None:
-    """Fail with one sentence unless `host:port` can be listened on; `fix` says what to change."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        # Servers set SO_REUSEADDR too, so only a live listener (not a TIME_WAIT leftover) makes this fail.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}.") from None
 
 
 def _url(host: str, port: int) -> str:

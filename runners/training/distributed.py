@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from rplat import kinds
 from rplat.errors import LeaseLost, UserError
 from rplat.kinds import Params
 from rplat.models import Job
+from rplat.ports import free_port
 from rplat.queue import ClaimedJob, Queue
 from rplat.runners.framework.context import JobContext
 from rplat.store import get_engine, transaction
@@ -72,12 +72,6 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- the handler's side ----------------------------------------------------------------------------------------
 
 
@@ -95,7 +89,7 @@ def launch(ctx: JobContext, target: str, nproc: int) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     torchrun = ["--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-                "--master-port", str(_free_port()), "--max-restarts", "0"]
+                "--master-port", str(free_port()), "--max-restarts", "0"]
     worker = ["-m", "rplat.runners.training.distributed", "worker", "--target", target, "--job", str(ctx.job_id),
               "--token", str(ctx.job.lease_token), "--runner", ctx.runner, "--run-dir", str(run_dir)]
     env = {**os.environ, "RPLAT_DATABASE_URL": ctx.engine.url.render_as_string(hide_password=False),

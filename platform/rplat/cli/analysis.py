@@ -255,7 +255,7 @@ def dashboard(host: str, port: int) -> None:
     import os
 
     from rplat import dashboard as dashboard_package
-    from rplat.serve import check_port
+    from rplat.ports import check_port
 
     open_store()
     check_port(host, port, "pick another address with --host or port with --port")
