@@ -13,7 +13,7 @@ DEMO_EXTRACT ?= 12
 DEMO_TRAIN_STEPS ?= 20
 DEMO_PIPELINE_PARAMS ?= {"extract-rationales": {"max_units": 6, "max_tokens": 48}, \
   "train-rationalyst": {"max_length": 256}, \
-  "solve": {"n_fewshot": 2, "max_steps": 5, "n_samples": 3, "step_tokens": 48, "rationale_tokens": 32}}
+  "solve": {"n_fewshot": 2, "max_solve_steps": 5, "n_samples": 3, "step_tokens": 48, "rationale_tokens": 32}}
 DEMO_TDG_TRAIN ?= 32
 DEMO_TDG_TEST ?= 12
 DEMO_TDG_CHAINS ?= 4
