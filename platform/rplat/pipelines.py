@@ -89,6 +89,13 @@ TDG_TRAIN_GROUP = "train"
 TDG_ASC_SAMPLE = "asc-sample"
 
 
+def tdg_override_kinds(key: str) -> tuple[str, ...]:
+    """The kinds whose params a TDG params-file key sets."""
+    if key == TDG_TRAIN_GROUP:
+        return tuple(row.name for row in TRAINING)
+    return ("sample",) if key == TDG_ASC_SAMPLE else (key,)
+
+
 @dataclass
 class TdgPipeline:
     """(collect-chains) -> neg -> nat -> nce, the baselines beside them; greedy sample + evaluate per model; ASC.
@@ -161,7 +168,7 @@ class TdgPipeline:
         self._check()
 
         def params(kind: str, values: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-            group = self.overrides.get(TDG_TRAIN_GROUP, {}) if any(kind == row.name for row in TRAINING) else {}
+            group = self.overrides.get(TDG_TRAIN_GROUP, {}) if kind in tdg_override_kinds(TDG_TRAIN_GROUP) else {}
             group, own = _current(kind, group), _current(kind, self.overrides.get(key or kind, {}))
             merged = {k: v for k, v in {**values, **group, **own}.items() if v is not None}
             return kinds.validate_params(kind, merged)

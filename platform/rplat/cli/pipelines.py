@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -19,7 +20,7 @@ def pipeline() -> None:
     """Enqueue a method's whole DAG of jobs at once."""
 
 
-def _overrides(params_file: str | None, kinds_of: Any) -> dict[str, Any]:
+def _overrides(params_file: str | None, kinds_of: Callable[[str], Iterable[str]]) -> dict[str, Any]:
     """The params file's overrides per key, after a deprecation line for each old parameter name they use;
     `kinds_of(key)` names the kinds a key applies to."""
     overrides = load_params_file(params_file) if params_file else {}
@@ -91,13 +92,10 @@ def pipeline_tdg(problems: str, test: str, teacher: str, student: str, experimen
     """(collect-chains) -> train-neg -> train-nat -> train-nce, the baselines (sft, kd, mix, nt, ul) beside them,
     then a greedy sample and its evaluation for every model and the untrained student; ASC: train-ranker on
     the chains, sampled chains of one model, score-samples, aggregate (greedy, sc, asc-f0..f3)."""
-    from rplat.pipelines import TDG_ASC_SAMPLE, TDG_TRAIN_GROUP, TdgPipeline
+    from rplat.pipelines import TdgPipeline, tdg_override_kinds
     from rplat.runners.tdg.kinds import TRAINING
 
-    def kinds_of(key: str) -> list[str]:
-        return {TDG_TRAIN_GROUP: [row.name for row in TRAINING], TDG_ASC_SAMPLE: ["sample"]}.get(key, [key])
-
-    overrides = _overrides(params_file, kinds_of)
+    overrides = _overrides(params_file, tdg_override_kinds)
     ids = TdgPipeline(problems=problems, test=test, student=student, teacher=teacher, experiment=experiment,
                       teacher_samples=teacher_samples, limit=limit, train_steps=train_steps, asc_samples=asc_samples,
                       asc_temperature=asc_temperature, asc_setting=asc_setting,
