@@ -13,7 +13,7 @@ DEMO_EXTRACT ?= 12
 DEMO_TRAIN_STEPS ?= 20
 DEMO_PIPELINE_PARAMS ?= {"extract-rationales": {"max_units": 6, "max_tokens": 48}, \
   "train-rationalyst": {"max_length": 256}, \
-  "solve": {"n_fewshot": 2, "max_steps": 5, "n_samples": 3, "step_tokens": 48, "rationale_tokens": 32}}
+  "solve": {"n_fewshot": 2, "max_solve_steps": 5, "n_samples": 3, "step_tokens": 48, "rationale_tokens": 32}}
 DEMO_TDG_TRAIN ?= 32
 DEMO_TDG_TEST ?= 12
 DEMO_TDG_CHAINS ?= 4
@@ -61,7 +61,7 @@ define demo_tdg_enqueue
 	$(BIN)/rplat import problems $(CACHE)/sums-test.jsonl --dataset sums-test --id-field id --benchmark sums --split test --subject-field subject --append
 	$(BIN)/rplat experiments ls --json | grep -qF '"name": "demo-tdg",' || $(BIN)/rplat experiments add demo-tdg --description "make demo: TDG"
 	echo '$(DEMO_TDG_PARAMS)' > $(CACHE)/demo-tdg.json
-	$(BIN)/rplat pipeline tdg --experiment demo-tdg --benchmark sums-train --test sums-test --teacher smollm2-135m-instruct --student smollm2-135m-instruct --n-chains $(DEMO_TDG_CHAINS) --train-steps $(DEMO_TDG_STEPS) --asc-samples $(DEMO_TDG_ASC) --params-file $(CACHE)/demo-tdg.json
+	$(BIN)/rplat pipeline tdg --experiment demo-tdg --problems sums-train --test sums-test --teacher smollm2-135m-instruct --student smollm2-135m-instruct --teacher-samples $(DEMO_TDG_CHAINS) --train-steps $(DEMO_TDG_STEPS) --asc-samples $(DEMO_TDG_ASC) --params-file $(CACHE)/demo-tdg.json
 endef
 
 define demo_tdg_report
@@ -93,7 +93,7 @@ demo: install $(CACHE)/boolq-dev.jsonl
 	$(BIN)/rplat generate reasoning-gym gsm_symbolic --size $(DEMO_TEST) --seed 1 --out $(CACHE)/gsm_symbolic-test.jsonl
 	$(BIN)/rplat import problems $(CACHE)/gsm_symbolic-test.jsonl --dataset gsm-symbolic-test --id-field id --benchmark gsm8k --split test --subject-field subject --append
 	echo '$(DEMO_PIPELINE_PARAMS)' > $(CACHE)/demo-pipeline.json
-	$(BIN)/rplat pipeline rationalyst --experiment demo --documents wiki-boolq --benchmark gsm-symbolic --test gsm-symbolic-test --extract-mode insert --extract-limit $(DEMO_EXTRACT) --train-steps $(DEMO_TRAIN_STEPS) --params-file $(CACHE)/demo-pipeline.json
+	$(BIN)/rplat pipeline rationalyst --experiment demo --documents wiki-boolq --problems gsm-symbolic --test gsm-symbolic-test --extract-mode insert --extract-limit $(DEMO_EXTRACT) --train-steps $(DEMO_TRAIN_STEPS) --params-file $(CACHE)/demo-pipeline.json
 	$(demo_tdg_enqueue)
 	# Both papers' DAGs are queued; two runners work them off together.
 	$(two_runners)

@@ -104,7 +104,7 @@ def run_rplat(backend: HFBackend, demos: list[tuple[str, str]], todo: list[tuple
     calls = Calls()
     models = Models(*(Recording(backend, engine, calls) for _ in range(3)))
     params = SolveParams(problems="bench", method="rationalyst-implicit", rationalyst="bench", model="bench",
-                         n_candidates=N_CANDIDATES, temperature=TEMPERATURE, max_steps=steps)
+                         n_candidates=N_CANDIDATES, temperature=TEMPERATURE, max_solve_steps=steps)
     solver = Solver(params, models, fewshot_messages(demos))
     batch = [Trajectory(k, q, gold, 0) for k, (q, gold) in enumerate(todo)]
     t0 = time.perf_counter()

@@ -47,8 +47,8 @@ def rationales_page() -> None:
     b.metric("kept", int(rows["kept"].fillna(False).astype(bool).sum()))
     c.metric("leaks", int(rows["leak"].fillna(False).astype(bool).sum()))
     d.metric("mean loss delta", f"{rows.loc[scored, 'loss_delta'].mean():.4f}" if scored.any() else "-")
-    table(rows[["rationale_id", "extract_job_id", "score_job_id", "source", "loss_delta", "s_with", "s_without",
-                "tau", "kept", "overlap", "leak", "rationale", "item", "experiment"]])
+    table(rows[["rationale_id", "extract_rationales_job_id", "score_rationales_job_id", "source", "loss_delta",
+                "s_with", "s_without", "tau", "kept", "overlap", "leak", "rationale", "item", "experiment"]])
     groups = queries.loss_delta_groups(rows)
     if not groups.empty:
         st.subheader("Loss deltas")
@@ -65,11 +65,11 @@ def rationales_page() -> None:
               for r in rows.itertuples()}
     picked = st.selectbox("rationale", list(labels), format_func=labels.__getitem__)
     row = rows.set_index("rationale_id").loc[picked]
-    st.caption(f"extracted by job {row.extract_job_id} ({row.extractor}); "
-               + (f"scored by job {int(row.score_job_id)} ({row.scorer}), tau {_number(row.tau)}, "
+    st.caption(f"extracted by job {row.extract_rationales_job_id} ({row.extractor}); "
+               + (f"scored by job {int(row.score_rationales_job_id)} ({row.scorer}), tau {_number(row.tau)}, "
                   f"overlap with the following text {_number(row.overlap)}, "
                   f"{'a leak, ' if _true(row.leak) else ''}{'kept' if row.kept else 'dropped'}"
-                  if pd.notna(row.score_job_id) else "not scored yet"))
+                  if pd.notna(row.score_rationales_job_id) else "not scored yet"))
     a, b, c = st.columns(3)
     a.metric("S_without", _number(row.s_without))
     b.metric("S_with", _number(row.s_with))

@@ -47,7 +47,8 @@ def rationales(con: duckdb.DuckDBPyConnection, sources: Sequence[str], kept: boo
     """Scored and unscored rationales of the chosen sources, by loss delta (unscored last); `leak` True keeps only
     the rationales marked as leaks (copies of the text they precede), False only the others."""
     return frame(con, f"""
-        SELECT rationale_id, extract_job_id, score_job_id, experiment, source, loss_delta, s_with, s_without,
+        SELECT rationale_id, extract_rationales_job_id, score_rationales_job_id, experiment, source, loss_delta,
+               s_with, s_without,
                tau, kept, overlap, leak, rationale, preceding, following, dataset,
                coalesce(document, problem) AS item, extractor, scorer
         FROM rationales

@@ -47,7 +47,7 @@ def chains_page() -> None:
     if len(rows) < total:
         st.caption(f"The first {len(rows)} of the {total} matching chains, by problem; narrow the filters to see "
                    "the others.")
-    table(rows.drop(columns=["chain"]))
+    table(rows.drop(columns=["text"]))
 
     st.subheader("One problem's chains")
     problems = rows.drop_duplicates("problem_id")
@@ -62,7 +62,7 @@ def chains_page() -> None:
         verdicts = f"Hendrycks {_tick(r.hendrycks_correct)}, math-verify {_tick(r.math_verify_correct)}"
         st.markdown(f"**{r.teacher}, chain {r.sample_idx}: {r.label}** (extracted `{_text(r.extracted_answer)}`, "
                     f"gold `{_text(r.gold)}`; {verdicts}; job {r.job_id})")
-        st.text(r.chain)
+        st.text(r.text)
 
 
 def votes_page() -> None:
@@ -80,7 +80,7 @@ def votes_page() -> None:
     job = st.selectbox("run (aggregate job / model)", list(labels), format_func=labels.__getitem__)
     run = runs.set_index("job_id").loc[job]
     sample_job = int(run.sample_job_id)
-    score_job = None if pd.isna(run.score_job_id) else int(run.score_job_id)
+    score_samples_job = None if pd.isna(run.score_samples_job_id) else int(run.score_samples_job_id)
     left, right = st.columns(2)
     disagree = left.checkbox("only problems where ASC and SC disagree")
     failed = right.checkbox("only problems every method failed")
@@ -99,7 +99,7 @@ def votes_page() -> None:
         st.info("No problem of this run matches these filters.")
     else:
         table(queries.votes_wide(shown))
-        _one_problem(con, shown, sample_job, score_job)
+        _one_problem(con, shown, sample_job, score_samples_job)
 
     everything = queries.votes(con, job)
     voted = everything[~everything["method"].isin(["greedy", "asc-f0"])].dropna(subset=["margin"])
@@ -122,7 +122,7 @@ def votes_page() -> None:
     repeats = int(left.number_input("random subsets per k", min_value=1, max_value=500, value=20))
     seed = int(right.number_input("seed", value=0, step=1))
     functions = [m.removeprefix("asc-") for m in run.methods if m.startswith("asc-") and m != "asc-f0"]
-    curve = _asc_curve(get_settings().database_url, sample_job, score_job, tuple(functions), repeats, seed)
+    curve = _asc_curve(get_settings().database_url, sample_job, score_samples_job, tuple(functions), repeats, seed)
     if curve.empty:
         st.info(f"Sample job {sample_job} stored no samples.")
         return
@@ -137,14 +137,15 @@ def votes_page() -> None:
 
 
 @st.cache_data(show_spinner="Subsampling the votes...", max_entries=32)
-def _asc_curve(database_url: str, sample_job: int, score_job: int | None, functions: tuple[str, ...], repeats: int,
-               seed: int) -> pd.DataFrame:
+def _asc_curve(database_url: str, sample_job: int, score_samples_job: int | None, functions: tuple[str, ...],
+               repeats: int, seed: int) -> pd.DataFrame:
     # Seconds on thousands of problems, and a finished job's samples and scores never change: once per input.
-    return queries.asc_curve(store(database_url), sample_job, score_job, functions, repeats=repeats, seed=seed)
+    return queries.asc_curve(store(database_url), sample_job, score_samples_job, functions, repeats=repeats,
+                             seed=seed)
 
 
-def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, sample_job: int, score_job: int | None
-                 ) -> None:
+def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, sample_job: int,
+                 score_samples_job: int | None) -> None:
     st.subheader("One problem's samples and votes")
     problems = shown.drop_duplicates("problem_id")
     labels = {int(r.problem_id): f"{r.problem} ({_text(r.subject, 'no subject')}): gold {_text(r.gold)}"
@@ -156,10 +157,11 @@ def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, sample_job
         st.text(question)
     table(shown[shown["problem_id"] == picked][["method", "answer", "correct", "credit", "vote_mass", "tie_size",
                                                 "margin"]])
-    samples = queries.samples_of(con, sample_job, score_job, picked)
+    samples = queries.samples_of(con, sample_job, score_samples_job, picked)
     st.markdown(f"**samples** (sample job {sample_job}"
-                + (f", ranker scores of job {score_job})" if score_job is not None else ", not scored)"))
-    table(samples[["sample_idx", "extracted_answer", "correct", "score", "truncated", "finish_reason", "chain"]])
+                + (f", ranker scores of job {score_samples_job})" if score_samples_job is not None
+                   else ", not scored)"))
+    table(samples[["sample_idx", "extracted_answer", "correct", "score", "truncated", "finish_reason", "text"]])
 
 
 def training_page() -> None:
@@ -191,10 +193,10 @@ def training_page() -> None:
         return
     left, right = st.columns(2)
     nat_job = left.selectbox("train-nat job", nat_jobs, format_func=lambda j: labels.get(j, f"job {j}"))
-    alpha = queries.nat_alpha(con, nat_job)
-    projections = sorted(alpha["proj"].unique())
+    w_neg = queries.nat_w_neg(con, nat_job)
+    projections = sorted(w_neg["proj"].unique())
     proj = right.selectbox("projection", [ALL_PROJECTIONS, *projections])
-    drawn = alpha if proj == ALL_PROJECTIONS else alpha[alpha["proj"] == proj]
+    drawn = w_neg if proj == ALL_PROJECTIONS else w_neg[w_neg["proj"] == proj]
     # A real model has dozens of layers: one line per layer, coloured along the depth, the projections averaged.
     st.altair_chart(alt.Chart(drawn).mark_line(point=True).encode(
         x=alt.X("step:Q", title="optimizer step", axis=STEPS),

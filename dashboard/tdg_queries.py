@@ -50,7 +50,7 @@ def chains(con: duckdb.DuckDBPyConnection, teachers: Sequence[str] = (), subject
     return frame(con, f"""
         SELECT problem_id, problem, subject, level, teacher, sample_idx, label, extracted_answer, gold,
                labeler, hendrycks_correct, math_verify_correct, labelers_disagree, n_chars, chain_id, job_id,
-               experiment, chain
+               experiment, text
         FROM chains WHERE {where}
         ORDER BY problem_id, teacher, sample_idx
         LIMIT {ROW_LIMIT}""", params)
@@ -79,10 +79,11 @@ def problem_question(con: duckdb.DuckDBPyConnection, problem_id: int) -> str | N
 
 
 def aggregate_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Aggregate jobs with predictions, newest first: their model, experiment and the sample/score jobs voted on."""
+    """Aggregate jobs with predictions, newest first: their model, experiment and the sample and score-samples jobs
+    voted on."""
     return frame(con, """
         SELECT p.job_id, any_value(p.model) AS model, any_value(p.experiment) AS experiment,
-               any_value(p.sample_job_id) AS sample_job_id, any_value(p.score_job_id) AS score_job_id,
+               any_value(p.sample_job_id) AS sample_job_id, any_value(p.score_samples_job_id) AS score_samples_job_id,
                count(DISTINCT p.problem_id) AS problems, list_sort(list(DISTINCT p.method)) AS methods
         FROM predictions p JOIN job_timeline j ON j.job_id = p.job_id
         WHERE j.kind = 'aggregate'
@@ -130,19 +131,19 @@ def run_accuracies(con: duckdb.DuckDBPyConnection, aggregate_job: int) -> pd.Dat
     return _with_interval(rows, rows["n_correct"], rows["n"])
 
 
-def samples_of(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int | None, problem_id: int
+def samples_of(con: duckdb.DuckDBPyConnection, sample_job: int, score_samples_job: int | None, problem_id: int
                ) -> pd.DataFrame:
     """One problem's samples in a sample job with their answers and (if scored) ranker scores."""
     return frame(con, """
-        SELECT s.sample_idx, s.extracted_answer, s.correct, r.score, r.truncated, s.finish_reason, s.chain,
-               s.sample_id, s.sample_job_id, r.score_job_id
+        SELECT s.sample_idx, s.extracted_answer, s.correct, r.score, r.truncated, s.finish_reason, s.text,
+               s.sample_id, s.sample_job_id, r.score_samples_job_id
         FROM samples s
-        LEFT JOIN sample_scores r ON r.sample_id = s.sample_id AND r.score_job_id = ?
+        LEFT JOIN sample_scores r ON r.sample_id = s.sample_id AND r.score_samples_job_id = ?
         WHERE s.sample_job_id = ? AND s.problem_id = ?
-        ORDER BY s.sample_idx""", [score_job, sample_job, problem_id])
+        ORDER BY s.sample_idx""", [score_samples_job, sample_job, problem_id])
 
 
-def asc_curve(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int | None,
+def asc_curve(con: duckdb.DuckDBPyConnection, sample_job: int, score_samples_job: int | None,
               vote_functions: Sequence[str], repeats: int = 20, seed: int = 0) -> pd.DataFrame:
     """Accuracy against the number of samples k (1..n) for SC and each ASC vote function, from the stored
     samples (and scores), by repeated subsampling: method, k, accuracy, n (problems), ci_low, ci_high.
@@ -150,11 +151,11 @@ def asc_curve(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int | 
     The ballots are the aggregate job's own (`rplat.asc.sample_ballots`: normalised answers), so the curve at k = n
     is the stored accuracy, and the defaults are `rplat report asc`'s, so both show the same numbers."""
     columns = ["method", "k", "accuracy", "n", "ci_low", "ci_high"]
-    b = sample_ballots(con, sample_job, score_job)
+    b = sample_ballots(con, sample_job, score_samples_job)
     if b is None:
         return pd.DataFrame(columns=columns)
     ks = list(range(1, b.codes.shape[1] + 1))
-    # ASC needs a score for every sample; a score job that has not finished leaves SC alone.
+    # ASC needs a score for every sample; a score-samples job that has not finished leaves SC alone.
     methods = [(SC, "f0"), *((f"asc-{f}", f) for f in vote_functions if b.scores is not None)]
     curve = pd.concat([pd.DataFrame({"method": method, "k": ks,
                                      "accuracy": accuracy_curve(b.codes, b.correct, b.scores, ks, repeats, seed, f)})
@@ -202,11 +203,11 @@ def _numeric(extra: str | None) -> list[tuple[str, float]]:
 
 
 def nat_jobs(con: duckdb.DuckDBPyConnection) -> list[int]:
-    return [int(j) for j in values(con, "SELECT DISTINCT job_id FROM nat_alpha ORDER BY job_id DESC")]
+    return [int(j) for j in values(con, "SELECT DISTINCT job_id FROM nat_w_neg ORDER BY job_id DESC")]
 
 
-def nat_alpha(con: duckdb.DuckDBPyConnection, job_id: int) -> pd.DataFrame:
+def nat_w_neg(con: duckdb.DuckDBPyConnection, job_id: int) -> pd.DataFrame:
     """A train-nat job's mean w_neg per layer and projection at each logged step."""
     return frame(con, """
-        SELECT step, layer, proj, mean_w_neg FROM nat_alpha WHERE job_id = ? ORDER BY step, layer, proj""",
+        SELECT step, layer, proj, mean_w_neg FROM nat_w_neg WHERE job_id = ? ORDER BY step, layer, proj""",
                  [job_id])

@@ -18,7 +18,7 @@ from rplat.models import (
     Experiment,
     Job,
     Model,
-    NatAlphaLog,
+    NatWNeg,
     Prediction,
     Problem,
     RankerScore,
@@ -137,7 +137,7 @@ def seed_tdg(store: Store) -> dict[str, int]:
             ids[kind] = training[kind].id
             s.add_all([TrainingMetric(job_id=training[kind].id, step=step, loss=loss, lr=lr, extra=extra)
                        for step, loss, lr, extra in rows])
-        s.add_all([NatAlphaLog(job_id=training["train-nat"].id, step=step, layer=layer, proj=proj, mean_w_neg=w)
+        s.add_all([NatWNeg(job_id=training["train-nat"].id, step=step, layer=layer, proj=proj, mean_w_neg=w)
                    for step, layer, proj, w in NAT_ALPHA])
         train_ranker = _job(s, "train-ranker", experiment, problems="math-test", teacher="gpt-3.5",
                             ranker_name=RANKER)

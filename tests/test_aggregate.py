@@ -127,9 +127,10 @@ def test_aggregate_without_scores_stores_self_consistency_only(db) -> None:  # t
 
 
 @pytest.mark.parametrize(("case", "message"), [
-    ("other sample job", "score_job {score} scored sample job {sample}, not sample_job {other}"),
-    ("one sample", "sample_job {other} drew n=1 sample per problem, nothing to vote over"),
-    ("missing scores", "score_job {score} has no ranker score for 2 of the 12 samples of sample job {sample}"),
+    ("other sample job", "score_samples_job {score} scored sample job {sample}, not sample_job {other}"),
+    ("one sample", "sample_job {other} drew n_samples=1 sample per problem, nothing to vote over"),
+    ("missing scores",
+     "score_samples_job {score} has no ranker score for 2 of the 12 samples of sample job {sample}"),
 ])
 def test_aggregate_refuses_bad_inputs_in_one_sentence_and_writes_nothing(db, case: str, message: str) -> None:  # type: ignore[no-untyped-def]
     ids = _seed(db, scored=10 if case == "missing scores" else None)
@@ -190,4 +191,4 @@ def test_report_asc_on_an_experiment_without_aggregate_jobs_is_one_sentence(db, 
     assert code == 2
     assert err.strip().splitlines() == [
         "error: experiment 'empty' has no succeeded aggregate job; enqueue one with `rplat enqueue aggregate "
-        "--experiment empty --param sample_job=ID --param score_job=ID` and run it."]
+        "--experiment empty --param sample_job=ID --param score_samples_job=ID` and run it."]

@@ -286,7 +286,7 @@ CASES = [
     Case("enqueue-names-a-queued-job-it-does-not-wait-for", ("enqueue", "evaluate", "--param", "solve_job={job}"),
          ["names job {job}, which is still queued", "add --after {job}"], queued_solve),
     Case("pipeline-names-an-unknown-dataset",
-         ("pipeline", "rationalyst", "--documents", "nope", "--benchmark", "gsm", "--model", "tiny"),
+         ("pipeline", "rationalyst", "--documents", "nope", "--problems", "gsm", "--model", "tiny"),
          ["parameter 'documents' of prefilter names dataset 'nope', which does not exist"], tiny_and_gsm),
     # explain and serve
     Case("explain-an-unknown-table", ("explain", "rationale", "1"), ["there is no table 'rationale' with lineage",

@@ -271,8 +271,8 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(db, br
         ids = seed(db)
         text = visit(page, f"{url}/", "a leak, dropped",  # the highest delta, shown in its context
                      "Tom has 3 apples.", "He buys 4 more, so he has 7.")
-        assert [(r["rationale_id"], r["extract_job_id"], r["score_job_id"], r["loss_delta"], r["overlap"], r["leak"],
-                 r["rationale"]) for r in grid(page)] == [
+        assert [(r["rationale_id"], r["extract_rationales_job_id"], r["score_rationales_job_id"], r["loss_delta"],
+                 r["overlap"], r["leak"], r["rationale"]) for r in grid(page)] == [
             ("3", str(ids["extract"]), str(ids["score"]), "4.5", "1", "true", LEAK_RATIONALE),
             ("1", str(ids["extract"]), str(ids["score"]), "1.25", "0.125", "false", KEPT_RATIONALE),
             ("2", str(ids["extract"]), str(ids["score"]), "-0.375", "0", "false", DROPPED_RATIONALE)]

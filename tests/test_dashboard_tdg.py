@@ -80,7 +80,7 @@ def test_chains_where_the_labelers_disagree_are_the_unboxed_right_answers(duck: 
     assert [(r.problem, r.teacher, r.sample_idx, r.label, r.extracted_answer, r.gold, r.hendrycks_correct,
              r.math_verify_correct) for r in rows.itertuples()] == [
         ("m1", "gpt-3.5", 0, "neg", "42", "42", False, True), ("m2", "gpt-3.5", 1, "neg", "6", "6", False, True)]
-    assert rows["chain"].tolist() == ["7 * 6 = 42. The answer is 42.", "10 - 4 = 6\n#### 6"]
+    assert rows["text"].tolist() == ["7 * 6 = 42. The answer is 42.", "10 - 4 = 6\n#### 6"]
 
 
 def test_votes_keep_the_problems_where_asc_and_sc_disagree_or_every_method_failed(

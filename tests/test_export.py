@@ -32,12 +32,13 @@ def test_kept_rationales_export_to_parquet_with_the_lineage_of_their_extract_and
     assert (row["rationale_id"], row["rationale"], row["kept"], row["leak"]) == (
         w.kept_rationale, "Adding means counting on.", True, False)
     assert row["overlap"] == pytest.approx(0.10)
-    assert (row["extract_job_id"], row["extract_job_kind"], row["extract_job_model"],
-            row["extract_job_prompt_template"]) == (w.extract, "extract-rationales", "student", "extract-insert")
-    assert json.loads(row["extract_job_params"]) == {"model": "student", "mode": "insert"}
-    assert (row["score_job_id"], row["score_job_kind"], row["score_job_prompt_template"]) == (
-        w.score, "score-rationales", None)
-    assert json.loads(row["score_job_params"]) == {"extract_job": w.extract, "tau": 0.5}
+    assert (row["extract_rationales_job_id"], row["extract_rationales_job_kind"], row["extract_rationales_job_model"],
+            row["extract_rationales_job_prompt_template"]) == (w.extract, "extract-rationales", "student",
+                                                              "extract-insert")
+    assert json.loads(row["extract_rationales_job_params"]) == {"model": "student", "mode": "insert"}
+    assert (row["score_rationales_job_id"], row["score_rationales_job_kind"],
+            row["score_rationales_job_prompt_template"]) == (w.score, "score-rationales", None)
+    assert json.loads(row["score_rationales_job_params"]) == {"extract_job": w.extract, "tau": 0.5}
     assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}') WHERE NOT leak").fetchone() == (1,)
 
 
@@ -45,7 +46,7 @@ def test_predictions_export_as_jsonl_and_csv_with_the_same_rows(world: tuple[Sto
     db, w = world
     where = f"job_id = {w.b} AND method = 'sc'"
     assert export_view(db.url, "predictions", tmp_path / "sc.jsonl", where=where) == len(B_SC)
-    assert export_view(db.url, "predictions", tmp_path / "sc.txt", fmt="csv", where=where) == len(B_SC)
+    assert export_view(db.url, "predictions", tmp_path / "sc.txt", file_type="csv", where=where) == len(B_SC)
     lines = [json.loads(line) for line in (tmp_path / "sc.jsonl").read_text().splitlines()]
     with open(tmp_path / "sc.txt", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -73,7 +74,7 @@ def test_export_refuses_bad_input_in_one_sentence_and_leaves_no_file(world: tupl
         ("rationales", {"where": "  "}, out_dir / "x.jsonl", "--where is empty"),
         # fails while the rows are read, with the earlier file in the way: it must survive untouched
         ("rationales", {"where": "CAST(rationale AS INTEGER) > 0"}, previous, "Conversion Error"),
-        ("rationales", {}, out_dir / "x.xlsx", "cannot tell the format"),
+        ("rationales", {}, out_dir / "x.xlsx", "cannot tell the file type"),
         ("rationales", {}, tmp_path / "missing" / "x.jsonl", "does not exist"),
         ("rationales", {}, Path("/sys/rplat-export.jsonl"), "cannot write /sys/rplat-export.jsonl"),
     ]

@@ -46,7 +46,7 @@ def counts(db: Store) -> tuple[int, int, int]:
 def test_a_released_file_stores_every_chain_once_with_both_verdicts(db: Store) -> None:
     summary = cli_json(db, str(ALGEBRA), "--teacher", "gpt-3.5")
     job_id = summary.pop("job_id")
-    assert summary == {"dataset": "math-train", "teacher": "gpt-3.5", "labeler": "hendrycks", "format": "released",
+    assert summary == {"dataset": "math-train", "teacher": "gpt-3.5", "labeler": "hendrycks", "layout": "released",
                        "files": 1, "read": 8, "imported": 8, "already_present": 0, "positives": 4, "negatives": 4,
                        "labelers_disagree": 1, "problems_created": 2, "problems_reused": 0,
                        "problems_without_gold": 0}
@@ -127,7 +127,7 @@ def test_flat_chains_attach_to_problems_already_in_the_dataset(db: Store) -> Non
     import_gsm(db)
     summary = cli_json(db, str(DATA / "flat.jsonl"), "--teacher", "smol", "--dataset", "gsm", "--labeler",
                        "math-verify")
-    assert (summary["format"], summary["imported"], summary["positives"], summary["negatives"]) == ("flat", 4, 3, 1)
+    assert (summary["layout"], summary["imported"], summary["positives"], summary["negatives"]) == ("flat", 4, 3, 1)
     assert (summary["problems_created"], summary["problems_reused"], summary["labelers_disagree"]) == (0, 2, 1)
     with transaction(db.engine()) as s:
         got = s.execute(select(Problem.external_id, TeacherChain.sample_idx, TeacherChain.extracted_answer,
@@ -162,7 +162,7 @@ GOOD = {"question": "Problem:\nWhat is $1+1$?", "answer": "Solution:\n$\\boxed{2
         "type": "Algebra", "generated_answer": ["Solution:\n$1+1=\\boxed{2}$"]}
 
 
-@pytest.mark.parametrize(("bad", "fmt", "expect"), [
+@pytest.mark.parametrize(("bad", "layout", "expect"), [
     ('{"question": "Problem:\\nWhat', "auto", "is not valid JSON"),
     (json.dumps({**GOOD, "generated_answer": "Solution:\n\\boxed{2}"}), "auto",
      "field 'generated_answer' is text, not an array of chains"),
@@ -177,13 +177,13 @@ GOOD = {"question": "Problem:\nWhat is $1+1$?", "answer": "Solution:\n$\\boxed{2
     (json.dumps({"problem_id": "x", "chain": "y", "sample_idx": -1}), "auto", "'sample_idx' is -1"),
 ], ids=["json", "chains-not-a-list", "chain-not-text", "no-question", "neither", "released-no-chains",
         "level-number", "negative-index"])
-def test_a_malformed_record_names_file_and_line_and_writes_nothing(db: Store, tmp_path: Path, bad: str, fmt: str,
+def test_a_malformed_record_names_file_and_line_and_writes_nothing(db: Store, tmp_path: Path, bad: str, layout: str,
                                                                    expect: str) -> None:
     path = tmp_path / "chains.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + bad + "\n" + json.dumps(GOOD) + "\n")
     before = snapshot(db)
     with pytest.raises(UserError) as caught:
-        import_chains(db.engine(), path, teacher="t", dataset="math", fmt=fmt)
+        import_chains(db.engine(), path, teacher="t", dataset="math", layout=layout)
     message = str(caught.value)
     assert message.startswith(f"{path} line 2 ") and expect in message, message
     assert snapshot(db) == before

@@ -160,7 +160,7 @@ def test_a_pipeline_with_an_unknown_dataset_queues_nothing(db: Store, tmp_path: 
     seed(db, tmp_path)
     before = n_jobs(db)
     with pytest.raises(UserError, match="parameter 'problems' of solve names dataset 'nope'"):
-        RationalystPipeline(documents="docs", benchmark="gsm", test="nope", model="tiny").enqueue(Queue(db.engine()))
+        RationalystPipeline(documents="docs", problems="gsm", test="nope", model="tiny").enqueue(Queue(db.engine()))
     assert n_jobs(db) == before
 
 

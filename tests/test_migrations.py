@@ -116,6 +116,30 @@ def test_alembic_check_from_the_repo_root_finds_no_new_operations(db: Store) -> 
     assert "No new upgrade operations detected" in proc.stdout + proc.stderr
 
 
+def test_renaming_nat_alpha_logs_to_nat_w_neg_keeps_its_rows_both_ways(empty_db: Store) -> None:
+    from rplat.migrate import downgrade, upgrade
+    from rplat.models import NatWNeg
+    from rplat.queue import Queue
+    from rplat.store import transaction
+
+    engine = empty_db.engine()
+    upgrade(engine, "a3c8e5d1f402")
+    with transaction(engine) as s:
+        job = Queue.record_done(s, "train-nat", {}, {})
+        s.execute(text("INSERT INTO nat_alpha_logs (id, job_id, step, layer, proj, mean_w_neg) "
+                       "VALUES (7, :job, 2, 0, 'q_proj', 0.25)"), {"job": job})
+    upgrade(engine)
+    with transaction(engine) as s:
+        s.add(NatWNeg(job_id=job, step=4, layer=0, proj="q_proj", mean_w_neg=-0.5))  # its id comes after the copied
+    rows = "SELECT id, step, mean_w_neg FROM {} ORDER BY id"
+    with engine.connect() as conn:
+        assert conn.execute(text(rows.format("nat_w_neg"))).all() == [(7, 2, 0.25), (8, 4, -0.5)]
+    downgrade(engine, "a3c8e5d1f402")
+    with engine.connect() as conn:
+        assert conn.execute(text(rows.format("nat_alpha_logs"))).all() == [(7, 2, 0.25), (8, 4, -0.5)]
+    assert "nat_w_neg" not in _tables(empty_db)
+
+
 def test_alembic_config_points_at_the_imported_migrations_package() -> None:
     import rplat.migrations
     from rplat.migrate import alembic_config

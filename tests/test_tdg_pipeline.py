@@ -58,14 +58,13 @@ def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_sam
     no_chains = db.rplat(*base, "--chains", "gpt-3.5", "--student", "tiny")
     assert no_chains.returncode == 2 and "import chains" in no_chains.stderr
     queue = Queue(db.engine())
-    pipe = {"benchmark": "sums-train", "test": "sums-test", "student": "tiny", "experiment": "t"}
-    for wrong, message in (({}, "exactly one of --teacher"),
-                           ({"teacher_model": "tiny", "chains_teacher": "gpt"}, "exactly one of --teacher"),
-                           ({"teacher_model": "tiny", "overrides": {"train-kdd": {"lr": 1e-3}}}, "'train-kdd'"),
-                           ({"teacher_model": "tiny", "overrides": {"sample": {"max_tokens": 0}}}, "max_tokens"),
-                           ({"teacher_model": "tiny", "test": "nope"}, "'nope'"),
-                           ({"teacher_model": "tiny", "asc_samples": 1}, "--asc-samples N > 1"),
-                           ({"teacher_model": "tiny", "asc_setting": "cot"}, "--asc-setting 'cot'")):
+    pipe = {"problems": "sums-train", "test": "sums-test", "student": "tiny", "experiment": "t", "teacher": "tiny"}
+    for wrong, message in (({"teacher": "gpt"}, "not a registered model and has no chains"),
+                           ({"overrides": {"train-kdd": {"lr": 1e-3}}}, "'train-kdd'"),
+                           ({"overrides": {"sample": {"max_tokens": 0}}}, "max_tokens"),
+                           ({"test": "nope"}, "'nope'"),
+                           ({"asc_samples": 1}, "--asc-samples N > 1"),
+                           ({"asc_setting": "cot"}, "--asc-setting 'cot'")):
         with pytest.raises(UserError, match=message):
             TdgPipeline(**{**pipe, **wrong}).enqueue(queue)  # type: ignore[arg-type]
     assert _pipeline_jobs(db) == []
@@ -83,7 +82,8 @@ def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_sam
 
     collect = jobs[ids["collect"]]
     assert collect.kind == "collect-chains" and _parents(db, collect.id) == []
-    assert (collect.params["problems"], collect.params["model"], collect.params["n"]) == ("sums-train", "tiny", 3)
+    assert (collect.params["problems"], collect.params["model"], collect.params["n_samples"]) == (
+        "sums-train", "tiny", 3)
     assert collect.params["max_tokens"] == 16 and collect.params["teacher"] is None  # named after its model
 
     train = ids["train"]
@@ -106,7 +106,8 @@ def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_sam
         sample, evaluate = jobs[ids["sample"][setting]], jobs[ids["evaluate"][setting]]
         assert sample.kind == "sample" and evaluate.kind == "evaluate"
         assert sample.params["model"] == ("tiny" if setting == "base" else f"t-{setting}")
-        assert (sample.params["problems"], sample.params["temperature"], sample.params["n"]) == ("sums-test", 0.0, 1)
+        assert (sample.params["problems"], sample.params["temperature"], sample.params["n_samples"]) == (
+            "sums-test", 0.0, 1)
         assert sample.params["limit"] == 2 and sample.params["max_tokens"] == 8
         assert _parents(db, sample.id) == ([] if setting == "base" else [train[setting]])
         assert evaluate.params["sample_job"] == sample.id and evaluate.params["solve_job"] is None
@@ -118,12 +119,12 @@ def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_sam
     assert asc["setting"] == "nce" and _parents(db, ranker.id) == [ids["collect"]]
     assert (ranker.kind, ranker.params["problems"], ranker.params["teacher"], ranker.params["ranker_name"]) == (
         "train-ranker", "sums-train", "tiny", "t-ranker")
-    assert (sampled.params["model"], sampled.params["n"], sampled.params["temperature"]) == ("t-nce", 16, 0.7)
+    assert (sampled.params["model"], sampled.params["n_samples"], sampled.params["temperature"]) == ("t-nce", 16, 0.7)
     assert sampled.params["max_tokens"] == 8 and _parents(db, sampled.id) == [train["nce"]]
     assert (score.params["sample_job"], score.params["ranker"]) == (sampled.id, "t-ranker")
     assert _parents(db, score.id) == sorted([sampled.id, ranker.id])
-    assert (aggregate.params["sample_job"], aggregate.params["score_job"], aggregate.params["greedy_job"]) == (
-        sampled.id, score.id, ids["sample"]["nce"])
+    assert (aggregate.params["sample_job"], aggregate.params["score_samples_job"],
+            aggregate.params["greedy_sample_job"]) == (sampled.id, score.id, ids["sample"]["nce"])
     assert _parents(db, aggregate.id) == sorted([score.id, ids["sample"]["nce"]])
 
     again = json.loads(db.rplat(*args, check=True).stdout)

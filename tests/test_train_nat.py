@@ -17,7 +17,7 @@ from rplat.models import (
     Job,
     Model,
     ModelParent,
-    NatAlphaLog,
+    NatWNeg,
     Problem,
     TeacherChain,
     TrainingExample,
@@ -84,9 +84,9 @@ def test_train_nat_after_train_neg_registers_a_nat_model_on_the_positives(db, tm
         examples = s.execute(select(TrainingExample.chain_id, TrainingExample.label)
                              .where(TrainingExample.job_id == nat_job)).all()
         assert {c for c, _ in examples} == chains["pos"] and {label for _, label in examples} == {"pos"}
-        logs = s.execute(select(NatAlphaLog.step, NatAlphaLog.layer, NatAlphaLog.proj, NatAlphaLog.mean_w_neg)
-                         .where(NatAlphaLog.job_id == nat_job).order_by(NatAlphaLog.step, NatAlphaLog.layer,
-                                                                        NatAlphaLog.proj)).all()
+        logs = s.execute(select(NatWNeg.step, NatWNeg.layer, NatWNeg.proj, NatWNeg.mean_w_neg)
+                         .where(NatWNeg.job_id == nat_job).order_by(NatWNeg.step, NatWNeg.layer,
+                                                                        NatWNeg.proj)).all()
         extras = dict(s.execute(select(TrainingMetric.step, TrainingMetric.extra)
                                 .where(TrainingMetric.job_id == nat_job)).all())
     assert job.result["steps"] == 5 and job.result["model_id"] == nat.id and job.result["examples"] == 3
@@ -149,9 +149,9 @@ def test_killed_train_nat_resumes_at_its_checkpoint_with_the_same_loss_curve(db,
         curves = {j: s.execute(select(TrainingMetric.step, TrainingMetric.loss, TrainingMetric.extra)
                                .where(TrainingMetric.job_id == j).order_by(TrainingMetric.step)).all()
                   for j in (straight, crashed)}
-        logs = {j: s.execute(select(NatAlphaLog.step, NatAlphaLog.layer, NatAlphaLog.proj, NatAlphaLog.mean_w_neg)
-                             .where(NatAlphaLog.job_id == j).order_by(NatAlphaLog.step, NatAlphaLog.layer,
-                                                                      NatAlphaLog.proj)).all()
+        logs = {j: s.execute(select(NatWNeg.step, NatWNeg.layer, NatWNeg.proj, NatWNeg.mean_w_neg)
+                             .where(NatWNeg.job_id == j).order_by(NatWNeg.step, NatWNeg.layer,
+                                                                      NatWNeg.proj)).all()
                 for j in (straight, crashed)}
     assert result["resumed_from"] == resume_at and attempts == 2
     assert [st for st, *_ in curves[crashed]] == list(range(40))

@@ -18,7 +18,8 @@ from rplat.errors import UserError
 STORE = "store"
 """The catalog the store is attached as: `store.jobs`, `store.rationales`... are its raw tables."""
 
-# One view per concept, named as the papers name it. Every row carries the id of the job that wrote it.
+# One view per concept, named as the papers name it. Every row carries the id of the job that wrote it. A column
+# showing a table's column has its name; one naming a job is the param naming that job plus `_id`.
 VIEWS: dict[str, str] = {
     "job_timeline": """
 SELECT j.id AS job_id, j.kind, j.status, x.name AS experiment, m.name AS model, j.priority,
@@ -34,7 +35,7 @@ LEFT JOIN store.models m ON m.id = j.model_id""",
 SELECT r.id AS rationale_id, r.rationale, r.preceding, r.following, r.position, r.left_step, r.source,
        e.document_id, d.external_id AS document, e.problem_id, p.external_id AS problem,
        coalesce(dd.name, pd.name) AS dataset, em.name AS extractor, e.fidelity,
-       r.job_id AS extract_job_id, rs.job_id AS score_job_id, sm.name AS scorer,
+       r.job_id AS extract_rationales_job_id, rs.job_id AS score_rationales_job_id, sm.name AS scorer,
        rs.gamma, rs.s_without, rs.s_with, rs.loss_delta, rs.tau, CAST(rs.kept AS BOOLEAN) AS kept,
        rs.overlap, CAST(rs.leak AS BOOLEAN) AS leak, x.name AS experiment
 FROM store.rationales r
@@ -51,7 +52,8 @@ LEFT JOIN store.models sm ON sm.id = rs.scorer_model_id""",
     "predictions": """
 SELECT pr.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGINT) AS solve_job_id,
        TRY_CAST(json_extract_string(j.params, '$.sample_job') AS BIGINT) AS sample_job_id,
-       TRY_CAST(json_extract_string(j.params, '$.score_job') AS BIGINT) AS score_job_id,
+       TRY_CAST(coalesce(json_extract_string(j.params, '$.score_samples_job'),
+                         json_extract_string(j.params, '$.score_job')) AS BIGINT) AS score_samples_job_id,
        x.name AS experiment, pr.method, m.name AS model,
        pr.method || ' / ' || coalesce(m.name, '?') || ' / job ' || pr.job_id AS run,
        pr.problem_id, p.external_id AS problem, ds.name AS dataset, p.subject, p.question,
@@ -73,7 +75,7 @@ WITH pairs AS (
            b.job_id AS job_id_b, b.method AS method_b, b.model AS model_b, b.experiment AS experiment_b
     FROM predictions a JOIN predictions b ON a.problem_id = b.problem_id AND a.run <> b.run)
 SELECT run_a, run_b, job_id_a, method_a, model_a, experiment_a, job_id_b, method_b, model_b, experiment_b,
-       count(*) AS problems,
+       count(*) AS n,
        count(*) FILTER (WHERE solved_a AND solved_b) AS both_solved,
        count(*) FILTER (WHERE solved_a AND NOT solved_b) AS only_a,
        count(*) FILTER (WHERE solved_b AND NOT solved_a) AS only_b,
@@ -101,7 +103,7 @@ LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
     "chains": """
 SELECT c.job_id, x.name AS experiment, c.id AS chain_id, c.problem_id, p.external_id AS problem, p.subject, p.level,
-       p.question, c.teacher, c.sample_idx, c.text AS chain, c.extracted_answer, p.answer AS gold, c.label, c.n_chars,
+       p.question, c.teacher, c.sample_idx, c.text, c.extracted_answer, p.answer AS gold, c.label, c.n_chars,
        c.labeler, CAST(c.hendrycks_correct AS BOOLEAN) AS hendrycks_correct,
        CAST(c.math_verify_correct AS BOOLEAN) AS math_verify_correct,
        CAST(c.hendrycks_correct AS BOOLEAN) IS DISTINCT FROM CAST(c.math_verify_correct AS BOOLEAN)
@@ -124,7 +126,7 @@ WHERE a.method LIKE 'asc%' AND s.method = 'sc'""",
     "samples": """
 SELECT sa.job_id AS sample_job_id, x.name AS experiment, m.name AS model, sa.id AS sample_id, sa.problem_id,
        p.external_id AS problem, ds.name AS dataset, p.subject, p.level, sa.sample_idx, sa.decoding,
-       sa.text AS chain, sa.extracted_answer, p.answer AS gold, CAST(sa.correct AS BOOLEAN) AS correct,
+       sa.text, sa.extracted_answer, p.answer AS gold, CAST(sa.correct AS BOOLEAN) AS correct,
        sa.finish_reason
 FROM store.samples sa
 JOIN store.problems p ON p.id = sa.problem_id
@@ -133,7 +135,7 @@ JOIN store.jobs j ON j.id = sa.job_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = sa.model_id""",
     "sample_scores": """
-SELECT rs.job_id AS score_job_id, sa.job_id AS sample_job_id, x.name AS experiment, m.name AS model,
+SELECT rs.job_id AS score_samples_job_id, sa.job_id AS sample_job_id, x.name AS experiment, m.name AS model,
        rm.name AS ranker, sa.id AS sample_id, sa.problem_id, p.external_id AS problem, p.subject, sa.sample_idx,
        sa.extracted_answer, CAST(sa.correct AS BOOLEAN) AS correct, rs.score, CAST(rs.truncated AS BOOLEAN) AS truncated
 FROM store.ranker_scores rs
@@ -162,10 +164,10 @@ FROM store.training_metrics t
 JOIN store.jobs j ON j.id = t.job_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
-    "nat_alpha": """
-SELECT a.job_id, x.name AS experiment, a.step, a.layer, a.proj, a.mean_w_neg
-FROM store.nat_alpha_logs a
-JOIN store.jobs j ON j.id = a.job_id
+    "nat_w_neg": """
+SELECT w.job_id, x.name AS experiment, w.step, w.layer, w.proj, w.mean_w_neg
+FROM store.nat_w_neg w
+JOIN store.jobs j ON j.id = w.job_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id""",
     "evaluations": """
 SELECT e.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGINT) AS solve_job_id,
@@ -177,6 +179,18 @@ JOIN store.jobs j ON j.id = e.job_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = e.model_id""",
 }
+
+# Names from before a rename, kept so that queries written with them still run; deprecated (docs/glossary.md). A
+# view's old column names come last, each the same values as the column that replaced it: {view: {old: current}}.
+DEPRECATED_COLUMNS: dict[str, dict[str, str]] = {
+    "rationales": {"extract_job_id": "extract_rationales_job_id", "score_job_id": "score_rationales_job_id"},
+    "predictions": {"score_job_id": "score_samples_job_id"},
+    "sample_scores": {"score_job_id": "score_samples_job_id"},
+    "chains": {"chain": "text"},
+    "samples": {"chain": "text"},
+    "intersections": {"problems": "n"},  # a count: `problems` names a problem dataset
+}
+DEPRECATED_VIEWS: dict[str, str] = {"nat_alpha": "nat_w_neg"}  # old view -> the view that replaced it
 
 # Functions a read-only query must not call: the scanners' own (they open any SQLite file or PostgreSQL
 # server by name, outside the READ_ONLY attachment) and those that run SQL handed to them as a string.
@@ -237,7 +251,10 @@ def connect(database_url: str) -> duckdb.DuckDBPyConnection:
         except duckdb.Error as exc:
             raise UserError(f"DuckDB cannot open the store ({_first_line(exc)}); check RPLAT_DATABASE_URL.") from None
         for name, sql in VIEWS.items():
-            con.execute(f"CREATE VIEW {name} AS {sql}")
+            old = "".join(f", {new} AS {old}" for old, new in DEPRECATED_COLUMNS.get(name, {}).items())
+            con.execute(f"CREATE VIEW {name} AS SELECT *{old} FROM ({sql})")
+        for old, new in DEPRECATED_VIEWS.items():
+            con.execute(f"CREATE VIEW {old} AS SELECT * FROM {new}")
         _create_cache(con)
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")

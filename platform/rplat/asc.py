@@ -1,7 +1,7 @@
 """The ASC curve (TDG B4): SC and ASC accuracy against the number of samples k, from stored votes.
 
 The votes' inputs are what an `aggregate` job read: its sample job's samples (answers normalised, each answer
-as correct as the first sample that gave it) and its score job's ranker scores; the runner reads them from the
+as correct as the first sample that gave it) and its score-samples job's ranker scores; the runner reads them from the
 store, the report and the dashboard from the `samples` and `sample_scores` views. `accuracy_curves` subsamples k
 of each problem's n samples `repeats` times with one seed, the same subsets for every method, so the curves
 are paired; each point carries the 95% Wilson interval of its accuracy over the problems.
@@ -21,10 +21,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
+from rplat.kinds import current_names
 from rplat.methods.answers import normalize
 from rplat.methods.votes import VOTE_FUNCTIONS, accuracy_curves, answer_codes
 from rplat.models import Problem, RankerScore, Sample
 from rplat.reports import known_experiment, open_views, records
+from rplat.runners.tdg.kinds import AggregateParams
 from rplat.stats import wilson
 
 
@@ -89,27 +91,29 @@ class _Sample(NamedTuple):
     subject: str | None
 
 
-def sample_ballots(con: duckdb.DuckDBPyConnection, sample_job: int, score_job: int | None) -> Ballots | None:
-    """A sample job's ballots from the `samples` and `sample_scores` views, with the score job's ranker scores
-    when it scored every sample (one still running leaves them out); None when the job has no samples."""
+def sample_ballots(con: duckdb.DuckDBPyConnection, sample_job: int, score_samples_job: int | None
+                   ) -> Ballots | None:
+    """A sample job's ballots from the `samples` and `sample_scores` views, with the score-samples job's ranker
+    scores when it scored every sample (one still running leaves them out); None when the job has no samples."""
     rows = con.execute("""
         SELECT s.sample_id, s.problem_id, s.extracted_answer, coalesce(s.correct, false), s.subject, r.score
         FROM samples s
-        LEFT JOIN sample_scores r ON r.sample_id = s.sample_id AND r.score_job_id = $score_job
+        LEFT JOIN sample_scores r ON r.sample_id = s.sample_id AND r.score_samples_job_id = $score_samples_job
         WHERE s.sample_job_id = $sample_job
-        ORDER BY s.problem_id, s.sample_idx""", {"sample_job": sample_job, "score_job": score_job}).fetchall()
+        ORDER BY s.problem_id, s.sample_idx""",
+                       {"sample_job": sample_job, "score_samples_job": score_samples_job}).fetchall()
     if not rows:
         return None
     groups: dict[int, list[_Sample]] = {}
     for *sample, _ in rows:
         groups.setdefault(sample[1], []).append(_Sample(*sample))
-    scored = score_job is not None and all(score is not None for *_, score in rows)
+    scored = score_samples_job is not None and all(score is not None for *_, score in rows)
     return ballots(groups, {row[0]: row[-1] for row in rows} if scored else None)
 
 
 def asc_curve(engine: Engine, experiment: str, *, repeats: int = 20, seed: int = 0) -> list[dict[str, Any]]:
     """Rows (model, aggregate_job, sample_job, method, k, n, accuracy, ci_low, ci_high) for k = 1..n of every
-    succeeded aggregate job of the experiment (the latest per sample and score job), for sc and each asc vote
+    succeeded aggregate job of the experiment (the latest per sample and score-samples job), for sc and each asc vote
     the job stored."""
     if repeats < 1:
         raise UserError(f"--repeats {repeats} is too small; give at least 1 subsample per k.")
@@ -122,15 +126,15 @@ def asc_curve(engine: Engine, experiment: str, *, repeats: int = 20, seed: int =
         if not jobs:
             raise UserError(f"experiment {experiment!r} has no succeeded aggregate job; enqueue one with "
                             f"`rplat enqueue aggregate --experiment {experiment} --param sample_job=ID "
-                            "--param score_job=ID` and run it.")
+                            "--param score_samples_job=ID` and run it.")
         latest: dict[tuple[int, int | None], tuple[int, dict[str, Any]]] = {}
         for job in jobs:
-            p = json.loads(job.params)
-            latest[(p["sample_job"], p.get("score_job"))] = (job.job_id, p)
+            p = current_names(AggregateParams, json.loads(job.params))  # a job stored before a rename: its old names
+            latest[(p["sample_job"], p.get("score_samples_job"))] = (job.job_id, p)
         models = {r.job_id: json.loads(r.params).get("model") for r in records(
             con, "SELECT job_id, params FROM job_timeline WHERE list_contains($ids, job_id)",
             {"ids": [sample_job for sample_job, _ in latest]})}
-        inputs = [(job_id, p, models[p["sample_job"]], sample_ballots(con, p["sample_job"], p.get("score_job")))
+        inputs = [(job_id, p, models[p["sample_job"]], sample_ballots(con, p["sample_job"], p.get("score_samples_job")))
                   for job_id, p in latest.values()]
     rows: list[dict[str, Any]] = []
     for job_id, p, model, b in inputs:

@@ -1,4 +1,4 @@
-"""`rplat export`: a view's rows with the lineage of the jobs that made them, as JSONL, Parquet or CSV."""
+"""`rplat export`: a view's rows with the lineage of the jobs that made them, as a JSONL, Parquet or CSV file."""
 
 from __future__ import annotations
 
@@ -17,36 +17,38 @@ from rplat import analytics
 from rplat.errors import UserError
 
 # The views that can be exported and the columns naming the jobs that made each row: a rationale is made by its
-# extract job and judged (loss delta, kept, leak) by its score job, so it carries the lineage of both.
+# extract-rationales job and judged (loss delta, kept, leak) by its score-rationales job, so it carries the
+# lineage of both.
 EXPORTS: dict[str, tuple[str, ...]] = {
-    "rationales": ("extract_job_id", "score_job_id"),
+    "rationales": ("extract_rationales_job_id", "score_rationales_job_id"),
     "chains": ("job_id",),
     "samples": ("sample_job_id",),
     "predictions": ("job_id",),
-    "sample_scores": ("score_job_id",),
+    "sample_scores": ("score_samples_job_id",),
     "ranker_pairs": ("job_id",),
     "step_candidates": ("job_id",),
     "evaluations": ("job_id",),
     "training_metrics": ("job_id",),
 }
-FORMATS = ("jsonl", "parquet", "csv")
+FILE_TYPES = ("jsonl", "parquet", "csv")
 _BATCH_ROWS = 10_000  # rows fetched and written at a time: an export streams, it does not hold the view in memory
 
 
-def format_of(path: Path, fmt: str | None) -> str:
-    """The format asked for, or the one the file's suffix names."""
-    if fmt is not None:
-        return fmt
+def file_type_of(path: Path, file_type: str | None) -> str:
+    """The file type asked for, or the one the file's suffix names."""
+    if file_type is not None:
+        return file_type
     suffix = path.suffix.lower().lstrip(".")
-    if suffix not in FORMATS:
-        raise UserError(f"cannot tell the format of {path} from its suffix; give --format "
-                        f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}.")
+    if suffix not in FILE_TYPES:
+        raise UserError(f"cannot tell the file type of {path} from its suffix; give --file-type "
+                        f"{', '.join(FILE_TYPES[:-1])} or {FILE_TYPES[-1]}.")
     return suffix
 
 
 def export_query(view: str, where: str | None) -> str:
     """The SELECT over `view` with lineage columns per job column (`{prefix}job_kind`, `{prefix}job_model`,
-    `{prefix}job_prompt_template`, `{prefix}job_params` as JSON text), filtered by the user's predicate."""
+    `{prefix}job_prompt_template`, `{prefix}job_params` as JSON text), filtered by the user's predicate. The view's
+    deprecated columns (old names of columns it has) may be in the predicate but are not exported twice."""
     if view not in EXPORTS:
         raise UserError(f"cannot export {view!r}; the views with lineage are {', '.join(EXPORTS)}.")
     columns, joins = [], []
@@ -58,7 +60,9 @@ def export_query(view: str, where: str | None) -> str:
         joins.append(f"LEFT JOIN store.jobs {j} ON {j}.id = v.{job_column} "
                      f"LEFT JOIN store.models {m} ON {m}.id = {j}.model_id "
                      f"LEFT JOIN store.prompt_templates {t} ON {t}.id = {j}.prompt_template_id")
-    query = f"SELECT * FROM (SELECT v.*, {', '.join(columns)} FROM {view} v {' '.join(joins)}) AS exported"
+    old = analytics.DEPRECATED_COLUMNS.get(view)
+    exclude = f" EXCLUDE ({', '.join(old)})" if old else ""
+    query = f"SELECT *{exclude} FROM (SELECT v.*, {', '.join(columns)} FROM {view} v {' '.join(joins)}) AS exported"
     if where is None:
         return query
     if not where.strip():
@@ -68,14 +72,14 @@ def export_query(view: str, where: str | None) -> str:
     return f"{query} WHERE (\n{where}\n)"
 
 
-def _write(reader: pa.RecordBatchReader, fmt: str, out: IO[Any]) -> int:
+def _write(reader: pa.RecordBatchReader, file_type: str, out: IO[Any]) -> int:
     rows = 0
-    if fmt == "parquet":
+    if file_type == "parquet":
         with pq.ParquetWriter(out, reader.schema) as writer:
             for batch in reader:
                 writer.write_batch(batch)
                 rows += batch.num_rows
-    elif fmt == "csv":
+    elif file_type == "csv":
         with pa_csv.CSVWriter(out, reader.schema) as writer:
             for batch in reader:
                 writer.write_batch(batch)
@@ -88,16 +92,16 @@ def _write(reader: pa.RecordBatchReader, fmt: str, out: IO[Any]) -> int:
     return rows
 
 
-def export_view(database_url: str, view: str, out: Path, *, fmt: str | None = None,
+def export_view(database_url: str, view: str, out: Path, *, file_type: str | None = None,
                 where: str | None = None) -> int:
     """Write the rows of `view` satisfying `where` (checked read-only like `rplat sql`) to `out`, atomically (a
     temporary file beside it, renamed when complete); returns the number of rows. No file is left on failure."""
-    fmt = format_of(out, fmt)
+    file_type = file_type_of(out, file_type)
     query = export_query(view, where)
     if not out.parent.is_dir():
         raise UserError(f"the directory {out.parent} does not exist; create it or choose another --out.")
     if out.is_dir():
-        raise UserError(f"{out} is a directory; give --out a file name, e.g. {out / f'{view}.{fmt}'}.")
+        raise UserError(f"{out} is a directory; give --out a file name, e.g. {out / f'{view}.{file_type}'}.")
     con = analytics.connect(database_url)
     try:
         try:
@@ -112,7 +116,7 @@ def export_view(database_url: str, view: str, out: Path, *, fmt: str | None = No
         tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
         try:
             with open(tmp, "xb") as f:  # 0o666 less the umask, like any file the user writes
-                rows = _write(reader, fmt, f)
+                rows = _write(reader, file_type, f)
             os.replace(tmp, out)
         except BaseException as exc:
             tmp.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ enqueueing and starting a runner never pay for torch.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable
@@ -16,9 +17,17 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from rplat.errors import UserError
+
+
+@dataclass(frozen=True)
+class Was:
+    """Marks a Params field as renamed (`n_samples: Annotated[int, Was("n")]`): params with the old name validate
+    to the new one, so stored jobs keep loading and old commands keep working (the CLI says it is deprecated)."""
+
+    old: str
 
 
 class Params(BaseModel):
@@ -26,9 +35,30 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _current_names(cls, data: Any) -> Any:
+        return current_names(cls, data) if isinstance(data, dict) else data
+
     def prompt_templates(self) -> tuple[str, ...]:
         """The names of the prompt templates (rplat.prompts.TEMPLATES) a job with these params uses, main first."""
         return ()
+
+
+@functools.cache
+def old_names(params: type[Params]) -> dict[str, str]:
+    """{old name: current name} of every field of `params` that was renamed (marked `Was`)."""
+    return {meta.old: name for name, field in params.model_fields.items()
+            for meta in field.metadata if isinstance(meta, Was)}
+
+
+def current_names(params: type[Params], raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with each old name of a renamed field replaced by the field's name; both names given is an error."""
+    renamed = {old: new for old, new in old_names(params).items() if old in raw}
+    for old, new in renamed.items():
+        if new in raw:
+            raise ValueError(f"{new} and its old name {old} are both given; give {new} only")
+    return {renamed.get(name, name): value for name, value in raw.items()} if renamed else raw
 
 
 @dataclass(frozen=True)

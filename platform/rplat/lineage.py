@@ -93,12 +93,13 @@ class _Walk:
     def _references(self, job: Job) -> dict[str, Any]:
         """What the job's params name: {field: {"dataset" | "model" | "job": node, or a list of them}}."""
         try:
-            fields = references(kinds.get(job.kind).params)
+            params_type = kinds.get(job.kind).params
         except UserError:  # import-* jobs, or a plugin kind this process does not know: params as stored
             return {}
+        params = kinds.current_names(params_type, job.params or {})  # a job stored before a rename: its old names
         found: dict[str, Any] = {}
-        for field, ref in fields:
-            value = (job.params or {}).get(field)
+        for field, ref in references(params_type):
+            value = params.get(field)
             if value is None:
                 continue
             nodes = [self._reference(ref.target, item) for item in (value if isinstance(value, list) else [value])]

@@ -445,8 +445,11 @@ class NceWeight(Base):
     kd_weight: Mapped[float] = mapped_column(Float)
 
 
-class NatAlphaLog(Base):
-    __tablename__ = "nat_alpha_logs"
+class NatWNeg(Base):
+    """NAT's w_neg, the integration unit's weight on the negative LoRA, averaged per layer and projection at a
+    logged step of a train-nat job (TDG B2)."""
+
+    __tablename__ = "nat_w_neg"
     __table_args__ = (UniqueConstraint("job_id", "step", "layer", "proj"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = job_fk()

@@ -5,12 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import func, select
+
 from rplat import kinds
 from rplat.errors import UserError
 from rplat.methods.guided import GUIDED, SOLVE_METHODS
+from rplat.models import Dataset, Model, Problem, TeacherChain
 from rplat.queue import Queue
+from rplat.references import BUNDLED_MODELS
 from rplat.runners.tdg.kinds import TRAINING
 from rplat.store import transaction
+
+
+def _current(kind: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A params file's values for `kind` under the current names of its params, so that an old name overrides the
+    pipeline's value like the new one does (both names given: left as they are, for the validation to refuse)."""
+    try:
+        return kinds.current_names(kinds.get(kind).params, values)
+    except ValueError:
+        return values
 
 
 @dataclass
@@ -18,7 +31,7 @@ class RationalystPipeline:
     """prefilter -> extract -> score -> train -> solve x methods -> evaluate (baselines need not wait for training)."""
 
     documents: str
-    benchmark: str
+    problems: str
     model: str
     test: str | None = None
     experiment: str | None = None
@@ -27,9 +40,6 @@ class RationalystPipeline:
     extract_limit: int | None = None
     extract_mode: str = "rewrite"
     train_steps: int | None = None
-    asc_samples: int = 16
-    asc_temperature: float = 0.7
-    asc_setting: str = "nce"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def adapter_name(self) -> str:
@@ -38,7 +48,8 @@ class RationalystPipeline:
     def enqueue(self, queue: Queue) -> dict[str, Any]:
         """Enqueue every job (identical re-runs de-duplicate to the same jobs); returns their ids by stage."""
         def params(kind: str, values: dict[str, Any]) -> dict[str, Any]:
-            merged = {k: v for k, v in {**values, **self.overrides.get(kind, {})}.items() if v is not None}
+            merged = {k: v for k, v in {**values, **_current(kind, self.overrides.get(kind, {}))}.items()
+                      if v is not None}
             return kinds.validate_params(kind, merged)
 
         ids: dict[str, Any] = {"solve": {}, "evaluate": {}}
@@ -47,19 +58,19 @@ class RationalystPipeline:
                 job_id, _ = queue.enqueue_in(s, kind, params(kind, values), experiment=self.experiment, after=after)
                 return job_id
 
-            ids["prefilter"] = add("prefilter", {"documents": self.documents, "reference": [self.benchmark]}, [])
+            ids["prefilter"] = add("prefilter", {"documents": self.documents, "reference": [self.problems]}, [])
             ids["extract"] = add("extract-rationales", {
-                "prefilter_job": ids["prefilter"], "problems": self.benchmark, "model": self.model,
+                "prefilter_job": ids["prefilter"], "problems": self.problems, "model": self.model,
                 "mode": self.extract_mode, "limit": self.extract_limit}, [ids["prefilter"]])
-            ids["score"] = add("score-rationales", {"extract_job": ids["extract"], "model": self.model},
+            ids["score"] = add("score-rationales", {"extract_rationales_job": ids["extract"], "model": self.model},
                                [ids["extract"]])
-            ids["train"] = add("train-rationalyst", {"score_job": ids["score"], "model": self.model,
+            ids["train"] = add("train-rationalyst", {"score_rationales_job": ids["score"], "model": self.model,
                                                      "adapter_name": self.adapter_name(),
                                                      "max_steps": self.train_steps}, [ids["score"]])
             for method in self.methods:
                 guided = method in GUIDED
                 solve = add("solve", {
-                    "problems": self.test or self.benchmark, "fewshot": self.benchmark, "model": self.model,
+                    "problems": self.test or self.problems, "fewshot": self.problems, "model": self.model,
                     "method": method, "rationalyst": self.adapter_name() if guided else None, "limit": self.limit},
                     [ids["train"]] if guided else [])
                 ids["solve"][method] = solve
@@ -78,25 +89,32 @@ TDG_TRAIN_GROUP = "train"
 TDG_ASC_SAMPLE = "asc-sample"
 
 
+def tdg_override_kinds(key: str) -> tuple[str, ...]:
+    """The kinds whose params a TDG params-file key sets."""
+    if key == TDG_TRAIN_GROUP:
+        return tuple(row.name for row in TRAINING)
+    return ("sample",) if key == TDG_ASC_SAMPLE else (key,)
+
+
 @dataclass
 class TdgPipeline:
     """(collect-chains) -> neg -> nat -> nce, the baselines beside them; greedy sample + evaluate per model; ASC.
 
-    The chains are either collected from `teacher_model` (named after it) or already stored under
-    `chains_teacher` (imported). Every model, the untrained student included, gets one greedy `sample` of the
+    The chains are the `teacher`'s: when it names a model (registered, or bundled), `teacher_samples` chains per
+    problem are collected from it (stored under its name); otherwise they are the chains already stored under
+    that teacher name (imported). Every model, the untrained student included, gets one greedy `sample` of the
     test problems after its training job and an `evaluate` after that sample. train-sft reads the gold
     solutions, not the chains, so it and the student's own sample wait for nothing. ASC (B4): a ranker trained
     on the chains scores `asc_samples` sampled chains of the `asc_setting` model per test problem, and
     `aggregate` votes over them (greedy, sc, asc-f0..f3); `asc_samples` 0 leaves ASC out.
     """
 
-    benchmark: str
+    problems: str
     test: str
     student: str
-    teacher_model: str | None = None
-    chains_teacher: str | None = None
+    teacher: str
     experiment: str | None = None
-    n_chains: int = 8
+    teacher_samples: int = 8
     limit: int | None = None
     train_steps: int | None = None
     asc_samples: int = 16
@@ -107,17 +125,12 @@ class TdgPipeline:
     def adapter_name(self, setting: str) -> str:
         return f"{self.experiment or 'tdg'}-{setting}"
 
-    def teacher(self) -> str:
-        """The chain set the training kinds read: the imported one, or what collect-chains stores."""
-        if self.chains_teacher is not None:
-            return self.chains_teacher
-        assert self.teacher_model is not None
-        return self.overrides.get("collect-chains", {}).get("teacher") or self.teacher_model
+    def _chains_teacher(self, collects: bool) -> str:
+        """The teacher name the training kinds read the chains of: what collect-chains stores them under (the
+        model's name unless the params file names it), or the stored chains' own."""
+        return (self.overrides.get("collect-chains", {}).get("teacher") or self.teacher) if collects else self.teacher
 
     def _check(self) -> None:
-        if (self.teacher_model is None) == (self.chains_teacher is None):
-            raise UserError("give exactly one of --teacher MODEL (collect chains from it) and --chains NAME "
-                            "(chains already imported under that teacher name).")
         keys = (*TDG_KINDS, TDG_TRAIN_GROUP, TDG_ASC_SAMPLE)
         unknown = sorted(set(self.overrides) - set(keys))
         if unknown:
@@ -134,19 +147,20 @@ class TdgPipeline:
             raise UserError(f"--params-file entry {bad!r} must be an object of parameters, e.g. "
                             '{"sample": {"max_tokens": 64}}.')
 
-    def _check_chains(self, session: Any) -> None:
-        from sqlalchemy import func, select
-
-        from rplat.models import Dataset, Problem, TeacherChain
-
+    def _collects(self, session: Any) -> bool:
+        """Whether the teacher is a model to collect chains from; if not, it must have chains stored on the
+        training problems."""
+        if self.teacher in BUNDLED_MODELS or session.scalar(select(Model.id).where(Model.name == self.teacher)):
+            return True
         n = session.scalar(select(func.count()).select_from(TeacherChain)
                            .join(Problem, Problem.id == TeacherChain.problem_id)
                            .join(Dataset, Dataset.id == Problem.dataset_id)
-                           .where(TeacherChain.teacher == self.chains_teacher, Dataset.name == self.benchmark))
+                           .where(TeacherChain.teacher == self.teacher, Dataset.name == self.problems))
         if not n:
-            raise UserError(f"--chains {self.chains_teacher!r}: no chains of that teacher on dataset "
-                            f"{self.benchmark!r}; import them with `rplat import chains FILE --teacher "
-                            f"{self.chains_teacher}` or collect them with --teacher MODEL.")
+            raise UserError(f"--teacher {self.teacher!r} is not a registered model and has no chains on dataset "
+                            f"{self.problems!r}; import them with `rplat import chains FILE --teacher "
+                            f"{self.teacher}`, or name a model to collect them from.")
+        return False
 
     def enqueue(self, queue: Queue) -> dict[str, Any]:
         """Enqueue every job in one transaction (identical re-runs de-duplicate to the same jobs); returns their
@@ -154,12 +168,11 @@ class TdgPipeline:
         self._check()
 
         def params(kind: str, values: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-            group = self.overrides.get(TDG_TRAIN_GROUP, {}) if any(kind == row.name for row in TRAINING) else {}
-            own = self.overrides.get(key or kind, {})
+            group = self.overrides.get(TDG_TRAIN_GROUP, {}) if kind in tdg_override_kinds(TDG_TRAIN_GROUP) else {}
+            group, own = _current(kind, group), _current(kind, self.overrides.get(key or kind, {}))
             merged = {k: v for k, v in {**values, **group, **own}.items() if v is not None}
             return kinds.validate_params(kind, merged)
 
-        teacher = self.teacher()
         ids: dict[str, Any] = {"collect": None, "train": {}, "sample": {}, "evaluate": {}, "asc": None}
         with transaction(queue.engine) as s:
             def add(kind: str, values: dict[str, Any], after: list[int | None], key: str | None = None) -> int:
@@ -167,15 +180,15 @@ class TdgPipeline:
                                              after=[a for a in after if a is not None])
                 return job_id
 
-            if self.chains_teacher is not None:
-                self._check_chains(s)
-            else:
-                ids["collect"] = add("collect-chains", {"problems": self.benchmark, "model": self.teacher_model,
-                                                        "n": self.n_chains}, [])
+            collects = self._collects(s)
+            teacher = self._chains_teacher(collects)
+            if collects:
+                ids["collect"] = add("collect-chains", {"problems": self.problems, "model": self.teacher,
+                                                        "n_samples": self.teacher_samples}, [])
             chains = ids["collect"]
             train = ids["train"]
             for row in TRAINING:  # in the table's order, so a model another row builds on is enqueued first
-                values = {"problems": self.benchmark, "model": self.student,
+                values = {"problems": self.problems, "model": self.student,
                           "adapter_name": self.adapter_name(row.setting), "max_steps": self.train_steps}
                 after = None
                 if row.labels:  # it reads the chains
@@ -187,7 +200,7 @@ class TdgPipeline:
                 train[row.setting] = add(row.name, values, [after])
             for setting in TDG_SETTINGS:
                 model = self.student if setting == "base" else self.adapter_name(setting)
-                sample = add("sample", {"problems": self.test, "model": model, "n": 1, "temperature": 0.0,
+                sample = add("sample", {"problems": self.test, "model": model, "n_samples": 1, "temperature": 0.0,
                                         "limit": self.limit}, [train.get(setting)])
                 ids["sample"][setting] = sample
                 ids["evaluate"][setting] = add("evaluate", {"sample_job": sample}, [sample])
@@ -199,16 +212,17 @@ class TdgPipeline:
                      ) -> dict[str, int]:
         """train-ranker on the chains; a sampled sample job of the ASC model; score-samples; aggregate."""
         ranker_name = f"{self.experiment or 'tdg'}-ranker"
-        ranker = add("train-ranker", {"problems": self.benchmark, "teacher": teacher, "ranker_name": ranker_name},
+        ranker = add("train-ranker", {"problems": self.problems, "teacher": teacher, "ranker_name": ranker_name},
                      [chains])
         setting = self.asc_setting
         model = self.student if setting == "base" else self.adapter_name(setting)
-        # the "sample" key's values (max_tokens, ...) apply, but not to n and temperature, which are ASC's own
-        sampled = {"problems": self.test, "model": model, "limit": self.limit, **self.overrides.get("sample", {}),
-                   "n": self.asc_samples, "temperature": self.asc_temperature}
+        # the "sample" key's values (max_tokens, ...) apply, but not to n_samples and temperature, which are ASC's own
+        sampled = {"problems": self.test, "model": model, "limit": self.limit,
+                   **_current("sample", self.overrides.get("sample", {})),
+                   "n_samples": self.asc_samples, "temperature": self.asc_temperature}
         sample = add("sample", sampled, [ids["train"].get(setting)], key=TDG_ASC_SAMPLE)
         score = add("score-samples", {"sample_job": sample, "ranker": ranker_name}, [sample, ranker])
-        aggregate = add("aggregate", {"sample_job": sample, "score_job": score,
-                                      "greedy_job": ids["sample"][setting]}, [score, ids["sample"][setting]])
+        aggregate = add("aggregate", {"sample_job": sample, "score_samples_job": score,
+                                      "greedy_sample_job": ids["sample"][setting]}, [score, ids["sample"][setting]])
         return {"setting": setting, "train-ranker": ranker, "sample": sample, "score-samples": score,
                 "aggregate": aggregate}

@@ -131,12 +131,12 @@ SELECT
     (SELECT count(*) FROM store.extractions WHERE job_id IN (SELECT job_id FROM mine)) AS extractions,
     (SELECT count(*) FROM store.extractions
      WHERE CAST(passed AS BOOLEAN) AND job_id IN (SELECT job_id FROM mine)) AS passed_fidelity,
-    count(DISTINCT rationale_id) FILTER (WHERE extract_job_id IN (SELECT job_id FROM mine)) AS rationales,
-    count(*) FILTER (WHERE score_job_id IN (SELECT job_id FROM mine)) AS scored,
+    count(DISTINCT rationale_id) FILTER (WHERE extract_rationales_job_id IN (SELECT job_id FROM mine)) AS rationales,
+    count(*) FILTER (WHERE score_rationales_job_id IN (SELECT job_id FROM mine)) AS scored,
     -- restate the text they precede (overlap above the score job's threshold): never kept, however large their
     -- loss delta
-    count(*) FILTER (WHERE leak AND score_job_id IN (SELECT job_id FROM mine)) AS leaks,
-    count(*) FILTER (WHERE kept AND score_job_id IN (SELECT job_id FROM mine)) AS kept,
+    count(*) FILTER (WHERE leak AND score_rationales_job_id IN (SELECT job_id FROM mine)) AS leaks,
+    count(*) FILTER (WHERE kept AND score_rationales_job_id IN (SELECT job_id FROM mine)) AS kept,
     (SELECT count(*) FROM training_metrics WHERE job_id IN (SELECT job_id FROM mine)) AS train_steps
 FROM rationales"""
 
@@ -200,7 +200,9 @@ def tdg_report(engine: Engine, experiment: str) -> dict[str, Any]:
             WHERE e.experiment = $experiment AND j.kind = 'evaluate' AND j.status = 'succeeded'
               AND e.method = 'greedy' AND e.model IS NOT NULL
               AND coalesce(CAST(json_extract(sample.params, '$.temperature') AS DOUBLE), 0.0) = 0.0
-              AND coalesce(CAST(json_extract(sample.params, '$.n') AS BIGINT), 1) = 1
+              -- a sample job stored before n_samples had that name says n
+              AND coalesce(CAST(coalesce(json_extract(sample.params, '$.n_samples'), json_extract(sample.params, '$.n'))
+                                AS BIGINT), 1) = 1
             QUALIFY e.job_id = max(e.job_id) OVER (PARTITION BY e.model)
             ORDER BY e.job_id""", {"experiment": experiment})
         latest: dict[str, dict[str, Any]] = {}  # model name -> its latest evaluation, in evaluate job order

@@ -135,7 +135,7 @@ def _sample_job(s: Session, job_id: int) -> tuple[int, str, list[Judged]]:
     if not rows:
         raise UserError(f"sample job {job_id} has no samples; run it to the end before evaluating it "
                         "(`rplat jobs show` tells its state).")
-    method = "sc" if sampled.n > 1 else "greedy" if sampled.temperature <= 0 else "sampled"
+    method = "sc" if sampled.n_samples > 1 else "greedy" if sampled.temperature <= 0 else "sampled"
     return model_id, method, judge_samples(method, _by_problem(rows))
 
 

@@ -14,7 +14,7 @@ class EvaluateParams(Params):
     solve_job: Annotated[int | None, Ref("job", kind="solve", primary=True)] = Field(
         None, description="the solve job whose trajectories to check")
     sample_job: Annotated[int | None, Ref("job", kind="sample", primary=True)] = Field(
-        None, description="the sample job whose chains to check (greedy, or self-consistency over its n samples)")
+        None, description="the sample job whose chains to check (greedy, or self-consistency over its samples)")
 
     @model_validator(mode="after")
     def _one_source(self) -> EvaluateParams:

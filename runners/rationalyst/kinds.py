@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from rplat.kinds import JobKind, Params
+from rplat.kinds import JobKind, Params, Was
 from rplat.methods.guided import GUIDED, SolveMethod
 from rplat.methods.leaks import LEAK_THRESHOLD
 from rplat.references import Makes, Ref
@@ -60,7 +60,7 @@ class ExtractParams(ModelParams):
 
 
 class ScoreParams(ModelParams):
-    extract_job: Annotated[int, Ref("job", kind="extract-rationales")] = Field(
+    extract_rationales_job: Annotated[int, Ref("job", kind="extract-rationales"), Was("extract_job")] = Field(
         description="the extract-rationales job whose rationales to score")
     gamma: float = Field(0.9, gt=0, le=1, description="discount of the following tokens")
     tau: float = Field(0.0, description="keep iff loss delta >= tau (sources without their own tau)")
@@ -80,7 +80,7 @@ class TrainRationalystParams(FineTuneParams):
     """A5: preceding text -> rationale, with RATIONALYST's values of the loop's knobs (each description gives the
     reference script's value; it fully fine-tunes, where the default here is a LoRA)."""
 
-    score_job: Annotated[int, Ref("job", kind="score-rationales")] = Field(
+    score_rationales_job: Annotated[int, Ref("job", kind="score-rationales"), Was("score_job")] = Field(
         description="the score-rationales job whose kept rationales to train on")
     adapter_name: Annotated[str | None, Makes("rationalyst-job{job_id}")] = Field(
         None, description="registry name of the result (default rationalyst-job<ID>)")
@@ -109,7 +109,8 @@ class SolveParams(ModelParams):
     n_candidates: int = Field(3, gt=0, description="candidate next steps per step (reference: 3)")
     n_samples: int = Field(8, gt=0, description="independent trajectories per problem for method=sc")
     temperature: float = Field(0.7, ge=0, description="candidate sampling temperature (reference: 0.7)")
-    max_steps: int = Field(15, gt=0, description="steps before giving up (reference: 15)")
+    max_solve_steps: Annotated[int, Was("max_steps")] = Field(
+        15, gt=0, description="solution steps before giving up (reference: 15); max_steps caps optimizer steps")
     step_tokens: int = Field(64, gt=0, description="token budget of one step")
     rationale_tokens: int = Field(64, gt=0, description="token budget of one rationale")
     seed: int = Field(14)

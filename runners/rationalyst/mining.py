@@ -162,13 +162,13 @@ def score_pairs(llm: Backend, triples: list[tuple[str, str, str]]) -> list[list[
 def score(ctx: JobContext, p: ScoreParams) -> dict[str, Any]:
     spec = prepare_backend(ctx.engine, p.model, backend=p.backend, endpoint=p.endpoint, home=ctx.home)
     with ctx.transaction() as s:
-        job_of_kind(s, p.extract_job, "extract-rationales", "extract_job")
+        job_of_kind(s, p.extract_rationales_job, "extract-rationales", "extract_rationales_job")
         scorer_id = get_model(s, p.model).id
         ensure_template(s, TEMPLATES["score-future"])
     with ctx.read() as s:
         rows = s.execute(select(Rationale.id, Rationale.preceding, Rationale.rationale, Rationale.following,
                                 Rationale.source)
-                         .where(Rationale.job_id == p.extract_job,
+                         .where(Rationale.job_id == p.extract_rationales_job,
                                 ~Rationale.id.in_(select(RationaleScore.rationale_id)
                                                   .where(RationaleScore.job_id == ctx.job_id)))
                          .order_by(Rationale.id)).all()

@@ -159,7 +159,7 @@ class Solver:
                 t.stopped = "empty-step"
 
     def solve(self, batch: list[Trajectory], check: Any) -> None:
-        for step_idx in range(self.p.max_steps):
+        for step_idx in range(self.p.max_solve_steps):
             active = [t for t in batch if t.stopped is None]
             if not active:
                 return

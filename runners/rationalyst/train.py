@@ -62,11 +62,12 @@ def _split(ids: list[int], eval_fraction: float, seed: int) -> dict[int, str]:
 def run(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
     prepare_backend(ctx.engine, p.model, home=ctx.home)  # converts the bundled model once, before any worker starts
     with ctx.transaction() as s:
-        job_of_kind(s, p.score_job, "score-rationales", "score_job")
+        job_of_kind(s, p.score_rationales_job, "score-rationales", "score_rationales_job")
         ids = s.scalars(select(RationaleScore.rationale_id)
-                        .where(RationaleScore.job_id == p.score_job, RationaleScore.kept.is_(True))).all()
+                        .where(RationaleScore.job_id == p.score_rationales_job, RationaleScore.kept.is_(True))).all()
         if not ids:
-            raise UserError(f"score job {p.score_job} kept no rationales; there is nothing to train on.")
+            raise UserError(f"score-rationales job {p.score_rationales_job} kept no rationales; there is nothing to "
+                            "train on.")
         split = _split(list(ids), p.eval_fraction, p.seed)
         insert_ignore(s, TrainingExample,
                       [dict(job_id=ctx.job_id, rationale_id=i, split=sp) for i, sp in split.items()],

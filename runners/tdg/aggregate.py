@@ -31,23 +31,25 @@ def _samples(s: Session, job_id: int) -> dict[int, list[Any]]:
     return by_problem
 
 
-def _check_score_job(s: Session, p: AggregateParams) -> None:
-    """A score job of another sample job is refused."""
-    assert p.score_job is not None
-    scored = stored_params(s, p.score_job, "score-samples", ScoreSamplesParams, "score_job", "aggregate with")
+def _check_score_samples_job(s: Session, p: AggregateParams) -> None:
+    """A score-samples job of another sample job is refused."""
+    assert p.score_samples_job is not None
+    scored = stored_params(s, p.score_samples_job, "score-samples", ScoreSamplesParams, "score_samples_job",
+                           "aggregate with")
     if scored.sample_job != p.sample_job:
-        raise UserError(f"score_job {p.score_job} scored sample job {scored.sample_job}, not sample_job "
-                        f"{p.sample_job}; give the score-samples job of sample job {p.sample_job}.")
+        raise UserError(f"score_samples_job {p.score_samples_job} scored sample job {scored.sample_job}, not "
+                        f"sample_job {p.sample_job}; give the score-samples job of sample job {p.sample_job}.")
 
 
 def _scores(s: Session, p: AggregateParams, sample_ids: Sequence[int]) -> dict[int, float]:
-    """The score job's ranker score of every sample; one that did not score every sample is refused."""
-    assert p.score_job is not None
-    scores = ranker_scores(s, p.score_job)
+    """The score-samples job's ranker score of every sample; one that did not score every sample is refused."""
+    assert p.score_samples_job is not None
+    scores = ranker_scores(s, p.score_samples_job)
     missing = sum(1 for i in sample_ids if i not in scores)
     if missing:
-        raise UserError(f"score_job {p.score_job} has no ranker score for {missing} of the {len(sample_ids)} samples "
-                        f"of sample job {p.sample_job}; let it finish (`rplat jobs show {p.score_job}`) and "
+        raise UserError(f"score_samples_job {p.score_samples_job} has no ranker score for {missing} of the "
+                        f"{len(sample_ids)} samples of sample job {p.sample_job}; let it finish (`rplat jobs show "
+                        f"{p.score_samples_job}`) and "
                         "aggregate again.")
     return scores
 
@@ -71,27 +73,30 @@ def votes(by_problem: dict[int, list[Any]], scores: dict[int, float] | None, met
 
 
 def run(ctx: JobContext, p: AggregateParams) -> dict[str, Any]:
-    """Predictions and evaluations of greedy (with greedy_job), sc and asc-<f> for each of `votes` (with
-    score_job) over the sample job's problems."""
+    """Predictions and evaluations of greedy (with greedy_sample_job), sc and asc-<f> for each of `votes` (with
+    score_samples_job) over the sample job's problems."""
     with ctx.read() as s:
         sampled = stored_params(s, p.sample_job, "sample", SampleParams, "sample_job", "aggregate")
-        if sampled.n < 2:
-            raise UserError(f"sample_job {p.sample_job} drew n={sampled.n} sample per problem, nothing to vote over; "
-                            "aggregate a sample job with n > 1 (e.g. --param n=16 --param temperature=0.7).")
+        if sampled.n_samples < 2:
+            raise UserError(f"sample_job {p.sample_job} drew n_samples={sampled.n_samples} sample per problem, "
+                            "nothing to vote over; aggregate a sample job with n_samples > 1 (e.g. --param "
+                            "n_samples=16 --param temperature=0.7).")
         model_id = get_model(s, sampled.model).id
-        if p.score_job is not None:
-            _check_score_job(s, p)
+        if p.score_samples_job is not None:
+            _check_score_samples_job(s, p)
         by_problem = _samples(s, p.sample_job)
-        scores = None if p.score_job is None else _scores(s, p, [r.id for g in by_problem.values() for r in g])
+        scores = (None if p.score_samples_job is None
+                  else _scores(s, p, [r.id for g in by_problem.values() for r in g]))
         greedy_rows = None
-        if p.greedy_job is not None:
-            greedy_params = stored_params(s, p.greedy_job, "sample", SampleParams, "greedy_job",
-                                          "aggregate with")
-            if greedy_params.n != 1 or greedy_params.temperature > 0 or greedy_params.model != sampled.model:
-                raise UserError(f"greedy_job {p.greedy_job} is not a greedy sample job of model {sampled.model!r} "
-                                f"(it has n={greedy_params.n}, temperature={greedy_params.temperature}, model "
-                                f"{greedy_params.model!r}); give a sample job of that model with n=1, temperature 0.")
-            greedy_rows = _samples(s, p.greedy_job)
+        if p.greedy_sample_job is not None:
+            greedy = stored_params(s, p.greedy_sample_job, "sample", SampleParams, "greedy_sample_job",
+                                   "aggregate with")
+            if greedy.n_samples != 1 or greedy.temperature > 0 or greedy.model != sampled.model:
+                raise UserError(f"greedy_sample_job {p.greedy_sample_job} is not a greedy sample job of model "
+                                f"{sampled.model!r} (it has n_samples={greedy.n_samples}, temperature="
+                                f"{greedy.temperature}, model {greedy.model!r}); give a sample job of that model "
+                                "with n_samples=1, temperature 0.")
+            greedy_rows = _samples(s, p.greedy_sample_job)
     methods = ["sc"] + ([f"asc-{f}" for f in p.votes] if scores is not None else [])
     judged: dict[str, list[Judged]] = {} if greedy_rows is None else {"greedy": judge_samples("greedy", greedy_rows)}
     judged |= votes(by_problem, scores, methods)

@@ -2,7 +2,7 @@
 
 Both generating kinds prompt with `Problem:\\n{q}\\nSolution:` after few-shot demonstrations, stop where the
 model starts another problem, and ask the model only for what is not stored yet: each batch of problems is one
-`generate` call with n samples per prompt (the hf backend encodes a prompt once for its n samples), through the
+`generate` call with `n_samples` samples per prompt (the hf backend encodes a prompt once for them), through the
 generation cache, committed in one fenced transaction with insert-ignore writes. A killed job resumes at the
 first batch it had not committed, and that batch's chains come back from the cache.
 """
@@ -69,8 +69,8 @@ def demonstrations(pool: Sequence[tuple[int, str, str]], problem_id: int, questi
 
 def sample_chains(llm: Backend, sampling: Sampling, items: Sequence[Item]) -> list[tuple[Item, int, Completion]]:
     """(item, sample index, completion) for every missing sample of `items`: one call per set of missing indexes
-    (normally one: all n). Samples a..b-1 are drawn with a seed of their own when a > 0, so topping up an
-    n=3 collection to n=8 gives five new chains, not repeats of the first ones."""
+    (normally one: all n_samples). Samples a..b-1 are drawn with a seed of their own when a > 0, so topping up an
+    n_samples=3 collection to n_samples=8 gives five new chains, not repeats of the first ones."""
     groups: dict[tuple[int, ...], list[Item]] = {}
     for item in items:
         groups.setdefault(item.missing, []).append(item)
@@ -151,15 +151,16 @@ def collect(ctx: JobContext, p: CollectChainsParams) -> dict[str, Any]:
         pool = _pool(s, p.fewshot or p.problems, p.n_fewshot)
         have = set(s.execute(select(TeacherChain.problem_id, TeacherChain.sample_idx).where(
             TeacherChain.teacher == teacher, TeacherChain.problem_id.in_([r.id for r in problems]),
-            TeacherChain.sample_idx < p.n)).all())
-    todo = _items(problems, have, p.n, pool, p.n_fewshot, p.seed)
+            TeacherChain.sample_idx < p.n_samples)).all())
+    todo = _items(problems, have, p.n_samples, pool, p.n_fewshot, p.seed)
 
     def row(item: Any, k: int, c: Completion, text: str, verdict: Any) -> dict[str, Any]:
         return dict(job_id=ctx.job_id, problem_id=item.problem_id, teacher=teacher, sample_idx=k, text=text,
                     extracted_answer=verdict.answer, label=verdict.label, labeler=p.labeler,
                     hendrycks_correct=verdict.hendrycks, math_verify_correct=verdict.math_verify, n_chars=len(text))
 
-    llm = _fill(ctx, spec, p, todo, len(problems) * p.n, row, TeacherChain, ["problem_id", "teacher", "sample_idx"])
+    llm = _fill(ctx, spec, p, todo, len(problems) * p.n_samples, row, TeacherChain,
+                ["problem_id", "teacher", "sample_idx"])
     with ctx.read() as s:
         mine = (TeacherChain.teacher == teacher) & TeacherChain.problem_id.in_([r.id for r in problems])
         counts = dict(s.execute(select(TeacherChain.label, func.count()).where(mine)
@@ -183,14 +184,14 @@ def sample(ctx: JobContext, p: SampleParams) -> dict[str, Any]:
                              .order_by(Problem.id).limit(p.limit)).all()
         pool = _pool(s, p.fewshot, p.n_fewshot)
         have = set(s.execute(select(Sample.problem_id, Sample.sample_idx).where(Sample.job_id == ctx.job_id)).all())
-    todo = _items(problems, have, p.n, pool, p.n_fewshot, p.seed)
+    todo = _items(problems, have, p.n_samples, pool, p.n_fewshot, p.seed)
 
     def row(item: Any, k: int, c: Completion, text: str, verdict: Any) -> dict[str, Any]:
         return dict(job_id=ctx.job_id, problem_id=item.problem_id, model_id=model_id, sample_idx=k,
                     decoding=decoding, text=text, extracted_answer=verdict.answer,
                     correct=None if item.gold is None else verdict.label == "pos", finish_reason=c.finish_reason)
 
-    llm = _fill(ctx, spec, p, todo, len(problems) * p.n, row, Sample, ["job_id", "problem_id", "sample_idx"])
+    llm = _fill(ctx, spec, p, todo, len(problems) * p.n_samples, row, Sample, ["job_id", "problem_id", "sample_idx"])
     with ctx.read() as s:
         n, correct = s.execute(select(func.count(), func.count().filter(Sample.correct.is_(True)))
                                .where(Sample.job_id == ctx.job_id)).one()

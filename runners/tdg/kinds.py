@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from rplat.kinds import JobKind, Params, resolve
+from rplat.kinds import JobKind, Params, Was, resolve
 from rplat.references import Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
 from rplat.runners.params import (
@@ -38,26 +38,27 @@ VoteFunction = Literal["f0", "f1", "f2", "f3"]
 
 
 class CollectChainsParams(ModelParams):
-    """B1: n chains per problem from a teacher, each labelled against the problem's gold answer."""
+    """B1: n_samples chains per problem from a teacher, each labelled against the problem's gold answer."""
 
     problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
         description="problem dataset (with gold answers) to collect chains for")
     teacher: str | None = Field(None, min_length=1, max_length=200,
                                 description="name of the chain set (default: the teacher model's name)")
-    n: int = Field(8, gt=0, le=256, description="chains per problem (reference: 8)")
+    n_samples: Annotated[int, Was("n")] = Field(8, gt=0, le=256, description="chains per problem (reference: 8)")
     temperature: float = Field(0.5, ge=0, description="teacher sampling temperature (reference, inferred: 0.5)")
     max_tokens: int = Field(512, gt=0, description="token budget of one chain")
     fewshot: Annotated[str | None, Ref("dataset", kind="problems")] = Field(
         None, description="dataset whose worked solutions are the demonstrations (default: `problems`)")
     n_fewshot: int = Field(4, ge=0, description="demonstrations before each problem (never the problem itself)")
     labeler: Labeler = Field("hendrycks", description="which verdict is the chain's label (both are stored)")
-    seed: int = Field(0, description="sampling seed of each batch's one call for its n chains per problem (a "
-                      "top-up to a larger n draws the new chains with a seed of their own)")
+    seed: int = Field(0, description="sampling seed of each batch's one call for its n_samples chains per problem "
+                      "(a top-up to a larger n_samples draws the new chains with a seed of their own)")
 
     @model_validator(mode="after")
     def _sampled(self) -> CollectChainsParams:
-        if self.temperature == 0 and self.n > 1:
-            raise ValueError("temperature 0 gives one chain per problem, n times over; set n=1 or a temperature > 0")
+        if self.temperature == 0 and self.n_samples > 1:
+            raise ValueError("temperature 0 gives one chain per problem, n_samples times over; set n_samples=1 or a "
+                             "temperature > 0")
         return self
 
     def prompt_templates(self) -> tuple[str, ...]:
@@ -145,7 +146,7 @@ class TrainNatParams(ChainTrainParams):
         description="the negative LoRA (a train-neg result) the NAT layer plugs in, frozen")
     unit_dim: int = Field(128, gt=0, description="width of W_Q, W_K, W_1 (reference: 128)")
     unit_beta: float = Field(0.5, gt=0, le=1, description="w_neg = 2*beta*a_neg - beta (reference 0.5)")
-    log_every: int = Field(10, gt=0, description="optimizer steps between nat_alpha_logs rows (reference: 200)")
+    log_every: int = Field(10, gt=0, description="optimizer steps between nat_w_neg rows (reference: 200)")
 
 
 class TrainNceParams(ChainTrainParams):
@@ -164,11 +165,11 @@ class TrainNceParams(ChainTrainParams):
 
 
 class SampleParams(ModelParams):
-    """Whole chains for test problems from any model or adapter: greedy, or n samples at a temperature."""
+    """Whole chains for test problems from any model or adapter: greedy, or n_samples samples at a temperature."""
 
     problems: Annotated[str, Ref("dataset", kind="problems")] = Field(description="problem dataset to solve")
-    n: int = Field(1, gt=0, le=256, description="chains per problem (1 with temperature 0: greedy, the main table; "
-                   "16 for SC/ASC)")
+    n_samples: Annotated[int, Was("n")] = Field(1, gt=0, le=256, description="chains per problem (1 with "
+                                                "temperature 0: greedy, the main table; 16 for SC/ASC)")
     temperature: float = Field(0.0, ge=0, description="0: greedy (reference main table); >0: sampled")
     max_tokens: int = Field(512, gt=0, description="token budget of one chain (reference: 1024)")
     fewshot: Annotated[str | None, Ref("dataset", kind="problems")] = Field(
@@ -180,8 +181,8 @@ class SampleParams(ModelParams):
 
     @model_validator(mode="after")
     def _greedy_once(self) -> SampleParams:
-        if self.temperature == 0 and self.n > 1:
-            raise ValueError("greedy decoding (temperature 0) gives one chain; set n=1 or a temperature > 0")
+        if self.temperature == 0 and self.n_samples > 1:
+            raise ValueError("greedy decoding (temperature 0) gives one chain; set n_samples=1 or a temperature > 0")
         return self
 
     def prompt_templates(self) -> tuple[str, ...]:
@@ -227,10 +228,10 @@ class AggregateParams(Params):
     """B4/B6: per problem, greedy, self-consistency and ASC under each vote function, as predictions."""
 
     sample_job: Annotated[int, Ref("job", kind="sample", primary=True)] = Field(
-        description="the sample job with n > 1 samples per problem to vote over")
-    score_job: Annotated[int | None, Ref("job", kind="score-samples")] = Field(
+        description="the sample job with n_samples > 1 samples per problem to vote over")
+    score_samples_job: Annotated[int | None, Ref("job", kind="score-samples"), Was("score_job")] = Field(
         None, description="ranker scores of those samples (without: self-consistency only)")
-    greedy_job: Annotated[int | None, Ref("job", kind="sample")] = Field(
+    greedy_sample_job: Annotated[int | None, Ref("job", kind="sample"), Was("greedy_job")] = Field(
         None, description="a greedy sample job of the same model, for the greedy row")
     votes: list[VoteFunction] = Field(default_factory=lambda: list(VOTE_FUNCTIONS), min_length=1,
                                       description="ASC vote functions to store, as methods asc-f0..asc-f3")
@@ -245,9 +246,10 @@ class AggregateParams(Params):
 
 
 COLLECT_CHAINS = JobKind("collect-chains", CollectChainsParams, "rplat.runners.tdg.chains:collect",
-                         "Sample n teacher chains per problem and label them positive/negative (TDG B1).")
+                         "Sample n_samples teacher chains per problem and label them positive/negative (TDG B1).")
 SAMPLE = JobKind("sample", SampleParams, "rplat.runners.tdg.chains:sample",
-                 "Generate whole chains for problems (greedy or n samples) and check their answers (TDG eval).")
+                 "Generate whole chains for problems (greedy or n_samples samples) and check their answers (TDG "
+                 "eval).")
 TRAIN_RANKER = JobKind("train-ranker", TrainRankerParams, "rplat.runners.tdg.ranker:train",
                        "Train the ASC ranker on positive/negative chain pairs and measure held-out accuracy (TDG B4).")
 SCORE_SAMPLES = JobKind("score-samples", ScoreSamplesParams, "rplat.runners.tdg.ranker:score_samples",
@@ -267,10 +269,6 @@ class TdgTraining(JobKind):
     gold: Callable[[Any], bool] = lambda p: False  # (params) -> whether it also trains on the gold solutions
     objective: str  # "module:function" making its training Objective (from what its handler has), imported then
     builds_on: str | None = None  # the setting whose model it plugs in, named by its params' `<setting>_model`
-
-    @property
-    def role(self) -> str:
-        return self.setting
 
     def load_objective(self) -> Callable[..., Any]:
         return resolve(self.objective)

@@ -6,8 +6,8 @@ target modules with the negative LoRA of `neg_model` (a train-neg result, a peft
 it, and trains only the positive LoRA and the unit through the shared loop (causal-LM loss on question + chain,
 pads masked; strict resume). The objective returns every NAT layer's mean w_neg as metrics, so each step's
 values land in `training_metrics.extra` (persisted with the loss, so resume-safe); after training rank 0 copies
-those of every `log_every`-th step and the last into `nat_alpha_logs`, saves the NAT directory and registers it
-as format `nat`, role `nat`, parents base and neg.
+those of every `log_every`-th step and the last into `nat_w_neg`, saves the NAT directory and registers it
+as format `nat`, role its setting `nat`, parents base and neg.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from rplat.methods.nat import (
     save_nat,
     w_neg_stats,
 )
-from rplat.models import NatAlphaLog, TrainingMetric
+from rplat.models import NatWNeg, TrainingMetric
 from rplat.runners.framework.context import JobContext
 from rplat.runners.tdg.examples import (
     adapter_on_student_base,
@@ -88,7 +88,7 @@ def nat_objective(pad_id: int) -> Objective:
 
 
 def write_alpha_logs(ctx: JobContext, steps: int, log_every: int) -> int:
-    """Copy the stored per-step w_neg means of every `log_every`-th step and the last into nat_alpha_logs."""
+    """Copy the stored per-step w_neg means of every `log_every`-th step and the last into nat_w_neg."""
     with ctx.read() as s:
         metrics = s.execute(select(TrainingMetric.step, TrainingMetric.extra)
                             .where(TrainingMetric.job_id == ctx.job_id).order_by(TrainingMetric.step)).all()
@@ -101,7 +101,7 @@ def write_alpha_logs(ctx: JobContext, steps: int, log_every: int) -> int:
                 layer, proj = key[len(METRIC_PREFIX):].split(".", 1)
                 rows.append(dict(job_id=ctx.job_id, step=step, layer=int(layer), proj=proj, mean_w_neg=float(value)))
     with ctx.transaction() as s:
-        insert_ignore(s, NatAlphaLog, rows, ["job_id", "step", "layer", "proj"])
+        insert_ignore(s, NatWNeg, rows, ["job_id", "step", "layer", "proj"])
     return len(rows)
 
 
@@ -128,7 +128,7 @@ def fit(ctx: JobContext, p: TrainNatParams) -> dict[str, Any]:
         ctx, row.name, p,
         lambda out: save_nat(model, out, cfg, {"base_model_name_or_path": base_name, "neg_model": p.neg_model},
                              state=state),
-        fmt="nat", role=row.role, parents={"base": base_id, "neg": neg_id},
+        fmt="nat", role=row.setting, parents={"base": base_id, "neg": neg_id},
         config={"nat": cfg.to_dict(), "examples": {"pos": len(examples)}},
         lora_r=p.lora_r, lora_alpha=p.lora_alpha, target_modules=list(p.target_modules))
     summary.pop("final_eval", None)

@@ -8,7 +8,7 @@ shorter than `max_chars` as `training_examples`; with `self_augment > 0`, chains
 in mode neg and mix, batch by batch, skipping chains a previous attempt weighed. `fit` then trains the student,
 a fresh peft LoRA on the base, through the shared loop on (1 - alpha) CE + alpha (beta_offset + beta) KD: each
 batch carries its chains' stored beta, and the NAT logits are computed on the fly without gradients (the
-teacher is frozen and sits on the student's device). Rank 0 registers the result as a `lora` of role `nce`
+teacher is frozen and sits on the student's device). Rank 0 registers the result as a `lora` of role `nce` (its setting)
 with parents base and teacher.
 """
 
@@ -222,7 +222,7 @@ def fit(ctx: JobContext, p: TrainNceParams) -> dict[str, Any]:
     if not is_main_process():
         return {}
     name, model_id = save_and_register(
-        ctx, row.name, p, lambda out: student.save_pretrained(out, state_dict=weights), fmt="lora", role=row.role,
+        ctx, row.name, p, lambda out: student.save_pretrained(out, state_dict=weights), fmt="lora", role=row.setting,
         parents={"base": base_id, "teacher": nat_id}, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
         target_modules=list(p.target_modules))
     summary.pop("final_eval")

@@ -2,9 +2,9 @@
 
 One handler, `run`, serves them all: it finds the job's row of the training table (`rplat.runners.tdg.kinds`),
 which says which examples it stores (chain labels, gold solutions), the objective it trains them with and the
-role its LoRA is registered under. The handler stores the examples, then `fit` trains a fresh peft LoRA on the
-student base through the shared loop (exact resume), in the handler's process or, with `nproc > 1`, on every
-torchrun worker; rank 0 saves the adapter and registers it as format `lora` with its base as parent, so
+setting whose name is its LoRA's registry role. The handler stores the examples, then `fit` trains a fresh peft
+LoRA on the student base through the shared loop (exact resume), in the handler's process or, with `nproc > 1`,
+on every torchrun worker; rank 0 saves the adapter and registers it as format `lora` with its base as parent, so
 `rplat serve` serves it and train-nat plugs train-neg's in.
 
 Every loss is a sum over the target tokens (question and chain, pads masked) and the loop divides by the
@@ -125,7 +125,7 @@ def fit(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:
     if not is_main_process():
         return {}
     name, model_id = tdg_data.save_and_register(
-        ctx, row.name, p, lambda out: model.save_pretrained(out, state_dict=weights), fmt="lora", role=row.role,
+        ctx, row.name, p, lambda out: model.save_pretrained(out, state_dict=weights), fmt="lora", role=row.setting,
         parents={"base": base_id}, config={"examples": counts}, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
         target_modules=list(p.target_modules))
     summary.pop("final_eval")

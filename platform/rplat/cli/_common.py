@@ -9,11 +9,12 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from rplat.config import get_settings
 from rplat.errors import UserError
@@ -71,6 +72,73 @@ def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool, 
         writer.writerows([["" if r.get(c) is None else r.get(c) for c in columns] for r in rows])
     else:
         click.echo(table(rows, columns))
+
+
+_OLD_OPTIONS = "rplat.old_options"  # ctx.meta key: {new option's name: the value given under its old name}
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one line on stderr that says a name is deprecated (the command goes on with the new name)."""
+    click.echo(f"rplat: {old} is deprecated; use {new}", err=True)
+
+
+def _both(old: str, new: str) -> click.UsageError:
+    return click.UsageError(f"{new} and its old name {old} are both given; give {new} only")
+
+
+class _Renamed(click.Option):
+    """An option that was renamed: given under its old name (a hidden option of its own), the value arrives here as
+    if given under the new name, so `required`, the type and the help are the new option's alone."""
+
+    def __init__(self, *args: Any, old: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.old = old
+
+    def consume_value(self, ctx: click.Context, opts: Mapping[str, Any]) -> tuple[Any, ParameterSource]:
+        value, source = super().consume_value(ctx, opts)
+        given = ctx.meta.get(_OLD_OPTIONS, {})
+        if self.name not in given:
+            return value, source
+        if source is ParameterSource.COMMANDLINE:
+            raise _both(self.old, self.opts[0])
+        return given[self.name], ParameterSource.COMMANDLINE
+
+
+def option(*decls: str, old: str, **attrs: Any) -> Callable[[Any], Any]:
+    """`click.option(*decls, **attrs)` that also takes its value under the deprecated name `old`: a hidden option
+    that says on stderr that it is deprecated and hands its value to the new one (both given: a usage error)."""
+    def decorate(f: Any) -> Any:
+        f = click.option(*decls, cls=_Renamed, old=old, **attrs)(f)
+        new: _Renamed = f.__click_params__[-1]
+
+        def hand_over(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+            # The old name is processed before the new one unless the new one was given first (click processes
+            # the options given in the order given): then the new one's source says so.
+            if value is None:
+                return
+            deprecated(old, new.opts[0])
+            if ctx.get_parameter_source(new.name or "") is ParameterSource.COMMANDLINE:
+                raise _both(old, new.opts[0])
+            ctx.meta.setdefault(_OLD_OPTIONS, {})[new.name] = value
+
+        return click.option(old, f"old_{new.name}", hidden=True, expose_value=False, type=attrs.get("type"),
+                            callback=hand_over)(f)
+
+    return decorate
+
+
+def warn_old_params(kind: str, raws: Iterable[Mapping[str, Any]]) -> None:
+    """One deprecation line per old name of a renamed parameter of `kind` that any of `raws` uses (the job stores
+    the new name); a kind that does not exist is left to the validation that words it."""
+    from rplat import kinds
+
+    known = kinds.all_kinds().get(kind)
+    if known is None:
+        return
+    used = set().union(*(raw.keys() for raw in raws))
+    for old, new in kinds.old_names(known.params).items():
+        if old in used:
+            deprecated(f"parameter {old} of {kind}", new)
 
 
 def parse_param(raw: str) -> tuple[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from rplat.cli._common import open_store
+from rplat.cli._common import open_store, option
 
 # --- import ---------------------------------------------------------------------------------------
 
@@ -103,15 +103,15 @@ def import_problems(file: str, dataset: str, id_field: str | None, split: str | 
 @click.argument("path", metavar="FILE_OR_DIR", type=click.Path())
 @click.option("--teacher", required=True, help="name of the chain set (gpt-3.5, gpt-4, ...)")
 @click.option("--dataset", default="math-train", show_default=True,
-              help="problem dataset the chains belong to (released format: created or extended)")
+              help="problem dataset the chains belong to (released layout: created or extended)")
 @click.option("--labeler", type=click.Choice(["hendrycks", "math-verify"]), default="hendrycks", show_default=True,
               help="whose verdict is the label (both are stored)")
-@click.option("--format", "fmt", type=click.Choice(["auto", "released", "flat"]), default="auto", show_default=True,
-              help="released: one problem per line with its chains; flat: one chain per line with a problem_id")
+@option("--layout", old="--format", type=click.Choice(["auto", "released", "flat"]), default="auto", show_default=True,
+        help="released: one problem per line with its chains; flat: one chain per line with a problem_id")
 @click.option("--benchmark", default="math", show_default=True, help="benchmark recorded on created problems")
 @click.option("--split", default="train", show_default=True, help="split recorded on created problems")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def import_chains(path: str, teacher: str, dataset: str, labeler: str, fmt: str, benchmark: str, split: str,
+def import_chains(path: str, teacher: str, dataset: str, labeler: str, layout: str, benchmark: str, split: str,
                   as_json: bool) -> None:
     """Import teacher chains (TDG's released JSONL, or flat), labelled by both labelers; all or nothing."""
     from rplat.imports import chains
@@ -120,7 +120,7 @@ def import_chains(path: str, teacher: str, dataset: str, labeler: str, fmt: str,
     bar = _progress_bar(0, f"label {teacher} chains")
     try:
         summary = chains.import_chains(engine, Path(path), teacher=teacher, dataset=dataset, labeler=labeler,
-                                       benchmark=benchmark, split=split, fmt=fmt, progress=bar.update)
+                                       benchmark=benchmark, split=split, layout=layout, progress=bar.update)
     finally:
         bar.close()
     click.echo(json.dumps(summary) if as_json else chains.summary_line(summary))

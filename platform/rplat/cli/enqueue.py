@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rplat.cli._common import load_params_file, open_store, parse_param, queue_of
+from rplat.cli._common import load_params_file, open_store, parse_param, queue_of, warn_old_params
 from rplat.errors import UserError
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, params_
     if params_jsonl is None:
         from rplat import kinds
 
+        warn_old_params(kind, [raw])
         kinds.validate_params(kind, raw)  # before the store is opened: a typo needs no database
         job_id, created = queue_of(open_store()).enqueue(kind, raw, **options)
         click.echo(json.dumps({"id": job_id, "created": created}) if as_json else f"job {job_id} {_created(created)}")
@@ -80,6 +81,7 @@ def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, params_
         raise UserError("--dedupe-key makes every line one job; leave it out to de-duplicate each line by its params, "
                         "or add --no-dedupe.")
     jobs = _jsonl_params(params_jsonl, raw)
+    warn_old_params(kind, [params for _, params in jobs])
     results = queue_of(open_store()).enqueue_many(kind, jobs, **options)
     if as_json:
         click.echo(json.dumps([{"id": job_id, "created": created} for job_id, created in results]))

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from rplat.cli._common import open_store
+from rplat.cli._common import open_store, option
 
 
 @click.command("export")
 @click.argument("view")
 @click.option("--where", default=None, help="a read-only SQL predicate over the view's columns, e.g. kept")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "csv"]), default=None,
-              help="the file format (default: the suffix of --out)")
+@option("--file-type", old="--format", type=click.Choice(["jsonl", "parquet", "csv"]), default=None,
+        help="what to write (default: the suffix of --out)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="the file to write")
-def export(view: str, where: str | None, fmt: str | None, out: Path) -> None:
+def export(view: str, where: str | None, file_type: str | None, out: Path) -> None:
     """Write the rows of VIEW (rationales, chains, samples, predictions, ...) to a file, each with the job that
     made it: its kind, model, prompt template and params as JSON.
 
@@ -24,7 +24,7 @@ def export(view: str, where: str | None, fmt: str | None, out: Path) -> None:
 
     \b
     rplat export rationales --where "kept" --out kept.parquet
-    rplat export chains --where "label = 'pos' AND NOT labelers_disagree" --format jsonl --out pos.jsonl
+    rplat export chains --where "label = 'pos' AND NOT labelers_disagree" --file-type jsonl --out pos.jsonl
     rplat export predictions --where "job_id = 12" --out preds.csv
     """
     from rplat.export import export_view
@@ -32,5 +32,5 @@ def export(view: str, where: str | None, fmt: str | None, out: Path) -> None:
     engine = open_store()
     url = engine.url.render_as_string(hide_password=False)
     engine.dispose()
-    rows = export_view(url, view, out, fmt=fmt, where=where)
+    rows = export_view(url, view, out, file_type=file_type, where=where)
     click.echo(f"wrote {rows} rows of {view} to {out}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import click
 
 from rplat.bundled import SMOLLM2
-from rplat.cli._common import load_params_file, open_store, queue_of
+from rplat.cli._common import load_params_file, open_store, option, queue_of, warn_old_params
 from rplat.methods.guided import SOLVE_METHODS
 
 # --- pipelines ------------------------------------------------------------------------------------
@@ -18,10 +20,22 @@ def pipeline() -> None:
     """Enqueue a method's whole DAG of jobs at once."""
 
 
+def _overrides(params_file: str | None, kinds_of: Callable[[str], Iterable[str]]) -> dict[str, Any]:
+    """The params file's overrides per key, after a deprecation line for each old parameter name they use;
+    `kinds_of(key)` names the kinds a key applies to."""
+    overrides = load_params_file(params_file) if params_file else {}
+    for key, values in overrides.items():
+        if isinstance(values, dict):
+            for kind in kinds_of(key):
+                warn_old_params(kind, [values])
+    return overrides
+
+
 @pipeline.command("rationalyst")
 @click.option("--documents", required=True, help="document dataset to mine rationales from")
-@click.option("--benchmark", required=True, help="problem dataset with worked solutions (reference, rationales, demos)")
-@click.option("--test", default=None, help="problem dataset to solve (default: the benchmark)")
+@option("--problems", old="--benchmark", required=True,
+        help="problem dataset with worked solutions (reference, rationales, demos)")
+@click.option("--test", default=None, help="problem dataset to solve (default: the --problems dataset)")
 @click.option("--model", default=SMOLLM2, show_default=True, help="extractor, scorer, agent and base")
 @click.option("--experiment", default=None)
 @click.option("--methods", default=",".join(SOLVE_METHODS), show_default=True)
@@ -31,15 +45,15 @@ def pipeline() -> None:
 @click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps")
 @click.option("--params-file", default=None, help='JSON {"kind": {param: value}} overrides per job kind')
 @click.option("--json", "as_json", is_flag=True)
-def pipeline_rationalyst(documents: str, benchmark: str, test: str | None, model: str, experiment: str | None,
+def pipeline_rationalyst(documents: str, problems: str, test: str | None, model: str, experiment: str | None,
                          methods: str, limit: int | None, extract_limit: int | None, extract_mode: str,
                          train_steps: int | None, params_file: str | None, as_json: bool) -> None:
     """prefilter -> extract -> score -> train -> solve x methods -> evaluate, with dependencies."""
     from rplat.pipelines import RationalystPipeline
 
-    overrides = load_params_file(params_file) if params_file else {}
+    overrides = _overrides(params_file, lambda key: [key])
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    ids = RationalystPipeline(documents=documents, benchmark=benchmark, test=test, model=model,
+    ids = RationalystPipeline(documents=documents, problems=problems, test=test, model=model,
                               experiment=experiment, methods=chosen, limit=limit, extract_limit=extract_limit,
                               extract_mode=extract_mode, train_steps=train_steps, overrides=overrides
                               ).enqueue(queue_of(open_store()))
@@ -53,14 +67,15 @@ def pipeline_rationalyst(documents: str, benchmark: str, test: str | None, model
 
 
 @pipeline.command("tdg")
-@click.option("--benchmark", required=True, help="training problem dataset (gold answers; worked solutions for sft)")
+@option("--problems", old="--benchmark", required=True,
+        help="training problem dataset (gold answers; worked solutions for sft)")
 @click.option("--test", required=True, help="problem dataset every model solves greedily")
-@click.option("--teacher", "teacher_model", default=None, help="model to collect the chains from (collect-chains)")
-@click.option("--chains", "chains_teacher", default=None, help="teacher name of chains already imported "
-              "(`rplat import chains FILE --teacher NAME`), instead of --teacher")
+@option("--teacher", old="--chains", required=True, help="a model to collect the chains from (collect-chains), or "
+        "the teacher name of chains already stored (`rplat import chains FILE --teacher NAME`)")
 @click.option("--student", required=True, help="base model every TDG setting trains a LoRA (or NAT) on")
 @click.option("--experiment", default=None)
-@click.option("--n-chains", default=8, show_default=True, type=click.IntRange(1, 256), help="chains per problem")
+@option("--teacher-samples", old="--n-chains", default=8, show_default=True, type=click.IntRange(1, 256),
+        help="chains per training problem collected from a teacher model")
 @click.option("--limit", default=None, type=click.IntRange(1), help="sample at most this many test problems")
 @click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps of every training")
 @click.option("--asc-samples", default=16, show_default=True, type=click.IntRange(0, 256),
@@ -71,28 +86,29 @@ def pipeline_rationalyst(documents: str, benchmark: str, test: str | None, model
 @click.option("--params-file", default=None, help='JSON {"kind": {param: value}} overrides per job kind; the key '
               '"train" applies to every training kind, "asc-sample" to ASC\'s sample job only')
 @click.option("--json", "as_json", is_flag=True)
-def pipeline_tdg(benchmark: str, test: str, teacher_model: str | None, chains_teacher: str | None, student: str,
-                 experiment: str | None, n_chains: int, limit: int | None, train_steps: int | None,
-                 asc_samples: int, asc_temperature: float, asc_setting: str, params_file: str | None,
-                 as_json: bool) -> None:
+def pipeline_tdg(problems: str, test: str, teacher: str, student: str, experiment: str | None, teacher_samples: int,
+                 limit: int | None, train_steps: int | None, asc_samples: int, asc_temperature: float,
+                 asc_setting: str, params_file: str | None, as_json: bool) -> None:
     """(collect-chains) -> train-neg -> train-nat -> train-nce, the baselines (sft, kd, mix, nt, ul) beside them,
     then a greedy sample and its evaluation for every model and the untrained student; ASC: train-ranker on
-    the chains, n sampled chains of one model, score-samples, aggregate (greedy, sc, asc-f0..f3)."""
-    from rplat.pipelines import TdgPipeline
+    the chains, sampled chains of one model, score-samples, aggregate (greedy, sc, asc-f0..f3)."""
+    from rplat.pipelines import TdgPipeline, tdg_override_kinds
+    from rplat.runners.tdg.kinds import TRAINING
 
-    overrides = load_params_file(params_file) if params_file else {}
-    ids = TdgPipeline(benchmark=benchmark, test=test, student=student, teacher_model=teacher_model,
-                      chains_teacher=chains_teacher, experiment=experiment, n_chains=n_chains, limit=limit,
-                      train_steps=train_steps, asc_samples=asc_samples, asc_temperature=asc_temperature,
-                      asc_setting=asc_setting, overrides=overrides).enqueue(queue_of(open_store()))
+    overrides = _overrides(params_file, tdg_override_kinds)
+    ids = TdgPipeline(problems=problems, test=test, student=student, teacher=teacher, experiment=experiment,
+                      teacher_samples=teacher_samples, limit=limit, train_steps=train_steps, asc_samples=asc_samples,
+                      asc_temperature=asc_temperature, asc_setting=asc_setting,
+                      overrides=overrides).enqueue(queue_of(open_store()))
     if as_json:
         click.echo(json.dumps(ids))
         return
     if ids["collect"] is not None:
         click.echo(f"collect-chains {ids['collect']}")
     train = ids["train"]
+    kind = {row.setting: row.name for row in TRAINING}
     click.echo(f"train-neg {train['neg']} -> train-nat {train['nat']} -> train-nce {train['nce']}; beside them: "
-               + ", ".join(f"train-{s} {train[s]}" for s in ("sft", "kd", "mix", "nt", "ul")))
+               + ", ".join(f"{kind[s]} {train[s]}" for s in ("sft", "kd", "mix", "nt", "ul")))
     for setting, job in ids["sample"].items():
         click.echo(f"  {setting}: sample job {job}, evaluate job {ids['evaluate'][setting]}")
     if (asc := ids["asc"]) is not None:

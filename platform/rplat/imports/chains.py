@@ -1,6 +1,6 @@
 """`rplat import chains`: teacher chains (TDG B1) into `teacher_chains`, labelled by both labelers, all or nothing.
 
-Two formats. *Released*: the TDG authors' files, one MATH problem per line with its gold solution and the
+Two layouts. *Released*: the TDG authors' files, one MATH problem per line with its gold solution and the
 teacher's chains (`{"question": "Problem:\\n…", "answer": …, "generated_answer": [...], "level", "type"}`); the
 problems are created in the dataset, or reused when their question is there already (the external id is a hash
 of the bare question, so the same problem imported for two teachers is one row). *Flat*: one chain per line,
@@ -28,7 +28,7 @@ from rplat.prompts import TDG_PROBLEM_PREFIX, TDG_SOLUTION_PREFIX, strip_prefix
 from rplat.queue import Queue
 from rplat.store import insert_ignore, transaction
 
-FORMATS = ("auto", "released", "flat")
+LAYOUTS = ("auto", "released", "flat")
 BATCH = 2000
 _RELEASED_FIELDS = ("question", "answer", "generated_answer")
 _FLAT_FIELDS = ("problem_id", "chain")
@@ -120,27 +120,27 @@ def _records_of(files: list[Path]) -> Iterator[tuple[_Where, dict[str, Any]]]:
             yield _Where(file, line), record
 
 
-def _format_of(record: dict[str, Any], fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
+def _layout_of(record: dict[str, Any], layout: str) -> str:
+    if layout != "auto":
+        return layout
     if "generated_answer" in record:
         return "released"
     if "chain" in record:
         return "flat"
     raise _Bad("is neither a released record (question, answer, generated_answer) nor a flat one (problem_id, "
-               "chain); fix it, or pass --format to say which it should be")
+               "chain); fix it, or pass --layout to say which it should be")
 
 
 @dataclass
 class _Parsed:
-    """Everything the files say, validated: new problems (released), chains, and which formats were seen."""
+    """Everything the files say, validated: new problems (released), chains, and which layouts were seen."""
 
     problems: dict[str, _NewProblem]
     chains: list[_Chain]
-    formats: set[str]
+    layouts: set[str]
 
 
-def _parse(files: list[Path], fmt: str) -> _Parsed:
+def _parse(files: list[Path], layout: str) -> _Parsed:
     subject_max, level_max, id_max = _limit(Problem, "subject"), _limit(Problem, "level"), _limit(Problem,
                                                                                                   "external_id")
     parsed = _Parsed({}, [], set())
@@ -148,8 +148,8 @@ def _parse(files: list[Path], fmt: str) -> _Parsed:
     flat_keys: dict[tuple[str, int], _Where] = {}
     for where, record in _records_of(files):
         try:
-            kind = _format_of(record, fmt)
-            parsed.formats.add(kind)
+            kind = _layout_of(record, layout)
+            parsed.layouts.add(kind)
             if kind == "released":
                 question = strip_prefix(_text(record, "question") or "", TDG_PROBLEM_PREFIX)
                 if not question.strip():
@@ -193,7 +193,7 @@ def _parse(files: list[Path], fmt: str) -> _Parsed:
                 parsed.chains.append(_Chain(ext, idx, strip_prefix(chain, TDG_SOLUTION_PREFIX), where))
         except _Bad as exc:
             raise UserError(f"{where} {exc}.") from None
-    if not parsed.formats:
+    if not parsed.layouts:
         raise UserError(f"{files[0] if len(files) == 1 else 'the files under the directory'} hold no records; "
                         "nothing to import.")
     return parsed
@@ -237,11 +237,11 @@ def _fingerprint(path: Path, files: list[Path]) -> str:
     return content_hash([[str(f.relative_to(path)), file_sha256(f)] for f in files])
 
 
-def _check_options(path: Path, teacher: str, dataset: str, labeler: str, fmt: str) -> None:
+def _check_options(path: Path, teacher: str, dataset: str, labeler: str, layout: str) -> None:
     if labeler not in LABELERS:
         raise UserError(f"--labeler {labeler!r} is not a labeler; choose one of {', '.join(LABELERS)}.")
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt!r} is not a chains format; choose one of {', '.join(FORMATS)}.")
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout {layout!r} is not a chains layout; choose one of {', '.join(LAYOUTS)}.")
     teacher_max, name_max = _limit(TeacherChain, "teacher"), _limit(Dataset, "name")
     if not teacher.strip():
         raise UserError("--teacher is empty; name the chain set (e.g. gpt-3.5).")
@@ -254,15 +254,15 @@ def _check_options(path: Path, teacher: str, dataset: str, labeler: str, fmt: st
 
 
 def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, labeler: str = "hendrycks",
-                  benchmark: str | None = "math", split: str | None = "train", fmt: str = "auto",
+                  benchmark: str | None = "math", split: str | None = "train", layout: str = "auto",
                   progress: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
     """Import the chains in `path` (a JSONL file or a directory of them, recursively, in sorted order) as
     `teacher`'s, on the problems of `dataset`, labelled by `labeler` (both verdicts stored); one transaction.
     `progress(n)` is told of every n chains labelled. Returns a summary."""
     path = Path(path)
-    _check_options(path, teacher, dataset, labeler, fmt)
+    _check_options(path, teacher, dataset, labeler, layout)
     files = _files(path)
-    parsed = _parse(files, fmt)
+    parsed = _parse(files, layout)
     sha256 = _fingerprint(path, files)
 
     # Label only the chains not stored yet (math-verify is the slow part), outside any write transaction.
@@ -270,10 +270,10 @@ def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, lab
         ds = _dataset(session, dataset)
         stored = _stored_problems(session, ds.id if ds else None)
         present = _stored_chains(session, ds.id if ds else None, teacher)
-    if "flat" in parsed.formats:
+    if "flat" in parsed.layouts:
         if ds is None:
             raise UserError(f"dataset {dataset!r} does not exist, and flat chains name problems in it; import its "
-                            "problems first (rplat import problems, or the released chains format).")
+                            "problems first (rplat import problems, or the released chains layout).")
         for chain in parsed.chains:
             if chain.external_id not in stored and chain.external_id not in parsed.problems:
                 raise UserError(f"{chain.where} names problem {chain.external_id!r}, which dataset {dataset!r} does "
@@ -305,15 +305,15 @@ def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, lab
         positives = sum(verdicts[c.external_id, c.sample_idx].label == "pos" for c in fresh)
         disagree = sum(verdicts[c.external_id, c.sample_idx].hendrycks
                        != verdicts[c.external_id, c.sample_idx].math_verify for c in fresh)
-        result = {"dataset": dataset, "teacher": teacher, "labeler": labeler, "format": "+".join(sorted(
-            parsed.formats)), "files": len(files), "read": len(parsed.chains), "imported": len(fresh),
+        result = {"dataset": dataset, "teacher": teacher, "labeler": labeler, "layout": "+".join(sorted(
+            parsed.layouts)), "files": len(files), "read": len(parsed.chains), "imported": len(fresh),
             "already_present": len(parsed.chains) - len(fresh), "positives": positives,
             "negatives": len(fresh) - positives, "labelers_disagree": disagree, "problems_created": len(created),
             "problems_reused": len(referenced) - len(created),
             "problems_without_gold": sum(gold[ext] is None for ext in referenced)}
         job_id = Queue.record_done(session, "import-chains", {
             "file": str(path.resolve()), "sha256": sha256, "files": len(files), "teacher": teacher,
-            "dataset": dataset, "labeler": labeler, "format": fmt, "benchmark": benchmark, "split": split},
+            "dataset": dataset, "labeler": labeler, "layout": layout, "benchmark": benchmark, "split": split},
             result, items=len(parsed.chains))
         if ds is None:
             ds = Dataset(name=dataset, kind="problems", source=str(path.resolve()), job_id=job_id)
