@@ -6,7 +6,7 @@ SQLite cannot rename a constraint in place.
 
 Revision ID: c4d9e2f7a1b3
 Revises: a3c8e5d1f402
-Create Date: 2026-12-10 10:00:00
+Create Date: 2026-12-07 04:00:00
 """
 
 from collections.abc import Sequence
