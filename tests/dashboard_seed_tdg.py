@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from conftest import Store
-
 from rplat.models import (
     Dataset,
     Evaluation,
@@ -27,6 +25,8 @@ from rplat.models import (
     TrainingMetric,
 )
 from rplat.store import transaction
+
+from stores import Store
 
 T0 = dt.datetime(2026, 2, 2, 9, 0, 0)
 EXPERIMENT = "tdg-dash"

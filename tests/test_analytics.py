@@ -12,7 +12,6 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import Store, _make_store
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from test_cli_errors import assert_one_clear_sentence, snapshot
@@ -39,6 +38,8 @@ from rplat.models import (
 )
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.store import transaction
+
+from stores import Store, make_store
 
 T0 = dt.datetime(2026, 1, 5, 10, 0, 0)
 # (gold, greedy's answer, self-consistency's answer): greedy solves p0 and p1, SC solves p1 and p2, none solves p3.
@@ -132,16 +133,14 @@ def seed(store: Store) -> Store:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def seeded_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """One seeded store per backend, shared by the tests that only read it (a migration per test is slow)."""
-    for store in _make_store(request.param, tmp_path_factory.mktemp(request.param)):
+    for store in make_store(request.param, tmp_path_factory.mktemp(request.param)):
         yield seed(store)
 
 
 @pytest.fixture
 def seeded(seeded_store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
     """The shared seeded store, with RPLAT_* pointing at it for in-process CLI calls."""
-    for key, value in seeded_store.env.items():
-        if key.startswith("RPLAT_"):
-            monkeypatch.setenv(key, value)
+    seeded_store.set_env(monkeypatch)
     return seeded_store
 
 

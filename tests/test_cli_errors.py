@@ -15,12 +15,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Store
 from sqlalchemy import inspect, text
 
 from rplat.imports.datasets import FieldMap, import_file
 from rplat.models import Experiment
 from rplat.store import transaction
+
+from stores import Store
 
 DOCS = FieldMap("documents", None, {"text": "text"}, {}, {"source": None, "split": None})
 PROBLEMS = FieldMap("problems", None, {"question": "question"}, {"answer": "answer"})

@@ -16,7 +16,6 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import Store
 from dashboard_seed_tdg import seed_tdg
 from sqlalchemy import func, select
 from test_cli_errors import assert_one_clear_sentence
@@ -40,6 +39,8 @@ from rplat.models import (
 )
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.store import transaction
+
+from stores import Store
 
 CHROMIUM = Path("/usr/bin/chromium")
 STARTUP_SECONDS = 60.0  # Streamlit's first start on a loaded 2-core machine

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Store, _make_store
 from sqlalchemy import func, select, update
 
 from rplat.errors import UserError
@@ -21,6 +20,7 @@ from rplat.queue import Queue
 from rplat.registry import BUNDLED_EMBEDDER, register_model
 from rplat.store import transaction
 
+from stores import Store, make_store
 from tiny_lm import save_tiny
 
 PROBLEMS = FieldMap("problems", None, {"question": "question"}, {"solution": "solution", "answer": "answer"})
@@ -238,7 +238,7 @@ def pipeline_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     """The RATIONALYST pipeline on the tiny model (greedy and rationalyst-implicit), run to the end once per
     backend: (store, the pipeline's job ids)."""
     tmp_path = tmp_path_factory.mktemp(f"pipeline-{request.param}")
-    for store in _make_store(request.param, tmp_path, templates=request.getfixturevalue("_templates")):
+    for store in make_store(request.param, tmp_path, templates=request.getfixturevalue("_templates")):
         seed(store, tmp_path)
         overrides = tmp_path / "overrides.json"
         overrides.write_text(json.dumps({

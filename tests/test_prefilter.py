@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Store, _make_store
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -24,6 +23,8 @@ from rplat.models import Checkpoint, Document, Job, JobEvent, Model, PrefilterSc
 from rplat.queue import Queue
 from rplat.registry import BUNDLED_EMBEDDER, bundled_embedder_path, digest_dir
 from rplat.runners.framework.runner import Runner, RunnerOptions
+
+from stores import Store, make_store
 
 MATH_DOCS = {
     "math-notebooks": "Sara buys 3 notebooks at $4 each and a pen for $2. She pays with a $20 bill. How much change "
@@ -126,7 +127,7 @@ def _run_in_process(db: Store, **options: Any) -> None:
 def prefiltered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                 gsm_file: Path) -> Iterator[tuple[Store, int]]:
     """A store where a runner finished one prefilter job over MATH_DOCS, OTHER_DOCS and LONG_DOC."""
-    for store in _make_store(request.param, tmp_path_factory.mktemp(request.param)):
+    for store in make_store(request.param, tmp_path_factory.mktemp(request.param)):
         _import(store, gsm_file, {**MATH_DOCS, **OTHER_DOCS, LONG_ID: LONG_DOC})
         job_id = _enqueue(store)
         _run_in_process(store, once=True)

@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import Store
 from sqlalchemy import func, insert, select, update
 
 from rplat.errors import LeaseLost, UserError
@@ -19,6 +18,7 @@ from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 import rplat_test_plugins
+from stores import Store
 
 LEASE = 30.0
 PROBE = {"devices": False}

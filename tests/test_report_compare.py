@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import Store
 from test_analytics import run_cli
 from test_cli_errors import assert_one_clear_sentence
 from test_tdg_report import Seeder
@@ -30,6 +29,8 @@ from rplat.models import (
 from rplat.reports import compare_report, prefilter_report, rationalyst_report, tdg_report
 from rplat.stats import wilson
 from rplat.store import transaction
+
+from stores import Store
 
 # Credits per problem index (0..12 of the Seeder's problems). On the four problems 0-3 that both predicted, A
 # (greedy) earns 1, 1, 1, 0 and B's asc-f3 0, 0, 0, 1: differences (1, 1, 1, -1). A also predicted problem 4 and B
