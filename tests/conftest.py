@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +21,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Re-exported: some test modules still import REPO and Store from conftest.
 from stores import REPO as REPO  # noqa: E402
 from stores import MigratedTemplates, Store, make_store  # noqa: E402
+
+if TYPE_CHECKING:
+    from killable_runners import StartRunner
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +55,11 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest
     for store in make_store(request.param, tmp_path, migrate=False):
         store.set_env(monkeypatch)
         yield store
+
+
+@pytest.fixture
+def runners(db: Store) -> Iterator[StartRunner]:
+    """start(*args) starts a real `rplat runner` process (2 s leases) on `db`; all are killed at the end."""
+    from killable_runners import runner_processes  # the runner's modules, only for the tests that start runners
+
+    yield from runner_processes(db)

@@ -64,10 +64,10 @@ def problems(s: Session, dataset: Dataset, rows: Iterable[Mapping[str, Any]]) ->
     return made
 
 
-def documents(s: Session, dataset: Dataset, texts: Mapping[str, str]) -> list[Document]:
-    """One document of the dataset (made by its job) per external id -> text."""
+def documents(s: Session, dataset: Dataset, texts: Mapping[str, str], **columns: Any) -> list[Document]:
+    """One document of the dataset (made by its job) per external id -> text, each with `columns`."""
     made = [Document(dataset_id=dataset.id, job_id=dataset.job_id, external_id=external_id, text=text,
-                     n_chars=len(text), content_hash=external_id) for external_id, text in texts.items()]
+                     n_chars=len(text), content_hash=external_id, **columns) for external_id, text in texts.items()]
     s.add_all(made)
     s.flush()
     return made

@@ -18,10 +18,11 @@ from test_dashboard import DROPPED_RATIONALE, KEPT_RATIONALE, LEAK_RATIONALE, se
 from rplat import analytics
 from rplat.dashboard import queries
 from rplat.errors import UserError
-from rplat.models import Evaluation, Job
+from rplat.models import Evaluation
 from rplat.stats import wilson
 from rplat.store import transaction
 
+import factories as make
 from stores import MigratedTemplates, Store, make_store
 
 
@@ -157,9 +158,7 @@ def test_the_cache_takes_in_a_run_evaluated_after_the_first_query(db: Store) -> 
 def test_the_cache_copies_an_evaluation_without_predictions_once(db: Store) -> None:
     seed(db)
     with transaction(db.engine()) as s:
-        empty = Job(kind="evaluate", status="succeeded", params={}, attempts=1)
-        s.add(empty)
-        s.flush()
+        empty = make.job(s, "evaluate", attempts=1)
         s.add(Evaluation(job_id=empty.id, method="greedy", subject="all", n=0, n_correct=0, accuracy=0.0))
     con = analytics.connect(db.url)
     assert len(analytics.solved_runs(con)) == 2

@@ -21,7 +21,7 @@ from rplat.registry import BUNDLED_EMBEDDER, register_model
 from rplat.store import transaction
 
 from stores import Store, make_store
-from tiny_lm import save_tiny
+from tiny_lm import register_tiny, save_tiny
 
 PROBLEMS = FieldMap("problems", None, {"question": "question"}, {"solution": "solution", "answer": "answer"})
 DOCUMENTS = FieldMap("documents", None, {"text": "text"})
@@ -30,7 +30,7 @@ DOCUMENTS = FieldMap("documents", None, {"text": "text"})
 def seed(store: Store, tmp_path: Path) -> int:
     """A registered tiny model, a problems dataset `gsm` and a documents dataset `docs`; the tiny model's id."""
     with transaction(store.engine()) as s:
-        tiny_id = register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent").id
+        tiny_id = register_tiny(s, tmp_path).id
     problems = tmp_path / "gsm.jsonl"
     problems.write_text(json.dumps({"question": "What is 2+3?", "solution": "2 + 3 = 5\n#### 5", "answer": "5"}) + "\n")
     docs = tmp_path / "docs.jsonl"
