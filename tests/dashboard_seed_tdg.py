@@ -143,10 +143,11 @@ def seed_tdg(store: Store) -> dict[str, int]:
 
         votes = {"greedy": [(a, 1.0, 1, 1.0, float(a == p[1])) for a, p in zip(GREEDY, PROBLEMS, strict=True)],
                  **VOTES}
-        for method, rows in votes.items():
-            for problem, (answer, mass, tie, margin, credit) in zip(problems, rows, strict=True):
+        for method, voted in votes.items():
+            credits = {}
+            for problem, (answer, mass, tie, margin, credit) in zip(problems, voted, strict=True):
                 make.prediction(s, aggregate, problem, student, method, answer, credit, vote_mass=mass, tie_size=tie,
                                 margin=margin)
-            make.evaluations(s, aggregate, student, method,
-                             {problem: row[-1] for problem, row in zip(problems, rows, strict=True)})
+                credits[problem] = credit
+            make.evaluations(s, aggregate, student, method, credits)
     return ids
