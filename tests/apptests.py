@@ -1,24 +1,21 @@
-"""What the AppTest modules share: pointing the app at a seeded store and running one page function."""
+"""What the AppTest modules share: a seeded store's DuckDB connection and running one page function.
+
+The app reads RPLAT_DATABASE_URL (and RPLAT_HOME) through rplat.config: a test points it at a store with
+`Store.set_env`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import duckdb
-import pytest
-from conftest import Store
 from streamlit.testing.v1 import AppTest
 
 from rplat import analytics
 
+from stores import Store
+
 RUN_TIMEOUT = 120.0  # seconds one script run may take on the loaded CI machine before AppTest gives up
-
-
-def point_app_at(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The app reads RPLAT_DATABASE_URL (and RPLAT_HOME) through rplat.config: set them to the store's."""
-    for key, value in store.env.items():
-        if key.startswith("RPLAT_"):
-            monkeypatch.setenv(key, value)
 
 
 def duck_of(store: Store) -> Iterator[duckdb.DuckDBPyConnection]:

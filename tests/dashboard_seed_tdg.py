@@ -10,25 +10,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from conftest import Store
-
-from rplat.models import (
-    Dataset,
-    Evaluation,
-    Experiment,
-    Job,
-    Model,
-    NatWNeg,
-    Prediction,
-    Problem,
-    RankerScore,
-    Sample,
-    TeacherChain,
-    TrainingMetric,
-)
+from rplat.models import NatWNeg, RankerScore, TrainingMetric
 from rplat.store import transaction
 
+import factories as make
+from stores import Store
+
 T0 = dt.datetime(2026, 2, 2, 9, 0, 0)
+# Every job ran once, from T0 + 5 s to T0 + 65 s.
+RAN: dict[str, Any] = {"attempts": 1, "progress_done": 1, "progress_total": 1, "created_at": T0,
+                       "started_at": T0 + dt.timedelta(seconds=5), "finished_at": T0 + dt.timedelta(seconds=65)}
 EXPERIMENT = "tdg-dash"
 STUDENT = "student"
 RANKER = "ranker-dash"
@@ -93,91 +84,70 @@ NAT_ALPHA = [(2, 0, "q_proj", -0.25), (2, 0, "v_proj", -0.125), (2, 1, "q_proj",
              (4, 0, "q_proj", -0.375), (4, 0, "v_proj", -0.25), (4, 1, "q_proj", 0.25), (4, 1, "v_proj", 0.375)]
 
 
-def _job(s: Any, kind: str, experiment: Experiment, model: Model | None = None, **params: Any) -> Job:
-    job = Job(kind=kind, status="succeeded", params=params, experiment_id=experiment.id,
-              model_id=model.id if model else None, attempts=1, progress_done=1, progress_total=1, created_at=T0,
-              started_at=T0 + dt.timedelta(seconds=5), finished_at=T0 + dt.timedelta(seconds=65))
-    s.add(job)
-    s.flush()
-    return job
-
-
 def seed_tdg(store: Store) -> dict[str, int]:
     """Fill the store with the world above; returns the ids of its jobs, models and problems by name."""
     with transaction(store.engine()) as s:
-        experiment = Experiment(name=EXPERIMENT)
-        s.add(experiment)
-        s.flush()
-        imported = _job(s, "import-problems", experiment)
-        dataset = Dataset(name="math-test", kind="problems", job_id=imported.id)
-        student = Model(name=STUDENT, format="base", role="agent", fingerprint="s" * 64, job_id=imported.id)
-        s.add_all([dataset, student])
-        s.flush()
-        problems = [Problem(dataset_id=dataset.id, job_id=imported.id, external_id=f"m{k}", benchmark="math",
-                            split="test", subject=subject, level=level, question=q, answer=gold,
-                            content_hash=f"tdg{k}")
-                    for k, (q, gold, subject, level) in enumerate(PROBLEMS)]
-        s.add_all(problems)
-        s.flush()
+        experiment = make.experiment(s, EXPERIMENT)
+        imported = make.job(s, "import-problems", experiment=experiment, **RAN)
+        dataset = make.dataset(s, "math-test", imported)
+        student = make.model(s, STUDENT, role="agent", job=imported)
+        problems = make.problems(s, dataset, [
+            {"external_id": f"m{k}", "benchmark": "math", "split": "test", "subject": subject, "level": level,
+             "question": q, "answer": gold} for k, (q, gold, subject, level) in enumerate(PROBLEMS)])
         ids: dict[str, int] = {"experiment": experiment.id, "student": student.id,
                                **{f"problem{k}": p.id for k, p in enumerate(problems)}}
 
-        chain_jobs = {"gpt-3.5": _job(s, "import-chains", experiment, teacher="gpt-3.5"),
-                      "smol": _job(s, "collect-chains", experiment, student, problems="math-test", teacher="smol")}
+        chain_jobs = {"gpt-3.5": make.job(s, "import-chains", {"teacher": "gpt-3.5"}, experiment=experiment, **RAN),
+                      "smol": make.job(s, "collect-chains", {"problems": "math-test", "teacher": "smol"},
+                                       experiment=experiment, model=student, **RAN)}
         ids.update({f"chains-{t}": job.id for t, job in chain_jobs.items()})
-        s.add_all([TeacherChain(job_id=chain_jobs[teacher].id, problem_id=problems[k].id, teacher=teacher,
-                                sample_idx=idx, text=text, extracted_answer=answer,
-                                label="pos" if hendrycks else "neg", labeler="hendrycks",
-                                hendrycks_correct=hendrycks, math_verify_correct=verify, n_chars=len(text))
-                   for k, teacher, idx, text, answer, hendrycks, verify in CHAINS])
+        for k, teacher, idx, text, answer, hendrycks, verify in CHAINS:
+            make.chain(s, problems[k], teacher, text, "pos" if hendrycks else "neg", sample_idx=idx,
+                       job=chain_jobs[teacher], extracted_answer=answer, labeler="hendrycks",
+                       hendrycks_correct=hendrycks, math_verify_correct=verify)
 
-        training = {kind: _job(s, kind, experiment, student, problems="math-test", teacher="gpt-3.5",
-                               adapter_name=f"{kind[6:]}-dash") for kind in TRAINING}
+        training = {kind: make.job(s, kind, {"problems": "math-test", "teacher": "gpt-3.5",
+                                             "adapter_name": f"{kind[6:]}-dash"},
+                                   experiment=experiment, model=student, **RAN) for kind in TRAINING}
         for kind, rows in TRAINING.items():
             ids[kind] = training[kind].id
             s.add_all([TrainingMetric(job_id=training[kind].id, step=step, loss=loss, lr=lr, extra=extra)
                        for step, loss, lr, extra in rows])
         s.add_all([NatWNeg(job_id=training["train-nat"].id, step=step, layer=layer, proj=proj, mean_w_neg=w)
                    for step, layer, proj, w in NAT_ALPHA])
-        train_ranker = _job(s, "train-ranker", experiment, problems="math-test", teacher="gpt-3.5",
-                            ranker_name=RANKER)
-        ranker = Model(name=RANKER, format="ranker", role="ranker", fingerprint="r" * 64, job_id=train_ranker.id)
-        s.add(ranker)
-        s.flush()
+        train_ranker = make.job(s, "train-ranker", {"problems": "math-test", "teacher": "gpt-3.5",
+                                                    "ranker_name": RANKER}, experiment=experiment, **RAN)
+        ranker = make.model(s, RANKER, "ranker", role="ranker", job=train_ranker)
 
-        greedy_job = _job(s, "sample", experiment, student, problems="math-test", n=1, temperature=0.0)
-        sample_job = _job(s, "sample", experiment, student, problems="math-test", n=4, temperature=0.7)
-        score_job = _job(s, "score-samples", experiment, sample_job=sample_job.id, ranker=RANKER)
-        aggregate = _job(s, "aggregate", experiment, sample_job=sample_job.id, score_job=score_job.id,
-                         greedy_job=greedy_job.id)
+        greedy_job = make.job(s, "sample", {"problems": "math-test", "n": 1, "temperature": 0.0},
+                              experiment=experiment, model=student, **RAN)
+        sample_job = make.job(s, "sample", {"problems": "math-test", "n": 4, "temperature": 0.7},
+                              experiment=experiment, model=student, **RAN)
+        score_job = make.job(s, "score-samples", {"sample_job": sample_job.id, "ranker": RANKER},
+                             experiment=experiment, **RAN)
+        aggregate = make.job(s, "aggregate", {"sample_job": sample_job.id, "score_job": score_job.id,
+                                              "greedy_job": greedy_job.id}, experiment=experiment, **RAN)
         ids.update({"train-ranker": train_ranker.id, "ranker": ranker.id, "greedy-sample": greedy_job.id,
                     "sample": sample_job.id, "score-samples": score_job.id, "aggregate": aggregate.id})
-        for problem, gold, answer in zip(problems, (p[1] for p in PROBLEMS), GREEDY, strict=True):
-            s.add(Sample(job_id=greedy_job.id, problem_id=problem.id, model_id=student.id, sample_idx=0,
-                         decoding="greedy", text=f"The answer is {answer}.", extracted_answer=answer,
-                         correct=answer == gold, finish_reason="stop"))
-        for problem, gold, (answers, scores) in zip(problems, (p[1] for p in PROBLEMS), SAMPLES, strict=True):
+        for problem, answer in zip(problems, GREEDY, strict=True):
+            make.sample(s, greedy_job, problem, student, f"The answer is {answer}.", sample_idx=0, decoding="greedy",
+                        extracted_answer=answer, correct=answer == problem.answer, finish_reason="stop")
+        for problem, (answers, scores) in zip(problems, SAMPLES, strict=True):
             for idx, (answer, score) in enumerate(zip(answers, scores, strict=True)):
-                sample = Sample(job_id=sample_job.id, problem_id=problem.id, model_id=student.id, sample_idx=idx,
-                                decoding="sample", text=f"... so the answer is {answer}." if answer else "...",
-                                extracted_answer=answer, correct=answer == gold,
-                                finish_reason="stop" if answer else "length")
-                s.add(sample)
-                s.flush()
+                sample = make.sample(s, sample_job, problem, student,
+                                     f"... so the answer is {answer}." if answer else "...", sample_idx=idx,
+                                     decoding="sample", extracted_answer=answer, correct=answer == problem.answer,
+                                     finish_reason="stop" if answer else "length")
                 s.add(RankerScore(job_id=score_job.id, sample_id=sample.id, ranker_model_id=ranker.id, score=score,
                                   truncated=False))
 
         votes = {"greedy": [(a, 1.0, 1, 1.0, float(a == p[1])) for a, p in zip(GREEDY, PROBLEMS, strict=True)],
                  **VOTES}
-        for method, rows in votes.items():
-            by_subject: dict[str, list[float]] = {"all": []}
-            for problem, (answer, mass, tie, margin, credit) in zip(problems, rows, strict=True):
-                s.add(Prediction(job_id=aggregate.id, problem_id=problem.id, model_id=student.id, method=method,
-                                 answer=answer, correct=answer == problem.answer, vote_mass=mass, tie_size=tie,
-                                 margin=margin, credit=credit))
-                by_subject["all"].append(credit)
-                by_subject.setdefault(str(problem.subject), []).append(credit)
-            s.add_all([Evaluation(job_id=aggregate.id, model_id=student.id, method=method, subject=subject,
-                                  n=len(credits), n_correct=sum(credits), accuracy=sum(credits) / len(credits))
-                       for subject, credits in by_subject.items()])
+        for method, voted in votes.items():
+            credits = {}
+            for problem, (answer, mass, tie, margin, credit) in zip(problems, voted, strict=True):
+                make.prediction(s, aggregate, problem, student, method, answer, credit, vote_mass=mass, tie_size=tie,
+                                margin=margin)
+                credits[problem] = credit
+            make.evaluations(s, aggregate, student, method, credits)
     return ids

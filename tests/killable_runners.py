@@ -9,20 +9,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
-from rplat.models import Checkpoint, Extraction, Job, Rationale
+from rplat.models import Checkpoint, Job
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.queue import Queue
-from rplat.registry import register_model
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
-from tiny_lm import save_tiny
+import factories as make
+from stores import Store
+from tiny_lm import register_tiny
 
 HANG = 300.0  # a guard against hangs, never a performance threshold
 LEASE_SECONDS = 2.0  # the runner processes' leases: what a rescuer waits out after a kill -9, at most
 IN_PROCESS_LEASE_SECONDS = 30.0
+
+StartRunner = Callable[..., subprocess.Popen[bytes]]  # what a `runners` fixture gives: start(*args) -> the process
 
 
 def wait_for(predicate: Callable[[], bool], what: str) -> None:
@@ -33,7 +36,7 @@ def wait_for(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
-def runner_processes(db: Any) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+def runner_processes(db: Store) -> Iterator[StartRunner]:
     """Body of a `runners` fixture: start(*args) starts `rplat runner` (2 s leases) on the store; all are killed
     at the end."""
     procs: list[subprocess.Popen[bytes]] = []
@@ -52,32 +55,25 @@ def runner_processes(db: Any) -> Iterator[Callable[..., subprocess.Popen[bytes]]
             proc.wait()
 
 
-def count_rows(db: Any, model: Any, job_id: int) -> int:
+def count_rows(db: Store, model: Any, job_id: int) -> int:
     with db.engine().connect() as conn:
         return conn.scalar(select(func.count()).select_from(model).where(model.job_id == job_id)) or 0
 
 
-def seed_rationales(db: Any, tmp_path: Path, n: int) -> int:
+def seed_rationales(db: Store, tmp_path: Path, n: int) -> int:
     """A tiny registered model and a finished extraction job with `n` rationales; returns the extraction job's id."""
     with transaction(db.engine()) as s:
-        model = register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
-        job_id = s.scalar(insert(Job).values(kind="extract-rationales", status="succeeded", params={}, attempts=1,
-                                             max_attempts=1, lease_token=1, cancel_requested=False, priority=0,
-                                             progress_done=0).returning(Job.id))
+        model = register_tiny(s, tmp_path)
+        extract = make.job(s, "extract-rationales")
         template_id = ensure_template(s, TEMPLATES["extract-insert"])
         for k in range(n):
-            ext = Extraction(job_id=job_id, model_id=model.id, prompt_template_id=template_id, temperature=0.0,
-                             input_text=str(k), raw_output=str(k), fidelity=1.0, passed=True)
-            s.add(ext)
-            s.flush()
-            s.add(Rationale(job_id=job_id, extraction_id=ext.id, position=1, left_step=1, source="gsm8k",
-                            preceding=f"Tom has {k} apples and buys {k % 7} more.",
-                            rationale=f"add {k % 7} to {k}",
-                            following=f"He has {k + k % 7} apples. The answer is {k}."))
-    return job_id
+            extraction = make.extraction(s, extract, model, template_id, str(k), str(k))
+            make.rationale(s, extraction, f"Tom has {k} apples and buys {k % 7} more.", f"add {k % 7} to {k}",
+                           f"He has {k + k % 7} apples. The answer is {k}.", source="gsm8k")
+        return extract.id
 
 
-def last_checkpoint(db: Any, job_id: int) -> int:
+def last_checkpoint(db: Store, job_id: int) -> int:
     """The step of the job's newest recorded checkpoint, -1 before the first. Kill tests wait on this, not on
     metric rows: a step's metrics are written just before its checkpoint."""
     with db.engine().connect() as conn:
@@ -85,7 +81,7 @@ def last_checkpoint(db: Any, job_id: int) -> int:
     return -1 if step is None else step
 
 
-def run_one(db: Any) -> None:
+def run_one(db: Store) -> None:
     """A runner in this process (torch is imported here already: one runner start-up less) that runs one job and
     returns; a job whose runner was killed it takes over once that runner's lease has expired. Its own lease is
     long: nothing takes over from it, and this busy process must not lose it between heartbeats."""
@@ -93,7 +89,7 @@ def run_one(db: Any) -> None:
                                                       poll_seconds=0.1)).run()
 
 
-def kill_then_rescue(db: Any, runners: Callable[..., subprocess.Popen[bytes]], job_id: int, steps: int,
+def kill_then_rescue(db: Store, runners: StartRunner, job_id: int, steps: int,
                      checkpoint_at: int) -> tuple[int, Any]:
     """The kill -9 sequence of a training job: a runner process takes it and is killed once the checkpoint of step
     `checkpoint_at` (or a later one) is recorded; a second runner, in this process, takes it over after the lease

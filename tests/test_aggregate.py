@@ -11,11 +11,14 @@ from test_analytics import run_cli
 
 from rplat.errors import UserError
 from rplat.kinds import validate_params
-from rplat.models import Dataset, Evaluation, Experiment, Job, Model, Prediction, Problem, RankerScore, Sample
+from rplat.models import Evaluation, Job, Prediction, RankerScore
 from rplat.queue import Queue
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.stats import wilson
 from rplat.store import transaction
+
+import factories as make
+from stores import Store
 
 # (gold, subject, greedy (answer, correct), samples (answer, correct, ranker score)). Problem 0: "7.0" votes with
 # "7", and f3's scores overturn the count (7: 0.25 + 0.25 against 8: 0.75). Problem 1: sc ties 3 against 4, the
@@ -37,52 +40,39 @@ EXPECTED: dict[str, list[tuple[str | None, float, int, float, float]]] = {
 }
 
 
-def _seed(db, *, n: int = 4, scored: int | None = None) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _seed(db: Store, *, n: int = 4, scored: int | None = None) -> dict[str, int]:
     """PROBLEMS as a greedy sample job, an n-sample job and a score job on it holding the first `scored` scores
     (default: all); returns the ids."""
     with transaction(db.engine()) as s:
-        importer = Job(kind="import-problems", status="succeeded", params={})
-        model = Model(name="student", format="base", fingerprint="f" * 64)
-        s.add_all([importer, model, Experiment(name="asc")])
-        s.flush()
-        dataset = Dataset(name="math", kind="problems", job_id=importer.id)
-        greedy = Job(kind="sample", status="succeeded", params={"problems": "math", "model": "student", "n": 1})
-        sampled = Job(kind="sample", status="succeeded",
-                      params={"problems": "math", "model": "student", "n": n, "temperature": 0.7})
-        s.add_all([dataset, greedy, sampled])
-        s.flush()
-        score = Job(kind="score-samples", status="succeeded", params={"sample_job": sampled.id, "ranker": "r"})
-        s.add(score)
-        s.flush()
+        importer = make.job(s, "import-problems")
+        model = make.model(s, "student")
+        make.experiment(s, "asc")
+        dataset = make.dataset(s, "math", importer)
+        greedy = make.job(s, "sample", {"problems": "math", "model": "student", "n": 1})
+        sampled = make.job(s, "sample", {"problems": "math", "model": "student", "n": n, "temperature": 0.7})
+        score = make.job(s, "score-samples", {"sample_job": sampled.id, "ranker": "r"})
+        problems = make.problems(s, dataset, [{"external_id": f"p{k}", "subject": subject, "question": f"q{k}",
+                                               "answer": gold} for k, (gold, subject, _, _) in enumerate(PROBLEMS)])
         scores = []
-        for k, (gold, subject, (g_answer, g_correct), samples) in enumerate(PROBLEMS):
-            problem = Problem(dataset_id=dataset.id, job_id=importer.id, external_id=f"p{k}", subject=subject,
-                              question=f"q{k}", answer=gold, content_hash=f"h{k}")
-            s.add(problem)
-            s.flush()
-            s.add(Sample(job_id=greedy.id, problem_id=problem.id, model_id=model.id, sample_idx=0, decoding="greedy",
-                         text="...", extracted_answer=g_answer, correct=g_correct))
+        for problem, (_, _, (g_answer, g_correct), samples) in zip(problems, PROBLEMS, strict=True):
+            make.sample(s, greedy, problem, model, "...", sample_idx=0, decoding="greedy", extracted_answer=g_answer,
+                        correct=g_correct)
             for i, (answer, correct, score_value) in enumerate(samples[:n]):
-                sample = Sample(job_id=sampled.id, problem_id=problem.id, model_id=model.id, sample_idx=i,
-                                decoding="sampled", text="...", extracted_answer=answer, correct=correct)
-                s.add(sample)
-                s.flush()
+                sample = make.sample(s, sampled, problem, model, "...", sample_idx=i, extracted_answer=answer,
+                                     correct=correct)
                 scores.append(RankerScore(job_id=score.id, sample_id=sample.id, ranker_model_id=model.id,
                                           score=score_value))
         s.add_all(scores[:scored])
         return {"greedy": greedy.id, "sample": sampled.id, "score": score.id, "model": model.id}
 
 
-def _run(db, params: dict[str, Any]) -> Job:  # type: ignore[no-untyped-def]
+def _run(db: Store, params: dict[str, Any]) -> Job:
     job_id = Queue(db.engine()).enqueue("aggregate", params, experiment="asc", max_attempts=1)[0]
     Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
-    with transaction(db.engine()) as s:
-        job = s.get(Job, job_id)
-        s.expunge(job)
-    return job
+    return db.job(job_id)
 
 
-def _predictions(db, job_id: int) -> dict[str, list[tuple[Any, ...]]]:  # type: ignore[no-untyped-def]
+def _predictions(db: Store, job_id: int) -> dict[str, list[tuple[Any, ...]]]:
     got: dict[str, list[tuple[Any, ...]]] = {}
     with transaction(db.engine()) as s:
         for p in s.scalars(select(Prediction).where(Prediction.job_id == job_id)
@@ -92,7 +82,7 @@ def _predictions(db, job_id: int) -> dict[str, list[tuple[Any, ...]]]:  # type: 
     return got
 
 
-def test_aggregate_writes_every_methods_hand_computed_votes_and_a_rerun_adds_nothing(db) -> None:  # type: ignore[no-untyped-def]
+def test_aggregate_writes_every_methods_hand_computed_votes_and_a_rerun_adds_nothing(db: Store) -> None:
     ids = _seed(db)
     job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "greedy_job": ids["greedy"]})
     assert job.status == "succeeded", job.error
@@ -118,7 +108,7 @@ def test_aggregate_writes_every_methods_hand_computed_votes_and_a_rerun_adds_not
         assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.job_id == job.id)) == 6 * 3
 
 
-def test_aggregate_without_scores_stores_self_consistency_only(db) -> None:  # type: ignore[no-untyped-def]
+def test_aggregate_without_scores_stores_self_consistency_only(db: Store) -> None:
     ids = _seed(db)
     job = _run(db, {"sample_job": ids["sample"]})
     assert job.status == "succeeded", job.error
@@ -132,7 +122,8 @@ def test_aggregate_without_scores_stores_self_consistency_only(db) -> None:  # t
     ("missing scores",
      "score_samples_job {score} has no ranker score for 2 of the 12 samples of sample job {sample}"),
 ])
-def test_aggregate_refuses_bad_inputs_in_one_sentence_and_writes_nothing(db, case: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_aggregate_refuses_bad_inputs_in_one_sentence_and_writes_nothing(
+        db: Store, case: str, message: str) -> None:
     ids = _seed(db, scored=10 if case == "missing scores" else None)
     if case == "missing scores":
         params = {"sample_job": ids["sample"], "score_job": ids["score"]}
@@ -140,11 +131,8 @@ def test_aggregate_refuses_bad_inputs_in_one_sentence_and_writes_nothing(db, cas
     else:
         with transaction(db.engine()) as s:
             n = 1 if case == "one sample" else 4
-            second = Job(kind="sample", status="succeeded",
-                         params={"problems": "math", "model": "student", "n": n, "temperature": 0.7})
-            s.add(second)
-            s.flush()
-            ids["other"] = second.id
+            ids["other"] = make.job(s, "sample", {"problems": "math", "model": "student", "n": n,
+                                                  "temperature": 0.7}).id
         params = {"sample_job": ids["other"], "score_job": ids["score"]}
     job = _run(db, params)
     assert job.status == "failed"
@@ -162,7 +150,8 @@ def test_the_headline_vote_must_be_among_the_stored_votes() -> None:
 # --- rplat report asc ---------------------------------------------------------------------------------------
 
 
-def test_report_asc_gives_each_methods_accuracy_for_every_k_with_wilson_intervals(db, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_report_asc_gives_each_methods_accuracy_for_every_k_with_wilson_intervals(
+        db: Store, capsys: pytest.CaptureFixture[str]) -> None:
     ids = _seed(db)
     job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "votes": ["f1", "f3"]})
     code, out, err = run_cli(capsys, "report", "asc", "--experiment", "asc", "--json", "--repeats", "5")
@@ -184,9 +173,10 @@ def test_report_asc_gives_each_methods_accuracy_for_every_k_with_wilson_interval
     assert f"student  sc      4  3  50.00 [{100 * wilson(1.5, 3)[0]:.1f}, {100 * wilson(1.5, 3)[1]:.1f}]" in table
 
 
-def test_report_asc_on_an_experiment_without_aggregate_jobs_is_one_sentence(db, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_report_asc_on_an_experiment_without_aggregate_jobs_is_one_sentence(
+        db: Store, capsys: pytest.CaptureFixture[str]) -> None:
     with transaction(db.engine()) as s:
-        s.add(Experiment(name="empty"))
+        make.experiment(s, "empty")
     code, _, err = run_cli(capsys, "report", "asc", "--experiment", "empty")
     assert code == 2
     assert err.strip().splitlines() == [

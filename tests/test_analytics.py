@@ -12,7 +12,6 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import Store, _make_store
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from test_cli_errors import assert_one_clear_sentence, snapshot
@@ -21,85 +20,57 @@ from rplat import analytics
 from rplat.cli import main
 from rplat.errors import UserError
 from rplat.models import (
-    Dataset,
-    Document,
-    Evaluation,
     Experiment,
-    Extraction,
-    Job,
     Model,
-    Prediction,
     Problem,
-    Rationale,
     RationaleScore,
     SolveTrajectory,
     Step,
     StepCandidate,
-    TeacherChain,
 )
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.store import transaction
 
+import factories as make
+from stores import Store, make_store
+
 T0 = dt.datetime(2026, 1, 5, 10, 0, 0)
+# Every job ran once on runner-1, from T0 + 5 s to T0 + 65 s.
+RAN: dict[str, Any] = {"attempts": 1, "created_at": T0, "started_at": T0 + dt.timedelta(seconds=5),
+                       "finished_at": T0 + dt.timedelta(seconds=65), "lease_owner": "runner-1"}
 # (gold, greedy's answer, self-consistency's answer): greedy solves p0 and p1, SC solves p1 and p2, none solves p3.
 PROBLEMS = [("5", "5", "4"), ("42", "42", "42"), ("6", "7", "6"), ("18", "1", "2")]
 # (rationale, S_without, S_with, kept at tau = 0.1)
 RATIONALES = [("add the apples he buys", -2.0, -1.5, True), ("apples are fruit", -2.0, -1.95, False)]
 
 
-def _job(s: Any, kind: str, experiment: Experiment | None = None, **fields: Any) -> Job:
-    values: dict[str, Any] = dict(status="succeeded", params={}, attempts=1, created_at=T0,
-                                  started_at=T0 + dt.timedelta(seconds=5), finished_at=T0 + dt.timedelta(seconds=65),
-                                  lease_owner="runner-1")
-    values.update(fields)
-    job = Job(kind=kind, experiment_id=experiment.id if experiment else None, **values)
-    s.add(job)
-    s.flush()
-    return job
-
-
 def seed(store: Store) -> Store:
     """Write one small RATIONALYST experiment row by row (no model runs): an extraction with two scored
     rationales, a greedy and a sampling solve job with their evaluations, and a failed job."""
     with transaction(store.engine()) as s:
-        exp = Experiment(name="exp")
-        s.add(exp)
-        s.flush()
-        imported = _job(s, "import")
-        model = Model(name="tiny", format="base", fingerprint="f" * 64)
-        scorer = Model(name="tiny-scorer", format="base", fingerprint="e" * 64)
-        s.add_all([model, scorer])
-        problems_ds = Dataset(name="gsm", kind="problems", job_id=imported.id)
-        docs_ds = Dataset(name="wiki", kind="documents", job_id=imported.id)
-        s.add_all([problems_ds, docs_ds])
-        s.flush()
-        problems = [Problem(dataset_id=problems_ds.id, job_id=imported.id, external_id=f"p{k}", subject="arith",
-                            question=f"q{k}", answer=gold, content_hash=str(k))
-                    for k, (gold, _, _) in enumerate(PROBLEMS)]
-        doc = Document(dataset_id=docs_ds.id, job_id=imported.id, external_id="d0", source="wiki",
-                       text="Tom has 3 apples. He buys 4 more.", n_chars=33, content_hash="d0")
-        s.add_all([*problems, doc])
-        s.flush()
+        exp = make.experiment(s, "exp")
+        imported = make.job(s, "import", **RAN)
+        model = make.model(s, "tiny")
+        scorer = make.model(s, "tiny-scorer")
+        problems = make.problems(s, make.dataset(s, "gsm", imported), [
+            {"external_id": f"p{k}", "subject": "arith", "question": f"q{k}", "answer": gold}
+            for k, (gold, _, _) in enumerate(PROBLEMS)])
+        [doc] = make.documents(s, make.dataset(s, "wiki", imported, "documents"),
+                               {"d0": "Tom has 3 apples. He buys 4 more."}, source="wiki")
 
-        extract = _job(s, "extract-rationales", exp, model_id=model.id)
+        extract = make.job(s, "extract-rationales", experiment=exp, model=model, **RAN)
         template_id = ensure_template(s, TEMPLATES["extract-reasoning"])
-        extraction = Extraction(job_id=extract.id, document_id=doc.id, model_id=model.id,
-                                prompt_template_id=template_id, temperature=0.0, input_text=doc.text,
-                                raw_output="...", fidelity=0.95, passed=True)
-        s.add(extraction)
-        s.flush()
-        score = _job(s, "score-rationales", exp, params={"extract_job": extract.id})
+        extraction = make.extraction(s, extract, model, template_id, doc.text, "...", document=doc, fidelity=0.95)
+        score = make.job(s, "score-rationales", {"extract_job": extract.id}, experiment=exp, **RAN)
         for k, (text, s_without, s_with, kept) in enumerate(RATIONALES):
-            rationale = Rationale(job_id=extract.id, extraction_id=extraction.id, position=k, preceding="Tom has 3.",
-                                  rationale=text, following="He buys 4 more.", left_step=k, source="wiki")
-            s.add(rationale)
-            s.flush()
+            rationale = make.rationale(s, extraction, "Tom has 3.", text, "He buys 4 more.", position=k,
+                                       left_step=k, source="wiki")
             s.add(RationaleScore(job_id=score.id, rationale_id=rationale.id, scorer_model_id=scorer.id,
                                  lp_without=[s_without], lp_with=[s_with], gamma=0.9, s_without=s_without,
                                  s_with=s_with, loss_delta=s_with - s_without, tau=0.1, kept=kept))
 
-        greedy = _job(s, "solve", exp, params={"method": "greedy", "model": "tiny"}, model_id=model.id)
-        sample = _job(s, "solve", exp, params={"method": "sample", "model": "tiny"}, model_id=model.id)
+        greedy = make.job(s, "solve", {"method": "greedy", "model": "tiny"}, experiment=exp, model=model, **RAN)
+        sample = make.job(s, "solve", {"method": "sample", "model": "tiny"}, experiment=exp, model=model, **RAN)
         trajectory = SolveTrajectory(job_id=greedy.id, problem_id=problems[0].id, method="greedy",
                                      final_text="5", prediction="5", normalized_pred="5", correct=True,
                                      n_steps=1, stopped_reason="answer")
@@ -115,33 +86,28 @@ def seed(store: Store) -> Store:
                                  chosen=True)])
 
         for solve, method, column in ((greedy, "greedy", 1), (sample, "sc", 2)):
-            evaluate = _job(s, "evaluate", exp, params={"solve_job": solve.id})
-            n_correct = 0
-            for problem, row in zip(problems, PROBLEMS, strict=True):
-                correct = row[column] == row[0]
-                n_correct += correct
-                s.add(Prediction(job_id=evaluate.id, problem_id=problem.id, model_id=model.id, method=method,
-                                 answer=row[column], correct=correct, vote_mass=1.0, credit=float(correct)))
-            s.add(Evaluation(job_id=evaluate.id, model_id=model.id, method=method, subject="arith",
-                             n=len(PROBLEMS), n_correct=n_correct, accuracy=n_correct / len(PROBLEMS)))
-        _job(s, "solve", exp, status="failed", attempts=3, finished_at=None, lease_owner="runner-2",
-             error="CUDA out of memory\nTraceback ...")
+            evaluate = make.job(s, "evaluate", {"solve_job": solve.id}, experiment=exp, **RAN)
+            credits = [float(row[column] == row[0]) for row in PROBLEMS]
+            for problem, row, credit in zip(problems, PROBLEMS, credits, strict=True):
+                make.prediction(s, evaluate, problem, model, method, row[column], credit, vote_mass=1.0)
+            make.evaluation(s, evaluate, model, method, "arith", credits)
+        make.job(s, "solve", experiment=exp, status="failed",
+                 **{**RAN, "attempts": 3, "finished_at": None, "lease_owner": "runner-2"},
+                 error="CUDA out of memory\nTraceback ...")
     return store
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def seeded_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """One seeded store per backend, shared by the tests that only read it (a migration per test is slow)."""
-    for store in _make_store(request.param, tmp_path_factory.mktemp(request.param)):
+    for store in make_store(request.param, tmp_path_factory.mktemp(request.param)):
         yield seed(store)
 
 
 @pytest.fixture
 def seeded(seeded_store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
     """The shared seeded store, with RPLAT_* pointing at it for in-process CLI calls."""
-    for key, value in seeded_store.env.items():
-        if key.startswith("RPLAT_"):
-            monkeypatch.setenv(key, value)
+    seeded_store.set_env(monkeypatch)
     return seeded_store
 
 
@@ -255,14 +221,11 @@ def test_evaluations_name_the_sample_job_and_the_models_maker_and_the_job_timeli
     seeded = seed(db)
     with transaction(seeded.engine()) as s:
         exp = s.scalar(select(Experiment).where(Experiment.name == "exp"))
-        train = _job(s, "train-kd", exp, params={"adapter_name": "kd"})
-        kd = Model(name="kd", format="lora", fingerprint="k" * 64, job_id=train.id)
-        s.add(kd)
-        s.flush()
-        sample = _job(s, "sample", exp, params={"model": "kd", "n": 1, "temperature": 0.0})
-        evaluate = _job(s, "evaluate", exp, params={"sample_job": sample.id, "solve_job": None})
-        s.add(Evaluation(job_id=evaluate.id, model_id=kd.id, method="greedy", subject="all", n=1, n_correct=1.0,
-                         accuracy=1.0))
+        train = make.job(s, "train-kd", {"adapter_name": "kd"}, experiment=exp, **RAN)
+        kd = make.model(s, "kd", "lora", job=train)
+        sample = make.job(s, "sample", {"model": "kd", "n": 1, "temperature": 0.0}, experiment=exp, **RAN)
+        evaluate = make.job(s, "evaluate", {"sample_job": sample.id, "solve_job": None}, experiment=exp, **RAN)
+        make.evaluation(s, evaluate, kd, "greedy", "all", [1.0])
         ids = (train.id, sample.id)
     con = analytics.connect(seeded.url)
     try:
@@ -287,15 +250,13 @@ def test_chains_and_asc_vs_sc_show_labelled_chains_and_asc_beside_sc_per_problem
     seeded = seed(db)
     with transaction(seeded.engine()) as s:
         exp = s.scalar(select(Experiment).where(Experiment.name == "exp"))
-        model_id = s.scalar(select(Model.id).where(Model.name == "tiny"))
-        problem = s.scalar(select(Problem).where(Problem.external_id == "p0"))
-        collect = _job(s, "collect-chains", exp)
-        s.add_all([TeacherChain(job_id=collect.id, problem_id=problem.id, teacher="gpt-4", sample_idx=k, text=text,
-                                extracted_answer=answer, label=label, n_chars=len(text))
-                   for k, (text, answer, label) in enumerate([("2+3=5", "5", "pos"), ("2+3=6", "6", "neg")])])
-        vote = _job(s, "asc-vote", exp)
-        s.add(Prediction(job_id=vote.id, problem_id=problem.id, model_id=model_id, method="asc-f3", answer="5",
-                         correct=True, vote_mass=1.7, tie_size=1, credit=1.0))
+        model = s.scalars(select(Model).where(Model.name == "tiny")).one()
+        problem = s.scalars(select(Problem).where(Problem.external_id == "p0")).one()
+        collect = make.job(s, "collect-chains", experiment=exp, **RAN)
+        for k, (text, answer, label) in enumerate([("2+3=5", "5", "pos"), ("2+3=6", "6", "neg")]):
+            make.chain(s, problem, "gpt-4", text, label, sample_idx=k, job=collect, extracted_answer=answer)
+        vote = make.job(s, "asc-vote", experiment=exp, **RAN)
+        make.prediction(s, vote, problem, model, "asc-f3", "5", 1.0, vote_mass=1.7, tie_size=1)
     con = analytics.connect(seeded.url)
     try:
         assert [(r["chain"], r["label"], r["gold"], r["teacher"]) for r in

@@ -15,6 +15,8 @@ from rplat.llm.resolve import prepare_backend
 from rplat.models import Model
 from rplat.store import transaction
 
+from stores import Store
+
 
 @pytest.fixture(scope="module")
 def home(smollm2_home: Path) -> Path:
@@ -23,7 +25,7 @@ def home(smollm2_home: Path) -> Path:
     return smollm2_home
 
 
-def test_bundled_model_converts_once_registers_and_generates(db, home: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bundled_model_converts_once_registers_and_generates(db: Store, home: Path) -> None:
     if db.backend != "sqlite":
         pytest.skip("the conversion is database-independent: it runs once, on SQLite")
     with transaction(db.engine()) as s:
@@ -46,7 +48,7 @@ def test_bundled_model_converts_once_registers_and_generates(db, home: Path) -> 
     assert row.sha256 == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
 
 
-def test_a_row_registered_before_sha256_was_written_gets_it(db, home: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_row_registered_before_sha256_was_written_gets_it(db: Store, home: Path) -> None:
     if db.backend != "sqlite":
         pytest.skip("the conversion is database-independent: it runs once, on SQLite")
     with transaction(db.engine()) as s:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,24 +20,20 @@ from rplat.llm import Completion, Sampling
 from rplat.methods.answers import normalize
 from rplat.methods.labelers import label_chain
 from rplat.methods.votes import micro_accuracy
-from rplat.models import Dataset, Evaluation, GenerationCache, Job, Model, Prediction, Problem, Sample, TeacherChain
+from rplat.models import Evaluation, GenerationCache, Job, Model, Prediction, Problem, Sample, TeacherChain
 from rplat.queue import Queue
-from rplat.registry import register_model
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.runners.tdg.chains import Item, chain_text, demonstrations, sample_chains
 from rplat.runners.tdg.kinds import CollectChainsParams
 from rplat.store import transaction
 
-from killable_runners import count_rows, run_one, runner_processes, wait_for
-from tiny_lm import save_tiny, tiny_tokenizer
+import factories as make
+from killable_runners import StartRunner, count_rows, run_one, wait_for
+from stores import Store
+from tiny_lm import register_tiny, save_tiny, tiny_tokenizer
 
 
-@pytest.fixture
-def runners(db) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
-    yield from runner_processes(db)
-
-
-def _import_sums(db, tmp_path: Path, n: int, name: str = "sums") -> None:  # type: ignore[no-untyped-def]
+def _import_sums(db: Store, tmp_path: Path, n: int, name: str = "sums") -> None:
     """n problems "What is a + b?" with boxed worked solutions, in two subjects, through `rplat import problems`."""
     path = tmp_path / f"{name}.jsonl"
     with path.open("w") as f:
@@ -51,23 +46,15 @@ def _import_sums(db, tmp_path: Path, n: int, name: str = "sums") -> None:  # typ
              check=True)
 
 
-def _add_tiny(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _add_tiny(db: Store, tmp_path: Path) -> None:
     db.rplat("models", "add", "tiny", str(save_tiny(tmp_path / "tiny")), "--role", "agent", check=True)
 
 
-def _drain(db) -> None:  # type: ignore[no-untyped-def]
+def _drain(db: Store) -> None:
     Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
 
 
-def _job(db, job_id: int) -> Job:  # type: ignore[no-untyped-def]
-    with transaction(db.engine()) as s:
-        job = s.get(Job, job_id)
-        s.expunge(job)
-    assert job.status == "succeeded", job.error
-    return job
-
-
-def _chains(db, teacher: str) -> list[tuple[Any, ...]]:  # type: ignore[no-untyped-def]
+def _chains(db: Store, teacher: str) -> list[tuple[Any, ...]]:
     with transaction(db.engine()) as s:
         return [tuple(r) for r in s.execute(
             select(TeacherChain.id, TeacherChain.problem_id, TeacherChain.sample_idx, TeacherChain.text,
@@ -119,7 +106,7 @@ def test_collect_chains_refuses_n_greedy_chains() -> None:
 # --- collect-chains -------------------------------------------------------------------------------------
 
 
-def test_collect_chains_labels_every_chain_once_and_a_rerun_adds_nothing(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_collect_chains_labels_every_chain_once_and_a_rerun_adds_nothing(db: Store, tmp_path: Path) -> None:
     _add_tiny(db, tmp_path)
     _import_sums(db, tmp_path, 4)
     queue = Queue(db.engine())
@@ -127,7 +114,7 @@ def test_collect_chains_labels_every_chain_once_and_a_rerun_adds_nothing(db, tmp
               "batch_size": 3}
     first, _ = queue.enqueue("collect-chains", params)
     _drain(db)
-    result = _job(db, first).result
+    result = db.succeeded(first).result
     rows = _chains(db, "tiny")  # the teacher defaults to the model's name
     assert len(rows) == 12 and Counter(r[1] for r in rows) == Counter({pid: 3 for pid in {r[1] for r in rows}})
     assert {r[2] for r in rows} == {0, 1, 2} and all(r[10] == first for r in rows)
@@ -141,7 +128,7 @@ def test_collect_chains_labels_every_chain_once_and_a_rerun_adds_nothing(db, tmp
     second, _ = queue.enqueue("collect-chains", {**params, "batch_size": 2})  # another job (same params: the same)
     assert second != first
     _drain(db)
-    again = _job(db, second).result
+    again = db.succeeded(second).result
     assert _chains(db, "tiny") == rows
     assert again["chains"] == 12 and again["cache_misses"] == 0 and again["cache_hits"] == 0  # asked for nothing
 
@@ -188,7 +175,8 @@ def scripted() -> Iterator[ScriptedServer]:
     server.httpd.shutdown()
 
 
-def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(db, tmp_path, scripted) -> None:  # type: ignore[no-untyped-def]
+def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(
+        db: Store, tmp_path: Path, scripted: ScriptedServer) -> None:
     _add_tiny(db, tmp_path)
     _import_sums(db, tmp_path, 3)
     queue = Queue(db.engine())
@@ -196,7 +184,7 @@ def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(d
               "n": 3, "n_fewshot": 2, "seed": 0, "batch_size": 2}
     job, _ = queue.enqueue("collect-chains", params)
     _drain(db)
-    result = _job(db, job).result
+    result = db.succeeded(job).result
     rows = _chains(db, "gpt-x")
     assert [(r[2], r[5], r[6], r[7]) for r in rows] == [(0, "pos", True, True), (1, "neg", False, False),
                                                          (2, "neg", False, True)] * 3
@@ -217,14 +205,15 @@ def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(d
     scripted.requests.clear()
     more, _ = queue.enqueue("collect-chains", {**params, "n": 5})
     _drain(db)
-    assert _job(db, more).result["chains"] == 15
+    assert db.succeeded(more).result["chains"] == 15
     assert [(r["n"], r["seed"]) for r in scripted.requests] == [(2, 3)] * 3
     assert _chains(db, "gpt-x")[:3] == rows[:3]
 
 
-def test_killed_collect_chains_resumes_without_regenerating_what_it_stored(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+def test_killed_collect_chains_resumes_without_regenerating_what_it_stored(
+        db: Store, tmp_path: Path, runners: StartRunner) -> None:
     with transaction(db.engine()) as s:  # in-process: the two runners' start-ups are most of this test's time
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+        register_tiny(s, tmp_path)
     _import_sums(db, tmp_path, 30)
     total = 30 * 3
     job_id, _ = Queue(db.engine()).enqueue("collect-chains", {
@@ -239,7 +228,7 @@ def test_killed_collect_chains_resumes_without_regenerating_what_it_stored(db, t
         cached_at_kill = conn.scalar(select(func.count()).select_from(GenerationCache))
     assert 6 <= len(before) < total and cached_at_kill >= len(before)
     run_one(db)  # waits for the dead runner's lease to expire, then takes the job
-    job = _job(db, job_id)
+    job = db.succeeded(job_id)
     after = _chains(db, "tiny")
     assert job.attempts == 2 and len(after) == total
     assert Counter(r[1] for r in after).most_common(1)[0][1] == 3 and len({r[1] for r in after}) == 30
@@ -252,7 +241,7 @@ def test_killed_collect_chains_resumes_without_regenerating_what_it_stored(db, t
 # --- sample and evaluate ---------------------------------------------------------------------------------
 
 
-def test_sample_greedy_and_sampled_then_evaluate_from_the_rows(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sample_greedy_and_sampled_then_evaluate_from_the_rows(db: Store, tmp_path: Path) -> None:
     _add_tiny(db, tmp_path)
     _import_sums(db, tmp_path, 5)
     queue = Queue(db.engine())
@@ -279,7 +268,7 @@ def test_sample_greedy_and_sampled_then_evaluate_from_the_rows(db, tmp_path) -> 
                              for e in s.scalars(select(Evaluation).where(Evaluation.job_id == ev))}
                        for job, ev in evals.items()}
     for job in (greedy, sampled, *evals.values()):
-        _job(db, job)
+        db.succeeded(job)
     assert len(samples[greedy]) == 5 and len(samples[sampled]) == 20
     assert {r.decoding for r in samples[greedy]} == {"greedy"} and {r.decoding for r in samples[sampled]} == {"sampled"}
     for rows in samples.values():
@@ -311,33 +300,24 @@ def test_sample_greedy_and_sampled_then_evaluate_from_the_rows(db, tmp_path) -> 
         assert evaluations[job][(method, "all")][0] == 5
 
 
-def test_evaluating_a_sample_job_votes_with_tie_credit_and_micro_accuracy(db) -> None:  # type: ignore[no-untyped-def]
+def test_evaluating_a_sample_job_votes_with_tie_credit_and_micro_accuracy(db: Store) -> None:
     # (gold, subject, each sample's (extracted answer, correct)); the second problem ties 3 against 4.
     problems = [("7", "algebra", [("7", True), ("7.0", True), ("8", False), (None, False)]),
                 ("3", "algebra", [("4", False), ("3", True), (None, False), (None, False)]),
                 ("5", "geometry", [(None, False), ("6", False), ("6", False), ("5", True)])]
     with transaction(db.engine()) as s:
-        importer = Job(kind="import-problems", status="succeeded", params={})
-        model = Model(name="tiny", format="base", fingerprint="f" * 64)
-        s.add_all([importer, model])
-        s.flush()
-        dataset = Dataset(name="math", kind="problems", job_id=importer.id)
-        s.add(dataset)
-        s.flush()
-        jobs = {n: Job(kind="sample", status="succeeded", params={"problems": "math", "model": "tiny", "n": n,
-                                                                 "temperature": 0.0 if n == 1 else 0.7})
-                for n in (1, 4)}
-        s.add_all(jobs.values())
-        s.flush()
-        for k, (gold, subj, answers) in enumerate(problems):
-            problem = Problem(dataset_id=dataset.id, job_id=importer.id, external_id=f"p{k}", subject=subj,
-                              question=f"q{k}", answer=gold, content_hash=f"h{k}")
-            s.add(problem)
-            s.flush()
+        importer = make.job(s, "import-problems")
+        model = make.model(s, "tiny")
+        dataset = make.dataset(s, "math", importer)
+        jobs = {n: make.job(s, "sample", {"problems": "math", "model": "tiny", "n": n,
+                                          "temperature": 0.0 if n == 1 else 0.7}) for n in (1, 4)}
+        rows = make.problems(s, dataset, [{"external_id": f"p{k}", "subject": subject, "question": f"q{k}",
+                                           "answer": gold} for k, (gold, subject, _) in enumerate(problems)])
+        for problem, (_, _, answers) in zip(rows, problems, strict=True):
             for n, job in jobs.items():
-                s.add_all([Sample(job_id=job.id, problem_id=problem.id, model_id=model.id, sample_idx=i,
-                                  decoding="greedy" if n == 1 else "sampled", text=str(a), extracted_answer=a,
-                                  correct=c) for i, (a, c) in enumerate(answers[:n])])
+                for i, (a, c) in enumerate(answers[:n]):
+                    make.sample(s, job, problem, model, str(a), sample_idx=i,
+                                decoding="greedy" if n == 1 else "sampled", extracted_answer=a, correct=c)
         job_ids = {n: job.id for n, job in jobs.items()}
     queue = Queue(db.engine())
     evals = {n: queue.enqueue("evaluate", {"sample_job": job})[0] for n, job in job_ids.items()}
@@ -349,7 +329,7 @@ def test_evaluating_a_sample_job_votes_with_tie_credit_and_micro_accuracy(db) ->
                 select(Prediction).where(Prediction.job_id == ev).order_by(Prediction.problem_id))]
             accuracy[n] = {e.subject: (e.method, e.n, e.n_correct, e.accuracy) for e in s.scalars(
                 select(Evaluation).where(Evaluation.job_id == ev))}
-    assert _job(db, evals[4]).result == {"method": "sc", "sample_job": job_ids[4], "problems": 3, "accuracy": 0.5}
+    assert db.succeeded(evals[4]).result == {"method": "sc", "sample_job": job_ids[4], "problems": 3, "accuracy": 0.5}
     assert got[4] == [("sc", "7", 2.0, 1, 1.0, True), ("sc", "3", 1.0, 2, 0.5, False), ("sc", "6", 2.0, 1, 0.0, False)]
     assert accuracy[4] == {"algebra": ("sc", 2, 1.5, 0.75), "geometry": ("sc", 1, 0.0, 0.0), "all": ("sc", 3, 1.5, 0.5)}
     assert got[1] == [("greedy", "7", 1.0, 1, 1.0, True), ("greedy", "4", 1.0, 1, 0.0, False),
@@ -358,12 +338,9 @@ def test_evaluating_a_sample_job_votes_with_tie_credit_and_micro_accuracy(db) ->
                            "all": ("greedy", 3, 1.0, 1 / 3)}
 
 
-def test_evaluate_refuses_a_job_that_is_not_a_sample_job_at_enqueue(db) -> None:  # type: ignore[no-untyped-def]
+def test_evaluate_refuses_a_job_that_is_not_a_sample_job_at_enqueue(db: Store) -> None:
     with transaction(db.engine()) as s:
-        other = Job(kind="solve", status="succeeded", params={"problems": "x"})
-        s.add(other)
-        s.flush()
-        other_id = other.id
+        other_id = make.job(s, "solve", {"problems": "x"}).id
     with pytest.raises(UserError, match=f"names job {other_id} of kind 'solve', not a sample job"):
         Queue(db.engine()).enqueue("evaluate", {"sample_job": other_id})
     with transaction(db.engine()) as s:

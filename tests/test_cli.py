@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import Store
-
 from rplat.models import Job, Model
 from rplat.store import transaction
+
+from stores import Store
 
 
 def rplat_json(store: Store, *args: str) -> Any:

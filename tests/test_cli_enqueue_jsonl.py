@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
-from conftest import Store
 from sqlalchemy import func, select
 
 from rplat.models import Experiment, Job, JobDependency
 from rplat.queue import Queue
 from rplat.store import transaction
+
+from stores import Store
 
 
 def write_lines(store: Store, name: str, *lines: object) -> str:

@@ -15,12 +15,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Store
 from sqlalchemy import inspect, text
 
 from rplat.imports.datasets import FieldMap, import_file
-from rplat.models import Experiment
 from rplat.store import transaction
+
+import factories as make
+from stores import Store
 
 DOCS = FieldMap("documents", None, {"text": "text"}, {}, {"source": None, "split": None})
 PROBLEMS = FieldMap("problems", None, {"question": "question"}, {"answer": "answer"})
@@ -159,17 +160,15 @@ def two_tags(store: Store) -> None:
 
 def existing_experiment(store: Store) -> None:
     with transaction(store.engine()) as session:
-        session.add(Experiment(name="baseline"))
+        make.experiment(session, "baseline")
 
 
 def tiny_and_gsm(store: Store) -> None:
     """A registered model `tiny` and a problems dataset `gsm`."""
-    from rplat.registry import register_model
-
-    from tiny_lm import save_tiny
+    from tiny_lm import register_tiny
 
     with transaction(store.engine()) as session:
-        register_model(session, "tiny", "base", save_tiny(store.home / "tiny"), role="agent")
+        register_tiny(session, store.home)
     path = write(store, "gsm.jsonl", jsonl({"question": "What is 2+3?", "answer": "5"}))
     import_file(store.engine(), path, "gsm", PROBLEMS)
 

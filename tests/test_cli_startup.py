@@ -17,10 +17,11 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import Store
 
 import rplat.cli
 from rplat.cli import COMMANDS, cli
+
+from stores import Store
 
 # Runs the CLI like `rplat ARGS`, then writes the name of every module the process imported to $MODULES_OUT.
 PROBE = """

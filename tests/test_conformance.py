@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Store
 from sqlalchemy import Engine, func, select, text
 
 from rplat.models import TERMINAL_STATUSES, Job, JobEvent, Runner
@@ -26,6 +25,7 @@ from rplat.store import get_engine, transaction
 import rplat_test_plugins
 from killable_runners import wait_for
 from rplat_test_plugins import echo_output, item_output
+from stores import Store
 
 HANG = 180.0  # seconds before a wait gives up: a guard against hangs, never a performance threshold
 

@@ -16,23 +16,15 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import Store
 from dashboard_seed_tdg import seed_tdg
 from sqlalchemy import func, select
 from test_cli_errors import assert_one_clear_sentence
 
 from rplat.dashboard.queries import open_store
 from rplat.models import (
-    Dataset,
-    Evaluation,
     Experiment,
-    Extraction,
     Job,
     JobDependency,
-    Model,
-    Prediction,
-    Problem,
-    Rationale,
     RationaleScore,
     SolveTrajectory,
     Step,
@@ -42,11 +34,17 @@ from rplat.ports import free_port
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.store import transaction
 
+import factories as make
+from stores import Store
+
 CHROMIUM = Path("/usr/bin/chromium")
 STARTUP_SECONDS = 60.0  # Streamlit's first start on a loaded 2-core machine
 PAGE_TIMEOUT_MS = 30_000  # one page's first render, its queries included
 
 T0 = dt.datetime(2026, 1, 5, 10, 0, 0)
+# Every job ran once, from T0 + 5 s to T0 + 95 s.
+RAN: dict[str, Any] = {"attempts": 1, "progress_done": 1, "progress_total": 1, "created_at": T0,
+                       "started_at": T0 + dt.timedelta(seconds=5), "finished_at": T0 + dt.timedelta(seconds=95)}
 KEPT_RATIONALE = "Tom must add the four apples he buys to the three he has"
 DROPPED_RATIONALE = "apples are a kind of fruit"
 LEAK_RATIONALE = "He buys 4 more, so he has 7"  # a copy of the following text: the highest delta, and a leak
@@ -62,65 +60,41 @@ PROBLEMS = [
 ]
 
 
-def _job(s: Any, kind: str, experiment: Experiment, **params: Any) -> Job:
-    job = Job(kind=kind, status="succeeded", params=params, experiment_id=experiment.id, attempts=1,
-              progress_done=1, progress_total=1, created_at=T0, started_at=T0 + dt.timedelta(seconds=5),
-              finished_at=T0 + dt.timedelta(seconds=95))
-    s.add(job)
-    s.flush()
-    return job
-
-
 def seed(store: Store) -> dict[str, int]:
     """Hand-made rows for every page: three scored rationales (kept, dropped, a leak), two solving methods with
     their evaluations."""
     with transaction(store.engine()) as s:
-        experiment = Experiment(name="dash")
-        s.add(experiment)
-        s.flush()
-        imported = _job(s, "import-problems", experiment)
-        model = Model(name="tiny", format="base", fingerprint="f" * 64, job_id=imported.id)
-        dataset = Dataset(name="gsm", kind="problems", job_id=imported.id)
-        s.add_all([model, dataset])
-        s.flush()
-        problems = [Problem(dataset_id=dataset.id, job_id=imported.id, external_id=str(k), benchmark="gsm8k",
-                            subject="arithmetic", question=q, answer=gold, content_hash=f"p{k}")
-                    for k, (q, gold, _, _) in enumerate(PROBLEMS)]
-        s.add_all(problems)
-        s.flush()
+        experiment = make.experiment(s, "dash")
+        imported = make.job(s, "import-problems", experiment=experiment, **RAN)
+        model = make.model(s, "tiny", job=imported)
+        problems = make.problems(s, make.dataset(s, "gsm", imported), [
+            {"external_id": str(k), "benchmark": "gsm8k", "subject": "arithmetic", "question": q, "answer": gold}
+            for k, (q, gold, _, _) in enumerate(PROBLEMS)])
 
-        extract = _job(s, "extract-rationales", experiment, model="tiny")
-        score = _job(s, "score-rationales", experiment, model="tiny")
+        extract = make.job(s, "extract-rationales", {"model": "tiny"}, experiment=experiment, **RAN)
+        score = make.job(s, "score-rationales", {"model": "tiny"}, experiment=experiment, **RAN)
         template_id = ensure_template(s, TEMPLATES["extract-insert"])
         # (rationale, loss delta, kept, overlap with the following text, leak)
         scored = [(KEPT_RATIONALE, 1.25, True, 0.125, False), (DROPPED_RATIONALE, -0.375, False, 0.0, False),
                   (LEAK_RATIONALE, 4.5, False, 1.0, True)]
-        for k, (rationale, delta, kept, overlap, leak) in enumerate(scored):
-            extraction = Extraction(job_id=extract.id, problem_id=problems[k].id, model_id=model.id,
-                                    prompt_template_id=template_id, temperature=0.0, input_text="x",
-                                    raw_output="x", fidelity=1.0, passed=True)
-            s.add(extraction)
-            s.flush()
-            row = Rationale(job_id=extract.id, extraction_id=extraction.id, position=1,
-                            preceding="Tom has 3 apples.", rationale=rationale,
-                            following="He buys 4 more, so he has 7.", left_step=1, source="gsm8k")
-            s.add(row)
-            s.flush()
+        for problem, (text, delta, kept, overlap, leak) in zip(problems, scored, strict=False):
+            extraction = make.extraction(s, extract, model, template_id, "x", "x", problem=problem)
+            row = make.rationale(s, extraction, "Tom has 3 apples.", text, "He buys 4 more, so he has 7.",
+                                 source="gsm8k")
             s.add(RationaleScore(job_id=score.id, rationale_id=row.id, scorer_model_id=model.id, lp_without=[-2.5],
                                  lp_with=[-2.5 + delta], gamma=0.9, s_without=-2.5, s_with=-2.5 + delta,
                                  loss_delta=delta, tau=0.5, kept=kept, overlap=overlap, leak=leak))
 
         ids = {"extract": extract.id, "score": score.id}
         for column, method in [(2, "greedy"), (3, "rationalyst-implicit")]:
-            solve = _job(s, "solve", experiment, method=method, model="tiny")
-            evaluate = _job(s, "evaluate", experiment, solve_job=solve.id)
+            solve = make.job(s, "solve", {"method": method, "model": "tiny"}, experiment=experiment, **RAN)
+            evaluate = make.job(s, "evaluate", {"solve_job": solve.id}, experiment=experiment, **RAN)
             s.add(JobDependency(job_id=evaluate.id, depends_on_id=solve.id))
             ids[method] = solve.id
             ids[f"evaluate-{method}"] = evaluate.id
-            n_correct = 0
+            credits = []
             for problem, row in zip(problems, PROBLEMS, strict=True):
                 answer, correct = row[column], row[column] == row[1]
-                n_correct += correct
                 trajectory = SolveTrajectory(job_id=solve.id, problem_id=problem.id, method=method,
                                              final_text=f"The answer is {answer}.", prediction=answer,
                                              normalized_pred=answer, correct=correct, n_steps=1,
@@ -136,11 +110,10 @@ def seed(store: Store) -> dict[str, int]:
                                          text="The answer is 0.", score=-3.5, chosen=False),
                            StepCandidate(job_id=solve.id, step_id=step.id, candidate_idx=1,
                                          text=f"The answer is {answer}.", score=-0.75, chosen=True)])
-                s.add(Prediction(job_id=evaluate.id, problem_id=problem.id, model_id=model.id, method=method,
-                                 answer=answer, correct=correct, vote_mass=1.0, tie_size=1,
-                                 credit=float(correct)))
-            s.add(Evaluation(job_id=evaluate.id, model_id=model.id, method=method, subject="all",
-                             n=len(PROBLEMS), n_correct=n_correct, accuracy=n_correct / len(PROBLEMS)))
+                make.prediction(s, evaluate, problem, model, method, answer, float(correct), vote_mass=1.0,
+                                tie_size=1)
+                credits.append(float(correct))
+            make.evaluation(s, evaluate, model, method, "all", credits)
     return ids
 
 
@@ -257,7 +230,8 @@ def shoot(page: Any, directory: Path, name: str) -> None:
     assert (directory / f"{name}.png").stat().st_size > 0
 
 
-def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(db, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
+        db: Store, browser: Any, tmp_path: Path) -> None:
     with running_dashboard(db, tmp_path / "dashboard.log") as (url, port):
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and no other address
         # Streamlit scrolls inside its own container, so a screenshot shows what fits this viewport.
@@ -345,7 +319,7 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(db, br
         page.close()
 
 
-def test_the_dashboards_connection_cannot_write(db) -> None:  # type: ignore[no-untyped-def]
+def test_the_dashboards_connection_cannot_write(db: Store) -> None:
     seed(db)
     con = open_store(db.url)
     for statement in ["INSERT INTO store.experiments (name, created_at) VALUES ('intruder', now())",
@@ -359,12 +333,12 @@ def test_the_dashboards_connection_cannot_write(db) -> None:  # type: ignore[no-
         assert s.scalar(select(func.count()).select_from(Job)) == 7
 
 
-def test_dashboard_refuses_a_store_that_is_not_at_head(empty_db) -> None:  # type: ignore[no-untyped-def]
+def test_dashboard_refuses_a_store_that_is_not_at_head(empty_db: Store) -> None:
     proc = empty_db.rplat("dashboard", "--port", str(free_port()), timeout=60)
     assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode, ["not at head", "rplat db upgrade"])
 
 
-def test_dashboard_refuses_a_port_in_use(db) -> None:  # type: ignore[no-untyped-def]
+def test_dashboard_refuses_a_port_in_use(db: Store) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

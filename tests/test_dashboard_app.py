@@ -10,8 +10,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
-from apptests import RUN_TIMEOUT, duck_of, point_app_at
-from conftest import Store, _make_store, _MigratedTemplates
+from apptests import RUN_TIMEOUT, duck_of
 from dashboard_seed_tdg import seed_tdg
 from streamlit.testing.v1 import AppTest
 from test_dashboard import DROPPED_RATIONALE, KEPT_RATIONALE, LEAK_RATIONALE, seed
@@ -19,23 +18,26 @@ from test_dashboard import DROPPED_RATIONALE, KEPT_RATIONALE, LEAK_RATIONALE, se
 from rplat import analytics
 from rplat.dashboard import queries
 from rplat.errors import UserError
-from rplat.models import Evaluation, Job
+from rplat.models import Evaluation
 from rplat.stats import wilson
 from rplat.store import transaction
+
+import factories as make
+from stores import MigratedTemplates, Store, make_store
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-          _templates: _MigratedTemplates) -> Iterator[tuple[Store, dict[str, int]]]:
+          _templates: MigratedTemplates) -> Iterator[tuple[Store, dict[str, int]]]:
     """One store per backend with both hand-known worlds (the RATIONALYST one, then the TDG one), only read."""
-    for store in _make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
+    for store in make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
         yield store, {**seed(store), **seed_tdg(store)}
 
 
 @pytest.fixture
 def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """The seeded ids, with RPLAT_DATABASE_URL pointing the app at the seeded store."""
-    point_app_at(world[0], monkeypatch)
+    world[0].set_env(monkeypatch)
     return world[1]
 
 
@@ -156,9 +158,7 @@ def test_the_cache_takes_in_a_run_evaluated_after_the_first_query(db: Store) -> 
 def test_the_cache_copies_an_evaluation_without_predictions_once(db: Store) -> None:
     seed(db)
     with transaction(db.engine()) as s:
-        empty = Job(kind="evaluate", status="succeeded", params={}, attempts=1)
-        s.add(empty)
-        s.flush()
+        empty = make.job(s, "evaluate", attempts=1)
         s.add(Evaluation(job_id=empty.id, method="greedy", subject="all", n=0, n_correct=0, accuracy=0.0))
     con = analytics.connect(db.url)
     assert len(analytics.solved_runs(con)) == 2

@@ -9,8 +9,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
-from apptests import duck_of, point_app_at
-from conftest import Store, _make_store, _MigratedTemplates
+from apptests import duck_of
 from dashboard_seed_tdg import EXPERIMENT, seed_tdg
 from streamlit.testing.v1 import AppTest
 
@@ -19,21 +18,23 @@ from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.common import EMPTY
 from rplat.stats import wilson
 
+from stores import MigratedTemplates, Store, make_store
+
 ASC = ["f1", "f2", "f3"]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-          _templates: _MigratedTemplates) -> Iterator[tuple[Store, dict[str, int]]]:
+          _templates: MigratedTemplates) -> Iterator[tuple[Store, dict[str, int]]]:
     """One seeded store per backend, shared by the tests (they only read it)."""
-    for store in _make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
+    for store in make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
         yield store, seed_tdg(store)
 
 
 @pytest.fixture
 def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """The seeded ids, with RPLAT_DATABASE_URL pointing the app at the seeded store."""
-    point_app_at(world[0], monkeypatch)
+    world[0].set_env(monkeypatch)
     return world[1]
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from conftest import Store
 from test_analytics import run_cli
 from test_cli_errors import assert_one_clear_sentence
 from test_report_compare import B_SC, World, seed_world
 
 from rplat.errors import UserError
 from rplat.export import export_view
+
+from stores import Store
 
 
 @pytest.fixture

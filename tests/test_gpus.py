@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Store
 from sqlalchemy import Engine, func, select
 from test_conformance import Runners, events, job, wait_for
 
@@ -26,6 +25,7 @@ from rplat.store import transaction
 
 import rplat_test_plugins
 from rplat_test_plugins import device_output
+from stores import Store
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Store
 from sqlalchemy import func, select
 
 from rplat.imports.datasets import FieldMap, import_file
 from rplat.models import Dataset, Document, Job, Problem
 from rplat.store import transaction
+
+from stores import Store
 
 PASSAGES = [
     {"doc_id": "w-1", "body": "The Nile is the longest river in Africa.", "part": "geography"},

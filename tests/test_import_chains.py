@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS, Store
 from sqlalchemy import func, select
 from test_cli_errors import assert_one_clear_sentence, snapshot
 
@@ -17,6 +16,8 @@ from rplat.imports.chains import import_chains
 from rplat.imports.datasets import FieldMap, import_file
 from rplat.models import Dataset, Job, Problem, TeacherChain
 from rplat.store import transaction
+
+from stores import TESTS, Store
 
 DATA = TESTS / "data" / "chains"
 RELEASED = DATA / "released"

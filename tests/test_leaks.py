@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from sqlalchemy import select
 from test_rationalyst_jobs import seed_triples
 
@@ -11,6 +14,8 @@ from rplat.models import Job, Rationale, RationaleScore
 from rplat.queue import Queue
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
+
+from stores import Store
 
 # (preceding, rationale, following, source): a copy, and two real rationales whose loss-delta verdicts differ
 # (the tiny model's deltas are random, so tau decides: -1e9 for "pile" keeps, 1e9 for "gsm8k" drops).
@@ -22,12 +27,12 @@ TRIPLES = [
 TAUS = {"pile": -1e9, "gsm8k": 1e9}
 
 
-def _seed(db, tmp_path) -> int:  # type: ignore[no-untyped-def]
+def _seed(db: Store, tmp_path: Path) -> int:
     """A registered tiny model and a finished extraction job holding TRIPLES; returns that job's id."""
     return seed_triples(db, tmp_path, TRIPLES, "extract-insert")
 
 
-def _score(db, params: dict) -> tuple[dict, list[tuple[RationaleScore, Rationale]]]:  # type: ignore[no-untyped-def]
+def _score(db: Store, params: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[RationaleScore, Rationale]]]:
     job_id, _ = Queue(db.engine()).enqueue("score-rationales", {"model": "tiny", "tau_by_source": TAUS, **params})
     Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
     with transaction(db.engine()) as s:
@@ -38,7 +43,7 @@ def _score(db, params: dict) -> tuple[dict, list[tuple[RationaleScore, Rationale
         return job.result, [tuple(r) for r in rows]
 
 
-def test_a_copy_of_the_following_text_is_a_leak_and_not_kept(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_copy_of_the_following_text_is_a_leak_and_not_kept(db: Store, tmp_path: Path) -> None:
     result, rows = _score(db, {"extract_job": _seed(db, tmp_path)})
     assert [(score.overlap, score.leak, score.kept) for score, _ in rows] == [
         (1.0, True, False), (0.0, False, True), (0.0, False, False)]
@@ -50,7 +55,7 @@ def test_a_copy_of_the_following_text_is_a_leak_and_not_kept(db, tmp_path) -> No
     assert (result["scored"], result["kept"], result["leaks"], result["leaks_dropped"]) == (3, 1, 1, 1)
 
 
-def test_a_leak_threshold_above_one_keeps_the_copy(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_leak_threshold_above_one_keeps_the_copy(db: Store, tmp_path: Path) -> None:
     result, rows = _score(db, {"extract_job": _seed(db, tmp_path), "leak_threshold": 1.5})
     copy, _ = rows[0]
     assert (copy.overlap, copy.leak, copy.kept) == (1.0, False, True)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Store, _make_store
 from sqlalchemy import func, select, update
 
 from rplat.errors import UserError
@@ -21,7 +20,8 @@ from rplat.queue import Queue
 from rplat.registry import BUNDLED_EMBEDDER, register_model
 from rplat.store import transaction
 
-from tiny_lm import save_tiny
+from stores import Store, make_store
+from tiny_lm import register_tiny, save_tiny
 
 PROBLEMS = FieldMap("problems", None, {"question": "question"}, {"solution": "solution", "answer": "answer"})
 DOCUMENTS = FieldMap("documents", None, {"text": "text"})
@@ -30,7 +30,7 @@ DOCUMENTS = FieldMap("documents", None, {"text": "text"})
 def seed(store: Store, tmp_path: Path) -> int:
     """A registered tiny model, a problems dataset `gsm` and a documents dataset `docs`; the tiny model's id."""
     with transaction(store.engine()) as s:
-        tiny_id = register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent").id
+        tiny_id = register_tiny(s, tmp_path).id
     problems = tmp_path / "gsm.jsonl"
     problems.write_text(json.dumps({"question": "What is 2+3?", "solution": "2 + 3 = 5\n#### 5", "answer": "5"}) + "\n")
     docs = tmp_path / "docs.jsonl"
@@ -238,7 +238,7 @@ def pipeline_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     """The RATIONALYST pipeline on the tiny model (greedy and rationalyst-implicit), run to the end once per
     backend: (store, the pipeline's job ids)."""
     tmp_path = tmp_path_factory.mktemp(f"pipeline-{request.param}")
-    for store in _make_store(request.param, tmp_path, templates=request.getfixturevalue("_templates")):
+    for store in make_store(request.param, tmp_path, templates=request.getfixturevalue("_templates")):
         seed(store, tmp_path)
         overrides = tmp_path / "overrides.json"
         overrides.write_text(json.dumps({

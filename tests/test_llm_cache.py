@@ -10,6 +10,8 @@ from rplat.llm import Completion, Message, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.models import GenerationCache
 
+from stores import Store
+
 
 class CountingBackend:
     """A deterministic fake model that records every call it receives."""
@@ -32,7 +34,7 @@ class CountingBackend:
         return "|".join(m["content"] for m in messages)
 
 
-def test_second_generate_call_is_served_from_the_cache(db) -> None:  # type: ignore[no-untyped-def]
+def test_second_generate_call_is_served_from_the_cache(db: Store) -> None:
     model = CountingBackend("m1")
     cached = CachedBackend(model, db.engine(), job_id=None)
     first = cached.generate(["a", "b"], Sampling(max_tokens=5))
@@ -42,7 +44,7 @@ def test_second_generate_call_is_served_from_the_cache(db) -> None:  # type: ign
     assert again[0][0].token_logprobs == (-0.5,) and again[0][0].token_ids == (7,)
 
 
-def test_more_samples_generate_only_the_missing_indices(db) -> None:  # type: ignore[no-untyped-def]
+def test_more_samples_generate_only_the_missing_indices(db: Store) -> None:
     model = CountingBackend("m1")
     cached = CachedBackend(model, db.engine())
     sampling = Sampling(temperature=0.7, seed=14)
@@ -53,7 +55,7 @@ def test_more_samples_generate_only_the_missing_indices(db) -> None:  # type: ig
     assert len({c.text for c in eight}) == 8
 
 
-def test_different_sampling_params_are_different_entries(db) -> None:  # type: ignore[no-untyped-def]
+def test_different_sampling_params_are_different_entries(db: Store) -> None:
     model = CountingBackend("m1")
     cached = CachedBackend(model, db.engine())
     cached.generate(["q"], Sampling(temperature=0.0))
@@ -61,7 +63,7 @@ def test_different_sampling_params_are_different_entries(db) -> None:  # type: i
     assert len(model.generated) == 2
 
 
-def test_two_models_never_share_an_entry(db) -> None:  # type: ignore[no-untyped-def]
+def test_two_models_never_share_an_entry(db: Store) -> None:
     one, two = CountingBackend("m1"), CountingBackend("m2")
     a = CachedBackend(one, db.engine()).generate(["q"], Sampling())[0][0]
     b = CachedBackend(two, db.engine()).generate(["q"], Sampling())[0][0]
@@ -70,7 +72,7 @@ def test_two_models_never_share_an_entry(db) -> None:  # type: ignore[no-untyped
         assert conn.scalar(select(func.count()).select_from(GenerationCache)) == 2
 
 
-def test_scores_are_cached_per_context_and_continuation(db) -> None:  # type: ignore[no-untyped-def]
+def test_scores_are_cached_per_context_and_continuation(db: Store) -> None:
     model = CountingBackend("m1")
     cached = CachedBackend(model, db.engine(), job_id=None)
     first = cached.score(["ctx", "ctx"], ["abc", "de"])

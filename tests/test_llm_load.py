@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Store
 from sqlalchemy import select
 from test_cli_errors import assert_one_clear_sentence, snapshot
 
@@ -26,6 +25,7 @@ from rplat.registry import register_model
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
+from stores import Store
 from tiny_lm import save_tiny
 
 CONTEXT = "Question: Tom has 3 apples and buys 4 more."

@@ -24,6 +24,7 @@ from rplat.methods.nat import (
     w_neg_stats,
 )
 
+from stores import Store
 from tiny_lm import save_tiny, tiny_model, tiny_tokenizer
 
 CFG = NATConfig(r=4, alpha=8.0, dropout=0.0, unit_dim=6)
@@ -178,7 +179,7 @@ def test_bad_targets_and_mismatched_negative_loras_are_user_errors(tmp_path: Pat
         set_nat_mode(tiny_model(), "pos")
 
 
-def test_format_nat_loads_through_the_one_loader_beside_its_negative_lora(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_format_nat_loads_through_the_one_loader_beside_its_negative_lora(db: Store, tmp_path: Path) -> None:
     from rplat.llm import Sampling
     from rplat.llm.load import LOADED, load, open_backend
     from rplat.llm.resolve import prepare_backend

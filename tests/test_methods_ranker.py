@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 from rplat.llm.formats import detect_format, get_format
 from rplat.methods.ranker import (
@@ -88,7 +92,7 @@ def test_the_chain_mask_covers_exactly_the_chain_tokens(tokenizer: str) -> None:
     assert len(cut.input_ids) == 8 and cut.truncated and sum(cut.chain_mask) > 0
 
 
-def _minilm_tokenizer():  # type: ignore[no-untyped-def]
+def _minilm_tokenizer() -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     from rplat.registry import bundled_embedder_path

@@ -10,10 +10,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Store
 from sqlalchemy import inspect, text
 
 from rplat.models import Base
+
+from stores import REPO, Store
 
 ALL_TABLES = set(Base.metadata.tables)
 ALEMBIC = Path(sys.executable).parent / "alembic"

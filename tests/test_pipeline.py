@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sqlalchemy import select
 
 from rplat.models import Job, JobDependency, Model
-from rplat.registry import register_model
 from rplat.store import transaction
 
-from tiny_lm import save_tiny
+from stores import Store
+from tiny_lm import register_tiny
 
 METHODS = ["greedy", "sc", "random-candidate", "rationalyst-implicit", "rationalyst-explicit"]
 
 
-def test_pipeline_runs_every_stage_and_reports_accuracy_per_method(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_runs_every_stage_and_reports_accuracy_per_method(db: Store, tmp_path: Path) -> None:
     with transaction(db.engine()) as s:
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+        register_tiny(s, tmp_path)
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in [
         "Tom had 5 apples. He ate 2 of them. Now he has 3 apples left.",

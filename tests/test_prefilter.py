@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Store, _make_store
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -24,6 +23,8 @@ from rplat.models import Checkpoint, Document, Job, JobEvent, Model, PrefilterSc
 from rplat.queue import Queue
 from rplat.registry import BUNDLED_EMBEDDER, bundled_embedder_path, digest_dir
 from rplat.runners.framework.runner import Runner, RunnerOptions
+
+from stores import Store, make_store
 
 MATH_DOCS = {
     "math-notebooks": "Sara buys 3 notebooks at $4 each and a pen for $2. She pays with a $20 bill. How much change "
@@ -81,13 +82,6 @@ def _session(db: Store) -> Session:
     return Session(db.engine())
 
 
-def _job(db: Store, job_id: int) -> Job:
-    with _session(db) as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        return job
-
-
 def _scores(db: Store, job_id: int) -> dict[str, PrefilterScore]:
     """The job's scores keyed by document external id (fails on a duplicate document)."""
     with _session(db) as s:
@@ -126,7 +120,7 @@ def _run_in_process(db: Store, **options: Any) -> None:
 def prefiltered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                 gsm_file: Path) -> Iterator[tuple[Store, int]]:
     """A store where a runner finished one prefilter job over MATH_DOCS, OTHER_DOCS and LONG_DOC."""
-    for store in _make_store(request.param, tmp_path_factory.mktemp(request.param)):
+    for store in make_store(request.param, tmp_path_factory.mktemp(request.param)):
         _import(store, gsm_file, {**MATH_DOCS, **OTHER_DOCS, LONG_ID: LONG_DOC})
         job_id = _enqueue(store)
         _run_in_process(store, once=True)
@@ -135,7 +129,7 @@ def prefiltered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 def test_prefilter_job_succeeds(prefiltered: tuple[Store, int]) -> None:
     db, job_id = prefiltered
-    job = _job(db, job_id)
+    job = db.job(job_id)
     assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
 
 
@@ -194,7 +188,7 @@ def test_cosines_equal_the_pure_methods_applied_in_process(prefiltered: tuple[St
 def test_job_result_summarises_the_rows(prefiltered: tuple[Store, int]) -> None:
     db, job_id = prefiltered
     scores = list(_scores(db, job_id).values())
-    result = _job(db, job_id).result
+    result = db.job(job_id).result
     assert result is not None
     assert result["scored"] == len(scores) == 9
     assert result["passed"] == sum(sc.passed for sc in scores) == len(MATH_DOCS)
@@ -204,7 +198,7 @@ def test_job_result_summarises_the_rows(prefiltered: tuple[Store, int]) -> None:
 
 def test_progress_counts_every_document(prefiltered: tuple[Store, int]) -> None:
     db, job_id = prefiltered
-    job = _job(db, job_id)
+    job = db.job(job_id)
     assert job.progress_done == job.progress_total == 9
 
 
@@ -308,7 +302,7 @@ def test_killed_runner_job_resumes_from_checkpoint_without_duplicates(db: Store,
     # Runs the baseline, then waits for the dead runner's lease to expire and reclaims the job.
     _run_in_process(db, until_done=True)
 
-    job = _job(db, job_id)
+    job = db.job(job_id)
     assert (job.status, job.attempts) == ("succeeded", 2)
     assert job.progress_done == job.progress_total == N_MANY
     resumed, baseline = _scores(db, job_id), _scores(db, baseline_id)
@@ -318,9 +312,9 @@ def test_killed_runner_job_resumes_from_checkpoint_without_duplicates(db: Store,
     assert {k for k, sc in resumed.items() if sc.passed} == {k for k, sc in baseline.items() if sc.passed}
     assert {k: sc.cosine for k, sc in resumed.items()} == pytest.approx(
         {k: sc.cosine for k, sc in baseline.items()}, abs=1e-5)
-    assert job.result is not None and _job(db, baseline_id).result is not None
-    assert job.result["scored"] == _job(db, baseline_id).result["scored"] == N_MANY
-    assert job.result["passed"] == _job(db, baseline_id).result["passed"]
+    assert job.result is not None and db.job(baseline_id).result is not None
+    assert job.result["scored"] == db.job(baseline_id).result["scored"] == N_MANY
+    assert job.result["passed"] == db.job(baseline_id).result["passed"]
 
 
 @pytest.mark.slow
@@ -336,14 +330,14 @@ def test_sigterm_releases_the_job_and_the_next_runner_finishes_it(db: Store, gsm
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, stderr
-    released = _job(db, job_id)
+    released = db.job(job_id)
     assert (released.status, released.attempts) == ("queued", 0)
     assert 0 < _count_scores(db, job_id) < N_MANY
     checkpoint_before = _checkpoints(db, job_id)
 
     _run_in_process(db, once=True)
 
-    job = _job(db, job_id)
+    job = db.job(job_id)
     assert (job.status, job.attempts) == ("succeeded", 1)
     assert len(_scores(db, job_id)) == _count_scores(db, job_id) == N_MANY
     assert _checkpoints(db, job_id) == checkpoint_before

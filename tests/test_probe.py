@@ -9,7 +9,7 @@ import shutil
 import socket
 from typing import Any
 
-from conftest import Store
+from stores import Store
 
 
 def _probe(db: Store, *params: str) -> dict[str, Any]:

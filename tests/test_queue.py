@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import Store
 from sqlalchemy import func, insert, select, update
 
 from rplat.errors import LeaseLost, UserError
@@ -19,6 +18,7 @@ from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
 import rplat_test_plugins
+from stores import Store
 
 LEASE = 30.0
 PROBE = {"devices": False}
@@ -234,7 +234,7 @@ def test_a_job_pinned_to_a_host_is_claimed_only_there(queue: Queue) -> None:
     assert queue.claim("runner-b", None, LEASE, host="gpu-7") is None
 
 
-def test_a_runner_takes_jobs_pinned_to_its_host_name(db) -> None:  # type: ignore[no-untyped-def]
+def test_a_runner_takes_jobs_pinned_to_its_host_name(db: Store) -> None:
     import socket
 
     job = db.rplat("enqueue", "probe", "--param", "devices=false", "--host", socket.gethostname(), "--json", check=True)
@@ -245,7 +245,7 @@ def test_a_runner_takes_jobs_pinned_to_its_host_name(db) -> None:  # type: ignor
     assert shown[json.loads(other.stdout)["id"]] == "queued"
 
 
-def test_runner_until_done_waits_out_retry_backoff_where_once_stops(db) -> None:  # type: ignore[no-untyped-def]
+def test_runner_until_done_waits_out_retry_backoff_where_once_stops(db: Store) -> None:
     """--once leaves a job in retry backoff queued; --until-done waits for its last attempt and exits once
     nothing it could run is left (a job pinned to another machine does not keep it waiting)."""
     failing = json.loads(db.rplat("enqueue", "test-fail", "--max-attempts", "2", "--json", check=True).stdout)["id"]

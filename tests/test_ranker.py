@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,6 @@ from sqlalchemy import func, select
 
 from rplat.methods.ranker import Ranker, RankerConfig, collate, encode_pair, load_ranker, save_ranker
 from rplat.models import (
-    Dataset,
     Job,
     Model,
     ModelParent,
@@ -29,41 +26,36 @@ from rplat.registry import register_model
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
-from killable_runners import count_rows, kill_then_rescue, runner_processes
-from tiny_lm import save_tiny, tiny_and_chain_set, tiny_model, tiny_tokenizer
+import factories as make
+from killable_runners import StartRunner, count_rows, kill_then_rescue
+from stores import Store
+from tiny_lm import register_tiny, tiny_and_chain_set, tiny_model, tiny_tokenizer
 
 TEACHER = "gpt-x"
 COMMON = {"problems": "train", "teacher": TEACHER, "encoder": "tiny", "max_length": 48, "lr": 1e-3}
 
 
-def _seed(db: Any, tmp_path: Path, n_problems: int) -> dict[int, dict[str, set[int]]]:
+def _seed(db: Store, tmp_path: Path, n_problems: int) -> dict[int, dict[str, set[int]]]:
     """The tiny model as the encoder and `n_problems` sums with two positive and two negative chains each (the
     last problem only positives); returns problem id -> label -> chain ids."""
     with transaction(db.engine()) as s:
-        job_id, ds_id = tiny_and_chain_set(s, tmp_path)
+        problems = make.problems(s, tiny_and_chain_set(s, tmp_path), [
+            {"external_id": str(k), "question": f"Compute {k} + 3.", "answer": str(k + 3)} for k in range(n_problems)])
         chains: dict[int, dict[str, set[int]]] = {}
-        for k in range(n_problems):
-            problem = Problem(dataset_id=ds_id, job_id=job_id, external_id=str(k), question=f"Compute {k} + 3.",
-                              answer=str(k + 3), content_hash=f"h{k}")
-            s.add(problem)
-            s.flush()
+        for k, problem in enumerate(problems):
             labels = ["pos", "neg", "pos", "neg"] if k < n_problems - 1 else ["pos", "pos"]
             chains[problem.id] = {"pos": set(), "neg": set()}
             for i, label in enumerate(labels):
                 text = f"{k} + 3 = {k + 3 + (0 if label == 'pos' else i + 1)}, so \\boxed{{{k + 3}}}."
-                chain = TeacherChain(job_id=job_id, problem_id=problem.id, teacher=TEACHER, sample_idx=i, text=text,
-                                     label=label, n_chars=len(text))
-                s.add(chain)
-                s.flush()
-                chains[problem.id][label].add(chain.id)
+                chains[problem.id][label].add(make.chain(s, problem, TEACHER, text, label, sample_idx=i).id)
     return chains
 
 
-def _drain(db: Any) -> None:
+def _drain(db: Store) -> None:
     Runner(Queue(db.engine()), db.home, RunnerOptions(until_done=True, lease_seconds=30)).run()
 
 
-def _pairs(db: Any, job_id: int, split: str) -> list[Any]:
+def _pairs(db: Store, job_id: int, split: str) -> list[Any]:
     with transaction(db.engine()) as s:
         return s.execute(select(RankerPair.epoch, RankerPair.problem_id, RankerPair.pos_chain_id,
                                 RankerPair.neg_chain_id, RankerPair.s_pos, RankerPair.s_neg, RankerPair.loss)
@@ -71,7 +63,8 @@ def _pairs(db: Any, job_id: int, split: str) -> list[Any]:
                          .order_by(RankerPair.epoch, RankerPair.problem_id)).all()
 
 
-def test_train_ranker_stores_a_pair_per_question_and_epoch_and_reports_heldout_accuracy(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_ranker_stores_a_pair_per_question_and_epoch_and_reports_heldout_accuracy(
+        db: Store, tmp_path: Path) -> None:
     chains = _seed(db, tmp_path, 7)  # 6 questions with both labels: 4 train, 2 held out
     job_id, _ = Queue(db.engine()).enqueue("train-ranker", {**COMMON, "epochs": 2, "heldout_fraction": 0.3,
                                                             "batch_size": 2, "checkpoint_every": 2})
@@ -110,30 +103,28 @@ def test_train_ranker_stores_a_pair_per_question_and_epoch_and_reports_heldout_a
         assert model(**batch).item() == pytest.approx(s_pos, abs=1e-5)
 
 
-def _ranker_and_samples(db: Any, tmp_path: Path) -> int:
-    """A ranker built in-process (tiny encoder, max length 24) and a sample job: problem 0 with two short samples
-    and an over-long one, problem 1 with only an over-long one. Returns the sample job's id."""
+def _ranker_and_samples(db: Store, tmp_path: Path) -> int:
+    """A ranker built in-process (tiny encoder, max length 24) and a sample job (owning the problems' dataset
+    `test`): problem 0 with two short samples and an over-long one, problem 1 with only an over-long one. Returns
+    the sample job's id."""
     directory = tmp_path / "ranker"
     torch.manual_seed(0)
     save_ranker(Ranker(tiny_model().model, 32), tiny_tokenizer(), directory, RankerConfig("base", 32, 24))
+    long = " ".join(["3 + 4 = 7."] * 10)
+    samples = [["3 + 4 = 7.", "The answer is 8.", long], [long]]
     with transaction(db.engine()) as s:
         rk = register_model(s, "rk", "ranker", directory, role="ranker")
-        job_id = Queue.record_done(s, "sample", {}, {})
-        ds = Dataset(name="test", kind="problems", job_id=job_id)
-        s.add(ds)
-        s.flush()
-        long = " ".join(["3 + 4 = 7."] * 10)
-        for k, texts in enumerate([["3 + 4 = 7.", "The answer is 8.", long], [long]]):
-            problem = Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question="Compute 3 + 4.",
-                              answer="7", content_hash=f"t{k}")
-            s.add(problem)
-            s.flush()
-            s.add_all([Sample(job_id=job_id, problem_id=problem.id, model_id=rk.id, sample_idx=i, decoding="sampled",
-                              text=t) for i, t in enumerate(texts)])
-    return job_id
+        sampled = make.job(s, "sample")
+        problems = make.problems(s, make.dataset(s, "test", sampled), [
+            {"external_id": str(k), "question": "Compute 3 + 4.", "answer": "7"} for k in range(len(samples))])
+        for problem, texts in zip(problems, samples, strict=True):
+            for i, text in enumerate(texts):
+                make.sample(s, sampled, problem, rk, text, sample_idx=i)
+        return sampled.id
 
 
-def test_score_samples_scores_each_sample_once_and_fills_over_long_ones_with_the_problem_mean(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_score_samples_scores_each_sample_once_and_fills_over_long_ones_with_the_problem_mean(
+        db: Store, tmp_path: Path) -> None:
     sample_job = _ranker_and_samples(db, tmp_path)
     job_id, _ = Queue(db.engine()).enqueue("score-samples", {"sample_job": sample_job, "ranker": "rk",
                                                              "batch_size": 1})
@@ -152,11 +143,11 @@ def test_score_samples_scores_each_sample_once_and_fills_over_long_ones_with_the
     assert job.result["mean_score"] == pytest.approx((a + b + filled + alone) / 4)
 
 
-def test_bad_inputs_fail_the_job_with_one_sentence_and_write_nothing(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_inputs_fail_the_job_with_one_sentence_and_write_nothing(db: Store, tmp_path: Path) -> None:
     sample_job = _ranker_and_samples(db, tmp_path)
     with transaction(db.engine()) as s:
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
-        empty_samples = Queue.record_done(s, "sample", {}, {})
+        register_tiny(s, tmp_path)
+        empty_samples = make.job(s, "sample").id
     queue = Queue(db.engine())
     not_a_ranker, _ = queue.enqueue("score-samples", {"sample_job": sample_job, "ranker": "tiny"})
     no_samples, _ = queue.enqueue("score-samples", {"sample_job": empty_samples, "ranker": "rk"})
@@ -173,12 +164,8 @@ def test_bad_inputs_fail_the_job_with_one_sentence_and_write_nothing(db, tmp_pat
     assert written == 0
 
 
-@pytest.fixture
-def runners(db) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
-    yield from runner_processes(db)
-
-
-def test_killed_train_ranker_resumes_with_the_same_loss_curve_and_pairs(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+def test_killed_train_ranker_resumes_with_the_same_loss_curve_and_pairs(
+        db: Store, tmp_path: Path, runners: StartRunner) -> None:
     _seed(db, tmp_path, 11)
     common = {**COMMON, "epochs": 8, "heldout_fraction": 0.2, "checkpoint_every": 4}  # 8 questions x 8 = 64 steps
     queue = Queue(db.engine())

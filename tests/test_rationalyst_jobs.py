@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from rplat.llm.hf import HFBackend
 from rplat.methods.loss_delta import loss_delta
 from rplat.models import (
-    Dataset,
     Extraction,
     Job,
     Model,
     ModelParent,
-    Problem,
     Rationale,
     RationaleScore,
     TrainingExample,
@@ -21,11 +21,12 @@ from rplat.models import (
 )
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.queue import Queue
-from rplat.registry import register_model
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
-from tiny_lm import save_tiny, tiny_tokenizer
+import factories as make
+from stores import Store
+from tiny_lm import register_tiny, tiny_tokenizer
 
 TRIPLES = [
     ("Tom has 3 apples.", "add the apples he buys", "He buys 4 more, so he has 7."),
@@ -35,43 +36,34 @@ TRIPLES = [
 ]
 
 
-def seed_triples(db, tmp_path, triples, template: str = "extract-reasoning") -> int:  # type: ignore[no-untyped-def]
+def seed_triples(db: Store, tmp_path: Path, triples: list[tuple[str, str, str, str]],
+                 template: str = "extract-reasoning") -> int:
     """A registered tiny model and an (already finished) extraction job holding one rationale per (preceding,
-    rationale, following, source) of `triples`; returns that job's id."""
+    rationale, following, source) of `triples`, each extracted from a problem of a dataset `p` the job owns;
+    returns that job's id."""
     with transaction(db.engine()) as s:
-        model = register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
-        job_id = s.scalar(insert(Job).values(kind="extract-rationales", status="succeeded", params={},
-                                             attempts=1, max_attempts=1, lease_token=1, cancel_requested=False,
-                                             priority=0, progress_done=0).returning(Job.id))
-        ds = Dataset(name="p", kind="problems", job_id=job_id)
-        s.add(ds)
-        s.flush()
+        model = register_tiny(s, tmp_path)
+        extract = make.job(s, "extract-rationales")
+        problems = make.problems(s, make.dataset(s, "p", extract), [
+            {"external_id": str(k), "question": pre or "q"} for k, (pre, *_) in enumerate(triples)])
         template_id = ensure_template(s, TEMPLATES[template])
-        for k, (pre, rat, fol, source) in enumerate(triples):
-            problem = Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question=pre or "q",
-                              content_hash=str(k))
-            s.add(problem)
-            s.flush()
-            ext = Extraction(job_id=job_id, problem_id=problem.id, model_id=model.id, prompt_template_id=template_id,
-                             temperature=0.0, input_text=pre, raw_output=f"{pre}<BOT>{rat}<EOT>{fol}", fidelity=1.0,
-                             passed=True)
-            s.add(ext)
-            s.flush()
-            s.add(Rationale(job_id=job_id, extraction_id=ext.id, position=1, preceding=pre, rationale=rat,
-                            following=fol, left_step=1, source=source))
-    return job_id
+        for problem, (pre, rat, fol, source) in zip(problems, triples, strict=True):
+            extraction = make.extraction(s, extract, model, template_id, pre, f"{pre}<BOT>{rat}<EOT>{fol}",
+                                         problem=problem)
+            make.rationale(s, extraction, pre, rat, fol, source=source)
+        return extract.id
 
 
-def _seed_rationales(db, tmp_path) -> int:  # type: ignore[no-untyped-def]
+def _seed_rationales(db: Store, tmp_path: Path) -> int:
     """TRIPLES, sources alternating pile and gsm8k."""
     return seed_triples(db, tmp_path, [(*t, "gsm8k" if k % 2 else "pile") for k, t in enumerate(TRIPLES)])
 
 
-def _drain(db) -> None:  # type: ignore[no-untyped-def]
+def _drain(db: Store) -> None:
     Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
 
 
-def test_score_rationales_stores_the_loss_delta_of_every_rationale(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_score_rationales_stores_the_loss_delta_of_every_rationale(db: Store, tmp_path: Path) -> None:
     extract_job = _seed_rationales(db, tmp_path)
     job_id, _ = Queue(db.engine()).enqueue("score-rationales", {
         "extract_job": extract_job, "model": "tiny", "batch_size": 3, "tau_by_source": {"gsm8k": 1e9}})
@@ -101,7 +93,7 @@ def test_score_rationales_stores_the_loss_delta_of_every_rationale(db, tmp_path)
     assert rows[3][0].kept is False  # empty preceding
 
 
-def test_rerunning_score_rationales_regenerates_nothing(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_rerunning_score_rationales_regenerates_nothing(db: Store, tmp_path: Path) -> None:
     extract_job = _seed_rationales(db, tmp_path)
     queue = Queue(db.engine())
     first, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny"})
@@ -113,7 +105,7 @@ def test_rerunning_score_rationales_regenerates_nothing(db, tmp_path) -> None:  
     assert results[second]["cache_misses"] == 0 and results[second]["cache_hits"] == 8
 
 
-def test_train_rationalyst_registers_an_adapter_with_its_lineage(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_rationalyst_registers_an_adapter_with_its_lineage(db: Store, tmp_path: Path) -> None:
     extract_job = _seed_rationales(db, tmp_path)
     queue = Queue(db.engine())
     score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
@@ -140,16 +132,16 @@ def test_train_rationalyst_registers_an_adapter_with_its_lineage(db, tmp_path) -
     assert job.result["steps"] == 3 and job.result["model_id"] == adapter.id
 
 
-def _tiny_and_problems(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _tiny_and_problems(db: Store, tmp_path: Path) -> None:
     with transaction(db.engine()) as s:
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+        register_tiny(s, tmp_path)
     problems = tmp_path / "gsm.jsonl"
     db.rplat("generate", "reasoning-gym", "gsm_symbolic", "--size", "3", "--out", str(problems), check=True)
     db.rplat("import", "problems", str(problems), "--dataset", "gsm", "--id-field", "id", "--benchmark", "gsm8k",
              check=True)
 
 
-def test_insert_mode_extraction_yields_one_rationale_per_line_boundary(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_insert_mode_extraction_yields_one_rationale_per_line_boundary(db: Store, tmp_path: Path) -> None:
     _tiny_and_problems(db, tmp_path)
     job_id, _ = Queue(db.engine()).enqueue("extract-rationales", {
         "problems": "gsm", "model": "tiny", "mode": "insert", "max_tokens": 6, "batch_size": 2})
@@ -167,7 +159,7 @@ def test_insert_mode_extraction_yields_one_rationale_per_line_boundary(db, tmp_p
                           "cache_hits": 0, "cache_misses": len(rationales)}
 
 
-def test_rewrite_mode_rejects_outputs_that_do_not_keep_the_text(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_rewrite_mode_rejects_outputs_that_do_not_keep_the_text(db: Store, tmp_path: Path) -> None:
     _tiny_and_problems(db, tmp_path)
     job_id, _ = Queue(db.engine()).enqueue("extract-rationales", {
         "problems": "gsm", "model": "tiny", "max_tokens": 8, "limit": 2})
@@ -181,7 +173,7 @@ def test_rewrite_mode_rejects_outputs_that_do_not_keep_the_text(db, tmp_path) ->
     assert job.result["rationales"] == 0
 
 
-def test_a_limit_takes_documents_and_worked_solutions_alternately(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_limit_takes_documents_and_worked_solutions_alternately(db: Store, tmp_path: Path) -> None:
     _tiny_and_problems(db, tmp_path)
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(f'{{"text": "Document {k}. It has two sentences."}}\n' for k in range(3)))

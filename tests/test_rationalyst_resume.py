@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -15,18 +14,14 @@ from rplat.queue import Queue
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
-from killable_runners import count_rows, kill_then_rescue, run_one, runner_processes, seed_rationales, wait_for
+from killable_runners import StartRunner, count_rows, kill_then_rescue, run_one, seed_rationales, wait_for
+from stores import Store
 
 # Two checkpoints before the kill, and 50 steps to notice them in before the run ends.
 STEPS = 60
 
 
-@pytest.fixture
-def runners(db) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
-    yield from runner_processes(db)
-
-
-def test_killed_score_rationales_resumes_without_duplicates(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+def test_killed_score_rationales_resumes_without_duplicates(db: Store, tmp_path: Path, runners: StartRunner) -> None:
     extract_job = seed_rationales(db, tmp_path, 120)
     job_id, _ = Queue(db.engine()).enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny",
                                                                 "batch_size": 2}, max_attempts=3)
@@ -52,7 +47,8 @@ def test_killed_score_rationales_resumes_without_duplicates(db, tmp_path, runner
     assert job.result["cache_misses"] == 240 - cached_at_kill
 
 
-def test_killed_training_resumes_at_its_checkpoint_with_the_same_loss_curve(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+def test_killed_training_resumes_at_its_checkpoint_with_the_same_loss_curve(
+        db: Store, tmp_path: Path, runners: StartRunner) -> None:
     extract_job = seed_rationales(db, tmp_path, 40)
     queue = Queue(db.engine())
     score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})

@@ -5,31 +5,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
-from conftest import Store
+from sqlalchemy.orm import Session
 from test_analytics import run_cli
 from test_cli_errors import assert_one_clear_sentence
 from test_tdg_report import Seeder
 
 from rplat.errors import UserError
-from rplat.models import (
-    Dataset,
-    Document,
-    Evaluation,
-    Extraction,
-    Job,
-    Prediction,
-    PrefilterScore,
-    PromptTemplate,
-    Rationale,
-    RationaleScore,
-    TeacherChain,
-)
+from rplat.models import Job, Model, PrefilterScore, Problem, PromptTemplate, RationaleScore
 from rplat.reports import compare_report, prefilter_report, rationalyst_report, tdg_report
 from rplat.stats import wilson
 from rplat.store import transaction
+
+import factories as make
+from stores import Store
 
 # Credits per problem index (0..12 of the Seeder's problems). On the four problems 0-3 that both predicted, A
 # (greedy) earns 1, 1, 1, 0 and B's asc-f3 0, 0, 0, 1: differences (1, 1, 1, -1). A also predicted problem 4 and B
@@ -53,23 +43,23 @@ class World:
     problems: list[int]
 
 
-def _predict(s: Any, job: int, model: int, method: str, credits: dict[int, float], problems: list[int]) -> None:
+def _predict(s: Session, job: Job, model: Model, method: str, credits: dict[int, float],
+             problems: list[Problem]) -> None:
     for index, credit in credits.items():
-        s.add(Prediction(job_id=job, problem_id=problems[index], model_id=model, method=method, answer="x",
-                         correct=credit == 1.0, credit=credit))
+        make.prediction(s, job, problems[index], model, method, "x", credit)
 
 
 def seed_world(store: Store) -> World:
     """Two comparable runs, decoys, and a RATIONALYST funnel with a copy (a leak), a real rationale and a weak one."""
     with transaction(store.engine()) as s:
         seed = Seeder(s)
-        problems = [p.id for p in seed.problems]
-        student = seed.model("student", None)
+        problems = seed.problems
+        student = make.model(s, "student")
         sample = seed.job("sample", {"model": "student", "problems": "test", "n": 4, "temperature": 0.8}, "cmp")
-        a = seed.job("evaluate", {"sample_job": sample, "solve_job": None}, "cmp")
-        b = seed.job("aggregate", {"sample_job": sample, "vote": "f3"}, "cmp")
-        lonely = seed.job("evaluate", {"sample_job": sample, "solve_job": None}, "cmp")
-        empty = seed.job("evaluate", {"sample_job": sample, "solve_job": None}, "cmp", status="queued")
+        a = seed.job("evaluate", {"sample_job": sample.id, "solve_job": None}, "cmp")
+        b = seed.job("aggregate", {"sample_job": sample.id, "vote": "f3"}, "cmp")
+        lonely = seed.job("evaluate", {"sample_job": sample.id, "solve_job": None}, "cmp")
+        empty = seed.job("evaluate", {"sample_job": sample.id, "solve_job": None}, "cmp", status="queued")
         _predict(s, a, student, "greedy", A_GREEDY, problems)
         _predict(s, b, student, "asc-f3", B_ASC, problems)
         _predict(s, b, student, "sc", B_SC, problems)
@@ -77,58 +67,42 @@ def seed_world(store: Store) -> World:
 
         # RATIONALYST: a solve evaluation of 3 right of 4, and the mining funnel
         solve = seed.job("solve", {"model": "student", "method": "rationalyst-implicit"}, "rat")
-        evaluate = seed.job("evaluate", {"solve_job": solve, "sample_job": None}, "rat")
-        s.add(Evaluation(job_id=evaluate, model_id=student, method="rationalyst-implicit", subject="all", n=4,
-                         n_correct=3.0, accuracy=0.75))
+        evaluate = seed.job("evaluate", {"solve_job": solve.id, "sample_job": None}, "rat")
+        make.evaluation(s, evaluate, student, "rationalyst-implicit", "all", [1.0, 1.0, 1.0, 0.0])
         template = PromptTemplate(name="extract-insert", version="1", body={"system": "insert rationales"},
                                   content_hash="t1")
         s.add(template)
         s.flush()
-        extract = seed.job("extract-rationales", {"model": "student", "mode": "insert"}, "rat")
-        score = seed.job("score-rationales", {"extract_job": extract, "tau": 0.5}, "rat")
-        extract_job = s.get(Job, extract)
-        assert extract_job is not None
-        extract_job.prompt_template_id, extract_job.model_id = template.id, student
-        docs = seed.job("import-documents", {}, None)
-        ds = Dataset(name="docs", kind="documents", job_id=docs)
-        s.add(ds)
-        s.flush()
-        doc = Document(dataset_id=ds.id, job_id=docs, external_id="d0", text="Tom has 3 apples.", n_chars=17,
-                       content_hash="d0")
-        s.add(doc)
-        s.flush()
+        extract = seed.job("extract-rationales", {"model": "student", "mode": "insert"}, "rat", model=student,
+                           prompt_template_id=template.id)
+        score = seed.job("score-rationales", {"extract_job": extract.id, "tau": 0.5}, "rat")
+        docs = make.dataset(s, "docs", seed.job("import-documents", {}, None), "documents")
         prefilter = seed.job("prefilter", {"threshold": 0.3, "max_chars": 2000}, "rat")
-        for i, cosine in enumerate((0.9, 0.6, 0.4, 0.1)):  # 3 of 4 documents pass 0.3
-            d = Document(dataset_id=ds.id, job_id=docs, external_id=f"pf{i}", text=f"text {i}", n_chars=6,
-                         content_hash=f"pf{i}")
-            s.add(d)
-            s.flush()
-            s.add(PrefilterScore(job_id=prefilter, document_id=d.id, embed_model_id=student, cosine=cosine,
+        doc, *scored_docs = make.documents(s, docs, {"d0": "Tom has 3 apples.",
+                                                     **{f"pf{i}": f"text {i}" for i in range(4)}})
+        for d, cosine in zip(scored_docs, (0.9, 0.6, 0.4, 0.1), strict=True):  # 3 of 4 documents pass 0.3
+            s.add(PrefilterScore(job_id=prefilter.id, document_id=d.id, embed_model_id=student.id, cosine=cosine,
                                  threshold=0.3, passed=cosine >= 0.3))
-        ex = Extraction(job_id=extract, document_id=doc.id, model_id=student, prompt_template_id=template.id,
-                        temperature=0.0, input_text="Tom has 3 apples.", raw_output="...", passed=True)
-        s.add(ex)
-        s.flush()
+        extraction = make.extraction(s, extract, student, template.id, "Tom has 3 apples.", "...", document=doc,
+                                     fidelity=None)
         kept_rationale = 0
         for position, (text, delta, overlap, leak, kept) in enumerate([
                 ("He buys 2 more, so 5.", 41.7, 0.95, True, False),  # a copy of the following text
                 ("Adding means counting on.", 2.0, 0.10, False, True),
                 ("Apples are fruit.", -0.3, 0.05, False, False)]):
-            r = Rationale(job_id=extract, extraction_id=ex.id, position=position, preceding="Tom has 3 apples.",
-                          rationale=text, following="He buys 2 more, so 5.", left_step=0)
-            s.add(r)
-            s.flush()
-            s.add(RationaleScore(job_id=score, rationale_id=r.id, scorer_model_id=student, lp_without=[-1.0],
+            r = make.rationale(s, extraction, "Tom has 3 apples.", text, "He buys 2 more, so 5.", position=position,
+                               left_step=0)
+            s.add(RationaleScore(job_id=score.id, rationale_id=r.id, scorer_model_id=student.id, lp_without=[-1.0],
                                  lp_with=[-0.5], gamma=0.9, s_without=-1.0, s_with=-1.0 + delta, loss_delta=delta,
                                  tau=0.5, kept=kept, overlap=overlap, leak=leak))
             if kept:
                 kept_rationale = r.id
         collect = seed.job("collect-chains", {"teacher": "student", "n": 2}, "cmp")
         for i, label in enumerate(("pos", "neg")):
-            s.add(TeacherChain(job_id=collect, problem_id=problems[0], teacher="student", sample_idx=i,
-                               text=f"chain {i}", extracted_answer=str(i), label=label, n_chars=7))
-    return World(a=a, b=b, lonely=lonely, empty=empty, sample=sample, extract=extract, score=score,
-                 kept_rationale=kept_rationale, problems=problems)
+            make.chain(s, problems[0], "student", f"chain {i}", label, sample_idx=i, job=collect,
+                       extracted_answer=str(i))
+        return World(a=a.id, b=b.id, lonely=lonely.id, empty=empty.id, sample=sample.id, extract=extract.id,
+                     score=score.id, kept_rationale=kept_rationale, problems=[p.id for p in problems])
 
 
 @pytest.fixture
@@ -223,9 +197,9 @@ def test_report_tdg_cells_carry_the_wilson_interval_of_their_counts(db: Store,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     with transaction(db.engine()) as s:
         seed = Seeder(s)
-        train = seed.job("train-kd", {}, "e")
+        kd = make.model(s, "e-kd", "lora", job=seed.job("train-kd", {}, "e"))
         carry = [p.id for p in seed.problems if p.subject == "carry"]
-        seed.evaluated("e", "e-kd", seed.model("e-kd", train), set(carry[:2]))  # 2 of 6 carry, 2 of 13 overall
+        seed.evaluated("e", kd, set(carry[:2]))  # 2 of 6 carry, 2 of 13 overall
     (row,) = tdg_report(db.engine(), "e")["table2"]
     assert (row["ci_low"]["carry"], row["ci_high"]["carry"]) == pytest.approx(tuple(100 * v for v in wilson(2, 6)))
     assert (row["ci_low"]["no-carry"], row["ci_high"]["no-carry"]) == pytest.approx((0.0, 100 * wilson(0, 5)[1]))

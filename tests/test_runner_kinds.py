@@ -9,8 +9,10 @@ from rplat.models import Job
 from rplat.queue import Queue
 from rplat.store import transaction
 
+from stores import Store
 
-def test_runner_without_a_plugin_leaves_the_plugins_jobs_queued(db) -> None:  # type: ignore[no-untyped-def]
+
+def test_runner_without_a_plugin_leaves_the_plugins_jobs_queued(db: Store) -> None:
     job_id, _ = Queue(db.engine()).enqueue("test-fail", {"message": "x"})
     env = {k: v for k, v in db.env.items() if k != "RPLAT_PLUGINS"}
     proc = subprocess.run([sys.executable, "-m", "rplat.cli", "runner", "--once", "--quiet"], env=env, cwd=db.home,
@@ -21,7 +23,7 @@ def test_runner_without_a_plugin_leaves_the_plugins_jobs_queued(db) -> None:  # 
         assert (job.status, job.attempts) == ("queued", 0)
 
 
-def test_a_job_whose_stored_params_no_longer_fit_fails_without_retries(db) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_whose_stored_params_no_longer_fit_fails_without_retries(db: Store) -> None:
     job_id, _ = Queue(db.engine()).enqueue("probe", {"devices": False})
     with transaction(db.engine()) as s:
         s.get(Job, job_id).params = {"devices": False, "retired_param": 1}

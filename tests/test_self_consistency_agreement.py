@@ -9,20 +9,18 @@ from sqlalchemy import select
 
 from rplat.methods.answers import normalize
 from rplat.models import (
-    Dataset,
     Evaluation,
-    Experiment,
     Job,
-    Model,
     Prediction,
-    Problem,
     RankerScore,
-    Sample,
     SolveTrajectory,
 )
 from rplat.queue import Queue
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
+
+import factories as make
+from stores import Store
 
 # (gold, subject, five samples' answers: None where none was extracted) and, by hand, the vote of each problem:
 # (answer, vote mass, tie size, credit).
@@ -36,38 +34,27 @@ PROBLEMS: list[tuple[str, str, list[str | None]]] = [
 VOTES = [("7", 2.0, 1, 1.0), ("3", 1.0, 3, 1 / 3), (None, 0.0, 1, 0.0), ("1", 2.0, 2, 0.5), ("6", 1.0, 1, 1.0)]
 
 
-def _seed(db: Any) -> dict[str, int]:
+def _seed(db: Store) -> dict[str, int]:
     """PROBLEMS as a finished sc solve job (trajectories) and a finished sample job (samples, labelled by the
     gold answer) with a score job; returns their ids."""
     with transaction(db.engine()) as s:
-        importer = Job(kind="import-problems", status="succeeded", params={})
-        model = Model(name="student", format="base", fingerprint="f" * 64)
-        s.add_all([importer, model, Experiment(name="sc")])
-        s.flush()
-        dataset = Dataset(name="math", kind="problems", job_id=importer.id)
-        solve = Job(kind="solve", status="succeeded", params={"problems": "math", "model": "student", "method": "sc",
-                                                              "n_samples": 5})
-        sample = Job(kind="sample", status="succeeded",
-                     params={"problems": "math", "model": "student", "n": 5, "temperature": 0.7})
-        s.add_all([dataset, solve, sample])
-        s.flush()
-        score = Job(kind="score-samples", status="succeeded", params={"sample_job": sample.id, "ranker": "r"})
-        s.add(score)
-        s.flush()
-        for k, (gold, subject, answers) in enumerate(PROBLEMS):
-            problem = Problem(dataset_id=dataset.id, job_id=importer.id, external_id=f"p{k}", subject=subject,
-                              question=f"q{k}", answer=gold, content_hash=f"h{k}")
-            s.add(problem)
-            s.flush()
+        importer = make.job(s, "import-problems")
+        model = make.model(s, "student")
+        make.experiment(s, "sc")
+        dataset = make.dataset(s, "math", importer)
+        solve = make.job(s, "solve", {"problems": "math", "model": "student", "method": "sc", "n_samples": 5})
+        sample = make.job(s, "sample", {"problems": "math", "model": "student", "n": 5, "temperature": 0.7})
+        score = make.job(s, "score-samples", {"sample_job": sample.id, "ranker": "r"})
+        problems = make.problems(s, dataset, [{"external_id": f"p{k}", "subject": subject, "question": f"q{k}",
+                                               "answer": gold} for k, (gold, subject, _) in enumerate(PROBLEMS)])
+        for problem, (gold, _, answers) in zip(problems, PROBLEMS, strict=True):
             for i, answer in enumerate(answers):
                 right = normalize(answer) == gold
                 s.add(SolveTrajectory(job_id=solve.id, problem_id=problem.id, sample_idx=i, method="sc",
                                       final_text=str(answer), prediction=answer, normalized_pred=normalize(answer),
                                       correct=right, n_steps=1, stopped_reason="answer"))
-                chain = Sample(job_id=sample.id, problem_id=problem.id, model_id=model.id, sample_idx=i,
-                               decoding="sampled", text="...", extracted_answer=answer, correct=right)
-                s.add(chain)
-                s.flush()
+                chain = make.sample(s, sample, problem, model, "...", sample_idx=i, extracted_answer=answer,
+                                    correct=right)
                 s.add(RankerScore(job_id=score.id, sample_id=chain.id, ranker_model_id=model.id, score=0.5))
         return {"solve": solve.id, "sample": sample.id, "score": score.id}
 
@@ -83,7 +70,7 @@ def _accuracy(s: Any, job_id: int, method: str) -> dict[str, tuple[int, float, f
         select(Evaluation).where(Evaluation.job_id == job_id, Evaluation.method == method))}
 
 
-def test_solve_evaluate_sample_evaluate_and_aggregate_cast_the_same_self_consistency_vote(db) -> None:  # type: ignore[no-untyped-def]
+def test_solve_evaluate_sample_evaluate_and_aggregate_cast_the_same_self_consistency_vote(db: Store) -> None:
     ids = _seed(db)
     queue = Queue(db.engine())
     jobs = {"solve": queue.enqueue("evaluate", {"solve_job": ids["solve"]}, experiment="sc")[0],

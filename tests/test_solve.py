@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -11,24 +12,22 @@ from sqlalchemy import func, select
 from rplat.llm import Completion, Message, Sampling
 from rplat.methods.guided import SOLVE_METHODS
 from rplat.models import (
-    Dataset,
     Evaluation,
     Job,
-    Model,
     Prediction,
-    Problem,
     SolveTrajectory,
     Step,
     StepCandidate,
 )
 from rplat.queue import Queue
-from rplat.registry import register_model
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.runners.rationalyst.kinds import SolveParams
 from rplat.runners.rationalyst.solve import Models, Solver, Trajectory
 from rplat.store import transaction
 
-from tiny_lm import save_tiny
+import factories as make
+from stores import Store
+from tiny_lm import register_tiny
 
 
 class Scripted:
@@ -108,9 +107,9 @@ def test_rationalyst_methods_need_a_rationalyst_model() -> None:
 
 
 @pytest.mark.parametrize("method", SOLVE_METHODS)
-def test_every_method_solves_and_evaluates_end_to_end(db, tmp_path, method: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_method_solves_and_evaluates_end_to_end(db: Store, tmp_path: Path, method: str) -> None:
     with transaction(db.engine()) as s:
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+        register_tiny(s, tmp_path)
     problems = tmp_path / "gsm.jsonl"
     assert db.rplat("generate", "reasoning-gym", "gsm_symbolic", "--size", "3", "--out", str(problems)).returncode == 0
     db.rplat("import", "problems", str(problems), "--dataset", "gsm", "--id-field", "id", "--subject-field",
@@ -144,26 +143,18 @@ def test_every_method_solves_and_evaluates_end_to_end(db, tmp_path, method: str)
         assert all(c.score is not None for c in candidates)
 
 
-def test_evaluate_votes_an_old_sample_job_as_sc_with_tie_credit_and_micro_accuracy(db) -> None:  # type: ignore[no-untyped-def]
+def test_evaluate_votes_an_old_sample_job_as_sc_with_tie_credit_and_micro_accuracy(db: Store) -> None:
     # (gold, subject, the normalized answers of the job's samples)
     problems = [("7", "algebra", ["7", "7", "8"]), ("3", "algebra", ["4", "3"]), ("5", "geometry", [None, "6"])]
     with transaction(db.engine()) as s:
-        importer = Job(kind="import-problems", status="succeeded", params={})
-        model = Model(name="tiny", format="base", fingerprint="f" * 64)
-        s.add_all([importer, model])
-        s.flush()
-        dataset = Dataset(name="gsm", kind="problems", job_id=importer.id)
-        s.add(dataset)
-        s.flush()
+        importer = make.job(s, "import-problems")
+        make.model(s, "tiny")
+        dataset = make.dataset(s, "gsm", importer)
         # Stored before self-consistency was called `sc`: the job's JSON still says "sample".
-        solve = Job(kind="solve", status="succeeded", params={"problems": "gsm", "model": "tiny", "method": "sample"})
-        s.add(solve)
-        s.flush()
-        for k, (gold, subject, answers) in enumerate(problems):
-            problem = Problem(dataset_id=dataset.id, job_id=importer.id, external_id=f"p{k}", subject=subject,
-                              question=f"q{k}", answer=gold, content_hash=f"h{k}")
-            s.add(problem)
-            s.flush()
+        solve = make.job(s, "solve", {"problems": "gsm", "model": "tiny", "method": "sample"})
+        rows = make.problems(s, dataset, [{"external_id": f"p{k}", "subject": subject, "question": f"q{k}",
+                                           "answer": gold} for k, (gold, subject, _) in enumerate(problems)])
+        for problem, (gold, _, answers) in zip(rows, problems, strict=True):
             s.add_all([SolveTrajectory(job_id=solve.id, problem_id=problem.id, sample_idx=i, method="sample",
                                        final_text=str(a), prediction=a, normalized_pred=a, correct=a == gold,
                                        n_steps=1, stopped_reason="answer") for i, a in enumerate(answers)])
@@ -181,12 +172,9 @@ def test_evaluate_votes_an_old_sample_job_as_sc_with_tie_credit_and_micro_accura
     assert accuracy == {"algebra": ("sc", 2, 1.5, 0.75), "geometry": ("sc", 1, 0.0, 0.0), "all": ("sc", 3, 1.5, 0.5)}
 
 
-def test_evaluating_a_solve_job_whose_params_no_longer_fit_fails_with_one_sentence(db) -> None:  # type: ignore[no-untyped-def]
+def test_evaluating_a_solve_job_whose_params_no_longer_fit_fails_with_one_sentence(db: Store) -> None:
     with transaction(db.engine()) as s:
-        solve = Job(kind="solve", status="succeeded", params={"problems": "gsm", "method": "beam-search"})
-        s.add(solve)
-        s.flush()
-        solve_id = solve.id
+        solve_id = make.job(s, "solve", {"problems": "gsm", "method": "beam-search"}).id
     queue = Queue(db.engine())
     eval_job, _ = queue.enqueue("evaluate", {"solve_job": solve_id})
     Runner(queue, db.home, RunnerOptions(once=True, lease_seconds=30)).run()

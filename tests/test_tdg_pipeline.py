@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -14,19 +13,20 @@ from rplat.errors import UserError
 from rplat.models import Dataset, Job, JobDependency, Model, Prediction, Problem, RankerScore, TeacherChain
 from rplat.pipelines import TdgPipeline
 from rplat.queue import Queue
-from rplat.registry import register_model
 from rplat.store import transaction
 
-from tiny_lm import save_tiny
+import factories as make
+from stores import Store
+from tiny_lm import register_tiny
 
 SETTINGS = ["base", "sft", "kd", "mix", "nt", "ul", "neg", "nat", "nce"]
 CHAIN_TRAINED = {"kd": "train-kd", "mix": "train-mix", "nt": "train-nt", "ul": "train-ul", "neg": "train-neg",
                  "nat": "train-nat", "nce": "train-nce"}
 
 
-def _setup(db: Any, tmp_path: Path, train: int = 4, test: int = 3) -> None:
+def _setup(db: Store, tmp_path: Path, train: int = 4, test: int = 3) -> None:
     with transaction(db.engine()) as s:
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+        register_tiny(s, tmp_path)
     sums = tmp_path / "sums.jsonl"
     db.rplat("generate", "sums", "--size", str(train + test), "--seed", "3", "--out", str(sums), check=True)
     lines = sums.read_text().splitlines(keepends=True)
@@ -38,17 +38,18 @@ def _setup(db: Any, tmp_path: Path, train: int = 4, test: int = 3) -> None:
     db.rplat("experiments", "add", "t", check=True)
 
 
-def _pipeline_jobs(db: Any) -> list[Job]:
+def _pipeline_jobs(db: Store) -> list[Job]:
     with transaction(db.engine()) as s:
         return list(s.scalars(select(Job).where(Job.kind.not_like("import-%")).order_by(Job.id)).all())
 
 
-def _parents(db: Any, job_id: int) -> list[int]:
+def _parents(db: Store, job_id: int) -> list[int]:
     with transaction(db.engine()) as s:
         return sorted(s.scalars(select(JobDependency.depends_on_id).where(JobDependency.job_id == job_id)).all())
 
 
-def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_same_jobs(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_same_jobs(
+        db: Store, tmp_path: Path) -> None:
     _setup(db, tmp_path)
     base = ["pipeline", "tdg", "--benchmark", "sums-train", "--test", "sums-test", "--experiment", "t"]
 
@@ -131,7 +132,7 @@ def test_pipeline_tdg_enqueues_the_dag_in_one_transaction_and_a_rerun_is_the_sam
     assert again == ids and len(_pipeline_jobs(db)) == len(jobs)  # an identical pipeline is the same jobs
 
 
-def test_pipeline_tdg_with_imported_chains_collects_nothing(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_tdg_with_imported_chains_collects_nothing(db: Store, tmp_path: Path) -> None:
     _setup(db, tmp_path)
     _seed_positive_chains(db, "gpt-3.5")
     out = db.rplat("pipeline", "tdg", "--benchmark", "sums-train", "--test", "sums-test", "--chains", "gpt-3.5",
@@ -146,16 +147,15 @@ def test_pipeline_tdg_with_imported_chains_collects_nothing(db, tmp_path) -> Non
     assert _parents(db, ids["train"]["nat"]) == [ids["train"]["neg"]]
 
 
-def _seed_positive_chains(db: Any, teacher: str) -> None:
+def _seed_positive_chains(db: Store, teacher: str) -> None:
     """One right chain (the worked solution) per training problem as sample 0 of `teacher`, as an import would."""
     with transaction(db.engine()) as s:
-        train = s.execute(select(Problem.id, Problem.solution, Problem.answer, Problem.job_id)
-                          .join(Dataset, Dataset.id == Problem.dataset_id)
+        train = s.scalars(select(Problem).join(Dataset, Dataset.id == Problem.dataset_id)
                           .where(Dataset.name == "sums-train").order_by(Problem.id)).all()
-        for r in train:
-            s.add(TeacherChain(job_id=r.job_id, problem_id=r.id, teacher=teacher, sample_idx=0, text=r.solution,
-                               extracted_answer=r.answer, label="pos", labeler="hendrycks", hendrycks_correct=True,
-                               math_verify_correct=True, n_chars=len(r.solution)))
+        for problem in train:
+            assert problem.solution is not None
+            make.chain(s, problem, teacher, problem.solution, "pos", extracted_answer=problem.answer,
+                       labeler="hendrycks", hendrycks_correct=True, math_verify_correct=True)
 
 
 HANDLERS = ("rplat.runners.tdg.chains", "rplat.runners.tdg.train", "rplat.runners.tdg.nat", "rplat.runners.tdg.nce",
@@ -164,7 +164,7 @@ MISSING = [m for m in HANDLERS if importlib.util.find_spec(m) is None]
 
 
 @pytest.mark.skipif(bool(MISSING), reason=f"needs every TDG kind's handler; missing: {', '.join(MISSING)}")
-def test_whole_pipeline_tdg_on_a_tiny_model_runs_to_the_report(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_whole_pipeline_tdg_on_a_tiny_model_runs_to_the_report(db: Store, tmp_path: Path) -> None:
     """The whole DAG on a tiny random model: teacher = student. Sample 0 of every training problem is seeded as a
     right chain (a random model writes none), so collect-chains adds the negatives (samples 1 and 2)."""
     _setup(db, tmp_path, train=4, test=3)

@@ -10,11 +10,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
-from rplat.models import Dataset, Evaluation, Experiment, Job, Model, Prediction, Problem
+from rplat.models import Experiment, Job, Model, Prediction, Problem
 from rplat.reports import rationalyst_report, tdg_report
 from rplat.store import transaction
+
+import factories as make
+from stores import Store
 
 SUBJECTS = ["carry", "no-carry", "rare"]
 # 13 problems: 6 carry, 5 no-carry, 1 rare (solved by no model: an empty union), 1 without a subject.
@@ -23,99 +27,70 @@ TRAINED = ["sft", "kd", "mix", "nt", "ul", "neg", "nat", "nce"]
 
 
 class Seeder:
-    """Writes jobs, models, predictions and evaluations the way the pipeline's jobs would, without running them."""
+    """Writes jobs, models, predictions and evaluations the way the pipeline's jobs would, without running them: the
+    problems of PROBLEM_SUBJECTS (dataset `test`), then whatever a test asks for, in experiments made on first use."""
 
-    def __init__(self, s: Any) -> None:
+    def __init__(self, s: Session) -> None:
         self.s = s
-        self.experiments: dict[str, int] = {}
-        imp = self.job("import-problems", {}, None)
-        ds = Dataset(name="test", kind="problems", job_id=imp)
-        s.add(ds)
-        s.flush()
-        self.problems = []
-        for i, subject in enumerate(PROBLEM_SUBJECTS):
-            p = Problem(dataset_id=ds.id, job_id=imp, external_id=f"p{i}", subject=subject, question=f"q{i}",
-                        answer=str(i), content_hash=f"h{i}")
-            s.add(p)
-            s.flush()
-            self.problems.append(p)
+        self.experiments: dict[str, Experiment] = {}
+        self.problems = make.problems(s, make.dataset(s, "test", make.job(s, "import-problems")), [
+            {"external_id": f"p{i}", "subject": subject, "question": f"q{i}", "answer": str(i)}
+            for i, subject in enumerate(PROBLEM_SUBJECTS)])
 
-    def job(self, kind: str, params: dict[str, Any], experiment: str | None, status: str = "succeeded") -> int:
-        exp = None
-        if experiment is not None:
-            if experiment not in self.experiments:
-                e = Experiment(name=experiment)
-                self.s.add(e)
-                self.s.flush()
-                self.experiments[experiment] = e.id
-            exp = self.experiments[experiment]
-        job = Job(kind=kind, params=params, experiment_id=exp, status=status)
-        self.s.add(job)
-        self.s.flush()
-        return job.id
+    def job(self, kind: str, params: dict[str, Any], experiment: str | None, **columns: Any) -> Job:
+        if experiment is not None and experiment not in self.experiments:
+            self.experiments[experiment] = make.experiment(self.s, experiment)
+        in_experiment = self.experiments[experiment] if experiment is not None else None
+        return make.job(self.s, kind, params, experiment=in_experiment, **columns)
 
-    def model(self, name: str, made_by: int | None) -> int:
-        m = Model(name=name, format="base" if made_by is None else "lora", fingerprint=name, job_id=made_by)
-        self.s.add(m)
-        self.s.flush()
-        return m.id
-
-    def evaluated(self, experiment: str, model: str, model_id: int, solved: set[int], *, temperature: float = 0.0,
-                  n: int = 1, method: str = "greedy") -> int:
+    def evaluated(self, experiment: str, model: Model, solved: set[int], *, temperature: float = 0.0, n: int = 1,
+                  method: str = "greedy") -> Job:
         """A sample job of `model` and its evaluate job, whose predictions say the problems `solved` are right."""
-        sample = self.job("sample", {"model": model, "problems": "test", "n": n, "temperature": temperature},
+        sample = self.job("sample", {"model": model.name, "problems": "test", "n": n, "temperature": temperature},
                           experiment)
-        evaluate = self.job("evaluate", {"sample_job": sample, "solve_job": None}, experiment)
-        self.predictions_and_evaluations(evaluate, model_id, method, solved)
+        evaluate = self.job("evaluate", {"sample_job": sample.id, "solve_job": None}, experiment)
+        self.predictions_and_evaluations(evaluate, model, method, solved)
         return evaluate
 
-    def predictions_and_evaluations(self, evaluate: int, model_id: int, method: str, solved: set[int]) -> None:
-        counts: dict[str, list[int]] = {}
-        for p in self.problems:
-            ok = p.id in solved
-            self.s.add(Prediction(job_id=evaluate, problem_id=p.id, model_id=model_id, method=method, answer="x",
-                                  correct=ok, credit=float(ok)))
-            for key in ([p.subject] if p.subject else []) + ["all"]:
-                c = counts.setdefault(key, [0, 0])
-                c[0] += 1
-                c[1] += ok
-        for subject, (total, right) in counts.items():
-            self.s.add(Evaluation(job_id=evaluate, model_id=model_id, method=method, subject=subject, n=total,
-                                  n_correct=float(right), accuracy=right / total))
-        self.s.flush()
+    def predictions_and_evaluations(self, evaluate: Job, model: Model, method: str, solved: set[int]) -> None:
+        credits = {p: float(p.id in solved) for p in self.problems}
+        for problem, credit in credits.items():
+            make.prediction(self.s, evaluate, problem, model, method, "x", credit)
+        make.evaluations(self.s, evaluate, model, method, credits)
 
 
-def _seed(db: Any) -> dict[str, Any]:
+def _seed(db: Store) -> dict[str, Any]:
     rng = random.Random(7)
     with transaction(db.engine()) as s:
         seed = Seeder(s)
         ids = [p.id for p in seed.problems]
         rare = seed.problems[PROBLEM_SUBJECTS.index("rare")].id
         pool = [i for i in ids if i != rare]
-        student = seed.model("student", None)
-        models = {"base": ("student", student)}
+        student = make.model(s, "student")
+        models = {"base": student}
         for setting in TRAINED:
             train = seed.job(f"train-{setting}", {"model": "student"}, "e")
-            models[setting] = (f"e-{setting}", seed.model(f"e-{setting}", train))
+            models[setting] = make.model(s, f"e-{setting}", "lora", job=train)
         evaluate_jobs = {}
         solved = {}
         # Decoys first (smaller job ids), each of which the report must not read:
-        seed.evaluated("e", "e-kd", models["kd"][1], set(pool))  # an older evaluation of kd: superseded
-        seed.evaluated("e", "e-nat", models["nat"][1], set(pool), temperature=0.8, n=4, method="sc")  # not greedy
-        seed.evaluated("other", "e-sft", models["sft"][1], set(pool[:1]))  # another experiment
+        seed.evaluated("e", models["kd"], set(pool))  # an older evaluation of kd: superseded
+        seed.evaluated("e", models["nat"], set(pool), temperature=0.8, n=4, method="sc")  # not greedy
+        seed.evaluated("other", models["sft"], set(pool[:1]))  # another experiment
         solve = seed.job("solve", {"model": "student", "method": "greedy"}, "e")
-        solve_eval = seed.job("evaluate", {"solve_job": solve, "sample_job": None}, "e")
+        solve_eval = seed.job("evaluate", {"solve_job": solve.id, "sample_job": None}, "e")
         seed.predictions_and_evaluations(solve_eval, student, "greedy", set(pool))  # a RATIONALYST evaluation
-        for setting, (name, model_id) in models.items():
+        for setting, model in models.items():
             solved[setting] = set(rng.sample(pool, rng.randint(2, 8)))
-            evaluate_jobs[setting] = seed.evaluated("e", name, model_id, solved[setting])
-    return {"evaluate": evaluate_jobs, "models": models, "solve_eval": solve_eval}
+            evaluate_jobs[setting] = seed.evaluated("e", model, solved[setting]).id
+        return {"evaluate": evaluate_jobs, "models": {setting: (m.name, m.id) for setting, m in models.items()},
+                "solve_eval": solve_eval.id}
 
 
 Solved = dict[str, dict[str, set[int]]]  # setting -> subject (or all) -> problem ids
 
 
-def _recompute(db: Any, evaluate_jobs: dict[str, int]) -> tuple[dict[str, dict[str, Any]], Solved]:
+def _recompute(db: Store, evaluate_jobs: dict[str, int]) -> tuple[dict[str, dict[str, Any]], Solved]:
     """Table 2's accuracies and each setting's solved problems per subject, from the predictions rows."""
     with transaction(db.engine()) as s:
         rows = s.execute(select(Prediction.job_id, Prediction.problem_id, Prediction.correct, Problem.subject)
@@ -134,7 +109,7 @@ def _recompute(db: Any, evaluate_jobs: dict[str, int]) -> tuple[dict[str, dict[s
     return accuracy, solved
 
 
-def test_report_tdg_tables_recomputed_from_the_prediction_rows(db) -> None:  # type: ignore[no-untyped-def]
+def test_report_tdg_tables_recomputed_from_the_prediction_rows(db: Store) -> None:
     seeded = _seed(db)
     accuracy, solved = _recompute(db, seeded["evaluate"])
     report = tdg_report(db.engine(), "e")
@@ -169,7 +144,7 @@ def test_report_tdg_tables_recomputed_from_the_prediction_rows(db) -> None:  # t
     assert {r["evaluate_job"] for r in results} == {seeded["solve_eval"]}
 
 
-def test_report_tdg_cli_prints_both_tables_json_and_csv(db) -> None:  # type: ignore[no-untyped-def]
+def test_report_tdg_cli_prints_both_tables_json_and_csv(db: Store) -> None:
     seeded = _seed(db)
     accuracy, _ = _recompute(db, seeded["evaluate"])
     as_json = json.loads(db.rplat("report", "tdg", "--experiment", "e", "--json", check=True).stdout)
@@ -194,15 +169,14 @@ def test_report_tdg_cli_prints_both_tables_json_and_csv(db) -> None:  # type: ig
     assert both.returncode == 2 and "not both" in both.stderr
 
 
-def test_report_tdg_gain_is_none_without_an_sft_row_and_an_empty_experiment_is_one_sentence(db) -> None:  # type: ignore[no-untyped-def]
+def test_report_tdg_gain_is_none_without_an_sft_row_and_an_empty_experiment_is_one_sentence(db: Store) -> None:
     with transaction(db.engine()) as s:
         seed = Seeder(s)
-        train = seed.job("train-kd", {}, "e")
-        seed.evaluated("e", "e-kd", seed.model("e-kd", train), {seed.problems[0].id})
+        kd = make.model(s, "e-kd", "lora", job=seed.job("train-kd", {}, "e"))
+        seed.evaluated("e", kd, {seed.problems[0].id})
         seed.job("probe", {}, "empty")
-        zero = seed.job("train-sft", {}, "zero")
-        seed.evaluated("zero", "z-sft", seed.model("z-sft", zero), set())
-        seed.evaluated("zero", "e-kd", s.scalar(select(Model.id).where(Model.name == "e-kd")), {seed.problems[0].id})
+        seed.evaluated("zero", make.model(s, "z-sft", "lora", job=seed.job("train-sft", {}, "zero")), set())
+        seed.evaluated("zero", kd, {seed.problems[0].id})
     report = tdg_report(db.engine(), "e")
     assert [r["gain"] for r in report["table2"]] == [None] and report["sft_model"] is None
     assert report["table1"] == [] and report["missing_pairs"] == ["kd/neg", "neg/nat"]

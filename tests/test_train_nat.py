@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,6 @@ from rplat.models import (
     Model,
     ModelParent,
     NatWNeg,
-    Problem,
-    TeacherChain,
     TrainingExample,
     TrainingMetric,
 )
@@ -27,7 +23,9 @@ from rplat.queue import Queue
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
-from killable_runners import count_rows, kill_then_rescue, runner_processes
+import factories as make
+from killable_runners import StartRunner, count_rows, kill_then_rescue
+from stores import Store
 from tiny_lm import tiny_and_chain_set, tiny_tokenizer
 
 TEACHER = "gpt-x"
@@ -39,31 +37,25 @@ COMMON = {"problems": "train", "teacher": TEACHER, "model": "tiny", "batch_size"
           "lr": 0.02, "max_length": 64}
 
 
-def _seed(db, tmp_path: Path, n_copies: int = 1) -> dict[str, set[int]]:  # type: ignore[no-untyped-def]
+def _seed(db: Store, tmp_path: Path, n_copies: int = 1) -> dict[str, set[int]]:
     """The tiny model, a problems dataset `train` with the chains of TEACHER (each problem `n_copies` times);
     returns the chain ids by label."""
     with transaction(db.engine()) as s:
-        job_id, ds_id = tiny_and_chain_set(s, tmp_path)
+        dataset = tiny_and_chain_set(s, tmp_path)
         ids: dict[str, set[int]] = {"pos": set(), "neg": set()}
         for copy in range(n_copies):
-            problems = [Problem(dataset_id=ds_id, job_id=job_id, external_id=f"{copy}-{k}", question=q,
-                                content_hash=f"h{copy}-{k}") for k, q in enumerate(PROBLEMS)]
-            s.add_all(problems)
-            s.flush()
+            problems = make.problems(s, dataset, [{"external_id": f"{copy}-{k}", "question": q}
+                                                  for k, q in enumerate(PROBLEMS)])
             for k, i, label, text in CHAINS:
-                chain = TeacherChain(job_id=job_id, problem_id=problems[k].id, teacher=TEACHER, sample_idx=i,
-                                     text=text, label=label, n_chars=len(text))
-                s.add(chain)
-                s.flush()
-                ids[label].add(chain.id)
+                ids[label].add(make.chain(s, problems[k], TEACHER, text, label, sample_idx=i).id)
         return ids
 
 
-def _drain(db) -> None:  # type: ignore[no-untyped-def]
+def _drain(db: Store) -> None:
     Runner(Queue(db.engine()), db.home, RunnerOptions(until_done=True, lease_seconds=30)).run()
 
 
-def test_train_nat_after_train_neg_registers_a_nat_model_on_the_positives(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_nat_after_train_neg_registers_a_nat_model_on_the_positives(db: Store, tmp_path: Path) -> None:
     chains = _seed(db, tmp_path)
     queue = Queue(db.engine())
     neg_job, _ = queue.enqueue("train-neg", {**COMMON, "adapter_name": "neg", "max_steps": 2})
@@ -119,7 +111,7 @@ def test_train_nat_after_train_neg_registers_a_nat_model_on_the_positives(db, tm
         LOADED.clear()
 
 
-def test_a_negative_lora_of_another_format_fails_the_job_with_one_sentence(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_negative_lora_of_another_format_fails_the_job_with_one_sentence(db: Store, tmp_path: Path) -> None:
     _seed(db, tmp_path)
     job_id, _ = Queue(db.engine()).enqueue("train-nat", {**COMMON, "neg_model": "tiny", "max_steps": 1})
     _drain(db)
@@ -129,12 +121,8 @@ def test_a_negative_lora_of_another_format_fails_the_job_with_one_sentence(db, t
         assert not s.scalar(select(func.count()).select_from(TrainingExample).where(TrainingExample.job_id == job_id))
 
 
-@pytest.fixture
-def runners(db) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
-    yield from runner_processes(db)
-
-
-def test_killed_train_nat_resumes_at_its_checkpoint_with_the_same_loss_curve(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+def test_killed_train_nat_resumes_at_its_checkpoint_with_the_same_loss_curve(
+        db: Store, tmp_path: Path, runners: StartRunner) -> None:
     _seed(db, tmp_path, n_copies=8)
     queue = Queue(db.engine())
     neg_job, _ = queue.enqueue("train-neg", {**COMMON, "adapter_name": "neg", "max_steps": 2})

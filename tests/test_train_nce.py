@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from rplat.hashing import content_hash
 from rplat.llm.resolve import prepare_backend
 from rplat.methods import nce
 from rplat.methods.nat import NATConfig, attach_nat, load_nat, nat_mode, read_peft_lora, save_nat
 from rplat.models import (
-    Dataset,
     GenerationCache,
     Job,
     Model,
@@ -37,18 +34,14 @@ from rplat.runners.tdg.kinds import TrainNceParams
 from rplat.runners.tdg.nce import augment_sampling
 from rplat.store import insert_ignore, transaction
 
-from killable_runners import count_rows, kill_then_rescue, runner_processes
-from tiny_lm import save_tiny, tiny_model, tiny_tokenizer
+import factories as make
+from killable_runners import StartRunner, count_rows, kill_then_rescue
+from stores import Store
+from tiny_lm import register_tiny, save_tiny, tiny_model, tiny_tokenizer
 
 NAT_CFG = NATConfig(r=4, alpha=8.0, dropout=0.0, target_modules=("q_proj", "v_proj"), unit_dim=8)
 MAX_LENGTH = 96
 PROBLEMS = [(f"Tom has {k} apples and buys {k % 5} more. How many apples?", str(k + k % 5)) for k in range(6)]
-
-
-def _job(s: Any, kind: str) -> int:
-    return s.scalar(insert(Job).values(kind=kind, status="succeeded", params={}, attempts=1, max_attempts=1,
-                                       lease_token=1, cancel_requested=False, priority=0, progress_done=0)
-                    .returning(Job.id))
 
 
 def _randomize(tensors: list[torch.Tensor], seed: int) -> None:
@@ -58,7 +51,7 @@ def _randomize(tensors: list[torch.Tensor], seed: int) -> None:
             t.copy_(torch.randn(t.shape, generator=generator) * 0.5)
 
 
-def build_nat(db: Any, tmp_path: Path) -> dict[str, int]:
+def build_nat(db: Store, tmp_path: Path) -> dict[str, int]:
     """A tiny base, a negative LoRA on it and a NAT model around that LoRA, with every adapter weight random
     (so neg, mix and the base all differ), registered like train-neg and train-nat register theirs."""
     from peft import LoraConfig, get_peft_model
@@ -79,48 +72,33 @@ def build_nat(db: Any, tmp_path: Path) -> dict[str, int]:
         return {"base": base_row.id, "neg": neg_row.id, "nat": nat_row.id}
 
 
-def seed_chains(db: Any, n_problems: int = len(PROBLEMS)) -> dict[str, list[int]]:
+def seed_chains(db: Store, n_problems: int = len(PROBLEMS)) -> dict[str, list[int]]:
     """Problems with gold answers and teacher 't' chains: per problem one short and one too long positive (over
     1200 characters) and one negative. Returns the chain ids by kind."""
     ids: dict[str, list[int]] = {"short": [], "long": [], "neg": []}
     with transaction(db.engine()) as s:
-        job_id = _job(s, "import")
-        ds = Dataset(name="p", kind="problems", job_id=job_id)
-        s.add(ds)
-        s.flush()
-        for k, (question, answer) in enumerate(PROBLEMS[:n_problems]):
-            problem = Problem(dataset_id=ds.id, job_id=job_id, external_id=str(k), question=question, answer=answer,
-                              solution=f"{k} + {k % 5} = \\boxed{{{answer}}}", content_hash=f"h{k}")
-            s.add(problem)
-            s.flush()
+        problems = make.problems(s, make.dataset(s, "p", make.job(s, "import")), [
+            {"external_id": str(k), "question": question, "answer": answer,
+             "solution": f"{k} + {k % 5} = \\boxed{{{answer}}}"}
+            for k, (question, answer) in enumerate(PROBLEMS[:n_problems])])
+        for k, problem in enumerate(problems):
+            answer = problem.answer
             texts = {"short": f"He has {k} and buys {k % 5}, so {answer}. The answer is \\boxed{{{answer}}}.",
                      "long": "Count the apples one by one. " * 45 + f"\\boxed{{{answer}}}",
                      "neg": f"He has {k} apples, so \\boxed{{{k + 99}}}."}
             for idx, (what, text) in enumerate(texts.items()):
-                chain = TeacherChain(job_id=job_id, problem_id=problem.id, teacher="t", sample_idx=idx, text=text,
-                                     extracted_answer=None, label="neg" if what == "neg" else "pos",
-                                     n_chars=len(text))
-                s.add(chain)
-                s.flush()
+                chain = make.chain(s, problem, "t", text, "neg" if what == "neg" else "pos", sample_idx=idx)
                 ids[what].append(chain.id)
     return ids
 
 
-def enqueue_cli(db: Any, **params: Any) -> int:
+def enqueue_cli(db: Store, **params: Any) -> int:
     args = [arg for key, value in params.items() for arg in ("--param", f"{key}={value}")]
     return json.loads(db.rplat("enqueue", "train-nce", *args, "--json", check=True).stdout)["id"]
 
 
-def drain(db: Any) -> None:
+def drain(db: Store) -> None:
     Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
-
-
-def finished(db: Any, job_id: int) -> Job:
-    with transaction(db.engine()) as s:
-        job = s.get(Job, job_id)
-        assert job.status == "succeeded", job.error
-        s.expunge(job)
-        return job
 
 
 def nat_on_tiny(tmp_path: Path) -> torch.nn.Module:
@@ -145,13 +123,13 @@ BASE_PARAMS = dict(problems="p", teacher="t", model="tiny", nat_model="nat", lor
                    max_length=MAX_LENGTH)
 
 
-def test_train_nce_weighs_every_short_positive_and_registers_the_student(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_nce_weighs_every_short_positive_and_registers_the_student(db: Store, tmp_path: Path) -> None:
     ids = build_nat(db, tmp_path)
     chains = seed_chains(db)
     n = len(chains["short"])
     job_id = enqueue_cli(db, **BASE_PARAMS, epochs=2, batch_size=n, grad_accum=1, lr=1e-3)
     drain(db)
-    job = finished(db, job_id)
+    job = db.succeeded(job_id)
     with transaction(db.engine()) as s:
         weights = s.execute(select(NceWeight.chain_id, NceWeight.teacher_adapter_id, NceWeight.kl_neg_nat,
                                    NceWeight.beta, NceWeight.kd_weight)
@@ -185,14 +163,14 @@ def test_train_nce_weighs_every_short_positive_and_registers_the_student(db, tmp
     assert curve[0].loss == pytest.approx(0.5 * curve[0].extra["ce"] + 0.5 * curve[0].extra["kd"], rel=1e-5)
 
 
-def test_the_first_step_loss_is_the_nce_loss_of_the_base_against_the_nat_model(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_first_step_loss_is_the_nce_loss_of_the_base_against_the_nat_model(db: Store, tmp_path: Path) -> None:
     # A fresh LoRA starts as the base (B = 0), so step 0's loss is computable from the base and the NAT model.
     build_nat(db, tmp_path)
     chains = seed_chains(db, 4)
     job_id = enqueue_cli(db, **BASE_PARAMS, epochs=1, batch_size=4, grad_accum=1, alpha=0.3, beta_offset=0.2,
                          kd_temperature=2.0)
     drain(db)
-    finished(db, job_id)
+    db.succeeded(job_id)
     with transaction(db.engine()) as s:
         texts = s.execute(select(Problem.question, TeacherChain.text).join(TeacherChain)
                           .where(TeacherChain.id.in_(chains["short"])).order_by(TeacherChain.id)).all()
@@ -215,7 +193,7 @@ def test_the_first_step_loss_is_the_nce_loss_of_the_base_against_the_nat_model(d
     assert loss == pytest.approx(sum(expected) / len(expected), rel=1e-4)
 
 
-def test_a_chain_weighed_by_an_earlier_attempt_keeps_its_stored_beta(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_chain_weighed_by_an_earlier_attempt_keeps_its_stored_beta(db: Store, tmp_path: Path) -> None:
     ids = build_nat(db, tmp_path)
     chains = seed_chains(db, 3)
     job_id = enqueue_cli(db, **BASE_PARAMS, epochs=1, batch_size=3, grad_accum=1)
@@ -223,7 +201,7 @@ def test_a_chain_weighed_by_an_earlier_attempt_keeps_its_stored_beta(db, tmp_pat
         insert_ignore(s, NceWeight, [dict(job_id=job_id, chain_id=chains["short"][1], teacher_adapter_id=ids["nat"],
                                           kl_neg_nat=0.75, beta=0.75, kd_weight=1.25)], ["job_id", "chain_id"])
     drain(db)
-    job = finished(db, job_id)
+    job = db.succeeded(job_id)
     with transaction(db.engine()) as s:
         rows = s.execute(select(NceWeight.chain_id, NceWeight.beta).where(NceWeight.job_id == job_id)
                          .order_by(NceWeight.chain_id)).all()
@@ -233,7 +211,7 @@ def test_a_chain_weighed_by_an_earlier_attempt_keeps_its_stored_beta(db, tmp_pat
     assert job.result["mean_beta"] == pytest.approx(sum(b for _, b in rows) / 3)
 
 
-def test_self_augmentation_keeps_the_nat_samples_that_reach_the_gold_answer(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_self_augmentation_keeps_the_nat_samples_that_reach_the_gold_answer(db: Store, tmp_path: Path) -> None:
     build_nat(db, tmp_path)
     chains = seed_chains(db, 3)
     params = dict(BASE_PARAMS, epochs=1, batch_size=4, grad_accum=1, self_augment=2, augment_max_tokens=8)
@@ -245,7 +223,7 @@ def test_self_augmentation_keeps_the_nat_samples_that_reach_the_gold_answer(db, 
         # reach the gold answer, problem 0's second does not; the rest the tiny model samples for real.
         planted = {(0, 0): f"So he has \\boxed{{{problems[0].answer}}} apples.", (0, 1): "So \\boxed{1234}.",
                    (1, 1): f"{problems[1].answer} apples: \\boxed{{{problems[1].answer}}}"}
-        cache_job = _job(s, "probe")
+        cache_job = make.job(s, "probe").id
         insert_ignore(s, GenerationCache, [
             dict(model_fingerprint=spec.fingerprint, prompt_hash=content_hash(tdg_prompt(problems[i].question)),
                  params_hash=content_hash(augment_sampling(p, k).key()), sample_index=0, call="generate",
@@ -253,7 +231,7 @@ def test_self_augmentation_keeps_the_nat_samples_that_reach_the_gold_answer(db, 
             for (i, k), text in planted.items()], ["model_fingerprint", "prompt_hash", "params_hash", "sample_index"])
     job_id = enqueue_cli(db, **params)
     drain(db)
-    job = finished(db, job_id)
+    job = db.succeeded(job_id)
     with transaction(db.engine()) as s:
         sampled = s.execute(select(TeacherChain.problem_id, TeacherChain.sample_idx, TeacherChain.text,
                                    TeacherChain.label, TeacherChain.job_id, TeacherChain.hendrycks_correct)
@@ -271,9 +249,9 @@ def test_self_augmentation_keeps_the_nat_samples_that_reach_the_gold_answer(db, 
     assert generated == 3 * 2 - len(planted)  # the planted samples came from the cache, the rest were generated
 
 
-def test_train_nce_distils_the_nat_model_that_train_neg_and_train_nat_made(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_nce_distils_the_nat_model_that_train_neg_and_train_nat_made(db: Store, tmp_path: Path) -> None:
     with transaction(db.engine()) as s:
-        register_model(s, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
+        register_tiny(s, tmp_path)
     chains = seed_chains(db, 3)
     queue = Queue(db.engine())
     shared = dict(problems="p", teacher="t", model="tiny", max_length=MAX_LENGTH, batch_size=2, grad_accum=1,
@@ -282,7 +260,7 @@ def test_train_nce_distils_the_nat_model_that_train_neg_and_train_nat_made(db, t
     nat_job, _ = queue.enqueue("train-nat", {**shared, "neg_model": "neg", "adapter_name": "nat"}, after=[neg_job])
     nce_job, _ = queue.enqueue("train-nce", {**shared, "nat_model": "nat"}, after=[nat_job])
     Runner(Queue(db.engine()), db.home, RunnerOptions(until_done=True, lease_seconds=30)).run()
-    job = finished(db, nce_job)
+    job = db.succeeded(nce_job)
     with transaction(db.engine()) as s:
         nat_id = s.scalar(select(Model.id).where(Model.name == "nat", Model.format == "nat", Model.job_id == nat_job))
         weights = s.execute(select(NceWeight.chain_id, NceWeight.teacher_adapter_id, NceWeight.beta)
@@ -294,7 +272,7 @@ def test_train_nce_distils_the_nat_model_that_train_neg_and_train_nat_made(db, t
     assert job.result["steps"] == 2 and job.result["examples"] == 3
 
 
-def test_a_nat_model_of_another_format_fails_the_job_with_one_sentence(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_nat_model_of_another_format_fails_the_job_with_one_sentence(db: Store, tmp_path: Path) -> None:
     build_nat(db, tmp_path)
     seed_chains(db, 2)
     job_id, _ = Queue(db.engine()).enqueue("train-nce", dict(BASE_PARAMS, nat_model="neg", max_steps=1))
@@ -307,12 +285,8 @@ def test_a_nat_model_of_another_format_fails_the_job_with_one_sentence(db, tmp_p
             assert not s.scalar(select(func.count()).select_from(table).where(table.job_id == job_id))
 
 
-@pytest.fixture
-def runners(db) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
-    yield from runner_processes(db)
-
-
-def test_killed_train_nce_resumes_at_its_checkpoint_with_the_same_loss_curve(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+def test_killed_train_nce_resumes_at_its_checkpoint_with_the_same_loss_curve(
+        db: Store, tmp_path: Path, runners: StartRunner) -> None:
     build_nat(db, tmp_path)
     seed_chains(db)
     queue = Queue(db.engine())

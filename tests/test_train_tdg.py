@@ -8,14 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from rplat.llm.load import load
 from rplat.llm.resolve import prepare_backend
-from rplat.models import Job, Model, ModelParent, Problem, TeacherChain, TrainingExample, TrainingMetric
+from rplat.models import Job, Model, ModelParent, Problem, TrainingExample, TrainingMetric
 from rplat.queue import Queue
 from rplat.runners.framework.runner import Runner, RunnerOptions
 from rplat.store import transaction
 
+import factories as make
+from stores import Store
 from tiny_lm import tiny_and_chain_set, tiny_tokenizer
 
 TEACHER = "gpt-x"
@@ -33,30 +36,25 @@ COMMON = {"problems": "train", "model": "tiny", "max_chars": MAX_CHARS, "max_ste
           "grad_accum": 1, "checkpoint_every": 2, "lr": 0.02, "max_length": 64}
 
 
-def _seed(db, tmp_path: Path) -> dict[tuple[int, int], int]:  # type: ignore[no-untyped-def]
+def _seed(db: Store, tmp_path: Path) -> dict[tuple[int, int], int]:
     """The tiny model, a problems dataset `train`, the chains of TEACHER and one chain of another teacher;
     returns the chain ids by (problem index, sample index)."""
     with transaction(db.engine()) as s:
-        job_id, ds_id = tiny_and_chain_set(s, tmp_path)
-        problems = [Problem(dataset_id=ds_id, job_id=job_id, external_id=str(k), question=q, solution=sol,
-                            answer=None, content_hash=f"h{k}") for k, (q, sol) in enumerate(PROBLEMS)]
-        s.add_all(problems)
-        s.flush()
-        chains = {(k, i): TeacherChain(job_id=job_id, problem_id=problems[k].id, teacher=TEACHER, sample_idx=i,
-                                       text=text, label=label, n_chars=len(text)) for k, i, label, text in CHAINS}
-        s.add_all([*chains.values(), TeacherChain(job_id=job_id, problem_id=problems[0].id, teacher="other",
-                                                  sample_idx=0, text="5", label="pos", n_chars=1)])
-        s.flush()
-        return {key: c.id for key, c in chains.items()}
+        problems = make.problems(s, tiny_and_chain_set(s, tmp_path), [
+            {"external_id": str(k), "question": q, "solution": sol} for k, (q, sol) in enumerate(PROBLEMS)])
+        chains = {(k, i): make.chain(s, problems[k], TEACHER, text, label, sample_idx=i).id
+                  for k, i, label, text in CHAINS}
+        make.chain(s, problems[0], "other", "5", "pos")
+        return chains
 
 
-def _examples(s, job_id: int) -> set[tuple[str, int, str]]:  # type: ignore[no-untyped-def]
+def _examples(s: Session, job_id: int) -> set[tuple[str, int, str]]:
     rows = s.execute(select(TrainingExample).where(TrainingExample.job_id == job_id)).scalars()
     return {("chain", r.chain_id, r.label) if r.chain_id is not None else ("gold", r.problem_id, r.label)
             for r in rows}
 
 
-def test_each_kind_trains_a_lora_on_exactly_its_examples(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_each_kind_trains_a_lora_on_exactly_its_examples(db: Store, tmp_path: Path) -> None:
     chain = _seed(db, tmp_path)
     jobs = {}
     for kind in KINDS:
@@ -105,18 +103,18 @@ def test_each_kind_trains_a_lora_on_exactly_its_examples(db, tmp_path) -> None: 
             assert moved > 1e-4, f"{kind}'s LoRA leaves the logits as the base's"
 
 
-def _metrics(db, job_id: int) -> list[tuple[float, dict[str, float]]]:  # type: ignore[no-untyped-def]
+def _metrics(db: Store, job_id: int) -> list[tuple[float, dict[str, float]]]:
     with transaction(db.engine()) as s:
         return [tuple(r) for r in s.execute(select(TrainingMetric.loss, TrainingMetric.extra)
                                             .where(TrainingMetric.job_id == job_id).order_by(TrainingMetric.step))]
 
 
-def _drain(db) -> None:  # type: ignore[no-untyped-def]
+def _drain(db: Store) -> None:
     Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
 
 
 def test_nt_subtracts_lambda_times_the_negatives_nll_and_ul_adds_lambda_times_their_unlikelihood(
-        db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        db: Store, tmp_path: Path) -> None:
     _seed(db, tmp_path)
     queue = Queue(db.engine())
     params = {**COMMON, "teacher": TEACHER, "max_steps": 4, "epochs": 2}
@@ -136,7 +134,7 @@ def test_nt_subtracts_lambda_times_the_negatives_nll_and_ul_adds_lambda_times_th
     assert any(extra["tokens_neg"] < 1 for _, extra in nt_rows + ul_rows)
 
 
-def test_a_teacher_without_chains_fails_the_job_with_one_sentence(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_teacher_without_chains_fails_the_job_with_one_sentence(db: Store, tmp_path: Path) -> None:
     _seed(db, tmp_path)
     job_id, _ = Queue(db.engine()).enqueue("train-neg", {**COMMON, "teacher": "nobody"})
     _drain(db)
@@ -149,7 +147,7 @@ def test_a_teacher_without_chains_fails_the_job_with_one_sentence(db, tmp_path) 
     assert job.error.count(". ") == 0 and "\n" not in job.error
 
 
-def test_train_sft_without_gold_solutions_fails_and_stores_nothing(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_sft_without_gold_solutions_fails_and_stores_nothing(db: Store, tmp_path: Path) -> None:
     _seed(db, tmp_path)
     with transaction(db.engine()) as s:
         for problem in s.scalars(select(Problem)):
@@ -162,7 +160,7 @@ def test_train_sft_without_gold_solutions_fails_and_stores_nothing(db, tmp_path)
     assert job.error.startswith("dataset 'train' has no gold solutions to train on")
 
 
-def test_the_length_filter_follows_max_chars(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_length_filter_follows_max_chars(db: Store, tmp_path: Path) -> None:
     chain = _seed(db, tmp_path)
     job_id, _ = Queue(db.engine()).enqueue("train-neg", {**COMMON, "teacher": TEACHER, "max_chars": 1000,
                                                          "max_steps": 1})

@@ -31,6 +31,7 @@ from rplat.runners.training.loop import (
     weight_decay_groups,
 )
 
+from stores import Store
 from tiny_lm import tiny_model, tiny_tokenizer
 
 CFG = TrainConfig(epochs=2, lr=5e-3, batch_size=2, grad_accum=2, checkpoint_every=2, warmup_ratio=0.2, seed=7)
@@ -282,7 +283,7 @@ def test_eval_values_are_stored_every_k_steps_and_leave_training_unchanged() -> 
     assert set(host.metrics[3]["extra"]) == {"ce", "eval_loss"}  # type: ignore[arg-type]
 
 
-def test_a_job_context_hosts_the_loop_and_stores_metrics_and_checkpoints(db) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_context_hosts_the_loop_and_stores_metrics_and_checkpoints(db: Store) -> None:
     queue = Queue(db.engine(), retry_base_seconds=0)
     job_id, _ = queue.enqueue("probe", {"tag": "train", "devices": False})
     job = queue.claim("test-runner", None, lease_seconds=60)

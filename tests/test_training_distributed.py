@@ -8,9 +8,8 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,14 @@ from rplat.store import transaction
 from killable_runners import (
     IN_PROCESS_LEASE_SECONDS,
     LEASE_SECONDS,
+    StartRunner,
     last_checkpoint,
     run_one,
     runner_processes,
     seed_rationales,
     wait_for,
 )
+from stores import Store
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +47,13 @@ COMMON = {"model": "tiny", "epochs": 11, "batch_size": 2, "grad_accum": 2, "chec
 
 
 @pytest.fixture
-def runners(db, monkeypatch) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
+def runners(db: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[StartRunner]:
     # Torchrun workers of a runner in this process inherit its environment: they load the test plugins too.
     monkeypatch.setenv("PYTHONPATH", db.env["PYTHONPATH"])
     yield from runner_processes(db)
 
 
-def _run_in_process(db, **options: object) -> None:  # type: ignore[no-untyped-def]
+def _run_in_process(db: Store, **options: object) -> None:
     """A runner in this process (one runner start-up less; torchrun still starts real workers)."""
     options = {"lease_seconds": IN_PROCESS_LEASE_SECONDS, "poll_seconds": 0.1, **options}
     Runner(Queue(db.engine()), db.home, RunnerOptions(**options)).run()  # type: ignore[arg-type]
@@ -73,14 +74,15 @@ def _processes_of(run_dir: Path) -> list[int]:
     return found
 
 
-def _curve(db, job_id: int) -> list[tuple[int, float, float | None]]:  # type: ignore[no-untyped-def]
+def _curve(db: Store, job_id: int) -> list[tuple[int, float, float | None]]:
     with db.engine().connect() as conn:
         rows = conn.execute(select(TrainingMetric.step, TrainingMetric.loss, TrainingMetric.extra)
                             .where(TrainingMetric.job_id == job_id).order_by(TrainingMetric.step)).all()
     return [(r.step, r.loss, (r.extra or {}).get("eval_loss")) for r in rows]
 
 
-def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(
+        db: Store, tmp_path: Path, runners: StartRunner) -> None:
     extract_job = seed_rationales(db, tmp_path, RATIONALES)
     queue = Queue(db.engine())
     score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
@@ -133,7 +135,7 @@ def test_two_processes_follow_one_and_resume_after_the_runner_is_killed(db, tmp_
                                                                          rel=1e-6)
 
 
-def test_cancelling_a_two_process_job_stops_its_workers(db, tmp_path, runners) -> None:  # type: ignore[no-untyped-def]
+def test_cancelling_a_two_process_job_stops_its_workers(db: Store, tmp_path: Path, runners: StartRunner) -> None:
     extract_job = seed_rationales(db, tmp_path, 8)
     queue = Queue(db.engine())
     score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})

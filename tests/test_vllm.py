@@ -24,13 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Store
 from sqlalchemy import func, select
 
+from rplat.llm import Backend
 from rplat.models import Job, Server, SolveTrajectory
 from rplat.registry import get_model, register_model
 from rplat.store import transaction
 
+from stores import REPO, Store
 from tiny_lm import save_tiny
 
 VLLM = REPO / ".venv-vllm" / "bin" / "vllm"
@@ -301,7 +302,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, smollm2_home: Path) -> Iter
         store.engine().dispose()
 
 
-def _backends(store: Store, name: str):  # type: ignore[no-untyped-def]
+def _backends(store: Store, name: str) -> tuple[Backend, Backend]:
     from rplat.llm.load import open_backend
     from rplat.llm.resolve import prepare_backend
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from rplat.models import Dataset, Model
 
 CORPUS = [
     "Question: Tom has 3 apples and buys 4 more. How many apples does he have? Answer: 3 + 4 = 7. The answer is 7.",
@@ -20,7 +27,7 @@ CHAT_TEMPLATE = (
 
 
 @functools.cache
-def tiny_tokenizer():  # type: ignore[no-untyped-def]
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -34,7 +41,7 @@ def tiny_tokenizer():  # type: ignore[no-untyped-def]
                                    unk_token="<unk>", chat_template=CHAT_TEMPLATE)
 
 
-def tiny_model(seed: int = 0, kv_heads: int = 2):  # type: ignore[no-untyped-def]
+def tiny_model(seed: int = 0, kv_heads: int = 2) -> LlamaForCausalLM:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
@@ -53,16 +60,17 @@ def save_tiny(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def tiny_and_chain_set(session, tmp_path: Path, name: str = "train") -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    """Register the tiny model as "tiny" and record a finished import-chains job owning an empty problems dataset
-    `name`, for a test to fill with problems and chains; returns (that job's id, the dataset's id)."""
-    from rplat.models import Dataset
-    from rplat.queue import Queue
+def register_tiny(session: Session, directory: Path) -> Model:
+    """Save the tiny model under `directory`/tiny and register it as "tiny", an agent."""
     from rplat.registry import register_model
 
-    register_model(session, "tiny", "base", save_tiny(tmp_path / "tiny"), role="agent")
-    job_id = Queue.record_done(session, "import-chains", {}, {})
-    ds = Dataset(name=name, kind="problems", job_id=job_id)
-    session.add(ds)
-    session.flush()
-    return job_id, ds.id
+    return register_model(session, "tiny", "base", save_tiny(directory / "tiny"), role="agent")
+
+
+def tiny_and_chain_set(session: Session, tmp_path: Path, name: str = "train") -> Dataset:
+    """Register the tiny model as "tiny" and record a finished import-chains job owning an empty problems dataset
+    `name`, for a test to fill with problems and chains."""
+    import factories as make
+
+    register_tiny(session, tmp_path)
+    return make.dataset(session, name, make.job(session, "import-chains"))
