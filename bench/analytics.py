@@ -2,7 +2,7 @@
 
 Command: OMP_NUM_THREADS=1 .venv/bin/python bench/analytics.py [--runs 20] [--problems 100000] [--rounds 3]
 
-A SQLite store (migrated to head, under .cache/bench, built once per shape) holds `--runs` evaluated runs of one
+A SQLite store (migrated to head, under .cache/bench, built once per shape and schema revision) holds `--runs` evaluated runs of one
 evaluate job each over the same `--problems` problems, each solved with its own probability, and their evaluation
 rows. Every side computes the same answer: for each combination of runs, how many of the problems all of them
 answered it solves exactly (the UpSet chart's bars), with rplat.analytics.signatures_sql, which DuckDB and SQLite
@@ -32,7 +32,7 @@ sys.path.pop(0)  # bench/ must not shadow stdlib modules (bench/queue.py is "que
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from rplat import analytics  # noqa: E402
-from rplat.migrate import upgrade  # noqa: E402
+from rplat.migrate import head_revision, upgrade  # noqa: E402
 from rplat.store import get_engine  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds; each side's best counts")
     args = parser.parse_args()
-    path = REPO / ".cache" / "bench" / f"analytics-{args.runs}x{args.problems}.db"
+    # One store per shape and schema revision: a store built before a migration would lack what the views read.
+    path = REPO / ".cache" / "bench" / f"analytics-{args.runs}x{args.problems}-{head_revision()}.db"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
