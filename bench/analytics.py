@@ -4,9 +4,9 @@ Command: OMP_NUM_THREADS=1 .venv/bin/python bench/analytics.py [--runs 20] [--pr
 
 A SQLite store (migrated to head, under .cache/bench, built once per shape and schema revision) holds `--runs`
 evaluated runs of one evaluate job each over the same `--problems` problems, each solved with its own probability,
-and their evaluation rows. Every side computes the same answer: for each combination of runs, how many of the problems all of them
-answered it solves exactly (the UpSet chart's bars), with rplat.analytics.signatures_sql, which DuckDB and SQLite
-both run as written:
+and their evaluation rows. Every side computes the same answer: for each combination of runs, how many of the
+problems all of them answered it solves exactly (the UpSet chart's bars), with rplat.analytics.signatures_sql, which
+DuckDB and SQLite both run as written:
 - sqlite: SQLite runs it on the store, over the `run_solves` view's SELECT on the store's own tables;
 - duckdb view: DuckDB runs it over the `run_solves` view (the store attached READ_ONLY through the sqlite scanner,
   which pushes no filter down: every query reads all of `predictions`);
