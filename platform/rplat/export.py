@@ -22,8 +22,6 @@ from rplat.progress import Progress
 # extract-rationales job and judged (loss delta, kept, leak) by its score-rationales job, so it carries the
 # lineage of both.
 EXPORTS: dict[str, tuple[str, ...]] = {
-    "documents": ("job_id",),
-    "prefilter_scores": ("job_id",),
     "rationales": ("extract_rationales_job_id", "score_rationales_job_id"),
     "chains": ("job_id",),
     "samples": ("sample_job_id",),
@@ -33,6 +31,8 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "step_candidates": ("job_id",),
     "evaluations": ("job_id",),
     "training_metrics": ("job_id",),
+    "documents": ("job_id",),  # the import job
+    "prefilter_scores": ("job_id",),
 }
 FILE_TYPES = ("jsonl", "parquet", "csv")
 _BATCH_ROWS = 10_000  # rows fetched and written at a time: an export streams, it does not hold the view in memory
