@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,9 @@ _LIST_CHUNK = 50_000
 def _int_columns(session: Session, stmt: Select[Any], width: int) -> np.ndarray:
     """The rows of a query of `width` integer columns as one int64 array, streamed from the database in chunks."""
     result = session.execute(stmt.execution_options(yield_per=_LIST_CHUNK))
-    parts = [np.asarray(part, dtype=np.int64).reshape(-1, width) for part in result.partitions()]
+    # fromiter over the flattened values: numpy's own conversion of a list of Rows is ~100x slower.
+    parts = [np.fromiter(chain.from_iterable(part), dtype=np.int64, count=len(part) * width).reshape(-1, width)
+             for part in result.partitions()]
     return np.concatenate(parts) if parts else np.empty((0, width), dtype=np.int64)
 
 
@@ -85,24 +89,48 @@ def run(ctx: JobContext, p: PrefilterParams) -> dict[str, Any]:
     if done:
         ctx.log(f"resumed: {done:,} of {total:,} documents already scored")
     ctx.progress(done, total)
-    for start in range(0, len(todo), p.batch_size):
-        ctx.check()
-        ids = todo[start:start + p.batch_size, 0].tolist()
+    batches = [todo[i:i + p.batch_size] for i in range(0, len(todo), p.batch_size)]
+
+    def read(batch: np.ndarray) -> list[tuple[int, int, str]]:
+        """One batch's (id, length, preprocessed text); a document deleted since it was listed is left out."""
+        ids = batch[:, 0].tolist()
         with ctx.read() as s:
             text_of = dict(s.execute(select(Document.id, Document.text).where(Document.id.in_(ids))).all())
-        batch = [(doc_id, n) for doc_id, n in zip(ids, todo[start:start + p.batch_size, 1].tolist(), strict=True)
-                 if doc_id in text_of]  # a document deleted since it was listed has nothing to score
-        if batch:
-            cos = cosine_to(center, encode(encoder, [prep(text_of[doc_id]) for doc_id, _ in batch]))
-            passed = keep(cos, torch.tensor([n for _, n in batch]), p.threshold, p.max_chars)
-            with ctx.transaction() as s:
-                insert_ignore(s, PrefilterScore, [
-                    dict(job_id=ctx.job_id, document_id=doc_id, embed_model_id=embedder_id, cosine=float(c),
-                         threshold=p.threshold, passed=bool(k))
-                    for (doc_id, _), c, k in zip(batch, cos.tolist(), passed.tolist(), strict=True)
-                ], ["job_id", "document_id"])
-        done += len(ids)
-        ctx.progress(done, total)
+        return [(doc_id, n, prep(text_of[doc_id])) for doc_id, n in zip(ids, batch[:, 1].tolist(), strict=True)
+                if doc_id in text_of]
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        with ctx.transaction() as s:
+            insert_ignore(s, PrefilterScore, rows, ["job_id", "document_id"])
+
+    # A pipeline: while the encoder embeds batch k, one thread reads and preprocesses batch k + 1 and another
+    # writes the scores of batch k - 1 (the database and the encoder mostly release the GIL). At most one write
+    # is in flight, and progress counts a batch once its scores are committed.
+    with ThreadPoolExecutor(1, thread_name_prefix="prefilter-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="prefilter-write") as writer:
+        next_read = reader.submit(read, batches[0]) if batches else None
+        written: Future[None] | None = None
+        for k in range(len(batches)):
+            ctx.check()
+            assert next_read is not None
+            docs = next_read.result()
+            next_read = reader.submit(read, batches[k + 1]) if k + 1 < len(batches) else None
+            rows = []
+            if docs:
+                cos = cosine_to(center, encode(encoder, [text for _, _, text in docs]))
+                passed = keep(cos, torch.tensor([n for _, n, _ in docs]), p.threshold, p.max_chars)
+                rows = [dict(job_id=ctx.job_id, document_id=doc_id, embed_model_id=embedder_id, cosine=float(c),
+                             threshold=p.threshold, passed=bool(ok))
+                        for (doc_id, _, _), c, ok in zip(docs, cos.tolist(), passed.tolist(), strict=True)]
+            if written is not None:
+                written.result()
+                done += len(batches[k - 1])
+                ctx.progress(done, total)
+            written = writer.submit(write, rows)
+        if written is not None:
+            written.result()
+            done += len(batches[-1])
+            ctx.progress(done, total)
 
     with ctx.read() as s:
         n, n_passed, mean = s.execute(
