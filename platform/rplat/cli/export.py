@@ -16,8 +16,8 @@ from rplat.cli._common import open_store, option
         help="what to write (default: the suffix of --out)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="the file to write")
 def export(view: str, where: str | None, file_type: str | None, out: Path) -> None:
-    """Write the rows of VIEW (rationales, chains, samples, predictions, documents, prefilter_scores, ...) to a
-    file, each with the job that made it: its kind, model, prompt template and params as JSON.
+    """Write the rows of VIEW (rationales, chains, samples, predictions, ...) to a file, each with the job that
+    made it: its kind, model, prompt template and params as JSON.
 
     The predicate is checked like `rplat sql`: read-only, no function reaching past the views. The rows stream
     to the file in batches (memory does not grow with the view), with progress on stderr; the file appears whole
