@@ -214,6 +214,7 @@ def test_report_shows_counts_and_math_documents_closest(prefiltered: tuple[Store
     report = json.loads(db.rplat("report", "prefilter", "--json", "--examples", "4", check=True).stdout)
     assert (report["job_id"], report["status"], report["scored"], report["passed"]) == (job_id, "succeeded", 8, 4)
     assert (report["threshold"], report["max_chars"]) == (THRESHOLD, 2000)
+    assert (report["over_max_chars"], report["outside_subsets"]) == (1, 0)
     assert {d["external_id"] for d in report["farthest"]} == set(OTHER_DOCS)
     assert {d["external_id"] for d in report["closest"]} <= set(MATH_DOCS)
     q = report["cosine_quantiles"]
@@ -221,6 +222,7 @@ def test_report_shows_counts_and_math_documents_closest(prefiltered: tuple[Store
     text = db.rplat("report", "prefilter", check=True).stdout
     assert text.splitlines()[0] == (f"prefilter job {job_id} (succeeded): 4 of 8 documents kept at cosine >= 0.3 "
                                     "(max 2000 chars)")
+    assert text.splitlines()[1] == "not embedded: 1 documents over max_chars, 0 outside the chosen subsets"
 
 
 def test_runners_registering_the_embedder_at_once_share_one_model_row(db: Store) -> None:

@@ -206,6 +206,9 @@ def report_prefilter(job_id: int | None, experiment: str | None, examples: int, 
         return
     click.echo(f"prefilter job {summary['job_id']} ({summary['status']}): {summary['passed']} of {summary['scored']} "
                f"documents kept at cosine >= {summary['threshold']} (max {summary['max_chars']} chars)")
+    if summary["over_max_chars"] or summary["outside_subsets"]:
+        click.echo(f"not embedded: {summary['over_max_chars'] or 0} documents over max_chars, "
+                   f"{summary['outside_subsets'] or 0} outside the chosen subsets")
     if summary["pass_rate"] is not None:
         click.echo(f"pass rate: {_proportion(summary['pass_rate'], summary['ci_low'], summary['ci_high'])}")
     q = summary["cosine_quantiles"]
