@@ -46,7 +46,7 @@ OTHER_DOCS = {
     "other-treaty": "The Treaty of Westphalia ended the Thirty Years' War and reshaped the political map of "
                     "central Europe.",
 }
-# Math-like, so close to the reference, but longer than the default max_chars (2000): scored, never kept.
+# Math-like, so close to the reference, but longer than the default max_chars (2000): never embedded, no score.
 LONG_ID = "math-long"
 LONG_DOC = " ".join([*MATH_DOCS.values()] * 4)
 THRESHOLD = 0.3
@@ -133,10 +133,11 @@ def test_prefilter_job_succeeds(prefiltered: tuple[Store, int]) -> None:
     assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
 
 
-def test_every_document_gets_exactly_one_score(prefiltered: tuple[Store, int]) -> None:
+def test_every_document_within_max_chars_gets_exactly_one_score_and_a_longer_one_none(
+        prefiltered: tuple[Store, int]) -> None:
     db, job_id = prefiltered
-    assert set(_scores(db, job_id)) == {*MATH_DOCS, *OTHER_DOCS, LONG_ID}
-    assert _count_scores(db, job_id) == len(MATH_DOCS) + len(OTHER_DOCS) + 1
+    assert set(_scores(db, job_id)) == {*MATH_DOCS, *OTHER_DOCS}
+    assert _count_scores(db, job_id) == len(MATH_DOCS) + len(OTHER_DOCS)
 
 
 def test_scores_carry_the_job_and_the_fingerprinted_embedding_model(prefiltered: tuple[Store, int]) -> None:
@@ -166,8 +167,7 @@ def test_passed_iff_cosine_reaches_threshold_and_text_is_short_enough(prefiltere
     for ext, sc in scores.items():
         assert sc.threshold == THRESHOLD
         assert sc.passed == (sc.cosine >= THRESHOLD and n_chars[ext] <= 2000), ext
-    assert n_chars[LONG_ID] > 2000
-    assert scores[LONG_ID].cosine >= THRESHOLD and not scores[LONG_ID].passed
+    assert n_chars[LONG_ID] > 2000 and LONG_ID not in scores
     assert {k for k, sc in scores.items() if sc.passed} == set(MATH_DOCS)
 
 
@@ -179,7 +179,7 @@ def test_cosines_equal_the_pure_methods_applied_in_process(prefiltered: tuple[St
     encoder = load_encoder(str(bundled_embedder_path()))
     refs = [json.loads(line) for line in gsm_file.read_text().splitlines()]
     center = centroid(encode(encoder, [preprocess(reference_text(r["question"], r["solution"])) for r in refs], 64))
-    docs = {**MATH_DOCS, **OTHER_DOCS, LONG_ID: LONG_DOC}
+    docs = {**MATH_DOCS, **OTHER_DOCS}
     expected = cosine_to(center, encode(encoder, [preprocess(t) for t in docs.values()], 64)).tolist()
     scores = _scores(db, job_id)
     assert [scores[k].cosine for k in docs] == pytest.approx(expected, abs=1e-5)
@@ -190,16 +190,17 @@ def test_job_result_summarises_the_rows(prefiltered: tuple[Store, int]) -> None:
     scores = list(_scores(db, job_id).values())
     result = db.job(job_id).result
     assert result is not None
-    assert result["scored"] == len(scores) == 9
+    assert result["scored"] == len(scores) == 8
     assert result["passed"] == sum(sc.passed for sc in scores) == len(MATH_DOCS)
     assert result["mean_cosine"] == pytest.approx(sum(sc.cosine for sc in scores) / len(scores), abs=1e-9)
     assert result["threshold"] == THRESHOLD
+    assert (result["over_max_chars"], result["outside_subsets"]) == (1, 0)
 
 
-def test_progress_counts_every_document(prefiltered: tuple[Store, int]) -> None:
+def test_progress_counts_every_document_to_embed(prefiltered: tuple[Store, int]) -> None:
     db, job_id = prefiltered
     job = db.job(job_id)
-    assert job.progress_done == job.progress_total == 9
+    assert job.progress_done == job.progress_total == 8
 
 
 def test_reference_centroid_is_saved_as_checkpoint_step_zero(prefiltered: tuple[Store, int]) -> None:
@@ -211,15 +212,17 @@ def test_reference_centroid_is_saved_as_checkpoint_step_zero(prefiltered: tuple[
 def test_report_shows_counts_and_math_documents_closest(prefiltered: tuple[Store, int]) -> None:
     db, job_id = prefiltered
     report = json.loads(db.rplat("report", "prefilter", "--json", "--examples", "4", check=True).stdout)
-    assert (report["job_id"], report["status"], report["scored"], report["passed"]) == (job_id, "succeeded", 9, 4)
+    assert (report["job_id"], report["status"], report["scored"], report["passed"]) == (job_id, "succeeded", 8, 4)
     assert (report["threshold"], report["max_chars"]) == (THRESHOLD, 2000)
+    assert (report["over_max_chars"], report["outside_subsets"]) == (1, 0)
     assert {d["external_id"] for d in report["farthest"]} == set(OTHER_DOCS)
-    assert {d["external_id"] for d in report["closest"]} <= {*MATH_DOCS, LONG_ID}
+    assert {d["external_id"] for d in report["closest"]} <= set(MATH_DOCS)
     q = report["cosine_quantiles"]
     assert q["min"] <= q["p25"] <= q["median"] <= q["p75"] <= q["max"]
     text = db.rplat("report", "prefilter", check=True).stdout
-    assert text.splitlines()[0] == (f"prefilter job {job_id} (succeeded): 4 of 9 documents kept at cosine >= 0.3 "
+    assert text.splitlines()[0] == (f"prefilter job {job_id} (succeeded): 4 of 8 documents kept at cosine >= 0.3 "
                                     "(max 2000 chars)")
+    assert text.splitlines()[1] == "not embedded: 1 documents over max_chars, 0 outside the chosen subsets"
 
 
 def test_runners_registering_the_embedder_at_once_share_one_model_row(db: Store) -> None:
@@ -248,6 +251,93 @@ def test_runners_registering_the_embedder_at_once_share_one_model_row(db: Store)
     assert len(ids) == 2 and ids[0] == ids[1]
     with _session(db) as s:
         assert s.scalar(select(func.count()).select_from(Model)) == 1
+
+
+# --- corpus scale: what is embedded, in which order, resuming ------------------------------------------
+
+SUBSETS = ["ArXiv", "FreeLaw", "Pile-CC", None]
+
+
+def _import_with_subsets(db: Store, gsm_file: Path, records: list[dict[str, Any]]) -> None:
+    doc_file = _write_jsonl(db.home / "docs.jsonl", records)
+    db.rplat("import", "problems", str(gsm_file), "--dataset", "gsm", "--id-field", "id", check=True)
+    db.rplat("import", "documents", str(doc_file), "--dataset", "docs", "--id-field", "id", "--subset-field",
+             "subset", check=True)
+
+
+def test_only_documents_of_the_chosen_subsets_within_max_chars_are_embedded_up_to_the_limit(
+        db: Store, gsm_file: Path) -> None:
+    texts = list(_many_docs(16).values())
+    records = [{"id": f"doc-{i:02d}", "subset": SUBSETS[i % 4], "text": text * (4 if i in (0, 5) else 1)}
+               for i, text in enumerate(texts)]
+    _import_with_subsets(db, gsm_file, records)
+    job_id = _enqueue(db, "--param", 'subsets=["ArXiv", "FreeLaw"]', "--param", "max_chars=200",
+                      "--param", "limit=5")
+    _run_in_process(db, once=True)
+
+    chosen = [r["id"] for r in records if r["subset"] in ("ArXiv", "FreeLaw") and len(r["text"]) <= 200]
+    assert {r["id"] for r in records if len(r["text"]) > 200} == {"doc-00", "doc-05"}
+    assert set(_scores(db, job_id)) == set(chosen[:5])
+    result = db.job(job_id).result
+    assert result is not None
+    assert (result["scored"], result["over_max_chars"], result["outside_subsets"]) == (5, 2, 8)
+    assert db.job(job_id).progress_total == 5
+
+
+def test_texts_are_read_one_length_sorted_batch_at_a_time(db: Store, gsm_file: Path) -> None:
+    from sqlalchemy import event
+
+    docs = {k: " ".join([v] * (1 + i * 7 % 5)) for i, (k, v) in enumerate(_many_docs(22).items())}
+    _import(db, gsm_file, docs)
+    job_id = _enqueue(db, "--param", "batch_size=4", "--param", "max_chars=100000")
+    batches: list[list[int]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().startswith("SELECT documents.id, documents.text"):
+            # The statement's only parameters are the ids it reads (positional on SQLite, named on PostgreSQL).
+            batches.append(list(parameters.values() if isinstance(parameters, dict) else parameters))
+
+    engine = db.engine()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        _run_in_process(db, once=True)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert db.job(job_id).status == "succeeded"
+    assert [len(b) for b in batches] == [4, 4, 4, 4, 4, 2]
+    with _session(db) as s:
+        length = dict(s.execute(select(Document.id, Document.n_chars)).tuples().all())
+    read = [doc_id for batch in batches for doc_id in batch]
+    assert sorted(read) == sorted(length)
+    assert [(length[i], i) for i in read] == sorted((length[i], i) for i in read)
+    assert read != sorted(read)  # import order is not length order: the job sorted them
+
+
+def test_a_rerun_skips_the_documents_already_scored_and_says_so(db: Store, gsm_file: Path) -> None:
+    from rplat.registry import ensure_bundled_embedder
+    from rplat.store import transaction
+
+    _import(db, gsm_file, {**MATH_DOCS, **OTHER_DOCS})
+    job_id = _enqueue(db)
+    already = ["math-eggs", "other-jazz", "other-treaty"]
+    with transaction(db.engine()) as s:
+        embedder = ensure_bundled_embedder(s).id
+        ids = s.scalars(select(Document.id).where(Document.external_id.in_(already))).all()
+        # A cosine no embedding gives: re-embedding any of these documents would overwrite it.
+        s.add_all(PrefilterScore(job_id=job_id, document_id=i, embed_model_id=embedder, cosine=-2.0,
+                                 threshold=THRESHOLD, passed=False) for i in ids)
+
+    _run_in_process(db, once=True)
+
+    scores = _scores(db, job_id)
+    assert set(scores) == {*MATH_DOCS, *OTHER_DOCS}
+    assert {k for k, sc in scores.items() if sc.cosine == -2.0} == set(already)
+    assert all(-1.0 <= sc.cosine <= 1.0 for k, sc in scores.items() if k not in already)
+    assert _log_messages(db, job_id) == ["reference centroid from 20 problems",
+                                         "resumed: 3 of 8 documents already scored"]
+    job = db.job(job_id)
+    assert job.progress_done == job.progress_total == 8
 
 
 # --- interruption and resumption -------------------------------------------------------------------
@@ -308,7 +398,8 @@ def test_killed_runner_job_resumes_from_checkpoint_without_duplicates(db: Store,
     resumed, baseline = _scores(db, job_id), _scores(db, baseline_id)
     assert len(resumed) == _count_scores(db, job_id) == N_MANY
     assert _checkpoints(db, job_id) == checkpoint_before
-    assert _log_messages(db, job_id) == ["reference centroid from 20 problems"]
+    assert _log_messages(db, job_id) == ["reference centroid from 20 problems",
+                                         f"resumed: {written_before} of {N_MANY} documents already scored"]
     assert {k for k, sc in resumed.items() if sc.passed} == {k for k, sc in baseline.items() if sc.passed}
     assert {k: sc.cosine for k, sc in resumed.items()} == pytest.approx(
         {k: sc.cosine for k, sc in baseline.items()}, abs=1e-5)
@@ -332,7 +423,8 @@ def test_sigterm_releases_the_job_and_the_next_runner_finishes_it(db: Store, gsm
     assert first.returncode == 0, stderr
     released = db.job(job_id)
     assert (released.status, released.attempts) == ("queued", 0)
-    assert 0 < _count_scores(db, job_id) < N_MANY
+    written_before = _count_scores(db, job_id)
+    assert 0 < written_before < N_MANY
     checkpoint_before = _checkpoints(db, job_id)
 
     _run_in_process(db, once=True)
@@ -341,7 +433,8 @@ def test_sigterm_releases_the_job_and_the_next_runner_finishes_it(db: Store, gsm
     assert (job.status, job.attempts) == ("succeeded", 1)
     assert len(_scores(db, job_id)) == _count_scores(db, job_id) == N_MANY
     assert _checkpoints(db, job_id) == checkpoint_before
-    assert _log_messages(db, job_id) == ["reference centroid from 20 problems"]
+    assert _log_messages(db, job_id) == ["reference centroid from 20 problems",
+                                         f"resumed: {written_before} of {N_MANY} documents already scored"]
     assert job.result is not None and job.result["scored"] == N_MANY
 
 
@@ -377,7 +470,8 @@ def test_jobs_naming_unknown_datasets_are_refused_at_enqueue_with_one_sentence(d
 
 
 @pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"threshold": "high"}, {"batch_size": 0}, {"max_chars": -1},
-                                 {"reference": []}, {"embed_model": [1]}, {"shreshold": 0.3}])
+                                 {"reference": []}, {"embed_model": [1]}, {"shreshold": 0.3},
+                                 {"subsets": []}, {"subsets": "ArXiv"}, {"limit": 0}])
 def test_invalid_prefilter_params_are_rejected_with_one_sentence(bad: dict[str, Any]) -> None:
     from rplat.errors import UserError
     from rplat.kinds import validate_params

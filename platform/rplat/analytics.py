@@ -31,6 +31,21 @@ SELECT j.id AS job_id, j.kind, j.status, x.name AS experiment, m.name AS model, 
 FROM store.jobs j
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
+    "documents": """
+SELECT d.id AS document_id, d.external_id AS document, ds.name AS dataset, d.source, d.subset, d.split, d.n_chars,
+       d.content_hash, d.text, CAST(d.meta AS VARCHAR) AS meta, d.job_id
+FROM store.documents d
+JOIN store.datasets ds ON ds.id = d.dataset_id""",
+    "prefilter_scores": """
+SELECT ps.job_id, x.name AS experiment, ps.document_id, d.external_id AS document, ds.name AS dataset, d.source,
+       d.subset, d.n_chars, em.name AS embed_model, ps.cosine, ps.threshold, CAST(ps.passed AS BOOLEAN) AS passed,
+       d.text
+FROM store.prefilter_scores ps
+JOIN store.documents d ON d.id = ps.document_id
+JOIN store.datasets ds ON ds.id = d.dataset_id
+JOIN store.jobs j ON j.id = ps.job_id
+LEFT JOIN store.experiments x ON x.id = j.experiment_id
+LEFT JOIN store.models em ON em.id = ps.embed_model_id""",
     "rationales": """
 SELECT r.id AS rationale_id, r.rationale, r.preceding, r.following, r.position, r.left_step, r.source,
        e.document_id, d.external_id AS document, e.problem_id, p.external_id AS problem,
@@ -318,6 +333,29 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list
         return columns, cursor.fetchall()
     except duckdb.Error as exc:
         raise UserError(f"the query failed ({_first_line(exc)}).") from None
+
+
+def stream_query(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int = 10_000
+                 ) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
+    """Like `run_query`, but the rows come in lists of at most `batch_rows` as they are read, so the caller holds
+    one batch, not the result; consume them before closing `con`."""
+    query = _read_only_statement(con, sql)
+    try:
+        cursor = con.execute(query)
+    except duckdb.Error as exc:
+        raise UserError(f"the query failed ({_first_line(exc)}).") from None
+
+    def batches() -> Iterator[list[tuple[Any, ...]]]:
+        while True:
+            try:
+                rows = cursor.fetchmany(batch_rows)
+            except duckdb.Error as exc:
+                raise UserError(f"the query failed ({_first_line(exc)}).") from None
+            if not rows:
+                return
+            yield rows
+
+    return [d[0] for d in cursor.description or []], batches()
 
 
 def view_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 
 from rplat import analytics
 from rplat.errors import UserError
+from rplat.progress import Progress
 
 # The views that can be exported and the columns naming the jobs that made each row: a rationale is made by its
 # extract-rationales job and judged (loss delta, kept, leak) by its score-rationales job, so it carries the
@@ -29,6 +31,8 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "step_candidates": ("job_id",),
     "evaluations": ("job_id",),
     "training_metrics": ("job_id",),
+    "documents": ("job_id",),  # the import job
+    "prefilter_scores": ("job_id",),
 }
 FILE_TYPES = ("jsonl", "parquet", "csv")
 _BATCH_ROWS = 10_000  # rows fetched and written at a time: an export streams, it does not hold the view in memory
@@ -72,30 +76,42 @@ def export_query(view: str, where: str | None) -> str:
     return f"{query} WHERE (\n{where}\n)"
 
 
-def _write(reader: pa.RecordBatchReader, file_type: str, out: IO[Any]) -> int:
-    rows = 0
+def _batches(reader: pa.RecordBatchReader, progress: Progress) -> Iterator[pa.RecordBatch]:
+    for batch in reader:
+        yield batch
+        progress.advance(batch.num_rows)
+
+
+def _write(reader: pa.RecordBatchReader, file_type: str, out: IO[Any], progress: Progress) -> int:
     if file_type == "parquet":
         with pq.ParquetWriter(out, reader.schema) as writer:
-            for batch in reader:
+            for batch in _batches(reader, progress):
                 writer.write_batch(batch)
-                rows += batch.num_rows
     elif file_type == "csv":
         with pa_csv.CSVWriter(out, reader.schema) as writer:
-            for batch in reader:
+            for batch in _batches(reader, progress):
                 writer.write_batch(batch)
-                rows += batch.num_rows
     else:
-        for batch in reader:
-            for row in batch.to_pylist():
-                out.write(json.dumps(row, default=str, ensure_ascii=False).encode() + b"\n")
-            rows += batch.num_rows
-    return rows
+        for batch in _batches(reader, progress):
+            out.write(b"".join(json.dumps(row, default=str, ensure_ascii=False).encode() + b"\n"
+                               for row in batch.to_pylist()))
+    return progress.done
+
+
+def _run(con: duckdb.DuckDBPyConnection, query: str, where: str | None, view: str) -> duckdb.DuckDBPyConnection:
+    try:
+        return con.execute(query)
+    except duckdb.Error as exc:
+        raise UserError(f"the --where predicate {where!r} does not run on the view {view} "
+                        f"({analytics._first_line(exc)}); `rplat sql --views` lists its columns.") from None
 
 
 def export_view(database_url: str, view: str, out: Path, *, file_type: str | None = None,
-                where: str | None = None) -> int:
+                where: str | None = None, progress: Progress | None = None) -> int:
     """Write the rows of `view` satisfying `where` (checked read-only like `rplat sql`) to `out`, atomically (a
-    temporary file beside it, renamed when complete); returns the number of rows. No file is left on failure."""
+    temporary file beside it, renamed when complete); returns the number of rows. No file is left on failure.
+    The rows stream through in batches of `_BATCH_ROWS` (memory bounded by a batch, not by the view), counted by
+    `progress` (given: its total is counted first, for an ETA; none: silent)."""
     file_type = file_type_of(out, file_type)
     query = export_query(view, where)
     if not out.parent.is_dir():
@@ -108,15 +124,16 @@ def export_view(database_url: str, view: str, out: Path, *, file_type: str | Non
             analytics._read_only_statement(con, query)
         except UserError as exc:
             raise UserError(f"the --where predicate {where!r} is refused: {exc}") from None
-        try:
-            reader = con.execute(query).to_arrow_reader(_BATCH_ROWS)
-        except duckdb.Error as exc:
-            raise UserError(f"the --where predicate {where!r} does not run on the view {view} "
-                            f"({analytics._first_line(exc)}); `rplat sql --views` lists its columns.") from None
+        if progress is None:
+            progress = Progress(f"export {view}", quiet=True)
+        else:
+            (total,) = _run(con, f"SELECT count(*) FROM ({query})", where, view).fetchone() or (0,)
+            progress.set_total(int(total))
+        reader = _run(con, query, where, view).to_arrow_reader(_BATCH_ROWS)
         tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
         try:
             with open(tmp, "xb") as f:  # 0o666 less the umask, like any file the user writes
-                rows = _write(reader, file_type, f)
+                rows = _write(reader, file_type, f, progress)
             os.replace(tmp, out)
         except BaseException as exc:
             tmp.unlink(missing_ok=True)

@@ -97,6 +97,9 @@ def prefilter_report(engine: Engine, *, job_id: int | None = None, experiment: s
         "max_chars": job.params.get("max_chars"),
         "scored": len(scores),
         "passed": passed,
+        # Counted by the job when it finishes: documents it did not embed (None before then).
+        "over_max_chars": (job.result or {}).get("over_max_chars"),
+        "outside_subsets": (job.result or {}).get("outside_subsets"),
         **_interval(passed, len(scores), "pass_rate"),
         "cosine_quantiles": {name: _quantile(cosines, q) for name, q in
                              (("min", 0.0), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("max", 1.0))},

@@ -29,7 +29,12 @@ class PrefilterParams(Params):
     reference: Annotated[list[str], Ref("dataset", kind="problems")] = Field(
         min_length=1, description="problem datasets whose worked solutions form the reference")
     threshold: float = Field(0.3, ge=-1, le=1, description="keep iff cosine to the reference centroid >= threshold")
-    max_chars: int | None = Field(2000, gt=0, description="documents longer than this (characters) never pass")
+    max_chars: int | None = Field(2000, gt=0, description="documents longer than this (characters) are not "
+                                  "embedded and never pass (the paper's cut before embedding)")
+    subsets: list[str] | None = Field(None, min_length=1, description="only documents whose subset is one of "
+                                      "these (e.g. the Pile's \"ArXiv\", \"FreeLaw\"); the rest are not embedded")
+    limit: int | None = Field(None, gt=0, description="at most this many documents: the first in import order "
+                              "among those within max_chars and subsets")
     batch_size: int = Field(64, gt=0, le=4096, description="documents embedded and written per batch")
     embed_model: Annotated[str, Ref("model", primary=True)] = Field(
         BUNDLED_EMBEDDER, description="registered embedding model")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -48,15 +50,19 @@ def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool) -> Non
             columns = ["view", "columns"]
             rows = [(name, [{"name": c, "type": t} for c, t in cols] if as_json else ", ".join(c for c, _ in cols))
                     for name, cols in analytics.view_columns(con).items()]
+            batches: Iterator[list[tuple[Any, ...]]] = iter([rows])
+        elif as_csv:  # rows go out as DuckDB reads them: a large result is never held whole
+            columns, batches = analytics.stream_query(con, query or "")
         else:
             columns, rows = analytics.run_query(con, query or "")
+        if as_csv:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(columns)
+            for batch in batches:
+                writer.writerows(batch)
+            return
     finally:
         con.close()
-    if as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        return
     emit([dict(zip(columns, row, strict=True)) for row in rows], columns, as_json)
 
 
@@ -200,6 +206,9 @@ def report_prefilter(job_id: int | None, experiment: str | None, examples: int, 
         return
     click.echo(f"prefilter job {summary['job_id']} ({summary['status']}): {summary['passed']} of {summary['scored']} "
                f"documents kept at cosine >= {summary['threshold']} (max {summary['max_chars']} chars)")
+    if summary["over_max_chars"] or summary["outside_subsets"]:
+        click.echo(f"not embedded: {summary['over_max_chars'] or 0} documents over max_chars, "
+                   f"{summary['outside_subsets'] or 0} outside the chosen subsets")
     if summary["pass_rate"] is not None:
         click.echo(f"pass rate: {_proportion(summary['pass_rate'], summary['ci_low'], summary['ci_high'])}")
     q = summary["cosine_quantiles"]

@@ -19,18 +19,22 @@ def export(view: str, where: str | None, file_type: str | None, out: Path) -> No
     """Write the rows of VIEW (rationales, chains, samples, predictions, ...) to a file, each with the job that
     made it: its kind, model, prompt template and params as JSON.
 
-    The predicate is checked like `rplat sql`: read-only, no function reaching past the views. The file appears
-    whole or not at all.
+    The predicate is checked like `rplat sql`: read-only, no function reaching past the views. The rows stream
+    to the file in batches (memory does not grow with the view), with progress on stderr; the file appears whole
+    or not at all.
 
     \b
     rplat export rationales --where "kept" --out kept.parquet
     rplat export chains --where "label = 'pos' AND NOT labelers_disagree" --file-type jsonl --out pos.jsonl
     rplat export predictions --where "job_id = 12" --out preds.csv
+    rplat export prefilter_scores --where "job_id = 3 AND passed" --out kept-documents.parquet
     """
     from rplat.export import export_view
+    from rplat.progress import Progress
 
     engine = open_store()
     url = engine.url.render_as_string(hide_password=False)
     engine.dispose()
-    rows = export_view(url, view, out, file_type=file_type, where=where)
+    with Progress(f"export {view}", unit="rows") as progress:
+        rows = export_view(url, view, out, file_type=file_type, where=where, progress=progress)
     click.echo(f"wrote {rows} rows of {view} to {out}")
