@@ -34,7 +34,7 @@ def test_a_foreground_runner_prints_its_jobs_progress_lines(db: Store, where: st
     assert lines, log
     assert {(job, total) for job, _, total, _ in lines} == {(job_id, 4)}
     dones = [done for _, done, _, _ in lines]
-    assert dones == sorted(dones) and 1 <= dones[0] and dones[-1] <= 4
+    assert dones == sorted(dones) and dones[0] >= 1 and dones[-1] <= 4
     assert all(pct == round(100 * done / 4) for _, done, _, pct in lines)
     assert f"job {job_id} (test-items): succeeded, 4/4" in log
 

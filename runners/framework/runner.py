@@ -329,9 +329,11 @@ class Runner:
                 continue
             job = child.job
             if child.terminated and code == -signal.SIGTERM:
-                with contextlib.suppress(LeaseLost):
+                try:
                     self.queue.release(job.id, job.lease_token, runner=self.name)
-                self.echo(f"job {job.id} ({job.kind}): released")
+                    self.echo(f"job {job.id} ({job.kind}): released")
+                except LeaseLost:  # its end was recorded before the signal came
+                    pass
                 continue
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             state = self._fail(job, f"the process running job {job.id} {how} before recording how the job ended",
