@@ -1,4 +1,4 @@
-"""A runner in the foreground shows each job's progress: a plain line every RPLAT_PROGRESS_SECONDS on a log."""
+"""A runner in the foreground: a progress line every RPLAT_PROGRESS_SECONDS on a log, and `--max-idle`."""
 
 from __future__ import annotations
 
@@ -43,3 +43,13 @@ def test_a_quiet_runner_prints_no_progress(db: Store) -> None:
     create_output_tables(db.engine())
     Queue(db.engine()).enqueue("test-items", {"items": 3, "pause_seconds": 0.4})
     assert _run(db, "--quiet") == ""
+
+
+def test_a_runner_with_max_idle_leaves_where_until_done_would_wait(db: Store) -> None:
+    queue = Queue(db.engine())
+    job_id, _ = queue.enqueue("probe", {"devices": False})
+    # The job runs elsewhere: a runner with --until-done would wait for it (it may be released), this one leaves.
+    assert queue.claim("elsewhere", None, 600) is not None
+    log = _run(db, "--max-idle", "0.5")
+    assert "[runner] nothing to claim for 0.5 s; leaving" in log
+    assert db.job(job_id).status == "running"

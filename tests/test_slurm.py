@@ -253,11 +253,11 @@ def test_a_training_runner_cancelled_by_slurm_releases_its_job_which_resumes_in_
     from test_ranker import COMMON, _seed
 
     _seed(pg, tmp_path, 11)
-    steps = 8 * 40  # 8 training questions in each of 40 epochs
+    # 8 training questions in each of 400 epochs: a run far longer than the test, which ends it once resumed.
     job_id, _ = Queue(pg.engine()).enqueue(
-        "train-ranker", {**COMMON, "epochs": 40, "heldout_fraction": 0.2, "checkpoint_every": 10}, gpus=1)
+        "train-ranker", {**COMMON, "epochs": 400, "heldout_fraction": 0.2, "checkpoint_every": 10}, gpus=1)
     submitted = pg.rplat("slurm", "submit", "--runners", "2", "--gpus-per-runner", "1", "--max-idle", "600",
-                         "--runner-arg=--poll-seconds=0.2", check=True)
+                         "--runner-arg=--poll-seconds=0.2", "--runner-arg=--lease-seconds=3", check=True)
     array = re.search(r"submitted runner array (\d+)", submitted.stdout)
     assert array, submitted.stdout
     wait_for(lambda: last_checkpoint(pg, job_id) >= 10, "the first checkpoint")
@@ -265,24 +265,34 @@ def test_a_training_runner_cancelled_by_slurm_releases_its_job_which_resumes_in_
     with transaction(pg.engine()) as s:
         victim = s.scalar(select(Runner.slurm_job).where(Runner.name == first.lease_owner))
     assert victim is not None and victim.startswith(f"{array.group(1)}_")
-    status = pg.rplat("status", check=True).stdout
+    status = pg.rplat("status", check=True).stdout  # from the running job to the Slurm job running it
     assert re.search(rf"^{job_id}\s.*\s{re.escape(victim)}$", status, re.MULTILINE), status
     subprocess.run(["scancel", victim], check=True, timeout=60)
-    wait_for(lambda: pg.job(job_id).status != "running" or pg.job(job_id).lease_owner != first.lease_owner,
-             "the cancelled runner to release the job")
-    wait_for(lambda: pg.job(job_id).status in ("succeeded", "failed"), "the job to end")
-    job = pg.succeeded(job_id)
+
+    def resumed() -> tuple[str, str] | None:
+        with transaction(pg.engine()) as s:
+            row = s.execute(select(JobEvent.message, JobEvent.runner).where(
+                JobEvent.job_id == job_id, JobEvent.event == "log",
+                JobEvent.message.like("resumed training at step %"))).first()
+        return (row.message, row.runner) if row else None
+
+    wait_for(lambda: resumed() is not None, "the job to resume in another runner")
+    message, rescuer_name = resumed() or ("", "")
+    at = int(message.split()[4])
+    wait_for(lambda: last_checkpoint(pg, job_id) > at, "the resumed run's next checkpoint")
     with transaction(pg.engine()) as s:
         events = s.execute(select(JobEvent.event, JobEvent.runner)
                            .where(JobEvent.job_id == job_id, JobEvent.event != "log").order_by(JobEvent.id)).all()
-        rescuer = s.scalar(select(Runner.slurm_job).where(Runner.name == job.lease_owner))
+        rescuer = s.scalar(select(Runner.slurm_job).where(Runner.name == rescuer_name))
         metric_steps = s.scalars(select(TrainingMetric.step).where(TrainingMetric.job_id == job_id)
                                  .order_by(TrainingMetric.step)).all()
+    job = pg.job(job_id)
     assert [e for e, _ in events] == ["enqueued", "released", "claimed"]
-    assert events[1].runner == first.lease_owner and events[2].runner == job.lease_owner != first.lease_owner
+    assert events[1].runner == first.lease_owner and events[2].runner == rescuer_name == job.lease_owner
     assert rescuer is not None and rescuer.startswith(f"{array.group(1)}_") and rescuer != victim
-    assert job.attempts == 1  # a release does not count an attempt
-    assert job.result["resumed_from"] >= 10 and list(metric_steps) == list(range(steps))
+    assert (job.status, job.attempts) == ("running", 1)  # a release does not count an attempt
+    # It went on from the checkpoint the cancelled runner left (step 10 or later), not from step 0.
+    assert at >= 10 and at % 10 == 0 and list(metric_steps) == list(range(len(metric_steps)))
 
 
 def test_scale_stays_within_max_runners_and_cancels_pending_tasks_once_the_queue_empties(lite: Store) -> None:
@@ -307,3 +317,11 @@ def test_scale_stays_within_max_runners_and_cancels_pending_tasks_once_the_queue
     assert _passes(emptied) == [(1, 2, 0, pending)]
     left = _tasks_of(lite)
     assert sorted(t.state for t in left) == ["RUNNING", "RUNNING"] and not {t.id for t in left} & set(pending)
+
+
+def test_slurms_refusal_is_one_sentence_and_submits_nothing(lite: Store) -> None:
+    Queue(lite.engine()).enqueue("probe", {"devices": False}, gpus=1)
+    refused = lite.rplat("slurm", "scale", "--once", "--partition", "no-such-partition")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: sbatch refused: ") and "partition" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and _tasks_of(lite) == []

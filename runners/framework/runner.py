@@ -8,6 +8,10 @@ cannot share one. The child is the in-process execution path with a heartbeat th
 lease, cancellation and fencing work as they do in-process; it dies with the runner (PR_SET_PDEATHSIG), so a
 runner killed -9 leaves no child holding a lease, and the lease expires as in-process. SIGTERM reaches each
 child, which releases its job. A child that dies without recording its job's end fails it (retried).
+
+A runner in the foreground echoes each running job's progress every RPLAT_PROGRESS_SECONDS; with `max_idle` it
+leaves once nothing was claimable for that long (a Slurm runner's way out, so an idle allocation is given back).
+Under Slurm it records its Slurm job on its row (`runners.slurm_job`).
 """
 
 from __future__ import annotations
