@@ -22,7 +22,17 @@ from sqlalchemy import select
 from rplat.errors import UserError
 from rplat.models import Job, JobEvent, Runner, TrainingMetric
 from rplat.queue import Queue
-from rplat.slurm import ArraySpec, Plan, SlurmCommands, Task, Where, parse_squeue, plan, runner_script
+from rplat.slurm import (
+    ArraySpec,
+    Plan,
+    SlurmCommands,
+    Task,
+    Where,
+    demand_by_gpus,
+    parse_squeue,
+    plan,
+    runner_script,
+)
 from rplat.store import transaction
 
 from killable_runners import last_checkpoint, wait_for
@@ -130,6 +140,18 @@ def test_an_empty_queue_cancels_every_pending_task_and_no_running_one() -> None:
 def test_a_surplus_in_one_gpu_count_pays_for_a_shortfall_in_another() -> None:
     tasks = _tasks("7_0:PENDING:1 7_1:PENDING:1")
     assert plan({2: (1, 0)}, tasks, max_runners=2) == Plan(submit={2: 1}, cancel=("7_1", "7_0"))
+
+
+def test_ready_jobs_are_queued_jobs_whose_parents_all_succeeded_counted_per_gpus(db: Store) -> None:
+    queue = Queue(db.engine())
+    parent, _ = queue.enqueue("probe", {"tag": "parent"})
+    queue.enqueue("probe", {"tag": "child"}, after=[parent], gpus=1)
+    queue.enqueue("probe", {"tag": "alone"}, gpus=1)
+    queue.enqueue("probe", {"tag": "two"}, gpus=2)
+    assert demand_by_gpus(db.engine()) == {0: (1, 0), 1: (1, 0), 2: (1, 0)}
+    assert queue.claim("r", ["probe"], 60, free=["0"]) is not None  # the parent, first by id
+    assert demand_by_gpus(db.engine(), ["probe"]) == {0: (0, 1), 1: (1, 0), 2: (1, 0)}
+    assert demand_by_gpus(db.engine(), ["train-nat"]) == {}
 
 
 def test_squeue_lines_of_other_jobs_and_stores_are_left_out() -> None:

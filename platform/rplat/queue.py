@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import (
     BigInteger,
@@ -35,7 +35,6 @@ from sqlalchemy import (
     Engine,
     Integer,
     Update,
-    and_,
     bindparam,
     case,
     func,
@@ -46,7 +45,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from rplat import kinds, references
 from rplat.errors import LeaseLost, UserError
@@ -68,13 +67,6 @@ class ClaimedJob:
     max_attempts: int
     experiment_id: int | None
     devices: tuple[str, ...] = ()  # the device ids the claim gave the job (its CUDA_VISIBLE_DEVICES)
-
-
-class Demand(NamedTuple):
-    """Jobs needing one number of GPUs: how many are ready to be claimed and how many are running."""
-
-    ready: int
-    running: int
 
 
 @dataclass(frozen=True)
@@ -487,24 +479,6 @@ class Queue:
             query = query.where(Job.kind.in_(list(kinds_)))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
-
-    def demand_by_gpus(self, kinds_: Iterable[str] | None = None) -> dict[int, Demand]:
-        """Per number of GPUs needed, the jobs (of these kinds) that are ready (queued with every parent succeeded; a
-        retry backoff does not hold one back) and those running: what a scaler matches runners to."""
-        parent = aliased(Job)
-        blocked = (select(JobDependency.job_id).join(parent, parent.id == JobDependency.depends_on_id)
-                   .where(JobDependency.job_id == Job.id, parent.status != "succeeded").exists())
-        query = (select(Job.gpus, Job.status, func.count())
-                 .where(or_(Job.status == "running", and_(Job.status == "queued", ~blocked)))
-                 .group_by(Job.gpus, Job.status))
-        if kinds_ is not None:
-            query = query.where(Job.kind.in_(list(kinds_)))
-        counts: dict[int, dict[str, int]] = {}
-        with self.engine.connect() as conn:
-            for gpus, status, n in conn.execute(query):
-                counts.setdefault(gpus, {})[status] = n
-        return {gpus: Demand(ready=c.get("queued", 0), running=c.get("running", 0))
-                for gpus, c in sorted(counts.items())}
 
     def _take(self, owner: str, kinds_: Iterable[str] | None, lease_seconds: float, host: str,
               free: Sequence[str]) -> ClaimedJob | None:

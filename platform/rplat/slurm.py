@@ -22,11 +22,15 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from rplat.errors import UserError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 NAME_PREFIX = "rplat-runner"
 DEFAULT_GRACE_SECONDS = 120
@@ -34,6 +38,37 @@ DEFAULT_MAX_IDLE_SECONDS = 300.0
 # squeue states of a task that will run or runs; others (COMPLETING, CANCELLED, ...) are leaving.
 PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
 RUNNING_STATES = frozenset({"RUNNING", "CONFIGURING", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"})
+
+
+class Demand(NamedTuple):
+    """Jobs needing one number of GPUs: how many are ready to be claimed and how many are running."""
+
+    ready: int
+    running: int
+
+
+def demand_by_gpus(engine: Engine, kinds: Iterable[str] | None = None) -> dict[int, Demand]:
+    """Per number of GPUs needed, the jobs (of these kinds) that are ready (queued with every parent succeeded; a
+    retry backoff does not hold one back) and those running: what the scaler matches runners to, and what
+    `rplat status` shows as ready. (Here, not in rplat.queue, so that `rplat status` loads no job kind.)"""
+    from sqlalchemy import and_, func, or_, select
+    from sqlalchemy.orm import aliased
+
+    from rplat.models import Job, JobDependency
+
+    parent = aliased(Job)
+    blocked = (select(JobDependency.job_id).join(parent, parent.id == JobDependency.depends_on_id)
+               .where(JobDependency.job_id == Job.id, parent.status != "succeeded").exists())
+    query = (select(Job.gpus, Job.status, func.count())
+             .where(or_(Job.status == "running", and_(Job.status == "queued", ~blocked)))
+             .group_by(Job.gpus, Job.status))
+    if kinds is not None:
+        query = query.where(Job.kind.in_(list(kinds)))
+    counts: dict[int, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for gpus, status, n in conn.execute(query):
+            counts.setdefault(gpus, {})[status] = n
+    return {gpus: Demand(ready=c.get("queued", 0), running=c.get("running", 0)) for gpus, c in sorted(counts.items())}
 
 
 def slurm_job_of(environ: Mapping[str, str]) -> str | None:

@@ -228,7 +228,9 @@ def status(as_json: bool) -> None:
                    for r in session.scalars(select(Runner).where(Runner.stopped_at.is_(None))
                                             .order_by(Runner.heartbeat_at.desc()).limit(50))
                    if (now - r.heartbeat_at).total_seconds() < 300]
-    ready = [{"gpus": g, "jobs": d.ready} for g, d in queue_of(engine).demand_by_gpus().items() if d.ready]
+    from rplat.slurm import demand_by_gpus
+
+    ready = [{"gpus": g, "jobs": d.ready} for g, d in demand_by_gpus(engine).items() if d.ready]
     if as_json:
         click.echo(json.dumps({"queue": depth, "ready": ready, "runners": runners, "running": running}, default=str))
         return

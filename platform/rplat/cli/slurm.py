@@ -9,13 +9,14 @@ from typing import Any
 
 import click
 
-from rplat.cli._common import open_store, queue_of
+from rplat.cli._common import open_store
 from rplat.config import get_settings
 from rplat.slurm import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_MAX_IDLE_SECONDS,
     ArraySpec,
     SlurmCommands,
+    demand_by_gpus,
     runner_script,
     scale_once,
     where_here,
@@ -103,13 +104,13 @@ def scale(max_runners: int, once: bool, every: float, partition: str | None, tim
     where = where_here(settings.database_url, settings.home)
     template = _template(1, 0, partition, time_limit, kinds, max_idle, grace, sbatch_args, runner_args)
     commands = SlurmCommands(where)
-    queue = queue_of(open_store())
+    engine = open_store()
     stop = threading.Event()
     if not once and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda _s, _f: stop.set())
     while True:
-        demand = {g: (d.ready, d.running) for g, d in queue.demand_by_gpus(template.kinds).items()}
+        demand = {g: (d.ready, d.running) for g, d in demand_by_gpus(engine, template.kinds).items()}
         outcome = scale_once(demand, commands, template, max_runners, dry_run=dry_run)
         click.echo(("would: " if dry_run else "") + outcome.summary())
         if once or stop.wait(every):
