@@ -23,7 +23,7 @@ DEMO_TDG_PARAMS ?= {"collect-chains": {"temperature": 0.7, "max_tokens": 40, "n_
   "train": {"batch_size": 4, "grad_accum": 1, "max_length": 96, "checkpoint_every": 3}, \
   "train-nat": {"log_every": 2}, "sample": {"max_tokens": 40}}
 
-.PHONY: install demo demo-tdg test test-minimum lint bench bench-data clean vllm chromium
+.PHONY: install demo demo-tdg test test-minimum lint bench bench-data clean vllm chromium slurm
 
 $(BIN)/rplat: pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -139,6 +139,10 @@ lint: install
 # it would fetch a browser build of its own). Installing needs root, as CI has.
 chromium:
 	test -x /usr/bin/chromium || { apt-get update -q && apt-get install -y -q chromium; }
+
+# A real one-node Slurm with two fake GPUs for tests/test_slurm.py (docs/slurm.md); needs root, as CI has.
+slurm:
+	.ci/slurm-setup
 
 bench: install bench-data
 	OMP_NUM_THREADS=1 $(BIN)/python bench/queue.py

@@ -89,6 +89,7 @@ def items(ctx: Any, p: ItemsParams) -> dict[str, Any]:
                 session.execute(insert(item_output).values(job_id=ctx.job_id, item=item, runner=ctx.runner,
                                                            attempt=ctx.attempt))
                 written += 1
+        ctx.progress(item + 1, p.items)
         _pause(ctx, p.pause_seconds, p.check)
     return {"runner": ctx.runner, "written": written}
 

@@ -146,6 +146,9 @@ class Runner(Base):
     current_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     jobs_done: Mapped[int] = mapped_column(default=0)
     stopped_at: Mapped[dt.datetime | None]
+    # The Slurm job running this runner, as `scontrol show job` and `scancel` take it: ARRAYJOB_TASK for an array
+    # task (`rplat slurm submit`), the job id otherwise; none outside Slurm.
+    slurm_job: Mapped[str | None] = mapped_column(String(64))
 
 
 # --- registries: models, adapters, prompts, datasets ----------------------------------------------

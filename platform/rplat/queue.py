@@ -651,10 +651,11 @@ class Queue:
     # --- runners -----------------------------------------------------------------------------------
 
     def register_runner(self, name: str, host: str, pid: int, kinds_: list[str] | None, gpus: Sequence[str] = (),
-                        slots: int = 1) -> None:
+                        slots: int = 1, slurm_job: str | None = None) -> None:
         with transaction(self.engine) as session:
             session.execute(insert(Runner).values(name=name, host=host, pid=pid, kinds=kinds_, gpus=list(gpus),
-                                                  slots=slots, started_at=_now(session), heartbeat_at=_now(session)))
+                                                  slots=slots, slurm_job=slurm_job, started_at=_now(session),
+                                                  heartbeat_at=_now(session)))
 
     def runner_beat(self, name: str, current_job_id: int | None, jobs_done: int, *, stopped: bool = False) -> None:
         with transaction(self.engine) as session:

@@ -8,12 +8,17 @@ cannot share one. The child is the in-process execution path with a heartbeat th
 lease, cancellation and fencing work as they do in-process; it dies with the runner (PR_SET_PDEATHSIG), so a
 runner killed -9 leaves no child holding a lease, and the lease expires as in-process. SIGTERM reaches each
 child, which releases its job. A child that dies without recording its job's end fails it (retried).
+
+A runner in the foreground echoes each running job's progress every RPLAT_PROGRESS_SECONDS; with `max_idle` it
+leaves once nothing was claimable for that long (a Slurm runner's way out, so an idle allocation is given back).
+Under Slurm it records its Slurm job on its row (`runners.slurm_job`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import random
@@ -34,9 +39,11 @@ from pydantic import ValidationError
 from rplat import kinds
 from rplat.errors import JobCancelled, JobInterrupted, LeaseLost, UserError
 from rplat.migrate import ensure_at_head
+from rplat.progress import Progress
 from rplat.queue import ClaimedJob, Queue
 from rplat.quiet import silence_libraries
 from rplat.runners.framework.context import JobContext
+from rplat.slurm import slurm_job_of
 
 
 def how_far(progress: tuple[int, int | None] | None, seconds: float) -> str:
@@ -59,6 +66,8 @@ class RunnerOptions:
     host: str | None = None  # the machine name jobs pinned with `enqueue --host` must name (default: hostname)
     gpus: list[str] | None = None  # the device ids to give jobs (default: the visible CUDA devices)
     slots: int = 1  # jobs run at once
+    max_idle: float | None = None  # exit after this many seconds with nothing claimable (and no job running)
+    progress: bool = False  # echo each running job's progress every RPLAT_PROGRESS_SECONDS (the foreground)
 
 
 def parse_devices(text: str, source: str) -> list[str]:
@@ -98,6 +107,23 @@ def visible_devices() -> list[str]:
 
             count = torch.cuda.device_count()
     return [str(i) for i in range(count)]
+
+
+class _EchoLines(io.TextIOBase):
+    """A text stream whose every line goes to a runner's `echo` (a log line, never redrawn: not a terminal)."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        super().__init__()
+        self._echo = echo
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self._echo(line)
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
 
 
 @dataclass
@@ -185,7 +211,7 @@ class Runner:
         self._install_signals()
         host = self.options.host or socket.gethostname()
         self.queue.register_runner(self.name, host, os.getpid(), self.options.kinds, self.devices,
-                                   self.options.slots)
+                                   self.options.slots, slurm_job_of(os.environ))
         try:
             with self._heartbeat(runner_row=True):
                 if self.in_process:
@@ -196,8 +222,12 @@ class Runner:
             self.queue.runner_beat(self.name, None, self.jobs_done, stopped=True)
         return self.jobs_done
 
-    def _drained(self, claimable: list[str], host: str) -> bool:
-        """Nothing was claimable: whether --once or --until-done says to stop."""
+    def _drained(self, claimable: list[str], host: str, idle_since: float) -> bool:
+        """Nothing was claimable (and nothing runs here) since `idle_since`: whether --once, --until-done or
+        --max-idle says to stop."""
+        if self.options.max_idle is not None and time.monotonic() - idle_since >= self.options.max_idle:
+            self.echo(f"nothing to claim for {self.options.max_idle:g} s; leaving")
+            return True
         return self.options.once or (
             self.options.until_done and not self.queue.outstanding(claimable, host, len(self.devices)))
 
@@ -205,28 +235,33 @@ class Runner:
         self._wake.wait(self.options.poll_seconds * random.uniform(0.5, 1.0))
 
     def _run_in_process(self, claimable: list[str], host: str) -> None:
+        idle_since = time.monotonic()
         while not self.stopping.is_set():
             if self.options.max_jobs is not None and self.jobs_done >= self.options.max_jobs:
                 break
             job = self.queue.claim(self.name, claimable, self.options.lease_seconds, host)
             if job is None:
-                if self._drained(claimable, host):
+                if self._drained(claimable, host, idle_since):
                     break
                 self._idle()
                 continue
             self.execute(job)
             self.jobs_done += 1
+            idle_since = time.monotonic()
 
     def _run_slots(self, claimable: list[str], host: str) -> None:
         """Claim while a slot is free (with the devices no running job holds), each job in a child process;
         on the way out (stopped, drained, --max-jobs) wait for the children, asking them to stop if stopped."""
         started = 0
+        idle_since = time.monotonic()
         try:
             while not self.stopping.is_set():
                 self._wake.clear()
                 self._settle_ended()
                 with self._lock:
                     running = list(self._children.values())
+                if running:
+                    idle_since = time.monotonic()
                 if self.options.max_jobs is not None and started >= self.options.max_jobs:
                     if not running:
                         break
@@ -237,9 +272,10 @@ class Runner:
                     if job is not None:
                         self._spawn(job)
                         started += 1
+                        idle_since = time.monotonic()
                         continue
                     # With a job running, a claim may have failed for want of its devices: wait for it.
-                    if not running and self._drained(claimable, host):
+                    if not running and self._drained(claimable, host, idle_since):
                         break
                 self._idle()
         finally:
@@ -258,6 +294,7 @@ class Runner:
         """Start `job` in a child process that sees only its devices; its output comes back through `echo`."""
         order = {"url": self.queue.engine.url.render_as_string(hide_password=False), "home": str(self.home),
                  "runner": self.name, "lease_seconds": self.options.lease_seconds, "parent": os.getpid(),
+                 "progress": self.options.progress,
                  "job": dataclasses.asdict(job)}
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(job.devices)}
         proc = subprocess.Popen([sys.executable, "-m", "rplat.runners.framework.worker"], stdin=subprocess.PIPE,
@@ -296,9 +333,11 @@ class Runner:
                 continue
             job = child.job
             if child.terminated and code == -signal.SIGTERM:
-                with contextlib.suppress(LeaseLost):
+                try:
                     self.queue.release(job.id, job.lease_token, runner=self.name)
-                self.echo(f"job {job.id} ({job.kind}): released")
+                    self.echo(f"job {job.id} ({job.kind}): released")
+                except LeaseLost:  # its end was recorded before the signal came
+                    pass
                 continue
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             state = self._fail(job, f"the process running job {job.id} {how} before recording how the job ended",
@@ -330,7 +369,8 @@ class Runner:
                 self._current = ctx
             # Lineage: a model a parent registered is known now, a bundled one once the handler registered it.
             self.queue.resolve_model(job)
-            result = kind.load_handler()(ctx, params)
+            with self._progress_lines(job, ctx):
+                result = kind.load_handler()(ctx, params)
             self.queue.resolve_model(job)
             self.queue.complete(job.id, job.lease_token, result, ctx.current_progress)
             state = "succeeded"
@@ -355,6 +395,30 @@ class Runner:
                 self._current = None
         self.echo(f"job {job.id} ({job.kind}): {state}{how_far(progress, time.monotonic() - started)}")
         return state
+
+    @contextlib.contextmanager
+    def _progress_lines(self, job: ClaimedJob, ctx: JobContext) -> Iterator[None]:
+        """With `progress`, a line of the job's progress (done of total, rate, ETA) every RPLAT_PROGRESS_SECONDS
+        through `echo`, from what the handler last reported (`ctx.progress`), while the handler runs."""
+        if not self.options.progress:
+            yield
+            return
+        progress = Progress(f"job {job.id} ({job.kind})", unit="items", stream=_EchoLines(self.echo))
+        stop = threading.Event()
+
+        def show() -> None:
+            while not stop.wait(progress.every):
+                done, total = ctx.current_progress
+                progress.set_total(total)
+                progress.advance(done - progress.done)
+
+        ticker = threading.Thread(target=show, name=f"rplat-progress-{job.id}", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join(timeout=5)
 
     def _fail(self, job: ClaimedJob, error: str, *, retryable: bool) -> str:
         try:

@@ -52,6 +52,8 @@ COMMANDS: dict[str, Lazy] = {
                    "for other runners)."),
     "serve": Lazy("rplat.cli.serve:serve", "vLLM servers for registered models: `rplat serve MODEL` starts one, "
                   "`stop` ends it, `ls` lists them."),
+    "slurm": Lazy("rplat.cli.slurm:slurm", "Runners as Slurm job arrays: submit them (`submit`), or keep them matched "
+                  "to the queue (`scale`)."),
     "sql": Lazy("rplat.cli.analysis:sql", "Run one read-only QUERY over the analytics views (DuckDB) and print the "
                 "rows."),
     "status": Lazy("rplat.cli.jobs:status", "Queue depth per kind and status, live runners with their devices and "

@@ -184,9 +184,12 @@ def jobs_retry(job_id: int) -> None:
               help="comma-separated device ids to give jobs, or `none` (default: the visible CUDA devices)")
 @click.option("--slots", default=1, show_default=True, type=click.IntRange(1),
               help="jobs run at once, each in its own process with its own devices")
-@click.option("--quiet", is_flag=True, help="print nothing per job")
+@click.option("--max-idle", default=None, type=click.FloatRange(0), metavar="S",
+              help="exit after S seconds with nothing claimable and no job running (a Slurm runner's way out)")
+@click.option("--quiet", is_flag=True, help="print nothing per job (no progress lines either)")
 def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None, lease_seconds: float,
-           poll_seconds: float, name: str | None, host: str | None, gpus: str | None, slots: int, quiet: bool) -> None:
+           poll_seconds: float, name: str | None, host: str | None, gpus: str | None, slots: int,
+           max_idle: float | None, quiet: bool) -> None:
     """Claim and run jobs until stopped (SIGTERM releases the running jobs for other runners)."""
     from rplat.runners.framework.runner import Runner, RunnerOptions, parse_devices
 
@@ -196,7 +199,7 @@ def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
     options = RunnerOptions(kinds=kind_list, once=once, until_done=until_done, max_jobs=max_jobs,
                             lease_seconds=lease_seconds, poll_seconds=poll_seconds, name=name, host=host,
-                            gpus=devices, slots=slots)
+                            gpus=devices, slots=slots, max_idle=max_idle, progress=not quiet)
     echo = (lambda _m: None) if quiet else (lambda m: click.echo(f"[runner] {m}", err=True))
     done = Runner(queue_of(engine), settings.home, options, echo=echo).run()
     echo(f"stopped after {done} job(s)")
@@ -212,26 +215,37 @@ def status(as_json: bool) -> None:
         depth = [{"kind": k, "status": s, "jobs": n} for k, s, n in session.execute(
             select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status).order_by(Job.kind, Job.status))]
         running_jobs = list(session.scalars(select(Job).where(Job.status == "running").order_by(Job.id)))
-        running = [{**job_row(j), "devices": j.devices or []} for j in running_jobs]
+        owners = {j.lease_owner for j in running_jobs}
+        slurm_of = dict(session.execute(select(Runner.name, Runner.slurm_job).where(Runner.name.in_(owners))).all())
+        running = [{**job_row(j), "devices": j.devices or [], "slurm_job": slurm_of.get(j.lease_owner)}
+                   for j in running_jobs]
         on: dict[str | None, list[dict[str, Any]]] = {}
         for j in running_jobs:
             on.setdefault(j.lease_owner, []).append({"id": j.id, "kind": j.kind, "devices": j.devices or []})
         runners = [{"runner": r.name, "host": r.host, "pid": r.pid, "gpus": r.gpus or [], "slots": r.slots,
-                    "jobs": on.get(r.name, []), "done": r.jobs_done,
+                    "slurm_job": r.slurm_job, "jobs": on.get(r.name, []), "done": r.jobs_done,
                     "seen_s_ago": round((now - r.heartbeat_at).total_seconds(), 1)}
                    for r in session.scalars(select(Runner).where(Runner.stopped_at.is_(None))
                                             .order_by(Runner.heartbeat_at.desc()).limit(50))
                    if (now - r.heartbeat_at).total_seconds() < 300]
+    from rplat.slurm import demand_by_gpus
+
+    ready = [{"gpus": g, "jobs": d.ready} for g, d in demand_by_gpus(engine).items() if d.ready]
     if as_json:
-        click.echo(json.dumps({"queue": depth, "runners": runners, "running": running}, default=str))
+        click.echo(json.dumps({"queue": depth, "ready": ready, "runners": runners, "running": running}, default=str))
         return
     click.echo("queue:")
     click.echo(table(depth, ["kind", "status", "jobs"]))
+    click.echo("\nready jobs (every parent succeeded) by GPUs needed:")
+    click.echo(table(ready, ["gpus", "jobs"]))
+    slurm = any(r["slurm_job"] for r in runners)  # the column only where some runner runs under Slurm
     click.echo("\nrunners (heartbeat in the last 5 minutes):")
     click.echo(table([{**r, "gpus": ",".join(r["gpus"]) or "-",
                        "jobs": " ".join(f"{j['id']}[{','.join(j['devices'])}]" if j["devices"] else str(j["id"])
                                         for j in r["jobs"])} for r in runners],
-                     ["runner", "host", "pid", "gpus", "slots", "jobs", "done", "seen_s_ago"]))
+                     ["runner", "host", "pid", "gpus", "slots", *(["slurm_job"] if slurm else []), "jobs", "done",
+                      "seen_s_ago"]))
     click.echo("\nrunning jobs:")
     click.echo(table([{**r, "devices": ",".join(r["devices"])} for r in running],
-                     ["id", "kind", "attempts", "progress", "devices", "owner"]))
+                     ["id", "kind", "attempts", "progress", "devices", "owner",
+                      *(["slurm_job"] if any(r["slurm_job"] for r in running) else [])]))
