@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
 from rplat.hashing import content_hash
-from rplat.imports.readers import Source, Unit, dotted, jsonl_records, open_source
+from rplat.imports.readers import Source, Unit, getter, jsonl_records, open_source
 from rplat.models import Dataset, Document, Job, Problem
 from rplat.progress import Progress
 from rplat.queue import Queue
@@ -100,6 +100,10 @@ class _Source:
     option: str
     required: bool
     max_len: int | None
+    get: Callable[[dict[str, Any]], Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "get", getter(self.field))
 
 
 def _max_len(table: Table, column: str) -> int | None:
@@ -120,9 +124,7 @@ class _BadField(Exception):
 
 def _value(record: dict[str, Any], src: _Source) -> str | None:
     """The text of one field of one record; raises _BadField saying what is wrong and how to fix it."""
-    value = record.get(src.field)
-    if value is None and "." in src.field:
-        value = dotted(record, src.field)
+    value = src.get(record)
     if value is None:
         if src.required:
             raise _BadField(f"has no field {src.field!r}; name the right field with {src.option}")
@@ -144,11 +146,12 @@ def _value(record: dict[str, Any], src: _Source) -> str | None:
     if "\x00" in text:
         raise _BadField(f"field {src.field!r} contains a NUL character (\\u0000), which databases cannot store; "
                         "remove it")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise _BadField(f"field {src.field!r} contains an unpaired surrogate (\\u{ord(text[exc.start]):04x}), "
-                        "which is not valid Unicode; fix that escape") from None
+    if not text.isascii():  # only non-ASCII text can hold an unpaired surrogate
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _BadField(f"field {src.field!r} contains an unpaired surrogate (\\u{ord(text[exc.start]):04x}), "
+                            "which is not valid Unicode; fix that escape") from None
     return text
 
 
@@ -196,28 +199,28 @@ class _Counts:
 def _rows(unit: Unit, fmap: FieldMap, layout: _Layout, filters: Filters, prefix: tuple[Any, ...],
           counts: _Counts) -> Iterator[tuple[int, tuple[Any, ...]]]:
     """(line, row) for every record of `unit` that passes the filters, validated, in `prefix + columns` order;
-    raises on the first bad record."""
-    columns = layout.columns
+    raises on the first bad record. `counts` is filled in as records are read."""
     sources = layout.sources
-    constants = tuple(_set(fmap.constants).values())
-    hash_columns = ("text",) if fmap.kind == "documents" else ("question", "solution", "answer")
-    offset = len(prefix) - 1 if fmap.id is None else len(prefix)  # values start after prefix (and the hash id)
-    hashed = [columns.index(c) + offset if c in columns else None for c in hash_columns]
-    text_at = columns.index("text") + offset if fmap.kind == "documents" else None
     by_id = fmap.id is not None
-    optional = [(i, s.column) for i, s in enumerate(sources) if not s.required]
-    for _i, column in optional:
+    constants = tuple(_set(fmap.constants).values())
+    mapped = [s.column for s in sources]
+    # An absent optional field hashes like an empty one: the same content either way.
+    hash_columns = ("text",) if fmap.kind == "documents" else ("question", "solution", "answer")
+    hashed = [mapped.index(c) if c in mapped else None for c in hash_columns]
+    text_at = mapped.index("text") if fmap.kind == "documents" else None
+    unseen = [(i, s.column) for i, s in enumerate(sources) if not s.required]
+    for _i, column in unseen:
         counts.found.setdefault(column, 0)
-    where = filters.where
-    for name, _values in where:
+    where = [(name, values, getter(name)) for name, values in filters.where]
+    for name, _values, _get in where:
         counts.where_found.setdefault(name, 0)
     max_chars = filters.max_chars
     for at, record in unit.records():
         counts.read += 1
         if where:
             keep = True
-            for name, values in where:
-                got = dotted(record, name)
+            for name, values, get in where:
+                got = get(record)
                 if got is not None:
                     counts.where_found[name] += 1
                 if got is None or str(got) not in values:
@@ -229,24 +232,26 @@ def _rows(unit: Unit, fmap: FieldMap, layout: _Layout, filters: Filters, prefix:
             values = [_value(record, src) for src in sources]
         except _BadField as exc:
             raise UserError(f"{at} {exc}.") from None
-        for i, column in optional:
-            if values[i] is not None:
-                counts.found[column] += 1
-        row = [*prefix, values[0], *constants, *values[1:]] if by_id else [*prefix, *constants, *values]
-        # An absent optional field hashes like an empty one: the same content either way.
-        digest = content_hash(*("" if i is None else row[i] or "" for i in hashed))
+        if unseen:
+            for i, column in unseen:
+                if values[i] is not None:
+                    counts.found[column] += 1
+            unseen = [(i, column) for i, column in unseen if not counts.found[column]]
         if text_at is not None:
-            n_chars = len(row[text_at])
+            text: str = values[text_at]  # type: ignore[assignment]
+            n_chars = len(text)
             if max_chars is not None and n_chars > max_chars:
                 counts.filtered += 1
                 continue
-            row.append(digest)
-            row.append(n_chars)
+            digest = content_hash(text)
+            tail: tuple[Any, ...] = (digest, n_chars)
         else:
-            row.append(digest)
-        if not by_id:
-            row.insert(len(prefix), digest)
-        yield at.number, tuple(row)
+            digest = content_hash(*("" if i is None else values[i] or "" for i in hashed))
+            tail = (digest,)
+        if by_id:
+            yield at.number, (*prefix, values[0], *constants, *values[1:], *tail)
+        else:
+            yield at.number, (*prefix, digest, *constants, *values, *tail)
 
 
 def _unique_violation(exc: BaseException) -> bool:
