@@ -16,8 +16,8 @@ from rplat.cli._common import open_store, option
 
 @click.group("import")
 def import_() -> None:
-    """Import documents or problems (JSONL, .gz, .zst, Parquet, shard directories, stdin, Hugging Face
-    save_to_disk directories; streamed) or teacher chains."""
+    """Import documents or problems (JSONL, .gz, .zst, Parquet, shards, stdin, Hugging Face; streamed) or
+    teacher chains."""
 
 
 def _progress_bar(total: int, label: str) -> Any:
