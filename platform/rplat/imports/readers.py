@@ -380,10 +380,6 @@ class Source:
     units: list[Unit]
     kind: str  # file, stream, shards, hf
 
-    def total_size(self) -> int | None:
-        sizes = [u.size for u in self.units]
-        return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
-
 
 def _file_unit(path: Path) -> Unit:
     codec = _codec_of_name(path.name)
