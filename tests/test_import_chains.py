@@ -45,12 +45,13 @@ def counts(db: Store) -> tuple[int, int, int]:
 
 
 def test_a_released_file_stores_every_chain_once_with_both_verdicts(db: Store) -> None:
-    summary = cli_json(db, str(ALGEBRA), "--teacher", "gpt-3.5")
+    summary = cli_json(db, str(ALGEBRA), "--teacher", "gpt-3.5", "--workers", "1")
     job_id = summary.pop("job_id")
     assert summary == {"dataset": "math-train", "teacher": "gpt-3.5", "labeler": "hendrycks", "layout": "released",
                        "files": 1, "read": 8, "imported": 8, "already_present": 0, "positives": 4, "negatives": 4,
                        "labelers_disagree": 1, "problems_created": 2, "problems_reused": 0,
-                       "problems_without_gold": 0}
+                       "problems_without_gold": 0, "workers": 1, "relabelled": 0, "math_verify_timeouts": 0,
+                       "timeout_chain_ids": []}
     with transaction(db.engine()) as s:
         problems = {p.question: p for p in s.scalars(select(Problem))}
         job = s.get(Job, job_id)

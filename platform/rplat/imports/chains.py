@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, String, select
+from sqlalchemy import Engine, String, case, func, select, update
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
 from rplat.hashing import content_hash, file_sha256
 from rplat.imports.datasets import _records
-from rplat.methods.labelers import LABELERS, gold_answer, label_chain
-from rplat.models import Dataset, Problem, TeacherChain
+from rplat.methods.labelers import LABELERS, default_workers, gold_answer, label_chains
+from rplat.models import Dataset, Job, Problem, TeacherChain
 from rplat.prompts import TDG_PROBLEM_PREFIX, TDG_SOLUTION_PREFIX, strip_prefix
 from rplat.queue import Queue
 from rplat.store import insert_ignore, transaction
@@ -255,12 +255,19 @@ def _check_options(path: Path, teacher: str, dataset: str, labeler: str, layout:
 
 def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, labeler: str = "hendrycks",
                   benchmark: str | None = "math", split: str | None = "train", layout: str = "auto",
-                  progress: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
+                  workers: int | None = None, progress: Callable[[int], None] = lambda _n: None,
+                  total: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
     """Import the chains in `path` (a JSONL file or a directory of them, recursively, in sorted order) as
-    `teacher`'s, on the problems of `dataset`, labelled by `labeler` (both verdicts stored); one transaction.
-    `progress(n)` is told of every n chains labelled. Returns a summary."""
+    `teacher`'s, on the problems of `dataset`, labelled by `labeler` (both verdicts stored) in a pool of `workers`
+    processes (default: one per core; 1 labels in this process); one transaction. Chains of the set stored
+    before under the other labeler are relabelled from their stored verdicts in the same transaction, so the
+    chain set has one labeler. `total(n)` is told how many chains will be labelled, `progress(n)` of every n
+    labelled. Returns a summary."""
     path = Path(path)
     _check_options(path, teacher, dataset, labeler, layout)
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers} is not a number of processes; give 1 or more (1 labels in this "
+                        "process).")
     files = _files(path)
     parsed = _parse(files, layout)
     sha256 = _fingerprint(path, files)
@@ -280,19 +287,16 @@ def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, lab
                                 "not hold; fix the problem_id or import that problem first.")
     gold = {ext: s.answer for ext, s in stored.items()}
     gold.update({ext: p.answer for ext, p in parsed.problems.items() if ext not in stored})
-    verdicts: dict[tuple[str, int], Any] = {}
-    pending = 0
+    todo = []
     for chain in parsed.chains:
         known = stored.get(chain.external_id)
-        if known is not None and (known.problem_id, chain.sample_idx) in present:
-            continue
-        verdicts[chain.external_id, chain.sample_idx] = label_chain(chain.text, gold[chain.external_id], labeler)
-        pending += 1
-        if pending == 100:
-            progress(pending)
-            pending = 0
-    if pending:
-        progress(pending)
+        if known is None or (known.problem_id, chain.sample_idx) not in present:
+            todo.append(chain)
+    total(len(todo))
+    workers = default_workers() if workers is None else workers
+    labelled = label_chains([(c.text, gold[c.external_id]) for c in todo], labeler, workers=workers,
+                            progress=progress)
+    verdicts = {(c.external_id, c.sample_idx): v for c, v in zip(todo, labelled.verdicts, strict=True)}
 
     with transaction(engine) as session:
         ds = _dataset(session, dataset)
@@ -310,11 +314,12 @@ def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, lab
             "already_present": len(parsed.chains) - len(fresh), "positives": positives,
             "negatives": len(fresh) - positives, "labelers_disagree": disagree, "problems_created": len(created),
             "problems_reused": len(referenced) - len(created),
-            "problems_without_gold": sum(gold[ext] is None for ext in referenced)}
+            "problems_without_gold": sum(gold[ext] is None for ext in referenced), "workers": workers}
         job_id = Queue.record_done(session, "import-chains", {
             "file": str(path.resolve()), "sha256": sha256, "files": len(files), "teacher": teacher,
             "dataset": dataset, "labeler": labeler, "layout": layout, "benchmark": benchmark, "split": split},
             result, items=len(parsed.chains))
+        result["relabelled"] = _relabel(session, ds.id, teacher, labeler) if ds is not None else 0
         if ds is None:
             ds = Dataset(name=dataset, kind="problems", source=str(path.resolve()), job_id=job_id)
             session.add(ds)
@@ -339,13 +344,99 @@ def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, lab
                              "label": v.label, "labeler": labeler, "hendrycks_correct": v.hendrycks,
                              "math_verify_correct": v.math_verify, "n_chars": len(c.text)})
             insert_ignore(session, TeacherChain, rows, ["problem_id", "teacher", "sample_idx"])
+        timed_out = {(ids[c.external_id], c.sample_idx) for c in fresh if verdicts[c.external_id, c.sample_idx]
+                     .timed_out}
+        result["math_verify_timeouts"] = len(timed_out)
+        result["timeout_chain_ids"] = _chain_ids(session, ds.id, teacher, timed_out)
+        session.execute(update(Job).where(Job.id == job_id).values(result=result))
     return {**result, "job_id": job_id}
+
+
+def _chain_ids(session: Session, dataset_id: int, teacher: str, keys: set[tuple[int, int]]) -> list[int]:
+    """The ids of the chains of `teacher` with these (problem id, sample index) keys, in id order."""
+    if not keys:
+        return []
+    rows = session.execute(select(TeacherChain.id, TeacherChain.problem_id, TeacherChain.sample_idx)
+                           .join(Problem, Problem.id == TeacherChain.problem_id)
+                           .where(Problem.dataset_id == dataset_id, TeacherChain.teacher == teacher)).all()
+    return sorted(cid for cid, pid, idx in rows if (pid, idx) in keys)
+
+
+def _chain_set(dataset_id: int, teacher: str) -> Any:
+    return (TeacherChain.teacher == teacher) & TeacherChain.problem_id.in_(
+        select(Problem.id).where(Problem.dataset_id == dataset_id))
+
+
+def _relabel(session: Session, dataset_id: int, teacher: str, labeler: str) -> int:
+    """Set the label of every chain of `teacher` on the dataset not labelled by `labeler` yet to that labeler's
+    stored verdict (one UPDATE); returns how many changed hands. A chain without that verdict stored cannot be."""
+    verdict = TeacherChain.hendrycks_correct if labeler == "hendrycks" else TeacherChain.math_verify_correct
+    others = _chain_set(dataset_id, teacher) & (TeacherChain.labeler != labeler)
+    missing = session.scalar(select(func.count()).select_from(TeacherChain).where(others, verdict.is_(None)))
+    if missing:
+        raise UserError(f"{missing} chains of teacher {teacher!r} have no stored {labeler} verdict, so they cannot "
+                        f"be relabelled; re-import or re-collect them, or keep their labeler.")
+    moved = session.execute(update(TeacherChain).where(others).values(
+        label=case((verdict.is_(True), "pos"), else_="neg"), labeler=labeler).execution_options(
+        synchronize_session=False))
+    return int(moved.rowcount or 0)
+
+
+def relabel_chains(engine: Engine, *, teacher: str, dataset: str, labeler: str) -> dict[str, Any]:
+    """Make `labeler` the label of every chain of `teacher` on `dataset`, from the verdicts stored with them (no
+    chain is judged again), in one transaction with a `relabel-chains` job that records it (the lineage of the
+    labels a later training job reads). Returns a summary; relabelling to the labeler in use changes nothing but
+    is still recorded."""
+    if labeler not in LABELERS:
+        raise UserError(f"--labeler {labeler!r} is not a labeler; choose one of {', '.join(LABELERS)}.")
+    with transaction(engine) as session:
+        ds = session.scalar(select(Dataset).where(Dataset.name == dataset))
+        if ds is None:
+            raise UserError(f"dataset {dataset!r} does not exist; name the problem dataset the chains were imported "
+                            "into (--dataset, default math-train).")
+        if ds.kind != "problems":
+            raise UserError(f"dataset {dataset!r} holds {ds.kind}, not problems; name the chains' problem dataset.")
+        chains = _chain_set(ds.id, teacher)
+        before = dict(session.execute(select(TeacherChain.labeler, func.count()).where(chains)
+                                      .group_by(TeacherChain.labeler)).all())
+        if not before:
+            teachers = session.scalars(select(TeacherChain.teacher).join(Problem, Problem.id == TeacherChain.problem_id)
+                                       .where(Problem.dataset_id == ds.id).distinct().order_by(TeacherChain.teacher)
+                                       ).all()
+            raise UserError(f"dataset {dataset!r} holds no chains of teacher {teacher!r}"
+                            + (f" (its teachers: {', '.join(teachers)})" if teachers else " (it holds no chains)")
+                            + "; check --teacher and --dataset.")
+        relabelled = _relabel(session, ds.id, teacher, labeler)
+        labels = dict(session.execute(select(TeacherChain.label, func.count()).where(chains)
+                                      .group_by(TeacherChain.label)).all())
+        result = {"teacher": teacher, "dataset": dataset, "labeler": labeler, "chains": sum(before.values()),
+                  "relabelled": relabelled, "labelers_before": dict(sorted(before.items())),
+                  "positives": labels.get("pos", 0), "negatives": labels.get("neg", 0)}
+        job_id = Queue.record_done(session, "relabel-chains", {"teacher": teacher, "dataset": dataset,
+                                                               "labeler": labeler}, result, items=relabelled)
+    return {**result, "job_id": job_id}
+
+
+def relabel_line(summary: dict[str, Any]) -> str:
+    """The one line `rplat chains relabel` prints."""
+    return (f"relabelled {summary['relabelled']} of {summary['chains']} chains of teacher {summary['teacher']} on "
+            f"dataset {summary['dataset']} by {summary['labeler']} ({summary['positives']} positive, "
+            f"{summary['negatives']} negative; relabel job {summary['job_id']})")
 
 
 def summary_line(summary: dict[str, Any]) -> str:
     """The one line `rplat import chains` prints."""
     return (f"imported {summary['imported']} chains of teacher {summary['teacher']} into dataset "
-            f"{summary['dataset']} ({summary['already_present']} already present; {summary['positives']} positive, "
-            f"{summary['negatives']} negative by {summary['labeler']}, {summary['labelers_disagree']} where the "
-            f"labelers disagree; problems {summary['problems_created']} created, {summary['problems_reused']} "
-            f"reused; import job {summary['job_id']})")
+            f"{summary['dataset']} ({summary['already_present']} already present"
+            + (f", {summary['relabelled']} of them relabelled by {summary['labeler']}" if summary['relabelled'] else "")
+            + f"; {summary['positives']} positive, {summary['negatives']} negative by {summary['labeler']}, "
+            f"{summary['labelers_disagree']} where the labelers disagree; math-verify timed out on "
+            f"{summary['math_verify_timeouts']}"
+            + (f" (chain ids {_ids(summary['timeout_chain_ids'])})" if summary['timeout_chain_ids'] else "")
+            + f"; problems {summary['problems_created']} created, {summary['problems_reused']} reused; {summary['workers']}"
+            f" labelling processes; import job {summary['job_id']})")
+
+
+def _ids(ids: list[int], shown: int = 20) -> str:
+    return ", ".join(map(str, ids[:shown])) + (f" and {len(ids) - shown} more, all in the job's result"
+                                              if len(ids) > shown else "")

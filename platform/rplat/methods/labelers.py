@@ -8,13 +8,17 @@ chains the paper called negative that are in fact right can be counted.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from rplat.methods.answers import extract_answer, is_correct
 
 LABELERS = ("hendrycks", "math-verify")
+CHUNK = 250  # chains per task of the labelling pool: ~1-2 s of work, so sending them back and forth costs little
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _PLAIN_ANSWER_CHARS = 40
@@ -189,14 +193,53 @@ def gold_answer(solution: str | None) -> str | None:
     return plain if plain and "\n" not in plain and len(plain) <= _PLAIN_ANSWER_CHARS else None
 
 
+# --- math-verify's timeouts --------------------------------------------------------------------------------
+
+
+class _TimeoutCounter(logging.Filter):
+    """Counts math-verify's "Timeout during comparison" / "Timeout during parsing: ..." warnings and drops them:
+    math-verify gives up on that comparison (the verdict is negative) and logs a bare line with no handler, which
+    Python then prints on stderr with no chain to tell it by. The labelers count them per chain instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Timeout during"):
+            self.count += 1
+            return False
+        return True
+
+
+_TIMEOUTS = _TimeoutCounter()
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).addFilter(_TIMEOUTS)
+
+
 @lru_cache(maxsize=1 << 16)
-def math_verify_equiv(answer: str | None, gold: str | None) -> bool:
-    """math-verify equivalence of two bare answers, each parsed as the argument of a box (bare LaTeX such as
-    `\\frac12` or `[1,2)` is otherwise not recognised as mathematics at all). Memoised: the chains of one
-    problem often state the same answer, and a symbolic comparison costs milliseconds."""
+def _math_verify(answer: str, gold: str) -> tuple[bool, bool]:
+    """(equivalent, whether math-verify timed out on the way); cached with the verdict, so a repeated answer
+    reports its timeout again however the chains were split among processes."""
+    before = _TIMEOUTS.count
+    verdict = is_correct("\\boxed{" + answer + "}", "\\boxed{" + gold + "}")
+    return verdict, _TIMEOUTS.count > before
+
+
+def math_verify_check(answer: str | None, gold: str | None) -> tuple[bool, bool]:
+    """(math-verify equivalence of two bare answers, whether a comparison or parse of theirs timed out). Each
+    answer is parsed as the argument of a box (bare LaTeX such as `\\frac12` or `[1,2)` is otherwise not
+    recognised as mathematics at all). Memoised: the chains of one problem often state the same answer, and a
+    symbolic comparison costs milliseconds. math-verify's own per-comparison timeout (5 s) is kept; a timed-out
+    comparison is not equivalent."""
     if answer is None or gold is None or not answer.strip() or not gold.strip():
-        return False
-    return is_correct("\\boxed{" + answer + "}", "\\boxed{" + gold + "}")
+        return False, False
+    return _math_verify(answer, gold)
+
+
+def math_verify_equiv(answer: str | None, gold: str | None) -> bool:
+    """math-verify equivalence of two bare answers (`math_verify_check` without the timeout flag)."""
+    return math_verify_check(answer, gold)[0]
 
 
 @dataclass(frozen=True)
@@ -207,6 +250,7 @@ class Verdict:
     hendrycks: bool
     math_verify: bool
     label: str
+    timed_out: bool = False  # math-verify gave up on a comparison of this chain's (math_verify is then False)
 
 
 def label_chain(text: str, gold: str | None, labeler: str = "hendrycks") -> Verdict:
@@ -218,6 +262,71 @@ def label_chain(text: str, gold: str | None, labeler: str = "hendrycks") -> Verd
     boxed = chain_answer(text)
     answer = boxed if boxed is not None else extract_answer(text)
     hendrycks = is_equiv_hendrycks(boxed, gold)
-    math_verify = math_verify_equiv(answer, gold)
+    math_verify, timed_out = math_verify_check(answer, gold)
     correct = hendrycks if labeler == "hendrycks" else math_verify
-    return Verdict(answer, hendrycks, math_verify, "pos" if correct else "neg")
+    return Verdict(answer, hendrycks, math_verify, "pos" if correct else "neg", timed_out)
+
+
+def label_of(hendrycks: bool | None, math_verify: bool | None, labeler: str) -> str:
+    """The label of a chain whose two verdicts are stored, under `labeler` (relabelling needs no re-judging)."""
+    if labeler not in LABELERS:
+        raise ValueError(f"unknown labeler {labeler!r}; choose one of {', '.join(LABELERS)}")
+    return "pos" if (hendrycks if labeler == "hendrycks" else math_verify) else "neg"
+
+
+# --- labelling on every core ---------------------------------------------------------------------------
+
+
+def default_workers() -> int:
+    """The labelling pool's default size: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Labelled:
+    """The verdicts of `label_chains`, in the order of its input, and the positions of the chains on which
+    math-verify timed out."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    timeouts: list[int] = field(default_factory=list)
+
+
+def _label_chunk(chunk: Sequence[tuple[str, str | None]], labeler: str) -> list[Verdict]:
+    return [label_chain(text, gold, labeler) for text, gold in chunk]
+
+
+_POOL_MODULES = ["rplat.methods.labelers", "math_verify", "sympy"]
+
+
+def label_chains(chains: Sequence[tuple[str, str | None]], labeler: str = "hendrycks", *, workers: int = 1,
+                 chunk: int = CHUNK, progress: Callable[[int], None] = lambda _n: None) -> Labelled:
+    """Judge every (chain text, gold answer) of `chains` with `label_chain`; with `workers` > 1 in a pool of that
+    many processes, `chunk` consecutive chains per task (keep a problem's chains together: the answer cache is a
+    process's own), the verdicts the same as in one process. `progress(n)` is told of every n chains judged.
+    The pool's processes fork from a server that has imported math-verify and SymPy (never from this process,
+    which may hold database connections and threads), and math-verify's timeout, a SIGALRM, works in each."""
+    if labeler not in LABELERS:
+        raise ValueError(f"unknown labeler {labeler!r}; choose one of {', '.join(LABELERS)}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, not {chunk}")
+    chunks = [chains[i:i + chunk] for i in range(0, len(chains), chunk)]
+    out = Labelled()
+    if workers <= 1 or len(chunks) <= 1:
+        for part in chunks:
+            out.verdicts += _label_chunk(part, labeler)
+            progress(len(part))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_POOL_MODULES)
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context) as pool:
+            for part, verdicts in zip(chunks, pool.map(_label_chunk, chunks, [labeler] * len(chunks)), strict=True):
+                out.verdicts += verdicts
+                progress(len(part))
+    out.timeouts = [i for i, v in enumerate(out.verdicts) if v.timed_out]
+    return out
