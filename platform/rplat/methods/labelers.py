@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from rplat.methods.answers import extract_answer, is_correct
 
@@ -301,32 +302,65 @@ def _label_chunk(chunk: Sequence[tuple[str, str | None]], labeler: str) -> list[
 _POOL_MODULES = ["rplat.methods.labelers", "math_verify", "sympy"]
 
 
-def label_chains(chains: Sequence[tuple[str, str | None]], labeler: str = "hendrycks", *, workers: int = 1,
-                 chunk: int = CHUNK, progress: Callable[[int], None] = lambda _n: None) -> Labelled:
-    """Judge every (chain text, gold answer) of `chains` with `label_chain`; with `workers` > 1 in a pool of that
-    many processes, `chunk` consecutive chains per task (keep a problem's chains together: the answer cache is a
-    process's own), the verdicts the same as in one process. `progress(n)` is told of every n chains judged.
-    The pool's processes fork from a server that has imported math-verify and SymPy (never from this process,
-    which may hold database connections and threads), and math-verify's timeout, a SIGALRM, works in each."""
-    if labeler not in LABELERS:
-        raise ValueError(f"unknown labeler {labeler!r}; choose one of {', '.join(LABELERS)}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be at least 1, not {chunk}")
-    chunks = [chains[i:i + chunk] for i in range(0, len(chains), chunk)]
-    out = Labelled()
-    if workers <= 1 or len(chunks) <= 1:
-        for part in chunks:
-            out.verdicts += _label_chunk(part, labeler)
-            progress(len(part))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+class LabelPool:
+    """A pool of `workers` labelling processes, reused across calls (a job labelling batch after batch starts it
+    once); `workers` <= 1 labels in this process. Its processes fork from a server that has imported math-verify
+    and SymPy (never from the caller, which may hold database connections and threads), and math-verify's
+    timeout, a SIGALRM, works in each. Use it as a context manager."""
 
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_POOL_MODULES)
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context) as pool:
-            for part, verdicts in zip(chunks, pool.map(_label_chunk, chunks, [labeler] * len(chunks)), strict=True):
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = max(1, workers)
+        self._pool: Any = None
+
+    def __enter__(self) -> LabelPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _executor(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(_POOL_MODULES)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        return self._pool
+
+    def label(self, chains: Sequence[tuple[str, str | None]], labeler: str = "hendrycks", *,
+              chunk: int | None = None, progress: Callable[[int], None] = lambda _n: None) -> Labelled:
+        """Judge every (chain text, gold answer) with `label_chain`, `chunk` consecutive chains per task (default
+        CHUNK, or fewer so every process gets work; keep a problem's chains together: the answer cache is a
+        process's own); the verdicts are the same as in one process. `progress(n)` hears of every n judged."""
+        if labeler not in LABELERS:
+            raise ValueError(f"unknown labeler {labeler!r}; choose one of {', '.join(LABELERS)}")
+        if chunk is None:
+            chunk = max(1, min(CHUNK, -(-len(chains) // self.workers)))
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, not {chunk}")
+        chunks = [chains[i:i + chunk] for i in range(0, len(chains), chunk)]
+        out = Labelled()
+        if self.workers <= 1 or len(chunks) <= 1:
+            for part in chunks:
+                out.verdicts += _label_chunk(part, labeler)
+                progress(len(part))
+        else:
+            results = self._executor().map(_label_chunk, chunks, [labeler] * len(chunks))
+            for part, verdicts in zip(chunks, results, strict=True):
                 out.verdicts += verdicts
                 progress(len(part))
-    out.timeouts = [i for i, v in enumerate(out.verdicts) if v.timed_out]
-    return out
+        out.timeouts = [i for i, v in enumerate(out.verdicts) if v.timed_out]
+        return out
+
+
+def label_chains(chains: Sequence[tuple[str, str | None]], labeler: str = "hendrycks", *, workers: int = 1,
+                 chunk: int | None = None, progress: Callable[[int], None] = lambda _n: None) -> Labelled:
+    """`LabelPool(workers).label(...)` once: every chain judged, in a pool of `workers` processes (1: here)."""
+    with LabelPool(workers) as pool:
+        return pool.label(chains, labeler, chunk=chunk, progress=progress)
