@@ -433,8 +433,8 @@ def summary_line(summary: dict[str, Any]) -> str:
             f"{summary['labelers_disagree']} where the labelers disagree; math-verify timed out on "
             f"{summary['math_verify_timeouts']}"
             + (f" (chain ids {_ids(summary['timeout_chain_ids'])})" if summary['timeout_chain_ids'] else "")
-            + f"; problems {summary['problems_created']} created, {summary['problems_reused']} reused; {summary['workers']}"
-            f" labelling processes; import job {summary['job_id']})")
+            + f"; problems {summary['problems_created']} created, {summary['problems_reused']} reused; "
+            f"{summary['workers']} labelling processes; import job {summary['job_id']})")
 
 
 def _ids(ids: list[int], shown: int = 20) -> str:
