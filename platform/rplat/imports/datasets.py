@@ -9,7 +9,7 @@ the only writer of jobs) go in one transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
 from rplat.hashing import content_hash, file_sha256
+from rplat.imports.readers import jsonl_records
 from rplat.models import Dataset, Document, Problem
 from rplat.queue import Queue
 from rplat.store import transaction
@@ -68,28 +69,6 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         return
     with path.open("rb") as fh:
         yield from jsonl_records(fh, str(path))
-
-
-def jsonl_records(lines: Iterable[bytes], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of JSONL; a line that is not one JSON object in UTF-8 is one
-    sentence naming `name` (the file) and the line."""
-    for lineno, raw in enumerate(lines, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{name} line {lineno} is not valid UTF-8 (byte {exc.start + 1} of the line); "
-                            "re-encode the file as UTF-8.") from None
-        if line.isspace():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{name} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
-                            "fix or remove that line.") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{name} line {lineno} is a JSON {type(record).__name__}, not an object; "
-                            "each line must be one JSON object.")
-        yield lineno, record
 
 
 class _BadField(Exception):
