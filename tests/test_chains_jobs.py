@@ -192,7 +192,7 @@ def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(
                                                          (2, "neg", False, True)] * 3
     assert all(r[3].endswith(f"\\boxed{{{r[9]}}}") for r in rows if r[2] == 0)  # cut before the next problem
     assert result == {"teacher": "gpt-x", "problems": 3, "chains": 9, "pos": 3, "neg": 6, "problems_with_positive": 3,
-                      "cache_hits": 0, "cache_misses": 9, "labeler": "hendrycks", "workers": 1,
+                      "cache_hits": 0, "cache_misses": 9, "labeler": "hendrycks", "relabelled": 0, "workers": 1,
                       "math_verify_timeouts": 0, "timeout_chain_ids": []}
     # One request per problem for its 3 chains, the chain prompt after two demonstrations that are not the problem.
     assert len(scripted.requests) == 3 and {r["n"] for r in scripted.requests} == {3}
@@ -211,6 +211,14 @@ def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(
     assert db.succeeded(more).result["chains"] == 15
     assert [(r["n"], r["seed"]) for r in scripted.requests] == [(2, 3)] * 3
     assert _chains(db, "gpt-x")[:3] == rows[:3]
+    # The same chain set collected with the other labeler: nothing generated, every stored chain relabelled from its
+    # stored math-verify verdict (the unboxed right answers become positive).
+    relabelled, _ = queue.enqueue("collect-chains", {**params, "n": 5, "labeler": "math-verify"})
+    _drain(db)
+    again = db.succeeded(relabelled).result
+    assert (again["relabelled"], again["chains"], again["pos"], again["cache_misses"]) == (15, 15, 12, 0)
+    assert [(r[5], r[6], r[7]) for r in _chains(db, "gpt-x")] == [
+        ("pos" if r[7] else "neg", r[6], r[7]) for r in _chains(db, "gpt-x")]
 
 
 def test_killed_collect_chains_resumes_without_regenerating_what_it_stored(

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from rplat.chainsets import relabel
 from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
@@ -159,6 +160,8 @@ def collect(ctx: JobContext, p: CollectChainsParams) -> dict[str, Any]:
             TeacherChain.teacher == teacher, TeacherChain.problem_id.in_([r.id for r in problems]),
             TeacherChain.sample_idx < p.n_samples)).all())
     todo = _items(problems, have, p.n_samples, pool, p.n_fewshot, p.seed)
+    with ctx.transaction() as s:  # the chain set has one labeler: chains stored under the other one follow
+        relabelled = relabel(s, problems_id, teacher, p.labeler)
 
     def row(item: Any, k: int, c: Completion, text: str, verdict: Any) -> dict[str, Any]:
         return dict(job_id=ctx.job_id, problem_id=item.problem_id, teacher=teacher, sample_idx=k, text=text,
@@ -181,8 +184,8 @@ def collect(ctx: JobContext, p: CollectChainsParams) -> dict[str, Any]:
             if (pid, idx) in keys)
     return {"teacher": teacher, "problems": len(problems), "chains": sum(counts.values()),
             "pos": counts.get("pos", 0), "neg": counts.get("neg", 0), "problems_with_positive": solved,
-            "cache_hits": llm.hits, "cache_misses": llm.misses, "labeler": p.labeler, "workers": workers,
-            "math_verify_timeouts": len(timeout_ids), "timeout_chain_ids": timeout_ids}
+            "cache_hits": llm.hits, "cache_misses": llm.misses, "labeler": p.labeler, "relabelled": relabelled,
+            "workers": workers, "math_verify_timeouts": len(timeout_ids), "timeout_chain_ids": timeout_ids}
 
 
 def sample(ctx: JobContext, p: SampleParams) -> dict[str, Any]:

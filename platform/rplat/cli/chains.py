@@ -23,7 +23,7 @@ def chains() -> None:
 def relabel(teacher: str, dataset: str, labeler: str, as_json: bool) -> None:
     """Make LABELER's stored verdict the label of every chain of TEACHER on DATASET: one transaction, recorded as a
     relabel-chains job; nothing is judged again."""
-    from rplat.imports.chains import relabel_chains, relabel_line
+    from rplat.chainsets import relabel_chains, relabel_line
 
     summary = relabel_chains(open_store(), teacher=teacher, dataset=dataset, labeler=labeler)
     click.echo(json.dumps(summary) if as_json else relabel_line(summary))
