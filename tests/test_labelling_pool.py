@@ -166,3 +166,71 @@ def test_relabel_refuses_an_unknown_chain_set_in_one_sentence(db: Store, args: l
 def test_import_refuses_zero_workers_in_one_sentence(db: Store) -> None:
     proc = db.rplat("import", "chains", str(ALGEBRA), "--teacher", "t", "--workers", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--workers" in proc.stderr
+
+
+def _children() -> dict[int, list[int]]:
+    """parent pid -> child pids, from /proc."""
+    out: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            out.setdefault(ppid, []).append(int(entry.name))
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_import_leaves_no_labelling_process_behind_and_writes_nothing(db: Store, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    # Four comparisons math-verify gives up on after 5 s each: two per pool process, ~10 s of labelling.
+    slow = [("7^{7^{7}}", "7^{823543}"), (SLOW_ANSWER, SLOW_GOLD), ("9^{9^{9}}", "9^{387420489}"),
+            ("2^{10^{8}}", "4^{5\\cdot 10^{7}}")]
+    file = tmp_path / "slow.jsonl"
+    file.write_text("".join(json.dumps({"question": f"Problem:\nHow big is number {k}?",
+                                        "answer": f"Solution:\n$\\boxed{{{gold}}}$",
+                                        "generated_answer": [f"It is $\\boxed{{{answer}}}$."]}) + "\n"
+                            for k, (answer, gold) in enumerate(slow)))
+    before = snapshot(db)
+    proc = db.popen("import", "chains", str(file), "--teacher", "t", "--workers", "2")
+    try:
+        deadline = time.monotonic() + 60
+        pool: set[int] = set()
+        while time.monotonic() < deadline and proc.poll() is None:
+            tree = _children()
+            pool = {w for server in tree.get(proc.pid, []) for w in tree.get(server, [])}  # forkserver's children
+            if len(pool) >= 2:
+                break
+            time.sleep(0.2)
+        assert len(pool) >= 2 and proc.poll() is None, "the import never started its labelling pool"
+        helpers = _descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(p) for p in helpers):
+            time.sleep(0.2)
+        assert not [p for p in helpers if _alive(p)], "labelling processes outlived their killed import"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert snapshot(db) == before

@@ -8,6 +8,7 @@ chains the paper called negative that are in fact right can be counted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -302,6 +303,42 @@ def _label_chunk(chunk: Sequence[tuple[str, str | None]], labeler: str) -> list[
 _POOL_MODULES = ["rplat.methods.labelers", "math_verify", "sympy"]
 
 
+def _start_worker(owner: int) -> None:
+    """A pool process's start: end with the pool's owner, and take a session of its own.
+
+    The processes fork from the forkserver, not from the owner, and each holds both ends of the pool's work
+    pipe, so if the owner is killed (kill -9, OOM) nothing would ever tell them: a thread waits on the owner's
+    pidfd and ends this process when the owner is gone (the forkserver, whose clients they are, then ends too).
+    A session of its own: Linux's scheduler (with autogroup, the default on desktop and many server kernels)
+    shares the CPU between sessions, not processes, so on a busy machine the processes of one session together
+    get one session's share however many there are; in sessions of their own, the pool gets one share per
+    process, as the same number of separate `rplat` commands would."""
+    import threading
+
+    def watch() -> None:
+        try:
+            import select
+
+            fd = os.pidfd_open(owner)
+            select.select([fd], [], [])  # readable once the owner has exited
+        except (AttributeError, OSError):  # no pidfds (old kernel, not Linux): poll
+            import time
+
+            while True:
+                try:
+                    os.kill(owner, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rplat-labelling-owner", daemon=True).start()
+    with contextlib.suppress(OSError):  # already a session leader, or not permitted: share the owner's session
+        os.setsid()
+
+
 class LabelPool:
     """A pool of `workers` labelling processes, reused across calls (a job labelling batch after batch starts it
     once); `workers` <= 1 labels in this process. Its processes fork from a server that has imported math-verify
@@ -330,7 +367,8 @@ class LabelPool:
 
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(_POOL_MODULES)
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
+                                             initializer=_start_worker, initargs=(os.getpid(),))
         return self._pool
 
     def label(self, chains: Sequence[tuple[str, str | None]], labeler: str = "hendrycks", *,
