@@ -4,9 +4,12 @@ Two layouts. *Released*: the TDG authors' files, one MATH problem per line with 
 teacher's chains (`{"question": "Problem:\\n…", "answer": …, "generated_answer": [...], "level", "type"}`); the
 problems are created in the dataset, or reused when their question is there already (the external id is a hash
 of the bare question, so the same problem imported for two teachers is one row). *Flat*: one chain per line,
-`{"problem_id": external id in the dataset, "chain": …, "sample_idx"?}`. Every record is validated, and every new
-chain labelled, before anything is written; the rows and an `import-chains` job (their lineage) commit together.
-A chain is stored once per (problem, teacher, sample index), so a re-import adds nothing.
+`{"problem_id": external id in the dataset, "chain": …, "sample_idx"?}`. Input is read through
+rplat.imports.readers (plain, gzip or Zstandard JSONL, Parquet, stdin, a directory of them). Every record is
+validated, and every new chain labelled (in a pool of processes, one per core by default; math-verify's timeouts
+counted per chain), before anything is written; the rows and an `import-chains` job (their lineage) commit
+together. A chain is stored once per (problem, teacher, sample index), so a re-import adds nothing, except that
+a re-import with the other `--labeler` relabels the chain set from its stored verdicts (rplat.chainsets).
 """
 
 from __future__ import annotations
