@@ -373,26 +373,38 @@ class LabelPool:
 
     def label(self, chains: Sequence[tuple[str, str | None]], labeler: str = "hendrycks", *,
               chunk: int | None = None, progress: Callable[[int], None] = lambda _n: None) -> Labelled:
-        """Judge every (chain text, gold answer) with `label_chain`, `chunk` consecutive chains per task (default
-        CHUNK, or fewer so every process gets work; keep a problem's chains together: the answer cache is a
-        process's own); the verdicts are the same as in one process. `progress(n)` hears of every n judged."""
+        """Judge every (chain text, gold answer) with `label_chain`, `chunk` chains per task (default CHUNK, or
+        fewer so every process gets work), chains with the same gold answer together (each process has its own
+        answer cache); the verdicts, in the order of `chains`, are the same as in one process. `progress(n)`
+        hears of every n judged."""
         if labeler not in LABELERS:
             raise ValueError(f"unknown labeler {labeler!r}; choose one of {', '.join(LABELERS)}")
         if chunk is None:
             chunk = max(1, min(CHUNK, -(-len(chains) // self.workers)))
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, not {chunk}")
-        chunks = [chains[i:i + chunk] for i in range(0, len(chains), chunk)]
         out = Labelled()
-        if self.workers <= 1 or len(chunks) <= 1:
-            for part in chunks:
+        if self.workers <= 1 or len(chains) <= chunk:
+            for i in range(0, len(chains), chunk):
+                part = chains[i:i + chunk]
                 out.verdicts += _label_chunk(part, labeler)
                 progress(len(part))
         else:
+            # Chains with the same gold answer go to the same chunk where they can (a stable sort: a problem's
+            # chains stay in order): the answers compared with one gold repeat across problems, and each process
+            # has its own answer cache, so this spares comparing the same pair in several processes.
+            order = sorted(range(len(chains)), key=lambda i: (chains[i][1] is None, chains[i][1] or ""))
+            chunks = [[chains[i] for i in order[j:j + chunk]] for j in range(0, len(order), chunk)]
+            verdicts: list[Verdict | None] = [None] * len(chains)
             results = self._executor().map(_label_chunk, chunks, [labeler] * len(chunks))
-            for part, verdicts in zip(chunks, results, strict=True):
-                out.verdicts += verdicts
+            position = 0
+            for part in results:
+                for verdict in part:
+                    verdicts[order[position]] = verdict
+                    position += 1
                 progress(len(part))
+            out.verdicts = [v for v in verdicts if v is not None]
+            assert len(out.verdicts) == len(chains)
         out.timeouts = [i for i, v in enumerate(out.verdicts) if v.timed_out]
         return out
 
