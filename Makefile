@@ -143,6 +143,7 @@ chromium:
 bench: install bench-data
 	OMP_NUM_THREADS=1 $(BIN)/python bench/queue.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/ingest.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/import_documents.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/loss_delta.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/guided.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/nat.py

@@ -223,7 +223,7 @@ CASES = [
     Case("nonexistent-file", ("import", "documents", "missing.jsonl", "--dataset", "d"),
          ["missing.jsonl does not exist"]),
     Case("unsupported-extension", ("import", "documents", "docs.csv", "--dataset", "d"),
-         ["docs.csv is neither JSONL (.jsonl) nor Parquet (.parquet)", "convert it"], csv_file),
+         ["docs.csv has a suffix rplat cannot read", "use .jsonl"], csv_file),
     Case("corrupt-parquet", ("import", "documents", "docs.parquet", "--dataset", "d"),
          ["docs.parquet is not a readable Parquet file"], corrupt_parquet),
     Case("parquet-without-the-mapped-column", ("import", "problems", "problems.parquet", "--dataset", "p"),

@@ -103,17 +103,20 @@ def test_absent_optional_fields_are_null_and_hash_as_empty(db: Store, tmp_path: 
     assert row.content_hash == sha256_parts("Is 7 prime?", None, None)
 
 
-def test_without_an_id_field_the_line_number_is_the_id(db: Store, tmp_path: Path) -> None:
+def test_without_an_id_field_the_content_hash_is_the_id(db: Store, tmp_path: Path) -> None:
     path = tmp_path / "docs.jsonl"
-    path.write_text('{"text": "first"}\n{"text": "second"}\n\n{"text": "fourth"}\n', encoding="utf-8")
-    import_file(db.engine(), path, "docs", FieldMap("documents", None, {"text": "text"}))
-    assert [(d.external_id, d.text) for d in documents(db)] == [("1", "first"), ("2", "second"), ("4", "fourth")]
+    path.write_text('{"text": "first"}\n{"text": "second"}\n\n{"text": "fourth"}\n{"text": "first"}\n',
+                    encoding="utf-8")
+    summary = import_file(db.engine(), path, "docs", FieldMap("documents", None, {"text": "text"}))
+    assert [(d.external_id, d.text) for d in documents(db)] == [
+        (sha256_parts(t), t) for t in ("first", "second", "fourth")]
+    assert (summary["read"], summary["imported"], summary["duplicates"]) == (4, 3, 1)
 
 
-def test_without_an_id_field_parquet_rows_are_numbered_from_one(db: Store, tmp_path: Path) -> None:
+def test_without_an_id_field_parquet_rows_are_identified_by_content(db: Store, tmp_path: Path) -> None:
     path = write_records(tmp_path / "docs.parquet", [{"text": "a"}, {"text": "b"}])
     import_file(db.engine(), path, "docs", FieldMap("documents", None, {"text": "text"}))
-    assert [d.external_id for d in documents(db)] == ["1", "2"]
+    assert [d.external_id for d in documents(db)] == [sha256_parts("a"), sha256_parts("b")]
 
 
 def test_non_text_values_are_stored_as_text(db: Store, tmp_path: Path) -> None:

@@ -439,6 +439,14 @@ class Queue:
             cancel_requested=False, priority=0, created_at=now, not_before=now, started_at=now, finished_at=now,
             progress_done=items, progress_total=items).returning(Job.id))
 
+    @staticmethod
+    def finish_recorded(session: Session, job_id: int, *, params: dict[str, Any], result: dict[str, Any],
+                        items: int) -> None:
+        """Complete a job `record_done` wrote earlier in the same transaction, once its caller knows the outcome
+        (a streamed import learns its input's sha256 and counts only at the end): params, result, progress."""
+        session.execute(update(Job).where(Job.id == job_id).values(
+            params=params, result=result, progress_done=items, progress_total=items, finished_at=_now(session)))
+
     def resolve_model(self, job: ClaimedJob) -> None:
         """Record the model a running job runs once it is registered (by a parent job, or a bundled model on first
         use); fenced on the lease, and nothing to do if it is known already or not registered yet."""

@@ -42,8 +42,8 @@ COMMANDS: dict[str, Lazy] = {
                    "JSON."),
     "generate": Lazy("rplat.cli.data:generate", "Write benchmark files from offline generators (then `rplat import "
                      "problems`)."),
-    "import": Lazy("rplat.cli.data:import_", "Import documents, problems or teacher chains from JSONL (documents, "
-                   "problems: also Parquet); all or nothing."),
+    "import": Lazy("rplat.cli.data:import_", "Import documents or problems (JSONL, .gz, .zst, Parquet, shards, stdin, "
+                   "Hugging Face; streamed) or teacher chains."),
     "init": Lazy("rplat.cli.db:init", "Create RPLAT_HOME and the database, and migrate it to the current schema."),
     "jobs": Lazy("rplat.cli.jobs:jobs", "List, inspect, cancel and retry jobs."),
     "kinds": Lazy("rplat.cli.jobs:kinds_cmd", "List job kinds and their parameters."),

@@ -16,7 +16,8 @@ from rplat.cli._common import open_store, option
 
 @click.group("import")
 def import_() -> None:
-    """Import documents, problems or teacher chains from JSONL (documents, problems: also Parquet); all or nothing."""
+    """Import documents or problems (JSONL, .gz, .zst, Parquet, shards, stdin, Hugging Face; streamed) or
+    teacher chains."""
 
 
 def _progress_bar(total: int, label: str) -> Any:
@@ -25,27 +26,27 @@ def _progress_bar(total: int, label: str) -> Any:
     return tqdm(total=total, desc=label, unit="rows", disable=None, file=sys.stderr)
 
 
-def _run_import(file: str, dataset: str, fmap: Any, append: bool, as_json: bool) -> None:
-    from rplat.imports.datasets import import_file
+def _run_import(file: str, dataset: str, fmap: Any, append: bool, as_json: bool, where: tuple[str, ...],
+                max_chars: int | None = None) -> None:
+    from rplat.imports.datasets import Filters, describe, import_source, parse_where, progress_for
+    from rplat.imports.readers import open_source
 
+    filters = Filters(max_chars=max_chars, where=tuple(parse_where(w) for w in where))
     engine = open_store()
-    bar = _progress_bar(0, f"import {dataset}")
-    try:
-        summary = import_file(engine, Path(file), dataset, fmap, append=append, progress=bar.update)
-    finally:
-        bar.close()
-    if as_json:
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(f"imported {summary['imported']} {summary['kind']} into dataset {dataset} "
-                   f"({summary['already_present']} already present; import job {summary['job_id']})")
+    source = open_source(file)
+    with progress_for(source, f"import {dataset}") as progress:
+        summary = import_source(engine, file, dataset, fmap, append=append, filters=filters, progress=progress,
+                                source=source)
+    click.echo(json.dumps(summary) if as_json else describe(summary))
 
 
 _common_import = [
-    click.argument("file", type=click.Path(dir_okay=False)),
+    click.argument("file", metavar="FILE"),
     click.option("--dataset", required=True, help="dataset name to create (or extend with --append)"),
-    click.option("--id-field", default=None, help="field holding a unique id (default: the line number)"),
+    click.option("--id-field", default=None, help="field holding a unique id (default: the content hash is the id)"),
     click.option("--split", default=None, help="split recorded on every row (train, test, ...)"),
+    click.option("--where", multiple=True, metavar="FIELD=VALUE[,VALUE]",
+                 help="import only records whose FIELD has one of the values (repeatable: all must hold)"),
     click.option("--append", is_flag=True, help="add to an existing dataset; records already there are skipped"),
     click.option("--json", "as_json", is_flag=True, help="print the summary as JSON"),
 ]
@@ -64,39 +65,50 @@ def _with(options: list[Any]) -> Any:
 @_with(_common_import)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--source", default=None, help="source recorded on every row (pile, wikipedia, ...)")
-@click.option("--subset-field", default=None, help="field naming the document's subset")
-def import_documents(file: str, dataset: str, id_field: str | None, split: str | None, append: bool, as_json: bool,
-                     text_field: str, source: str | None, subset_field: str | None) -> None:
-    """Import unlabeled documents (the RATIONALYST corpus)."""
+@click.option("--source-field", default=None, help="field naming each document's source (instead of --source)")
+@click.option("--subset-field", default=None, help="field naming the document's subset (e.g. meta.pile_set_name)")
+@click.option("--max-chars", type=click.IntRange(1), default=None, help="leave out documents longer than this")
+def import_documents(file: str, dataset: str, id_field: str | None, split: str | None, where: tuple[str, ...],
+                     append: bool, as_json: bool, text_field: str, source: str | None, source_field: str | None,
+                     subset_field: str | None, max_chars: int | None) -> None:
+    """Import unlabeled documents (the RATIONALYST corpus); FILE may be a file, a directory of shards or -."""
+    from rplat.errors import UserError
     from rplat.imports.datasets import FieldMap
 
-    optional = {"subset": subset_field} if subset_field else {}
-    fmap = FieldMap("documents", id_field, {"text": text_field}, optional, {"source": source, "split": split})
-    _run_import(file, dataset, fmap, append, as_json)
+    if source is not None and source_field is not None:
+        raise UserError("--source and --source-field both set the source; give one of them.")
+    optional = {}
+    if subset_field:
+        optional["subset"] = subset_field
+    if source_field:
+        optional["source"] = source_field
+    constants = {"split": split} if source_field else {"source": source, "split": split}
+    fmap = FieldMap("documents", id_field, {"text": text_field}, optional, constants, strict=tuple(optional))
+    _run_import(file, dataset, fmap, append, as_json, where, max_chars)
 
 
 @import_.command("problems")
 @_with(_common_import)
 @click.option("--question-field", default="question", show_default=True)
-@click.option("--solution-field", default="solution", show_default=True, help="worked solution (may be absent)")
-@click.option("--answer-field", default="answer", show_default=True, help="gold final answer (may be absent)")
+@click.option("--solution-field", default=None, help="worked solution (may be absent)  [default: solution]")
+@click.option("--answer-field", default=None, help="gold final answer (may be absent)  [default: answer]")
 @click.option("--subject-field", default=None)
 @click.option("--level-field", default=None)
 @click.option("--benchmark", default=None, help="benchmark recorded on every row (gsm8k, math, ...)")
-def import_problems(file: str, dataset: str, id_field: str | None, split: str | None, append: bool, as_json: bool,
-                    question_field: str, solution_field: str, answer_field: str, subject_field: str | None,
-                    level_field: str | None, benchmark: str | None) -> None:
-    """Import benchmark problems (question, worked solution, gold answer)."""
+def import_problems(file: str, dataset: str, id_field: str | None, split: str | None, where: tuple[str, ...],
+                    append: bool, as_json: bool, question_field: str, solution_field: str | None,
+                    answer_field: str | None, subject_field: str | None, level_field: str | None,
+                    benchmark: str | None) -> None:
+    """Import benchmark problems (question, worked solution, gold answer); FILE as for documents."""
     from rplat.imports.datasets import FieldMap
 
-    optional = {"solution": solution_field, "answer": answer_field}
-    if subject_field:
-        optional["subject"] = subject_field
-    if level_field:
-        optional["level"] = level_field
+    named = {"solution": solution_field, "answer": answer_field, "subject": subject_field, "level": level_field}
+    optional = {"solution": solution_field or "solution", "answer": answer_field or "answer"}
+    optional.update({column: name for column, name in named.items() if name and column not in optional})
     fmap = FieldMap("problems", id_field, {"question": question_field}, optional,
-                    {"benchmark": benchmark, "split": split})
-    _run_import(file, dataset, fmap, append, as_json)
+                    {"benchmark": benchmark, "split": split},
+                    strict=tuple(column for column, name in named.items() if name))
+    _run_import(file, dataset, fmap, append, as_json, where)
 
 
 @import_.command("chains")

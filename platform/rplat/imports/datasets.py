@@ -1,14 +1,33 @@
-"""`rplat import`: documents and problems from JSONL or Parquet into a dataset, all or nothing.
+"""`rplat import documents|problems`: records streamed from any source into a dataset, one transaction per unit.
 
-Every record is validated before anything is written; the first bad record stops the import with one
-sentence naming the file and line (Parquet: row). The rows, the dataset and an `import` job that records
-the file's sha256 and field mapping (so imported rows have lineage like derived ones; recorded through the queue,
-the only writer of jobs) go in one transaction.
+The source is whatever `rplat.imports.readers.open_source` reads: a `.jsonl` / `.jsonl.gz` / `.jsonl.zst` /
+`.parquet` file, a directory of shards, `-` (stdin), a named pipe, or a Hugging Face `save_to_disk` directory.
+Memory is bounded by a batch (`BATCH` rows), not by the input: records are read, validated, filtered and
+written a batch at a time.
+
+- **One transaction per unit.** A file (or a stream) is one unit: its rows, the dataset (on first import) and
+  an `import-documents` / `import-problems` job recording the file, its sha256, the field mapping and the
+  filters (so imported rows have lineage like derived ones; recorded through the queue, the only writer of
+  jobs) commit together or not at all; the first bad record stops the unit with one sentence naming the file
+  and line (Parquet: row). A directory of shards is one unit per shard: a killed import, re-run with the same
+  command, skips the shards whose sha256 an import job of this dataset already records and goes on with the
+  next.
+- **Ids.** With an id field, ids must be unique within the dataset; a repeat is reported with its line (and
+  where it was first seen), found through the table's unique constraint rather than a set of every id held in
+  memory. Without one, a record's id is its content hash (documents: the text; problems: question, solution
+  and answer), so `--append` of another file adds the records not already there, and re-importing the same
+  file adds nothing; a record whose content repeats an earlier one of the same import is counted as a
+  duplicate and skipped.
+- **Field mapping.** Every field name may be a dotted path (`meta.pile_set_name`). An optional field named
+  explicitly (`FieldMap.strict`) that no record of a unit has is an error, never a column of NULLs.
+- **Filters.** `Filters.where` keeps records whose (dotted) field has one of the given values;
+  `Filters.max_chars` drops documents longer than that; the summary counts them as `filtered`.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,24 +37,58 @@ from sqlalchemy import Engine, String, Table, select
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
-from rplat.hashing import content_hash, file_sha256
-from rplat.imports.readers import jsonl_records
-from rplat.models import Dataset, Document, Problem
+from rplat.hashing import content_hash
+from rplat.imports.readers import Source, Unit, getter, jsonl_records, open_source
+from rplat.models import Dataset, Document, Job, Problem
+from rplat.progress import Progress
 from rplat.queue import Queue
 from rplat.store import transaction
+
+__all__ = ["BATCH", "FieldMap", "Filters", "import_file", "import_source", "jsonl_records", "parse_where"]
 
 BATCH = 5000
 
 
 @dataclass(frozen=True)
 class FieldMap:
-    """Which input field feeds which column; `id` None means "use the line (row) number"."""
+    """Which input field (a dotted path) feeds which column; `id` None means "the content hash is the id".
+    `strict` names optional columns whose field must be found in at least one record of each unit."""
 
     kind: str
     id: str | None
     required: dict[str, str]
     optional: dict[str, str] = field(default_factory=dict)
     constants: dict[str, str | None] = field(default_factory=dict)
+    strict: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Records to leave out: `where` keeps a record only if each (dotted) field has one of its values;
+    `max_chars` leaves out documents with a longer text."""
+
+    max_chars: int | None = None
+    where: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def params(self) -> dict[str, Any]:
+        """How the import job records them (empty when there are none)."""
+        out: dict[str, Any] = {}
+        if self.max_chars is not None:
+            out["max_chars"] = self.max_chars
+        if self.where:
+            out["where"] = {name: sorted(values) for name, values in self.where}
+        return out
+
+
+def parse_where(text: str) -> tuple[str, frozenset[str]]:
+    """`FIELD=VALUE[,VALUE...]` as (field, values); a malformed one is one sentence."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    kept = frozenset(v.strip() for v in values.split(",") if v.strip())
+    if not sep or not name or not kept:
+        raise UserError(f"--where {text!r} is not FIELD=VALUE[,VALUE]; write e.g. "
+                        "--where meta.pile_set_name=ArXiv,Github.")
+    return name, kept
 
 
 @dataclass(frozen=True)
@@ -47,6 +100,10 @@ class _Source:
     option: str
     required: bool
     max_len: int | None
+    get: Callable[[dict[str, Any]], Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "get", getter(self.field))
 
 
 def _max_len(table: Table, column: str) -> int | None:
@@ -55,29 +112,19 @@ def _max_len(table: Table, column: str) -> int | None:
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) pairs; Parquet rows are numbered from 1 like lines."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises several types; all mean "not readable Parquet"
-            reason = str(exc).strip().splitlines()[0].split(". ")[0].rstrip(".")
-            raise UserError(f"{path} is not a readable Parquet file ({reason}); check that it is complete "
-                            "Parquet, or use JSONL.") from None
-        yield from enumerate(table.to_pylist(), start=1)
-        return
-    with path.open("rb") as fh:
-        yield from jsonl_records(fh, str(path))
+    """(line number, record) pairs of one file; Parquet rows are numbered from 1 like lines."""
+    for unit in open_source(str(path)).units:
+        for where, record in unit.records():
+            yield where.number, record
 
 
 class _BadField(Exception):
-    """What is wrong with one field; `_rows` prefixes the file and line."""
+    """What is wrong with one field; the caller prefixes the file and line."""
 
 
 def _value(record: dict[str, Any], src: _Source) -> str | None:
     """The text of one field of one record; raises _BadField saying what is wrong and how to fix it."""
-    value = record.get(src.field)
+    value = src.get(record)
     if value is None:
         if src.required:
             raise _BadField(f"has no field {src.field!r}; name the right field with {src.option}")
@@ -99,11 +146,12 @@ def _value(record: dict[str, Any], src: _Source) -> str | None:
     if "\x00" in text:
         raise _BadField(f"field {src.field!r} contains a NUL character (\\u0000), which databases cannot store; "
                         "remove it")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise _BadField(f"field {src.field!r} contains an unpaired surrogate (\\u{ord(text[exc.start]):04x}), "
-                        "which is not valid Unicode; fix that escape") from None
+    if not text.isascii():  # only non-ASCII text can hold an unpaired surrogate
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _BadField(f"field {src.field!r} contains an unpaired surrogate (\\u{ord(text[exc.start]):04x}), "
+                            "which is not valid Unicode; fix that escape") from None
     return text
 
 
@@ -112,8 +160,16 @@ def _set(constants: dict[str, str | None]) -> dict[str, str]:
     return {column: value for column, value in constants.items() if value is not None}
 
 
-def _layout(fmap: FieldMap) -> tuple[Table, list[str], list[_Source]]:
-    """The table, the column order of a row (after dataset_id, job_id), and how each mapped column is read."""
+@dataclass
+class _Layout:
+    """The table, the column order of a row (after dataset_id, job_id) and how each mapped column is read."""
+
+    table: Table
+    columns: list[str]
+    sources: list[_Source]
+
+
+def _layout(fmap: FieldMap) -> _Layout:
     table: Table = (Document if fmap.kind == "documents" else Problem).__table__  # type: ignore[assignment]
     for column, value in fmap.constants.items():
         limit = _max_len(table, column)
@@ -127,92 +183,394 @@ def _layout(fmap: FieldMap) -> tuple[Table, list[str], list[_Source]]:
     extra = ["n_chars"] if fmap.kind == "documents" else []
     columns = ["external_id", *_set(fmap.constants), *(s.column for s in sources if s.column != "external_id"),
                "content_hash", *extra]
-    return table, columns, sources
+    return _Layout(table, columns, sources)
 
 
-def _rows(path: Path, fmap: FieldMap, columns: list[str], sources: list[_Source]) -> list[tuple[Any, ...]]:
-    """Validate every record and build the rows in `columns` order; raises on the first bad one."""
-    unit = "row" if path.suffix == ".parquet" else "line"
-    constants = tuple(_set(fmap.constants).values())
-    hash_columns = ("text",) if fmap.kind == "documents" else ("question", "solution", "answer")
-    hashed = [columns.index(c) if c in columns else None for c in hash_columns]
-    text_at = columns.index("text") if fmap.kind == "documents" else None
+@dataclass
+class _Counts:
+    """What one unit's read saw: records read and filtered out, and which optional fields were ever found."""
+
+    read: int = 0
+    filtered: int = 0
+    found: dict[str, int] = field(default_factory=dict)
+    where_found: dict[str, int] = field(default_factory=dict)
+
+
+def _rows(unit: Unit, fmap: FieldMap, layout: _Layout, filters: Filters, prefix: tuple[Any, ...],
+          counts: _Counts) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """(line, row) for every record of `unit` that passes the filters, validated, in `prefix + columns` order;
+    raises on the first bad record. `counts` is filled in as records are read."""
+    sources = layout.sources
     by_id = fmap.id is not None
-    seen: dict[str, int] = {}
-    rows: list[tuple[Any, ...]] = []
-    for lineno, record in _records(path):
+    constants = tuple(_set(fmap.constants).values())
+    mapped = [s.column for s in sources]
+    # An absent optional field hashes like an empty one: the same content either way.
+    hash_columns = ("text",) if fmap.kind == "documents" else ("question", "solution", "answer")
+    hashed = [mapped.index(c) if c in mapped else None for c in hash_columns]
+    text_at = mapped.index("text") if fmap.kind == "documents" else None
+    unseen = [(i, s.column) for i, s in enumerate(sources) if not s.required]
+    for _i, column in unseen:
+        counts.found.setdefault(column, 0)
+    where = [(name, values, getter(name)) for name, values in filters.where]
+    for name, _values, _get in where:
+        counts.where_found.setdefault(name, 0)
+    max_chars = filters.max_chars
+    for at, record in unit.records():
+        counts.read += 1
+        if where:
+            keep = True
+            for name, values, get in where:
+                got = get(record)
+                if got is not None:
+                    counts.where_found[name] += 1
+                if got is None or str(got) not in values:
+                    keep = False
+            if not keep:
+                counts.filtered += 1
+                continue
         try:
             values = [_value(record, src) for src in sources]
         except _BadField as exc:
-            raise UserError(f"{path} {unit} {lineno} {exc}.") from None
-        ext_id: str = values.pop(0) if by_id else str(lineno)  # type: ignore[assignment]
-        first = seen.setdefault(ext_id, lineno)
-        if first != lineno:
-            raise UserError(f"{path} {unit} {lineno} repeats id {ext_id!r} first seen on {unit} {first}; "
-                            "ids must be unique within a dataset.")
-        row = [ext_id, *constants, *values]
-        # An absent optional field hashes like an empty one: the same content either way.
-        row.append(content_hash(*("" if i is None else row[i] or "" for i in hashed)))
+            raise UserError(f"{at} {exc}.") from None
+        if unseen:
+            for i, column in unseen:
+                if values[i] is not None:
+                    counts.found[column] += 1
+            unseen = [(i, column) for i, column in unseen if not counts.found[column]]
         if text_at is not None:
-            row.append(len(row[text_at]))
-        rows.append(tuple(row))
-    if not rows:
-        raise UserError(f"{path} holds no records; nothing to import.")
-    return rows
+            text: str = values[text_at]  # type: ignore[assignment]
+            n_chars = len(text)
+            if max_chars is not None and n_chars > max_chars:
+                counts.filtered += 1
+                continue
+            digest = content_hash(text)
+            tail: tuple[Any, ...] = (digest, n_chars)
+        else:
+            digest = content_hash(*("" if i is None else values[i] or "" for i in hashed))
+            tail = (digest,)
+        if by_id:
+            yield at.number, (*prefix, values[0], *constants, *values[1:], *tail)
+        else:
+            yield at.number, (*prefix, digest, *constants, *values, *tail)
 
 
-def _insert_rows(session: Session, table: Table, columns: list[str], rows: list[tuple[Any, ...]],
-                 progress: Callable[[int], None]) -> None:
-    """Bulk insert in the session's transaction, no per-row SQLAlchemy work: PostgreSQL COPY, SQLite executemany."""
-    conn = session.connection()
-    names = ", ".join(columns)
-    if conn.dialect.name == "postgresql":
-        with conn.connection.driver_connection.cursor() as cursor, \
-                cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-            for start in range(0, len(rows), BATCH):
-                chunk = rows[start:start + BATCH]
-                for row in chunk:
+def _unique_violation(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE" in str(exc)
+    return getattr(exc, "sqlstate", None) == "23505"
+
+
+class _Writer:
+    """Writes batches of rows in the unit's transaction, no per-row SQLAlchemy work: PostgreSQL COPY, SQLite
+    executemany; each batch in a savepoint, so a repeated id is found and named rather than half-written.
+    Without an id field, rows whose content is already in the dataset are skipped (ON CONFLICT DO NOTHING)."""
+
+    def __init__(self, session: Session, table: Table, columns: list[str], *, skip_conflicts: bool) -> None:
+        self.conn = session.connection()
+        self.dbapi = self.conn.connection.driver_connection
+        self.table = table
+        self.names = ", ".join(columns)
+        self.skip = skip_conflicts
+        self.pg = self.conn.dialect.name == "postgresql"
+        self.staged = False
+        conflict = " ON CONFLICT (dataset_id, external_id) DO NOTHING" if skip_conflicts else ""
+        self.sql = (f"INSERT INTO {table.name} ({self.names}) VALUES ({', '.join(['?'] * len(columns))})"
+                    f"{conflict}")
+        self.stage_sql = (f"INSERT INTO {table.name} ({self.names}) SELECT {self.names} FROM rplat_import_stage"
+                          f"{conflict}")
+
+    def write(self, rows: list[tuple[Any, ...]]) -> int:
+        """Insert `rows`; returns how many were inserted. A unique violation rolls the batch back and raises."""
+        cursor = self.dbapi.cursor()
+        try:
+            cursor.execute("SAVEPOINT rplat_import_batch")
+            try:
+                inserted = self._insert(cursor, rows)
+            except Exception as exc:
+                if not _unique_violation(exc):
+                    raise
+                cursor.execute("ROLLBACK TO SAVEPOINT rplat_import_batch")
+                raise _Repeat from None
+            cursor.execute("RELEASE SAVEPOINT rplat_import_batch")
+            return inserted
+        finally:
+            cursor.close()
+
+    def _insert(self, cursor: Any, rows: list[tuple[Any, ...]]) -> int:
+        if not self.pg:
+            cursor.executemany(self.sql, rows)
+            return len(rows) if not self.skip else int(cursor.rowcount)
+        if not self.skip:
+            with cursor.copy(f"COPY {self.table.name} ({self.names}) FROM STDIN") as copy:
+                for row in rows:
                     copy.write_row(row)
-                progress(len(chunk))
-        return
-    sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join(['?'] * len(columns))})"
-    for start in range(0, len(rows), BATCH):
-        chunk = rows[start:start + BATCH]
-        conn.exec_driver_sql(sql, chunk)
-        progress(len(chunk))
+            return len(rows)
+        if not self.staged:
+            cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS rplat_import_stage ON COMMIT DROP AS "
+                           f"SELECT {self.names} FROM {self.table.name} WITH NO DATA")
+            self.staged = True
+        with cursor.copy(f"COPY rplat_import_stage ({self.names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(self.stage_sql)
+        inserted = int(cursor.rowcount)
+        cursor.execute("TRUNCATE rplat_import_stage")
+        return inserted
 
 
-def import_file(engine: Engine, path: Path, dataset: str, fmap: FieldMap, *, append: bool = False,
-                progress: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
-    """Import one file into `dataset` in a single transaction; returns a summary."""
-    if not path.is_file():
-        raise UserError(f"{path} does not exist or is not a file.")
-    if path.suffix not in (".jsonl", ".json", ".parquet"):
-        raise UserError(f"{path} is neither JSONL (.jsonl) nor Parquet (.parquet); convert it to one of those.")
+class _Repeat(Exception):
+    """A batch repeats an id (of the batch itself, or one already written); the caller names it."""
+
+
+def _dataset_job(session: Session, ds: Dataset) -> Job | None:
+    return session.get(Job, ds.job_id) if ds.job_id is not None else None
+
+
+def _imported_shas(session: Session, kind: str, dataset: str) -> set[str]:
+    """The sha256 of every unit an import job of this kind already brought into `dataset`."""
+    params = session.scalars(select(Job.params).where(Job.kind == f"import-{kind}", Job.status == "succeeded"))
+    return {p["sha256"] for p in params if isinstance(p, dict) and p.get("dataset") == dataset and p.get("sha256")}
+
+
+@dataclass
+class _Plan:
+    """What one `import_source` call does, shared by its units."""
+
+    engine: Engine
+    source: Source
+    dataset: str
+    fmap: FieldMap
+    filters: Filters
+    layout: _Layout
+    append: bool
+    preexisting: bool  # the dataset existed before this command (so --append skips what is there)
+    multi: bool  # a directory of units: each recorded with the directory, resumable
+    progress: Progress | None
+    by_bytes: bool
+
+
+def _params(plan: _Plan, unit: Unit, sha256: str | None) -> dict[str, Any]:
+    fmap = plan.fmap
+    where = unit.name if unit.path is None else str(unit.path.resolve())
+    if unit.codec == "hf" and unit.path is not None:
+        where += unit.name[len(str(unit.path)):]  # the split, e.g. [train]
+    params: dict[str, Any] = {"file": where, "sha256": sha256, "dataset": plan.dataset, "id_field": fmap.id,
+                              "fields": {**fmap.required, **fmap.optional}, "constants": fmap.constants}
+    if plan.multi:
+        params["source"] = str(Path(plan.source.spec).resolve())
+    if plan.filters.params():
+        params["filters"] = plan.filters.params()
+    return params
+
+
+def _first_line(plan: _Plan, unit: Unit, external_id: str, before: int) -> int | None:
+    """The first line of `unit` (a file, read again) whose row has `external_id`; None for a stream."""
+    if unit.path is None:
+        return None
+    for line, row in _rows(unit, plan.fmap, plan.layout, plan.filters, (), _Counts()):
+        if line >= before:
+            return None
+        if row[0] == external_id:
+            return line
+    return None
+
+
+def _name_repeat(session: Session, plan: _Plan, unit: Unit, ds_id: int, job_id: int,
+                 batch: list[tuple[Any, ...]], lines: list[int]) -> UserError:
+    """One sentence naming the first row of `batch` whose id was seen before, and where."""
+    table = plan.layout.table
+    ids = [row[2] for row in batch]
+    stored = dict(session.execute(select(table.c.external_id, table.c.job_id).where(
+        table.c.dataset_id == ds_id, table.c.external_id.in_(set(ids)))).all())
+    seen: dict[str, int] = {}
+    word = unit.unit_word
+    for line, ext_id in zip(lines, ids, strict=True):
+        if ext_id in seen:
+            return UserError(f"{unit.name} {word} {line} repeats id {ext_id!r} first seen on {word} {seen[ext_id]}; "
+                             "ids must be unique within a dataset.")
+        if ext_id in stored:
+            owner = stored[ext_id]
+            if owner != job_id:
+                return UserError(f"{unit.name} {word} {line} repeats id {ext_id!r}, which dataset {plan.dataset!r} "
+                                 f"already holds (import job {owner}); ids must be unique within a dataset, or pass "
+                                 "--append to skip records already there.")
+            first = _first_line(plan, unit, ext_id, line)
+            where = f"{word} {first}" if first is not None else f"earlier in {unit.name}"
+            return UserError(f"{unit.name} {word} {line} repeats id {ext_id!r} first seen on {where}; "
+                             "ids must be unique within a dataset.")
+        seen[ext_id] = line
+    return UserError(f"{unit.name} repeats an id between {word}s {lines[0]} and {lines[-1]}; ids must be unique "
+                     "within a dataset.")
+
+
+def _import_unit(plan: _Plan, unit: Unit, sha256: str | None) -> dict[str, Any]:
+    fmap, layout, table = plan.fmap, plan.layout, plan.layout.table
+    with transaction(plan.engine) as session:
+        ds = session.scalar(select(Dataset).where(Dataset.name == plan.dataset))
+        if ds is not None and ds.kind != fmap.kind:
+            raise UserError(f"dataset {plan.dataset!r} holds {ds.kind}, not {fmap.kind}; choose another --dataset.")
+        job_id = Queue.record_done(session, f"import-{fmap.kind}", _params(plan, unit, sha256), {})
+        if ds is None:
+            source = str(Path(plan.source.spec).resolve()) if unit.path is not None else unit.name
+            ds = Dataset(name=plan.dataset, kind=fmap.kind, source=source, job_id=job_id)
+            session.add(ds)
+            session.flush()
+        writer = _Writer(session, table, ["dataset_id", "job_id", *layout.columns], skip_conflicts=fmap.id is None)
+        counts = _Counts()
+        imported = already = duplicates = 0
+        batch: list[tuple[Any, ...]] = []
+        lines: list[int] = []
+        shown = 0
+
+        def flush() -> None:
+            nonlocal imported, already, duplicates, shown
+            rows = batch
+            if plan.preexisting and plan.append:
+                ids = {row[2] for row in rows}
+                there = set(session.scalars(select(table.c.external_id).where(
+                    table.c.dataset_id == ds.id, table.c.job_id != job_id, table.c.external_id.in_(ids))))
+                if there:
+                    rows = [row for row in rows if row[2] not in there]
+                    already += len(batch) - len(rows)
+            try:
+                written = writer.write(rows) if rows else 0
+            except _Repeat:
+                raise _name_repeat(session, plan, unit, ds.id, job_id, batch, lines) from None
+            imported += written
+            duplicates += len(rows) - written
+            if plan.progress is not None:
+                done = unit.bytes_read() if plan.by_bytes else counts.read
+                plan.progress.advance(done - shown)
+                shown = done
+            batch.clear()
+            lines.clear()
+
+        for line, row in _rows(unit, fmap, layout, plan.filters, (ds.id, job_id), counts):
+            batch.append(row)
+            lines.append(line)
+            if len(batch) >= BATCH:
+                flush()
+        flush()
+        if counts.read == 0:
+            raise UserError(f"{unit.name} holds no records; nothing to import.")
+        _check_matched(plan, unit, counts)
+        if sha256 is None:
+            sha256 = unit.sha256()
+        result = {"dataset": plan.dataset, "kind": fmap.kind, "read": counts.read, "imported": imported,
+                  "already_present": already}
+        if duplicates:
+            result["duplicates"] = duplicates
+        if counts.filtered or plan.filters.params():
+            result["filtered"] = counts.filtered
+        Queue.finish_recorded(session, job_id, params=_params(plan, unit, sha256), result=result,
+                              items=counts.read)
+    return {**result, "job_id": job_id}
+
+
+def _check_matched(plan: _Plan, unit: Unit, counts: _Counts) -> None:
+    """A field named explicitly that no record has is a typo, not a column of NULLs."""
+    for name, n in counts.where_found.items():
+        if n == 0:
+            raise UserError(f"no record of {unit.name} has the field {name!r} named by --where; check the name "
+                            "(a dotted path such as meta.pile_set_name reaches into objects).")
+    considered = counts.read - counts.filtered
+    by_column = {s.column: s for s in plan.layout.sources}
+    for column in plan.fmap.strict:
+        if considered and counts.found.get(column, 0) == 0:
+            src = by_column[column]
+            raise UserError(f"no record of {unit.name} has the field {src.field!r} named by {src.option}; check the "
+                            "name (a dotted path such as meta.pile_set_name reaches into objects).")
+
+
+def _totals(source: Source) -> tuple[int | None, str, bool]:
+    """The progress total, its unit, and whether it counts input bytes (files) rather than records."""
+    sizes = [u.size for u in source.units]
+    if any(s is None for s in sizes):
+        return None, "records", False
+    if all(u.codec in ("parquet", "hf") for u in source.units):
+        return sum(s for s in sizes if s is not None), "records", False
+    if all(u.codec not in ("parquet", "hf") for u in source.units):
+        return sum(s for s in sizes if s is not None), "bytes", True
+    return None, "records", False
+
+
+def progress_for(source: Source, what: str, **options: Any) -> Progress:
+    """A Progress over `source`: input bytes with a total for files (so a terminal shows an ETA), records
+    otherwise."""
+    total, unit, _by_bytes = _totals(source)
+    return Progress(what, total=total, unit=unit, **options)
+
+
+def import_source(engine: Engine, spec: str, dataset: str, fmap: FieldMap, *, append: bool = False,
+                  filters: Filters | None = None, progress: Progress | None = None,
+                  source: Source | None = None) -> dict[str, Any]:
+    """Import every unit of `spec` into `dataset`, each in its own transaction; returns a summary (for one
+    unit: its job's result and `job_id`; for several: the sums, `units`, `units_skipped` and `job_ids`)."""
+    filters = filters or Filters()
     name_limit = _max_len(Dataset.__table__, "name")  # type: ignore[arg-type]
     if name_limit is not None and len(dataset) > name_limit:
         raise UserError(f"--dataset is {len(dataset)} characters long; dataset names are at most {name_limit}.")
-    table, columns, sources = _layout(fmap)
-    rows = _rows(path, fmap, columns, sources)
-    sha256 = file_sha256(path)
+    layout = _layout(fmap)
+    source = source or open_source(spec)
+    multi = source.kind in ("shards", "hf")
+    resolved = str(Path(spec).resolve()) if spec != "-" else spec
     with transaction(engine) as session:
         ds = session.scalar(select(Dataset).where(Dataset.name == dataset))
-        if ds is not None and not append:
-            raise UserError(f"dataset {dataset!r} already exists; choose another --dataset or pass --append.")
-        if ds is not None and ds.kind != fmap.kind:
-            raise UserError(f"dataset {dataset!r} holds {ds.kind}, not {fmap.kind}; choose another --dataset.")
-        existing = set() if ds is None else set(
-            session.scalars(select(table.c.external_id).where(table.c.dataset_id == ds.id)).all())
-        fresh = [r for r in rows if r[0] not in existing]
-        result = {"dataset": dataset, "kind": fmap.kind, "read": len(rows), "imported": len(fresh),
-                  "already_present": len(rows) - len(fresh)}
-        job_id = Queue.record_done(session, f"import-{fmap.kind}", {
-            "file": str(path.resolve()), "sha256": sha256, "dataset": dataset, "id_field": fmap.id,
-            "fields": {**fmap.required, **fmap.optional}, "constants": fmap.constants}, result, items=len(rows))
-        if ds is None:
-            ds = Dataset(name=dataset, kind=fmap.kind, source=str(path.resolve()), job_id=job_id)
-            session.add(ds)
-            session.flush()
-        _insert_rows(session, table, ["dataset_id", "job_id", *columns], [(ds.id, job_id, *r) for r in fresh],
-                     progress)
-    return {**result, "job_id": job_id}
+        done: set[str] = set()
+        resuming = False
+        if ds is not None:
+            job = _dataset_job(session, ds)
+            resuming = multi and job is not None and job.params.get("source") == resolved
+            if not append and not resuming:
+                raise UserError(f"dataset {dataset!r} already exists; choose another --dataset or pass --append.")
+            if ds.kind != fmap.kind:
+                raise UserError(f"dataset {dataset!r} holds {ds.kind}, not {fmap.kind}; choose another --dataset.")
+            if multi:
+                done = _imported_shas(session, fmap.kind, dataset)
+    _total, _unit, by_bytes = _totals(source)
+    plan = _Plan(engine, source, dataset, fmap, filters, layout, append, ds is not None and not resuming, multi,
+                 progress, by_bytes)
+    results: list[dict[str, Any]] = []
+    skipped = 0
+    for unit in source.units:
+        sha256 = unit.sha256() if unit.path is not None else None
+        if multi and sha256 in done:
+            skipped += 1
+            if progress is not None and progress.total is not None and unit.size is not None:
+                progress.set_total(progress.total - unit.size)
+            continue
+        results.append(_import_unit(plan, unit, sha256))
+        if sha256 is not None:
+            done.add(sha256)
+    if not multi:
+        return results[0]
+    summary: dict[str, Any] = {"dataset": dataset, "kind": fmap.kind}
+    for key in ("read", "imported", "already_present", "duplicates", "filtered"):
+        if key in ("read", "imported", "already_present") or any(key in r for r in results):
+            summary[key] = sum(r.get(key, 0) for r in results)
+    summary.update(units=len(source.units), units_skipped=skipped, job_ids=[r["job_id"] for r in results],
+                   job_id=results[-1]["job_id"] if results else None)
+    return summary
+
+
+def import_file(engine: Engine, path: Path, dataset: str, fmap: FieldMap, *, append: bool = False,
+                filters: Filters | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Import one file (or any other source `path` names) into `dataset`; see `import_source`."""
+    return import_source(engine, str(path), dataset, fmap, append=append, filters=filters, progress=progress)
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """The summary as one line for a person."""
+    parts = [f"{summary['already_present']} already present"]
+    if summary.get("duplicates"):
+        parts.append(f"{summary['duplicates']} repeated within the import")
+    if "filtered" in summary:
+        parts.append(f"{summary['filtered']} filtered out")
+    if "units" in summary:
+        parts.append(f"{summary['units'] - summary['units_skipped']} of {summary['units']} units imported, "
+                     f"{summary['units_skipped']} done before")
+    job = f"import job {summary['job_id']}" if "job_ids" not in summary else \
+        f"import jobs {', '.join(map(str, summary['job_ids'])) or 'none'}"
+    return (f"imported {summary['imported']} {summary['kind']} into dataset {summary['dataset']} "
+            f"({'; '.join(parts)}; {job})")
+

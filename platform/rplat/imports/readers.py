@@ -45,7 +45,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from rplat.errors import UserError
 from rplat.hashing import file_sha256
@@ -64,8 +64,7 @@ PARQUET_BATCH = 4096
 HF_BATCH = 1000
 
 
-@dataclass(frozen=True)
-class Where:
+class Where(NamedTuple):
     """Where a record came from: `file line N` (JSONL) or `file row N` (Parquet, Hugging Face), numbered from 1."""
 
     file: str
@@ -77,6 +76,26 @@ class Where:
 
 
 _MISSING = object()
+
+
+def getter(path: str) -> Callable[[dict[str, Any]], Any]:
+    """A function reading `path` (dotted) from a record, None where absent: `dotted` with the path parsed once."""
+    if "." not in path:
+        return lambda record: record.get(path)
+    parts = path.split(".")
+
+    def get(record: dict[str, Any]) -> Any:
+        value = record.get(path, _MISSING)
+        if value is not _MISSING:
+            return value
+        current: Any = record
+        for part in parts:
+            if not isinstance(current, dict):
+                return None
+            current = current.get(part)
+        return current
+
+    return get
 
 
 def dotted(record: dict[str, Any], path: str, default: Any = None) -> Any:
@@ -360,10 +379,6 @@ class Source:
     spec: str
     units: list[Unit]
     kind: str  # file, stream, shards, hf
-
-    def total_size(self) -> int | None:
-        sizes = [u.size for u in self.units]
-        return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
 
 
 def _file_unit(path: Path) -> Unit:
