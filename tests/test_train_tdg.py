@@ -88,6 +88,8 @@ def test_each_kind_trains_a_lora_on_exactly_its_examples(db: Store, tmp_path: Pa
             assert adapter.config["examples"] == {k: v for k, v in counts.items() if v}
             assert adapter.config["train_params"]["max_chars"] == MAX_CHARS
             assert job.result["model_id"] == adapter.id and job.result["steps"] == 3
+            # lineage: whose verdicts the chain labels it trained on are (none for the gold-only SFT)
+            assert job.result["chain_labelers"] == ([] if kind == "train-sft" else ["hendrycks"]), kind
             steps = s.scalars(select(TrainingMetric.step).where(TrainingMetric.job_id == job.id)
                               .order_by(TrainingMetric.step)).all()
             assert steps == [0, 1, 2], kind

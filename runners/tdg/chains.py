@@ -18,13 +18,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from rplat.chainsets import relabel
 from rplat.errors import UserError
 from rplat.llm import Backend, Completion, Sampling
 from rplat.llm.cache import CachedBackend
 from rplat.llm.load import open_backend
 from rplat.llm.resolve import prepare_backend
 from rplat.lookup import dataset_id
-from rplat.methods.labelers import label_chain
+from rplat.methods.labelers import LabelPool, default_workers
 from rplat.models import Problem, Sample, TeacherChain
 from rplat.prompts import TDG_PROBLEM_PREFIX, TEMPLATES, ensure_template, tdg_prompt
 from rplat.registry import get_model
@@ -114,25 +115,31 @@ def _items(problems: Sequence[Any], have: set[tuple[int, int]], n: int, pool: li
 
 
 def _fill(ctx: JobContext, spec: Any, p: CollectChainsParams | SampleParams, todo: list[Any], total: int,
-          row: Any, table: type, keys: list[str]) -> CachedBackend:
+          row: Any, table: type, keys: list[str], workers: int = 1) -> tuple[CachedBackend, list[tuple[int, int]]]:
     """Generate every missing sample of `todo`, `p.batch_size` problems per call through the generation cache,
-    and store each batch's rows (`row(item, k, completion, chain, verdict)`) in its own transaction, idempotently on
-    `keys`: a job killed mid-run resumes with what it stored. Returns the cached backend (its hit counts)."""
+    label each batch's chains in a pool of `workers` processes, and store its rows (`row(item, k, completion,
+    chain, verdict)`) in its own transaction, idempotently on `keys`: a job killed mid-run resumes with what it
+    stored. Returns the cached backend (its hit counts) and the (problem id, sample index) of every chain of
+    this run on which math-verify timed out."""
     done = total - sum(len(it.missing) for it in todo)
     ctx.progress(done, total)
     llm = CachedBackend(open_backend(spec), ctx.engine, job_id=ctx.job_id)
     sampling = chain_sampling(p.temperature, p.max_tokens, p.seed)
-    for start in range(0, len(todo), p.batch_size):
-        ctx.check()
-        rows = []
-        for item, k, c in sample_chains(llm, sampling, todo[start:start + p.batch_size]):
-            text = chain_text(c.text)
-            rows.append(row(item, k, c, text, label_chain(text, item.gold, p.labeler)))
-        with ctx.transaction() as s:
-            insert_ignore(s, table, rows, keys)
-        done += len(rows)
-        ctx.progress(done, total)
-    return llm
+    timed_out: list[tuple[int, int]] = []
+    with LabelPool(workers) as pool:
+        for start in range(0, len(todo), p.batch_size):
+            ctx.check()
+            sampled = [(item, k, c, chain_text(c.text))
+                       for item, k, c in sample_chains(llm, sampling, todo[start:start + p.batch_size])]
+            labelled = pool.label([(text, item.gold) for item, _, _, text in sampled], p.labeler)
+            rows = [row(item, k, c, text, verdict)
+                    for (item, k, c, text), verdict in zip(sampled, labelled.verdicts, strict=True)]
+            timed_out += [(sampled[i][0].problem_id, sampled[i][1]) for i in labelled.timeouts]
+            with ctx.transaction() as s:
+                insert_ignore(s, table, rows, keys)
+            done += len(rows)
+            ctx.progress(done, total)
+    return llm, timed_out
 
 
 def collect(ctx: JobContext, p: CollectChainsParams) -> dict[str, Any]:
@@ -153,23 +160,32 @@ def collect(ctx: JobContext, p: CollectChainsParams) -> dict[str, Any]:
             TeacherChain.teacher == teacher, TeacherChain.problem_id.in_([r.id for r in problems]),
             TeacherChain.sample_idx < p.n_samples)).all())
     todo = _items(problems, have, p.n_samples, pool, p.n_fewshot, p.seed)
+    with ctx.transaction() as s:  # the chain set has one labeler: chains stored under the other one follow
+        relabelled = relabel(s, problems_id, teacher, p.labeler)
 
     def row(item: Any, k: int, c: Completion, text: str, verdict: Any) -> dict[str, Any]:
         return dict(job_id=ctx.job_id, problem_id=item.problem_id, teacher=teacher, sample_idx=k, text=text,
                     extracted_answer=verdict.answer, label=verdict.label, labeler=p.labeler,
                     hendrycks_correct=verdict.hendrycks, math_verify_correct=verdict.math_verify, n_chars=len(text))
 
-    llm = _fill(ctx, spec, p, todo, len(problems) * p.n_samples, row, TeacherChain,
-                ["problem_id", "teacher", "sample_idx"])
+    workers = p.workers or default_workers()
+    llm, timed_out = _fill(ctx, spec, p, todo, len(problems) * p.n_samples, row, TeacherChain,
+                           ["problem_id", "teacher", "sample_idx"], workers)
     with ctx.read() as s:
         mine = (TeacherChain.teacher == teacher) & TeacherChain.problem_id.in_([r.id for r in problems])
         counts = dict(s.execute(select(TeacherChain.label, func.count()).where(mine)
                                 .group_by(TeacherChain.label)).all())
         solved = s.scalar(select(func.count(func.distinct(TeacherChain.problem_id)))
                           .where(mine, TeacherChain.label == "pos")) or 0
+        keys = set(timed_out)
+        timeout_ids = sorted(cid for cid, pid, idx in s.execute(
+            select(TeacherChain.id, TeacherChain.problem_id, TeacherChain.sample_idx)
+            .where(TeacherChain.teacher == teacher, TeacherChain.problem_id.in_({pid for pid, _ in keys}))).all()
+            if (pid, idx) in keys)
     return {"teacher": teacher, "problems": len(problems), "chains": sum(counts.values()),
             "pos": counts.get("pos", 0), "neg": counts.get("neg", 0), "problems_with_positive": solved,
-            "cache_hits": llm.hits, "cache_misses": llm.misses}
+            "cache_hits": llm.hits, "cache_misses": llm.misses, "labeler": p.labeler, "relabelled": relabelled,
+            "workers": workers, "math_verify_timeouts": len(timeout_ids), "timeout_chain_ids": timeout_ids}
 
 
 def sample(ctx: JobContext, p: SampleParams) -> dict[str, Any]:
@@ -191,7 +207,8 @@ def sample(ctx: JobContext, p: SampleParams) -> dict[str, Any]:
                     decoding=decoding, text=text, extracted_answer=verdict.answer,
                     correct=None if item.gold is None else verdict.label == "pos", finish_reason=c.finish_reason)
 
-    llm = _fill(ctx, spec, p, todo, len(problems) * p.n_samples, row, Sample, ["job_id", "problem_id", "sample_idx"])
+    llm, _ = _fill(ctx, spec, p, todo, len(problems) * p.n_samples, row, Sample,
+                   ["job_id", "problem_id", "sample_idx"])
     with ctx.read() as s:
         n, correct = s.execute(select(func.count(), func.count().filter(Sample.correct.is_(True)))
                                .where(Sample.job_id == ctx.job_id)).one()

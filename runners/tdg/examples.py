@@ -88,6 +88,16 @@ def store_examples(ctx: JobContext, p: TdgTrainParams, labels: Sequence[str] = (
     return counts
 
 
+def chain_labelers(ctx: Any) -> list[str]:
+    """The labelers whose verdicts are the labels of the teacher chains this job stored as examples (a job's
+    lineage: which labeler's positives and negatives it trained on; each example keeps the label it was read
+    with). Normally one: a chain set has one labeler (rplat.chainsets)."""
+    with ctx.read() as s:
+        return sorted(s.scalars(select(TeacherChain.labeler).distinct()
+                                .join(TrainingExample, TrainingExample.chain_id == TeacherChain.id)
+                                .where(TrainingExample.job_id == ctx.job_id)).all())
+
+
 def load_examples(ctx: Any) -> list[Example]:
     """This job's stored examples, chains first (by id), then gold solutions (by problem id)."""
     with ctx.read() as s:

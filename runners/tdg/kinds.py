@@ -51,6 +51,8 @@ class CollectChainsParams(ModelParams):
         None, description="dataset whose worked solutions are the demonstrations (default: `problems`)")
     n_fewshot: int = Field(4, ge=0, description="demonstrations before each problem (never the problem itself)")
     labeler: Labeler = Field("hendrycks", description="which verdict is the chain's label (both are stored)")
+    workers: int | None = Field(None, ge=1, description="labelling processes (default: one per core of the runner's "
+                                "machine; 1 labels in the job's own process)")
     seed: int = Field(0, description="sampling seed of each batch's one call for its n_samples chains per problem "
                       "(a top-up to a larger n_samples draws the new chains with a seed of their own)")
 

@@ -33,6 +33,7 @@ from rplat.models import NatWNeg, TrainingMetric
 from rplat.runners.framework.context import JobContext
 from rplat.runners.tdg.examples import (
     adapter_on_student_base,
+    chain_labelers,
     encode_examples,
     load_examples,
     save_and_register,
@@ -70,9 +71,10 @@ def run(ctx: JobContext, p: TrainNatParams) -> dict[str, Any]:
     prepare_backend(ctx.engine, p.model, home=ctx.home)  # converts the bundled model once, before any worker starts
     _models(ctx, p)
     store_examples(ctx, p, training_of(p).labels)  # the positives (the negatives went into the negative LoRA)
+    lineage = {"chain_labelers": chain_labelers(ctx)}  # whose verdicts the chain labels are
     if p.nproc > 1:
-        return launch(ctx, "rplat.runners.tdg.nat:fit", p.nproc)
-    return fit(ctx, p)
+        return {**launch(ctx, "rplat.runners.tdg.nat:fit", p.nproc), **lineage}
+    return {**fit(ctx, p), **lineage}
 
 
 def nat_objective(pad_id: int) -> Objective:

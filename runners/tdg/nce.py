@@ -33,6 +33,7 @@ from rplat.prompts import tdg_prompt, tdg_training_text
 from rplat.runners.framework.context import JobContext
 from rplat.runners.tdg.examples import (
     adapter_on_student_base,
+    chain_labelers,
     encode_examples,
     load_examples,
     save_and_register,
@@ -63,7 +64,8 @@ def run(ctx: JobContext, p: TrainNceParams) -> dict[str, Any]:
     counts = store_examples(ctx, p, training_of(p).labels)
     augmented = self_augment(ctx, p, nat_spec) if p.self_augment else 0
     weigh(ctx, p, nat_spec, nat_id)
-    extra = {"teacher_positives": counts.get("pos", 0), "augmented": augmented}
+    extra = {"teacher_positives": counts.get("pos", 0), "augmented": augmented,
+             "chain_labelers": chain_labelers(ctx)}  # whose verdicts the chain labels are
     if p.nproc > 1:
         return {**launch(ctx, "rplat.runners.tdg.nce:fit", p.nproc), **extra}
     return {**fit(ctx, p), **extra}

@@ -99,9 +99,10 @@ def run(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:
     row = training_of(p)
     prepare_backend(ctx.engine, p.model, home=ctx.home)  # converts the bundled model once, before any worker
     tdg_data.store_examples(ctx, p, row.labels, gold=row.gold(p))
+    lineage = {"chain_labelers": tdg_data.chain_labelers(ctx)}  # whose verdicts the chain labels are
     if p.nproc > 1:
-        return launch(ctx, "rplat.runners.tdg.train:fit", p.nproc)
-    return fit(ctx, p)
+        return {**launch(ctx, "rplat.runners.tdg.train:fit", p.nproc), **lineage}
+    return {**fit(ctx, p), **lineage}
 
 
 def fit(ctx: JobContext, p: TdgTrainParams) -> dict[str, Any]:

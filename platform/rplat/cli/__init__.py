@@ -28,6 +28,8 @@ class Lazy(NamedTuple):
 
 
 COMMANDS: dict[str, Lazy] = {
+    "chains": Lazy("rplat.cli.chains:chains", "Operations on stored teacher chains: relabel a chain set with the "
+                   "other labeler."),
     "dashboard": Lazy("rplat.cli.analysis:dashboard", "Browse rationales, failures, solved sets and jobs in a "
                       "read-only Streamlit app (runs until Ctrl-C)."),
     "db": Lazy("rplat.cli.db:db", "Schema migrations (Alembic)."),

@@ -117,24 +117,26 @@ def import_problems(file: str, dataset: str, id_field: str | None, split: str | 
 @click.option("--dataset", default="math-train", show_default=True,
               help="problem dataset the chains belong to (released layout: created or extended)")
 @click.option("--labeler", type=click.Choice(["hendrycks", "math-verify"]), default="hendrycks", show_default=True,
-              help="whose verdict is the label (both are stored)")
+              help="whose verdict is the label (both are stored; chains of the set stored before under the other "
+              "labeler are relabelled)")
 @option("--layout", old="--format", type=click.Choice(["auto", "released", "flat"]), default="auto", show_default=True,
         help="released: one problem per line with its chains; flat: one chain per line with a problem_id")
 @click.option("--benchmark", default="math", show_default=True, help="benchmark recorded on created problems")
 @click.option("--split", default="train", show_default=True, help="split recorded on created problems")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="labelling processes (default: one per core; 1 labels in this process)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def import_chains(path: str, teacher: str, dataset: str, labeler: str, layout: str, benchmark: str, split: str,
-                  as_json: bool) -> None:
+                  workers: int | None, as_json: bool) -> None:
     """Import teacher chains (TDG's released JSONL, or flat), labelled by both labelers; all or nothing."""
     from rplat.imports import chains
+    from rplat.progress import Progress
 
     engine = open_store()
-    bar = _progress_bar(0, f"label {teacher} chains")
-    try:
+    with Progress(f"label {teacher} chains", unit="chains") as progress:
         summary = chains.import_chains(engine, Path(path), teacher=teacher, dataset=dataset, labeler=labeler,
-                                       benchmark=benchmark, split=split, layout=layout, progress=bar.update)
-    finally:
-        bar.close()
+                                       benchmark=benchmark, split=split, layout=layout, workers=workers,
+                                       progress=progress.advance, total=progress.set_total)
     click.echo(json.dumps(summary) if as_json else chains.summary_line(summary))
 
 

@@ -4,9 +4,12 @@ Two layouts. *Released*: the TDG authors' files, one MATH problem per line with 
 teacher's chains (`{"question": "Problem:\\n…", "answer": …, "generated_answer": [...], "level", "type"}`); the
 problems are created in the dataset, or reused when their question is there already (the external id is a hash
 of the bare question, so the same problem imported for two teachers is one row). *Flat*: one chain per line,
-`{"problem_id": external id in the dataset, "chain": …, "sample_idx"?}`. Every record is validated, and every new
-chain labelled, before anything is written; the rows and an `import-chains` job (their lineage) commit together.
-A chain is stored once per (problem, teacher, sample index), so a re-import adds nothing.
+`{"problem_id": external id in the dataset, "chain": …, "sample_idx"?}`. Input is read through
+rplat.imports.readers (plain, gzip or Zstandard JSONL, Parquet, stdin, a directory of them). Every record is
+validated, and every new chain labelled (in a pool of processes, one per core by default; math-verify's timeouts
+counted per chain), before anything is written; the rows and an `import-chains` job (their lineage) commit
+together. A chain is stored once per (problem, teacher, sample index), so a re-import adds nothing, except that
+a re-import with the other `--labeler` relabels the chain set from its stored verdicts (rplat.chainsets).
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, String, select
+from sqlalchemy import Engine, String, select, update
 from sqlalchemy.orm import Session
 
+from rplat.chainsets import relabel
 from rplat.errors import UserError
-from rplat.hashing import content_hash, file_sha256
-from rplat.imports.datasets import _records
-from rplat.methods.labelers import LABELERS, gold_answer, label_chain
-from rplat.models import Dataset, Problem, TeacherChain
+from rplat.hashing import content_hash
+from rplat.imports.readers import Unit, Where, open_source
+from rplat.methods.labelers import LABELERS, default_workers, gold_answer, label_chains
+from rplat.models import Dataset, Job, Problem, TeacherChain
 from rplat.prompts import TDG_PROBLEM_PREFIX, TDG_SOLUTION_PREFIX, strip_prefix
 from rplat.queue import Queue
 from rplat.store import insert_ignore, transaction
@@ -44,15 +48,6 @@ class _Bad(Exception):
 
 
 @dataclass(frozen=True)
-class _Where:
-    file: Path
-    line: int
-
-    def __str__(self) -> str:
-        return f"{self.file} line {self.line}"
-
-
-@dataclass(frozen=True)
 class _NewProblem:
     external_id: str
     question: str
@@ -67,7 +62,7 @@ class _Chain:
     external_id: str  # the problem's
     sample_idx: int
     text: str
-    where: _Where
+    where: Where
 
 
 def _clean(value: str, name: str) -> str:
@@ -102,22 +97,28 @@ def _text(record: dict[str, Any], name: str, *, required: bool = True, max_len: 
     return _clean(value, repr(name))
 
 
-def _files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        found = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+_SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".jsonl.zstd", ".parquet")
+
+
+def _units(spec: str) -> list[Unit]:
+    """The units to read, through the one reader of imports (rplat.imports.readers): a file (.jsonl, .jsonl.gz,
+    .jsonl.zst, .parquet), `-` (stdin) or a named pipe, a Hugging Face save_to_disk directory, or a directory of
+    chain files, searched recursively (in sorted path order; other files are left alone)."""
+    path = Path(spec)
+    if spec != "-" and path.is_dir() and not (path / "dataset_dict.json").is_file() and not (
+            (path / "state.json").is_file() and (path / "dataset_info.json").is_file()):
+        found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                       and p.name.endswith(_SHARD_SUFFIXES))
         if not found:
-            raise UserError(f"{path} is a directory with no *.jsonl files; point at a chains file or a directory "
-                            "holding some.")
-        return found
-    raise UserError(f"{path} does not exist; give a chains file (JSONL) or a directory of them.")
+            raise UserError(f"{path} is a directory with no chain files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet); "
+                            "point at a chains file or a directory holding some.")
+        return [unit for file in found for unit in open_source(str(file)).units]
+    return open_source(spec).units
 
 
-def _records_of(files: list[Path]) -> Iterator[tuple[_Where, dict[str, Any]]]:
-    for file in files:
-        for line, record in _records(file):
-            yield _Where(file, line), record
+def _records_of(units: list[Unit]) -> Iterator[tuple[Where, dict[str, Any]]]:
+    for unit in units:
+        yield from unit.records()
 
 
 def _layout_of(record: dict[str, Any], layout: str) -> str:
@@ -140,13 +141,13 @@ class _Parsed:
     layouts: set[str]
 
 
-def _parse(files: list[Path], layout: str) -> _Parsed:
+def _parse(units: list[Unit], layout: str) -> _Parsed:
     subject_max, level_max, id_max = _limit(Problem, "subject"), _limit(Problem, "level"), _limit(Problem,
                                                                                                   "external_id")
     parsed = _Parsed({}, [], set())
     next_idx: dict[str, int] = {}  # released: chains continue their problem's indices if its question repeats
-    flat_keys: dict[tuple[str, int], _Where] = {}
-    for where, record in _records_of(files):
+    flat_keys: dict[tuple[str, int], Where] = {}
+    for where, record in _records_of(units):
         try:
             kind = _layout_of(record, layout)
             parsed.layouts.add(kind)
@@ -194,7 +195,7 @@ def _parse(files: list[Path], layout: str) -> _Parsed:
         except _Bad as exc:
             raise UserError(f"{where} {exc}.") from None
     if not parsed.layouts:
-        raise UserError(f"{files[0] if len(files) == 1 else 'the files under the directory'} hold no records; "
+        raise UserError(f"{units[0].name if len(units) == 1 else 'the files under the directory'} hold no records; "
                         "nothing to import.")
     return parsed
 
@@ -230,14 +231,17 @@ def _dataset(session: Session, name: str) -> Dataset | None:
     return ds
 
 
-def _fingerprint(path: Path, files: list[Path]) -> str:
-    """The file's sha256; for a directory, the hash of its files' relative paths and sha256s."""
-    if path.is_file():
-        return file_sha256(path)
-    return content_hash([[str(f.relative_to(path)), file_sha256(f)] for f in files])
+def _fingerprint(spec: str, units: list[Unit]) -> str | None:
+    """The input's sha256 (a stream's as it was read); for several units, the hash of their names (relative to
+    the directory) and sha256s."""
+    if len(units) == 1:
+        return units[0].sha256()
+    root = Path(spec)
+    return content_hash([[str(Path(u.name).relative_to(root)) if u.path is not None and root in Path(u.name).parents
+                          else u.name, u.sha256()] for u in units])
 
 
-def _check_options(path: Path, teacher: str, dataset: str, labeler: str, layout: str) -> None:
+def _check_options(teacher: str, dataset: str, labeler: str, layout: str) -> None:
     if labeler not in LABELERS:
         raise UserError(f"--labeler {labeler!r} is not a labeler; choose one of {', '.join(LABELERS)}.")
     if layout not in LAYOUTS:
@@ -253,17 +257,26 @@ def _check_options(path: Path, teacher: str, dataset: str, labeler: str, layout:
         raise UserError(f"--dataset is {len(dataset)} characters long; dataset names are at most {name_max}.")
 
 
-def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, labeler: str = "hendrycks",
+def import_chains(engine: Engine, path: Path | str, *, teacher: str, dataset: str, labeler: str = "hendrycks",
                   benchmark: str | None = "math", split: str | None = "train", layout: str = "auto",
-                  progress: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
-    """Import the chains in `path` (a JSONL file or a directory of them, recursively, in sorted order) as
-    `teacher`'s, on the problems of `dataset`, labelled by `labeler` (both verdicts stored); one transaction.
-    `progress(n)` is told of every n chains labelled. Returns a summary."""
-    path = Path(path)
-    _check_options(path, teacher, dataset, labeler, layout)
-    files = _files(path)
-    parsed = _parse(files, layout)
-    sha256 = _fingerprint(path, files)
+                  workers: int | None = None, progress: Callable[[int], None] = lambda _n: None,
+                  total: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
+    """Import the chains in `path` (a .jsonl, .jsonl.gz, .jsonl.zst or .parquet file, `-` for stdin, a named pipe, a
+    Hugging Face save_to_disk directory, or a directory of chain files, recursively, in sorted order) as
+    `teacher`'s, on the problems of `dataset`, labelled by `labeler` (both verdicts stored) in a pool of `workers`
+    processes (default: one per core; 1 labels in this process); one transaction. Chains of the set stored
+    before under the other labeler are relabelled from their stored verdicts in the same transaction, so the
+    chain set has one labeler. `total(n)` is told how many chains will be labelled, `progress(n)` of every n
+    labelled. Returns a summary."""
+    spec = str(path)
+    _check_options(teacher, dataset, labeler, layout)
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers} is not a number of processes; give 1 or more (1 labels in this "
+                        "process).")
+    units = _units(spec)
+    parsed = _parse(units, layout)
+    sha256 = _fingerprint(spec, units)
+    where = spec if spec == "-" else str(Path(spec).resolve())
 
     # Label only the chains not stored yet (math-verify is the slow part), outside any write transaction.
     with transaction(engine) as session:
@@ -280,19 +293,16 @@ def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, lab
                                 "not hold; fix the problem_id or import that problem first.")
     gold = {ext: s.answer for ext, s in stored.items()}
     gold.update({ext: p.answer for ext, p in parsed.problems.items() if ext not in stored})
-    verdicts: dict[tuple[str, int], Any] = {}
-    pending = 0
+    todo = []
     for chain in parsed.chains:
         known = stored.get(chain.external_id)
-        if known is not None and (known.problem_id, chain.sample_idx) in present:
-            continue
-        verdicts[chain.external_id, chain.sample_idx] = label_chain(chain.text, gold[chain.external_id], labeler)
-        pending += 1
-        if pending == 100:
-            progress(pending)
-            pending = 0
-    if pending:
-        progress(pending)
+        if known is None or (known.problem_id, chain.sample_idx) not in present:
+            todo.append(chain)
+    total(len(todo))
+    workers = default_workers() if workers is None else workers
+    labelled = label_chains([(c.text, gold[c.external_id]) for c in todo], labeler, workers=workers,
+                            progress=progress)
+    verdicts = {(c.external_id, c.sample_idx): v for c, v in zip(todo, labelled.verdicts, strict=True)}
 
     with transaction(engine) as session:
         ds = _dataset(session, dataset)
@@ -306,17 +316,18 @@ def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, lab
         disagree = sum(verdicts[c.external_id, c.sample_idx].hendrycks
                        != verdicts[c.external_id, c.sample_idx].math_verify for c in fresh)
         result = {"dataset": dataset, "teacher": teacher, "labeler": labeler, "layout": "+".join(sorted(
-            parsed.layouts)), "files": len(files), "read": len(parsed.chains), "imported": len(fresh),
+            parsed.layouts)), "files": len(units), "read": len(parsed.chains), "imported": len(fresh),
             "already_present": len(parsed.chains) - len(fresh), "positives": positives,
             "negatives": len(fresh) - positives, "labelers_disagree": disagree, "problems_created": len(created),
             "problems_reused": len(referenced) - len(created),
-            "problems_without_gold": sum(gold[ext] is None for ext in referenced)}
+            "problems_without_gold": sum(gold[ext] is None for ext in referenced), "workers": workers}
         job_id = Queue.record_done(session, "import-chains", {
-            "file": str(path.resolve()), "sha256": sha256, "files": len(files), "teacher": teacher,
+            "file": where, "sha256": sha256, "files": len(units), "teacher": teacher,
             "dataset": dataset, "labeler": labeler, "layout": layout, "benchmark": benchmark, "split": split},
             result, items=len(parsed.chains))
+        result["relabelled"] = relabel(session, ds.id, teacher, labeler) if ds is not None else 0
         if ds is None:
-            ds = Dataset(name=dataset, kind="problems", source=str(path.resolve()), job_id=job_id)
+            ds = Dataset(name=dataset, kind="problems", source=where, job_id=job_id)
             session.add(ds)
             session.flush()
         for start in range(0, len(created), BATCH):
@@ -339,13 +350,37 @@ def import_chains(engine: Engine, path: Path, *, teacher: str, dataset: str, lab
                              "label": v.label, "labeler": labeler, "hendrycks_correct": v.hendrycks,
                              "math_verify_correct": v.math_verify, "n_chars": len(c.text)})
             insert_ignore(session, TeacherChain, rows, ["problem_id", "teacher", "sample_idx"])
+        timed_out = {(ids[c.external_id], c.sample_idx) for c in fresh if verdicts[c.external_id, c.sample_idx]
+                     .timed_out}
+        result["math_verify_timeouts"] = len(timed_out)
+        result["timeout_chain_ids"] = _chain_ids(session, ds.id, teacher, timed_out)
+        session.execute(update(Job).where(Job.id == job_id).values(result=result))
     return {**result, "job_id": job_id}
+
+
+def _chain_ids(session: Session, dataset_id: int, teacher: str, keys: set[tuple[int, int]]) -> list[int]:
+    """The ids of the chains of `teacher` with these (problem id, sample index) keys, in id order."""
+    if not keys:
+        return []
+    rows = session.execute(select(TeacherChain.id, TeacherChain.problem_id, TeacherChain.sample_idx)
+                           .join(Problem, Problem.id == TeacherChain.problem_id)
+                           .where(Problem.dataset_id == dataset_id, TeacherChain.teacher == teacher)).all()
+    return sorted(cid for cid, pid, idx in rows if (pid, idx) in keys)
 
 
 def summary_line(summary: dict[str, Any]) -> str:
     """The one line `rplat import chains` prints."""
     return (f"imported {summary['imported']} chains of teacher {summary['teacher']} into dataset "
-            f"{summary['dataset']} ({summary['already_present']} already present; {summary['positives']} positive, "
-            f"{summary['negatives']} negative by {summary['labeler']}, {summary['labelers_disagree']} where the "
-            f"labelers disagree; problems {summary['problems_created']} created, {summary['problems_reused']} "
-            f"reused; import job {summary['job_id']})")
+            f"{summary['dataset']} ({summary['already_present']} already present"
+            + (f", {summary['relabelled']} of them relabelled by {summary['labeler']}" if summary['relabelled'] else "")
+            + f"; {summary['positives']} positive, {summary['negatives']} negative by {summary['labeler']}, "
+            f"{summary['labelers_disagree']} where the labelers disagree; math-verify timed out on "
+            f"{summary['math_verify_timeouts']}"
+            + (f" (chain ids {_ids(summary['timeout_chain_ids'])})" if summary['timeout_chain_ids'] else "")
+            + f"; problems {summary['problems_created']} created, {summary['problems_reused']} reused; "
+            f"{summary['workers']} labelling processes; import job {summary['job_id']})")
+
+
+def _ids(ids: list[int], shown: int = 20) -> str:
+    return ", ".join(map(str, ids[:shown])) + (f" and {len(ids) - shown} more, all in the job's result"
+                                              if len(ids) > shown else "")

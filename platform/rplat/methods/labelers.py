@@ -8,13 +8,19 @@ chains the paper called negative that are in fact right can be counted.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from rplat.methods.answers import extract_answer, is_correct
 
 LABELERS = ("hendrycks", "math-verify")
+CHUNK = 250  # chains per task of the labelling pool: ~1-2 s of work, so sending them back and forth costs little
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _PLAIN_ANSWER_CHARS = 40
@@ -189,14 +195,53 @@ def gold_answer(solution: str | None) -> str | None:
     return plain if plain and "\n" not in plain and len(plain) <= _PLAIN_ANSWER_CHARS else None
 
 
+# --- math-verify's timeouts --------------------------------------------------------------------------------
+
+
+class _TimeoutCounter(logging.Filter):
+    """Counts math-verify's "Timeout during comparison" / "Timeout during parsing: ..." warnings and drops them:
+    math-verify gives up on that comparison (the verdict is negative) and logs a bare line with no handler, which
+    Python then prints on stderr with no chain to tell it by. The labelers count them per chain instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Timeout during"):
+            self.count += 1
+            return False
+        return True
+
+
+_TIMEOUTS = _TimeoutCounter()
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).addFilter(_TIMEOUTS)
+
+
 @lru_cache(maxsize=1 << 16)
-def math_verify_equiv(answer: str | None, gold: str | None) -> bool:
-    """math-verify equivalence of two bare answers, each parsed as the argument of a box (bare LaTeX such as
-    `\\frac12` or `[1,2)` is otherwise not recognised as mathematics at all). Memoised: the chains of one
-    problem often state the same answer, and a symbolic comparison costs milliseconds."""
+def _math_verify(answer: str, gold: str) -> tuple[bool, bool]:
+    """(equivalent, whether math-verify timed out on the way); cached with the verdict, so a repeated answer
+    reports its timeout again however the chains were split among processes."""
+    before = _TIMEOUTS.count
+    verdict = is_correct("\\boxed{" + answer + "}", "\\boxed{" + gold + "}")
+    return verdict, _TIMEOUTS.count > before
+
+
+def math_verify_check(answer: str | None, gold: str | None) -> tuple[bool, bool]:
+    """(math-verify equivalence of two bare answers, whether a comparison or parse of theirs timed out). Each
+    answer is parsed as the argument of a box (bare LaTeX such as `\\frac12` or `[1,2)` is otherwise not
+    recognised as mathematics at all). Memoised: the chains of one problem often state the same answer, and a
+    symbolic comparison costs milliseconds. math-verify's own per-comparison timeout (5 s) is kept; a timed-out
+    comparison is not equivalent."""
     if answer is None or gold is None or not answer.strip() or not gold.strip():
-        return False
-    return is_correct("\\boxed{" + answer + "}", "\\boxed{" + gold + "}")
+        return False, False
+    return _math_verify(answer, gold)
+
+
+def math_verify_equiv(answer: str | None, gold: str | None) -> bool:
+    """math-verify equivalence of two bare answers (`math_verify_check` without the timeout flag)."""
+    return math_verify_check(answer, gold)[0]
 
 
 @dataclass(frozen=True)
@@ -207,6 +252,7 @@ class Verdict:
     hendrycks: bool
     math_verify: bool
     label: str
+    timed_out: bool = False  # math-verify gave up on a comparison of this chain's (math_verify is then False)
 
 
 def label_chain(text: str, gold: str | None, labeler: str = "hendrycks") -> Verdict:
@@ -218,6 +264,153 @@ def label_chain(text: str, gold: str | None, labeler: str = "hendrycks") -> Verd
     boxed = chain_answer(text)
     answer = boxed if boxed is not None else extract_answer(text)
     hendrycks = is_equiv_hendrycks(boxed, gold)
-    math_verify = math_verify_equiv(answer, gold)
+    math_verify, timed_out = math_verify_check(answer, gold)
     correct = hendrycks if labeler == "hendrycks" else math_verify
-    return Verdict(answer, hendrycks, math_verify, "pos" if correct else "neg")
+    return Verdict(answer, hendrycks, math_verify, "pos" if correct else "neg", timed_out)
+
+
+def label_of(hendrycks: bool | None, math_verify: bool | None, labeler: str) -> str:
+    """The label of a chain whose two verdicts are stored, under `labeler` (relabelling needs no re-judging)."""
+    if labeler not in LABELERS:
+        raise ValueError(f"unknown labeler {labeler!r}; choose one of {', '.join(LABELERS)}")
+    return "pos" if (hendrycks if labeler == "hendrycks" else math_verify) else "neg"
+
+
+# --- labelling on every core ---------------------------------------------------------------------------
+
+
+def default_workers() -> int:
+    """The labelling pool's default size: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Labelled:
+    """The verdicts of `label_chains`, in the order of its input, and the positions of the chains on which
+    math-verify timed out."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    timeouts: list[int] = field(default_factory=list)
+
+
+def _label_chunk(chunk: Sequence[tuple[str, str | None]], labeler: str) -> list[Verdict]:
+    return [label_chain(text, gold, labeler) for text, gold in chunk]
+
+
+_POOL_MODULES = ["rplat.methods.labelers", "math_verify", "sympy"]
+
+
+def _start_worker(owner: int) -> None:
+    """A pool process's start: end with the pool's owner, and take a session of its own.
+
+    The processes fork from the forkserver, not from the owner, and each holds both ends of the pool's work
+    pipe, so if the owner is killed (kill -9, OOM) nothing would ever tell them: a thread waits on the owner's
+    pidfd and ends this process when the owner is gone (the forkserver, whose clients they are, then ends too).
+    A session of its own: Linux's scheduler (with autogroup, the default on desktop and many server kernels)
+    shares the CPU between sessions, not processes, so on a busy machine the processes of one session together
+    get one session's share however many there are; in sessions of their own, the pool gets one share per
+    process, as the same number of separate `rplat` commands would."""
+    import threading
+
+    def watch() -> None:
+        try:
+            import select
+
+            fd = os.pidfd_open(owner)
+            select.select([fd], [], [])  # readable once the owner has exited
+        except (AttributeError, OSError):  # no pidfds (old kernel, not Linux): poll
+            import time
+
+            while True:
+                try:
+                    os.kill(owner, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rplat-labelling-owner", daemon=True).start()
+    with contextlib.suppress(OSError):  # already a session leader, or not permitted: share the owner's session
+        os.setsid()
+
+
+class LabelPool:
+    """A pool of `workers` labelling processes, reused across calls (a job labelling batch after batch starts it
+    once); `workers` <= 1 labels in this process. Its processes fork from a server that has imported math-verify
+    and SymPy (never from the caller, which may hold database connections and threads), and math-verify's
+    timeout, a SIGALRM, works in each. Use it as a context manager."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = max(1, workers)
+        self._pool: Any = None
+
+    def __enter__(self) -> LabelPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _executor(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(_POOL_MODULES)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
+                                             initializer=_start_worker, initargs=(os.getpid(),))
+        return self._pool
+
+    def label(self, chains: Sequence[tuple[str, str | None]], labeler: str = "hendrycks", *,
+              chunk: int | None = None, progress: Callable[[int], None] = lambda _n: None) -> Labelled:
+        """Judge every (chain text, gold answer) with `label_chain`, `chunk` chains per task (default CHUNK, or
+        fewer so every process gets work), chains with the same gold answer together (each process has its own
+        answer cache); the verdicts, in the order of `chains`, are the same as in one process. `progress(n)`
+        hears of every n judged."""
+        if labeler not in LABELERS:
+            raise ValueError(f"unknown labeler {labeler!r}; choose one of {', '.join(LABELERS)}")
+        if chunk is None:
+            chunk = max(1, min(CHUNK, -(-len(chains) // self.workers)))
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, not {chunk}")
+        out = Labelled()
+        if self.workers <= 1 or len(chains) <= chunk:
+            for i in range(0, len(chains), chunk):
+                part = chains[i:i + chunk]
+                out.verdicts += _label_chunk(part, labeler)
+                progress(len(part))
+        else:
+            # Chains with the same gold answer go to the same chunk where they can (a stable sort: a problem's
+            # chains stay in order): the answers compared with one gold repeat across problems, and each process
+            # has its own answer cache, so this spares comparing the same pair in several processes.
+            order = sorted(range(len(chains)), key=lambda i: (chains[i][1] is None, chains[i][1] or ""))
+            chunks = [[chains[i] for i in order[j:j + chunk]] for j in range(0, len(order), chunk)]
+            verdicts: list[Verdict | None] = [None] * len(chains)
+            results = self._executor().map(_label_chunk, chunks, [labeler] * len(chunks))
+            position = 0
+            for part in results:
+                for verdict in part:
+                    verdicts[order[position]] = verdict
+                    position += 1
+                progress(len(part))
+            out.verdicts = [v for v in verdicts if v is not None]
+            assert len(out.verdicts) == len(chains)
+        out.timeouts = [i for i, v in enumerate(out.verdicts) if v.timed_out]
+        return out
+
+
+def label_chains(chains: Sequence[tuple[str, str | None]], labeler: str = "hendrycks", *, workers: int = 1,
+                 chunk: int | None = None, progress: Callable[[int], None] = lambda _n: None) -> Labelled:
+    """`LabelPool(workers).label(...)` once: every chain judged, in a pool of `workers` processes (1: here)."""
+    with LabelPool(workers) as pool:
+        return pool.label(chains, labeler, chunk=chunk, progress=progress)
