@@ -220,3 +220,30 @@ def test_whole_pipeline_tdg_on_a_tiny_model_runs_to_the_report(db: Store, tmp_pa
     compare = json.loads(db.rplat("report", "compare", f"{aggregate}:sc", f"{aggregate}:asc-f3", "--json",
                                   check=True).stdout)
     assert compare["n"] == 3
+
+
+def test_pipeline_gpus_go_to_the_jobs_that_run_a_model_and_not_to_evaluate_or_aggregate(
+        db: Store, tmp_path: Path) -> None:
+    _setup(db, tmp_path)
+    _seed_positive_chains(db, "gpt-3.5")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"text": "Tom had 5 apples. He ate 2. Now he has 3."}) + "\n")
+    db.rplat("import", "documents", str(docs), "--dataset", "docs", check=True)
+    db.rplat("pipeline", "tdg", "--problems", "sums-train", "--test", "sums-test", "--teacher", "gpt-3.5",
+             "--student", "tiny", "--experiment", "t", "--gpus", "1", check=True)
+    db.rplat("pipeline", "rationalyst", "--documents", "docs", "--problems", "sums-train", "--model", "tiny",
+             "--experiment", "t", "--methods", "greedy", "--gpus", "2", check=True)
+    jobs = _pipeline_jobs(db)
+    on_cpu = {"evaluate", "aggregate"}
+    tdg = [j for j in jobs if j.kind not in {"prefilter", "extract-rationales", "score-rationales",
+                                             "train-rationalyst", "solve"}]
+    assert {j.kind for j in tdg} >= {"train-neg", "train-nat", "train-ranker", "score-samples", "sample"} | on_cpu
+    # evaluate jobs of both pipelines read the store only: no GPU, whichever pipeline enqueued them.
+    assert {(j.kind, j.gpus) for j in jobs if j.kind in on_cpu} == {("evaluate", 0), ("aggregate", 0)}
+    assert {j.gpus for j in tdg if j.kind not in on_cpu and j.kind != "evaluate"} == {1}
+    rationalyst = [j for j in jobs if j.kind in {"prefilter", "extract-rationales", "score-rationales",
+                                                 "train-rationalyst", "solve"}]
+    assert len(rationalyst) == 5 and {j.gpus for j in rationalyst} == {2}
+    bad = db.rplat("pipeline", "tdg", "--problems", "sums-train", "--test", "sums-test", "--teacher", "gpt-3.5",
+                   "--student", "tiny", "--gpus", "-1")
+    assert bad.returncode == 2 and "--gpus" in bad.stderr and "Traceback" not in bad.stderr

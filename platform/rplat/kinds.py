@@ -68,6 +68,9 @@ class JobKind:
     handler: str
     description: str
     gpus: int = 0  # devices a job of this kind needs unless `enqueue --gpus` says otherwise
+    # a job of this kind loads a model and computes with it, so a GPU serves it (`pipeline --gpus` gives it GPUs);
+    # False for kinds that only read the store (evaluate, aggregate) and for probe
+    runs_model: bool = True
 
     def load_handler(self) -> Callable[..., dict[str, Any] | None]:
         return resolve(self.handler)

@@ -26,6 +26,11 @@ def _current(kind: str, values: dict[str, Any]) -> dict[str, Any]:
         return values
 
 
+def _gpus(kind: str, gpus: int) -> int | None:
+    """The GPUs a pipeline's job of `kind` asks for: `gpus` if the kind runs a model, else its kind's (none)."""
+    return gpus if gpus and kinds.get(kind).runs_model else None
+
+
 @dataclass
 class RationalystPipeline:
     """prefilter -> extract -> score -> train -> solve x methods -> evaluate (baselines need not wait for training)."""
@@ -40,6 +45,7 @@ class RationalystPipeline:
     extract_limit: int | None = None
     extract_mode: str = "rewrite"
     train_steps: int | None = None
+    gpus: int = 0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def adapter_name(self) -> str:
@@ -55,7 +61,8 @@ class RationalystPipeline:
         ids: dict[str, Any] = {"solve": {}, "evaluate": {}}
         with transaction(queue.engine) as s:
             def add(kind: str, values: dict[str, Any], after: list[int]) -> int:
-                job_id, _ = queue.enqueue_in(s, kind, params(kind, values), experiment=self.experiment, after=after)
+                job_id, _ = queue.enqueue_in(s, kind, params(kind, values), experiment=self.experiment, after=after,
+                                             gpus=_gpus(kind, self.gpus))
                 return job_id
 
             ids["prefilter"] = add("prefilter", {"documents": self.documents, "reference": [self.problems]}, [])
@@ -120,6 +127,7 @@ class TdgPipeline:
     asc_samples: int = 16
     asc_temperature: float = 0.7
     asc_setting: str = "nce"
+    gpus: int = 0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def adapter_name(self, setting: str) -> str:
@@ -177,7 +185,7 @@ class TdgPipeline:
         with transaction(queue.engine) as s:
             def add(kind: str, values: dict[str, Any], after: list[int | None], key: str | None = None) -> int:
                 job_id, _ = queue.enqueue_in(s, kind, params(kind, values, key), experiment=self.experiment,
-                                             after=[a for a in after if a is not None])
+                                             after=[a for a in after if a is not None], gpus=_gpus(kind, self.gpus))
                 return job_id
 
             collects = self._collects(s)

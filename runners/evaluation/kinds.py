@@ -25,6 +25,6 @@ class EvaluateParams(Params):
 
 EVALUATE = JobKind("evaluate", EvaluateParams, "rplat.runners.evaluation.evaluate:evaluate",
                    "Check a solve or sample job's answers (math-verify): predictions, self-consistency, "
-                   "micro accuracy per subject.")
+                   "micro accuracy per subject.", runs_model=False)
 
 KINDS = [EVALUATE]

@@ -17,6 +17,6 @@ class ProbeParams(Params):
 
 
 PROBE = JobKind("probe", ProbeParams, "rplat.runners.framework.probe:run",
-                "Report a runner machine's host, devices, library versions and free disk.")
+                "Report a runner machine's host, devices, library versions and free disk.", runs_model=False)
 
 KINDS = [PROBE]

@@ -257,7 +257,8 @@ TRAIN_RANKER = JobKind("train-ranker", TrainRankerParams, "rplat.runners.tdg.ran
 SCORE_SAMPLES = JobKind("score-samples", ScoreSamplesParams, "rplat.runners.tdg.ranker:score_samples",
                         "Score every sample of a sample job with a trained ranker (TDG B4).")
 AGGREGATE = JobKind("aggregate", AggregateParams, "rplat.runners.tdg.aggregate:run",
-                    "Greedy, self-consistency and ASC votes per problem, with tie credit and margins (TDG B4/B6).")
+                    "Greedy, self-consistency and ASC votes per problem, with tie credit and margins (TDG B4/B6).",
+                    runs_model=False)
 
 
 @dataclass(frozen=True, kw_only=True)

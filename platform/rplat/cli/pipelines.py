@@ -43,11 +43,13 @@ def _overrides(params_file: str | None, kinds_of: Callable[[str], Iterable[str]]
 @click.option("--extract-limit", default=None, type=click.IntRange(1), help="annotate at most this many texts")
 @click.option("--extract-mode", type=click.Choice(["rewrite", "insert"]), default="rewrite", show_default=True)
 @click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps")
+@click.option("--gpus", default=0, show_default=True, type=click.IntRange(0),
+              help="GPUs for each job that runs a model (0: any runner takes it, CPU included; on a GPU cluster 1)")
 @click.option("--params-file", default=None, help='JSON {"kind": {param: value}} overrides per job kind')
 @click.option("--json", "as_json", is_flag=True)
 def pipeline_rationalyst(documents: str, problems: str, test: str | None, model: str, experiment: str | None,
                          methods: str, limit: int | None, extract_limit: int | None, extract_mode: str,
-                         train_steps: int | None, params_file: str | None, as_json: bool) -> None:
+                         train_steps: int | None, gpus: int, params_file: str | None, as_json: bool) -> None:
     """prefilter -> extract -> score -> train -> solve x methods -> evaluate, with dependencies."""
     from rplat.pipelines import RationalystPipeline
 
@@ -55,7 +57,7 @@ def pipeline_rationalyst(documents: str, problems: str, test: str | None, model:
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     ids = RationalystPipeline(documents=documents, problems=problems, test=test, model=model,
                               experiment=experiment, methods=chosen, limit=limit, extract_limit=extract_limit,
-                              extract_mode=extract_mode, train_steps=train_steps, overrides=overrides
+                              extract_mode=extract_mode, train_steps=train_steps, gpus=gpus, overrides=overrides
                               ).enqueue(queue_of(open_store()))
     if as_json:
         click.echo(json.dumps(ids))
@@ -78,6 +80,8 @@ def pipeline_rationalyst(documents: str, problems: str, test: str | None, model:
         help="chains per training problem collected from a teacher model")
 @click.option("--limit", default=None, type=click.IntRange(1), help="sample at most this many test problems")
 @click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps of every training")
+@click.option("--gpus", default=0, show_default=True, type=click.IntRange(0),
+              help="GPUs for each job that runs a model (0: any runner takes it, CPU included; on a GPU cluster 1)")
 @click.option("--asc-samples", default=16, show_default=True, type=click.IntRange(0, 256),
               help="sampled chains per test problem for ASC (0: no ranker, no ASC)")
 @click.option("--asc-temperature", default=0.7, show_default=True, type=float, help="ASC's sampling temperature")
@@ -88,7 +92,7 @@ def pipeline_rationalyst(documents: str, problems: str, test: str | None, model:
 @click.option("--json", "as_json", is_flag=True)
 def pipeline_tdg(problems: str, test: str, teacher: str, student: str, experiment: str | None, teacher_samples: int,
                  limit: int | None, train_steps: int | None, asc_samples: int, asc_temperature: float,
-                 asc_setting: str, params_file: str | None, as_json: bool) -> None:
+                 asc_setting: str, gpus: int, params_file: str | None, as_json: bool) -> None:
     """(collect-chains) -> train-neg -> train-nat -> train-nce, the baselines (sft, kd, mix, nt, ul) beside them,
     then a greedy sample and its evaluation for every model and the untrained student; ASC: train-ranker on
     the chains, sampled chains of one model, score-samples, aggregate (greedy, sc, asc-f0..f3)."""
@@ -98,7 +102,7 @@ def pipeline_tdg(problems: str, test: str, teacher: str, student: str, experimen
     overrides = _overrides(params_file, tdg_override_kinds)
     ids = TdgPipeline(problems=problems, test=test, student=student, teacher=teacher, experiment=experiment,
                       teacher_samples=teacher_samples, limit=limit, train_steps=train_steps, asc_samples=asc_samples,
-                      asc_temperature=asc_temperature, asc_setting=asc_setting,
+                      asc_temperature=asc_temperature, asc_setting=asc_setting, gpus=gpus,
                       overrides=overrides).enqueue(queue_of(open_store()))
     if as_json:
         click.echo(json.dumps(ids))
