@@ -30,24 +30,23 @@ from pathlib import Path
 # Python puts this script's folder first on sys.path, where bench/queue.py would shadow the standard
 # library's `queue` (which psycopg imports); drop it before importing anything else.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.append(str(Path(__file__).resolve().parent))  # after the standard library: benchlib
 
 import argparse  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
 import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 from typing import Any  # noqa: E402
 
+from benchlib import bare_parents, fresh_store  # noqa: E402
+
 SUBSETS = ["Pile-CC", "PubMed Central", "ArXiv", "Github", "FreeLaw", "StackExchange", "Wikipedia (en)"]
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 COLUMNS = ("dataset_id", "job_id", "external_id", "source", "text", "subset", "content_hash", "n_chars")
 BATCH = 5000
 
@@ -78,28 +77,6 @@ def write_corpus(path: Path, rows: int, seed: int = 0) -> None:
 # --- stores ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def fresh_store(backend: str, workdir: Path) -> Iterator[str]:
-    """The URL of a new store migrated to head; removed afterwards."""
-    from rplat.migrate import upgrade
-    from rplat.store import get_engine, scratch_postgres
-
-    if backend == "sqlite":
-        path = workdir / f"{uuid.uuid4().hex}.db"
-        url = f"sqlite:///{path}"
-        upgrade(get_engine(url))
-        get_engine(url).dispose()
-        try:
-            yield url
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-        return
-    with scratch_postgres(os.environ.get("RPLAT_TEST_DATABASE_URL", DEFAULT_PG), "rplat_bench") as url:
-        upgrade(get_engine(url))
-        get_engine(url).dispose()
-        yield url
-
 
 # --- the two contenders, each run in a subprocess of its own --------------------------------------
 
@@ -117,24 +94,6 @@ def worker_rplat(url: str, corpus: Path) -> dict[str, Any]:
         summary = import_source(engine, str(corpus), "bench", fmap, progress=progress)
     return {"seconds": time.perf_counter() - start, "rows": summary["imported"]}
 
-
-def _bare_parents(url: str) -> tuple[int, int]:
-    """The dataset and job rows the baseline's documents point at (made before its clock starts)."""
-    from sqlalchemy import insert
-
-    from rplat.models import Dataset, Job, utcnow
-    from rplat.store import get_engine, transaction
-
-    with transaction(get_engine(url)) as session:
-        now = utcnow()
-        job_id = session.scalar(insert(Job).values(
-            kind="import-documents", status="succeeded", params={}, attempts=1, max_attempts=1, lease_token=0,
-            cancel_requested=False, priority=0, created_at=now, not_before=now, progress_done=0,
-        ).returning(Job.id))
-        dataset_id = session.scalar(insert(Dataset).values(name="bench", kind="documents", job_id=job_id,
-                                                           created_at=now).returning(Dataset.id))
-    get_engine(url).dispose()
-    return dataset_id, job_id
 
 
 def _bare_batches(corpus: Path, dataset_id: int, job_id: int) -> Iterator[list[tuple[object, ...]]]:
@@ -162,7 +121,7 @@ def worker_bare(url: str, corpus: Path) -> dict[str, Any]:
     """Seconds for read + json.loads + the driver's executemany of the same columns in batches + commit."""
     from sqlalchemy.engine import make_url
 
-    dataset_id, job_id = _bare_parents(url)
+    dataset_id, job_id = bare_parents(url)
     cols = ", ".join(COLUMNS)
     n = 0
     if url.startswith("sqlite"):

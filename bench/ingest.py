@@ -28,29 +28,25 @@ from pathlib import Path
 # Python puts this script's folder first on sys.path, where bench/queue.py would shadow the standard
 # library's `queue` (which psycopg imports); drop it before importing anything else.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.append(str(Path(__file__).resolve().parent))  # after the standard library: benchlib
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import random  # noqa: E402
 import sqlite3  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import psycopg  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+from benchlib import bare_parents, fresh_store  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from rplat.hashing import content_hash  # noqa: E402
 from rplat.imports.datasets import FieldMap, import_file  # noqa: E402
-from rplat.migrate import upgrade  # noqa: E402
-from rplat.models import Dataset, Job, utcnow  # noqa: E402
-from rplat.store import get_engine, scratch_postgres, transaction  # noqa: E402
+from rplat.store import get_engine  # noqa: E402
 
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 COLUMNS = ("dataset_id", "job_id", "external_id", "text", "n_chars", "content_hash")
 
 
@@ -73,24 +69,6 @@ def write_corpus(path: Path, rows: int, seed: int = 0) -> None:
 # --- stores ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def fresh_store(backend: str, workdir: Path) -> Iterator[str]:
-    """The URL of a new store migrated to head; removed afterwards."""
-    if backend == "sqlite":
-        path = workdir / f"{uuid.uuid4().hex}.db"
-        url = f"sqlite:///{path}"
-        upgrade(get_engine(url))
-        try:
-            yield url
-        finally:
-            get_engine(url).dispose()
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-        return
-    with scratch_postgres(os.environ.get("RPLAT_TEST_DATABASE_URL", DEFAULT_PG), "rplat_bench") as url:
-        upgrade(get_engine(url))
-        yield url
-
 
 # --- the two contenders ---------------------------------------------------------------------------
 
@@ -106,18 +84,6 @@ def run_rplat(url: str, corpus: Path) -> float:
     return elapsed
 
 
-def _bare_parents(url: str) -> tuple[int, int]:
-    """The dataset and job rows the baseline's documents point at (made before its clock starts)."""
-    with transaction(get_engine(url)) as session:
-        now = utcnow()
-        job_id = session.scalar(insert(Job).values(
-            kind="import-documents", status="succeeded", params={}, attempts=1, max_attempts=1, lease_token=0,
-            cancel_requested=False, priority=0, created_at=now, not_before=now, progress_done=0,
-        ).returning(Job.id))
-        dataset_id = session.scalar(insert(Dataset).values(name="bench", kind="documents", job_id=job_id,
-                                                           created_at=now).returning(Dataset.id))
-    return dataset_id, job_id
-
 
 def _bare_rows(corpus: Path, dataset_id: int, job_id: int) -> list[tuple[object, ...]]:
     rows = []
@@ -131,7 +97,7 @@ def _bare_rows(corpus: Path, dataset_id: int, job_id: int) -> list[tuple[object,
 
 def run_bare(url: str, corpus: Path) -> float:
     """Seconds for read + json.loads + the driver's executemany of the same columns + commit."""
-    dataset_id, job_id = _bare_parents(url)
+    dataset_id, job_id = bare_parents(url)
     get_engine(url).dispose()
     cols = ", ".join(COLUMNS)
     if url.startswith("sqlite"):

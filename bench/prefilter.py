@@ -32,6 +32,7 @@ from pathlib import Path
 # Python puts this script's folder first on sys.path, where bench/queue.py would shadow the standard
 # library's `queue` (which psycopg imports); drop it before importing anything else.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.append(str(Path(__file__).resolve().parent))  # after the standard library: benchlib
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -40,24 +41,20 @@ import random  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from benchlib import fresh_store  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from rplat.llm.embeddings import CPU_ENCODE_BATCH, GPU_ENCODE_BATCH, load_encoder  # noqa: E402
 from rplat.methods.prefilter import centroid, cosine_to, keep, preprocess, reference_text  # noqa: E402
-from rplat.migrate import upgrade  # noqa: E402
 from rplat.models import Job, PrefilterScore  # noqa: E402
 from rplat.queue import Queue  # noqa: E402
 from rplat.registry import ensure_bundled_embedder  # noqa: E402
 from rplat.runners.framework.runner import Runner, RunnerOptions  # noqa: E402
-from rplat.store import get_engine, scratch_postgres, transaction  # noqa: E402
+from rplat.store import get_engine, transaction  # noqa: E402
 
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 MAX_CHARS = 2000
 THRESHOLD = 0.3
 N_REFERENCE = 60
@@ -103,23 +100,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 # --- stores ---------------------------------------------------------------------------------------
 
-
-@contextmanager
-def fresh_store(backend: str, workdir: Path) -> Iterator[str]:
-    """The URL of a new store migrated to head; removed afterwards."""
-    if backend == "sqlite":
-        path = workdir / f"{uuid.uuid4().hex}.db"
-        url = f"sqlite:///{path}"
-        upgrade(get_engine(url))
-        try:
-            yield url
-        finally:
-            get_engine(url).dispose()
-        return
-    with scratch_postgres(os.environ.get("RPLAT_TEST_DATABASE_URL", DEFAULT_PG), "rplat_bench") as url:
-        upgrade(get_engine(url))
-        yield url
-        get_engine(url).dispose()
 
 
 def rplat_cli(url: str, home: Path, *args: str) -> str:

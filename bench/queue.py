@@ -33,6 +33,7 @@ import sys
 # library's `queue`, which psycopg and multiprocessing import.
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.append(HERE)  # after the standard library: benchlib
 
 import argparse
 import datetime as dt
@@ -41,23 +42,20 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from benchlib import fresh_store
 from sqlalchemy import delete, insert, text
 from sqlalchemy.engine import make_url
 
 from rplat import kinds
-from rplat.migrate import upgrade
 from rplat.models import Job, JobEvent, utcnow
 from rplat.queue import Queue
-from rplat.store import get_engine, scratch_postgres
+from rplat.store import get_engine
 
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 WORKERS = 4
 LEASE_SECONDS = 60.0
 
@@ -201,19 +199,6 @@ def measure(backend: str, url: str, jobs: int, repeats: int) -> dict[str, float]
                 w.kill()
     return {side: statistics.median(runs) for side, runs in rates.items()}
 
-
-@contextmanager
-def fresh_store(backend: str, workdir: Path) -> Iterator[str]:
-    """The URL of a new store migrated to head (temporary SQLite file or PostgreSQL database); removed after."""
-    if backend == "sqlite":
-        url = f"sqlite:///{workdir / 'queue-bench.db'}"
-        upgrade(get_engine(url))
-        yield url
-        get_engine(url).dispose()
-        return
-    with scratch_postgres(os.environ.get("RPLAT_TEST_DATABASE_URL", DEFAULT_PG), "rplat_bench") as url:
-        upgrade(get_engine(url))
-        yield url
 
 
 def main() -> None:
