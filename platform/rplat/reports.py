@@ -18,7 +18,7 @@ from rplat import analytics
 from rplat.errors import UserError
 from rplat.lookup import experiment_id, job_of_kind
 from rplat.methods.votes import OVERALL
-from rplat.models import Document, Job, PrefilterScore
+from rplat.models import Job
 from rplat.stats import wilson
 from rplat.store import transaction
 
@@ -58,51 +58,40 @@ def _latest_job(session: Any, kind: str, job_id: int | None, experiment: str | N
     return job
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    pos = q * (len(sorted_values) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
 def prefilter_report(engine: Engine, *, job_id: int | None = None, experiment: str | None = None,
                      examples: int = 3) -> dict[str, Any]:
-    """Counts and cosine quantiles over all of a job's scores; document texts only for the `examples` shown."""
+    """Counts and cosine quantiles over all of a job's scores, computed in the `prefilter_scores` view (a corpus's
+    million scores never come into Python); document texts only for the `examples` shown."""
     with transaction(engine) as session:
         job = _latest_job(session, "prefilter", job_id, experiment)
-        of_job = PrefilterScore.job_id == job.id
-        scores = session.execute(
-            select(PrefilterScore.cosine, PrefilterScore.passed).where(of_job).order_by(PrefilterScore.cosine)
-        ).all()
+        job_ref, status, params, result = job.id, job.status, job.params, job.result or {}
+    with open_views(engine) as con:
+        (scored, passed, quantiles), = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE passed), quantile_cont(cosine, [0.0, 0.25, 0.5, 0.75, 1.0]) "
+            "FROM prefilter_scores WHERE job_id = $job", {"job": job_ref}).fetchall()
 
-        def ends(order: Any) -> list[dict[str, Any]]:
+        def ends(order: str) -> list[dict[str, Any]]:
             if not examples:
                 return []
-            rows = session.execute(
-                select(PrefilterScore.cosine, PrefilterScore.passed, Document.external_id, Document.text)
-                .join(Document, Document.id == PrefilterScore.document_id)
-                .where(of_job).order_by(order, PrefilterScore.document_id).limit(examples)
-            ).all()
+            rows = records(con, "SELECT cosine, passed, document AS external_id, text FROM prefilter_scores "
+                           f"WHERE job_id = $job ORDER BY cosine {order}, document_id LIMIT $n",
+                           {"job": job_ref, "n": examples})
             return [_document_example(r) for r in rows]
 
-        closest, farthest = ends(PrefilterScore.cosine.desc()), ends(PrefilterScore.cosine.asc())
-    cosines = [r.cosine for r in scores]
-    passed = sum(1 for r in scores if r.passed)
+        closest, farthest = ends("DESC"), ends("ASC")
+    names = ("min", "p25", "median", "p75", "max")
     return {
-        "job_id": job.id,
-        "status": job.status,
-        "threshold": job.params.get("threshold"),
-        "max_chars": job.params.get("max_chars"),
-        "scored": len(scores),
+        "job_id": job_ref,
+        "status": status,
+        "threshold": params.get("threshold"),
+        "max_chars": params.get("max_chars"),
+        "scored": scored,
         "passed": passed,
         # Counted by the job when it finishes: documents it did not embed (None before then).
-        "over_max_chars": (job.result or {}).get("over_max_chars"),
-        "outside_subsets": (job.result or {}).get("outside_subsets"),
-        **_interval(passed, len(scores), "pass_rate"),
-        "cosine_quantiles": {name: _quantile(cosines, q) for name, q in
-                             (("min", 0.0), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("max", 1.0))},
+        "over_max_chars": result.get("over_max_chars"),
+        "outside_subsets": result.get("outside_subsets"),
+        **_interval(passed, scored, "pass_rate"),
+        "cosine_quantiles": dict(zip(names, quantiles or [float("nan")] * len(names), strict=True)),
         "closest": closest,
         "farthest": farthest,
     }
@@ -124,8 +113,8 @@ def _document_example(r: Any) -> dict[str, Any]:
             "snippet": snippet[:100] + ("..." if len(snippet) > 100 else "")}
 
 
-# The RATIONALYST funnel, over the jobs of an experiment (all jobs without one). Prefilter scores and extractions
-# have no view of their own: their store tables.
+# The RATIONALYST funnel, over the jobs of an experiment (all jobs without one). Extractions have no view of their
+# own: their store table.
 _FUNNEL = """
 WITH mine AS (SELECT job_id FROM job_timeline WHERE $experiment IS NULL OR experiment = $experiment)
 SELECT
