@@ -110,8 +110,16 @@ def test_status_json_reports_queue_depth_per_kind_and_status(db: Store) -> None:
     for tag in ("a", "b"):
         rplat_json(db, "enqueue", "probe", "--param", f"tag={tag}")
     status = rplat_json(db, "status")
-    assert status == {"queue": [{"kind": "probe", "status": "queued", "jobs": 2}], "runners": [], "running": []}
-    assert db.rplat("status", check=True).stdout.startswith("queue:\nkind   status  jobs\nprobe  queued  2\n")
+    assert status == {"queue": [{"kind": "probe", "status": "queued", "jobs": 2}], "ready": [{"gpus": 0, "jobs": 2}],
+                      "runners": [], "running": []}
+    gpu_job = rplat_json(db, "enqueue", "probe", "--param", "tag=c", "--gpus", "2")
+    waiting = rplat_json(db, "enqueue", "probe", "--param", "tag=d", "--after", str(gpu_job["id"]))
+    assert waiting["id"] != gpu_job["id"]
+    # A job waiting for its parent is queued but not ready; ready jobs are counted by the GPUs they need.
+    assert rplat_json(db, "status")["ready"] == [{"gpus": 0, "jobs": 2}, {"gpus": 2, "jobs": 1}]
+    assert db.rplat("status", check=True).stdout.startswith(
+        "queue:\nkind   status  jobs\nprobe  queued  4\n\nready jobs (every parent succeeded) by GPUs needed:\n"
+        "gpus  jobs\n0     2\n2     1\n")
 
 
 def test_generate_reasoning_gym_writes_problems_with_worked_solutions(tmp_path: Path) -> None:
