@@ -505,6 +505,8 @@ def test_cancel_of_a_running_job_reaches_its_runner_and_ends_it_cancelled(queue:
     with transaction(queue.engine) as session:
         written = session.scalar(select(func.count()).select_from(rplat_test_plugins.item_output))
     assert written is not None and 0 < written < 1000
+    # How far it got is recorded with its end, not only by the heartbeat before it (which may lag the handler).
+    assert (stored.progress_done, stored.progress_total) == (written, 1000)
 
 
 def test_expired_lease_after_a_cancel_request_is_cancelled_by_the_reaper(queue: Queue) -> None:

@@ -590,10 +590,18 @@ class Queue:
             record_event(session, job_id, "released", "runner shut down; the job resumes from its checkpoint",
                    runner=runner)
 
-    def finish_cancelled(self, job_id: int, token: int, *, runner: str | None = None) -> None:
+    def finish_cancelled(self, job_id: int, token: int, *, runner: str | None = None,
+                         progress: tuple[int, int | None] | None = None) -> None:
+        """Record that the running job stopped at a cancellation check, with how far it got (`progress`: the
+        handler's last, which a heartbeat may not have carried yet; a total it never gave keeps the stored one)."""
+        values: dict[str, Any] = {}
+        if progress is not None:
+            values["progress_done"] = progress[0]
+            if progress[1] is not None:
+                values["progress_total"] = progress[1]
         with transaction(self.engine) as session:
             self._finish(session, job_id, token, status="cancelled", finished_at=_now(session),
-                         error="cancelled while running")
+                         error="cancelled while running", **values)
             record_event(session, job_id, "cancelled", "the running job stopped at a cancellation check", runner=runner)
             self._cancel_descendants(session, job_id, f"parent job {job_id} cancelled")
 

@@ -375,7 +375,7 @@ class Runner:
             self.queue.complete(job.id, job.lease_token, result, ctx.current_progress)
             state = "succeeded"
         except JobCancelled:
-            self.queue.finish_cancelled(job.id, job.lease_token, runner=self.name)
+            self.queue.finish_cancelled(job.id, job.lease_token, runner=self.name, progress=ctx.current_progress)
             state = "cancelled"
         except JobInterrupted:
             self.queue.release(job.id, job.lease_token, runner=self.name)

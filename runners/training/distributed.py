@@ -101,8 +101,8 @@ def launch(ctx: JobContext, target: str, nproc: int) -> dict[str, Any]:
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while proc.poll() is None:
+            _forward_progress(ctx, run_dir)  # before the check: a cancelled job records how far it got
             ctx.check()
-            _forward_progress(ctx, run_dir)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=POLL_SECONDS)
     except BaseException:
