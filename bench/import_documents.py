@@ -30,7 +30,7 @@ from pathlib import Path
 # Python puts this script's folder first on sys.path, where bench/queue.py would shadow the standard
 # library's `queue` (which psycopg imports); drop it before importing anything else.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.append(str(Path(__file__).resolve().parent))  # after the standard library: benchlib
+sys.path.append(str(Path(__file__).resolve().parent / "lib"))  # after the standard library: benchlib
 
 import argparse  # noqa: E402
 import io  # noqa: E402

@@ -33,7 +33,7 @@ import sys
 # library's `queue`, which psycopg and multiprocessing import.
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
-sys.path.append(HERE)  # after the standard library: benchlib
+sys.path.append(os.path.join(HERE, "lib"))  # after the standard library: benchlib
 
 import argparse
 import datetime as dt

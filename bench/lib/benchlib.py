@@ -1,8 +1,8 @@
 """What several benchmarks share: a fresh migrated store per run, and the parent rows a bare baseline's documents
-point at. A benchmark drops its own folder from the front of sys.path (bench/queue.py would shadow the standard
-library's `queue`) and appends it at the end, after the standard library, to import this module. It imports rplat
-only when called, so that a baseline run in a process of its own (bench/import_documents.py measures each side's
-peak memory) loads none of it."""
+point at (bench/lib/ holds what is not a benchmark). A benchmark drops its own folder from the front of sys.path
+(bench/queue.py would shadow the standard library's `queue`) and appends bench/lib at the end, after the standard
+library, to import this module. It imports rplat only when called, so that a baseline run in a process of its own
+(bench/import_documents.py measures each side's peak memory) loads none of it."""
 
 from __future__ import annotations
 
