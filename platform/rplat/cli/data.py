@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,6 @@ from rplat.cli._common import open_store, option
 def import_() -> None:
     """Import documents or problems (JSONL, .gz, .zst, Parquet, shards, stdin, Hugging Face; streamed) or
     teacher chains."""
-
-
-def _progress_bar(total: int, label: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=label, unit="rows", disable=None, file=sys.stderr)
 
 
 def _run_import(file: str, dataset: str, fmap: Any, append: bool, as_json: bool, where: tuple[str, ...],
