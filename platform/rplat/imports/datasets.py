@@ -111,13 +111,6 @@ def _max_len(table: Table, column: str) -> int | None:
     return type_.length if isinstance(type_, String) else None
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) pairs of one file; Parquet rows are numbered from 1 like lines."""
-    for unit in open_source(str(path)).units:
-        for where, record in unit.records():
-            yield where.number, record
-
-
 class _BadField(Exception):
     """What is wrong with one field; the caller prefixes the file and line."""
 
