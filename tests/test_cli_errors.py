@@ -181,6 +181,22 @@ def queued_solve(store: Store) -> dict[str, str]:
     return {"job": str(job_id)}
 
 
+def tdg_experiment(store: Store) -> None:
+    """An experiment holding a trained NAT job with training metrics, and no RATIONALYST job."""
+    from rplat.models import TrainingMetric
+
+    with transaction(store.engine()) as session:
+        job = make.job(session, "train-nat", {}, experiment=make.experiment(session, "tdg"))
+        session.add_all([TrainingMetric(job_id=job.id, step=step, loss=1.0, lr=1e-4) for step in (1, 2)])
+
+
+def record_without_chains(store: Store) -> None:
+    released = {"question": "Problem:\nWhat is 1+1?", "answer": "Solution:\n$\\boxed{2}$", "level": "Level 1",
+                "type": "Algebra"}
+    write(store, "chains.jsonl", jsonl({**released, "generated_answer": ["Solution:\n$\\boxed{2}$"]},
+                                       {**released, "generated_answer": []}))
+
+
 def unknown_revision(store: Store) -> None:
     with store.engine().begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'feedfacecafe'"))
@@ -331,6 +347,12 @@ CASES = [
     Case("missing-file-argument", ("import", "documents", "--dataset", "d"), ["missing argument 'FILE'"]),
     Case("missing-required-option", ("import", "documents", "docs.jsonl"), ["missing option '--dataset'"]),
     Case("status-not-a-choice", ("jobs", "ls", "--status", "done"), ["'done' is not one of"]),
+    # issue 17: reports and chain imports
+    Case("rationalyst-report-of-a-tdg-experiment", ("report", "rationalyst", "--experiment", "tdg"),
+         ["experiment 'tdg' holds no RATIONALYST jobs", "rplat report tdg --experiment tdg"], tdg_experiment),
+    Case("released-chains-record-without-chains", ("import", "chains", "chains.jsonl", "--teacher", "gpt"),
+         ["chains.jsonl line 2 field 'generated_answer' is an empty array", "at least one chain"],
+         record_without_chains),
 ]
 
 
