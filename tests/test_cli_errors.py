@@ -6,6 +6,7 @@ tests/test_cli.py, run the real `rplat` process."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -28,11 +29,17 @@ PROBLEMS = FieldMap("problems", None, {"question": "question"}, {"answer": "answ
 
 
 def snapshot(store: Store) -> dict[str, list[str]]:
-    """Every row of every table (sorted renderings): equal snapshots mean the database did not change."""
+    """Every row of every table (sorted renderings) and, on SQLite, the bytes of the database file and its WAL
+    (hashed; an empty WAL is no WAL): equal snapshots mean the database did not change."""
     engine = store.engine()
     with engine.connect() as conn:
-        return {name: sorted(repr(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{name}"')))
+        rows = {name: sorted(repr(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{name}"')))
                 for name in sorted(inspect(conn).get_table_names())}
+    if store.backend == "sqlite":
+        database = Path(engine.url.database or "")
+        for path in (database, database.with_name(database.name + "-wal")):
+            rows[f"file {path.name}"] = [hashlib.sha256(path.read_bytes() if path.exists() else b"").hexdigest()]
+    return rows
 
 
 def assert_one_clear_sentence(proc_stdout: str, proc_stderr: str, returncode: int, expect: list[str]) -> str:
@@ -395,7 +402,8 @@ def test_a_database_without_the_schema_is_refused_with_what_to_run(empty_db: Sto
     proc = empty_db.rplat(*args)
     assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode,
                               ["has no rplat schema, not at head", "run `rplat db upgrade`"])
-    assert snapshot(empty_db) == before == {}
+    assert snapshot(empty_db) == before
+    assert not any(rows for name, rows in before.items() if not name.startswith("file "))
 
 
 def test_there_are_at_least_fifteen_bad_input_cases() -> None:
