@@ -39,6 +39,11 @@ FORMAT_NAMES = {"base": "a causal LM", "lora": "a LoRA adapter", "nat": "a NAT m
                 "embedding": "an embedding model", "ranker": "a ranker"}
 
 
+def _or(items: Sequence[str]) -> str:
+    """"a", "a or b", "a, b or c"."""
+    return ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else items[0]
+
+
 def _format_name(fmt: str) -> str:
     return FORMAT_NAMES.get(fmt, f"a {fmt} model")
 
@@ -90,10 +95,12 @@ class Ref:
     dataset: str | None = None
 
     def what(self) -> str:
-        """What a model this field names must be, in words ("a LoRA adapter (role neg)")."""
-        names = [_format_name(f) for f in self.formats]
-        said = (", ".join(names[:-1]) + " or " + names[-1]) if len(names) > 1 else names[0]
-        return said + (f" (role {' or '.join(self.roles)})" if self.roles else "")
+        """What a model this field names must be, in words ("a LoRA adapter (format lora, role neg)")."""
+        if set(self.formats) == set(CAUSAL_LM):
+            said = "a causal LM or an adapter on one"
+        else:
+            said = _or([_format_name(f) for f in self.formats])
+        return f"{said} (format {_or(self.formats)}" + (f", role {_or(self.roles)}" if self.roles else "") + ")"
 
 
 @dataclass(frozen=True)
@@ -282,13 +289,12 @@ def check_model(session: Session, where: str, ref: Ref, name: Any, ancestors: Se
     fits = (not ref.formats or fmt in ref.formats) and (not ref.roles or role is None or role in ref.roles)
     if fits:
         return
-    what = _format_name(fmt) + (f" of role {role}" if role is not None and ref.roles else "")
     makers = _makers(ref)
-    fix = (f"the result of a {' or '.join(makers)} job" if makers and "base" not in ref.formats
-           else f"{ref.what()} registered with `rplat models add`")
-    raise UserError(f"{where} names model {name!r}, {what} ({whose}: format {fmt}"
-                    + (f", role {role}" if role is not None else "") + f"), not {ref.what()}; name {fix} "
-                    "(see `rplat models ls`).")
+    fix = (f"name the result of a {_or(makers)} job" if makers and "base" not in ref.formats
+           else "name another model")
+    raise UserError(f"{where} names model {name!r}, {_format_name(fmt)} ({whose}: format {fmt}"
+                    + (f", role {role}" if role is not None else "") + f"), not {ref.what()}; {fix} "
+                    "(see `rplat models ls`; `rplat models add` registers one).")
 
 
 def _stored(kind_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
