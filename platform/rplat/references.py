@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -298,12 +299,18 @@ def check_model(session: Session, where: str, ref: Ref, name: Any, ancestors: Se
 
 
 def _stored(kind_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored job's params under the current names of its kind's params (an older job's may use old ones)."""
+    """A stored job's params as its kind reads them: current names, defaults filled in (an older job's may use old
+    names or lack a newer parameter); as stored where they no longer validate."""
     params_type = _params_type(kind_name)
-    try:
-        return kinds.current_names(params_type, dict(params)) if params_type is not None else dict(params)
-    except ValueError:
+    if params_type is None:
         return dict(params)
+    try:
+        return params_type.model_validate(dict(params)).model_dump(mode="json")
+    except ValidationError:
+        try:
+            return kinds.current_names(params_type, dict(params))
+        except ValueError:
+            return dict(params)
 
 
 def _check_job(session: Session, kind_name: str, field: str, ref: Ref, job_id: Any, params: Mapping[str, Any],
