@@ -16,13 +16,13 @@ from pydantic import Field, model_validator
 
 from rplat.bundled import SMOLLM2
 from rplat.kinds import Params
-from rplat.references import Ref
+from rplat.references import CAUSAL_LM, Ref
 from rplat.runners.training.config import TrainConfig
 
 
 class ModelParams(Params):
-    model: Annotated[str, Ref("model", primary=True)] = Field(
-        SMOLLM2, description="registered model (the bundled SmolLM2 by default)")
+    model: Annotated[str, Ref("model", primary=True, formats=CAUSAL_LM)] = Field(
+        SMOLLM2, description="registered causal LM, or an adapter on one (the bundled SmolLM2 by default)")
     backend: str = Field("hf", pattern="^(hf|openai)$", description="hf (in-process) or openai (a server)")
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL, for backend=openai")
     batch_size: int = Field(8, gt=0, le=1024, description="items per model call and per committed batch")
@@ -61,7 +61,8 @@ class FineTuneParams(TrainParams):
     """Training a LoRA (the shared LoRA settings: r 8, alpha 16, dropout 0.05, q/v) on a language model, with a
     warmup, alone or on several processes under torchrun."""
 
-    model: Annotated[str, Ref("model", primary=True)] = Field(SMOLLM2, description="base model to fine-tune")
+    model: Annotated[str, Ref("model", primary=True, formats=("base",))] = Field(
+        SMOLLM2, description="base model to fine-tune (a causal LM's own weights, not an adapter)")
     lora_r: int = Field(8, gt=0, description="LoRA rank")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha (scaling alpha / r)")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input (0: runs with different "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -116,14 +117,16 @@ def test_aggregate_without_scores_stores_self_consistency_only(db: Store) -> Non
     assert _predictions(db, job.id) == {"sc": EXPECTED["sc"]}
 
 
-@pytest.mark.parametrize(("case", "message"), [
-    ("other sample job", "score_samples_job {score} scored sample job {sample}, not sample_job {other}"),
-    ("one sample", "sample_job {other} drew n_samples=1 sample per problem, nothing to vote over"),
-    ("missing scores",
+@pytest.mark.parametrize(("case", "refused", "message"), [
+    ("other sample job", "whose sample_job is {sample}, not this job's sample_job {other}",
+     "score_samples_job {score} scored sample job {sample}, not sample_job {other}"),
+    ("one sample", "names sample job {other}, whose n_samples is 1, not > 1",
+     "sample_job {other} drew n_samples=1 sample per problem, nothing to vote over"),
+    ("missing scores", None,
      "score_samples_job {score} has no ranker score for 2 of the 12 samples of sample job {sample}"),
 ])
 def test_aggregate_refuses_bad_inputs_in_one_sentence_and_writes_nothing(
-        db: Store, case: str, message: str) -> None:
+        db: Store, case: str, refused: str | None, message: str) -> None:
     ids = _seed(db, scored=10 if case == "missing scores" else None)
     if case == "missing scores":
         params = {"sample_job": ids["sample"], "score_job": ids["score"]}
@@ -134,7 +137,16 @@ def test_aggregate_refuses_bad_inputs_in_one_sentence_and_writes_nothing(
             ids["other"] = make.job(s, "sample", {"problems": "math", "model": "student", "n": n,
                                                   "temperature": 0.7}).id
         params = {"sample_job": ids["other"], "score_job": ids["score"]}
-    job = _run(db, params)
+    if refused is None:
+        job = _run(db, params)
+    else:  # enqueue refuses it; so does the handler, for a job written past enqueue's checks
+        with pytest.raises(UserError, match=re.escape(refused.format(**ids))):
+            Queue(db.engine()).enqueue("aggregate", params)
+        with transaction(db.engine()) as s:
+            job_id = make.job(s, "aggregate", validate_params("aggregate", params), status="queued",
+                              max_attempts=1).id
+        Runner(Queue(db.engine()), db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+        job = db.job(job_id)
     assert job.status == "failed"
     assert message.format(**ids) in job.error
     assert "Traceback" not in job.error

@@ -204,6 +204,44 @@ def record_without_chains(store: Store) -> None:
                                        {**released, "generated_answer": []}))
 
 
+# issue 17: semantic checks (the setups of that section's cases)
+def params_file_with_infinity(store: Store) -> None:
+    write(store, "params.json", '{"sleep_seconds": Infinity}\n')
+
+
+def params_jsonl_with_nan(store: Store) -> None:
+    write(store, "tags.jsonl", '{"tag": "a"}\n{"burn_seconds": NaN}\n')
+
+
+def asc_sample_of_one(store: Store) -> None:
+    tiny_and_gsm(store)
+    write(store, "pipeline.json", json.dumps({"asc-sample": {"n_samples": 1}}))
+
+
+def gsm_chains_and_models(store: Store) -> dict[str, str]:
+    """tiny_and_gsm, chains of teacher `t` on gsm, a LoRA `kd-lora` (role kd), a greedy sample job of tiny and two
+    sampled ones, each with its score-samples job; returns the jobs' ids."""
+    from sqlalchemy import select
+
+    from rplat.models import Dataset, Problem
+
+    tiny_and_gsm(store)
+    with transaction(store.engine()) as session:
+        problem = session.scalar(select(Problem).join(Dataset, Dataset.id == Problem.dataset_id)
+                                 .where(Dataset.name == "gsm"))
+        make.chain(session, problem, "t", "2 + 3 = 5, so \\boxed{5}.", "pos")
+        make.model(session, "kd-lora", "lora", role="kd")
+        greedy = make.job(session, "sample", {"problems": "gsm", "model": "tiny", "n_samples": 1, "temperature": 0})
+        ids = {"greedy": str(greedy.id)}
+        for key in ("sample", "other"):
+            sample = make.job(session, "sample", {"problems": "gsm", "model": "tiny", "n_samples": 4,
+                                                  "temperature": 0.7})
+            ids[key] = str(sample.id)
+            ids[f"score_{key}"] = str(make.job(session, "score-samples", {"sample_job": sample.id,
+                                                                          "ranker": "r"}).id)
+        return ids
+
+
 def unknown_revision(store: Store) -> None:
     with store.engine().begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'feedfacecafe'"))
@@ -310,6 +348,58 @@ CASES = [
     Case("pipeline-names-an-unknown-dataset",
          ("pipeline", "rationalyst", "--documents", "nope", "--problems", "gsm", "--model", "tiny"),
          ["parameter 'documents' of prefilter names dataset 'nope', which does not exist"], tiny_and_gsm),
+    # issue 17: semantic checks
+    Case("enqueue-a-learning-rate-of-inf", ("enqueue", "train-kd", "--param", "problems=gsm", "--param", "teacher=t",
+                                            "--param", "lr=inf"),
+         ["job kind 'train-kd'", "'lr' input should be a finite number (got 'inf')"]),
+    Case("enqueue-a-temperature-of-inf", ("enqueue", "sample", "--param", "problems=gsm", "--param", "temperature=inf"),
+         ["job kind 'sample'", "'temperature' input should be a finite number"]),
+    Case("enqueue-a-temperature-of-nan", ("enqueue", "sample", "--param", "problems=gsm", "--param", "temperature=nan"),
+         ["'temperature' input should be a finite number (got 'nan')"]),
+    Case("params-file-with-an-infinity-literal", ("enqueue", "probe", "--params-file", "params.json"),
+         ["'sleep_seconds' input should be a finite number (got inf)"], params_file_with_infinity),
+    Case("params-jsonl-with-a-nan-literal", ("enqueue", "probe", "--params-jsonl", "tags.jsonl"),
+         ["tags.jsonl line 2", "'burn_seconds' input should be a finite number (got nan)"], params_jsonl_with_nan),
+    Case("pipeline-tdg-asc-sample-of-one-in-the-params-file",
+         ("pipeline", "tdg", "--problems", "gsm", "--test", "gsm", "--teacher", "tiny", "--student", "tiny",
+          "--params-file", "pipeline.json"),
+         ["ASC votes over several sampled chains", "would draw n_samples=1", '"asc-sample"'], asc_sample_of_one),
+    Case("pipeline-tdg-asc-samples-option-of-one",
+         ("pipeline", "tdg", "--problems", "gsm", "--test", "gsm", "--teacher", "tiny", "--student", "tiny",
+          "--asc-samples", "1"), ["would draw n_samples=1", "--asc-samples N > 1"], tiny_and_gsm),
+    Case("pipeline-tdg-student-is-an-embedding-model",
+         ("pipeline", "tdg", "--problems", "gsm", "--test", "gsm", "--teacher", "tiny", "--student",
+          "all-minilm-l6-v2"),
+         ["--student names model 'all-minilm-l6-v2', an embedding model", "not a causal LM (format base)",
+          "rplat models ls"], tiny_and_gsm),
+    Case("pipeline-tdg-teacher-is-an-embedding-model",
+         ("pipeline", "tdg", "--problems", "gsm", "--test", "gsm", "--teacher", "all-minilm-l6-v2", "--student",
+          "tiny"),
+         ["--teacher names model 'all-minilm-l6-v2', an embedding model", "not a causal LM or an adapter on one"],
+         tiny_and_gsm),
+    Case("pipeline-rationalyst-model-is-a-lora",
+         ("pipeline", "rationalyst", "--documents", "gsm", "--problems", "gsm", "--model", "kd-lora"),
+         ["--model names model 'kd-lora', a LoRA adapter", "not a causal LM (format base)"], gsm_chains_and_models),
+    Case("train-nat-with-an-embedding-model-as-its-negative-lora",
+         ("enqueue", "train-nat", "--param", "problems=gsm", "--param", "teacher=t", "--param", "model=tiny",
+          "--param", "neg_model=all-minilm-l6-v2"),
+         ["parameter 'neg_model' of train-nat names model 'all-minilm-l6-v2', an embedding model",
+          "not a LoRA adapter (format lora, role neg)", "the result of a train-neg job"], gsm_chains_and_models),
+    Case("score-samples-with-a-lora-as-its-ranker",
+         ("enqueue", "score-samples", "--param", "sample_job={sample}", "--param", "ranker=kd-lora"),
+         ["parameter 'ranker' of score-samples names model 'kd-lora', a LoRA adapter", "not a ranker",
+          "the result of a train-ranker job"], gsm_chains_and_models),
+    Case("train-kd-on-a-chain-set-that-does-not-exist",
+         ("enqueue", "train-kd", "--param", "problems=gsm", "--param", "teacher=nobody", "--param", "model=tiny"),
+         ["parameter 'teacher' of train-kd names chain set 'nobody', which has no chains on dataset 'gsm'",
+          "its teachers: t", "rplat import chains FILE --teacher nobody --dataset gsm"], gsm_chains_and_models),
+    Case("aggregate-with-the-score-job-of-another-sample-job",
+         ("enqueue", "aggregate", "--param", "sample_job={sample}", "--param", "score_samples_job={score_other}"),
+         ["names score-samples job {score_other}, whose sample_job is {other}, not this job's sample_job {sample}",
+          "rplat jobs ls --kind score-samples"], gsm_chains_and_models),
+    Case("aggregate-over-a-greedy-sample-job", ("enqueue", "aggregate", "--param", "sample_job={greedy}"),
+         ["names sample job {greedy}, whose n_samples is 1, not > 1", "name a sample job with n_samples > 1"],
+         gsm_chains_and_models),
     # explain and serve
     Case("explain-an-unknown-table", ("explain", "rationale", "1"), ["there is no table 'rationale' with lineage",
                                                                      "rationales"]),

@@ -241,7 +241,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                         after=[ids["extract"]])
         ids["sample"], _ = queue.enqueue("sample", {"problems": "p", "n_samples": 2, "temperature": 0.7})
         ids["greedy"], _ = queue.enqueue("sample", {"problems": "p"})
-        ids["ranker"], _ = queue.enqueue("train-ranker", {"problems": "p", "teacher": "t", "ranker_name": "r"})
+        ids["collect"], _ = queue.enqueue("collect-chains", {"problems": "p", "teacher": "t"})  # the chain set t
+        ids["ranker"], _ = queue.enqueue("train-ranker", {"problems": "p", "teacher": "t", "ranker_name": "r"},
+                                         after=[ids["collect"]])
         ids["scores"], _ = queue.enqueue("score-samples", {"sample_job": ids["sample"], "ranker": "r"},
                                          after=[ids["sample"], ids["ranker"]])
         yield ids

@@ -9,6 +9,8 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from rplat.errors import UserError
+from rplat.kinds import validate_params
 from rplat.methods.ranker import Ranker, RankerConfig, collate, encode_pair, load_ranker, save_ranker
 from rplat.models import (
     Job,
@@ -149,9 +151,19 @@ def test_bad_inputs_fail_the_job_with_one_sentence_and_write_nothing(db: Store, 
         register_tiny(s, tmp_path)
         empty_samples = make.job(s, "sample").id
     queue = Queue(db.engine())
-    not_a_ranker, _ = queue.enqueue("score-samples", {"sample_job": sample_job, "ranker": "tiny"})
+    # Enqueueing refuses a ranker that is not one and a chain set not on the dataset; the handlers refuse them too
+    # (a model re-registered, chains deleted after enqueueing), which the jobs written past enqueue's checks show.
+    not_a_ranker_params = {"sample_job": sample_job, "ranker": "tiny"}
+    no_pairs_params = {**COMMON, "problems": "test"}
+    with pytest.raises(UserError, match="names model 'tiny', a causal LM .*not a ranker"):
+        queue.enqueue("score-samples", not_a_ranker_params)
+    with pytest.raises(UserError, match=f"names chain set '{TEACHER}', which has no chains on dataset 'test'"):
+        queue.enqueue("train-ranker", no_pairs_params)
+    with transaction(db.engine()) as s:
+        not_a_ranker = make.job(s, "score-samples", validate_params("score-samples", not_a_ranker_params),
+                                status="queued").id
+        no_pairs = make.job(s, "train-ranker", validate_params("train-ranker", no_pairs_params), status="queued").id
     no_samples, _ = queue.enqueue("score-samples", {"sample_job": empty_samples, "ranker": "rk"})
-    no_pairs, _ = queue.enqueue("train-ranker", {**COMMON, "problems": "test"})
     _drain(db)
     with transaction(db.engine()) as s:
         errors = {j: (s.get(Job, j).status, s.get(Job, j).error) for j in (not_a_ranker, no_samples, no_pairs)}

@@ -8,6 +8,8 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from rplat.errors import UserError
+from rplat.kinds import validate_params
 from rplat.llm.load import LOADED, load, open_backend
 from rplat.llm.resolve import prepare_backend
 from rplat.methods.nat import nat_layers, nat_mode
@@ -111,9 +113,14 @@ def test_train_nat_after_train_neg_registers_a_nat_model_on_the_positives(db: St
         LOADED.clear()
 
 
-def test_a_negative_lora_of_another_format_fails_the_job_with_one_sentence(db: Store, tmp_path: Path) -> None:
+def test_a_negative_lora_of_another_format_is_refused_at_enqueue_and_fails_the_job_with_one_sentence(
+        db: Store, tmp_path: Path) -> None:
     _seed(db, tmp_path)
-    job_id, _ = Queue(db.engine()).enqueue("train-nat", {**COMMON, "neg_model": "tiny", "max_steps": 1})
+    params = {**COMMON, "neg_model": "tiny", "max_steps": 1}
+    with pytest.raises(UserError, match="'neg_model' of train-nat names model 'tiny', a causal LM .*not a LoRA"):
+        Queue(db.engine()).enqueue("train-nat", params)
+    with transaction(db.engine()) as s:  # written past enqueue's check (a model re-registered since): the handler's own
+        job_id = make.job(s, "train-nat", validate_params("train-nat", params), status="queued").id
     _drain(db)
     with transaction(db.engine()) as s:
         job = s.get(Job, job_id)

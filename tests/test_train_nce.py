@@ -10,7 +10,9 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from rplat.errors import UserError
 from rplat.hashing import content_hash
+from rplat.kinds import validate_params
 from rplat.llm.resolve import prepare_backend
 from rplat.methods import nce
 from rplat.methods.nat import NATConfig, attach_nat, load_nat, nat_mode, read_peft_lora, save_nat
@@ -272,10 +274,15 @@ def test_train_nce_distils_the_nat_model_that_train_neg_and_train_nat_made(db: S
     assert job.result["steps"] == 2 and job.result["examples"] == 3
 
 
-def test_a_nat_model_of_another_format_fails_the_job_with_one_sentence(db: Store, tmp_path: Path) -> None:
+def test_a_nat_model_of_another_format_is_refused_at_enqueue_and_fails_the_job_with_one_sentence(
+        db: Store, tmp_path: Path) -> None:
     build_nat(db, tmp_path)
     seed_chains(db, 2)
-    job_id, _ = Queue(db.engine()).enqueue("train-nce", dict(BASE_PARAMS, nat_model="neg", max_steps=1))
+    params = dict(BASE_PARAMS, nat_model="neg", max_steps=1)
+    with pytest.raises(UserError, match="'nat_model' of train-nce names model 'neg', a LoRA adapter .*not a NAT model"):
+        Queue(db.engine()).enqueue("train-nce", params)
+    with transaction(db.engine()) as s:  # written past enqueue's check (a model re-registered since): the handler's own
+        job_id = make.job(s, "train-nce", validate_params("train-nce", params), status="queued").id
     drain(db)
     with transaction(db.engine()) as s:
         job = s.get(Job, job_id)

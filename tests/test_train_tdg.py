@@ -10,6 +10,8 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rplat.errors import UserError
+from rplat.kinds import validate_params
 from rplat.llm.load import load
 from rplat.llm.resolve import prepare_backend
 from rplat.models import Job, Model, ModelParent, Problem, TrainingExample, TrainingMetric
@@ -136,9 +138,15 @@ def test_nt_subtracts_lambda_times_the_negatives_nll_and_ul_adds_lambda_times_th
     assert any(extra["tokens_neg"] < 1 for _, extra in nt_rows + ul_rows)
 
 
-def test_a_teacher_without_chains_fails_the_job_with_one_sentence(db: Store, tmp_path: Path) -> None:
+def test_a_teacher_without_chains_is_refused_at_enqueue_and_fails_the_job_with_one_sentence(
+        db: Store, tmp_path: Path) -> None:
     _seed(db, tmp_path)
-    job_id, _ = Queue(db.engine()).enqueue("train-neg", {**COMMON, "teacher": "nobody"})
+    params = {**COMMON, "teacher": "nobody"}
+    with pytest.raises(UserError, match="'teacher' of train-neg names chain set 'nobody', which has no chains on "
+                                        "dataset 'train'"):
+        Queue(db.engine()).enqueue("train-neg", params)
+    with transaction(db.engine()) as s:  # written past enqueue's check (chains deleted since): the handler's own
+        job_id = make.job(s, "train-neg", validate_params("train-neg", params), status="queued").id
     _drain(db)
     with transaction(db.engine()) as s:
         job = s.get(Job, job_id)

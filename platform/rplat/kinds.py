@@ -31,9 +31,10 @@ class Was:
 
 
 class Params(BaseModel):
-    """Base of every kind's parameters: unknown names are an error, not silently ignored."""
+    """Base of every kind's parameters: unknown names are an error, not silently ignored, and every float is
+    finite (inf and nan, which `--param x=inf` and JSON's `Infinity`/`NaN` give, are refused)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

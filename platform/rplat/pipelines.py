@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from rplat import kinds
+from rplat import kinds, references
+from rplat.chainsets import chain_count
 from rplat.errors import UserError
 from rplat.methods.guided import GUIDED, SOLVE_METHODS
-from rplat.models import Dataset, Model, Problem, TeacherChain
+from rplat.models import Model
 from rplat.queue import Queue
 from rplat.references import BUNDLED_MODELS
 from rplat.runners.tdg.kinds import TRAINING
@@ -24,6 +26,12 @@ def _current(kind: str, values: dict[str, Any]) -> dict[str, Any]:
         return kinds.current_names(kinds.get(kind).params, values)
     except ValueError:
         return values
+
+
+def _check_option_model(session: Session, option: str, name: str, kind: str, field: str = "model") -> None:
+    """A pipeline's model option (`--student`) is what the field it fills (`model` of `kind`) must name: the
+    field's own `Ref` checks it, the sentence naming the option."""
+    references.check_model(session, option, references.ref_of(kind, field), name)
 
 
 def _gpus(kind: str, gpus: int) -> int | None:
@@ -60,6 +68,9 @@ class RationalystPipeline:
 
         ids: dict[str, Any] = {"solve": {}, "evaluate": {}}
         with transaction(queue.engine) as s:
+            # the model is fine-tuned (train-rationalyst) as well as run, so it must be a base model
+            _check_option_model(s, "--model", self.model, "train-rationalyst")
+
             def add(kind: str, values: dict[str, Any], after: list[int]) -> int:
                 job_id, _ = queue.enqueue_in(s, kind, params(kind, values), experiment=self.experiment, after=after,
                                              gpus=_gpus(kind, self.gpus))
@@ -147,24 +158,47 @@ class TdgPipeline:
         if self.asc_setting not in TDG_SETTINGS:
             raise UserError(f"--asc-setting {self.asc_setting!r} is not a setting of this pipeline; pick one of "
                             f"{', '.join(TDG_SETTINGS)}.")
-        if self.asc_samples == 1 or self.asc_samples < 0 or (self.asc_samples and self.asc_temperature <= 0):
-            raise UserError("ASC votes over several sampled chains: give --asc-samples N > 1 with "
-                            "--asc-temperature > 0, or --asc-samples 0 to leave ASC out.")
         bad = next((k for k, v in self.overrides.items() if not isinstance(v, dict)), None)
         if bad is not None:
             raise UserError(f"--params-file entry {bad!r} must be an object of parameters, e.g. "
                             '{"sample": {"max_tokens": 64}}.')
+        if self.asc_samples < 0:
+            raise UserError(f"--asc-samples {self.asc_samples} is negative; give N > 1, or 0 to leave ASC out.")
+        if self.asc_samples:
+            # the options and the params file's keys alike, checked as aggregate checks the sample job it votes over
+            sampled = self._asc_sample_values()
+            temperature = sampled.get("temperature")
+            try:
+                checked = kinds.validate_params("sample", {k: v for k, v in sampled.items() if v is not None})
+            except UserError:
+                if not isinstance(temperature, int | float) or temperature > 0:
+                    raise  # a mistake of another kind: the sample job's own sentence says which
+                checked = {}  # a greedy temperature: said below, in ASC's words
+            unmet = references.unmet(references.ref_of("aggregate", "sample_job"), checked)
+            if unmet is not None or checked.get("temperature", 0) <= 0:
+                raise UserError(f"ASC votes over several sampled chains, but its sample job would draw n_samples="
+                                f"{sampled.get('n_samples')!r} at temperature {temperature!r} (from --asc-samples, "
+                                "--asc-temperature and the params file's \"asc-sample\" key); give --asc-samples "
+                                "N > 1 with --asc-temperature > 0 (in the params file: n_samples > 1 and temperature "
+                                "> 0 under \"asc-sample\"), or --asc-samples 0 to leave ASC out.")
 
-    def _collects(self, session: Any) -> bool:
-        """Whether the teacher is a model to collect chains from; if not, it must have chains stored on the
-        training problems."""
+    def _asc_sample_values(self) -> dict[str, Any]:
+        """The values of ASC's sampled sample job before validation: the options over the "sample" key, the
+        "asc-sample" key over both."""
+        setting = self.asc_setting
+        model = self.student if setting == "base" else self.adapter_name(setting)
+        sampled = {"problems": self.test, "model": model, "limit": self.limit,
+                   **_current("sample", self.overrides.get("sample", {})),
+                   "n_samples": self.asc_samples, "temperature": self.asc_temperature}
+        return {**sampled, **_current("sample", self.overrides.get(TDG_ASC_SAMPLE, {}))}
+
+    def _collects(self, session: Session) -> bool:
+        """Whether the teacher is a model to collect chains from (then one collect-chains runs); if not, it must
+        have chains stored on the training problems."""
         if self.teacher in BUNDLED_MODELS or session.scalar(select(Model.id).where(Model.name == self.teacher)):
+            _check_option_model(session, "--teacher", self.teacher, "collect-chains")
             return True
-        n = session.scalar(select(func.count()).select_from(TeacherChain)
-                           .join(Problem, Problem.id == TeacherChain.problem_id)
-                           .join(Dataset, Dataset.id == Problem.dataset_id)
-                           .where(TeacherChain.teacher == self.teacher, Dataset.name == self.problems))
-        if not n:
+        if not chain_count(session, self.teacher, self.problems):
             raise UserError(f"--teacher {self.teacher!r} is not a registered model and has no chains on dataset "
                             f"{self.problems!r}; import them with `rplat import chains FILE --teacher "
                             f"{self.teacher}`, or name a model to collect them from.")
@@ -188,6 +222,7 @@ class TdgPipeline:
                                              after=[a for a in after if a is not None], gpus=_gpus(kind, self.gpus))
                 return job_id
 
+            _check_option_model(s, "--student", self.student, TRAINING[0].name)  # fine-tuned by every row
             collects = self._collects(s)
             teacher = self._chains_teacher(collects)
             if collects:
@@ -223,12 +258,7 @@ class TdgPipeline:
         ranker = add("train-ranker", {"problems": self.problems, "teacher": teacher, "ranker_name": ranker_name},
                      [chains])
         setting = self.asc_setting
-        model = self.student if setting == "base" else self.adapter_name(setting)
-        # the "sample" key's values (max_tokens, ...) apply, but not to n_samples and temperature, which are ASC's own
-        sampled = {"problems": self.test, "model": model, "limit": self.limit,
-                   **_current("sample", self.overrides.get("sample", {})),
-                   "n_samples": self.asc_samples, "temperature": self.asc_temperature}
-        sample = add("sample", sampled, [ids["train"].get(setting)], key=TDG_ASC_SAMPLE)
+        sample = add("sample", self._asc_sample_values(), [ids["train"].get(setting)], key=TDG_ASC_SAMPLE)
         score = add("score-samples", {"sample_job": sample, "ranker": ranker_name}, [sample, ranker])
         aggregate = add("aggregate", {"sample_job": sample, "score_samples_job": score,
                                       "greedy_sample_job": ids["sample"][setting]}, [score, ids["sample"][setting]])

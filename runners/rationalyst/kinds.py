@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -9,7 +10,7 @@ from pydantic import Field, model_validator
 from rplat.kinds import JobKind, Params, Was
 from rplat.methods.guided import GUIDED, SolveMethod
 from rplat.methods.leaks import LEAK_THRESHOLD
-from rplat.references import Makes, Ref
+from rplat.references import CAUSAL_LM, Makes, Ref
 from rplat.registry import BUNDLED_EMBEDDER
 from rplat.runners.params import (
     Epochs,
@@ -36,7 +37,7 @@ class PrefilterParams(Params):
     limit: int | None = Field(None, gt=0, description="at most this many documents: the first in import order "
                               "among those within max_chars and subsets")
     batch_size: int = Field(64, gt=0, le=4096, description="documents embedded and written per batch")
-    embed_model: Annotated[str, Ref("model", primary=True)] = Field(
+    embed_model: Annotated[str, Ref("model", primary=True, formats=("embedding",))] = Field(
         BUNDLED_EMBEDDER, description="registered embedding model")
     preprocess: bool = Field(True, description="lowercase, strip punctuation and stopwords before embedding")
 
@@ -44,8 +45,8 @@ class PrefilterParams(Params):
 class ExtractParams(ModelParams):
     documents: Annotated[str | None, Ref("dataset", kind="documents")] = Field(
         None, description="document dataset to annotate")
-    prefilter_job: Annotated[int | None, Ref("job", kind="prefilter")] = Field(
-        None, description="only documents that passed this prefilter job")
+    prefilter_job: Annotated[int | None, Ref("job", kind="prefilter", of="documents")] = Field(
+        None, description="only documents that passed this prefilter job (of `documents`, when both are given)")
     problems: Annotated[str | None, Ref("dataset", kind="problems")] = Field(
         None, description="problem dataset whose worked solutions to annotate")
     temperature: float = Field(0.0, ge=0, description="extractor sampling temperature (reference: 0)")
@@ -81,13 +82,19 @@ class ScoreParams(ModelParams):
         return ("score-future",)
 
 
+def _rationalyst_format(params: Mapping[str, Any]) -> str:
+    """A train-rationalyst job registers a LoRA, or with lora=False a fully fine-tuned model."""
+    return "lora" if params.get("lora", True) else "base"
+
+
 class TrainRationalystParams(FineTuneParams):
     """A5: preceding text -> rationale, with RATIONALYST's values of the loop's knobs (each description gives the
     reference script's value; it fully fine-tunes, where the default here is a LoRA)."""
 
     score_rationales_job: Annotated[int, Ref("job", kind="score-rationales"), Was("score_job")] = Field(
         description="the score-rationales job whose kept rationales to train on")
-    adapter_name: Annotated[str | None, Makes("rationalyst-job{job_id}")] = Field(
+    adapter_name: Annotated[str | None, Makes("rationalyst-job{job_id}", format=_rationalyst_format,
+                                              role="rationalyst")] = Field(
         None, description="registry name of the result (default rationalyst-job<ID>)")
     lora: bool = Field(True, description="train a LoRA adapter (False: full fine-tune)")
     eval_fraction: float = Field(0.05, ge=0, lt=1)
@@ -104,9 +111,9 @@ class TrainRationalystParams(FineTuneParams):
 class SolveParams(ModelParams):
     problems: Annotated[str, Ref("dataset", kind="problems")] = Field(description="problem dataset to solve")
     method: SolveMethod = Field("greedy", description="how each next step is chosen")
-    rationalyst: Annotated[str | None, Ref("model")] = Field(
+    rationalyst: Annotated[str | None, Ref("model", formats=CAUSAL_LM)] = Field(
         None, description="rationale model (adapter) for rationalyst-* methods")
-    scorer: Annotated[str | None, Ref("model")] = Field(
+    scorer: Annotated[str | None, Ref("model", formats=CAUSAL_LM)] = Field(
         None, description="scorer LM for rationalyst-implicit (default: the agent model)")
     fewshot: Annotated[str | None, Ref("dataset", kind="problems")] = Field(
         None, description="problem dataset whose worked solutions are the demonstrations")

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from rplat.kinds import JobKind, Params, Was, resolve
-from rplat.references import Makes, Ref
+from rplat.references import Makes, MakesChains, Need, Ref
 from rplat.registry import BUNDLED_EMBEDDER
 from rplat.runners.params import (
     Epochs,
@@ -42,8 +42,8 @@ class CollectChainsParams(ModelParams):
 
     problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
         description="problem dataset (with gold answers) to collect chains for")
-    teacher: str | None = Field(None, min_length=1, max_length=200,
-                                description="name of the chain set (default: the teacher model's name)")
+    teacher: Annotated[str | None, MakesChains(dataset="problems", default="model")] = Field(
+        None, min_length=1, max_length=200, description="name of the chain set (default: the teacher model's name)")
     n_samples: Annotated[int, Was("n")] = Field(8, gt=0, le=256, description="chains per problem (reference: 8)")
     temperature: float = Field(0.5, ge=0, description="teacher sampling temperature (reference, inferred: 0.5)")
     max_tokens: int = Field(512, gt=0, description="token budget of one chain")
@@ -91,7 +91,11 @@ class TdgTrainParams(FineTuneParams):
 
 
 class ChainTrainParams(TdgTrainParams):
-    """A training kind that reads teacher chains: `teacher` is required."""
+    """A training kind that reads teacher chains: `teacher` is required, and names chains on `problems`."""
+
+    teacher: Annotated[str | None, Ref("chains", dataset="problems")] = Field(
+        None, description="chain set to train on (teacher_chains.teacher): chains stored on `problems`, or "
+        "collected by a collect-chains job this one runs --after")
 
     @model_validator(mode="after")
     def _needs_teacher(self) -> ChainTrainParams:
@@ -104,25 +108,25 @@ class ChainTrainParams(TdgTrainParams):
 class TrainNegParams(ChainTrainParams):
     """B2 stage 1: the negative LoRA, plain MLE on the negative chains."""
 
-    adapter_name: Annotated[str | None, Makes("neg-job{job_id}")] = None
+    adapter_name: Annotated[str | None, Makes("neg-job{job_id}", format="lora", role="neg")] = None
 
 
 class TrainKdParams(ChainTrainParams):
     """B5 CoT KD: MLE on the positive chains."""
 
-    adapter_name: Annotated[str | None, Makes("kd-job{job_id}")] = None
+    adapter_name: Annotated[str | None, Makes("kd-job{job_id}", format="lora", role="kd")] = None
 
 
 class TrainMixParams(ChainTrainParams):
     """B5 MIX: MLE on positives and negatives alike."""
 
-    adapter_name: Annotated[str | None, Makes("mix-job{job_id}")] = None
+    adapter_name: Annotated[str | None, Makes("mix-job{job_id}", format="lora", role="mix")] = None
 
 
 class TrainNtParams(ChainTrainParams):
     """B5 NT: +1 x log-likelihood of positives (and gold solutions), -lambda x that of negatives."""
 
-    adapter_name: Annotated[str | None, Makes("nt-job{job_id}")] = None
+    adapter_name: Annotated[str | None, Makes("nt-job{job_id}", format="lora", role="nt")] = None
     nt_lambda: float = Field(0.05, ge=0, description="weight of the negatives' likelihood, subtracted (reference 0.05)")
     include_gold: bool = Field(True, description="also train on the problems' gold solutions with weight +1 (code)")
 
@@ -130,21 +134,21 @@ class TrainNtParams(ChainTrainParams):
 class TrainUlParams(ChainTrainParams):
     """B5 UL: MLE on positives plus lambda x token unlikelihood -log(1 - p) on negatives."""
 
-    adapter_name: Annotated[str | None, Makes("ul-job{job_id}")] = None
+    adapter_name: Annotated[str | None, Makes("ul-job{job_id}", format="lora", role="ul")] = None
     ul_lambda: float = Field(0.05, ge=0, description="weight of the unlikelihood term (reference 0.05)")
 
 
 class TrainSftParams(TdgTrainParams):
     """The paper's "fine-tune" row: MLE on the problems' gold solutions (the base of the relative gains)."""
 
-    adapter_name: Annotated[str | None, Makes("sft-job{job_id}")] = None
+    adapter_name: Annotated[str | None, Makes("sft-job{job_id}", format="lora", role="sft")] = None
 
 
 class TrainNatParams(ChainTrainParams):
     """B2 stage 2: positive LoRA + dynamic integration unit on the positives, the negative LoRA frozen."""
 
-    adapter_name: Annotated[str | None, Makes("nat-job{job_id}")] = None
-    neg_model: Annotated[str, Ref("model")] = Field(
+    adapter_name: Annotated[str | None, Makes("nat-job{job_id}", format="nat", role="nat")] = None
+    neg_model: Annotated[str, Ref("model", formats=("lora",), roles=("neg",))] = Field(
         description="the negative LoRA (a train-neg result) the NAT layer plugs in, frozen")
     unit_dim: int = Field(128, gt=0, description="width of W_Q, W_K, W_1 (reference: 128)")
     unit_beta: float = Field(0.5, gt=0, le=1, description="w_neg = 2*beta*a_neg - beta (reference 0.5)")
@@ -154,8 +158,9 @@ class TrainNatParams(ChainTrainParams):
 class TrainNceParams(ChainTrainParams):
     """B3: a fresh LoRA distilled from the NAT model, KD weighted per chain by beta = tanh(KL(neg || nat))."""
 
-    adapter_name: Annotated[str | None, Makes("nce-job{job_id}")] = None
-    nat_model: Annotated[str, Ref("model")] = Field(description="the NAT model (a train-nat result), frozen")
+    adapter_name: Annotated[str | None, Makes("nce-job{job_id}", format="lora", role="nce")] = None
+    nat_model: Annotated[str, Ref("model", formats=("nat",), roles=("nat",))] = Field(
+        description="the NAT model (a train-nat result), frozen")
     max_chars: int = Field(1200, gt=0, description="keep a chain iff len(training text) < max_chars (reference 1200)")
     alpha: float = Field(0.5, ge=0, le=1, description="L = (1-alpha) CE + alpha KD (reference 0.5)")
     beta_offset: float = Field(0.5, ge=0, description="KD weight = beta_offset + beta (code: 0.5; paper: 0)")
@@ -196,11 +201,12 @@ class TrainRankerParams(TrainParams):
 
     problems: Annotated[str, Ref("dataset", kind="problems")] = Field(
         description="training problem dataset whose labelled chains form the pairs")
-    teacher: str = Field(min_length=1, max_length=200, description="chain set to pair (teacher_chains.teacher)")
-    encoder: Annotated[str, Ref("model", primary=True)] = Field(
+    teacher: Annotated[str, Ref("chains", dataset="problems")] = Field(
+        min_length=1, max_length=200, description="chain set to pair (teacher_chains.teacher) on `problems`")
+    encoder: Annotated[str, Ref("model", primary=True, formats=("embedding", "base"))] = Field(
         BUNDLED_EMBEDDER, description="encoder: an embedding model (the bundled MiniLM) or a base causal LM, "
         "whose last hidden states are mean-pooled over the chain's tokens (reference: Flan-T5-XL encoder)")
-    ranker_name: Annotated[str | None, Makes("ranker-job{job_id}")] = Field(
+    ranker_name: Annotated[str | None, Makes("ranker-job{job_id}", format="ranker", role="ranker")] = Field(
         None, description="registry name of the trained ranker (default ranker-job<ID>)")
     heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of the questions with both a positive "
                                     "and a negative chain held out to measure ranker accuracy (s_pos > s_neg)")
@@ -222,18 +228,23 @@ class ScoreSamplesParams(Params):
 
     sample_job: Annotated[int, Ref("job", kind="sample", primary=True)] = Field(
         description="the sample job whose chains to score")
-    ranker: Annotated[str, Ref("model")] = Field(description="a trained ranker (a train-ranker result)")
+    ranker: Annotated[str, Ref("model", formats=("ranker",))] = Field(
+        description="a trained ranker (a train-ranker result)")
     batch_size: int = Field(16, gt=0, le=1024, description="samples per encoder call")
 
 
 class AggregateParams(Params):
     """B4/B6: per problem, greedy, self-consistency and ASC under each vote function, as predictions."""
 
-    sample_job: Annotated[int, Ref("job", kind="sample", primary=True)] = Field(
+    sample_job: Annotated[int, Ref("job", kind="sample", primary=True, needs=(Need("n_samples", ">", 1),))] = Field(
         description="the sample job with n_samples > 1 samples per problem to vote over")
-    score_samples_job: Annotated[int | None, Ref("job", kind="score-samples"), Was("score_job")] = Field(
-        None, description="ranker scores of those samples (without: self-consistency only)")
-    greedy_sample_job: Annotated[int | None, Ref("job", kind="sample"), Was("greedy_job")] = Field(
+    score_samples_job: Annotated[int | None, Ref("job", kind="score-samples", of="sample_job"),
+                                 Was("score_job")] = Field(
+        None, description="ranker scores of those samples (a score-samples job of sample_job; without: "
+        "self-consistency only)")
+    greedy_sample_job: Annotated[int | None, Ref("job", kind="sample", like="sample_job", alike=("model",),
+                                                 needs=(Need("n_samples", "==", 1), Need("temperature", "==", 0))),
+                                 Was("greedy_job")] = Field(
         None, description="a greedy sample job of the same model, for the greedy row")
     votes: list[VoteFunction] = Field(default_factory=lambda: list(VOTE_FUNCTIONS), min_length=1,
                                       description="ASC vote functions to store, as methods asc-f0..asc-f3")
