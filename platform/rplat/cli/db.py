@@ -18,7 +18,7 @@ def init() -> None:
     settings = get_settings()
     for d in (settings.home, settings.artifacts, settings.checkpoints):
         d.mkdir(parents=True, exist_ok=True)
-    engine = open_store(at_head=False)
+    engine = open_store(at_head=False, create=True)
     upgrade(engine)
     click.echo(f"rplat home {settings.home}; database {engine.url.render_as_string(hide_password=True)} at head")
 

@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rplat.cli._common import load_params_file, open_store, parse_param, queue_of, warn_old_params
+from rplat.cli._common import (
+    GPUS,
+    HOST,
+    ID,
+    MAX_ATTEMPTS,
+    NAME,
+    PRIORITY,
+    load_params_file,
+    open_store,
+    parse_param,
+    queue_of,
+    warn_old_params,
+)
 from rplat.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,14 +53,15 @@ def _created(created: bool) -> str:
 @click.option("--params-jsonl", default=None, metavar="FILE",
               help="one job per line, each line a JSON object of its parameters over --param and --params-file "
                    "(`-`: stdin); the options below apply to every job")
-@click.option("--experiment", default=None, help="experiment the job belongs to")
-@click.option("--after", multiple=True, type=int, metavar="JOB", help="run only after this job succeeded")
-@click.option("--priority", default=0, show_default=True, type=int, help="higher runs first")
-@click.option("--max-attempts", default=3, show_default=True, type=int)
+@click.option("--experiment", default=None, type=NAME, help="experiment the job belongs to")
+@click.option("--after", multiple=True, type=ID, metavar="JOB", help="run only after this job succeeded")
+@click.option("--priority", default=0, show_default=True, type=PRIORITY, help="higher runs first")
+@click.option("--max-attempts", default=3, show_default=True, type=MAX_ATTEMPTS)
 @click.option("--dedupe-key", default=None, help="jobs with the same key are one job (default: kind+params)")
 @click.option("--no-dedupe", is_flag=True, help="always create a new job, even if an identical one exists")
-@click.option("--host", default=None, help="only a runner on this machine (host name, or runner --host) takes it")
-@click.option("--gpus", default=None, type=int, metavar="N",
+@click.option("--host", default=None, type=HOST,
+              help="only a runner on this machine (host name, or runner --host) takes it")
+@click.option("--gpus", default=None, type=GPUS, metavar="N",
               help="GPUs the job needs: only a runner with N free devices takes it (default: the kind's, often 0)")
 @click.option("--json", "as_json", is_flag=True,
               help="print JSON for scripts: {id, created}; with --params-jsonl a list of them, one per line")
