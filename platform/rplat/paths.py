@@ -24,3 +24,11 @@ def under(root: Path | str, *parts: str | Path) -> Path:
         raise UserError(f"the path {shown!r} would lie outside {base}; rplat writes only under RPLAT_HOME (or an "
                         "explicit --out), so rename what it is named after to a name without '/' or '..'.")
     return joined
+
+
+def model_dir(home: Path | str, name: str) -> Path:
+    """RPLAT_HOME/artifacts/models/<name>, where a job writes the model it registers as `name`: the name is
+    checked to be a name (`rplat.boundary`) and the directory to lie under RPLAT_HOME."""
+    from rplat.boundary import check_name
+
+    return under(home, "artifacts", "models", check_name(name, "the name of the model the job registers"))

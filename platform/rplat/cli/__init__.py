@@ -127,10 +127,51 @@ def _database_error(exc: Exception) -> str | None:
     return f"the database rejected the change ({first}); nothing was written."
 
 
+def _has_surrogate(text: str) -> bool:
+    """Whether `text` holds a lone surrogate: how Python keeps the bytes of an argument or environment value that
+    are not UTF-8 (surrogateescape); such a string cannot be written to the store, a file or a terminal."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _raw(text: str) -> str:
+    """The bytes the user gave, shown with the ones that are not UTF-8 escaped (`b'a\\xffb'`)."""
+    raw = repr(text.encode("utf-8", "surrogateescape"))
+    return raw if len(raw) <= 60 else raw[:57] + "..."
+
+
+def _not_utf8(args: Sequence[str]) -> str | None:
+    """The sentence for the first argument, or RPLAT_* environment variable, that is not UTF-8 text; else None."""
+    import os
+
+    for position, arg in enumerate(args, start=1):
+        if not _has_surrogate(arg):
+            continue
+        option, eq, _ = arg.partition("=")
+        before = args[position - 2] if position > 1 else ""
+        if arg.startswith("--") and eq:
+            where = f"the value of {option}, "
+        elif before.startswith("-") and not _has_surrogate(before) and "=" not in before:
+            where = f"the value of {before}, "
+        else:
+            where = ""
+        return (f"argument {position} ({where}{_raw(arg)}) is not UTF-8 text; pass it as UTF-8 (e.g. convert it "
+                "with `iconv -t UTF-8`), since the store, its files and its queries hold only UTF-8.")
+    for name, value in sorted(os.environ.items()):
+        if name.startswith("RPLAT_") and _has_surrogate(value):
+            return (f"the environment variable {name} ({_raw(value)}) is not UTF-8 text; set it to a UTF-8 path or "
+                    "URL.")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI; every mistake a user can make ends as one `error:` sentence on stderr and exit code 2."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    sentence = _not_utf8(args)
+    if sentence is not None:
+        click.echo(f"error: {sentence}", err=True)
+        sys.exit(2)
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="rplat", standalone_mode=False)
+        cli.main(args=args, prog_name="rplat", standalone_mode=False)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -41,6 +41,24 @@ def _jsonl_params(source: str, shared: dict[str, Any]) -> list[tuple[str, dict[s
     return jobs
 
 
+def _check_made_names(kind: str, jobs: list[tuple[str, dict[str, Any]]]) -> None:
+    """The name each job would register its model under (an `adapter_name`) is a name (`rplat.boundary`): it
+    becomes a directory under RPLAT_HOME, so it is checked here, before anything is queued."""
+    from rplat import kinds
+    from rplat.boundary import check_name
+    from rplat.references import Makes
+
+    known = kinds.all_kinds().get(kind)
+    if known is None:
+        return  # an unknown kind is worded where the params are validated
+    fields = [name for name, field in known.params.model_fields.items()
+              if any(isinstance(meta, Makes) for meta in field.metadata)]
+    for where, params in jobs:
+        for name in fields:
+            if isinstance(params.get(name), str):
+                check_name(params[name], f"parameter {name!r} of {kind}{where}:")
+
+
 def _created(created: bool) -> str:
     return "queued" if created else "already exists (identical job)"
 
@@ -87,6 +105,7 @@ def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, params_
 
         warn_old_params(kind, [raw])
         kinds.validate_params(kind, raw)  # before the store is opened: a typo needs no database
+        _check_made_names(kind, [("", raw)])
         job_id, created = queue_of(open_store()).enqueue(kind, raw, **options)
         click.echo(json.dumps({"id": job_id, "created": created}) if as_json else f"job {job_id} {_created(created)}")
         return
@@ -95,6 +114,7 @@ def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, params_
                         "or add --no-dedupe.")
     jobs = _jsonl_params(params_jsonl, raw)
     warn_old_params(kind, [params for _, params in jobs])
+    _check_made_names(kind, [(f" ({where})", params) for where, params in jobs])
     results = queue_of(open_store()).enqueue_many(kind, jobs, **options)
     if as_json:
         click.echo(json.dumps([{"id": job_id, "created": created} for job_id, created in results]))
