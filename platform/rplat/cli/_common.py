@@ -91,10 +91,11 @@ class Finite(click.FloatRange):
     """A float in [min, max] that is a number: click's FloatRange lets `nan` and `inf` through."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        number: float = super().convert(value, param, ctx)
+        number: float = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
+        checked: float = super().convert(number, param, ctx)
+        return checked
 
 
 ID = _Id()
