@@ -135,8 +135,10 @@ def _has_surrogate(text: str) -> bool:
 
 def _raw(text: str) -> str:
     """The bytes the user gave, shown with the ones that are not UTF-8 escaped (`b'a\\xffb'`)."""
-    raw = repr(text.encode("utf-8", "surrogateescape"))
-    return raw if len(raw) <= 60 else raw[:57] + "..."
+    first = next(i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff")
+    start, stop = max(0, first - 24), first + 24  # a long value: the part around its first byte that is not UTF-8
+    raw = repr(text[start:stop].encode("utf-8", "surrogateescape"))
+    return ("…" if start else "") + raw + ("…" if stop < len(text) else "")
 
 
 def _not_utf8(args: Sequence[str]) -> str | None:
