@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
+from test_cli_errors import assert_one_clear_sentence
 
 from rplat.boundary import ID_MAX, NAME_MAX, check_name, name_problem, parse_run
 from rplat.cli._common import HOST, ID, NAME, PRIORITY, Finite
@@ -20,7 +21,6 @@ from rplat.store import transaction
 
 import factories as make
 from stores import TESTS, Store
-from test_cli_errors import assert_one_clear_sentence
 
 # --- names -------------------------------------------------------------------------------------------------
 
@@ -204,7 +204,8 @@ def subprocess_env(**extra: str | bytes) -> dict[str | bytes, str | bytes]:
     ([b"import", b"chains", b"c.jsonl", b"--teacher", b"a\xffb"],
      "argument 5 (the value of --teacher, b'a\\xffb') is not UTF-8 text"),
     ([b"enqueue", b"probe", b"--param", b"problems=\xff"], "argument 4 (the value of --param, b'problems=\\xff')"),
-    ([b"export", b"chains", b"--where=\xfe", b"--out", b"x.jsonl"], "argument 3 (the value of --where, b'--where=\\xfe')"),
+    ([b"export", b"chains", b"--where=\xfe", b"--out", b"x.jsonl"],
+     "argument 3 (the value of --where, b'--where=\\xfe')"),
 ], ids=["sql", "import-chains-teacher", "enqueue-param", "export-where"])
 def test_argv_bytes_that_are_not_utf8_are_one_sentence_in_a_real_process(tmp_path: Path, argv: list[bytes],
                                                                         expect: str) -> None:

@@ -20,11 +20,10 @@ NAME_MAX = 200
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_RULE = "1 to 200 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
 
-# Ids are 64-bit on SQLite (INTEGER PRIMARY KEY) and at most that on PostgreSQL: beyond it SQLite's driver
-# overflows instead of answering "no such row".
-ID_MAX = 2**63 - 1
-# Integer columns (a job's priority, max_attempts, gpus) are 32-bit on PostgreSQL.
+# Integer columns (ids, a job's priority, max_attempts, gpus) are 32-bit on PostgreSQL and 64-bit on SQLite: an id
+# is what both hold (past 2^31-1 PostgreSQL refuses the query; past 2^63-1 SQLite's driver overflows).
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+ID_MAX = INT32_MAX
 # What one job may ask of a runner, and what one command may hold in memory.
 MAX_GPUS = 64
 MAX_ATTEMPTS = 1000

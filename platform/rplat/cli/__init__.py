@@ -187,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         command = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "rplat"
         click.echo(f"error: {_one_sentence(exc.format_message())}; see `{command} --help`.", err=True)
         sys.exit(2)
+    except OverflowError as exc:  # a number past what the database holds that no parameter type bounded
+        click.echo(f"error: a number is larger than the database holds ({exc}); give ids from 1 to 2^31-1 and "
+                   "counts in range.", err=True)
+        sys.exit(2)
     except OSError as exc:
         what = f"cannot use {exc.filename} ({exc.strerror})" if exc.filename else f"operating system error ({exc})"
         click.echo(f"error: {what}; check the path and its permissions.", err=True)

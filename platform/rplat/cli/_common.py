@@ -41,7 +41,7 @@ def _what(param: click.Parameter | None) -> str:
 
 
 class _Id(click.ParamType):
-    """A row id (a job, a table's row): a whole number from 1 to 2^63-1, what both databases hold."""
+    """A row id (a job, a table's row): a whole number from 1 to 2^31-1, what both databases hold."""
 
     name = "id"
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
-from rplat.boundary import MAX_LISTED, MAX_SLOTS
+from rplat.boundary import MAX_GPUS, MAX_LISTED, MAX_SLOTS
 from rplat.cli._common import HOST, ID, NAME, Finite, emit, job_row, listing, open_store, queue_of, table
 from rplat.config import get_settings
 from rplat.errors import UserError
@@ -194,6 +194,9 @@ def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None
 
     settings = get_settings()
     devices = parse_devices(gpus, "--gpus") if gpus is not None else None
+    if devices is not None and len(devices) > MAX_GPUS:
+        raise UserError(f"--gpus lists {len(devices)} devices, at most {MAX_GPUS}; list the devices this runner "
+                        "gives jobs, e.g. --gpus 0,1.")
     engine = open_store()
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
     options = RunnerOptions(kinds=kind_list, once=once, until_done=until_done, max_jobs=max_jobs,
