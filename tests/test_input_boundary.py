@@ -135,15 +135,6 @@ def test_models_are_written_only_under_home_under_a_name(tmp_path: Path) -> None
             model_dir(tmp_path, bad)
 
 
-def test_settings_path_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rplat.config import get_settings
-
-    monkeypatch.setenv("RPLAT_HOME", str(tmp_path / "h"))
-    assert get_settings().path_under_home("slurm") == (tmp_path / "h").resolve() / "slurm"
-    with pytest.raises(UserError):
-        get_settings().path_under_home("..", "elsewhere")
-
-
 def test_serving_a_model_whose_name_reached_the_store_some_other_way_writes_nothing_outside_home(
         db: Store, tmp_path: Path) -> None:
     """`rplat serve` refuses such a name at the command line; the library's plan refuses it as well (a row inserted
@@ -202,8 +193,8 @@ def subprocess_env(**extra: str | bytes) -> dict[str | bytes, str | bytes]:
 @pytest.mark.parametrize(("argv", "expect"), [
     ([b"sql", b"SELECT \xff\xfe"], "argument 2 (b'SELECT \\xff\\xfe') is not UTF-8 text"),
     ([b"import", b"chains", b"c.jsonl", b"--teacher", b"a\xffb"],
-     "argument 5 (the value of --teacher, b'a\\xffb') is not UTF-8 text"),
-    ([b"enqueue", b"probe", b"--param", b"problems=\xff"], "argument 4 (the value of --param, b'problems=\\xff')"),
+     "argument 5 (after --teacher, b'a\\xffb') is not UTF-8 text"),
+    ([b"enqueue", b"probe", b"--param", b"problems=\xff"], "argument 4 (after --param, b'problems=\\xff')"),
     ([b"export", b"chains", b"--where=\xfe", b"--out", b"x.jsonl"],
      "argument 3 (the value of --where, b'--where=\\xfe')"),
 ], ids=["sql", "import-chains-teacher", "enqueue-param", "export-where"])

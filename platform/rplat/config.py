@@ -24,12 +24,6 @@ class Settings:
     def checkpoints(self) -> Path:
         return self.home / "checkpoints"
 
-    def path_under_home(self, *parts: str | Path) -> Path:
-        """home/parts, checked to lie inside RPLAT_HOME (`rplat.paths.under`): where rplat writes."""
-        from rplat.paths import under
-
-        return under(self.home, *parts)
-
 
 def _retry_base_seconds() -> float:
     raw = os.environ.get("RPLAT_RETRY_BASE_SECONDS", "5")

@@ -153,7 +153,7 @@ def _not_utf8(args: Sequence[str]) -> str | None:
         if arg.startswith("--") and eq:
             where = f"the value of {option}, "
         elif before.startswith("-") and not _has_surrogate(before) and "=" not in before:
-            where = f"the value of {before}, "
+            where = f"after {before}, "  # its value, or an argument after a flag
         else:
             where = ""
         return (f"argument {position} ({where}{_raw(arg)}) is not UTF-8 text; pass it as UTF-8 (e.g. convert it "
