@@ -87,6 +87,24 @@ class _Run(click.ParamType):
         return str(value).strip()
 
 
+class Text(click.ParamType):
+    """Free text for a column of `limit` characters: not empty, not longer than the column."""
+
+    name = "text"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text.strip():
+            raise UserError(f"{_what(param)} is empty; give a value or leave the option out.")
+        if len(text) > self.limit:
+            raise UserError(f"{_what(param)} is {len(text)} characters long, at most {self.limit}; give a shorter "
+                            "one.")
+        return text
+
+
 class Finite(click.FloatRange):
     """A float in [min, max] that is a number: click's FloatRange lets `nan` and `inf` through."""
 

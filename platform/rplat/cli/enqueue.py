@@ -15,6 +15,7 @@ from rplat.cli._common import (
     MAX_ATTEMPTS,
     NAME,
     PRIORITY,
+    Text,
     load_params_file,
     open_store,
     parse_param,
@@ -75,7 +76,8 @@ def _created(created: bool) -> str:
 @click.option("--after", multiple=True, type=ID, metavar="JOB", help="run only after this job succeeded")
 @click.option("--priority", default=0, show_default=True, type=PRIORITY, help="higher runs first")
 @click.option("--max-attempts", default=3, show_default=True, type=MAX_ATTEMPTS)
-@click.option("--dedupe-key", default=None, help="jobs with the same key are one job (default: kind+params)")
+@click.option("--dedupe-key", default=None, type=Text(128),
+              help="jobs with the same key are one job (default: kind+params)")
 @click.option("--no-dedupe", is_flag=True, help="always create a new job, even if an identical one exists")
 @click.option("--host", default=None, type=HOST,
               help="only a runner on this machine (host name, or runner --host) takes it")
