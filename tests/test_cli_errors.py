@@ -6,6 +6,7 @@ tests/test_cli.py, run the real `rplat` process."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -28,11 +29,17 @@ PROBLEMS = FieldMap("problems", None, {"question": "question"}, {"answer": "answ
 
 
 def snapshot(store: Store) -> dict[str, list[str]]:
-    """Every row of every table (sorted renderings): equal snapshots mean the database did not change."""
+    """Every row of every table (sorted renderings) and, on SQLite, the bytes of the database file and its WAL
+    (hashed; an empty WAL is no WAL): equal snapshots mean the database did not change."""
     engine = store.engine()
     with engine.connect() as conn:
-        return {name: sorted(repr(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{name}"')))
+        rows = {name: sorted(repr(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{name}"')))
                 for name in sorted(inspect(conn).get_table_names())}
+    if store.backend == "sqlite":
+        database = Path(engine.url.database or "")
+        for path in (database, database.with_name(database.name + "-wal")):
+            rows[f"file {path.name}"] = [hashlib.sha256(path.read_bytes() if path.exists() else b"").hexdigest()]
+    return rows
 
 
 def assert_one_clear_sentence(proc_stdout: str, proc_stderr: str, returncode: int, expect: list[str]) -> str:
@@ -183,6 +190,22 @@ def queued_solve(store: Store) -> dict[str, str]:
 
 def adapter_names_jsonl(store: Store) -> None:
     write(store, "a.jsonl", jsonl({"adapter_name": "fine-one"}, {"adapter_name": "a/b"}))
+
+
+def tdg_experiment(store: Store) -> None:
+    """An experiment holding a trained NAT job with training metrics, and no RATIONALYST job."""
+    from rplat.models import TrainingMetric
+
+    with transaction(store.engine()) as session:
+        job = make.job(session, "train-nat", {}, experiment=make.experiment(session, "tdg"))
+        session.add_all([TrainingMetric(job_id=job.id, step=step, loss=1.0, lr=1e-4) for step in (1, 2)])
+
+
+def record_without_chains(store: Store) -> None:
+    released = {"question": "Problem:\nWhat is 1+1?", "answer": "Solution:\n$\\boxed{2}$", "level": "Level 1",
+                "type": "Algebra"}
+    write(store, "chains.jsonl", jsonl({**released, "generated_answer": ["Solution:\n$\\boxed{2}$"]},
+                                       {**released, "generated_answer": []}))
 
 
 def unknown_revision(store: Store) -> None:
@@ -443,6 +466,12 @@ CASES = [
     Case("missing-file-argument", ("import", "documents", "--dataset", "d"), ["missing argument 'FILE'"]),
     Case("missing-required-option", ("import", "documents", "docs.jsonl"), ["missing option '--dataset'"]),
     Case("status-not-a-choice", ("jobs", "ls", "--status", "done"), ["'done' is not one of"]),
+    # issue 17: reports and chain imports
+    Case("rationalyst-report-of-a-tdg-experiment", ("report", "rationalyst", "--experiment", "tdg"),
+         ["experiment 'tdg' holds no RATIONALYST jobs", "rplat report tdg --experiment tdg"], tdg_experiment),
+    Case("released-chains-record-without-chains", ("import", "chains", "chains.jsonl", "--teacher", "gpt"),
+         ["chains.jsonl line 2 field 'generated_answer' is an empty array", "at least one chain"],
+         record_without_chains),
 ]
 
 
@@ -485,7 +514,8 @@ def test_a_database_without_the_schema_is_refused_with_what_to_run(empty_db: Sto
     proc = empty_db.rplat(*args)
     assert_one_clear_sentence(proc.stdout, proc.stderr, proc.returncode,
                               ["has no rplat schema, not at head", "run `rplat db upgrade`"])
-    assert snapshot(empty_db) == before == {}
+    assert snapshot(empty_db) == before
+    assert not any(rows for name, rows in before.items() if not name.startswith("file "))
 
 
 def test_there_are_at_least_fifteen_bad_input_cases() -> None:

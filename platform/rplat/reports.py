@@ -130,8 +130,22 @@ SELECT
     -- loss delta
     count(*) FILTER (WHERE leak AND score_rationales_job_id IN (SELECT job_id FROM mine)) AS leaks,
     count(*) FILTER (WHERE kept AND score_rationales_job_id IN (SELECT job_id FROM mine)) AS kept,
-    (SELECT count(*) FROM training_metrics WHERE job_id IN (SELECT job_id FROM mine)) AS train_steps
+    (SELECT count(*) FROM training_metrics
+     WHERE kind = 'train-rationalyst' AND job_id IN (SELECT job_id FROM mine)) AS train_steps
 FROM rationales"""
+
+
+def _has_rationalyst_jobs(con: Any, experiment: str) -> None:
+    """Refuse an experiment that holds none of RATIONALYST's jobs (its counts would all be another method's or 0)."""
+    from rplat.runners.rationalyst.kinds import KINDS
+
+    names = [kind.name for kind in KINDS]
+    listed = ", ".join(f"'{name}'" for name in names)
+    (mine,) = records(con, f"SELECT count(*) AS n FROM job_timeline WHERE experiment = $experiment "
+                           f"AND kind IN ({listed})", {"experiment": experiment})
+    if mine.n == 0:
+        raise UserError(f"experiment {experiment!r} holds no RATIONALYST jobs ({', '.join(names)}); for a Turning "
+                        f"Dust into Gold experiment run `rplat report tdg --experiment {experiment}`.")
 
 
 def rationalyst_report(engine: Engine, *, experiment: str | None = None) -> dict[str, Any]:
@@ -140,6 +154,8 @@ def rationalyst_report(engine: Engine, *, experiment: str | None = None) -> dict
     if experiment is not None:
         known_experiment(engine, experiment)
     with open_views(engine) as con:
+        if experiment is not None:
+            _has_rationalyst_jobs(con, experiment)
         (funnel,) = records(con, _FUNNEL, {"experiment": experiment})
         # An evaluation of a TDG sample job has no solve job: `rplat report tdg` shows it.
         rows = records(con, """

@@ -161,6 +161,9 @@ def _parse(units: list[Unit], layout: str) -> _Parsed:
                 generated = record.get("generated_answer")
                 if not isinstance(generated, list):
                     raise _Bad(f"field 'generated_answer' is {_kind(generated)}, not an array of chains")
+                if not generated:
+                    raise _Bad("field 'generated_answer' is an empty array; give each record at least one chain or "
+                               "remove the record")
                 texts = []
                 for k, chain in enumerate(generated):
                     if not isinstance(chain, str):
