@@ -31,6 +31,15 @@ def _overrides(params_file: str | None, kinds_of: Callable[[str], Iterable[str]]
     return overrides
 
 
+def _check_made_names(names: Iterable[str]) -> None:
+    """The names the pipeline's training jobs will register their models under (made from --experiment) are names:
+    checked now, not when a training job ends."""
+    from rplat.boundary import check_name
+
+    for name in names:
+        check_name(name, "the model name that --experiment makes")
+
+
 @pipeline.command("rationalyst")
 @click.option("--documents", required=True, type=NAME, help="document dataset to mine rationales from")
 @option("--problems", old="--benchmark", required=True, type=NAME,
@@ -55,10 +64,11 @@ def pipeline_rationalyst(documents: str, problems: str, test: str | None, model:
 
     overrides = _overrides(params_file, lambda key: [key])
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    ids = RationalystPipeline(documents=documents, problems=problems, test=test, model=model,
-                              experiment=experiment, methods=chosen, limit=limit, extract_limit=extract_limit,
-                              extract_mode=extract_mode, train_steps=train_steps, gpus=gpus, overrides=overrides
-                              ).enqueue(queue_of(open_store()))
+    planned = RationalystPipeline(documents=documents, problems=problems, test=test, model=model,
+                                  experiment=experiment, methods=chosen, limit=limit, extract_limit=extract_limit,
+                                  extract_mode=extract_mode, train_steps=train_steps, gpus=gpus, overrides=overrides)
+    _check_made_names([planned.adapter_name()])
+    ids = planned.enqueue(queue_of(open_store()))
     if as_json:
         click.echo(json.dumps(ids))
         return
@@ -101,10 +111,12 @@ def pipeline_tdg(problems: str, test: str, teacher: str, student: str, experimen
     from rplat.runners.tdg.kinds import TRAINING
 
     overrides = _overrides(params_file, tdg_override_kinds)
-    ids = TdgPipeline(problems=problems, test=test, student=student, teacher=teacher, experiment=experiment,
-                      teacher_samples=teacher_samples, limit=limit, train_steps=train_steps, asc_samples=asc_samples,
-                      asc_temperature=asc_temperature, asc_setting=asc_setting, gpus=gpus,
-                      overrides=overrides).enqueue(queue_of(open_store()))
+    planned = TdgPipeline(problems=problems, test=test, student=student, teacher=teacher, experiment=experiment,
+                          teacher_samples=teacher_samples, limit=limit, train_steps=train_steps,
+                          asc_samples=asc_samples, asc_temperature=asc_temperature, asc_setting=asc_setting,
+                          gpus=gpus, overrides=overrides)
+    _check_made_names([planned.adapter_name(row.setting) for row in TRAINING] + [f"{experiment or 'tdg'}-ranker"])
+    ids = planned.enqueue(queue_of(open_store()))
     if as_json:
         click.echo(json.dumps(ids))
         return
