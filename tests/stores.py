@@ -168,6 +168,8 @@ def make_store(backend: str, tmp_path: Path, *, migrate: bool = True,
             shutil.copyfile(templates.sqlite_file(), home / "rplat.db")
         elif migrate:
             upgrade(store.engine())
+        else:  # an unmigrated database: an empty SQLite file (no command but `rplat init` creates one)
+            sqlite3.connect(home / "rplat.db").close()
         yield store
         store.engine().dispose()
         return

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from rplat.boundary import MAX_REPEATS
 from rplat.errors import UserError
 from rplat.kinds import current_names
 from rplat.methods.answers import normalize
@@ -115,8 +116,8 @@ def asc_curve(engine: Engine, experiment: str, *, repeats: int = 20, seed: int =
     """Rows (model, aggregate_job, sample_job, method, k, n, accuracy, ci_low, ci_high) for k = 1..n of every
     succeeded aggregate job of the experiment (the latest per sample and score-samples job), for sc and each asc vote
     the job stored."""
-    if repeats < 1:
-        raise UserError(f"--repeats {repeats} is too small; give at least 1 subsample per k.")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise UserError(f"--repeats {repeats} is out of range; give 1 to {MAX_REPEATS:,} subsamples per k.")
     known_experiment(engine, experiment)
     with open_views(engine) as con:
         jobs = records(con, """

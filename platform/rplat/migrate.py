@@ -78,7 +78,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
     from alembic.util.exc import CommandError
 
-    check_reachable(engine)
+    check_reachable(engine, create=True)  # migrating is how a store is made
     try:
         command.upgrade(alembic_config(_url(engine)), revision)
     except CommandError as exc:

@@ -15,6 +15,7 @@ import duckdb
 from sqlalchemy import Engine, select
 
 from rplat import analytics
+from rplat.boundary import MAX_RESAMPLES, parse_run
 from rplat.errors import UserError
 from rplat.lookup import experiment_id, job_of_kind
 from rplat.methods.votes import OVERALL
@@ -288,17 +289,9 @@ def _overlaps(con: duckdb.DuckDBPyConnection, pairs: list[tuple[int, int]]
 COMPARABLE_KINDS = ("evaluate", "aggregate")
 
 
-def _parse_run(text: str) -> tuple[int, str | None]:
-    job, sep, method = text.strip().partition(":")
-    if not job.isdigit() or (sep and not method):
-        raise UserError(f"run {text!r} is not JOB or JOB:METHOD; give an evaluate or aggregate job id, optionally "
-                        "with the method to compare, e.g. 12 or 12:asc-f3.")
-    return int(job), method or None
-
-
 def _run_credits(con: duckdb.DuckDBPyConnection, text: str) -> dict[str, Any]:
     """A run's label (job, kind, method, model) and its credit per problem, from the `predictions` view."""
-    job_id, method = _parse_run(text)
+    job_id, method = parse_run(text)
     jobs = records(con, "SELECT kind, status FROM job_timeline WHERE job_id = $job", {"job": job_id})
     if not jobs or jobs[0].kind not in COMPARABLE_KINDS:
         what = "does not exist" if not jobs else f"is of kind {jobs[0].kind}"
@@ -333,6 +326,9 @@ def compare_report(engine: Engine, run_a: str, run_b: str, *, resamples: int = 1
     what; problems only one run predicted are left out and counted."""
     from rplat.stats import compare_paired
 
+    if not 1 <= resamples <= MAX_RESAMPLES:
+        raise UserError(f"--resamples {resamples} is out of range; give 1 to {MAX_RESAMPLES:,} bootstrap resamples "
+                        "(10,000 is plenty for a 95% interval).")
     with open_views(engine) as con:
         a, b = _run_credits(con, run_a), _run_credits(con, run_b)
     common = sorted(a["credits"].keys() & b["credits"].keys())

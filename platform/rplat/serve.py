@@ -36,6 +36,7 @@ from rplat.errors import UserError
 from rplat.llm.resolve import base_of, ensure_bundled, live_server
 from rplat.models import Model, utcnow
 from rplat.models import Server as ServerRow
+from rplat.paths import under
 from rplat.ports import check_port, free_port
 from rplat.registry import get_model
 from rplat.store import transaction
@@ -173,7 +174,7 @@ def plan(engine: Engine, name: str, *, home: Path, vllm: str, host: str = "127.0
             command += ["--lora-target-modules", *targets]
         command += ["--lora-modules", *lora_modules]
     command += list(extra_args)
-    log = home / "serve" / f"{name}.log"
+    log = under(home, "serve", f"{name}.log")  # a name that reached the store some other way cannot climb out
     return ServePlan(command, _url(host, port), log, served)
 
 

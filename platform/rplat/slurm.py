@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from rplat.errors import UserError
+from rplat.paths import under
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -127,7 +128,7 @@ class Where:
 
     @property
     def log_dir(self) -> Path:
-        return self.home / "slurm"
+        return under(self.home, "slurm")
 
 
 def check_spec(spec: ArraySpec) -> None:

@@ -58,8 +58,8 @@ def _engine_for(url: str) -> Engine:
             f"RPLAT_DATABASE_URL {url!r} is not a database URL; use sqlite:///PATH or postgresql://HOST/DB."
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # No directory and no file is made here: `check_reachable(engine, create=True)` (`rplat init`, migrations)
+        # makes them; every other command refuses a store that is not there.
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
@@ -80,8 +80,29 @@ def get_engine(url: str | None = None) -> Engine:
     return _engine_for(url)
 
 
-def check_reachable(engine: Engine) -> None:
-    """Fail with one sentence if the database cannot be reached."""
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of a SQLite store (None: PostgreSQL, or SQLite in memory)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def check_reachable(engine: Engine, *, create: bool = False) -> None:
+    """Fail with one sentence if the database cannot be reached.
+
+    A SQLite store that does not exist is made (its directory, and the file on connecting) only with `create`
+    (`rplat init`, migrations); without it the check refuses it and leaves no directory or file behind, so a
+    read command pointed at the wrong RPLAT_HOME creates nothing."""
+    path = sqlite_file(engine)
+    if path is not None:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.is_file():
+            raise UserError(f"there is no store at {path.resolve()}; run `rplat init` to create one, or point "
+                            "RPLAT_HOME (or RPLAT_DATABASE_URL) at an existing store.")
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))

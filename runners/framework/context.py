@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from rplat.errors import JobCancelled, JobInterrupted, LeaseLost
 from rplat.hashing import file_sha256
 from rplat.models import Checkpoint, TrainingMetric
+from rplat.paths import under
 from rplat.queue import ClaimedJob, Queue, record_event
 from rplat.store import insert_ignore, transaction, upsert
 
@@ -95,7 +96,7 @@ class JobContext:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.home / "checkpoints" / f"job-{self.job.id}"
+        return under(self.home, "checkpoints", f"job-{self.job.id}")
 
     def save_checkpoint(self, state: dict[str, Any], step: int) -> Path:
         """Write `state` (tensors, numbers, strings, nested dicts/lists) atomically and register it, fenced."""

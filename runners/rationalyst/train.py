@@ -24,6 +24,7 @@ from rplat.llm.load import load
 from rplat.llm.resolve import base_of, prepare_backend
 from rplat.lookup import job_of_kind
 from rplat.models import Rationale, RationaleScore, TrainingExample
+from rplat.paths import model_dir
 from rplat.references import made_model
 from rplat.registry import get_model, register_model
 from rplat.runners.framework.context import JobContext
@@ -115,7 +116,7 @@ def fit(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
 
     name = made_model("train-rationalyst", p.model_dump(mode="json"), ctx.job_id)
     assert name is not None  # adapter_name is marked Makes(...): the name enqueue checks found for later jobs
-    out = ctx.home / "artifacts" / "models" / name
+    out = model_dir(ctx.home, name)
     tmp = out.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, state_dict=weights)

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from rplat.errors import UserError
 from rplat.lookup import dataset_id
 from rplat.models import Problem, TeacherChain, TrainingExample
+from rplat.paths import model_dir
 from rplat.prompts import tdg_training_text
 from rplat.references import made_model
 from rplat.registry import register_model
@@ -145,7 +146,7 @@ def save_and_register(ctx: JobContext, kind: str, p: TdgTrainParams, write: Call
     """Write the result with `write(directory)` into a temporary directory, move it into place under
     RPLAT_HOME/artifacts/models/<name> and register it (format, role, parents, this job); returns (name, id)."""
     name = result_name(kind, p, ctx.job_id)
-    out = ctx.home / "artifacts" / "models" / name
+    out = model_dir(ctx.home, name)
     tmp = out.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

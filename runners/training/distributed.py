@@ -33,6 +33,7 @@ from rplat import kinds
 from rplat.errors import LeaseLost, UserError
 from rplat.kinds import Params
 from rplat.models import Job
+from rplat.paths import under
 from rplat.ports import free_port
 from rplat.queue import ClaimedJob, Queue
 from rplat.runners.framework.context import JobContext
@@ -85,7 +86,7 @@ def launch(ctx: JobContext, target: str, nproc: int) -> dict[str, Any]:
         raise UserError(f"job {ctx.job_id} asks for nproc={nproc} but sees {torch.cuda.device_count()} GPU(s) "
                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); lower nproc "
                         "or give the job more GPUs.")
-    run_dir = ctx.home / "runs" / f"job-{ctx.job_id}"
+    run_dir = under(ctx.home, "runs", f"job-{ctx.job_id}")
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     torchrun = ["--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",

@@ -127,10 +127,53 @@ def _database_error(exc: Exception) -> str | None:
     return f"the database rejected the change ({first}); nothing was written."
 
 
+def _has_surrogate(text: str) -> bool:
+    """Whether `text` holds a lone surrogate: how Python keeps the bytes of an argument or environment value that
+    are not UTF-8 (surrogateescape); such a string cannot be written to the store, a file or a terminal."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _raw(text: str) -> str:
+    """The bytes the user gave, shown with the ones that are not UTF-8 escaped (`b'a\\xffb'`)."""
+    first = next(i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff")
+    start, stop = max(0, first - 24), first + 24  # a long value: the part around its first byte that is not UTF-8
+    raw = repr(text[start:stop].encode("utf-8", "surrogateescape"))
+    return ("…" if start else "") + raw + ("…" if stop < len(text) else "")
+
+
+def _not_utf8(args: Sequence[str]) -> str | None:
+    """The sentence for the first argument, or RPLAT_* environment variable, that is not UTF-8 text; else None."""
+    import os
+
+    for position, arg in enumerate(args, start=1):
+        if not _has_surrogate(arg):
+            continue
+        option, eq, _ = arg.partition("=")
+        before = args[position - 2] if position > 1 else ""
+        if arg.startswith("--") and eq:
+            where = f"the value of {option}, "
+        elif before.startswith("-") and not _has_surrogate(before) and "=" not in before:
+            where = f"after {before}, "  # its value, or an argument after a flag
+        else:
+            where = ""
+        return (f"argument {position} ({where}{_raw(arg)}) is not UTF-8 text; pass it as UTF-8 (e.g. convert it "
+                "with `iconv -t UTF-8`), since the store, its files and its queries hold only UTF-8.")
+    for name, value in sorted(os.environ.items()):
+        if name.startswith("RPLAT_") and _has_surrogate(value):
+            return (f"the environment variable {name} ({_raw(value)}) is not UTF-8 text; set it to a UTF-8 path or "
+                    "URL.")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI; every mistake a user can make ends as one `error:` sentence on stderr and exit code 2."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    sentence = _not_utf8(args)
+    if sentence is not None:
+        click.echo(f"error: {sentence}", err=True)
+        sys.exit(2)
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="rplat", standalone_mode=False)
+        cli.main(args=args, prog_name="rplat", standalone_mode=False)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -143,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as exc:
         command = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "rplat"
         click.echo(f"error: {_one_sentence(exc.format_message())}; see `{command} --help`.", err=True)
+        sys.exit(2)
+    except OverflowError as exc:  # a number past what the database holds that no parameter type bounded
+        click.echo(f"error: a number is larger than the database holds ({exc}); give ids from 1 to 2^31-1 and "
+                   "counts in range.", err=True)
         sys.exit(2)
     except OSError as exc:
         what = f"cannot use {exc.filename} ({exc.strerror})" if exc.filename else f"operating system error ({exc})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
+from rplat import boundary
 from rplat.config import get_settings
 from rplat.errors import UserError
 
@@ -26,11 +28,112 @@ if TYPE_CHECKING:
     from rplat.queue import Queue
 
 
-def open_store(*, at_head: bool = True) -> Engine:
+# --- the parameter types of the input boundary (`rplat.boundary` holds the bounds) ------------------------------
+# Every command checks its arguments and options with these before it opens the store: a failure is one sentence,
+# exit 2, and nothing is read or written.
+
+
+def _what(param: click.Parameter | None) -> str:
+    """How a sentence names the parameter: `--dataset` for an option, its metavar (`NAME`) for an argument."""
+    if isinstance(param, click.Option):
+        return param.opts[0]
+    return param.human_readable_name if param is not None else "the value"
+
+
+class _Id(click.ParamType):
+    """A row id (a job, a table's row): a whole number from 1 to 2^31-1, what both databases hold."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value).strip(), 10)
+            except ValueError:
+                self.fail(f"{value!r} is not a valid integer", param, ctx)
+        problem = boundary.id_problem(number)
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return number
+
+
+class _Name(click.ParamType):
+    """A name (model, experiment, dataset, teacher, adapter): `rplat.boundary.NAME_RULE`, never a path."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return boundary.check_name(str(value), _what(param))
+
+
+class _Host(click.ParamType):
+    """A machine (or runner) name: not empty, no whitespace, at most 200 characters."""
+
+    name = "host"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return boundary.check_host(str(value), _what(param))
+
+
+class _Run(click.ParamType):
+    """`rplat report compare`'s RUN: JOB or JOB:METHOD, the job an id (checked as `ID` is)."""
+
+    name = "run"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        boundary.parse_run(str(value))  # one sentence for a bad spec or an id out of range
+        return str(value).strip()
+
+
+class Text(click.ParamType):
+    """Free text for a column of `limit` characters: not empty, not longer than the column."""
+
+    name = "text"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text.strip():
+            raise UserError(f"{_what(param)} is empty; give a value or leave the option out.")
+        if len(text) > self.limit:
+            raise UserError(f"{_what(param)} is {len(text)} characters long, at most {self.limit}; give a shorter "
+                            "one.")
+        return text
+
+
+class Finite(click.FloatRange):
+    """A float in [min, max] that is a number: click's FloatRange lets `nan` and `inf` through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number: float = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        checked: float = super().convert(number, param, ctx)
+        return checked
+
+
+ID = _Id()
+NAME = _Name()
+HOST = _Host()
+RUN = _Run()
+PRIORITY = click.IntRange(boundary.INT32_MIN, boundary.INT32_MAX)
+MAX_ATTEMPTS = click.IntRange(1, boundary.MAX_ATTEMPTS)
+GPUS = click.IntRange(0, boundary.MAX_GPUS)
+SEED = click.IntRange(0, boundary.SEED_MAX)
+COUNT = click.IntRange(1, boundary.INT32_MAX)  # a cap stored in a job's params (--limit, --train-steps)
+
+
+def open_store(*, at_head: bool = True, create: bool = False) -> Engine:
+    """The store's engine, reachable (and at head unless `at_head` is false); a SQLite store that does not exist
+    is created only with `create` (`rplat init`), else refused with what to run."""
     from rplat.store import check_reachable, get_engine
 
     engine = get_engine()
-    check_reachable(engine)
+    check_reachable(engine, create=create)
     if at_head:
         from rplat.migrate import ensure_at_head
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from rplat.cli._common import emit, open_store, table
+from rplat.boundary import MAX_EXAMPLES, MAX_RESAMPLES
+from rplat.cli._common import HOST, ID, NAME, RUN, SEED, emit, open_store, table
 from rplat.cli.asc import report_asc
 from rplat.config import get_settings
 from rplat.errors import UserError
@@ -72,7 +73,7 @@ def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool) -> Non
 
 @click.command()
 @click.argument("table_name", metavar="TABLE")
-@click.argument("row_id", metavar="ID", type=int)
+@click.argument("row_id", metavar="ID", type=ID)
 @click.option("--json", "as_json", is_flag=True, help="print the tree as JSON for scripts")
 def explain(table_name: str, row_id: int, as_json: bool) -> None:
     """Where row ID of TABLE came from: its job (params, parents), models, prompt template and inputs.
@@ -103,7 +104,7 @@ report.add_command(report_asc)
 
 
 @report.command("rationalyst")
-@click.option("--experiment", default=None, help="the experiment whose evaluations to show (default: all)")
+@click.option("--experiment", default=None, type=NAME, help="the experiment whose evaluations to show (default: all)")
 @click.option("--json", "as_json", is_flag=True)
 def report_rationalyst(experiment: str | None, as_json: bool) -> None:
     """Accuracy per solving method (micro over problems) and the mining funnel behind the rationale model."""
@@ -136,7 +137,7 @@ def _proportion(value: float, low: float, high: float) -> str:
 
 
 @report.command("tdg")
-@click.option("--experiment", required=True, help="the experiment whose greedy sample evaluations to show")
+@click.option("--experiment", required=True, type=NAME, help="the experiment whose greedy sample evaluations to show")
 @click.option("--table", "which", type=click.Choice(["1", "2"]), default="2", show_default=True,
               help="with --csv: which table to print")
 @click.option("--json", "as_json", is_flag=True, help="print both tables as JSON, with their job ids")
@@ -192,9 +193,10 @@ def report_tdg(experiment: str, which: str, as_json: bool, as_csv: bool) -> None
 
 
 @report.command("prefilter")
-@click.option("--job", "job_id", type=int, default=None, help="the prefilter job (default: the latest one)")
-@click.option("--experiment", default=None, help="the latest prefilter job of this experiment")
-@click.option("--examples", default=3, show_default=True, type=click.IntRange(0), help="documents shown per side")
+@click.option("--job", "job_id", type=ID, default=None, help="the prefilter job (default: the latest one)")
+@click.option("--experiment", default=None, type=NAME, help="the latest prefilter job of this experiment")
+@click.option("--examples", default=3, show_default=True, type=click.IntRange(0, MAX_EXAMPLES),
+              help="documents shown per side")
 @click.option("--json", "as_json", is_flag=True)
 def report_prefilter(job_id: int | None, experiment: str | None, examples: int, as_json: bool) -> None:
     """How many documents a prefilter job kept, the cosine distribution, and the closest and farthest documents."""
@@ -221,11 +223,11 @@ def report_prefilter(job_id: int | None, experiment: str | None, examples: int, 
 
 
 @report.command("compare")
-@click.argument("run_a", metavar="RUN_A")
-@click.argument("run_b", metavar="RUN_B")
-@click.option("--resamples", default=10_000, show_default=True, type=click.IntRange(1),
+@click.argument("run_a", metavar="RUN_A", type=RUN)
+@click.argument("run_b", metavar="RUN_B", type=RUN)
+@click.option("--resamples", default=10_000, show_default=True, type=click.IntRange(1, MAX_RESAMPLES),
               help="paired bootstrap resamples of the common problems")
-@click.option("--seed", default=0, show_default=True, type=int, help="the bootstrap's random seed")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="the bootstrap's random seed")
 @click.option("--json", "as_json", is_flag=True)
 def report_compare(run_a: str, run_b: str, resamples: int, seed: int, as_json: bool) -> None:
     """Two runs on the problems both predicted: accuracies, their difference with a paired bootstrap interval, the
@@ -256,7 +258,7 @@ def report_compare(run_a: str, run_b: str, resamples: int, seed: int, as_json: b
                f"{c['b']['left_out']} of B's")
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default="127.0.0.1", show_default=True, type=HOST,
               help="address to bind (0.0.0.0 shows the store to every machine that can reach this one)")
 @click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
 def dashboard(host: str, port: int) -> None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import click
 
-from rplat.cli._common import emit, listing, open_store
+from rplat.boundary import MAX_REPEATS
+from rplat.cli._common import NAME, SEED, emit, listing, open_store
 
 COLUMNS = ["model", "method", "k", "n", "accuracy", "ci_low", "ci_high", "aggregate_job", "sample_job"]
 
 
 @click.command("asc")
-@click.option("--experiment", required=True, help="the experiment whose aggregate jobs to draw the curve of")
-@click.option("--repeats", type=int, default=20, show_default=True,
+@click.option("--experiment", required=True, type=NAME, help="the experiment whose aggregate jobs to draw the curve of")
+@click.option("--repeats", type=click.IntRange(1, MAX_REPEATS), default=20, show_default=True,
               help="random subsets of k samples per problem and k (the same subsets for every method)")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the subsets")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the subsets")
 @listing
 def report_asc(experiment: str, repeats: int, seed: int, as_json: bool, as_csv: bool) -> None:
     """Accuracy of self-consistency and each ASC vote over k = 1..n of every problem's n samples, averaged over

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from rplat.cli._common import open_store
+from rplat.cli._common import NAME, open_store
 
 
 @click.group()
@@ -15,8 +15,9 @@ def chains() -> None:
 
 
 @chains.command("relabel")
-@click.option("--teacher", required=True, help="the chain set's teacher name (as imported or collected)")
-@click.option("--dataset", default="math-train", show_default=True, help="problem dataset the chains belong to")
+@click.option("--teacher", required=True, type=NAME, help="the chain set's teacher name (as imported or collected)")
+@click.option("--dataset", default="math-train", show_default=True, type=NAME,
+              help="problem dataset the chains belong to")
 @click.option("--labeler", type=click.Choice(["hendrycks", "math-verify"]), required=True,
               help="whose stored verdict becomes every chain's label")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")

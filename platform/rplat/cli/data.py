@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from rplat.cli._common import open_store, option
+from rplat.boundary import INT32_MAX, MAX_GENERATED, MAX_WORKERS
+from rplat.cli._common import NAME, SEED, open_store, option
 
 # --- import ---------------------------------------------------------------------------------------
 
@@ -35,7 +36,7 @@ def _run_import(file: str, dataset: str, fmap: Any, append: bool, as_json: bool,
 
 _common_import = [
     click.argument("file", metavar="FILE"),
-    click.option("--dataset", required=True, help="dataset name to create (or extend with --append)"),
+    click.option("--dataset", required=True, type=NAME, help="dataset name to create (or extend with --append)"),
     click.option("--id-field", default=None, help="field holding a unique id (default: the content hash is the id)"),
     click.option("--split", default=None, help="split recorded on every row (train, test, ...)"),
     click.option("--where", multiple=True, metavar="FIELD=VALUE[,VALUE]",
@@ -60,7 +61,8 @@ def _with(options: list[Any]) -> Any:
 @click.option("--source", default=None, help="source recorded on every row (pile, wikipedia, ...)")
 @click.option("--source-field", default=None, help="field naming each document's source (instead of --source)")
 @click.option("--subset-field", default=None, help="field naming the document's subset (e.g. meta.pile_set_name)")
-@click.option("--max-chars", type=click.IntRange(1), default=None, help="leave out documents longer than this")
+@click.option("--max-chars", type=click.IntRange(1, INT32_MAX), default=None,
+              help="leave out documents longer than this")
 def import_documents(file: str, dataset: str, id_field: str | None, split: str | None, where: tuple[str, ...],
                      append: bool, as_json: bool, text_field: str, source: str | None, source_field: str | None,
                      subset_field: str | None, max_chars: int | None) -> None:
@@ -106,8 +108,8 @@ def import_problems(file: str, dataset: str, id_field: str | None, split: str | 
 
 @import_.command("chains")
 @click.argument("path", metavar="FILE_OR_DIR", type=click.Path())
-@click.option("--teacher", required=True, help="name of the chain set (gpt-3.5, gpt-4, ...)")
-@click.option("--dataset", default="math-train", show_default=True,
+@click.option("--teacher", required=True, type=NAME, help="name of the chain set (gpt-3.5, gpt-4, ...)")
+@click.option("--dataset", default="math-train", show_default=True, type=NAME,
               help="problem dataset the chains belong to (released layout: created or extended)")
 @click.option("--labeler", type=click.Choice(["hendrycks", "math-verify"]), default="hendrycks", show_default=True,
               help="whose verdict is the label (both are stored; chains of the set stored before under the other "
@@ -116,7 +118,7 @@ def import_problems(file: str, dataset: str, id_field: str | None, split: str | 
         help="released: one problem per line with its chains; flat: one chain per line with a problem_id")
 @click.option("--benchmark", default="math", show_default=True, help="benchmark recorded on created problems")
 @click.option("--split", default="train", show_default=True, help="split recorded on created problems")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None,
               help="labelling processes (default: one per core; 1 labels in this process)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def import_chains(path: str, teacher: str, dataset: str, labeler: str, layout: str, benchmark: str, split: str,
@@ -140,8 +142,8 @@ def generate() -> None:
 
 @generate.command("reasoning-gym")
 @click.argument("name")
-@click.option("--size", default=100, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--size", default=100, show_default=True, type=click.IntRange(1, MAX_GENERATED))
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write")
 def generate_reasoning_gym(name: str, size: int, seed: int, out: str) -> None:
     """Generate NAME (e.g. gsm_symbolic) from reasoning-gym with its worked solutions, deterministically by seed."""
@@ -152,8 +154,8 @@ def generate_reasoning_gym(name: str, size: int, seed: int, out: str) -> None:
 
 
 @generate.command("sums")
-@click.option("--size", default=100, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--size", default=100, show_default=True, type=click.IntRange(1, MAX_GENERATED))
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--digits", default=1, show_default=True, type=click.IntRange(1, 6), help="digits per operand")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write")
 def generate_sums(size: int, seed: int, digits: int, out: str) -> None:

@@ -16,10 +16,10 @@ def init() -> None:
     from rplat.migrate import upgrade
 
     settings = get_settings()
+    engine = open_store(at_head=False, create=True)  # first: a store that cannot be made leaves no directories
+    upgrade(engine)
     for d in (settings.home, settings.artifacts, settings.checkpoints):
         d.mkdir(parents=True, exist_ok=True)
-    engine = open_store(at_head=False)
-    upgrade(engine)
     click.echo(f"rplat home {settings.home}; database {engine.url.render_as_string(hide_password=True)} at head")
 
 

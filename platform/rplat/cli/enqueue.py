@@ -8,7 +8,20 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rplat.cli._common import load_params_file, open_store, parse_param, queue_of, warn_old_params
+from rplat.cli._common import (
+    GPUS,
+    HOST,
+    ID,
+    MAX_ATTEMPTS,
+    NAME,
+    PRIORITY,
+    Text,
+    load_params_file,
+    open_store,
+    parse_param,
+    queue_of,
+    warn_old_params,
+)
 from rplat.errors import UserError
 
 if TYPE_CHECKING:
@@ -29,6 +42,24 @@ def _jsonl_params(source: str, shared: dict[str, Any]) -> list[tuple[str, dict[s
     return jobs
 
 
+def _check_made_names(kind: str, jobs: list[tuple[str, dict[str, Any]]]) -> None:
+    """The name each job would register its model under (an `adapter_name`) is a name (`rplat.boundary`): it
+    becomes a directory under RPLAT_HOME, so it is checked here, before anything is queued."""
+    from rplat import kinds
+    from rplat.boundary import check_name
+    from rplat.references import Makes
+
+    known = kinds.all_kinds().get(kind)
+    if known is None:
+        return  # an unknown kind is worded where the params are validated
+    fields = [name for name, field in known.params.model_fields.items()
+              if any(isinstance(meta, Makes) for meta in field.metadata)]
+    for where, params in jobs:
+        for name in fields:
+            if isinstance(params.get(name), str):
+                check_name(params[name], f"parameter {name!r} of {kind}{where}:")
+
+
 def _created(created: bool) -> str:
     return "queued" if created else "already exists (identical job)"
 
@@ -41,14 +72,16 @@ def _created(created: bool) -> str:
 @click.option("--params-jsonl", default=None, metavar="FILE",
               help="one job per line, each line a JSON object of its parameters over --param and --params-file "
                    "(`-`: stdin); the options below apply to every job")
-@click.option("--experiment", default=None, help="experiment the job belongs to")
-@click.option("--after", multiple=True, type=int, metavar="JOB", help="run only after this job succeeded")
-@click.option("--priority", default=0, show_default=True, type=int, help="higher runs first")
-@click.option("--max-attempts", default=3, show_default=True, type=int)
-@click.option("--dedupe-key", default=None, help="jobs with the same key are one job (default: kind+params)")
+@click.option("--experiment", default=None, type=NAME, help="experiment the job belongs to")
+@click.option("--after", multiple=True, type=ID, metavar="JOB", help="run only after this job succeeded")
+@click.option("--priority", default=0, show_default=True, type=PRIORITY, help="higher runs first")
+@click.option("--max-attempts", default=3, show_default=True, type=MAX_ATTEMPTS)
+@click.option("--dedupe-key", default=None, type=Text(128),
+              help="jobs with the same key are one job (default: kind+params)")
 @click.option("--no-dedupe", is_flag=True, help="always create a new job, even if an identical one exists")
-@click.option("--host", default=None, help="only a runner on this machine (host name, or runner --host) takes it")
-@click.option("--gpus", default=None, type=int, metavar="N",
+@click.option("--host", default=None, type=HOST,
+              help="only a runner on this machine (host name, or runner --host) takes it")
+@click.option("--gpus", default=None, type=GPUS, metavar="N",
               help="GPUs the job needs: only a runner with N free devices takes it (default: the kind's, often 0)")
 @click.option("--json", "as_json", is_flag=True,
               help="print JSON for scripts: {id, created}; with --params-jsonl a list of them, one per line")
@@ -74,6 +107,7 @@ def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, params_
 
         warn_old_params(kind, [raw])
         kinds.validate_params(kind, raw)  # before the store is opened: a typo needs no database
+        _check_made_names(kind, [("", raw)])
         job_id, created = queue_of(open_store()).enqueue(kind, raw, **options)
         click.echo(json.dumps({"id": job_id, "created": created}) if as_json else f"job {job_id} {_created(created)}")
         return
@@ -82,6 +116,7 @@ def enqueue(kind: str, params: tuple[str, ...], params_file: str | None, params_
                         "or add --no-dedupe.")
     jobs = _jsonl_params(params_jsonl, raw)
     warn_old_params(kind, [params for _, params in jobs])
+    _check_made_names(kind, [(f" ({where})", params) for where, params in jobs])
     results = queue_of(open_store()).enqueue_many(kind, jobs, **options)
     if as_json:
         click.echo(json.dumps([{"id": job_id, "created": created} for job_id, created in results]))

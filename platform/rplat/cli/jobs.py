@@ -8,7 +8,8 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
-from rplat.cli._common import emit, job_row, listing, open_store, queue_of, table
+from rplat.boundary import MAX_GPUS, MAX_LISTED, MAX_SLOTS
+from rplat.cli._common import HOST, ID, NAME, Finite, emit, job_row, listing, open_store, queue_of, table
 from rplat.config import get_settings
 from rplat.errors import UserError
 from rplat.models import JOB_STATUSES, Experiment, Job, JobEvent, Runner, utcnow
@@ -23,13 +24,10 @@ def experiments() -> None:
 
 
 @experiments.command("add")
-@click.argument("name")
+@click.argument("name", type=NAME)
 @click.option("--description", default=None)
 def experiments_add(name: str, description: str | None) -> None:
     """Create the experiment NAME."""
-    limit = Experiment.__table__.c.name.type.length
-    if not name.strip() or len(name) > limit:
-        raise UserError(f"experiment names are 1 to {limit} characters, not {len(name.strip())}; choose another name.")
     engine = open_store()
     with transaction(engine) as session:
         if session.scalar(select(Experiment.id).where(Experiment.name == name)) is not None:
@@ -90,8 +88,8 @@ def _get_job(session: Any, job_id: int) -> Job:
 @jobs.command("ls")
 @click.option("--status", type=click.Choice(JOB_STATUSES), default=None)
 @click.option("--kind", default=None)
-@click.option("--experiment", default=None)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--experiment", default=None, type=NAME)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, MAX_LISTED))
 @listing
 def jobs_ls(status: str | None, kind: str | None, experiment: str | None, limit: int, as_json: bool,
             as_csv: bool) -> None:
@@ -113,7 +111,7 @@ def jobs_ls(status: str | None, kind: str | None, experiment: str | None, limit:
 
 
 @jobs.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 @click.option("--json", "as_json", is_flag=True)
 def jobs_show(job_id: int, as_json: bool) -> None:
     from rplat.models import JobDependency
@@ -137,7 +135,7 @@ def jobs_show(job_id: int, as_json: bool) -> None:
 
 
 @jobs.command("logs")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 @listing
 def jobs_logs(job_id: int, as_json: bool, as_csv: bool) -> None:
     """A job's events: enqueued, claims, retries, logs, how it ended."""
@@ -151,7 +149,7 @@ def jobs_logs(job_id: int, as_json: bool, as_csv: bool) -> None:
 
 
 @jobs.command("cancel")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 def jobs_cancel(job_id: int) -> None:
     """Cancel a queued job, or ask a running one to stop at its next check."""
     outcome = queue_of(open_store()).cancel(job_id)
@@ -159,7 +157,7 @@ def jobs_cancel(job_id: int) -> None:
 
 
 @jobs.command("retry")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 def jobs_retry(job_id: int) -> None:
     """Queue a failed or cancelled job again (with the descendants its end cancelled)."""
     ids = queue_of(open_store()).retry(job_id)
@@ -176,15 +174,16 @@ def jobs_retry(job_id: int) -> None:
 @click.option("--until-done", is_flag=True,
               help="exit when no job it could run is left: waits out retry backoffs and jobs running elsewhere")
 @click.option("--max-jobs", default=None, type=click.IntRange(1), help="exit after this many jobs")
-@click.option("--lease-seconds", default=60.0, show_default=True, type=click.FloatRange(0.2))
-@click.option("--poll-seconds", default=1.0, show_default=True, type=click.FloatRange(0.01))
-@click.option("--name", default=None, help="runner name (default host:pid:random)")
-@click.option("--host", default=None, help="machine name for jobs enqueued with --host (default: the host name)")
+@click.option("--lease-seconds", default=60.0, show_default=True, type=Finite(0.2, 86_400))
+@click.option("--poll-seconds", default=1.0, show_default=True, type=Finite(0.01, 3_600))
+@click.option("--name", default=None, type=HOST, help="runner name (default host:pid:random)")
+@click.option("--host", default=None, type=HOST,
+              help="machine name for jobs enqueued with --host (default: the host name)")
 @click.option("--gpus", default=None, metavar="IDS",
               help="comma-separated device ids to give jobs, or `none` (default: the visible CUDA devices)")
-@click.option("--slots", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--slots", default=1, show_default=True, type=click.IntRange(1, MAX_SLOTS),
               help="jobs run at once, each in its own process with its own devices")
-@click.option("--max-idle", default=None, type=click.FloatRange(0), metavar="S",
+@click.option("--max-idle", default=None, type=Finite(0, 30 * 86_400), metavar="S",
               help="exit after S seconds with nothing claimable and no job running (a Slurm runner's way out)")
 @click.option("--quiet", is_flag=True, help="print nothing per job (no progress lines either)")
 def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None, lease_seconds: float,
@@ -195,6 +194,9 @@ def runner(kinds: str | None, once: bool, until_done: bool, max_jobs: int | None
 
     settings = get_settings()
     devices = parse_devices(gpus, "--gpus") if gpus is not None else None
+    if devices is not None and len(devices) > MAX_GPUS:
+        raise UserError(f"--gpus lists {len(devices)} devices, at most {MAX_GPUS}; list the devices this runner "
+                        "gives jobs, e.g. --gpus 0,1.")
     engine = open_store()
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
     options = RunnerOptions(kinds=kind_list, once=once, until_done=until_done, max_jobs=max_jobs,

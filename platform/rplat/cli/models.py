@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from rplat.cli._common import emit, listing, open_store
+from rplat.cli._common import NAME, Text, emit, listing, open_store
 from rplat.config import get_settings
 from rplat.models import Model
 from rplat.store import transaction
@@ -30,13 +30,13 @@ def models_ls(as_json: bool, as_csv: bool) -> None:
 
 
 @models.command("add")
-@click.argument("name")
+@click.argument("name", type=NAME)
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", default=None, metavar="FORMAT",
               help="base (a Hugging Face model), lora (a peft adapter) or embedding (sentence-transformers) "
                    "[default: detected: adapter_config.json -> lora, modules.json -> embedding, config.json -> base]")
-@click.option("--role", default=None, help="agent, scorer, rationalyst, ...")
-@click.option("--base", "base_name", default=None,
+@click.option("--role", default=None, type=Text(32), help="agent, scorer, rationalyst, ...")
+@click.option("--base", "base_name", default=None, type=NAME,
               help="the registered model an adapter was trained on [default: the one its adapter_config.json names]")
 @click.option("--endpoint", default=None, help="OpenAI-compatible URL that serves this model (backend=openai)")
 def models_add(name: str, path: str, fmt: str | None, role: str | None, base_name: str | None,

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from rplat.bundled import SMOLLM2
-from rplat.cli._common import load_params_file, open_store, option, queue_of, warn_old_params
+from rplat.cli._common import COUNT, GPUS, NAME, Finite, load_params_file, open_store, option, queue_of, warn_old_params
 from rplat.methods.guided import SOLVE_METHODS
 
 # --- pipelines ------------------------------------------------------------------------------------
@@ -31,19 +31,28 @@ def _overrides(params_file: str | None, kinds_of: Callable[[str], Iterable[str]]
     return overrides
 
 
+def _check_made_names(names: Iterable[str]) -> None:
+    """The names the pipeline's training jobs will register their models under (made from --experiment) are names:
+    checked now, not when a training job ends."""
+    from rplat.boundary import check_name
+
+    for name in names:
+        check_name(name, "the model name that --experiment makes")
+
+
 @pipeline.command("rationalyst")
-@click.option("--documents", required=True, help="document dataset to mine rationales from")
-@option("--problems", old="--benchmark", required=True,
+@click.option("--documents", required=True, type=NAME, help="document dataset to mine rationales from")
+@option("--problems", old="--benchmark", required=True, type=NAME,
         help="problem dataset with worked solutions (reference, rationales, demos)")
-@click.option("--test", default=None, help="problem dataset to solve (default: the --problems dataset)")
-@click.option("--model", default=SMOLLM2, show_default=True, help="extractor, scorer, agent and base")
-@click.option("--experiment", default=None)
+@click.option("--test", default=None, type=NAME, help="problem dataset to solve (default: the --problems dataset)")
+@click.option("--model", default=SMOLLM2, show_default=True, type=NAME, help="extractor, scorer, agent and base")
+@click.option("--experiment", default=None, type=NAME)
 @click.option("--methods", default=",".join(SOLVE_METHODS), show_default=True)
-@click.option("--limit", default=None, type=click.IntRange(1), help="solve at most this many problems")
-@click.option("--extract-limit", default=None, type=click.IntRange(1), help="annotate at most this many texts")
+@click.option("--limit", default=None, type=COUNT, help="solve at most this many problems")
+@click.option("--extract-limit", default=None, type=COUNT, help="annotate at most this many texts")
 @click.option("--extract-mode", type=click.Choice(["rewrite", "insert"]), default="rewrite", show_default=True)
-@click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps")
-@click.option("--gpus", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--train-steps", default=None, type=COUNT, help="cap on optimizer steps")
+@click.option("--gpus", default=0, show_default=True, type=GPUS,
               help="GPUs for each job that runs a model (0: any runner takes it, CPU included; on a GPU cluster 1)")
 @click.option("--params-file", default=None, help='JSON {"kind": {param: value}} overrides per job kind')
 @click.option("--json", "as_json", is_flag=True)
@@ -55,10 +64,11 @@ def pipeline_rationalyst(documents: str, problems: str, test: str | None, model:
 
     overrides = _overrides(params_file, lambda key: [key])
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    ids = RationalystPipeline(documents=documents, problems=problems, test=test, model=model,
-                              experiment=experiment, methods=chosen, limit=limit, extract_limit=extract_limit,
-                              extract_mode=extract_mode, train_steps=train_steps, gpus=gpus, overrides=overrides
-                              ).enqueue(queue_of(open_store()))
+    planned = RationalystPipeline(documents=documents, problems=problems, test=test, model=model,
+                                  experiment=experiment, methods=chosen, limit=limit, extract_limit=extract_limit,
+                                  extract_mode=extract_mode, train_steps=train_steps, gpus=gpus, overrides=overrides)
+    _check_made_names([planned.adapter_name()])
+    ids = planned.enqueue(queue_of(open_store()))
     if as_json:
         click.echo(json.dumps(ids))
         return
@@ -69,22 +79,23 @@ def pipeline_rationalyst(documents: str, problems: str, test: str | None, model:
 
 
 @pipeline.command("tdg")
-@option("--problems", old="--benchmark", required=True,
+@option("--problems", old="--benchmark", required=True, type=NAME,
         help="training problem dataset (gold answers; worked solutions for sft)")
-@click.option("--test", required=True, help="problem dataset every model solves greedily")
-@option("--teacher", old="--chains", required=True, help="a model to collect the chains from (collect-chains), or "
-        "the teacher name of chains already stored (`rplat import chains FILE --teacher NAME`)")
-@click.option("--student", required=True, help="base model every TDG setting trains a LoRA (or NAT) on")
-@click.option("--experiment", default=None)
+@click.option("--test", required=True, type=NAME, help="problem dataset every model solves greedily")
+@option("--teacher", old="--chains", required=True, type=NAME,
+        help="a model to collect the chains from (collect-chains), or the teacher name of chains already stored "
+        "(`rplat import chains FILE --teacher NAME`)")
+@click.option("--student", required=True, type=NAME, help="base model every TDG setting trains a LoRA (or NAT) on")
+@click.option("--experiment", default=None, type=NAME)
 @option("--teacher-samples", old="--n-chains", default=8, show_default=True, type=click.IntRange(1, 256),
         help="chains per training problem collected from a teacher model")
-@click.option("--limit", default=None, type=click.IntRange(1), help="sample at most this many test problems")
-@click.option("--train-steps", default=None, type=click.IntRange(1), help="cap on optimizer steps of every training")
-@click.option("--gpus", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--limit", default=None, type=COUNT, help="sample at most this many test problems")
+@click.option("--train-steps", default=None, type=COUNT, help="cap on optimizer steps of every training")
+@click.option("--gpus", default=0, show_default=True, type=GPUS,
               help="GPUs for each job that runs a model (0: any runner takes it, CPU included; on a GPU cluster 1)")
 @click.option("--asc-samples", default=16, show_default=True, type=click.IntRange(0, 256),
               help="sampled chains per test problem for ASC (0: no ranker, no ASC)")
-@click.option("--asc-temperature", default=0.7, show_default=True, type=float, help="ASC's sampling temperature")
+@click.option("--asc-temperature", default=0.7, show_default=True, type=Finite(0), help="ASC's sampling temperature")
 @click.option("--asc-setting", default="nce", show_default=True, help="the model ASC samples (a setting: base, "
               "sft, kd, mix, nt, ul, neg, nat, nce)")
 @click.option("--params-file", default=None, help='JSON {"kind": {param: value}} overrides per job kind; the key '
@@ -100,10 +111,12 @@ def pipeline_tdg(problems: str, test: str, teacher: str, student: str, experimen
     from rplat.runners.tdg.kinds import TRAINING
 
     overrides = _overrides(params_file, tdg_override_kinds)
-    ids = TdgPipeline(problems=problems, test=test, student=student, teacher=teacher, experiment=experiment,
-                      teacher_samples=teacher_samples, limit=limit, train_steps=train_steps, asc_samples=asc_samples,
-                      asc_temperature=asc_temperature, asc_setting=asc_setting, gpus=gpus,
-                      overrides=overrides).enqueue(queue_of(open_store()))
+    planned = TdgPipeline(problems=problems, test=test, student=student, teacher=teacher, experiment=experiment,
+                          teacher_samples=teacher_samples, limit=limit, train_steps=train_steps,
+                          asc_samples=asc_samples, asc_temperature=asc_temperature, asc_setting=asc_setting,
+                          gpus=gpus, overrides=overrides)
+    _check_made_names([planned.adapter_name(row.setting) for row in TRAINING] + [f"{experiment or 'tdg'}-ranker"])
+    ids = planned.enqueue(queue_of(open_store()))
     if as_json:
         click.echo(json.dumps(ids))
         return

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from rplat.cli._common import emit, listing, open_store
+from rplat.boundary import INT32_MAX
+from rplat.cli._common import HOST, NAME, Finite, emit, listing, open_store
 from rplat.config import get_settings
 
 # --- serving --------------------------------------------------------------------------------------
@@ -32,20 +33,22 @@ def serve() -> None:
 
 
 @serve.command("start")
-@click.argument("model_name", metavar="MODEL")
+@click.argument("model_name", metavar="MODEL", type=NAME)
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- VLLM_ARGS...]")
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (0.0.0.0 serves other machines)")
+@click.option("--host", default="127.0.0.1", show_default=True, type=HOST,
+              help="address to bind (0.0.0.0 serves other machines)")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="port to bind (default: a free one)")
-@click.option("--adapter", "adapters", multiple=True, metavar="NAME",
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME", type=NAME,
               help="also serve this LoRA adapter of the same base, per request (repeatable)")
 @click.option("--vllm", "vllm_path", envvar="RPLAT_VLLM", default=None, metavar="PATH",
               help="the `vllm` executable or its venv [env RPLAT_VLLM; default .venv-vllm from `make vllm`, then PATH]")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True,
               help="float32 matches the hf backend's CPU scores exactly; auto is bf16 for fp32 weights")
-@click.option("--max-model-len", type=click.IntRange(16), default=None, help="context length (default: the model's)")
+@click.option("--max-model-len", type=click.IntRange(16, INT32_MAX), default=None,
+              help="context length (default: the model's)")
 @click.option("--eager", is_flag=True, help="no torch.compile: starts minutes faster on CPU, generates slower")
-@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1),
+@click.option("--timeout", default=300.0, show_default=True, type=Finite(1, 86_400),
               help="seconds to wait for health")
 @click.option("--detach/--foreground", default=False, show_default=True,
               help="return once healthy (stop later with `rplat serve stop MODEL`), or run until Ctrl-C/SIGTERM")
@@ -80,7 +83,7 @@ def serve_start(model_name: str, vllm_args: tuple[str, ...], host: str, port: in
 
 
 @serve.command("stop")
-@click.argument("model_name", metavar="MODEL")
+@click.argument("model_name", metavar="MODEL", type=NAME)
 @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
 def serve_stop(model_name: str, as_json: bool) -> None:
     """Stop the server recorded for MODEL (on the machine that started it) and mark it stopped."""

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from rplat.cli._common import open_store
+from rplat.boundary import MAX_SLURM_RUNNERS
+from rplat.cli._common import GPUS, Finite, open_store
 from rplat.config import get_settings
 from rplat.slurm import (
     DEFAULT_GRACE_SECONDS,
@@ -35,9 +36,9 @@ def _array_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--time", "time_limit", default=None, metavar="T",
                      help="Slurm time limit per runner, e.g. 4:00:00 (default: the partition's)"),
         click.option("--kinds", default=None, help="comma-separated job kinds the runners take (default: all)"),
-        click.option("--max-idle", default=DEFAULT_MAX_IDLE_SECONDS, show_default=True, type=click.FloatRange(0),
+        click.option("--max-idle", default=DEFAULT_MAX_IDLE_SECONDS, show_default=True, type=Finite(0, 30 * 86_400),
                      help="a runner leaves after this many seconds with nothing to claim"),
-        click.option("--grace", default=DEFAULT_GRACE_SECONDS, show_default=True, type=click.IntRange(1),
+        click.option("--grace", default=DEFAULT_GRACE_SECONDS, show_default=True, type=click.IntRange(1, 86_400),
                      help="seconds before the time limit that Slurm sends the runner SIGTERM (it releases its job)"),
         click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="OPTION",
                      help="an extra sbatch option, e.g. --sbatch-arg=--account=lab (repeatable)"),
@@ -66,8 +67,9 @@ def _template(runners: int, gpus: int, partition: str | None, time_limit: str | 
 
 
 @slurm.command("submit")
-@click.option("--runners", required=True, type=click.IntRange(1), help="array tasks, one runner each")
-@click.option("--gpus-per-runner", default=1, show_default=True, type=click.IntRange(0),
+@click.option("--runners", required=True, type=click.IntRange(1, MAX_SLURM_RUNNERS),
+              help="array tasks, one runner each")
+@click.option("--gpus-per-runner", default=1, show_default=True, type=GPUS,
               help="GPUs Slurm allocates to each runner (--gres=gpu:G); 0: CPU runners")
 @_array_options
 @click.option("--dry-run", is_flag=True, help="print the batch script instead of submitting it")
@@ -89,10 +91,10 @@ def submit(runners: int, gpus_per_runner: int, partition: str | None, time_limit
 
 
 @slurm.command("scale")
-@click.option("--max-runners", default=8, show_default=True, type=click.IntRange(1),
+@click.option("--max-runners", default=8, show_default=True, type=click.IntRange(1, MAX_SLURM_RUNNERS),
               help="never more runner tasks than this, pending and running together")
 @click.option("--once", is_flag=True, help="one pass, then exit")
-@click.option("--every", default=30.0, show_default=True, type=click.FloatRange(0.1), metavar="S",
+@click.option("--every", default=30.0, show_default=True, type=Finite(0.1, 86_400), metavar="S",
               help="seconds between passes (until SIGTERM or Ctrl-C)")
 @_array_options
 @click.option("--dry-run", is_flag=True, help="print what a pass would submit and cancel, and do neither")
