@@ -30,12 +30,19 @@ PROBLEMS = FieldMap("problems", None, {"question": "question"}, {"answer": "answ
 
 def snapshot(store: Store) -> dict[str, list[str]]:
     """Every row of every table (sorted renderings) and, on SQLite, the bytes of the database file and its WAL
-    (hashed; an empty WAL is no WAL): equal snapshots mean the database did not change."""
+    after a checkpoint (hashed; an empty WAL is no WAL): equal snapshots mean the database did not change."""
     engine = store.engine()
     with engine.connect() as conn:
         rows = {name: sorted(repr(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{name}"')))
                 for name in sorted(inspect(conn).get_table_names())}
     if store.backend == "sqlite":
+        # What is committed moves from the WAL into the file first: any process's last connection may do that at
+        # any time, which changes the file's bytes and not its content.
+        raw = engine.raw_connection()  # outside a transaction: the engine begins each one with BEGIN IMMEDIATE
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
         database = Path(engine.url.database or "")
         for path in (database, database.with_name(database.name + "-wal")):
             rows[f"file {path.name}"] = [hashlib.sha256(path.read_bytes() if path.exists() else b"").hexdigest()]
