@@ -575,6 +575,11 @@ CASES = [
     Case("released-chains-record-without-chains", ("import", "chains", "chains.jsonl", "--teacher", "gpt"),
          ["chains.jsonl line 2 field 'generated_answer' is an empty array", "at least one chain"],
          record_without_chains),
+    Case("job-id-in-a-param-past-the-id-range", ("enqueue", "evaluate", "--param", "solve_job=99999999999999999999"),
+         ["parameter 'solve_job' of evaluate 99999999999999999999 is not an id", "ids run from 1 to 2147483647"]),
+    Case("control-characters-in-a-quoted-value-stay-on-one-line",
+         ("generate", "reasoning-gym", "\x0cx\ny", "--out", "g.jsonl"),
+         ["reasoning-gym has no dataset '\\x0cx\\ny'"]),
 ]
 
 

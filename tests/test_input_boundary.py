@@ -281,3 +281,14 @@ def test_read_commands_leave_a_missing_home_missing_on_both_databases(db: Store,
     else:
         assert (code, out.strip()) == (0, "(none)"), err
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_the_queue_itself_refuses_a_made_model_name_that_is_not_a_name_and_a_job_id_out_of_range(db: Store) -> None:
+    """Jobs queued by code (a plugin, a script) meet the same checks as the CLI's: in `references.check`."""
+    from rplat.queue import Queue
+
+    queue = Queue(db.engine())
+    with pytest.raises(UserError, match=r"parameter 'adapter_name' of train-rationalyst: '\.\./evil' is not a name"):
+        queue.enqueue("train-rationalyst", {"adapter_name": "../evil", "score_rationales_job": 1})
+    with pytest.raises(UserError, match=f"parameter 'solve_job' of evaluate {ID_MAX + 1} is not an id"):
+        queue.enqueue("evaluate", {"solve_job": ID_MAX + 1})

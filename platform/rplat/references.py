@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rplat import kinds
+from rplat.boundary import check_id, check_name
 from rplat.bundled import SMOLLM2
 from rplat.errors import UserError
 from rplat.models import Dataset, Job, JobDependency, Model
@@ -388,12 +389,17 @@ def check(session: Session, kind_name: str, params: dict[str, Any], after: list[
     """Check every reference in a job's validated params (one UserError sentence for the first bad one) and
     return the job's lineage, storing its prompt templates on first use; runs in the enqueue transaction."""
     kind = kinds.get(kind_name)
+    for name, field in kind.params.model_fields.items():  # the model it registers becomes a directory
+        if isinstance(params.get(name), str) and any(isinstance(meta, Makes) for meta in field.metadata):
+            check_name(params[name], f"{_where(kind_name, name)}:")
     ancestors = _ancestors(session, after)
     for field, ref in references(kind.params):
         value = params.get(field)
         for item in value if isinstance(value, list) else [value]:
             if item is None:
                 continue
+            if ref.target == "job" and isinstance(item, int):
+                check_id(item, _where(kind_name, field))
             if ref.target == "dataset":
                 _check_dataset(session, kind_name, field, ref, item)
             elif ref.target == "model":

@@ -11,7 +11,7 @@ import importlib
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import click
 
@@ -165,18 +165,28 @@ def _not_utf8(args: Sequence[str]) -> str | None:
     return None
 
 
+def _printable(text: str) -> str:
+    """`text` with every character a terminal would not show as itself (line and page breaks, control characters,
+    lone surrogates) escaped as Python writes it: a message quoting the user's input stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _fail(sentence: str, code: int = 2) -> NoReturn:
+    """End the command with `error: <sentence>` on stderr, on one line, and exit `code`."""
+    click.echo(f"error: {_printable(sentence)}", err=True)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI; every mistake a user can make ends as one `error:` sentence on stderr and exit code 2."""
     args = list(argv) if argv is not None else sys.argv[1:]
     sentence = _not_utf8(args)
     if sentence is not None:
-        click.echo(f"error: {sentence}", err=True)
-        sys.exit(2)
+        _fail(sentence)
     try:
         cli.main(args=args, prog_name="rplat", standalone_mode=False)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -185,19 +195,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     except click.ClickException as exc:
         command = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "rplat"
-        click.echo(f"error: {_one_sentence(exc.format_message())}; see `{command} --help`.", err=True)
-        sys.exit(2)
+        _fail(f"{_one_sentence(exc.format_message())}; see `{command} --help`.")
     except OverflowError as exc:  # a number past what the database holds that no parameter type bounded
-        click.echo(f"error: a number is larger than the database holds ({exc}); give ids from 1 to 2^31-1 and "
-                   "counts in range.", err=True)
-        sys.exit(2)
+        _fail(f"a number is larger than the database holds ({exc}); give ids from 1 to 2^31-1 and counts in range.")
     except OSError as exc:
         what = f"cannot use {exc.filename} ({exc.strerror})" if exc.filename else f"operating system error ({exc})"
-        click.echo(f"error: {what}; check the path and its permissions.", err=True)
-        sys.exit(2)
+        _fail(f"{what}; check the path and its permissions.")
     except Exception as exc:
         sentence = _database_error(exc)
         if sentence is None:
             raise
-        click.echo(f"error: {sentence}", err=True)
-        sys.exit(2)
+        _fail(sentence)
