@@ -447,6 +447,10 @@ class TimeLimit:
                              f"{self.remedy}.")
         if isinstance(exc, KeyboardInterrupt | duckdb.InterruptException) or (
                 isinstance(exc, RuntimeError | OSError) and "interrupted" in str(exc).lower()):
+            # DuckDB's own Ctrl-C handling raises without stopping the query's worker threads, which would then run
+            # on (and `close()` wait for them): stop them.
+            with contextlib.suppress(duckdb.Error):
+                self.con.interrupt()
             return Interrupted(f"{self.what} was stopped by Ctrl-C before it finished.")
         return None
 
