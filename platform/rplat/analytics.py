@@ -252,9 +252,10 @@ def _libpq_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _libpq(url: Any) -> str:
-    """A SQLAlchemy PostgreSQL URL as a libpq connection string (`host=... dbname=...`)."""
-    fields = {"host": url.host, "port": url.port, "user": url.username, "password": url.password,
+def _libpq(url: Any, *, password: bool = True) -> str:
+    """A SQLAlchemy PostgreSQL URL as a libpq connection string (`host=... dbname=...`), its password left out
+    unless `password`."""
+    fields = {"host": url.host, "port": url.port, "user": url.username, "password": url.password if password else None,
               "dbname": url.database, **{k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}}
     return " ".join(f"{k}='{_libpq_escape(str(v))}'" for k, v in fields.items() if v is not None)
 
@@ -294,7 +295,7 @@ def _attach(con: duckdb.DuckDBPyConnection, database_url: str) -> None:
         con.execute(f"CREATE TEMPORARY SECRET {STORE}_login (TYPE postgres{password})")
         # SCHEMA: only rplat's schema is attached; not pg_catalog (roles, password hashes, server files, other
         # sessions' queries), information_schema or any other schema of the database.
-        con.execute(f"ATTACH {_quote(_libpq(url.set(password=None)))} AS {STORE} "
+        con.execute(f"ATTACH {_quote(_libpq(url, password=False))} AS {STORE} "
                     f"(TYPE postgres, READ_ONLY, SECRET {STORE}_login, SCHEMA {_quote(schema)})")
     else:
         raise UserError(f"DuckDB can read SQLite and PostgreSQL stores, not {backend}; check RPLAT_DATABASE_URL.")

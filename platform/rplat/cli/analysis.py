@@ -45,11 +45,12 @@ def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool, timeou
     if list_views == bool(query):
         raise UserError('give either a QUERY or --views, e.g. `rplat sql "SELECT * FROM job_timeline"`.')
     analytics.check_timeout(timeout)
-    engine = open_store()
-    url = engine.url.render_as_string(hide_password=False)
-    engine.dispose()
-    con = analytics.connect(url)
+    con = None
     try:
+        engine = open_store()
+        url = engine.url.render_as_string(hide_password=False)
+        engine.dispose()
+        con = analytics.connect(url)
         if list_views:
             columns = ["view", "columns"]
             rows = [(name, [{"name": c, "type": t} for c, t in cols] if as_json else ", ".join(c for c, _ in cols))
@@ -64,13 +65,15 @@ def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool, timeou
             writer.writerow(columns)
             for batch in batches:
                 writer.writerows(batch)
-            return
-    except KeyboardInterrupt:  # between DuckDB's calls (DuckDB words its own: analytics.TimeLimit)
-        con.interrupt()
+        else:
+            emit([dict(zip(columns, row, strict=True)) for row in rows], columns, as_json)
+    except KeyboardInterrupt:  # outside DuckDB's calls (inside them, analytics.TimeLimit words it)
+        if con is not None:
+            con.interrupt()
         raise analytics.Interrupted("the query was stopped by Ctrl-C before it finished.") from None
     finally:
-        con.close()
-    emit([dict(zip(columns, row, strict=True)) for row in rows], columns, as_json)
+        if con is not None:
+            con.close()
 
 
 

@@ -37,10 +37,10 @@ def export(view: str, where: str | None, file_type: str | None, out: Path, timeo
     from rplat.progress import Progress
 
     check_timeout(timeout)
-    engine = open_store()
-    url = engine.url.render_as_string(hide_password=False)
-    engine.dispose()
     try:
+        engine = open_store()
+        url = engine.url.render_as_string(hide_password=False)
+        engine.dispose()
         with Progress(f"export {view}", unit="rows") as progress:
             rows = export_view(url, view, out, file_type=file_type, where=where, progress=progress, timeout=timeout)
     except KeyboardInterrupt:
