@@ -223,9 +223,8 @@ TABLE_FUNCTIONS = frozenset({
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALY[SZ]E)?\b", re.IGNORECASE)
 _FILE_NAME = re.compile(r"[./\\*~]")  # `FROM 'x.csv'` is a table reference DuckDB resolves by reading the file
 
-DEFAULT_TIMEOUT = 60.0
-"""Seconds a `rplat sql` query may run (`--timeout`); DuckDB has no statement timeout, so a timer interrupts it."""
 MAX_TIMEOUT = 86_400.0
+"""The longest time limit a query can be given (`rplat sql --timeout`, `rplat export --timeout`), in seconds."""
 
 
 class Interrupted(UserError):
@@ -307,7 +306,7 @@ def connect(database_url: str) -> duckdb.DuckDBPyConnection:
 
     No temporary directory (DuckDB's default, `.tmp` under the working directory, would stay readable): a query
     larger than memory fails instead of spilling. Once external access is off, the only path DuckDB still allows
-    is the attached SQLite file itself, which `_read_only_statement` refuses to read as a file."""
+    is the attached SQLite file itself, which `parse` refuses to read as a file (docs/security.md)."""
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
                                              "autoload_known_extensions": False, "temp_directory": "",
                                              "allow_persistent_secrets": False})
