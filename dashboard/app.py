@@ -217,8 +217,9 @@ def jobs_page() -> None:
 
 def sql_page() -> None:
     st.title("SQL")
-    st.caption("One read-only query (DuckDB SQL) over the views below and the store's tables as `store.<table>`; "
-               "writes are refused exactly as `rplat sql` refuses them.")
+    st.caption("One read-only query (DuckDB SQL) over the views below and the store's tables as `store.<table>`, "
+               f"stopped after {queries.SQL_TIMEOUT:g} s; writes, files and other catalogs are refused exactly as "
+               "`rplat sql` refuses them.")
     con = connection()
     query = st.text_area("query", value=EXAMPLE_QUERY, height=140)
     if st.button("run", type="primary"):

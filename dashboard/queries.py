@@ -139,11 +139,17 @@ def signature_problems(con: duckdb.DuckDBPyConnection, runs: Sequence[str], mask
 # --- SQL ------------------------------------------------------------------------------------------
 
 
+SQL_TIMEOUT = 15.0
+"""Seconds a query on the SQL page may run: a page waits for it, and `rplat sql --timeout` runs longer ones."""
+
+
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:
-    """A user's one read-only query, refused exactly as `rplat sql` refuses it (UserError)."""
-    cursor = con.cursor()
+    """A user's one read-only query, refused exactly as `rplat sql` refuses it (UserError), stopped after
+    SQL_TIMEOUT seconds."""
+    cursor = con.cursor()  # interrupting it stops this query only, not other sessions' on the same connection
     try:
-        columns, rows = analytics.run_query(cursor, sql)
+        columns, rows = analytics.run_query(cursor, sql, timeout=SQL_TIMEOUT,
+                                            remedy="narrow it, or run it with `rplat sql --timeout SECONDS`")
     finally:
         cursor.close()
     return pd.DataFrame.from_records(rows, columns=columns)

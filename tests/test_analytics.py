@@ -281,7 +281,8 @@ def test_the_store_is_attached_read_only_and_duckdb_is_locked(duck: duckdb.DuckD
                       "UPDATE store.jobs SET status = 'queued'", "DELETE FROM store.jobs",
                       f"ATTACH '{tmp_path / 'other.db'}' AS other", f"COPY (SELECT 1) TO '{out}'",
                       "INSTALL httpfs", "LOAD httpfs", f"SELECT * FROM read_csv('{tmp_path}/*.csv')",
-                      "SET enable_external_access = true", "SET lock_configuration = false"]:
+                      "SET enable_external_access = true", "SET lock_configuration = false",
+                      f"SET temp_directory = '{tmp_path}'", f"SET allowed_directories = ['{tmp_path}']"]:
         with pytest.raises(duckdb.Error):
             duck.execute(statement)
     assert not out.exists() and not (tmp_path / "other.db").exists()

@@ -253,6 +253,13 @@ def gsm_chains_and_models(store: Store) -> dict[str, str]:
         return ids
 
 
+def tmp_file(store: Store) -> None:
+    """A file in DuckDB's default temporary directory under the working directory, as a text and a CSV file."""
+    (store.home / ".tmp").mkdir()
+    write(store, ".tmp/s.txt", "a secret\n")
+    write(store, ".tmp/s.csv", "secret\nvalue\n")
+
+
 def unknown_revision(store: Store) -> None:
     with store.engine().begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'feedfacecafe'"))
@@ -559,6 +566,61 @@ CASES = [
          url="just-a-name"),
     Case("sqlite-file-where-no-directory-can-be-made", ("init",),
          ["cannot use /proc/rplat", "check the path and its permissions"], url="sqlite:////proc/rplat/rplat.db"),
+    # issue 17: SQL surface (the SQL sees the store and nothing else; a time limit; --where is one expression)
+    Case("sql-reads-a-file-in-dots-tmp", ("sql", "SELECT * FROM read_text('.tmp/s.txt')"),
+         ["the function read_text reaches outside the read-only views"], tmp_file),
+    Case("sql-reads-a-file-by-its-name", ("sql", "SELECT * FROM '.tmp/s.csv'"), ["'.tmp/s.csv' names a file"],
+         tmp_file),
+    Case("sql-globs-the-home", ("sql", "SELECT * FROM glob('*')"), ["the function glob reaches outside"]),
+    Case("sql-reads-the-store-file", ("sql", "SELECT * FROM read_blob('rplat.db')"), ["the function read_blob"]),
+    Case("sql-shows-the-settings", ("sql", "SELECT * FROM duckdb_settings()"), ["the function duckdb_settings"]),
+    Case("sql-shows-the-databases", ("sql", "SELECT path FROM duckdb_databases()"), ["the function duckdb_databases"]),
+    Case("sql-shows-the-secrets", ("sql", "SELECT * FROM duckdb_secrets()"), ["the function duckdb_secrets"]),
+    Case("sql-reads-pg-authid", ("sql", "SELECT rolname, rolpassword FROM store.pg_catalog.pg_authid"),
+         ["the query failed (Catalog Error", "pg_authid", "does not exist"]),
+    Case("sql-reads-pg-shadow", ("sql", "SELECT usename, passwd FROM store.pg_catalog.pg_shadow"),
+         ["the query failed (Catalog Error", "pg_shadow"]),
+    Case("sql-reads-pg-hba-file-rules", ("sql", "SELECT * FROM store.pg_catalog.pg_hba_file_rules"),
+         ["the query failed (Catalog Error", "pg_hba_file_rules"]),
+    Case("sql-reads-pg-file-settings", ("sql", "SELECT * FROM store.pg_catalog.pg_file_settings"),
+         ["the query failed (Catalog Error", "pg_file_settings"]),
+    Case("sql-reads-pg-stat-activity", ("sql", "SELECT query FROM store.pg_catalog.pg_stat_activity"),
+         ["the query failed (Catalog Error", "pg_stat_activity"]),
+    Case("sql-lists-other-databases", ("sql", "SELECT datname FROM store.pg_catalog.pg_database"),
+         ["the query failed (Catalog Error", "pg_database"]),
+    Case("sql-reads-the-servers-information-schema", ("sql", "SELECT * FROM store.information_schema.tables"),
+         ["the query failed (Catalog Error", "information_schema"]),
+    Case("sql-runs-a-postgres-query", ("sql", "SELECT * FROM postgres_query('store', 'SELECT 1')"),
+         ["the function postgres_query"]),
+    Case("sql-bytes-not-utf8", ("sql", "SELECT '\udcff\udcfe'"), ["not UTF-8"]),
+    Case("sql-past-its-time-limit", ("sql", "--timeout", "1", "SELECT count(*) FROM range(1000000000000::BIGINT) a"),
+         ["the query ran past its time limit of 1 s and was stopped", "--timeout"]),
+    Case("sql-timeout-zero", ("sql", "--timeout", "0", "SELECT 1"),
+         ["--timeout must be a number of seconds above 0 and at most 86400"]),
+    Case("sql-timeout-negative", ("sql", "--timeout", "-5", "SELECT 1"), ["--timeout must be", "not -5"]),
+    Case("sql-timeout-nan", ("sql", "--timeout", "nan", "SELECT 1"), ["--timeout must be", "not nan"]),
+    Case("sql-timeout-infinite", ("sql", "--timeout", "inf", "SELECT 1"), ["--timeout must be", "not inf"]),
+    Case("sql-timeout-past-a-day", ("sql", "--timeout", "100000", "SELECT 1"), ["at most 86400 (a day)"]),
+    Case("sql-timeout-not-a-number", ("sql", "--timeout", "soon", "SELECT 1"), ["'soon' is not a valid float"]),
+    Case("export-where-unions-another-select",
+         ("export", "chains", "--where", "false\n) UNION ALL BY NAME SELECT name AS question, path AS chain "
+          "FROM store.models WHERE (true", "--out", "x.jsonl"),
+         ["the --where predicate", "is refused", "not valid SQL"]),
+    Case("export-where-closes-its-parenthesis", ("export", "chains", "--where", "false) OR (true", "--out", "x.jsonl"),
+         ["the --where predicate 'false) OR (true' is refused", "not valid SQL"]),
+    Case("export-where-adds-a-limit", ("export", "chains", "--where", "true LIMIT 1", "--out", "x.jsonl"),
+         ["give one condition over the view's columns with nothing after it"]),
+    Case("export-where-adds-a-union", ("export", "chains", "--where", "true UNION SELECT * FROM chains",
+                                       "--out", "x.jsonl"), ["give one condition over the view's columns"]),
+    Case("export-where-reads-a-file", ("export", "chains", "--where", "EXISTS (SELECT * FROM read_text('.tmp/s.txt'))",
+                                       "--out", "x.jsonl"), ["is refused", "the function read_text"], tmp_file),
+    Case("export-where-reads-pg-authid", ("export", "chains", "--where",
+                                          "EXISTS (SELECT * FROM store.pg_catalog.pg_authid)", "--out", "x.jsonl"),
+         ["does not run on the view chains", "pg_authid"]),
+    Case("export-where-bytes-not-utf8", ("export", "chains", "--where", "label = '\udcff'", "--out", "x.jsonl"),
+         ["--where holds bytes that are not UTF-8"]),
+    Case("export-timeout-zero", ("export", "chains", "--timeout", "0", "--out", "x.jsonl"),
+         ["--timeout must be a number of seconds above 0"]),
     # click's own usage errors, in the same one-line form
     Case("unknown-command", ("enqueu", "probe"),
          ["no such command 'enqueu' (did you mean 'enqueue'?)", "rplat --help"]),

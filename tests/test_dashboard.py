@@ -313,6 +313,21 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
         page.get_by_test_id("stButton").get_by_text("run", exact=True).click()
         page.get_by_test_id("stAlertContentError").wait_for(timeout=PAGE_TIMEOUT_MS)
         assert "only read-only queries run here" in page.get_by_test_id("stAlertContentError").inner_text()
+        # issue 17: the page reads no file (DuckDB's default temp directory is `.tmp` under the dashboard's working
+        # directory, the store's home) and no PostgreSQL catalog; the store's own tables it does read.
+        (db.home / ".tmp").mkdir()
+        (db.home / ".tmp" / "s.txt").write_text("planted-secret-for-the-sql-page\n")
+        for query, says in [("SELECT * FROM read_text('.tmp/s.txt')", "the function read_text reaches outside"),
+                            ("SELECT rolname, rolpassword FROM store.pg_catalog.pg_authid", "pg_authid")]:
+            page.get_by_test_id("stTextArea").locator("textarea").fill(query)
+            page.get_by_test_id("stButton").get_by_text("run", exact=True).click()
+            page.get_by_test_id("stAlertContentError").filter(has_text=says).wait_for(timeout=PAGE_TIMEOUT_MS)
+            assert "planted-secret" not in page.inner_text("body")
+        page.get_by_test_id("stTextArea").locator("textarea").fill("SELECT count(*) AS n FROM store.jobs")
+        page.get_by_test_id("stButton").get_by_text("run", exact=True).click()
+        page.get_by_text("1 rows").wait_for(timeout=PAGE_TIMEOUT_MS)
+        with transaction(db.engine()) as s:
+            assert grid(page) == [{"n": str(s.scalar(select(func.count()).select_from(Job)))}]
         shoot(page, tmp_path, "sql")
         assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(
             ["rationales", "failures", "intersections", "chains", "votes", "training", "jobs", "sql"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import math
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -211,7 +213,24 @@ DEPRECATED_VIEWS: dict[str, str] = {"nat_alpha": "nat_w_neg"}  # old view -> the
 # server by name, outside the READ_ONLY attachment) and those that run SQL handed to them as a string.
 _FORBIDDEN_FUNCTION = re.compile(
     r"^(sqlite_|postgres_|pg_|read_postgres)|^(query|query_table|json_execute_serialized_sql)$", re.IGNORECASE)
+# The table functions a query may use (FROM f(...)): they make rows from their arguments or describe the views.
+# Every other one reads files (read_text, read_csv, glob, parquet_metadata...), reaches past the attachment,
+# shows the connection's settings and secrets, or changes its state (checkpoint, enable_logging).
+TABLE_FUNCTIONS = frozenset({
+    "range", "generate_series", "unnest", "repeat", "repeat_row", "json_each", "json_tree", "summary",
+    "duckdb_columns", "duckdb_constraints", "duckdb_functions", "duckdb_indexes", "duckdb_keywords",
+    "duckdb_schemas", "duckdb_tables", "duckdb_types", "duckdb_views", "pragma_table_info"})
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALY[SZ]E)?\b", re.IGNORECASE)
+_FILE_NAME = re.compile(r"[./\\*~]")  # `FROM 'x.csv'` is a table reference DuckDB resolves by reading the file
+
+MAX_TIMEOUT = 86_400.0
+"""The longest time limit a query can be given (`rplat sql --timeout`, `rplat export --timeout`), in seconds."""
+
+
+class Interrupted(UserError):
+    """The user stopped a query with Ctrl-C: one sentence, and the shell's exit code for SIGINT."""
+
+    exit_code = 130
 
 
 def _extension(package: str, name: str) -> Path:
@@ -232,11 +251,28 @@ def _libpq_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _libpq(url: Any) -> str:
-    """A SQLAlchemy PostgreSQL URL as a libpq connection string (`host=... dbname=...`)."""
-    fields = {"host": url.host, "port": url.port, "user": url.username, "password": url.password,
+def _libpq(url: Any, *, password: bool = True) -> str:
+    """A SQLAlchemy PostgreSQL URL as a libpq connection string (`host=... dbname=...`), its password left out
+    unless `password`."""
+    fields = {"host": url.host, "port": url.port, "user": url.username, "password": url.password if password else None,
               "dbname": url.database, **{k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}}
     return " ".join(f"{k}='{_libpq_escape(str(v))}'" for k, v in fields.items() if v is not None)
+
+
+def _current_schema(url: Any) -> str:
+    """The schema rplat's tables are in: the first existing one on the role's search_path, where the migrations
+    created them (`public` unless the role's search_path names another)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(_libpq(url), connect_timeout=10) as conn:
+            row = conn.execute("SELECT current_schema()").fetchone()
+    except psycopg.Error as exc:
+        raise UserError(f"cannot open the store ({_first_line(exc)}); check RPLAT_DATABASE_URL.") from None
+    if row is None or row[0] is None:
+        raise UserError("the PostgreSQL role's search_path names no existing schema, so the store has no tables; "
+                        "run `rplat init` first.")
+    return str(row[0])
 
 
 def _attach(con: duckdb.DuckDBPyConnection, database_url: str) -> None:
@@ -249,17 +285,31 @@ def _attach(con: duckdb.DuckDBPyConnection, database_url: str) -> None:
         con.execute(f"LOAD {_quote(str(_extension('duckdb_extension_sqlite_scanner', 'sqlite_scanner')))}")
         con.execute(f"ATTACH {_quote(str(path.resolve()))} AS {STORE} (TYPE sqlite, READ_ONLY)")
     elif backend in ("postgresql", "postgres"):
+        schema = _current_schema(url)
         con.execute(f"LOAD {_quote(str(_extension('duckdb_extension_postgres_scanner', 'postgres_scanner')))}")
-        con.execute(f"ATTACH {_quote(_libpq(url))} AS {STORE} (TYPE postgres, READ_ONLY)")
+        # The password goes into a secret held in memory, not into the connection string, which
+        # duckdb_databases() and DuckDB's error messages show; secrets are shown redacted. The secret is named:
+        # DuckDB looks up no default secret (nor reads the persistent ones, disabled in `connect`).
+        password = "" if url.password is None else f", PASSWORD {_quote(str(url.password))}"
+        con.execute(f"CREATE TEMPORARY SECRET {STORE}_login (TYPE postgres{password})")
+        # SCHEMA: only rplat's schema is attached; not pg_catalog (roles, password hashes, server files, other
+        # sessions' queries), information_schema or any other schema of the database.
+        con.execute(f"ATTACH {_quote(_libpq(url, password=False))} AS {STORE} "
+                    f"(TYPE postgres, READ_ONLY, SECRET {STORE}_login, SCHEMA {_quote(schema)})")
     else:
         raise UserError(f"DuckDB can read SQLite and PostgreSQL stores, not {backend}; check RPLAT_DATABASE_URL.")
 
 
 def connect(database_url: str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the store at `database_url` attached READ_ONLY as `store` and the VIEWS defined;
-    locked: it downloads nothing, reads and writes no file, attaches nothing more and cannot be reconfigured."""
+    locked: it downloads nothing, reads and writes no file, attaches nothing more and cannot be reconfigured.
+
+    No temporary directory (DuckDB's default, `.tmp` under the working directory, would stay readable): a query
+    larger than memory fails instead of spilling. Once external access is off, the only path DuckDB still allows
+    is the attached SQLite file itself, which `parse` refuses to read as a file (docs/security.md)."""
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                             "autoload_known_extensions": False})
+                                             "autoload_known_extensions": False, "temp_directory": "",
+                                             "allow_persistent_secrets": False})
     try:
         try:
             _attach(con, database_url)
@@ -273,32 +323,74 @@ def connect(database_url: str) -> duckdb.DuckDBPyConnection:
         _create_cache(con)
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
+        directories = readable_directories(con)
+        if directories:
+            raise RuntimeError(f"DuckDB can still read the directories {directories}")
     except BaseException:
         con.close()
         raise
     return con
 
 
+def readable_directories(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The directories a locked connection may still read files in (DuckDB's `allowed_directories`): none."""
+    (value,) = con.execute("SELECT current_setting('allowed_directories')").fetchone() or ([],)
+    return list(value)
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
 
 
-def _function_names(node: Any) -> Iterator[str]:
+def _references(node: Any) -> Iterator[tuple[str, str]]:
+    """("function", name), ("table function", name) and ("table", name) for every function call and table
+    reference in a tree `json_serialize_sql` made."""
     if isinstance(node, dict):
-        if node.get("class") == "FUNCTION" or node.get("type") == "TABLE_FUNCTION":
-            name = node.get("function_name")
-            if isinstance(name, str):
-                yield name
+        if node.get("class") == "FUNCTION" and isinstance(node.get("function_name"), str):
+            yield "function", node["function_name"]
+        if node.get("type") == "TABLE_FUNCTION" and isinstance(node.get("function"), dict):
+            yield "table function", str(node["function"].get("function_name"))
+        if node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
+            yield "table", node["table_name"]
         for value in node.values():
-            yield from _function_names(value)
+            yield from _references(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _function_names(value)
+            yield from _references(value)
+
+
+def parse(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, Any]:
+    """DuckDB's parse tree of `query` (one SELECT-like statement) as `json_serialize_sql` gives it; refused if it
+    is not a plain query or calls anything able to reach past the READ_ONLY attachment: a file, a setting, the
+    scanners' own functions."""
+    # The query as a quoted literal, not a bound parameter: binding a Python value makes DuckDB import pandas.
+    tree = json.loads(con.execute(f"SELECT json_serialize_sql({_quote(query)})").fetchone()[0])  # type: ignore[index]
+    if tree.get("error"):
+        raise UserError("only plain queries run here (SELECT, SHOW, DESCRIBE, EXPLAIN SELECT), not PRAGMA or "
+                        "other statements; the store is read-only.")
+    for kind, name in _references(tree):
+        if (kind == "function" and _FORBIDDEN_FUNCTION.search(name)
+                or kind == "table function" and name.lower() not in TABLE_FUNCTIONS):
+            raise UserError(f"the function {name} reaches outside the read-only views and cannot be used here; "
+                            "query the views or the `store` tables instead.")
+        if kind == "table" and _FILE_NAME.search(name):
+            raise UserError(f"{name!r} names a file and queries here read no files; query the views or the "
+                            "`store` tables instead.")
+    return dict(tree)
+
+
+def _utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"{what} holds bytes that are not UTF-8 text (at character {exc.start + 1}); "
+                        "type it again as UTF-8.") from None
 
 
 def _read_only_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str:
     """The one query in `sql` (SELECT, WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN), as DuckDB parsed
     it, if it calls no function able to reach past the READ_ONLY attachment; anything else is refused."""
+    _utf8(sql, "the query")
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
@@ -310,50 +402,110 @@ def _read_only_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str:
     if kind not in ("SELECT", "EXPLAIN"):
         raise UserError(f"only read-only queries run here (SELECT, SHOW, DESCRIBE, EXPLAIN), not {kind}; "
                         "the store is read-only.")
-    query = _EXPLAIN.sub("", statement.query) if kind == "EXPLAIN" else statement.query
-    # The query as a quoted literal, not a bound parameter: binding a Python value makes DuckDB import pandas.
-    tree = json.loads(con.execute(f"SELECT json_serialize_sql({_quote(query)})").fetchone()[0])  # type: ignore[index]
-    if tree.get("error"):
-        raise UserError("only plain queries run here (SELECT, SHOW, DESCRIBE, EXPLAIN SELECT), not PRAGMA or "
-                        "other statements; the store is read-only.")
-    for name in _function_names(tree):
-        if _FORBIDDEN_FUNCTION.search(name):
-            raise UserError(f"the function {name} reaches outside the read-only views and cannot be used here; "
-                            "query the views or the `store` tables instead.")
+    parse(con, _EXPLAIN.sub("", statement.query) if kind == "EXPLAIN" else statement.query)
     return statement.query
 
 
-def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run one read-only query on a `connect()`ed database: (column names, rows); any refusal or error is a
-    UserError of one sentence."""
+def check_timeout(seconds: float, option: str = "--timeout") -> float:
+    """`seconds` if it is a time limit a query can have: more than 0, at most a day."""
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT:
+        raise UserError(f"{option} must be a number of seconds above 0 and at most {MAX_TIMEOUT:g} (a day), "
+                        f"not {seconds:g}.")
+    return seconds
+
+
+class TimeLimit:
+    """Interrupts what runs on `con` once `seconds` have passed (DuckDB has no statement timeout: a timer thread
+    calls `con.interrupt()`), and words how a query ended early: past its time limit, or stopped by Ctrl-C."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, seconds: float | None, remedy: str,
+                 what: str = "the query") -> None:
+        self.con, self.seconds, self.remedy, self.what = con, seconds, remedy, what
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> TimeLimit:
+        if self.seconds is not None:
+            self._timer = threading.Timer(self.seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True
+        with contextlib.suppress(duckdb.Error):  # closed meanwhile: nothing left to stop
+            self.con.interrupt()
+
+    def stopped(self, exc: BaseException) -> UserError | None:
+        """The sentence for `exc` if it is this query being stopped (time limit or Ctrl-C), else None."""
+        if self.expired:
+            return UserError(f"{self.what} ran past its time limit of {self.seconds:g} s and was stopped; "
+                             f"{self.remedy}.")
+        if isinstance(exc, KeyboardInterrupt | duckdb.InterruptException) or (
+                isinstance(exc, RuntimeError | OSError) and "interrupted" in str(exc).lower()):
+            # DuckDB's own Ctrl-C handling raises without stopping the query's worker threads, which would then run
+            # on (and `close()` wait for them): stop them.
+            with contextlib.suppress(duckdb.Error):
+                self.con.interrupt()
+            return Interrupted(f"{self.what} was stopped by Ctrl-C before it finished.")
+        return None
+
+    def failed(self, exc: BaseException) -> UserError:
+        """The sentence for `exc`, raised while the query ran."""
+        stopped = self.stopped(exc)
+        if stopped is not None:
+            return stopped
+        if isinstance(exc, duckdb.Error):
+            return UserError(f"the query failed ({_first_line(exc)}).")
+        raise exc
+
+
+TIMEOUT_REMEDY = "narrow the query or give a longer --timeout"
+_STOPPABLE = (duckdb.Error, RuntimeError, KeyboardInterrupt)
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str, timeout: float | None = None,
+              remedy: str = TIMEOUT_REMEDY) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only query on a `connect()`ed database, for at most `timeout` seconds: (column names, rows);
+    any refusal or error is a UserError of one sentence (Ctrl-C: `Interrupted`)."""
     query = _read_only_statement(con, sql)
-    try:
-        cursor = con.execute(query)
-        columns = [d[0] for d in cursor.description or []]
-        return columns, cursor.fetchall()
-    except duckdb.Error as exc:
-        raise UserError(f"the query failed ({_first_line(exc)}).") from None
+    with TimeLimit(con, timeout, remedy) as limit:
+        try:
+            cursor = con.execute(query)
+            columns = [d[0] for d in cursor.description or []]
+            return columns, cursor.fetchall()
+        except _STOPPABLE as exc:
+            raise limit.failed(exc) from None
 
 
-def stream_query(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int = 10_000
-                 ) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
+def stream_query(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int = 10_000, timeout: float | None = None,
+                 remedy: str = TIMEOUT_REMEDY) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
     """Like `run_query`, but the rows come in lists of at most `batch_rows` as they are read, so the caller holds
-    one batch, not the result; consume them before closing `con`."""
+    one batch, not the result; consume them before closing `con`. The time limit runs until the last batch."""
     query = _read_only_statement(con, sql)
+    limit = TimeLimit(con, timeout, remedy).__enter__()
     try:
         cursor = con.execute(query)
-    except duckdb.Error as exc:
-        raise UserError(f"the query failed ({_first_line(exc)}).") from None
+    except _STOPPABLE as exc:
+        limit.__exit__()
+        raise limit.failed(exc) from None
 
     def batches() -> Iterator[list[tuple[Any, ...]]]:
-        while True:
-            try:
-                rows = cursor.fetchmany(batch_rows)
-            except duckdb.Error as exc:
-                raise UserError(f"the query failed ({_first_line(exc)}).") from None
-            if not rows:
-                return
-            yield rows
+        try:
+            while True:
+                try:
+                    rows = cursor.fetchmany(batch_rows)
+                except _STOPPABLE as exc:
+                    raise limit.failed(exc) from None
+                if not rows:
+                    return
+                yield rows
+        finally:
+            limit.__exit__()
 
     return [d[0] for d in cursor.description or []], batches()
 

@@ -24,11 +24,14 @@ from rplat.errors import UserError
 @click.option("--views", "list_views", is_flag=True, help="list the views and their columns")
 @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts (one object per row)")
 @click.option("--csv", "as_csv", is_flag=True, help="print CSV for scripts")
-def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool) -> None:
+@click.option("--timeout", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              help="stop the query if it runs longer")
+def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool, timeout: float) -> None:
     """Run one read-only QUERY over the analytics views (DuckDB) and print the rows.
 
     The views name the useful joins (`rplat sql --views` lists them); the raw tables are `store.<table>`.
-    Nothing can be written: the store is attached READ_ONLY and DuckDB is locked down.
+    Nothing else is visible and nothing can be written: the store is attached READ_ONLY, DuckDB reads no file
+    and is locked down (docs/security.md).
 
     \b
     rplat sql "SELECT method, subject, accuracy FROM evaluations ORDER BY accuracy DESC"
@@ -42,29 +45,36 @@ def sql(query: str | None, list_views: bool, as_json: bool, as_csv: bool) -> Non
         raise UserError("choose one of --json and --csv, not both.")
     if list_views == bool(query):
         raise UserError('give either a QUERY or --views, e.g. `rplat sql "SELECT * FROM job_timeline"`.')
-    engine = open_store()
-    url = engine.url.render_as_string(hide_password=False)
-    engine.dispose()
-    con = analytics.connect(url)
+    analytics.check_timeout(timeout)
+    con = None
     try:
+        engine = open_store()
+        url = engine.url.render_as_string(hide_password=False)
+        engine.dispose()
+        con = analytics.connect(url)
         if list_views:
             columns = ["view", "columns"]
             rows = [(name, [{"name": c, "type": t} for c, t in cols] if as_json else ", ".join(c for c, _ in cols))
                     for name, cols in analytics.view_columns(con).items()]
             batches: Iterator[list[tuple[Any, ...]]] = iter([rows])
         elif as_csv:  # rows go out as DuckDB reads them: a large result is never held whole
-            columns, batches = analytics.stream_query(con, query or "")
+            columns, batches = analytics.stream_query(con, query or "", timeout=timeout)
         else:
-            columns, rows = analytics.run_query(con, query or "")
+            columns, rows = analytics.run_query(con, query or "", timeout=timeout)
         if as_csv:
             writer = csv.writer(sys.stdout, lineterminator="\n")
             writer.writerow(columns)
             for batch in batches:
                 writer.writerows(batch)
-            return
+        else:
+            emit([dict(zip(columns, row, strict=True)) for row in rows], columns, as_json)
+    except KeyboardInterrupt:  # outside DuckDB's calls (inside them, analytics.TimeLimit words it)
+        if con is not None:
+            con.interrupt()
+        raise analytics.Interrupted("the query was stopped by Ctrl-C before it finished.") from None
     finally:
-        con.close()
-    emit([dict(zip(columns, row, strict=True)) for row in rows], columns, as_json)
+        if con is not None:
+            con.close()
 
 
 
