@@ -592,7 +592,6 @@ CASES = [
          ["the query failed (Catalog Error", "information_schema"]),
     Case("sql-runs-a-postgres-query", ("sql", "SELECT * FROM postgres_query('store', 'SELECT 1')"),
          ["the function postgres_query"]),
-    Case("sql-bytes-not-utf8", ("sql", "SELECT '\udcff\udcfe'"), ["not UTF-8"]),
     Case("sql-past-its-time-limit", ("sql", "--timeout", "1", "SELECT count(*) FROM range(1000000000000::BIGINT) a"),
          ["the query ran past its time limit of 1 s and was stopped", "--timeout"]),
     Case("sql-timeout-zero", ("sql", "--timeout", "0", "SELECT 1"),
@@ -617,8 +616,6 @@ CASES = [
     Case("export-where-reads-pg-authid", ("export", "chains", "--where",
                                           "EXISTS (SELECT * FROM store.pg_catalog.pg_authid)", "--out", "x.jsonl"),
          ["does not run on the view chains", "pg_authid"]),
-    Case("export-where-bytes-not-utf8", ("export", "chains", "--where", "label = '\udcff'", "--out", "x.jsonl"),
-         ["--where holds bytes that are not UTF-8"]),
     Case("export-timeout-zero", ("export", "chains", "--timeout", "0", "--out", "x.jsonl"),
          ["--timeout must be a number of seconds above 0"]),
     # click's own usage errors, in the same one-line form
