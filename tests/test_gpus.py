@@ -200,7 +200,8 @@ def test_a_job_whose_process_dies_is_failed_with_the_reason(db: Store, runners: 
 def test_enqueue_gpus_minus_one_is_one_sentence_and_exit_2(db: Store) -> None:
     proc = db.rplat("enqueue", "probe", "--gpus", "-1")
     assert proc.returncode == 2
-    assert proc.stderr == "error: a job needs 0 or more GPUs, not -1; pass e.g. --gpus 1 (or leave it to the kind).\n"
+    assert proc.stderr == ("error: invalid value for '--gpus': -1 is not in the range 0<=x<=64; see "
+                           "`rplat enqueue --help`.\n")
     with transaction(db.engine()) as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 0
 

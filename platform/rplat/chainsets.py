@@ -27,21 +27,6 @@ def chain_set(dataset_id: int, teacher: str) -> Any:
         select(Problem.id).where(Problem.dataset_id == dataset_id))
 
 
-def chain_count(session: Session, teacher: str, dataset: str) -> int:
-    """How many chains of `teacher` the problem dataset named `dataset` holds (0: no such chain set)."""
-    return int(session.scalar(select(func.count()).select_from(TeacherChain)
-                              .join(Problem, Problem.id == TeacherChain.problem_id)
-                              .join(Dataset, Dataset.id == Problem.dataset_id)
-                              .where(TeacherChain.teacher == teacher, Dataset.name == dataset)) or 0)
-
-
-def teachers_on(session: Session, dataset: str) -> list[str]:
-    """The teachers with chains on the problem dataset named `dataset`, in name order."""
-    return list(session.scalars(select(TeacherChain.teacher).join(Problem, Problem.id == TeacherChain.problem_id)
-                                .join(Dataset, Dataset.id == Problem.dataset_id).where(Dataset.name == dataset)
-                                .distinct().order_by(TeacherChain.teacher)).all())
-
-
 def relabel(session: Session, dataset_id: int, teacher: str, labeler: str) -> int:
     """Set the label of every chain of `teacher` on the dataset not labelled by `labeler` yet to that labeler's
     stored verdict (one UPDATE); returns how many changed hands. A chain without that verdict stored cannot be."""

@@ -1,15 +1,15 @@
-"""Rows found by the names people type (experiments, datasets, job ids); a miss is one sentence."""
+"""Rows found by the names people type (experiments, datasets, job ids, chain sets); a miss is one sentence."""
 
 from __future__ import annotations
 
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from rplat.errors import UserError
-from rplat.models import Dataset, Experiment, Job
+from rplat.models import Dataset, Experiment, Job, Problem, TeacherChain
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -47,3 +47,18 @@ def stored_params(session: Session, job_id: int, kind: str, schema: type[P], par
     except ValidationError as exc:
         raise UserError(f"{param} {job_id}'s stored params no longer fit kind {kind!r}: {exc.errors()[0]['msg']}; "
                         f"{verb} a {kind} job enqueued by this version.") from None
+
+
+def chain_count(session: Session, teacher: str, dataset: str) -> int:
+    """How many chains of `teacher` the problem dataset named `dataset` holds (0: no such chain set)."""
+    return int(session.scalar(select(func.count()).select_from(TeacherChain)
+                              .join(Problem, Problem.id == TeacherChain.problem_id)
+                              .join(Dataset, Dataset.id == Problem.dataset_id)
+                              .where(TeacherChain.teacher == teacher, Dataset.name == dataset)) or 0)
+
+
+def teachers_on(session: Session, dataset: str) -> list[str]:
+    """The teachers with chains on the problem dataset named `dataset`, in name order."""
+    return list(session.scalars(select(TeacherChain.teacher).join(Problem, Problem.id == TeacherChain.problem_id)
+                                .join(Dataset, Dataset.id == Problem.dataset_id).where(Dataset.name == dataset)
+                                .distinct().order_by(TeacherChain.teacher)).all())

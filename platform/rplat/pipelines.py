@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rplat import kinds, references
-from rplat.chainsets import chain_count
 from rplat.errors import UserError
+from rplat.lookup import chain_count
 from rplat.methods.guided import GUIDED, SOLVE_METHODS
 from rplat.models import Model
 from rplat.queue import Queue

@@ -27,6 +27,7 @@ from rplat import kinds
 from rplat.boundary import check_id, check_name
 from rplat.bundled import SMOLLM2
 from rplat.errors import UserError
+from rplat.lookup import chain_count, teachers_on
 from rplat.models import Dataset, Job, JobDependency, Model
 from rplat.prompts import TEMPLATES, ensure_template
 from rplat.registry import BUNDLED_EMBEDDER
@@ -362,8 +363,6 @@ def unmet(ref: Ref, params: Mapping[str, Any]) -> Need | None:
 
 def _check_chains(session: Session, kind_name: str, field: str, ref: Ref, teacher: Any, params: Mapping[str, Any],
                   ancestors: list[_Ancestor]) -> None:
-    from rplat.chainsets import chain_count, teachers_on  # chainsets records jobs through the queue (imports us)
-
     assert ref.dataset is not None, f"{kind_name}.{field}: a chain set reference names its dataset field"
     dataset = params.get(ref.dataset)
     if chain_count(session, teacher, dataset):
