@@ -44,3 +44,20 @@ def test_normalize_makes_votes_for_equal_numbers_equal() -> None:
 ])
 def test_bare_latex_answers_are_compared_as_mathematics(predicted: str, gold: str) -> None:
     assert is_correct(predicted, gold)
+
+
+@pytest.mark.parametrize(("answer", "canonical"), [
+    ("inf", "inf"), ("infinity", "inf"), ("Infinity", "inf"), ("-Infinity", "-inf"), ("+inf", "inf"),
+    ("1e400", "inf"), ("-1e99999", "-inf"), ("9" * 400, "9" * 400), ("-007", "-7"), ("-0", "0"), ("+5", "5"),
+    ("nan", "nan"), ("NaN", "nan"), ("-nan", "nan"),
+    ("inf%", "inf%"), ("1e-400", "0"), ("1e300", str(int(1e300))),
+])
+def test_normalize_of_non_finite_numbers_is_a_canonical_string(answer: str, canonical: str) -> None:
+    assert normalize(answer) == canonical
+
+
+def test_is_correct_of_non_finite_answers_does_not_raise() -> None:
+    assert is_correct("inf", "inf") is True
+    assert is_correct("1e400", "7") is False
+    assert is_correct("nan", "nan") is True
+    assert is_correct("inf", "-inf") is False

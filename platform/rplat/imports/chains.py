@@ -178,7 +178,10 @@ def _parse(units: list[Unit], layout: str) -> _Parsed:
             else:
                 raw_id = record.get("problem_id")
                 if isinstance(raw_id, int) and not isinstance(raw_id, bool):
-                    raw_id = str(raw_id)
+                    try:
+                        raw_id = str(raw_id)
+                    except ValueError:  # past Python's 4,300-digit conversion limit
+                        raise _Bad("field 'problem_id' is a number too long to be an id") from None
                     record = {**record, "problem_id": raw_id}
                 ext = _text(record, "problem_id", max_len=id_max) or ""
                 chain = _text(record, "chain") or ""

@@ -128,9 +128,15 @@ def _value(record: dict[str, Any], src: _Source) -> str | None:
         if src.required:
             raise _BadField(f"field {src.field!r} is a JSON {'object' if isinstance(value, dict) else 'array'}, "
                             f"not text; name a text field with {src.option}")
-        text = json.dumps(value, ensure_ascii=False)
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except ValueError as exc:  # an integer past Python's 4,300-digit conversion limit, inside the object
+            raise _BadField(f"field {src.field!r} cannot be written as text ({exc})") from None
     else:
-        text = str(value)
+        try:
+            text = str(value)
+        except ValueError as exc:  # an integer past Python's 4,300-digit conversion limit
+            raise _BadField(f"field {src.field!r} cannot be written as text ({exc})") from None
     if src.required and (not text or text.isspace()):
         raise _BadField(f"field {src.field!r} is empty; remove the record or fill it in")
     if src.max_len is not None and len(text) > src.max_len:

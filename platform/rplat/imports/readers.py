@@ -133,6 +133,9 @@ def jsonl_records(lines: Iterable[bytes], name: str) -> Iterator[tuple[int, dict
                 continue
             raise UserError(f"{name} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
                             "fix or remove that line.") from None
+        except ValueError as exc:  # an integer of over 4,300 digits (Python's int/str conversion limit)
+            raise UserError(f"{name} line {lineno} cannot be read ({exc}); write such a number as a string, "
+                            "or fix or remove that line.") from None
         if not isinstance(record, dict):
             raise UserError(f"{name} line {lineno} is a JSON {type(record).__name__}, not an object; "
                             "each line must be one JSON object.")

@@ -233,7 +233,8 @@ def math_verify_check(answer: str | None, gold: str | None) -> tuple[bool, bool]
     answer is parsed as the argument of a box (bare LaTeX such as `\\frac12` or `[1,2)` is otherwise not
     recognised as mathematics at all). Memoised: the chains of one problem often state the same answer, and a
     symbolic comparison costs milliseconds. math-verify's own per-comparison timeout (5 s) is kept; a timed-out
-    comparison is not equivalent."""
+    comparison is not equivalent. Never raises: an answer or gold past `answers.MAX_VERIFY_CHARS` (box included),
+    or one math-verify cannot parse, is compared as `answers.normalize`d strings (`answers.is_correct`)."""
     if answer is None or gold is None or not answer.strip() or not gold.strip():
         return False, False
     return _math_verify(answer, gold)
