@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from rplat.methods.votes import NO_ANSWER, accuracy_curve, accuracy_curves, answer_codes, asc_vote
+from rplat.methods.votes import NO_ANSWER, PADDING, accuracy_curve, accuracy_curves, answer_codes, asc_vote
 
 A, B, C, N = 0, 1, 2, NO_ANSWER
 
@@ -72,9 +72,9 @@ def test_f0_agrees_with_a_plain_count_on_random_answer_sets() -> None:
         assert got.credit[i] == pytest.approx(len(right) / len(tied) if tied else 0.0)
 
 
-def test_answer_codes_follow_sorted_answers_and_pad_with_no_answer() -> None:
+def test_answer_codes_follow_sorted_answers_and_pad_with_padding() -> None:
     codes, vocabulary = answer_codes([["7", None, "12"], ["12"]])
-    assert vocabulary == ["12", "7"] and codes.tolist() == [[1, N, 0], [0, N, N]]
+    assert vocabulary == ["12", "7"] and codes.tolist() == [[1, N, 0], [0, PADDING, PADDING]]
 
 
 def test_scores_are_required_for_a_score_weighted_vote() -> None:

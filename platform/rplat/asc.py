@@ -113,9 +113,9 @@ def sample_ballots(con: duckdb.DuckDBPyConnection, sample_job: int, score_sample
 
 
 def asc_curve(engine: Engine, experiment: str, *, repeats: int = 20, seed: int = 0) -> list[dict[str, Any]]:
-    """Rows (model, aggregate_job, sample_job, method, k, n, accuracy, ci_low, ci_high) for k = 1..n of every
-    succeeded aggregate job of the experiment (the latest per sample and score-samples job), for sc and each asc vote
-    the job stored."""
+    """Rows (model, aggregate_job, sample_job, unanswered, method, k, n, accuracy, ci_low, ci_high) for k = 1..n
+    of every succeeded aggregate job of the experiment (the latest per sample and score-samples job), for sc and
+    each asc vote the job stored, voting unanswered samples as the job did."""
     if not 1 <= repeats <= MAX_REPEATS:
         raise UserError(f"--repeats {repeats} is out of range; give 1 to {MAX_REPEATS:,} subsamples per k.")
     known_experiment(engine, experiment)
@@ -145,13 +145,16 @@ def asc_curve(engine: Engine, experiment: str, *, repeats: int = 20, seed: int =
         methods = [("sc", "f0")] + ([(f"asc-{f}", f) for f in p.get("votes", list(VOTE_FUNCTIONS))]
                                     if b.scores is not None else [])
         ks = list(range(1, n_samples + 1))
-        curves = accuracy_curves(b.codes, b.correct, b.scores, ks, repeats, seed, sorted({f for _, f in methods}))
+        # a job stored before the setting existed dropped unanswered samples
+        unanswered = p.get("unanswered", "drop")
+        curves = accuracy_curves(b.codes, b.correct, b.scores, ks, repeats, seed, sorted({f for _, f in methods}),
+                                 unanswered)
         for method, f in methods:
             for k, accuracy in zip(ks, curves[f].tolist(), strict=True):
                 low, high = wilson(accuracy * n_problems, n_problems)
                 rows.append({"model": model, "aggregate_job": job_id, "sample_job": p["sample_job"],
-                             "method": method, "k": k, "n": n_problems, "accuracy": accuracy, "ci_low": low,
-                             "ci_high": high})
+                             "unanswered": unanswered, "method": method, "k": k, "n": n_problems,
+                             "accuracy": accuracy, "ci_low": low, "ci_high": high})
     return rows
 
 

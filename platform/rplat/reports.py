@@ -6,6 +6,7 @@ so it shows what `rplat sql` and the dashboard show; names people type are check
 
 from __future__ import annotations
 
+import json
 from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -292,7 +293,7 @@ COMPARABLE_KINDS = ("evaluate", "aggregate")
 def _run_credits(con: duckdb.DuckDBPyConnection, text: str) -> dict[str, Any]:
     """A run's label (job, kind, method, model) and its credit per problem, from the `predictions` view."""
     job_id, method = parse_run(text)
-    jobs = records(con, "SELECT kind, status FROM job_timeline WHERE job_id = $job", {"job": job_id})
+    jobs = records(con, "SELECT kind, status, params FROM job_timeline WHERE job_id = $job", {"job": job_id})
     if not jobs or jobs[0].kind not in COMPARABLE_KINDS:
         what = "does not exist" if not jobs else f"is of kind {jobs[0].kind}"
         raise UserError(f"job {job_id} {what}, not an evaluate or aggregate job; see `rplat jobs ls --kind evaluate` "
@@ -315,8 +316,10 @@ def _run_credits(con: duckdb.DuckDBPyConnection, text: str) -> dict[str, Any]:
     # credit is nullable in the schema; a row without one earns what its correctness says
     credits = {r.problem_id: float(r.credit) if r.credit is not None else float(bool(r.correct)) for r in mine}
     models = sorted({r.model for r in mine if r.model is not None})
+    # a job stored before the `unanswered` setting existed dropped unanswered samples
+    unanswered = json.loads(job.params or "{}").get("unanswered") or "drop"
     return {"job_id": job_id, "kind": job.kind, "method": method, "model": ", ".join(models) or None,
-            "credits": credits}
+            "unanswered": unanswered, "credits": credits}
 
 
 def compare_report(engine: Engine, run_a: str, run_b: str, *, resamples: int = 10_000,
@@ -342,8 +345,8 @@ def compare_report(engine: Engine, run_a: str, run_b: str, *, resamples: int = 1
     def side(run: dict[str, Any], credits: list[float]) -> dict[str, Any]:
         low, high = wilson(sum(credits), len(credits))
         return {"job_id": run["job_id"], "kind": run["kind"], "method": run["method"], "model": run["model"],
-                "accuracy": sum(credits) / len(credits), "ci_low": low, "ci_high": high,
-                "left_out": len(run["credits"]) - len(common)}
+                "unanswered": run["unanswered"], "accuracy": sum(credits) / len(credits), "ci_low": low,
+                "ci_high": high, "left_out": len(run["credits"]) - len(common)}
 
     return {"a": side(a, credits_a), "b": side(b, credits_b), "n": c.n, "difference": c.difference,
             "ci_low": c.ci_low, "ci_high": c.ci_high, "p_mcnemar": c.p_mcnemar, "both": c.both, "only_a": c.only_a,

@@ -20,7 +20,7 @@ from rplat.asc import sample_answers
 from rplat.errors import UserError
 from rplat.lookup import stored_params
 from rplat.methods.answers import is_correct
-from rplat.methods.votes import OVERALL, Accuracy, micro_accuracy, self_consistency
+from rplat.methods.votes import OVERALL, Accuracy, Unanswered, micro_accuracy, self_consistency
 from rplat.models import Evaluation, Prediction, Problem, Sample, SolveTrajectory
 from rplat.registry import get_model
 from rplat.runners.evaluation.kinds import EvaluateParams
@@ -51,25 +51,28 @@ def judge_chain(problem_id: int, subject: str | None, answer: str | None, correc
 
 
 def judge_sc(groups: Mapping[int, Sequence[Any]], answers: Sequence[Sequence[str | None]],
-             correct: Sequence[Sequence[bool]]) -> list[Judged]:
+             correct: Sequence[Sequence[bool]], unanswered: Unanswered = "drop") -> list[Judged]:
     """Self-consistency per problem of `groups` (rows with `subject`), over its chains' normalised `answers` and
-    their `correct`ness, in the groups' order. A problem no chain answered counts as a tie of one."""
+    their `correct`ness, in the groups' order, the unanswered chains voting or dropped as `unanswered` says. A
+    problem no chain answered counts as a tie of one."""
     return [Judged(problem_id, rows[0].subject, c.winner, c.mass, max(len(c.tied), 1), c.credit, c.margin)
-            for (problem_id, rows), c in zip(groups.items(), self_consistency(answers, correct), strict=True)]
+            for (problem_id, rows), c in zip(groups.items(), self_consistency(answers, correct, unanswered),
+                                              strict=True)]
 
 
-def judge_samples(method: str, groups: Mapping[int, Sequence[Any]]) -> list[Judged]:
+def judge_samples(method: str, groups: Mapping[int, Sequence[Any]], unanswered: Unanswered = "vote") -> list[Judged]:
     """Each problem's prediction from a sample job's samples (rows with `extracted_answer`, `correct` and
     `subject`, in sample_idx order): `sc` votes over their normalised answers, each as right as its stored label
     says (as aggregate's ASC votes read them: `rplat.asc.sample_answers`); greedy and sampled (n=1) take the one
     chain as it is."""
     if method == "sc":
-        return judge_sc(groups, *sample_answers(groups))
+        return judge_sc(groups, *sample_answers(groups), unanswered)
     return [judge_chain(problem_id, rows[0].subject, rows[0].extracted_answer, bool(rows[0].correct))
             for problem_id, rows in groups.items()]
 
 
-def judge_trajectories(method: str, groups: Mapping[int, Sequence[Any]]) -> list[Judged]:
+def judge_trajectories(method: str, groups: Mapping[int, Sequence[Any]], unanswered: Unanswered = "drop"
+                       ) -> list[Judged]:
     """Each problem's prediction from a solve job's trajectories (rows with `prediction`, `normalized_pred`, the
     gold `answer` and `subject`, in sample_idx order), every answer checked against the gold one: `sc` votes over
     the normalised predictions; the other methods solve once and take that prediction."""
@@ -82,7 +85,7 @@ def judge_trajectories(method: str, groups: Mapping[int, Sequence[Any]]) -> list
         # math-verify is slow: each distinct answer of a problem is checked once
         verdict = {a: is_correct(a, rows[0].answer) for a in set(row_answers) if a is not None}
         correct.append([verdict.get(a, False) for a in row_answers])
-    return judge_sc(groups, answers, correct)
+    return judge_sc(groups, answers, correct, unanswered)
 
 
 def record_evaluations(ctx: JobContext, model_id: int | None, judged: Mapping[str, Iterable[Judged]]
@@ -112,7 +115,7 @@ def _by_problem(rows: Iterable[Any]) -> dict[int, list[Any]]:
     return groups
 
 
-def _solve_job(s: Session, job_id: int) -> tuple[int, str, list[Judged]]:
+def _solve_job(s: Session, job_id: int, unanswered: Unanswered) -> tuple[int, str, list[Judged]]:
     """A solve job's model id, method and judged problems."""
     solved = stored_params(s, job_id, "solve", SolveParams, "solve_job", "evaluate")
     model_id = get_model(s, solved.model).id
@@ -121,10 +124,10 @@ def _solve_job(s: Session, job_id: int) -> tuple[int, str, list[Judged]]:
                      .join(Problem, Problem.id == SolveTrajectory.problem_id)
                      .where(SolveTrajectory.job_id == job_id)
                      .order_by(SolveTrajectory.problem_id, SolveTrajectory.sample_idx)).all()
-    return model_id, solved.method, judge_trajectories(solved.method, _by_problem(rows))
+    return model_id, solved.method, judge_trajectories(solved.method, _by_problem(rows), unanswered)
 
 
-def _sample_job(s: Session, job_id: int) -> tuple[int, str, list[Judged]]:
+def _sample_job(s: Session, job_id: int, unanswered: Unanswered) -> tuple[int, str, list[Judged]]:
     """A sample job's model id, method (sc for n > 1 samples, else greedy or sampled) and judged problems."""
     sampled = stored_params(s, job_id, "sample", SampleParams, "sample_job", "evaluate")
     model_id = get_model(s, sampled.model).id
@@ -136,20 +139,23 @@ def _sample_job(s: Session, job_id: int) -> tuple[int, str, list[Judged]]:
         raise UserError(f"sample job {job_id} has no samples; run it to the end before evaluating it "
                         "(`rplat jobs show` tells its state).")
     method = "sc" if sampled.n_samples > 1 else "greedy" if sampled.temperature <= 0 else "sampled"
-    return model_id, method, judge_samples(method, _by_problem(rows))
+    return model_id, method, judge_samples(method, _by_problem(rows), unanswered)
 
 
 def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
     """Predictions and micro accuracy (overall and per subject) of the solve or sample job `p` names."""
+    unanswered = p.unanswered
+    assert unanswered is not None  # EvaluateParams resolves it to the kind's protocol
     with ctx.read() as s:
         if p.solve_job is not None:
             source, job_id = "solve_job", p.solve_job
-            model_id, method, judged = _solve_job(s, job_id)
+            model_id, method, judged = _solve_job(s, job_id, unanswered)
         else:
             assert p.sample_job is not None  # EvaluateParams names exactly one of the two
             source, job_id = "sample_job", p.sample_job
-            model_id, method, judged = _sample_job(s, job_id)
+            model_id, method, judged = _sample_job(s, job_id, unanswered)
     # evaluate has always stored predictions without margins (aggregate's carry them); kept so its rows do not change
     judged = [dataclasses.replace(j, margin=None) for j in judged]
     overall = record_evaluations(ctx, model_id, {method: judged})[method]
-    return {"method": method, source: job_id, "problems": overall.n, "accuracy": overall.accuracy}
+    return {"method": method, source: job_id, "unanswered": unanswered, "problems": overall.n,
+            "accuracy": overall.accuracy}

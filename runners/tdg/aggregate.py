@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from rplat.asc import ballots, ranker_scores, samples_by_problem
 from rplat.errors import UserError
 from rplat.lookup import stored_params
-from rplat.methods.votes import asc_votes
+from rplat.methods.votes import Unanswered, asc_votes
 from rplat.registry import get_model
 from rplat.runners.evaluation.evaluate import Judged, judge_samples, record_evaluations
 from rplat.runners.framework.context import JobContext
@@ -54,22 +54,24 @@ def _scores(s: Session, p: AggregateParams, sample_ids: Sequence[int]) -> dict[i
     return scores
 
 
-def votes(by_problem: dict[int, list[Any]], scores: dict[int, float] | None, methods: Sequence[str]
-          ) -> dict[str, list[Judged]]:
+def votes(by_problem: dict[int, list[Any]], scores: dict[int, float] | None, methods: Sequence[str],
+          unanswered: Unanswered = "vote") -> dict[str, list[Judged]]:
     """Per method ("sc", "asc-f0".."asc-f3"), every problem's vote over its samples' normalised answers: sc as
-    `evaluate` votes, the ASC votes weighing each sample by its ranker score."""
+    `evaluate` votes, the ASC votes weighing each sample by its ranker score; samples without an answer vote
+    as one bucket or are dropped, as `unanswered` says."""
     fs = sorted({method.removeprefix("asc-") for method in methods if method != "sc"})
     asc: dict[str, list[Judged]] = {}
     if fs:
         b = ballots(by_problem, scores)
-        for f, result in asc_votes(b.codes, b.scores, fs, b.correct).items():
+        for f, result in asc_votes(b.codes, b.scores, fs, b.correct, unanswered).items():
             assert result.credit is not None
             asc[f"asc-{f}"] = [Judged(problem_id, subject, b.vocabulary[w] if w >= 0 else None, float(mass),
                                       max(int(tie), 1), float(credit), float(margin))
                                for problem_id, subject, w, mass, tie, credit, margin in zip(
                                    b.problem_ids, b.subjects, result.winner.tolist(), result.mass, result.tie_size,
                                    result.credit, result.margin, strict=True)]
-    return {method: judge_samples("sc", by_problem) if method == "sc" else asc[method] for method in methods}
+    return {method: judge_samples("sc", by_problem, unanswered) if method == "sc" else asc[method]
+            for method in methods}
 
 
 def run(ctx: JobContext, p: AggregateParams) -> dict[str, Any]:
@@ -99,9 +101,9 @@ def run(ctx: JobContext, p: AggregateParams) -> dict[str, Any]:
             greedy_rows = _samples(s, p.greedy_sample_job)
     methods = ["sc"] + ([f"asc-{f}" for f in p.votes] if scores is not None else [])
     judged: dict[str, list[Judged]] = {} if greedy_rows is None else {"greedy": judge_samples("greedy", greedy_rows)}
-    judged |= votes(by_problem, scores, methods)
+    judged |= votes(by_problem, scores, methods, p.unanswered)
     ctx.progress(len(by_problem), len(by_problem))
     overall = record_evaluations(ctx, model_id, judged)
     return {"sample_job": p.sample_job, "problems": len(by_problem),
-            "vote": f"asc-{p.vote}" if scores is not None else "sc",
+            "vote": f"asc-{p.vote}" if scores is not None else "sc", "unanswered": p.unanswered,
             "accuracy": {method: a.accuracy for method, a in overall.items()}}

@@ -35,6 +35,11 @@ Labeler = Literal["hendrycks", "math-verify"]
 # ASC's vote functions (B4): f0 = 1 (plain SC), f1 = 1 + 2s, f2 = 1 + s, f3 = s (the default)
 VOTE_FUNCTIONS = ("f0", "f1", "f2", "f3")
 VoteFunction = Literal["f0", "f1", "f2", "f3"]
+# What a sample without an extracted answer does in a vote (B4): "vote" is the authors' protocol (one bucket of
+# its own that can win or tie), "drop" gives it no vote (common self-consistency practice).
+Unanswered = Literal["vote", "drop"]
+UNANSWERED_HELP = ("samples without an answer: vote (one bucket of their own that can win or tie, the authors' "
+                   "ASC protocol) or drop (no vote)")
 
 
 class CollectChainsParams(ModelParams):
@@ -249,6 +254,7 @@ class AggregateParams(Params):
     votes: list[VoteFunction] = Field(default_factory=lambda: list(VOTE_FUNCTIONS), min_length=1,
                                       description="ASC vote functions to store, as methods asc-f0..asc-f3")
     vote: VoteFunction = Field("f3", description="the headline ASC vote (reference default: f3, f = s)")
+    unanswered: Unanswered = Field("vote", description=UNANSWERED_HELP + "; default vote")
 
     @model_validator(mode="after")
     def _headline_is_stored(self) -> AggregateParams:

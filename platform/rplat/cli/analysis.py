@@ -257,7 +257,8 @@ def report_compare(run_a: str, run_b: str, resamples: int, seed: int, as_json: b
         return
     for name in ("a", "b"):
         r = c[name]
-        click.echo(f"{name.upper()}: {r['kind']} job {r['job_id']} {r['method']} (model {r['model'] or '?'}): "
+        click.echo(f"{name.upper()}: {r['kind']} job {r['job_id']} {r['method']} (model {r['model'] or '?'}, "
+                   f"unanswered samples: {r['unanswered']}): "
                    f"accuracy {_proportion(r['accuracy'], r['ci_low'], r['ci_high'])}")
     click.echo(f"on {c['n']} common problems; difference A - B: {100 * c['difference']:+.2f} points, paired "
                f"bootstrap 95% interval [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}] ({c['resamples']} "

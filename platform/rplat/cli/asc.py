@@ -7,7 +7,7 @@ import click
 from rplat.boundary import MAX_REPEATS
 from rplat.cli._common import NAME, SEED, emit, listing, open_store
 
-COLUMNS = ["model", "method", "k", "n", "accuracy", "ci_low", "ci_high", "aggregate_job", "sample_job"]
+COLUMNS = ["model", "method", "k", "n", "accuracy", "ci_low", "ci_high", "aggregate_job", "sample_job", "unanswered"]
 
 
 @click.command("asc")
@@ -18,8 +18,9 @@ COLUMNS = ["model", "method", "k", "n", "accuracy", "ci_low", "ci_high", "aggreg
 @listing
 def report_asc(experiment: str, repeats: int, seed: int, as_json: bool, as_csv: bool) -> None:
     """Accuracy of self-consistency and each ASC vote over k = 1..n of every problem's n samples, averaged over
-    random subsets, with 95% Wilson intervals; one curve per aggregate job (model) of the experiment. The text
-    output first gives each ranker's accuracy on its held-out pairs.
+    random subsets, with 95% Wilson intervals; one curve per aggregate job (model) of the experiment, samples
+    without an answer voting or dropped as that job's `unanswered` says (column unanswered). The text output
+    first gives each ranker's accuracy on its held-out pairs.
 
     \b
     rplat report asc --experiment math-asc
@@ -39,4 +40,4 @@ def report_asc(experiment: str, repeats: int, seed: int, as_json: bool, as_csv: 
     click.echo(f"accuracy (%) [95% Wilson interval] against the number of samples k, experiment {experiment}, "
                f"{repeats} subsets per k (seed {seed})")
     emit([{**r, "accuracy %": f"{100 * r['accuracy']:.2f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"}
-          for r in rows], ["model", "method", "k", "n", "accuracy %", "aggregate_job"], False)
+          for r in rows], ["model", "method", "k", "n", "accuracy %", "aggregate_job", "unanswered"], False)

@@ -4,12 +4,13 @@ A vote gives every answer its weight (1 for self-consistency) and returns the an
 When several answers tie, a problem earns the fraction of the tied answers that are correct: the expected
 accuracy of breaking the tie at random, which is what the papers' tables report.
 
-`asc_vote` is the rule over a batch of problems x samples of integer answer codes (-1: no answer;
+`asc_vote` is the rule over a batch of problems x samples of integer answer codes (-1: no answer, -2: padding;
 `answer_codes` makes them), with ASC's vote functions (B4) f0 = 1 (plain self-consistency), f1 = 1 + 2s,
 f2 = 1 + s, f3 = s of each sample's ranker score s; `asc_votes` runs several of them on one grouping of the
 answers. `self_consistency` is its f0 over answer strings, the one self-consistency every job uses, so SC and
-ASC's f0 cannot drift apart. `accuracy_curve` is the paper's accuracy against the number of samples k, by
-repeated subsampling of k of the n samples.
+ASC's f0 cannot drift apart. Every vote takes `unanswered`: "vote" (the authors' protocol) makes the samples
+without an answer one bucket that can win or tie, "drop" gives them no vote. `accuracy_curve` is the paper's
+accuracy against the number of samples k, by repeated subsampling of k of the n samples.
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 OVERALL = "all"
 NO_ANSWER = -1
+# The code of a padding slot (a problem with fewer samples than the batch's width): no sample, never a vote.
+PADDING = -2
+# What a sample without an extracted answer does in a vote: "vote" (the authors' ASC protocol, B4) makes the
+# unanswered samples one bucket of their own, which can win (the prediction is then no answer, credit 0) or join
+# a tie (counted in its size, never right); "drop" (common self-consistency practice) gives them no vote.
+Unanswered = Literal["vote", "drop"]
+UNANSWERED: tuple[Unanswered, ...] = ("vote", "drop")
 VOTE_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "f0": np.ones_like,
     "f1": lambda s: 1 + 2 * s,
@@ -59,9 +67,9 @@ def micro_accuracy(credits: Iterable[tuple[str | None, float]]) -> dict[str, Acc
 
 
 def answer_codes(answers: Sequence[Sequence[str | None]], width: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """Integer codes of problems' answers, a row per problem padded with NO_ANSWER to `width` (default: the
-    longest row), and the vocabulary they index. Codes follow the answers' sorted order, so the winner of a tie,
-    its smallest code, is the first of the tied answers in sorted order."""
+    """Integer codes of problems' answers (NO_ANSWER for None), a row per problem padded with PADDING to `width`
+    (default: the longest row), and the vocabulary they index. Codes follow the answers' sorted order, so the
+    winner of a tie, its smallest code, is the first of the tied answers in sorted order."""
     lengths = np.fromiter((len(row) for row in answers), dtype=np.int64, count=len(answers))
     longest = int(lengths.max(initial=0))
     width = longest if width is None else width
@@ -74,7 +82,7 @@ def answer_codes(answers: Sequence[Sequence[str | None]], width: int | None = No
     vocabulary = sorted(a for a in seen if a is not None)
     rank = np.full(len(seen), NO_ANSWER, dtype=np.int64)
     rank[[seen[a] for a in vocabulary]] = np.arange(len(vocabulary))
-    codes = np.full((len(answers), width), NO_ANSWER, dtype=np.int64)
+    codes = np.full((len(answers), width), PADDING, dtype=np.int64)
     codes[np.arange(width) < lengths[:, None]] = rank[order]
     return codes, vocabulary
 
@@ -95,7 +103,8 @@ def vote_weights(f: str, scores: np.ndarray | None, shape: tuple[int, ...]) -> n
 
 @dataclass(frozen=True)
 class Votes:
-    """Per problem of a batch: the winner's code (NO_ANSWER when no sample answered), its mass, the size of the
+    """Per problem of a batch: the winner's code (NO_ANSWER when no sample answered or the no-answer bucket won),
+    its mass, the size of the
     tie set (0 without answers), the margin (winner mass - best other answer's mass; 0 on a tie, the whole
     mass when one answer got votes), the tie set as a mask over samples (True on the first sample that gave
     each tied answer) and, when correctness was given, the credit |correct & tied| / |tied|."""
@@ -139,20 +148,29 @@ def _group(answers: np.ndarray) -> _Answers:
     first = np.flatnonzero(starts)
     code = codes[first]
     problem = first // n_samples
-    return _Answers((n_problems, n_samples), order, first, code, problem, order[first], code != NO_ANSWER,
+    return _Answers((n_problems, n_samples), order, first, code, problem, order[first], code >= 0,
                     np.flatnonzero(np.r_[True, problem[1:] != problem[:-1]]))
 
 
-def _vote(g: _Answers, weights: np.ndarray, correct: np.ndarray | None) -> Votes:
+def check_unanswered(unanswered: str) -> None:
+    if unanswered not in UNANSWERED:
+        raise ValueError(f"unknown unanswered setting {unanswered!r}; one of {', '.join(UNANSWERED)}")
+
+
+def _vote(g: _Answers, weights: np.ndarray, correct: np.ndarray | None, unanswered: Unanswered) -> Votes:
     n_groups = len(g.first)
-    mass = np.where(g.answered, np.add.reduceat(weights.ravel()[g.order], g.first), -np.inf)
+    voting = g.answered if unanswered == "drop" else g.code != PADDING
+    mass = np.where(voting, np.add.reduceat(weights.ravel()[g.order], g.first), -np.inf)
     top = np.maximum.reduceat(mass, g.problem_start)
     has = np.isfinite(top)
-    in_tie = g.answered & (mass >= (top - TIE_TOLERANCE * np.maximum(1.0, np.abs(top)))[g.problem])
+    in_tie = voting & (mass >= (top - TIE_TOLERANCE * np.maximum(1.0, np.abs(top)))[g.problem])
     tie_size = np.add.reduceat(in_tie.astype(np.int64), g.problem_start)
-    # Codes ascend within a problem's groups, so its first tied group holds the smallest tied code.
-    winner_group = np.minimum.reduceat(np.where(in_tie, np.arange(n_groups), n_groups), g.problem_start)
-    winner_group = np.minimum(winner_group, n_groups - 1)
+    # Codes ascend within a problem's groups, so its first tied answer holds the smallest tied code; the
+    # no-answer bucket (a lower code) wins only when no answer ties with it.
+    groups = np.arange(n_groups)
+    winner_group = np.minimum.reduceat(np.where(in_tie & g.answered, groups, n_groups), g.problem_start)
+    bucket = np.minimum.reduceat(np.where(in_tie, groups, n_groups), g.problem_start)
+    winner_group = np.minimum(np.where(winner_group < n_groups, winner_group, bucket), n_groups - 1)
     others = mass.copy()
     others[winner_group[has]] = -np.inf
     second = np.maximum.reduceat(others, g.problem_start)
@@ -162,7 +180,7 @@ def _vote(g: _Answers, weights: np.ndarray, correct: np.ndarray | None) -> Votes
     tied[g.sample[in_tie]] = True
     credit = None
     if correct is not None:
-        right = (in_tie & correct.ravel()[g.sample]).astype(np.float64)
+        right = (in_tie & g.answered & correct.ravel()[g.sample]).astype(np.float64)
         credit = np.add.reduceat(right, g.problem_start) / np.maximum(tie_size, 1)
     return Votes(np.where(has, g.code[winner_group], NO_ANSWER), top, tie_size, np.where(has, margin, 0.0),
                  tied.reshape(g.shape), credit)
@@ -178,39 +196,43 @@ def _correctness(correct: np.ndarray | None, shape: tuple[int, int]) -> np.ndarr
 
 
 def asc_votes(answers: np.ndarray, scores: np.ndarray | None, fs: Sequence[str],
-              correct: np.ndarray | None = None) -> dict[str, Votes]:
+              correct: np.ndarray | None = None, unanswered: Unanswered = "drop") -> dict[str, Votes]:
     """`asc_vote` under each vote function of `fs`, grouping the answers once for all of them."""
+    check_unanswered(unanswered)
     g = _group(answers)
     right = _correctness(correct, g.shape)
-    return {f: _vote(g, vote_weights(f, scores, g.shape), right) for f in fs}
+    return {f: _vote(g, vote_weights(f, scores, g.shape), right, unanswered) for f in fs}
 
 
 def asc_vote(answers: np.ndarray, scores: np.ndarray | None = None, f: str = "f0",
-             correct: np.ndarray | None = None) -> Votes:
-    """The vote over a batch: answers (problems x samples, integer codes, NO_ANSWER casts no vote), scores in
-    [0, 1] of the same shape (for f1..f3), and optionally each sample's correctness; an answer is as correct
-    as the first sample that gave it."""
-    return asc_votes(answers, scores, [f], correct)[f]
+             correct: np.ndarray | None = None, unanswered: Unanswered = "drop") -> Votes:
+    """The vote over a batch: answers (problems x samples, integer codes; PADDING casts no vote, NO_ANSWER as
+    `unanswered` says: "drop" casts no vote, "vote" makes it a bucket of its own), scores in [0, 1] of the
+    same shape (for f1..f3), and optionally each sample's correctness; an answer is as correct as the first
+    sample that gave it, the no-answer bucket never."""
+    return asc_votes(answers, scores, [f], correct, unanswered)[f]
 
 
 class Consensus(NamedTuple):
-    """One problem's self-consistency: the answer most samples gave (None when no sample answered), its vote
-    count, every answer with that count (sorted, the winner first; none without answers), the credit (the share
-    of the tied answers that are right) and the margin over the next answer (0 on a tie, the whole count when
-    one answer got votes)."""
+    """One problem's self-consistency: the answer most samples gave (None when no sample answered, or when the
+    no-answer bucket won a vote that counts it), its vote count, every answer with that count (sorted, the
+    winner first, None last when the no-answer bucket ties; none without votes), the credit (the share of the
+    tied answers that are right) and the margin over the next answer (0 on a tie, the whole count when one
+    answer got votes)."""
 
     winner: str | None
     mass: float
-    tied: tuple[str, ...]
+    tied: tuple[str | None, ...]
     credit: float
     margin: float
 
 
-def self_consistency(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]]
-                     ) -> list[Consensus]:
-    """Each problem's self-consistency over its samples' answers (None: none extracted, casts no vote), given
-    each sample's correctness: an answer is as correct as the first sample that gave it. This is `asc_vote` with
-    f0 = 1 on the answers' codes, so a vote of equal weights has one implementation."""
+def self_consistency(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]],
+                     unanswered: Unanswered = "drop") -> list[Consensus]:
+    """Each problem's self-consistency over its samples' answers (None: none extracted; `unanswered` says
+    whether those samples cast no vote or vote as one bucket), given each sample's correctness: an answer is as
+    correct as the first sample that gave it. This is `asc_vote` with f0 = 1 on the answers' codes, so a vote
+    of equal weights has one implementation."""
     if len(correct) != len(answers) or any(len(a) != len(c) for a, c in zip(answers, correct, strict=True)):
         raise ValueError("give one correctness per answer, problem by problem")
     if not answers:
@@ -219,10 +241,15 @@ def self_consistency(answers: Sequence[Sequence[str | None]], correct: Sequence[
     right = np.zeros(codes.shape, dtype=bool)
     for i, row in enumerate(correct):
         right[i, :len(row)] = row
-    votes = asc_vote(codes, None, "f0", right)
+    votes = asc_vote(codes, None, "f0", right, unanswered)
     assert votes.credit is not None
-    return [Consensus(None if winner == NO_ANSWER else vocabulary[winner], mass,
-                      tuple(vocabulary[c] for c in sorted(codes[i][votes.tied[i]].tolist())), credit, margin)
+
+    def tied(i: int) -> tuple[str | None, ...]:
+        found = sorted(codes[i][votes.tied[i]].tolist())
+        return (tuple(vocabulary[c] for c in found if c >= 0)
+                + ((None,) if found and found[0] == NO_ANSWER else ()))
+
+    return [Consensus(None if winner == NO_ANSWER else vocabulary[winner], mass, tied(i), credit, margin)
             for i, (winner, mass, credit, margin) in enumerate(zip(
                 votes.winner.tolist(), votes.mass.tolist(), votes.credit.tolist(), votes.margin.tolist(),
                 strict=True))]
@@ -230,7 +257,7 @@ def self_consistency(answers: Sequence[Sequence[str | None]], correct: Sequence[
 
 def accuracy_curves(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray | None = None,
                     ks: Sequence[int] | None = None, repeats: int = 20, seed: int = 0,
-                    fs: Sequence[str] = ("f0",)) -> dict[str, np.ndarray]:
+                    fs: Sequence[str] = ("f0",), unanswered: Unanswered = "drop") -> dict[str, np.ndarray]:
     """Mean accuracy (credit per problem, micro-averaged) of voting with each of `fs` over k of each problem's
     n samples, for each k in `ks` (default 1..n), averaged over `repeats` random subsets per problem drawn with
     `seed`.
@@ -256,7 +283,7 @@ def accuracy_curves(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray
             pick = np.sort(order[:, :k], axis=1)
             votes = asc_votes(np.take_along_axis(answers, pick, axis=1),
                               None if scores is None else np.take_along_axis(scores, pick, axis=1), fs,
-                              np.take_along_axis(correct, pick, axis=1))
+                              np.take_along_axis(correct, pick, axis=1), unanswered)
             for f, result in votes.items():
                 assert result.credit is not None
                 total[f][i] += result.credit.mean() if n_problems else 0.0
@@ -264,6 +291,7 @@ def accuracy_curves(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray
 
 
 def accuracy_curve(answers: np.ndarray, correct: np.ndarray, scores: np.ndarray | None = None,
-                   ks: Sequence[int] | None = None, repeats: int = 20, seed: int = 0, f: str = "f0") -> np.ndarray:
+                   ks: Sequence[int] | None = None, repeats: int = 20, seed: int = 0, f: str = "f0",
+                   unanswered: Unanswered = "drop") -> np.ndarray:
     """`accuracy_curves` of one vote function `f`."""
-    return accuracy_curves(answers, correct, scores, ks, repeats, seed, [f])[f]
+    return accuracy_curves(answers, correct, scores, ks, repeats, seed, [f], unanswered)[f]
