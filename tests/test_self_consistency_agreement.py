@@ -1,10 +1,13 @@
 """Self-consistency is one vote: evaluating a solve job, evaluating a sample job and aggregating the sample job
-(sc and asc-f0) give every problem the same winner, vote mass, tie size and credit from the same answers."""
+(sc and asc-f0) give every problem the same winner, vote mass, tie size and credit from the same answers, under
+either `unanswered` setting; without one, each kind stores its protocol (vote for TDG, drop for a solve job)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from rplat.methods.answers import normalize
@@ -32,6 +35,13 @@ PROBLEMS: list[tuple[str, str, list[str | None]]] = [
     ("6", "geometry", ["6", None, None, None, None]),  # one answer among unanswered samples wins alone
 ]
 VOTES = [("7", 2.0, 1, 1.0), ("3", 1.0, 3, 1 / 3), (None, 0.0, 1, 0.0), ("1", 2.0, 2, 0.5), ("6", 1.0, 1, 1.0)]
+# The same with unanswered="vote": the unanswered samples are one bucket, which wins problems 2, 3 and 5 and
+# joins the tie of problem 4 (it has one vote there, the tied answers two each, so it stays out).
+VOTES_COUNTING_NONE = [("7", 2.0, 1, 1.0), (None, 2.0, 1, 0.0), (None, 5.0, 1, 0.0), ("1", 2.0, 2, 0.5),
+                       (None, 4.0, 1, 0.0)]
+ACCURACY = {"drop": {"algebra": (2, 1 + 1 / 3, (1 + 1 / 3) / 2), "geometry": (3, 1.5, 0.5),
+                     "all": (5, 1 + 1 / 3 + 1.5, (1 + 1 / 3 + 1.5) / 5)},
+            "vote": {"algebra": (2, 1.0, 0.5), "geometry": (3, 0.5, 0.5 / 3), "all": (5, 1.5, 0.3)}}
 
 
 def _seed(db: Store) -> dict[str, int]:
@@ -70,13 +80,18 @@ def _accuracy(s: Any, job_id: int, method: str) -> dict[str, tuple[int, float, f
         select(Evaluation).where(Evaluation.job_id == job_id, Evaluation.method == method))}
 
 
-def test_solve_evaluate_sample_evaluate_and_aggregate_cast_the_same_self_consistency_vote(db: Store) -> None:
+@pytest.mark.parametrize("unanswered", ["drop", "vote"])
+def test_solve_evaluate_sample_evaluate_and_aggregate_cast_the_same_self_consistency_vote(
+        db: Store, unanswered: str) -> None:
     ids = _seed(db)
     queue = Queue(db.engine())
-    jobs = {"solve": queue.enqueue("evaluate", {"solve_job": ids["solve"]}, experiment="sc")[0],
-            "sample": queue.enqueue("evaluate", {"sample_job": ids["sample"]}, experiment="sc")[0],
+    jobs = {"solve": queue.enqueue("evaluate", {"solve_job": ids["solve"], "unanswered": unanswered},
+                                   experiment="sc")[0],
+            "sample": queue.enqueue("evaluate", {"sample_job": ids["sample"], "unanswered": unanswered},
+                                    experiment="sc")[0],
             "aggregate": queue.enqueue("aggregate", {"sample_job": ids["sample"], "score_job": ids["score"],
-                                                     "votes": ["f0"], "vote": "f0"}, experiment="sc")[0]}
+                                                     "votes": ["f0"], "vote": "f0", "unanswered": unanswered},
+                                       experiment="sc")[0]}
     Runner(queue, db.home, RunnerOptions(once=True, lease_seconds=30)).run()
     with transaction(db.engine()) as s:
         assert [s.get(Job, job).status for job in jobs.values()] == ["succeeded"] * 3
@@ -85,6 +100,25 @@ def test_solve_evaluate_sample_evaluate_and_aggregate_cast_the_same_self_consist
         accuracy = {name: _accuracy(s, job, "sc") for name, job in jobs.items()}
         accuracy["asc-f0"] = _accuracy(s, jobs["aggregate"], "asc-f0")
     # exactly equal, float credits (a third) included: one vote computed them all
-    assert votes == {name: VOTES for name in votes}
-    assert accuracy == {name: {"algebra": (2, 1 + 1 / 3, (1 + 1 / 3) / 2), "geometry": (3, 1.5, 0.5),
-                               "all": (5, 1 + 1 / 3 + 1.5, (1 + 1 / 3 + 1.5) / 5)} for name in accuracy}
+    expected = VOTES if unanswered == "drop" else VOTES_COUNTING_NONE
+    assert votes == {name: expected for name in votes}
+    assert accuracy == {name: ACCURACY[unanswered] for name in accuracy}
+
+
+def test_each_kind_stores_its_protocol_when_unanswered_is_not_given(db: Store) -> None:
+    """Evaluating a solve job drops unanswered samples (as it always has); evaluating or aggregating a TDG sample
+    job counts them as the authors do; the stored params carry the resolved value."""
+    ids = _seed(db)
+    queue = Queue(db.engine())
+    jobs = {"solve": queue.enqueue("evaluate", {"solve_job": ids["solve"]}, experiment="sc")[0],
+            "sample": queue.enqueue("evaluate", {"sample_job": ids["sample"]}, experiment="sc")[0],
+            "aggregate": queue.enqueue("aggregate", {"sample_job": ids["sample"], "score_job": ids["score"],
+                                                     "votes": ["f0"], "vote": "f0"}, experiment="sc")[0]}
+    Runner(queue, db.home, RunnerOptions(once=True, lease_seconds=30)).run()
+    with transaction(db.engine()) as s:
+        stored = {name: s.get(Job, job).params for name, job in jobs.items()}
+        votes = {name: _votes(s, job, "sc") for name, job in jobs.items()}
+    stored = {name: json.loads(p) if isinstance(p, str) else p for name, p in stored.items()}
+    assert {name: p["unanswered"] for name, p in stored.items()} == {
+        "solve": "drop", "sample": "vote", "aggregate": "vote"}
+    assert votes == {"solve": VOTES, "sample": VOTES_COUNTING_NONE, "aggregate": VOTES_COUNTING_NONE}
