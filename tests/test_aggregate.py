@@ -30,7 +30,7 @@ PROBLEMS = [
     ("5", "geometry", (None, False), [(None, False, 0.5)] * 4),
 ]
 # method -> per problem (answer, vote_mass, tie_size, margin, credit), by hand with f0 = 1, f1 = 1 + 2s,
-# f2 = 1 + s, f3 = s; a tie names the first tied answer in sorted order.
+# f2 = 1 + s, f3 = s, unanswered samples dropped; a tie names the first tied answer in sorted order.
 EXPECTED: dict[str, list[tuple[str | None, float, int, float, float]]] = {
     "greedy": [("7", 1.0, 1, 1.0, 1.0), ("4", 1.0, 1, 1.0, 0.0), (None, 1.0, 1, 0.0, 0.0)],
     "sc": [("7", 2.0, 1, 1.0, 1.0), ("3", 1.0, 2, 0.0, 0.5), (None, 0.0, 1, 0.0, 0.0)],
@@ -38,6 +38,18 @@ EXPECTED: dict[str, list[tuple[str | None, float, int, float, float]]] = {
     "asc-f1": [("7", 3.0, 1, 0.5, 1.0), ("4", 2.5, 1, 1.0, 0.0), (None, 0.0, 1, 0.0, 0.0)],
     "asc-f2": [("7", 2.5, 1, 0.75, 1.0), ("4", 1.75, 1, 0.5, 0.0), (None, 0.0, 1, 0.0, 0.0)],
     "asc-f3": [("8", 0.75, 1, 0.25, 0.0), ("4", 0.75, 1, 0.5, 0.0), (None, 0.0, 1, 0.0, 0.0)],
+}
+
+# The same with unanswered="vote" (the authors' protocol, the default): the unanswered samples are one bucket.
+# Problem 0: it stays behind 7 (f0 1 against 2, f1 2 against 3, f2 1.5 against 2.5, f3 0.5 against 8's 0.75).
+# Problem 1: its two samples win every vote (f0 2, f1 3 + 1, f2 2 + 1, f3 1.0 + 0.0). Problem 2: it wins alone.
+EXPECTED_VOTE: dict[str, list[tuple[str | None, float, int, float, float]]] = {
+    "greedy": EXPECTED["greedy"],
+    "sc": [("7", 2.0, 1, 1.0, 1.0), (None, 2.0, 1, 1.0, 0.0), (None, 4.0, 1, 4.0, 0.0)],
+    "asc-f0": [("7", 2.0, 1, 1.0, 1.0), (None, 2.0, 1, 1.0, 0.0), (None, 4.0, 1, 4.0, 0.0)],
+    "asc-f1": [("7", 3.0, 1, 0.5, 1.0), (None, 4.0, 1, 1.5, 0.0), (None, 8.0, 1, 8.0, 0.0)],
+    "asc-f2": [("7", 2.5, 1, 0.75, 1.0), (None, 3.0, 1, 1.25, 0.0), (None, 6.0, 1, 6.0, 0.0)],
+    "asc-f3": [("8", 0.75, 1, 0.25, 0.0), (None, 1.0, 1, 0.25, 0.0), (None, 2.0, 1, 2.0, 0.0)],
 }
 
 
@@ -85,9 +97,11 @@ def _predictions(db: Store, job_id: int) -> dict[str, list[tuple[Any, ...]]]:
 
 def test_aggregate_writes_every_methods_hand_computed_votes_and_a_rerun_adds_nothing(db: Store) -> None:
     ids = _seed(db)
-    job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "greedy_job": ids["greedy"]})
+    job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "greedy_job": ids["greedy"],
+                    "unanswered": "drop"})
     assert job.status == "succeeded", job.error
-    assert job.result == {"sample_job": ids["sample"], "problems": 3, "vote": "asc-f3", "accuracy": {
+    assert job.result == {"sample_job": ids["sample"], "problems": 3, "vote": "asc-f3", "unanswered": "drop",
+                          "accuracy": {
         "greedy": 1 / 3, "sc": 0.5, "asc-f0": 0.5, "asc-f1": 1 / 3, "asc-f2": 1 / 3, "asc-f3": 0.0}}
     assert _predictions(db, job.id) == EXPECTED
     with transaction(db.engine()) as s:
@@ -109,12 +123,24 @@ def test_aggregate_writes_every_methods_hand_computed_votes_and_a_rerun_adds_not
         assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.job_id == job.id)) == 6 * 3
 
 
+def test_aggregate_counts_unanswered_samples_as_a_bucket_by_default(db: Store) -> None:
+    ids = _seed(db)
+    job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "greedy_job": ids["greedy"]})
+    assert job.status == "succeeded", job.error
+    assert job.params["unanswered"] == "vote"
+    assert job.result == {"sample_job": ids["sample"], "problems": 3, "vote": "asc-f3", "unanswered": "vote",
+                          "accuracy": {"greedy": 1 / 3, "sc": 1 / 3, "asc-f0": 1 / 3, "asc-f1": 1 / 3,
+                                       "asc-f2": 1 / 3, "asc-f3": 0.0}}
+    assert _predictions(db, job.id) == EXPECTED_VOTE
+
+
 def test_aggregate_without_scores_stores_self_consistency_only(db: Store) -> None:
     ids = _seed(db)
     job = _run(db, {"sample_job": ids["sample"]})
     assert job.status == "succeeded", job.error
-    assert job.result == {"sample_job": ids["sample"], "problems": 3, "vote": "sc", "accuracy": {"sc": 0.5}}
-    assert _predictions(db, job.id) == {"sc": EXPECTED["sc"]}
+    assert job.result == {"sample_job": ids["sample"], "problems": 3, "vote": "sc", "unanswered": "vote",
+                          "accuracy": {"sc": 1 / 3}}
+    assert _predictions(db, job.id) == {"sc": EXPECTED_VOTE["sc"]}
 
 
 @pytest.mark.parametrize(("case", "refused", "message"), [
@@ -165,14 +191,15 @@ def test_the_headline_vote_must_be_among_the_stored_votes() -> None:
 def test_report_asc_gives_each_methods_accuracy_for_every_k_with_wilson_intervals(
         db: Store, capsys: pytest.CaptureFixture[str]) -> None:
     ids = _seed(db)
-    job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "votes": ["f1", "f3"]})
+    job = _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "votes": ["f1", "f3"],
+                    "unanswered": "drop"})
     code, out, err = run_cli(capsys, "report", "asc", "--experiment", "asc", "--json", "--repeats", "5")
     assert code == 0, err
     rows = json.loads(out)
     curve = {(r["method"], r["k"]): r for r in rows}
     assert sorted(curve) == [(m, k) for m in ("asc-f1", "asc-f3", "sc") for k in range(1, 5)]
-    assert {(r["model"], r["aggregate_job"], r["sample_job"], r["n"]) for r in rows} == {
-        ("student", job.id, ids["sample"], 3)}
+    assert {(r["model"], r["aggregate_job"], r["sample_job"], r["n"], r["unanswered"]) for r in rows} == {
+        ("student", job.id, ids["sample"], 3, "drop")}
     # every sample in every subset: the stored votes' accuracies
     assert {m: curve[(m, 4)]["accuracy"] for m in ("sc", "asc-f1", "asc-f3")} == pytest.approx(
         {"sc": 0.5, "asc-f1": 1 / 3, "asc-f3": 0.0})
@@ -183,6 +210,20 @@ def test_report_asc_gives_each_methods_accuracy_for_every_k_with_wilson_interval
     assert code == 0, err
     assert "against the number of samples k, experiment asc, 5 subsets per k (seed 0)" in table
     assert f"student  sc      4  3  50.00 [{100 * wilson(1.5, 3)[0]:.1f}, {100 * wilson(1.5, 3)[1]:.1f}]" in table
+    assert re.search(rf"student  sc      4  3  50\.00 \[.*\]  +{job.id}  +drop\n", table)
+
+
+def test_report_asc_votes_unanswered_samples_as_the_aggregate_job_did(
+        db: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = _seed(db)
+    _run(db, {"sample_job": ids["sample"], "score_job": ids["score"], "votes": ["f1", "f3"]})
+    code, out, err = run_cli(capsys, "report", "asc", "--experiment", "asc", "--json", "--repeats", "5")
+    assert code == 0, err
+    curve = {(r["method"], r["k"]): r for r in json.loads(out)}
+    assert {r["unanswered"] for r in curve.values()} == {"vote"}
+    # every sample in every subset: the stored votes' accuracies, the no-answer bucket winning problems 1 and 2
+    assert {m: curve[(m, 4)]["accuracy"] for m in ("sc", "asc-f1", "asc-f3")} == pytest.approx(
+        {"sc": 1 / 3, "asc-f1": 1 / 3, "asc-f3": 0.0})
 
 
 def test_report_asc_on_an_experiment_without_aggregate_jobs_is_one_sentence(
