@@ -57,7 +57,7 @@ def seed_world(store: Store) -> World:
         student = make.model(s, "student")
         sample = seed.job("sample", {"model": "student", "problems": "test", "n": 4, "temperature": 0.8}, "cmp")
         a = seed.job("evaluate", {"sample_job": sample.id, "solve_job": None}, "cmp")
-        b = seed.job("aggregate", {"sample_job": sample.id, "vote": "f3"}, "cmp")
+        b = seed.job("aggregate", {"sample_job": sample.id, "vote": "f3", "unanswered": "vote"}, "cmp")
         lonely = seed.job("evaluate", {"sample_job": sample.id, "solve_job": None}, "cmp")
         empty = seed.job("evaluate", {"sample_job": sample.id, "solve_job": None}, "cmp", status="queued")
         _predict(s, a, student, "greedy", A_GREEDY, problems)
@@ -165,8 +165,10 @@ def test_report_compare_cli_prints_the_comparison_and_json(world: tuple[Store, W
     code, out, _ = run_cli(capsys, "report", "compare", str(w.a), f"{w.b}:asc-f3", "--seed", "5")
     printed = out.splitlines()
     assert code == 0
-    assert printed[0] == (f"A: evaluate job {w.a} greedy (model student): accuracy 75.00% (95% Wilson interval "
-                          "30.1-95.4%)")
+    # A's params predate the `unanswered` setting, so it dropped unanswered samples; B stored "vote"
+    assert printed[0] == (f"A: evaluate job {w.a} greedy (model student, unanswered samples: drop): accuracy "
+                          "75.00% (95% Wilson interval 30.1-95.4%)")
+    assert printed[1].startswith(f"B: aggregate job {w.b} asc-f3 (model student, unanswered samples: vote): ")
     assert printed[2] == ("on 4 common problems; difference A - B: +50.00 points, paired bootstrap 95% interval "
                           "[-50.0, +100.0] (10000 resamples, seed 5)")
     assert printed[3] == "solved by both: 0, by A only: 3, by B only: 1, by neither: 0; exact McNemar p = 0.625"
