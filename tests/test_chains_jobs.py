@@ -259,7 +259,8 @@ def test_sample_greedy_and_sampled_then_evaluate_from_the_rows(db: Store, tmp_pa
     greedy, _ = queue.enqueue("sample", {"problems": "sums", "model": "tiny", "max_tokens": 10, "batch_size": 2})
     sampled, _ = queue.enqueue("sample", {"problems": "sums", "model": "tiny", "max_tokens": 10, "n": 4,
                                           "temperature": 0.8, "batch_size": 2, "fewshot": "sums", "n_fewshot": 1})
-    evals = {job: queue.enqueue("evaluate", {"sample_job": job}, after=[job])[0] for job in (greedy, sampled)}
+    evals = {job: queue.enqueue("evaluate", {"sample_job": job, "unanswered": "drop"}, after=[job])[0]
+             for job in (greedy, sampled)}
     _drain(db)
     with transaction(db.engine()) as s:
         model_id = s.scalar(select(Model.id).where(Model.name == "tiny"))
@@ -288,7 +289,8 @@ def test_sample_greedy_and_sampled_then_evaluate_from_the_rows(db: Store, tmp_pa
             assert (r.extracted_answer, r.correct) == (verdict.answer, verdict.label == "pos")
             assert r.model_id == model_id and r.finish_reason in ("stop", "length")
     assert len({r.text for r in samples[sampled]}) > 1
-    # Recomputed here: greedy takes the one answer; sc votes the normalised answers, tie credit by correctness.
+    # Recomputed here: greedy takes the one answer; sc votes the normalised answers (unanswered samples dropped),
+    # tie credit by correctness.
     for job, method in ((greedy, "greedy"), (sampled, "sc")):
         expected, credits = [], []
         for pid in sorted(gold):
@@ -331,7 +333,8 @@ def test_evaluating_a_sample_job_votes_with_tie_credit_and_micro_accuracy(db: St
                                 decoding="greedy" if n == 1 else "sampled", extracted_answer=a, correct=c)
         job_ids = {n: job.id for n, job in jobs.items()}
     queue = Queue(db.engine())
-    evals = {n: queue.enqueue("evaluate", {"sample_job": job})[0] for n, job in job_ids.items()}
+    evals: dict[int | str, int] = {n: queue.enqueue("evaluate", {"sample_job": job})[0] for n, job in job_ids.items()}
+    evals["drop"] = queue.enqueue("evaluate", {"sample_job": job_ids[4], "unanswered": "drop"})[0]
     _drain(db)
     got, accuracy = {}, {}
     with transaction(db.engine()) as s:
@@ -340,9 +343,20 @@ def test_evaluating_a_sample_job_votes_with_tie_credit_and_micro_accuracy(db: St
                 select(Prediction).where(Prediction.job_id == ev).order_by(Prediction.problem_id))]
             accuracy[n] = {e.subject: (e.method, e.n, e.n_correct, e.accuracy) for e in s.scalars(
                 select(Evaluation).where(Evaluation.job_id == ev))}
-    assert db.succeeded(evals[4]).result == {"method": "sc", "sample_job": job_ids[4], "problems": 3, "accuracy": 0.5}
-    assert got[4] == [("sc", "7", 2.0, 1, 1.0, True), ("sc", "3", 1.0, 2, 0.5, False), ("sc", "6", 2.0, 1, 0.0, False)]
-    assert accuracy[4] == {"algebra": ("sc", 2, 1.5, 0.75), "geometry": ("sc", 1, 0.0, 0.0), "all": ("sc", 3, 1.5, 0.5)}
+    # By default a sample job's unanswered samples vote as one bucket (the authors' protocol): it wins problem 2.
+    assert db.succeeded(evals[4]).result == {"method": "sc", "sample_job": job_ids[4], "unanswered": "vote",
+                                             "problems": 3, "accuracy": 1 / 3}
+    assert got[4] == [("sc", "7", 2.0, 1, 1.0, True), ("sc", None, 2.0, 1, 0.0, False),
+                      ("sc", "6", 2.0, 1, 0.0, False)]
+    assert accuracy[4] == {"algebra": ("sc", 2, 1.0, 0.5), "geometry": ("sc", 1, 0.0, 0.0),
+                           "all": ("sc", 3, 1.0, 1 / 3)}
+    # Dropped, they cast no vote: problem 2 ties 3 against 4.
+    assert db.succeeded(evals["drop"]).result == {"method": "sc", "sample_job": job_ids[4], "unanswered": "drop",
+                                                  "problems": 3, "accuracy": 0.5}
+    assert got["drop"] == [("sc", "7", 2.0, 1, 1.0, True), ("sc", "3", 1.0, 2, 0.5, False),
+                           ("sc", "6", 2.0, 1, 0.0, False)]
+    assert accuracy["drop"] == {"algebra": ("sc", 2, 1.5, 0.75), "geometry": ("sc", 1, 0.0, 0.0),
+                                "all": ("sc", 3, 1.5, 0.5)}
     assert got[1] == [("greedy", "7", 1.0, 1, 1.0, True), ("greedy", "4", 1.0, 1, 0.0, False),
                       ("greedy", None, 1.0, 1, 0.0, False)]
     assert accuracy[1] == {"algebra": ("greedy", 2, 1.0, 0.5), "geometry": ("greedy", 1, 0.0, 0.0),
