@@ -104,9 +104,9 @@ def vote_weights(f: str, scores: np.ndarray | None, shape: tuple[int, ...]) -> n
 @dataclass(frozen=True)
 class Votes:
     """Per problem of a batch: the winner's code (NO_ANSWER when no sample answered or the no-answer bucket won),
-    its mass, the size of the
-    tie set (0 when nothing voted; the no-answer bucket counts in it when it votes), the margin (winner mass - best other answer's mass; 0 on a tie, the whole
-    mass when one answer got votes), the tie set as a mask over samples (True on the first sample that gave
+    its mass, the size of the tie set (0 when nothing voted; the no-answer bucket counts in it when it votes),
+    the margin (winner mass - best other answer's mass; 0 on a tie, the whole mass when one answer got votes),
+    the tie set as a mask over samples (True on the first sample that gave
     each tied answer) and, when correctness was given, the credit |correct & tied| / |tied|."""
 
     winner: np.ndarray
