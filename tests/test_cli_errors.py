@@ -642,15 +642,12 @@ CASES = [
 ]
 
 
-def run_cli(store: Store, args: list[str], url: str | None, monkeypatch: pytest.MonkeyPatch,
-            capsys: pytest.CaptureFixture[str]) -> tuple[str, str, int]:
-    """(stdout, stderr, exit code) of `rplat *args` run in this process against the store (or `url`), in the
-    store's home like `store.rplat`."""
+def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+             cwd: Path) -> tuple[str, str, int]:
+    """(stdout, stderr, exit code) of `rplat *args` run in this process in `cwd`."""
     from rplat.cli import main
 
-    monkeypatch.chdir(store.home)
-    if url is not None:
-        monkeypatch.setenv("RPLAT_DATABASE_URL", url)
+    monkeypatch.chdir(cwd)
     capsys.readouterr()  # what the setup printed is not the command's
     try:
         main(args)
@@ -659,6 +656,15 @@ def run_cli(store: Store, args: list[str], url: str | None, monkeypatch: pytest.
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return out, err, code
+
+
+def run_cli(store: Store, args: list[str], url: str | None, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> tuple[str, str, int]:
+    """(stdout, stderr, exit code) of `rplat *args` run in this process against the store (or `url`), in the
+    store's home like `store.rplat`."""
+    if url is not None:
+        monkeypatch.setenv("RPLAT_DATABASE_URL", url)
+    return run_main(args, monkeypatch, capsys, store.home)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
-from test_cli_errors import assert_one_clear_sentence
+from test_cli_errors import assert_one_clear_sentence, run_main
 
 from rplat.boundary import ID_MAX, NAME_MAX, check_name, name_problem, parse_run
 from rplat.cli._common import HOST, ID, NAME, PRIORITY, Finite
@@ -166,21 +166,6 @@ def test_asc_curve_bounds_repeats(db: Store) -> None:
 
 
 # --- the entry point: arguments and environment that are not UTF-8 ------------------------------------------------
-
-
-def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-             cwd: Path) -> tuple[str, str, int]:
-    from rplat.cli import main
-
-    monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return out, err, code
 
 
 def subprocess_env(**extra: str | bytes) -> dict[str | bytes, str | bytes]:
