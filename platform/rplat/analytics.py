@@ -20,6 +20,25 @@ from rplat.errors import UserError
 STORE = "store"
 """The catalog the store is attached as: `store.jobs`, `store.rationales`... are its raw tables."""
 
+
+
+def _reviewed(alias: str, table: str, field: str, target_id: str) -> str:
+    """A LEFT JOIN of each row's latest review of `field` (rplat.reviews) as `alias`: its `new_value` (NULL: none, or
+    an undo back to the machine value) and its `id`."""
+    return (f"LEFT JOIN (SELECT target_id, new_value, id FROM store.reviews WHERE target_table = '{table}' AND "
+            f"field = '{field}' QUALIFY row_number() OVER (PARTITION BY target_id ORDER BY id DESC) = 1) {alias} "
+            f"ON {alias}.target_id = {target_id}")
+
+
+def _source(alias: str) -> str:
+    """Where a value in effect comes from: 'review' (its latest review set it) or 'machine'."""
+    return f"CASE WHEN {alias}.new_value IS NULL THEN 'machine' ELSE 'review' END"
+
+
+GOLD = "coalesce(rg.new_value, p.answer)"  # a problem's gold answer in effect (joined with _reviewed("rg", ...))
+REVIEWED_GOLD = _reviewed("rg", "problems", "answer", "p.id")
+
+
 # One view per concept, named as the papers name it. Every row carries the id of the job that wrote it. A column
 # showing a table's column has its name; one naming a job is the param naming that job plus `_id`.
 VIEWS: dict[str, str] = {
@@ -33,6 +52,19 @@ SELECT j.id AS job_id, j.kind, j.status, x.name AS experiment, m.name AS model, 
 FROM store.jobs j
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
+    "problems": """
+SELECT p.id AS problem_id, p.external_id AS problem, ds.name AS dataset, p.benchmark, p.split, p.subject, p.level,
+       p.question, CAST(p.choices AS VARCHAR) AS choices, p.solution, {gold} AS gold, p.answer AS machine_gold,
+       {source_rg} AS gold_source, p.content_hash, CAST(p.meta AS VARCHAR) AS meta, p.job_id
+FROM store.problems p
+JOIN store.datasets ds ON ds.id = p.dataset_id
+{reviewed_gold}""",
+    "reviews": """
+SELECT r.id AS review_id, CASE r.target_table WHEN 'teacher_chains' THEN 'chain' WHEN 'rationales' THEN 'rationale'
+       ELSE 'problem' END AS target, r.target_table, r.target_id, r.field, r.machine_value, r.new_value, r.reviewer,
+       r.reason, r.undoes, r.created_at,
+       r.id = max(r.id) OVER (PARTITION BY r.target_table, r.target_id, r.field) AS in_effect
+FROM store.reviews r""",
     "documents": """
 SELECT d.id AS document_id, d.external_id AS document, ds.name AS dataset, d.source, d.subset, d.split, d.n_chars,
        d.content_hash, d.text, CAST(d.meta AS VARCHAR) AS meta, d.job_id
@@ -53,8 +85,10 @@ SELECT r.id AS rationale_id, r.rationale, r.preceding, r.following, r.position, 
        e.document_id, d.external_id AS document, e.problem_id, p.external_id AS problem,
        coalesce(dd.name, pd.name) AS dataset, em.name AS extractor, e.fidelity,
        r.job_id AS extract_rationales_job_id, rs.job_id AS score_rationales_job_id, sm.name AS scorer,
-       rs.gamma, rs.s_without, rs.s_with, rs.loss_delta, rs.tau, CAST(rs.kept AS BOOLEAN) AS kept,
-       rs.overlap, CAST(rs.leak AS BOOLEAN) AS leak, x.name AS experiment
+       rs.gamma, rs.s_without, rs.s_with, rs.loss_delta, rs.tau,
+       CASE rk.new_value WHEN 'true' THEN TRUE WHEN 'false' THEN FALSE ELSE CAST(rs.kept AS BOOLEAN) END AS kept,
+       rs.overlap, CAST(rs.leak AS BOOLEAN) AS leak, x.name AS experiment,
+       CAST(rs.kept AS BOOLEAN) AS machine_kept, CASE WHEN rs.id IS NULL THEN NULL ELSE {source_rk} END AS kept_source
 FROM store.rationales r
 JOIN store.extractions e ON e.id = r.extraction_id
 JOIN store.jobs ej ON ej.id = r.job_id
@@ -65,7 +99,8 @@ LEFT JOIN store.datasets dd ON dd.id = d.dataset_id
 LEFT JOIN store.problems p ON p.id = e.problem_id
 LEFT JOIN store.datasets pd ON pd.id = p.dataset_id
 LEFT JOIN store.rationale_scores rs ON rs.rationale_id = r.id
-LEFT JOIN store.models sm ON sm.id = rs.scorer_model_id""",
+LEFT JOIN store.models sm ON sm.id = rs.scorer_model_id
+{reviewed_rk}""",
     "predictions": """
 SELECT pr.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGINT) AS solve_job_id,
        TRY_CAST(json_extract_string(j.params, '$.sample_job') AS BIGINT) AS sample_job_id,
@@ -74,11 +109,12 @@ SELECT pr.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGIN
        x.name AS experiment, pr.method, m.name AS model,
        pr.method || ' / ' || coalesce(m.name, '?') || ' / job ' || pr.job_id AS run,
        pr.problem_id, p.external_id AS problem, ds.name AS dataset, p.subject, p.question,
-       pr.answer, p.answer AS gold, CAST(pr.correct AS BOOLEAN) AS correct, pr.credit, pr.vote_mass, pr.tie_size,
+       pr.answer, {gold} AS gold, CAST(pr.correct AS BOOLEAN) AS correct, pr.credit, pr.vote_mass, pr.tie_size,
        pr.margin
 FROM store.predictions pr
 JOIN store.jobs j ON j.id = pr.job_id
 JOIN store.problems p ON p.id = pr.problem_id
+{reviewed_gold}
 JOIN store.datasets ds ON ds.id = p.dataset_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = pr.model_id""",
@@ -120,13 +156,17 @@ LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
     "chains": """
 SELECT c.job_id, x.name AS experiment, c.id AS chain_id, c.problem_id, p.external_id AS problem, p.subject, p.level,
-       p.question, c.teacher, c.sample_idx, c.text, c.extracted_answer, p.answer AS gold, c.label, c.n_chars,
+       p.question, c.teacher, c.sample_idx, c.text, c.extracted_answer, {gold} AS gold,
+       coalesce(rl.new_value, c.label) AS label, c.n_chars,
        c.labeler, CAST(c.hendrycks_correct AS BOOLEAN) AS hendrycks_correct,
        CAST(c.math_verify_correct AS BOOLEAN) AS math_verify_correct,
        CAST(c.hendrycks_correct AS BOOLEAN) IS DISTINCT FROM CAST(c.math_verify_correct AS BOOLEAN)
-           AS labelers_disagree
+           AS labelers_disagree,
+       c.label AS machine_label, {source_rl} AS label_source
 FROM store.teacher_chains c
 JOIN store.problems p ON p.id = c.problem_id
+{reviewed_gold}
+{reviewed_rl}
 JOIN store.jobs j ON j.id = c.job_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id""",
     "asc_vs_sc": """
@@ -143,10 +183,11 @@ WHERE a.method LIKE 'asc%' AND s.method = 'sc'""",
     "samples": """
 SELECT sa.job_id AS sample_job_id, x.name AS experiment, m.name AS model, sa.id AS sample_id, sa.problem_id,
        p.external_id AS problem, ds.name AS dataset, p.subject, p.level, sa.sample_idx, sa.decoding,
-       sa.text, sa.extracted_answer, p.answer AS gold, CAST(sa.correct AS BOOLEAN) AS correct,
+       sa.text, sa.extracted_answer, {gold} AS gold, CAST(sa.correct AS BOOLEAN) AS correct,
        sa.finish_reason
 FROM store.samples sa
 JOIN store.problems p ON p.id = sa.problem_id
+{reviewed_gold}
 JOIN store.datasets ds ON ds.id = p.dataset_id
 JOIN store.jobs j ON j.id = sa.job_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
@@ -196,6 +237,10 @@ JOIN store.jobs j ON j.id = e.job_id
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = e.model_id""",
 }
+_PARTS = {"gold": GOLD, "reviewed_gold": REVIEWED_GOLD, "source_rg": _source("rg"),
+          "reviewed_rl": _reviewed("rl", "teacher_chains", "label", "c.id"), "source_rl": _source("rl"),
+          "reviewed_rk": _reviewed("rk", "rationales", "kept", "r.id"), "source_rk": _source("rk")}
+VIEWS = {name: sql.format(**_PARTS) if "{" in sql else sql for name, sql in VIEWS.items()}
 
 # Names from before a rename, kept so that queries written with them still run; deprecated (docs/glossary.md). A
 # view's old column names come last, each the same values as the column that replaced it: {view: {old: current}}.

@@ -72,6 +72,9 @@ class JobKind:
     # a job of this kind loads a model and computes with it, so a GPU serves it (`pipeline --gpus` gives it GPUs);
     # False for kinds that only read the store (evaluate, aggregate) and for probe
     runs_model: bool = True
+    # a job of this kind reads values people review (chain labels, rationale keep decisions, gold answers:
+    # rplat.reviews): enqueued again after new reviews, it is a new job, and it records the last review it read
+    reads_reviews: bool = False
 
     def load_handler(self) -> Callable[..., dict[str, Any] | None]:
         return resolve(self.handler)

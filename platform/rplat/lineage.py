@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from rplat import kinds
+from rplat import kinds, reviews
 from rplat.errors import UserError
 from rplat.models import Base, Dataset, Experiment, Job, JobDependency, Model, ModelParent, PromptTemplate
 from rplat.references import references
@@ -66,6 +66,9 @@ class _Walk:
                 node.setdefault("prompt_templates", {})[column] = self.template(value)
             else:
                 node.setdefault("inputs", {})[column] = self.row(fk.column.table, value)  # type: ignore[arg-type]
+        found = reviews.of_row(self.s, table.name, row_id)
+        if found:
+            node["reviews"] = [r.as_dict() for r in found]
         return node
 
     def job(self, job_id: int) -> dict[str, Any]:
@@ -80,7 +83,7 @@ class _Walk:
         node: dict[str, Any] = {
             **head, "experiment": experiment.name if experiment else None, "params": job.params,
             "attempts": job.attempts, "created_at": job.created_at, "started_at": job.started_at,
-            "finished_at": job.finished_at, "error": job.error,
+            "finished_at": job.finished_at, "error": job.error, "reviews_seen": job.reviews_seen,
             "model": self.model(job.model_id) if job.model_id else None,
             "prompt_template": self.template(job.prompt_template_id) if job.prompt_template_id else None,
         }
@@ -177,6 +180,10 @@ def _job_lines(node: dict[str, Any], depth: int, label: str) -> list[str]:
     lines.append(f"{pad}  params: {json.dumps(node['params'], sort_keys=True, default=str)}")
     if node.get("error"):
         lines.append(f"{pad}  error: {_short(node['error'])}")
+    if node.get("reviews_seen") is not None:
+        seen = node["reviews_seen"]
+        lines.append(f"{pad}  read reviewed values as of review #{seen}" if seen
+                     else f"{pad}  read machine values only (no review existed yet)")
     if node.get("model"):
         lines += _model_lines(node["model"], depth + 1, "model ")
     if node.get("prompt_template"):
@@ -243,6 +250,11 @@ def _row_lines(node: dict[str, Any], depth: int, label: str) -> list[str]:
             *node.get("jobs", {}), "job_id"}
     fields = ", ".join(f"{k}={_short(v)}" for k, v in node["row"].items() if k not in skip and v is not None)
     lines = [f"{pad}{label}{node['table']} {node['id']}: {fields}"]
+    for r in node.get("reviews", []):
+        new = "the machine value" if r["new_value"] is None else r["new_value"]
+        undo = f" (undoes #{r['undoes']})" if r["undoes"] else ""
+        lines.append(f"{pad}  review #{r['id']}{undo}: {r['field']} {r['machine_value']} (machine) -> {new}, by "
+                     f"{r['reviewer']} at {r['created_at']}: {_short(r['reason'])}")
     if "job" in node:
         lines += _job_lines(node["job"], depth + 1, "written by ")
     for column, model in node.get("models", {}).items():

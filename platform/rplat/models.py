@@ -99,6 +99,9 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    # the last review (reviews.id; 0: there was none) whose corrections this job read, pinned when it first read a
+    # reviewable value, so a resumed attempt reads the same labels, gold answers and keep decisions (rplat.reviews)
+    reviews_seen: Mapped[int | None]
 
 
 class JobDependency(Base):
@@ -533,6 +536,36 @@ class Evaluation(Base):
     n: Mapped[int]
     n_correct: Mapped[float] = mapped_column(Float)
     accuracy: Mapped[float] = mapped_column(Float)
+
+
+# --- people in the loop ----------------------------------------------------------------------------
+
+
+REVIEW_TARGETS = ("teacher_chains", "rationales", "problems")
+
+
+class Review(Base):
+    """A person's correction of one machine value (a chain's label, a rationale's keep decision, a problem's gold
+    answer): rows are only added, never changed; an undo is a new review. The value in effect for a (target, id,
+    field) is the `new_value` of its latest review, or the machine's own value when there is none or the latest
+    one's `new_value` is NULL (back to the machine value). `machine_value` is what the machine said when the review
+    was made, kept for the audit trail."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        CheckConstraint(f"target_table IN ({', '.join(repr(t) for t in REVIEW_TARGETS)})", name="target_table"),
+        Index("ix_reviews_target", "target_table", "target_id", "field", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target_table: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[int]
+    field: Mapped[str] = mapped_column(String(32))
+    machine_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    undoes: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class GenerationCache(Base):

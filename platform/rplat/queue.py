@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from rplat import kinds, references
+from rplat import kinds, references, reviews
 from rplat.errors import LeaseLost, UserError
 from rplat.hashing import content_hash
 from rplat.lookup import experiment_id as find_experiment
@@ -309,14 +309,17 @@ def _named(label: str) -> Iterator[None]:
 
 
 def default_dedupe_key(kind: str, params: dict[str, Any], experiment_id: int | None, after: Sequence[int],
-                       host: str | None = None, gpus: int = 0) -> str:
-    """The same logical job (kind, params, experiment, parents, pinned host, GPUs needed) always gets the same
-    key; a part left at its default is left out, so keys made before that part existed stay the same."""
+                       host: str | None = None, gpus: int = 0, reviews: int = 0) -> str:
+    """The same logical job (kind, params, experiment, parents, pinned host, GPUs needed, and for a kind that reads
+    reviewed values the latest review) always gets the same key; a part left at its default is left out, so keys
+    made before that part existed stay the same."""
     parts: list[Any] = [kind, params, experiment_id, sorted(after)]
     if host is not None:
         parts.append(host)
     if gpus:
         parts.append({"gpus": gpus})
+    if reviews:
+        parts.append({"reviews": reviews})
     return content_hash(*parts)
 
 
@@ -398,7 +401,8 @@ class Queue:
         dedupe = options.get("dedupe", True)
         dedupe_key = options.get("dedupe_key")
         if dedupe and dedupe_key is None:
-            dedupe_key = default_dedupe_key(kind, validated, experiment_id, parents, host, gpus)
+            latest = reviews.latest_id(session) if kinds.get(kind).reads_reviews else 0
+            dedupe_key = default_dedupe_key(kind, validated, experiment_id, parents, host, gpus, latest)
         model_id = options.get("model_id")
         values = dict(
             kind=kind, params=validated, experiment_id=experiment_id, priority=options.get("priority", 0),

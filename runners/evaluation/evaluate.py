@@ -23,6 +23,7 @@ from rplat.methods.answers import is_correct
 from rplat.methods.votes import OVERALL, Accuracy, Unanswered, micro_accuracy, self_consistency
 from rplat.models import Evaluation, Prediction, Problem, Sample, SolveTrajectory
 from rplat.registry import get_model
+from rplat.reviews import problem_answer
 from rplat.runners.evaluation.kinds import EvaluateParams
 from rplat.runners.framework.context import JobContext
 from rplat.runners.rationalyst.kinds import SolveParams
@@ -115,12 +116,13 @@ def _by_problem(rows: Iterable[Any]) -> dict[int, list[Any]]:
     return groups
 
 
-def _solve_job(s: Session, job_id: int, unanswered: Unanswered) -> tuple[int, str, list[Judged]]:
-    """A solve job's model id, method and judged problems."""
+def _solve_job(s: Session, job_id: int, unanswered: Unanswered, through: int) -> tuple[int, str, list[Judged]]:
+    """A solve job's model id, method and judged problems, each answer checked against the gold answer in effect
+    as of review `through` (a corrected gold answer counts)."""
     solved = stored_params(s, job_id, "solve", SolveParams, "solve_job", "evaluate")
     model_id = get_model(s, solved.model).id
     rows = s.execute(select(SolveTrajectory.problem_id, SolveTrajectory.normalized_pred, SolveTrajectory.prediction,
-                            Problem.answer, Problem.subject)
+                            problem_answer(through).label("answer"), Problem.subject)
                      .join(Problem, Problem.id == SolveTrajectory.problem_id)
                      .where(SolveTrajectory.job_id == job_id)
                      .order_by(SolveTrajectory.problem_id, SolveTrajectory.sample_idx)).all()
@@ -146,10 +148,11 @@ def evaluate(ctx: JobContext, p: EvaluateParams) -> dict[str, Any]:
     """Predictions and micro accuracy (overall and per subject) of the solve or sample job `p` names."""
     unanswered = p.unanswered
     assert unanswered is not None  # EvaluateParams resolves it to the kind's protocol
+    through = ctx.reviews_seen()
     with ctx.read() as s:
         if p.solve_job is not None:
             source, job_id = "solve_job", p.solve_job
-            model_id, method, judged = _solve_job(s, job_id, unanswered)
+            model_id, method, judged = _solve_job(s, job_id, unanswered, through)
         else:
             assert p.sample_job is not None  # EvaluateParams names exactly one of the two
             source, job_id = "sample_job", p.sample_job

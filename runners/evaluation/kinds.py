@@ -37,6 +37,7 @@ class EvaluateParams(Params):
 
 EVALUATE = JobKind("evaluate", EvaluateParams, "rplat.runners.evaluation.evaluate:evaluate",
                    "Check a solve or sample job's answers (math-verify): predictions, self-consistency, "
-                   "micro accuracy per subject.", runs_model=False)
+                   "micro accuracy per subject.", runs_model=False,
+                   reads_reviews=True)
 
 KINDS = [EVALUATE]

@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
+from rplat import reviews
 from rplat.errors import JobCancelled, JobInterrupted, LeaseLost
 from rplat.hashing import file_sha256
 from rplat.models import Checkpoint, TrainingMetric
@@ -42,6 +43,7 @@ class JobContext:
         self._cancelled = threading.Event()
         self._lease_lost = threading.Event()
         self._progress: tuple[int, int | None] = (0, None)
+        self._reviews_seen: int | None = None
 
     @property
     def job_id(self) -> int:
@@ -69,6 +71,15 @@ class JobContext:
         with transaction(self.engine) as session:
             self.queue.fence(session, self.job.id, self.job.lease_token)
             yield session
+
+    def reviews_seen(self) -> int:
+        """The last review this job reads (rplat.reviews): pinned by its first call in any attempt, so a resumed
+        job reads the labels, keep decisions and gold answers its first attempt read. Pass it to the effective
+        value expressions (`rplat.reviews.chain_label(through)`...)."""
+        if self._reviews_seen is None:
+            with self.transaction() as session:
+                self._reviews_seen = reviews.seen(session, self.job.id)
+        return self._reviews_seen
 
     def read(self) -> Session:
         """A plain session for reading inputs (the caller closes it)."""

@@ -152,9 +152,10 @@ EXTRACT = JobKind("extract-rationales", ExtractParams, "rplat.runners.rationalys
 SCORE = JobKind("score-rationales", ScoreParams, "rplat.runners.rationalyst.mining:score",
                 "Loss delta of each rationale; keep those that make the following text likelier (RATIONALYST A4).")
 TRAIN_RATIONALYST = JobKind("train-rationalyst", TrainRationalystParams, "rplat.runners.rationalyst.train:run",
-                            "Fine-tune a rationale model: preceding text -> rationale, loss on the rationale (A5).")
+                            "Fine-tune a rationale model: preceding text -> rationale, loss on the rationale (A5).",
+                            reads_reviews=True)
 SOLVE = JobKind("solve", SolveParams, "rplat.runners.rationalyst.solve:run",
                 "Solve problems step by step: greedy, sc (self-consistency), random candidate, "
-                "RATIONALYST-guided (A6).")
+                "RATIONALYST-guided (A6).", reads_reviews=True)
 
 KINDS = [PREFILTER, EXTRACT, SCORE, TRAIN_RATIONALYST, SOLVE]

@@ -32,6 +32,7 @@ from rplat.methods.guided import (
 )
 from rplat.models import Problem, SolveTrajectory, Step, StepCandidate
 from rplat.prompts import TEMPLATES, ensure_template
+from rplat.reviews import problem_answer
 from rplat.runners.framework.context import JobContext
 from rplat.runners.rationalyst.kinds import SolveParams
 
@@ -205,6 +206,7 @@ def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
     agent_spec = prepare(p.model)
     rationalyst_spec = prepare(p.rationalyst) if p.method in GUIDED and p.rationalyst else None
     scorer_spec = prepare(p.scorer or p.model) if p.method == "rationalyst-implicit" else None
+    through = ctx.reviews_seen()  # the gold answers as reviewed
     with ctx.transaction() as s:
         for name in ("agent-gsm8k", "implicit-scorer"):
             ensure_template(s, TEMPLATES[name])
@@ -215,7 +217,7 @@ def run(ctx: JobContext, p: SolveParams) -> dict[str, Any]:
                 Problem.dataset_id == dataset_id(s, p.fewshot, "problems"), Problem.solution.is_not(None)
             ).order_by(Problem.id)).all()
             examples = [(q, sol) for q, sol in random.Random(p.seed).sample(list(pool), min(p.n_fewshot, len(pool)))]
-        problems = s.execute(select(Problem.id, Problem.question, Problem.answer)
+        problems = s.execute(select(Problem.id, Problem.question, problem_answer(through).label("answer"))
                              .where(Problem.dataset_id == problems_id).order_by(Problem.id)).all()
         written = set(s.execute(select(SolveTrajectory.problem_id, SolveTrajectory.sample_idx)
                                 .where(SolveTrajectory.job_id == ctx.job_id)).all())

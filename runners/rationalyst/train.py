@@ -27,6 +27,7 @@ from rplat.models import Rationale, RationaleScore, TrainingExample
 from rplat.paths import model_dir
 from rplat.references import made_model
 from rplat.registry import get_model, register_model
+from rplat.reviews import rationale_kept
 from rplat.runners.framework.context import JobContext
 from rplat.runners.rationalyst.kinds import TrainRationalystParams
 from rplat.runners.training.distributed import is_main_process, launch
@@ -62,10 +63,12 @@ def _split(ids: list[int], eval_fraction: float, seed: int) -> dict[int, str]:
 
 def run(ctx: JobContext, p: TrainRationalystParams) -> dict[str, Any]:
     prepare_backend(ctx.engine, p.model, home=ctx.home)  # converts the bundled model once, before any worker starts
+    through = ctx.reviews_seen()
     with ctx.transaction() as s:
         job_of_kind(s, p.score_rationales_job, "score-rationales", "score_rationales_job")
+        # kept as reviewed: a rationale a person dropped (a leak) is left out, one a person kept is trained on
         ids = s.scalars(select(RationaleScore.rationale_id)
-                        .where(RationaleScore.job_id == p.score_rationales_job, RationaleScore.kept.is_(True))).all()
+                        .where(RationaleScore.job_id == p.score_rationales_job, rationale_kept(through))).all()
         if not ids:
             raise UserError(f"score-rationales job {p.score_rationales_job} kept no rationales; there is nothing to "
                             "train on.")

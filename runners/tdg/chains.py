@@ -29,6 +29,7 @@ from rplat.methods.labelers import LabelPool, default_workers
 from rplat.models import Problem, Sample, TeacherChain
 from rplat.prompts import TDG_PROBLEM_PREFIX, TEMPLATES, ensure_template, tdg_prompt
 from rplat.registry import get_model
+from rplat.reviews import problem_answer
 from rplat.runners.framework.context import JobContext
 from rplat.runners.tdg.kinds import CollectChainsParams, SampleParams
 from rplat.store import insert_ignore
@@ -147,10 +148,11 @@ def collect(ctx: JobContext, p: CollectChainsParams) -> dict[str, Any]:
     teacher = p.teacher or p.model
     with ctx.transaction() as s:
         ensure_template(s, TEMPLATES["tdg-chain"])
+    gold = problem_answer(ctx.reviews_seen())  # gold answers as reviewed
     with ctx.read() as s:
         problems_id = dataset_id(s, p.problems, "problems")
-        problems = s.execute(select(Problem.id, Problem.question, Problem.answer)
-                             .where(Problem.dataset_id == problems_id, Problem.answer.is_not(None))
+        problems = s.execute(select(Problem.id, Problem.question, gold.label("answer"))
+                             .where(Problem.dataset_id == problems_id, gold.is_not(None))
                              .order_by(Problem.id).limit(p.limit)).all()
         if not problems:
             raise UserError(f"dataset {p.problems!r} has no problems with a gold answer to label chains against; "
@@ -194,8 +196,9 @@ def sample(ctx: JobContext, p: SampleParams) -> dict[str, Any]:
     with ctx.transaction() as s:
         ensure_template(s, TEMPLATES["tdg-chain"])
         model_id = get_model(s, p.model).id
+    gold = problem_answer(ctx.reviews_seen())  # gold answers as reviewed
     with ctx.read() as s:
-        problems = s.execute(select(Problem.id, Problem.question, Problem.answer)
+        problems = s.execute(select(Problem.id, Problem.question, gold.label("answer"))
                              .where(Problem.dataset_id == dataset_id(s, p.problems, "problems"))
                              .order_by(Problem.id).limit(p.limit)).all()
         pool = _pool(s, p.fewshot, p.n_fewshot)

@@ -26,6 +26,7 @@ from rplat.paths import model_dir
 from rplat.prompts import tdg_training_text
 from rplat.references import made_model
 from rplat.registry import register_model
+from rplat.reviews import chain_label
 from rplat.runners.framework.context import JobContext
 from rplat.runners.tdg.kinds import TdgTrainParams
 from rplat.store import insert_ignore
@@ -50,6 +51,7 @@ def store_examples(ctx: JobContext, p: TdgTrainParams, labels: Sequence[str] = (
     """Store this job's examples: chains of `p.teacher` labelled `labels` whose training text is shorter than
     `p.max_chars`, plus the gold solutions if `gold`, on the first `p.limit` problems of `p.problems`; idempotent
     (a resumed job stores the same rows). Returns the counts per label."""
+    through = ctx.reviews_seen() if labels else None  # pinned before the transaction that reads with it
     with ctx.transaction() as s:
         ds = dataset_id(s, p.problems, "problems")
         problem_ids = s.scalars(select(Problem.id).where(Problem.dataset_id == ds).order_by(Problem.id)
@@ -64,10 +66,12 @@ def store_examples(ctx: JobContext, p: TdgTrainParams, labels: Sequence[str] = (
                 raise UserError(f"there are no chains of teacher {p.teacher!r} on dataset {p.problems!r}; import them "
                                 f"with `rplat import chains FILE --teacher {p.teacher} --dataset {p.problems}` or "
                                 "collect them with a collect-chains job.")
-            found = s.execute(select(TeacherChain.id, TeacherChain.label, TeacherChain.text, Problem.question)
+            # labels as reviewed (rplat.reviews): each example keeps the label it was read with
+            label = chain_label(through)
+            found = s.execute(select(TeacherChain.id, label.label("label"), TeacherChain.text, Problem.question)
                               .join(Problem, Problem.id == TeacherChain.problem_id)
                               .where(TeacherChain.teacher == p.teacher, TeacherChain.problem_id.in_(problem_ids),
-                                     TeacherChain.label.in_(list(labels)))
+                                     label.in_(list(labels)))
                               .order_by(TeacherChain.id)).all()
             rows += [dict(job_id=ctx.job_id, chain_id=r.id, label=r.label, split="train") for r in found
                      if len(tdg_training_text(r.question, r.text)) < p.max_chars]

@@ -265,12 +265,14 @@ class AggregateParams(Params):
 
 
 COLLECT_CHAINS = JobKind("collect-chains", CollectChainsParams, "rplat.runners.tdg.chains:collect",
-                         "Sample n_samples teacher chains per problem and label them positive/negative (TDG B1).")
+                         "Sample n_samples teacher chains per problem and label them positive/negative (TDG B1).",
+                         reads_reviews=True)
 SAMPLE = JobKind("sample", SampleParams, "rplat.runners.tdg.chains:sample",
                  "Generate whole chains for problems (greedy or n_samples samples) and check their answers (TDG "
-                 "eval).")
+                 "eval).", reads_reviews=True)
 TRAIN_RANKER = JobKind("train-ranker", TrainRankerParams, "rplat.runners.tdg.ranker:train",
-                       "Train the ASC ranker on positive/negative chain pairs and measure held-out accuracy (TDG B4).")
+                       "Train the ASC ranker on positive/negative chain pairs and measure held-out accuracy (TDG B4).",
+                       reads_reviews=True)
 SCORE_SAMPLES = JobKind("score-samples", ScoreSamplesParams, "rplat.runners.tdg.ranker:score_samples",
                         "Score every sample of a sample job with a trained ranker (TDG B4).")
 AGGREGATE = JobKind("aggregate", AggregateParams, "rplat.runners.tdg.aggregate:run",
@@ -289,6 +291,7 @@ class TdgTraining(JobKind):
     gold: Callable[[Any], bool] = lambda p: False  # (params) -> whether it also trains on the gold solutions
     objective: str  # "module:function" making its training Objective (from what its handler has), imported then
     builds_on: str | None = None  # the setting whose model it plugs in, named by its params' `<setting>_model`
+    reads_reviews: bool = True  # its chains' labels (and the gold answers it labels samples against) are reviewed
 
     def load_objective(self) -> Callable[..., Any]:
         return resolve(self.objective)
@@ -301,7 +304,7 @@ MLE = "rplat.runners.tdg.train:mle_objective"
 TRAINING = (
     TdgTraining("train-sft", TrainSftParams, PLAIN_LORA,
                 "Fine-tune on the problems' gold solutions (the TDG table's fine-tune row).",
-                setting="sft", labels=(), gold=lambda p: True, objective=MLE),
+                setting="sft", labels=(), gold=lambda p: True, objective=MLE, reads_reviews=False),
     TdgTraining("train-kd", TrainKdParams, PLAIN_LORA,
                 "CoT knowledge distillation: MLE on the positive chains (TDG baseline).",
                 setting="kd", labels=("pos",), objective=MLE),

@@ -30,6 +30,7 @@ from rplat.methods.labelers import label_chain
 from rplat.methods.nat import nat_mode
 from rplat.models import NceWeight, Problem, TeacherChain, TrainingExample
 from rplat.prompts import tdg_prompt, tdg_training_text
+from rplat.reviews import chain_label, problem_answer
 from rplat.runners.framework.context import JobContext
 from rplat.runners.tdg.examples import (
     adapter_on_student_base,
@@ -90,9 +91,11 @@ def self_augment(ctx: JobContext, p: TrainNceParams, nat_spec: BackendSpec) -> i
     """Sample `p.self_augment` chains per problem from the NAT model; store those that reach the gold answer as
     positive chains of teacher = the NAT model's name and as this job's examples (when short enough). Every
     sample goes through the generation cache, so a resumed job regenerates nothing. Returns the examples added."""
+    through = ctx.reviews_seen()
     with ctx.read() as s:
         ds = dataset_id(s, p.problems, "problems")
-        problems = s.execute(select(Problem.id, Problem.question, Problem.answer).where(Problem.dataset_id == ds)
+        problems = s.execute(select(Problem.id, Problem.question, problem_answer(through).label("answer"))
+                             .where(Problem.dataset_id == ds)
                              .order_by(Problem.id).limit(p.limit)).all()
     problems = [r for r in problems if r.answer]
     backend = CachedBackend(open_backend(nat_spec), ctx.engine, job_id=ctx.job_id)
@@ -119,7 +122,7 @@ def self_augment(ctx: JobContext, p: TrainNceParams, nat_spec: BackendSpec) -> i
         # The stored positives of the sampled indices (a chain another job stored under the same key included).
         found = s.execute(select(TeacherChain.id, TeacherChain.text, Problem.question)
                           .join(Problem, Problem.id == TeacherChain.problem_id)
-                          .where(TeacherChain.teacher == p.nat_model, TeacherChain.label == "pos",
+                          .where(TeacherChain.teacher == p.nat_model, chain_label(through) == "pos",
                                  TeacherChain.sample_idx < p.self_augment,
                                  TeacherChain.problem_id.in_([r.id for r in problems]))
                           .order_by(TeacherChain.id)).all()

@@ -48,6 +48,7 @@ from rplat.methods.ranker import (
 )
 from rplat.models import Problem, RankerPair, RankerScore, Sample, TeacherChain
 from rplat.registry import BUNDLED_EMBEDDER, ensure_bundled_embedder, get_model
+from rplat.reviews import chain_label
 from rplat.runners.framework.context import JobContext, StepMetric
 from rplat.runners.tdg.examples import save_and_register
 from rplat.runners.tdg.kinds import ScoreSamplesParams, TrainRankerParams
@@ -76,10 +77,11 @@ def _encoder(ctx: JobContext, name: str) -> tuple[int, str, Path]:
 def _questions(ctx: JobContext, p: TrainRankerParams) -> dict[int, tuple[str, dict[str, dict[int, str]]]]:
     """question id -> (question, {label: {chain id: chain}}) of the first `limit` questions with chains of both
     labels, in id order."""
+    through = ctx.reviews_seen()
     with ctx.read() as s:
         ds = dataset_id(s, p.problems, "problems")
-        rows = s.execute(select(TeacherChain.id, TeacherChain.problem_id, TeacherChain.label, TeacherChain.text,
-                                Problem.question)
+        rows = s.execute(select(TeacherChain.id, TeacherChain.problem_id, chain_label(through).label("label"),
+                                TeacherChain.text, Problem.question)
                          .join(Problem, Problem.id == TeacherChain.problem_id)
                          .where(Problem.dataset_id == ds, TeacherChain.teacher == p.teacher)
                          .order_by(TeacherChain.problem_id, TeacherChain.id)).all()

@@ -50,6 +50,8 @@ COMMANDS: dict[str, Lazy] = {
     "models": Lazy("rplat.cli.models:models", "The model and adapter registry."),
     "pipeline": Lazy("rplat.cli.pipelines:pipeline", "Enqueue a method's whole DAG of jobs at once."),
     "report": Lazy("rplat.cli.analysis:report", "Human-readable summaries of finished jobs."),
+    "review": Lazy("rplat.cli.review:review", "Correct a chain's label, a rationale's keep decision or a problem's "
+                   "gold answer; every later job reads it."),
     "runner": Lazy("rplat.cli.jobs:runner", "Claim and run jobs until stopped (SIGTERM releases the running jobs "
                    "for other runners)."),
     "serve": Lazy("rplat.cli.serve:serve", "vLLM servers for registered models: `rplat serve MODEL` starts one, "

@@ -30,6 +30,7 @@ from rplat.methods.labelers import LABELERS, default_workers, gold_answer, label
 from rplat.models import Dataset, Job, Problem, TeacherChain
 from rplat.prompts import TDG_PROBLEM_PREFIX, TDG_SOLUTION_PREFIX, strip_prefix
 from rplat.queue import Queue
+from rplat.reviews import problem_answer
 from rplat.store import insert_ignore, transaction
 
 LAYOUTS = ("auto", "released", "flat")
@@ -215,7 +216,8 @@ class _Stored:
 def _stored_problems(session: Session, dataset_id: int | None) -> dict[str, _Stored]:
     if dataset_id is None:
         return {}
-    rows = session.execute(select(Problem.external_id, Problem.id, Problem.answer, Problem.solution)
+    # the gold answers in effect: a problem whose gold a person corrected labels its chains against the correction
+    rows = session.execute(select(Problem.external_id, Problem.id, problem_answer(None), Problem.solution)
                            .where(Problem.dataset_id == dataset_id)).all()
     return {ext: _Stored(pid, answer if answer is not None else gold_answer(solution))
             for ext, pid, answer, solution in rows}
