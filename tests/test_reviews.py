@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from test_cli_errors import run_main
 
 from rplat import reviews
 from rplat.analytics import connect, run_query
@@ -20,7 +21,6 @@ from rplat.store import transaction
 
 import factories as make
 from stores import Store
-from test_cli_errors import run_main
 from tiny_lm import tiny_and_chain_set
 
 TEACHER = "gpt-x"
@@ -36,7 +36,8 @@ def _seed(db: Store, tmp_path: Path) -> dict[tuple[int, int], int]:
         problems = make.problems(s, tiny_and_chain_set(s, tmp_path), [
             {"external_id": "p0", "question": "Compute 2 + 3.", "answer": "5"},
             {"external_id": "p1", "question": "Compute 12 * 3.", "answer": "35"}])  # p1's gold is wrong
-        return {(k, i): make.chain(s, problems[k], TEACHER, text, label, sample_idx=i).id for k, i, label, text in CHAINS}
+        return {(k, i): make.chain(s, problems[k], TEACHER, text, label, sample_idx=i).id
+                for k, i, label, text in CHAINS}
 
 
 def _cli(db: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -78,11 +79,9 @@ def test_a_review_changes_the_views_effective_value_and_an_undo_puts_it_back(
     assert again["review"] is None and again["value"] == "pos"
 
     # a problem's gold and the views that show it
-    _cli(db, monkeypatch, capsys, "review", "problem", "2", "--gold", "36", "--reason", "12 * 3 is 36")
     with transaction(db.engine()) as s:
         p1 = s.scalar(select(TeacherChain.problem_id).where(TeacherChain.id == chain[1, 0]))
-    if p1 != 2:  # ids differ between backends only if sequences do; review the right one
-        _cli(db, monkeypatch, capsys, "review", "problem", str(p1), "--gold", "36", "--reason", "12 * 3 is 36")
+    _cli(db, monkeypatch, capsys, "review", "problem", str(p1), "--gold", "36", "--reason", "12 * 3 is 36")
     assert _view(db, f"SELECT gold, machine_gold, gold_source FROM problems WHERE problem_id = {p1}") == [
         ("36", "35", "review")]
     assert {r[0] for r in _view(db, f"SELECT gold FROM chains WHERE problem_id = {p1}")} == {"36"}
