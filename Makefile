@@ -70,6 +70,12 @@ define demo_tdg_report
 	$(BIN)/rplat report asc --experiment demo-tdg
 	agg=$$($(BIN)/rplat sql --csv "SELECT max(job_id) FROM job_timeline WHERE kind = 'aggregate' AND experiment = 'demo-tdg' AND status = 'succeeded'" | tail -n 1); \
 	$(BIN)/rplat report compare $$agg:sc $$agg:asc-f3
+	# People correct machine decisions with reviews (docs/reviews.md): one chain relabelled, the audit trail, and
+	# the chains view showing the label in effect beside the labeler's. A second run adds nothing (already in effect).
+	chain=$$($(BIN)/rplat sql --csv "SELECT min(chain_id) FROM chains WHERE teacher = 'smollm2-135m-instruct' AND machine_label = 'neg'" | tail -n 1); \
+	if [ -n "$$chain" ]; then $(BIN)/rplat review chain $$chain --label pos --reviewer demo --reason "make demo: shows a review (the labeler's verdict is kept beside it)"; fi
+	$(BIN)/rplat review ls
+	$(BIN)/rplat sql "SELECT chain_id, problem, extracted_answer, gold, label, machine_label, label_source FROM chains WHERE label_source = 'review'"
 endef
 
 # Two runners, one per core, each keeping torch and the models it loaded between jobs (a runner with slots

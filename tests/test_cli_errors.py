@@ -253,6 +253,28 @@ def gsm_chains_and_models(store: Store) -> dict[str, str]:
         return ids
 
 
+def reviewable(store: Store) -> dict[str, str]:
+    """A problem with a chain, a review of the chain and a later one; review files in the home. Returns the ids."""
+    from rplat import reviews
+
+    with transaction(store.engine()) as session:
+        dataset = make.dataset(session, "p", make.job(session, "import-problems"))
+        (problem,) = make.problems(session, dataset, [{"external_id": "q", "question": "1 + 1?", "answer": "2"}])
+        chain = make.chain(session, problem, "t", "1 + 1 = 2, so \\boxed{2}.", "pos")
+        first = reviews.add_in(session, "chain", chain.id, "neg", reviewer="ada", reason="r1").review
+        reviews.add_in(session, "chain", chain.id, "pos", reviewer="bob", reason="r2")
+        assert first is not None
+        ids = {"chain": str(chain.id), "problem": str(problem.id), "first": str(first.id)}
+    write(store, "bad-label.jsonl", jsonl({"chain": chain.id, "label": "neg", "reason": "r"},
+                                          {"chain": chain.id, "label": "maybe", "reason": "r"}))
+    write(store, "unknown-chain.jsonl", jsonl({"chain": 999999, "label": "neg", "reason": "r"}))
+    write(store, "no-reason.jsonl", jsonl({"problem": problem.id, "gold": "3"}))
+    write(store, "two-targets.jsonl", jsonl({"problem": problem.id, "chain": chain.id, "gold": "3", "reason": "r"}))
+    write(store, "not-json.jsonl", "{chain: 1}\n")
+    write(store, "empty.jsonl", "\n")
+    return ids
+
+
 def tmp_file(store: Store) -> None:
     """A file in DuckDB's default temporary directory under the working directory, as a text and a CSV file."""
     (store.home / ".tmp").mkdir()
@@ -639,6 +661,50 @@ CASES = [
     Case("control-characters-in-a-quoted-value-stay-on-one-line",
          ("generate", "reasoning-gym", "\x0cx\ny", "--out", "g.jsonl"),
          ["reasoning-gym has no dataset '\\x0cx\\ny'"]),
+    # issue 18: human review
+    Case("review-label-not-a-choice", ("review", "chain", "{chain}", "--label", "maybe", "--reason", "r"),
+         ["'maybe' is not one of 'pos', 'neg'"], reviewable),
+    Case("review-of-a-chain-that-does-not-exist", ("review", "chain", "999999", "--label", "pos", "--reason", "r"),
+         ["there is no chain with id 999999", "SELECT chain_id"], reviewable),
+    Case("review-without-a-reason", ("review", "chain", "{chain}", "--label", "neg"),
+         ["missing option '--reason'"], reviewable),
+    Case("review-with-a-blank-reason", ("review", "chain", "{chain}", "--label", "neg", "--reason", "  "),
+         ["--reason is empty"], reviewable),
+    Case("review-with-a-blank-reviewer", ("review", "chain", "{chain}", "--label", "neg", "--reason", "r",
+                                          "--reviewer", " "), ["--reviewer is empty"], reviewable),
+    Case("review-chain-id-zero", ("review", "chain", "0", "--label", "neg", "--reason", "r"),
+         ["ids run from 1 to 2147483647"], reviewable),
+    Case("review-of-a-rationale-that-does-not-exist", ("review", "rationale", "999999", "--keep", "--reason", "r"),
+         ["there is no rationale with id 999999"], reviewable),
+    Case("review-rationale-without-keep-or-drop", ("review", "rationale", "1", "--reason", "r"),
+         ["--keep or --drop"], reviewable),
+    Case("review-gold-empty", ("review", "problem", "{problem}", "--gold", "", "--reason", "r"),
+         ["--gold is empty"], reviewable),
+    Case("review-gold-too-long", ("review", "problem", "{problem}", "--gold", "9" * 1001, "--reason", "r"),
+         ["--gold is 1001 characters long, at most 1000"], reviewable),
+    Case("review-gold-with-a-control-character", ("review", "problem", "{problem}", "--gold", "1\x012",
+                                                  "--reason", "r"),
+         ["a gold answer holds only printable characters"], reviewable),
+    Case("undo-of-a-review-that-does-not-exist", ("review", "undo", "999999", "--reason", "r"),
+         ["there is no review #999999", "rplat review ls"], reviewable),
+    Case("undo-of-a-review-that-is-not-the-latest", ("review", "undo", "{first}", "--reason", "r"),
+         ["review #{first} is not the latest of chain {chain}", "first"], reviewable),
+    Case("review-file-with-a-bad-label-on-line-2", ("review", "apply", "bad-label.jsonl"),
+         ["bad-label.jsonl line 2: a chain's label is pos or neg, not 'maybe'"], reviewable),
+    Case("review-file-naming-an-unknown-chain", ("review", "apply", "unknown-chain.jsonl"),
+         ["unknown-chain.jsonl line 1: there is no chain with id 999999"], reviewable),
+    Case("review-file-line-without-a-reason", ("review", "apply", "no-reason.jsonl"),
+         ["no-reason.jsonl line 1: a review needs its reason"], reviewable),
+    Case("review-file-line-with-two-targets", ("review", "apply", "two-targets.jsonl"),
+         ["two-targets.jsonl line 1: name exactly one of chain, rationale, problem or undo"], reviewable),
+    Case("review-file-not-json", ("review", "apply", "not-json.jsonl"),
+         ["not-json.jsonl line 1: not JSON"], reviewable),
+    Case("review-file-without-reviews", ("review", "apply", "empty.jsonl"),
+         ["the review file empty.jsonl holds no reviews"], reviewable),
+    Case("review-file-missing", ("review", "apply", "nowhere.jsonl"),
+         ["cannot read the review file nowhere.jsonl"], reviewable),
+    Case("review-ls-of-two-targets", ("review", "ls", "--chain", "1", "--problem", "1"),
+         ["give one of --chain, --rationale, --problem"], reviewable),
 ]
 
 
