@@ -287,6 +287,27 @@ def unknown_revision(store: Store) -> None:
         conn.execute(text("UPDATE alembic_version SET version_num = 'feedfacecafe'"))
 
 
+# MATH format (issue 18): `import problems --layout math`
+MATH_GOOD = {"problem": "Problem:\nWhat is $1+1$?", "solution": "$1+1=\\boxed{2}$", "type": "Algebra",
+             "level": "Level 1"}
+
+
+def math_without_box(store: Store) -> None:
+    write(store, "math.jsonl", jsonl(MATH_GOOD, {**MATH_GOOD, "problem": "What is 2+2?", "solution": "It is 4."}))
+
+
+def math_without_solution(store: Store) -> None:
+    write(store, "math.jsonl", jsonl({"problem": "What is 1+1?", "type": "Algebra"}))
+
+
+def math_prefix_only(store: Store) -> None:
+    write(store, "math.jsonl", jsonl(MATH_GOOD, {**MATH_GOOD, "problem": "Problem:\n  "}))
+
+
+def math_file(store: Store) -> None:
+    write(store, "math.jsonl", jsonl(MATH_GOOD))
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -705,6 +726,22 @@ CASES = [
          ["cannot read the review file nowhere.jsonl"], reviewable),
     Case("review-ls-of-two-targets", ("review", "ls", "--chain", "1", "--problem", "1"),
          ["give one of --chain, --rationale, --problem"], reviewable),
+    # MATH format (issue 18): `import problems --layout math` takes the gold answer from the solution's last box
+    Case("math-layout-record-whose-solution-has-no-box",
+         ("import", "problems", "math.jsonl", "--dataset", "m", "--layout", "math"),
+         ["math.jsonl line 2 field 'solution' (the solution) has no \\boxed{{}} answer", "--answer-field"],
+         math_without_box),
+    Case("math-layout-record-without-a-solution", ("import", "problems", "math.jsonl", "--dataset", "m", "--layout",
+                                                   "math"),
+         ["math.jsonl line 1 has no field 'solution' or 'answer'", "--solution-field"], math_without_solution),
+    Case("math-layout-question-that-is-only-its-prefix",
+         ("import", "problems", "math.jsonl", "--dataset", "m", "--layout", "math"),
+         ["math.jsonl line 2 field 'problem' holds nothing after its 'Problem:' line"], math_prefix_only),
+    Case("math-layout-with-an-answer-field", ("import", "problems", "math.jsonl", "--dataset", "m", "--layout", "math",
+                                              "--answer-field", "answer"),
+         ["--answer-field answer does not go with --layout math", "drop --answer-field"], math_file),
+    Case("math-layout-not-a-layout", ("import", "problems", "math.jsonl", "--dataset", "m", "--layout", "hendrycks"),
+         ["'hendrycks' is not one of 'fields', 'math'"], math_file),
 ]
 
 

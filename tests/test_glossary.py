@@ -289,7 +289,8 @@ OPTION_CASES = {
 
 def test_every_deprecated_option_has_its_case_here() -> None:
     hidden = {(path, old) for old, paths in _options(hidden=True).items() for path in paths}
-    assert hidden == {*OPTION_CASES, ("import chains", "--format"), ("export", "--format")}
+    assert hidden == {*OPTION_CASES, ("import chains", "--format"), ("import problems", "--format"),
+                      ("export", "--format")}
 
 
 @pytest.mark.parametrize("case", sorted(OPTION_CASES), ids=lambda c: f"{c[0]} {c[1]}")
@@ -477,3 +478,21 @@ def test_the_deprecated_view_nat_alpha_is_nat_w_neg(duck: Any) -> None:
     for old, new in analytics.DEPRECATED_VIEWS.items():
         assert duck.execute(f"SELECT * FROM {old}").fetchall() == duck.execute(f"SELECT * FROM {new}").fetchall()
     assert duck.execute("SELECT layer, proj, mean_w_neg FROM nat_alpha").fetchall() == [(0, "q_proj", 0.25)]
+
+
+def test_import_problems_format_is_layout(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """`--format math` (the name people reach for) is `--layout math`, with the line saying so."""
+    math = store["home"] / "math.jsonl"
+    math.write_text(json.dumps({"problem": "Problem:\nWhat is 1 + 1?", "solution": "1 + 1 = \\boxed{2}.",
+                                "type": "Algebra", "level": "Level 1"}) + "\n")
+    code, out, err = _run(capsys, "import", "problems", str(math), "--dataset", "m-format", "--format", "math",
+                          "--json")
+    assert (code, err) == (0, "rplat: --format is deprecated; use --layout\n")
+    assert json.loads(out)["imported"] == 1
+    con = analytics.connect(store["url"])
+    try:
+        rows = analytics.run_query(con, "SELECT question, gold, subject, level FROM problems WHERE dataset = "
+                                        "'m-format'")[1]
+    finally:
+        con.close()
+    assert rows == [("What is 1 + 1?", "2", "Algebra", "Level 1")]

@@ -21,7 +21,7 @@ def import_() -> None:
 
 
 def _run_import(file: str, dataset: str, fmap: Any, append: bool, as_json: bool, where: tuple[str, ...],
-                max_chars: int | None = None) -> None:
+                max_chars: int | None = None) -> dict[str, Any]:
     from rplat.imports.datasets import Filters, describe, import_source, parse_where, progress_for
     from rplat.imports.readers import open_source
 
@@ -32,6 +32,7 @@ def _run_import(file: str, dataset: str, fmap: Any, append: bool, as_json: bool,
         summary = import_source(engine, file, dataset, fmap, append=append, filters=filters, progress=progress,
                                 source=source)
     click.echo(json.dumps(summary) if as_json else describe(summary))
+    return summary
 
 
 _common_import = [
@@ -84,26 +85,35 @@ def import_documents(file: str, dataset: str, id_field: str | None, split: str |
 
 @import_.command("problems")
 @_with(_common_import)
-@click.option("--question-field", default="question", show_default=True)
-@click.option("--solution-field", default=None, help="worked solution (may be absent)  [default: solution]")
-@click.option("--answer-field", default=None, help="gold final answer (may be absent)  [default: answer]")
-@click.option("--subject-field", default=None)
-@click.option("--level-field", default=None)
-@click.option("--benchmark", default=None, help="benchmark recorded on every row (gsm8k, math, ...)")
+@option("--layout", old="--format", type=click.Choice(["fields", "math"]), default="fields", show_default=True,
+              help="fields: each column from the field its --X-field names; math: the released MATH files (question "
+              "from problem or question without its 'Problem:' line, solution from solution or answer, gold answer "
+              "= the solution's last \\boxed{}, subject from type, level from level)")
+@click.option("--question-field", default=None, help="question  [default: question; --layout math: problem, else "
+              "question]")
+@click.option("--solution-field", default=None, help="worked solution (may be absent)  [default: solution; "
+              "--layout math: solution, else answer]")
+@click.option("--answer-field", default=None, help="gold final answer (may be absent)  [default: answer; not with "
+              "--layout math]")
+@click.option("--subject-field", default=None, help="subject  [--layout math: type, else subject]")
+@click.option("--level-field", default=None, help="level  [--layout math: level]")
+@click.option("--benchmark", default=None, help="benchmark recorded on every row (gsm8k, math, ...)  "
+              "[--layout math: math]")
 def import_problems(file: str, dataset: str, id_field: str | None, split: str | None, where: tuple[str, ...],
-                    append: bool, as_json: bool, question_field: str, solution_field: str | None,
+                    append: bool, as_json: bool, layout: str, question_field: str | None, solution_field: str | None,
                     answer_field: str | None, subject_field: str | None, level_field: str | None,
                     benchmark: str | None) -> None:
-    """Import benchmark problems (question, worked solution, gold answer); FILE as for documents."""
-    from rplat.imports.datasets import FieldMap
+    """Import benchmark problems (question, worked solution, gold answer); FILE as for documents. Gold answers
+    that look like worked solutions (long, or with no final answer in them) are imported with a warning."""
+    from rplat.imports.datasets import gold_warning, problem_fields
 
-    named = {"solution": solution_field, "answer": answer_field, "subject": subject_field, "level": level_field}
-    optional = {"solution": solution_field or "solution", "answer": answer_field or "answer"}
-    optional.update({column: name for column, name in named.items() if name and column not in optional})
-    fmap = FieldMap("problems", id_field, {"question": question_field}, optional,
-                    {"benchmark": benchmark, "split": split},
-                    strict=tuple(column for column, name in named.items() if name))
-    _run_import(file, dataset, fmap, append, as_json, where)
+    fmap = problem_fields(layout=layout, id_field=id_field, question=question_field, solution=solution_field,
+                          answer=answer_field, subject=subject_field, level=level_field, benchmark=benchmark,
+                          split=split)
+    summary = _run_import(file, dataset, fmap, append, as_json, where)
+    warning = gold_warning(summary, fmap.optional.get("answer", "answer"))
+    if warning is not None:
+        click.echo(warning, err=True)
 
 
 @import_.command("chains")

@@ -22,6 +22,17 @@ written a batch at a time.
   explicitly (`FieldMap.strict`) that no record of a unit has is an error, never a column of NULLs.
 - **Filters.** `Filters.where` keeps records whose (dotted) field has one of the given values;
   `Filters.max_chars` drops documents longer than that; the summary counts them as `filtered`.
+- **The MATH layout** (`FieldMap.layout == "math"`, built by `problem_fields`): the released MATH files (Hendrycks
+  MATH's `problem` / `solution` / `type` / `level`, or the TDG release's `question` ("Problem:\\n...") / `answer`
+  (the worked solution)). The question loses its "Problem:\\n" line and the solution its "Solution:\\n" line (as
+  `rplat import chains` strips them), the gold answer is the last box of the solution (`labelers.chain_answer`,
+  the finder `import chains` takes golds with) and, without an id field, the id is the hash of the question, as
+  `import chains` makes it: a problem imported either way is one row. A record whose solution has no box is an
+  error.
+- **Gold answers checked.** Every problem import counts the gold answers it stores that are longer than
+  `LONG_GOLD_CHARS` or hold no answer `labelers.gold_answer` can find (worked solutions stored as answers:
+  `evaluate` would compare predictions with the whole text); `gold_warning` turns the counts into the line the
+  CLI prints on stderr.
 """
 
 from __future__ import annotations
@@ -39,14 +50,19 @@ from sqlalchemy.orm import Session
 from rplat.errors import UserError
 from rplat.hashing import content_hash
 from rplat.imports.readers import Source, Unit, getter, jsonl_records, open_source
+from rplat.methods.labelers import chain_answer, gold_answer
 from rplat.models import Dataset, Document, Job, Problem
 from rplat.progress import Progress
+from rplat.prompts import TDG_PROBLEM_PREFIX, TDG_SOLUTION_PREFIX, strip_prefix
 from rplat.queue import Queue
 from rplat.store import transaction
 
-__all__ = ["BATCH", "FieldMap", "Filters", "import_file", "import_source", "jsonl_records", "parse_where"]
+__all__ = ["BATCH", "LAYOUTS", "LONG_GOLD_CHARS", "FieldMap", "Filters", "gold_warning", "import_file",
+           "import_source", "jsonl_records", "parse_where", "problem_fields"]
 
 BATCH = 5000
+LAYOUTS = ("fields", "math")  # how `import problems` reads a record: the --X-field mapping, or the MATH layout
+LONG_GOLD_CHARS = 300  # a gold answer longer than this is a worked solution, not a final answer (MATH's: 333+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,40 @@ class FieldMap:
     optional: dict[str, str] = field(default_factory=dict)
     constants: dict[str, str | None] = field(default_factory=dict)
     strict: tuple[str, ...] = ()
+    fallbacks: dict[str, str] = field(default_factory=dict)  # column -> field read where its own field is absent
+    layout: str = "fields"  # problems: "math" derives the answer from the solution's last box (module docstring)
+
+
+def problem_fields(*, layout: str = "fields", id_field: str | None = None, question: str | None = None,
+                   solution: str | None = None, answer: str | None = None, subject: str | None = None,
+                   level: str | None = None, benchmark: str | None = None, split: str | None = None) -> FieldMap:
+    """The FieldMap of `rplat import problems`: the field each column is read from, None where not named.
+
+    `fields`: question from `question` (default "question"); solution and answer from their fields (default
+    "solution" and "answer", which may be absent); subject and level only where named. `math`: question from
+    `problem` (else `question`), solution from `solution` (else `answer`), subject from `type` (else `subject`),
+    level from `level`, benchmark `math` unless given; the answer is the solution's last box, so naming an answer
+    field is an error."""
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout {layout!r} is not a problems layout; choose one of {', '.join(LAYOUTS)}.")
+    named = {"solution": solution, "answer": answer, "subject": subject, "level": level}
+    strict = tuple(column for column, name in named.items() if name)
+    constants: dict[str, str | None] = {"benchmark": benchmark, "split": split}
+    if layout == "math":
+        if answer is not None:
+            raise UserError(f"--answer-field {answer} does not go with --layout math, which takes each gold answer "
+                            "from the last \\boxed{} of the solution; drop --answer-field, or drop --layout math to "
+                            "read the answer from that field.")
+        fallbacks = {column: other for column, name, other in (
+            ("question", question, "question"), ("solution", solution, "answer"), ("subject", subject, "subject"))
+            if name is None}
+        constants["benchmark"] = benchmark or "math"
+        return FieldMap("problems", id_field, {"question": question or "problem", "solution": solution or "solution"},
+                        {"subject": subject or "type", "level": level or "level"}, constants,
+                        strict=tuple(c for c in strict if c != "solution"), fallbacks=fallbacks, layout="math")
+    optional = {"solution": solution or "solution", "answer": answer or "answer"}
+    optional.update({column: name for column, name in named.items() if name and column not in optional})
+    return FieldMap("problems", id_field, {"question": question or "question"}, optional, constants, strict=strict)
 
 
 @dataclass(frozen=True)
@@ -100,10 +150,32 @@ class _Source:
     option: str
     required: bool
     max_len: int | None
+    fallback: str | None = None  # the field read where `field` is absent
     get: Callable[[dict[str, Any]], Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "get", getter(self.field))
+        first = getter(self.field)
+        if self.fallback is None:
+            object.__setattr__(self, "get", first)
+            return
+        second = getter(self.fallback)
+
+        def either(record: dict[str, Any]) -> Any:
+            value = first(record)
+            return second(record) if value is None else value
+
+        object.__setattr__(self, "get", either)
+
+    @property
+    def names(self) -> str:
+        """The field (and its fallback) as a sentence names them."""
+        return repr(self.field) if self.fallback is None else f"{self.field!r} or {self.fallback!r}"
+
+    def read_from(self, record: dict[str, Any]) -> str:
+        """The field this record's value came from: `field`, or the fallback where `field` is absent."""
+        if self.fallback is None or getter(self.field)(record) is not None:
+            return self.field
+        return self.fallback
 
 
 def _max_len(table: Table, column: str) -> int | None:
@@ -120,7 +192,7 @@ def _value(record: dict[str, Any], src: _Source) -> str | None:
     value = src.get(record)
     if value is None:
         if src.required:
-            raise _BadField(f"has no field {src.field!r}; name the right field with {src.option}")
+            raise _BadField(f"has no field {src.names}; name the right field with {src.option}")
         return None
     if isinstance(value, str):
         text = value
@@ -174,14 +246,16 @@ def _layout(fmap: FieldMap) -> _Layout:
         limit = _max_len(table, column)
         if value is not None and limit is not None and len(value) > limit:
             raise UserError(f"--{column} is {len(value)} characters long; the {column} column holds at most {limit}.")
-    sources = [_Source(column, name, f"--{column.replace('_', '-')}-field", required, _max_len(table, column))
+    sources = [_Source(column, name, f"--{column.replace('_', '-')}-field", required, _max_len(table, column),
+                       fmap.fallbacks.get(column))
                for mapping, required in ((fmap.required, True), (fmap.optional, False))
                for column, name in mapping.items()]
     if fmap.id is not None:
         sources.insert(0, _Source("external_id", fmap.id, "--id-field", True, _max_len(table, "external_id")))
     extra = ["n_chars"] if fmap.kind == "documents" else []
+    derived = ["answer"] if fmap.layout == "math" else []
     columns = ["external_id", *_set(fmap.constants), *(s.column for s in sources if s.column != "external_id"),
-               "content_hash", *extra]
+               *derived, "content_hash", *extra]
     return _Layout(table, columns, sources)
 
 
@@ -193,6 +267,35 @@ class _Counts:
     filtered: int = 0
     found: dict[str, int] = field(default_factory=dict)
     where_found: dict[str, int] = field(default_factory=dict)
+    gold_too_long: int = 0  # gold answers longer than LONG_GOLD_CHARS
+    gold_without_answer: int = 0  # gold answers in which labelers.gold_answer finds no answer
+    gold_suspect: int = 0  # gold answers that are either (each counted once)
+
+
+def _check_gold(gold: str, counts: _Counts, *, extractable: bool) -> None:
+    """Count a stored gold answer that is a worked solution rather than a final answer."""
+    long = len(gold) > LONG_GOLD_CHARS
+    unanswered = not extractable and gold_answer(gold) is None
+    counts.gold_too_long += long
+    counts.gold_without_answer += unanswered
+    counts.gold_suspect += long or unanswered
+
+
+def _math_values(record: dict[str, Any], values: list[Any], question_at: int, solution_at: int,
+                 sources: list[_Source]) -> str:
+    """The MATH layout on one record's values: the prefixes stripped in place; returns the gold answer (the
+    solution's last box). Raises _BadField for a record with no question or no boxed answer."""
+    question = strip_prefix(values[question_at], TDG_PROBLEM_PREFIX)
+    if not question.strip():
+        raise _BadField(f"field {sources[question_at].read_from(record)!r} holds nothing after its 'Problem:' line")
+    solution = strip_prefix(values[solution_at], TDG_SOLUTION_PREFIX)
+    answer = chain_answer(solution)
+    if answer is None or not answer.strip():
+        raise _BadField(f"field {sources[solution_at].read_from(record)!r} (the solution) has no \\boxed{{}} answer, "
+                        "and --layout math takes each gold answer from the last \\boxed{} of the solution; fix or "
+                        "remove the record, or import without --layout math and name the answer with --answer-field")
+    values[question_at], values[solution_at] = question, solution
+    return answer
 
 
 def _rows(unit: Unit, fmap: FieldMap, layout: _Layout, filters: Filters, prefix: tuple[Any, ...],
@@ -202,10 +305,14 @@ def _rows(unit: Unit, fmap: FieldMap, layout: _Layout, filters: Filters, prefix:
     sources = layout.sources
     by_id = fmap.id is not None
     constants = tuple(_set(fmap.constants).values())
-    mapped = [s.column for s in sources]
+    math = fmap.layout == "math"
+    mapped = [s.column for s in sources] + (["answer"] if math else [])  # the columns of `values`, in order
     # An absent optional field hashes like an empty one: the same content either way.
     hash_columns = ("text",) if fmap.kind == "documents" else ("question", "solution", "answer")
     hashed = [mapped.index(c) if c in mapped else None for c in hash_columns]
+    question_at = mapped.index("question") if math else -1
+    solution_at = mapped.index("solution") if math else -1
+    answer_at = mapped.index("answer") if "answer" in mapped else None
     text_at = mapped.index("text") if fmap.kind == "documents" else None
     unseen = [(i, s.column) for i, s in enumerate(sources) if not s.required]
     for _i, column in unseen:
@@ -229,8 +336,12 @@ def _rows(unit: Unit, fmap: FieldMap, layout: _Layout, filters: Filters, prefix:
                 continue
         try:
             values = [_value(record, src) for src in sources]
+            if math:
+                values.append(_math_values(record, values, question_at, solution_at, sources))
         except _BadField as exc:
             raise UserError(f"{at} {exc}.") from None
+        if answer_at is not None and values[answer_at] is not None:
+            _check_gold(values[answer_at], counts, extractable=math)
         if unseen:
             for i, column in unseen:
                 if values[i] is not None:
@@ -250,7 +361,9 @@ def _rows(unit: Unit, fmap: FieldMap, layout: _Layout, filters: Filters, prefix:
         if by_id:
             yield at.number, (*prefix, values[0], *constants, *values[1:], *tail)
         else:
-            yield at.number, (*prefix, digest, *constants, *values, *tail)
+            # The MATH layout's id is the bare question's hash, as `import chains` makes it (one row either way).
+            ext = content_hash(values[question_at]) if math else digest
+            yield at.number, (*prefix, ext, *constants, *values, *tail)
 
 
 def _unique_violation(exc: BaseException) -> bool:
@@ -355,6 +468,10 @@ def _params(plan: _Plan, unit: Unit, sha256: str | None) -> dict[str, Any]:
         where += unit.name[len(str(unit.path)):]  # the split, e.g. [train]
     params: dict[str, Any] = {"file": where, "sha256": sha256, "dataset": plan.dataset, "id_field": fmap.id,
                               "fields": {**fmap.required, **fmap.optional}, "constants": fmap.constants}
+    if fmap.layout != "fields":
+        params["layout"] = fmap.layout
+    if fmap.fallbacks:
+        params["fallback_fields"] = fmap.fallbacks
     if plan.multi:
         params["source"] = str(Path(plan.source.spec).resolve())
     if plan.filters.params():
@@ -461,6 +578,11 @@ def _import_unit(plan: _Plan, unit: Unit, sha256: str | None) -> dict[str, Any]:
             result["duplicates"] = duplicates
         if counts.filtered or plan.filters.params():
             result["filtered"] = counts.filtered
+        if counts.gold_suspect:
+            result.update(gold_too_long=counts.gold_too_long, gold_without_answer=counts.gold_without_answer,
+                          gold_suspect=counts.gold_suspect)
+        if fmap.layout != "fields":
+            result["layout"] = fmap.layout
         Queue.finish_recorded(session, job_id, params=_params(plan, unit, sha256), result=result,
                               items=counts.read)
     return {**result, "job_id": job_id}
@@ -544,7 +666,10 @@ def import_source(engine: Engine, spec: str, dataset: str, fmap: FieldMap, *, ap
     if not multi:
         return results[0]
     summary: dict[str, Any] = {"dataset": dataset, "kind": fmap.kind}
-    for key in ("read", "imported", "already_present", "duplicates", "filtered"):
+    if fmap.layout != "fields":
+        summary["layout"] = fmap.layout
+    for key in ("read", "imported", "already_present", "duplicates", "filtered", "gold_too_long",
+                "gold_without_answer", "gold_suspect"):
         if key in ("read", "imported", "already_present") or any(key in r for r in results):
             summary[key] = sum(r.get(key, 0) for r in results)
     summary.update(units=len(source.units), units_skipped=skipped, job_ids=[r["job_id"] for r in results],
@@ -573,3 +698,25 @@ def describe(summary: dict[str, Any]) -> str:
     return (f"imported {summary['imported']} {summary['kind']} into dataset {summary['dataset']} "
             f"({'; '.join(parts)}; {job})")
 
+
+
+def gold_warning(summary: dict[str, Any], answer_field: str = "answer") -> str | None:
+    """The line to print on stderr when an import stored gold answers that look like worked solutions (see
+    `_check_gold`), saying how to fix it; None when it stored none."""
+    suspect = summary.get("gold_suspect", 0)
+    if not suspect:
+        return None
+    reasons = []
+    if summary.get("gold_too_long"):
+        reasons.append(f"{summary['gold_too_long']} longer than {LONG_GOLD_CHARS} characters")
+    if summary.get("gold_without_answer"):
+        reasons.append(f"{summary['gold_without_answer']} with no final answer rplat can find in them (no \\boxed{{}}, "
+                       "no `#### N`, no \"the answer is\", and not one short line)")
+    if summary.get("layout") == "math":
+        fix = "check those records' last \\boxed{} (imported all the same)"
+    else:
+        fix = (f"evaluate compares predictions with them as they are, so for a MATH-format file import again with "
+               f"--layout math (gold = the solution's last \\boxed{{}}), else name the field that holds the final "
+               f"answer with --answer-field (the answers were read from field {answer_field!r})")
+    return (f"warning: {suspect} gold answers imported into dataset {summary['dataset']} look like worked "
+            f"solutions, not final answers ({'; '.join(reasons)}); {fix}.")
