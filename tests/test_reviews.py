@@ -69,6 +69,10 @@ def test_a_review_changes_the_views_effective_value_and_an_undo_puts_it_back(
     assert first["review"]["reviewer"] == "ada" and first["source"] == f"review #{first['review']['id']}"
     assert _view(db, f"SELECT label, machine_label, label_source FROM chains WHERE chain_id = {neg}") == [
         ("pos", "neg", "review")]
+    # export reads the same views: the label in effect, beside the machine's
+    _cli(db, monkeypatch, capsys, "export", "chains", "--where", f"chain_id = {neg}", "--out", "chains.jsonl")
+    (exported,) = [json.loads(line) for line in (db.home / "chains.jsonl").read_text().splitlines()]
+    assert (exported["label"], exported["machine_label"], exported["label_source"]) == ("pos", "neg", "review")
     untouched = chain[0, 0]
     assert _view(db, f"SELECT label, machine_label, label_source FROM chains WHERE chain_id = {untouched}") == [
         ("pos", "pos", "machine")]
