@@ -167,10 +167,11 @@ def _vote(g: _Answers, weights: np.ndarray, correct: np.ndarray | None, unanswer
     tie_size = np.add.reduceat(in_tie.astype(np.int64), g.problem_start)
     # Codes ascend within a problem's groups, so its first tied answer holds the smallest tied code; the
     # no-answer bucket (a lower code) wins only when no answer ties with it.
-    groups = np.arange(n_groups)
-    winner_group = np.minimum.reduceat(np.where(in_tie & g.answered, groups, n_groups), g.problem_start)
-    bucket = np.minimum.reduceat(np.where(in_tie, groups, n_groups), g.problem_start)
-    winner_group = np.minimum(np.where(winner_group < n_groups, winner_group, bucket), n_groups - 1)
+    # One pass: a tied answer keys as its group, the tied no-answer bucket after every answer, the rest last.
+    key = np.arange(n_groups) + np.where(in_tie, np.where(g.answered, 0, n_groups), 2 * n_groups)
+    winner_group = np.minimum.reduceat(key, g.problem_start)
+    winner_group = np.minimum(np.where(winner_group >= n_groups, winner_group - n_groups, winner_group),
+                              n_groups - 1)
     others = mass.copy()
     others[winner_group[has]] = -np.inf
     second = np.maximum.reduceat(others, g.problem_start)
