@@ -639,6 +639,9 @@ CASES = [
     Case("control-characters-in-a-quoted-value-stay-on-one-line",
          ("generate", "reasoning-gym", "\x0cx\ny", "--out", "g.jsonl"),
          ["reasoning-gym has no dataset '\\x0cx\\ny'"]),
+    # issue 18: reviews from the dashboard, served on this machine only
+    Case("dashboard-allowing-review-to-every-machine", ("dashboard", "--host", "0.0.0.0", "--allow-review"),
+         ["--allow-review serves the review forms on 127.0.0.1 only, not on --host 0.0.0.0", "rplat review"]),
 ]
 
 
