@@ -27,7 +27,7 @@ CHOICES: dict[str, tuple[str, dict[str, Any]]] = {"chain": ("label", {"pos": "po
 # reviews' sentences name the CLI's options; the form has boxes (its lengths are capped, so only these arise).
 FORM_WORDS = {"give one with --reason TEXT": "write it in the reason box",
               "give one with --reviewer NAME": "write one in the reviewer box"}
-_DONE = "review_outcome"  # session state: (target, id, outcome sentence) of the review the last run added
+_DONE = "review_outcome"  # session state: the sentence of the review the last run added, shown once
 
 
 @st.cache_resource
@@ -62,8 +62,8 @@ def review_section(con: duckdb.DuckDBPyConnection, target: str, target_id: int, 
     else:
         table(history)
     done = st.session_state.pop(_DONE, None)
-    if done is not None and tuple(done[:2]) == (target, target_id):
-        st.success(literal(done[2]))
+    if done is not None:  # it names its target: the reviewed row may have left the page's filters
+        st.success(literal(done))
     if not review_allowed():
         st.caption(REVIEW_OFF)
         return
@@ -85,7 +85,7 @@ def review_section(con: duckdb.DuckDBPyConnection, target: str, target_id: int, 
     except UserError as exc:
         st.error(_in_form_words(str(exc)))
         return
-    st.session_state[_DONE] = (target, target_id, outcome.describe())
+    st.session_state[_DONE] = outcome.describe()
     st.rerun()  # the page read its rows before the form: read them again, with the review in effect
 
 

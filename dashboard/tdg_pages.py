@@ -64,13 +64,13 @@ def chains_page() -> None:
     chains_of = rows[rows["problem_id"] == picked]
     for r in chains_of.itertuples():
         verdicts = f"Hendrycks {_tick(r.hendrycks_correct)}, math-verify {_tick(r.math_verify_correct)}"
-        st.markdown(f"**{r.teacher}, chain {r.sample_idx}: {_label(r)}** (extracted `{_text(r.extracted_answer)}`, "
-                    f"gold `{_text(r.gold)}`; {verdicts}; chain id {r.chain_id}, job {r.job_id})")
+        st.markdown(f"**chain {r.chain_id}, {r.teacher} sample {r.sample_idx}: {_label(r)}** (extracted "
+                    f"`{_text(r.extracted_answer)}`, gold `{_text(r.gold)}`; {verdicts}; job {r.job_id})")
         st.text(r.text)
 
     st.subheader("One chain's reviews")
     # Names that a review does not change, so the chosen chain stays chosen when the page reads it again.
-    names = {int(r.chain_id): f"chain {r.chain_id}: {r.teacher}, sample {r.sample_idx}"
+    names = {int(r.chain_id): f"chain {r.chain_id}, {r.teacher} sample {r.sample_idx}"
              for r in chains_of.itertuples()}
     chain_id = st.selectbox("chain", list(names), format_func=names.__getitem__)
     review_section(con, "chain", chain_id, str(chains_of.set_index("chain_id").loc[chain_id, "label"]))

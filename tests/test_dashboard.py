@@ -354,7 +354,7 @@ def test_a_dashboard_started_with_allow_review_saves_a_chain_review(db: Store, b
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         visit(page, f"{url}/chains", "positive chains", "save the review")
         assert metric(page, "positive chains") == "4"
-        choose(page, "chain", f"chain {wrong}: gpt-3.5, sample 1")
+        choose(page, "chain", f"chain {wrong}, gpt-3.5 sample 1")
         form = page.get_by_test_id("stForm")
         form.get_by_text(f"Review chain {wrong}").wait_for(timeout=PAGE_TIMEOUT_MS)
         form.get_by_test_id("stRadio").get_by_text("pos", exact=True).click()
@@ -368,7 +368,7 @@ def test_a_dashboard_started_with_allow_review_saves_a_chain_review(db: Store, b
                 wrong, "neg", "pos", "ada", "the grader accepts 6 here")
         assert said == f"review #{row.id}: chain {wrong} label neg (machine) \u2192 pos, by ada."  # Streamlit's arrow
         assert metric(page, "positive chains") == "5"
-        assert "chain 1: pos (review; the labeler said neg)" in page.inner_text("body")
+        assert f"chain {wrong}, gpt-3.5 sample 1: pos (review; the labeler said neg)" in page.inner_text("body")
         shoot(page, tmp_path, "chain-review")
         page.close()
 

@@ -296,7 +296,7 @@ def test_a_chain_review_from_the_page_changes_the_shown_label_and_writes_one_rev
     assert metrics(at)["positive chains"] == "5"
     shown_row = at.dataframe[0].value.set_index("chain_id").loc[wrong]
     assert (shown_row["label"], shown_row["machine_label"], shown_row["label_source"]) == ("pos", "neg", "review")
-    assert any("chain 1: pos (review; the labeler said neg)" in m for m in shown(at))
+    assert any(f"chain {wrong}, gpt-3.5 sample 1: pos (review; the labeler said neg)" in m for m in shown(at))
     history = at.dataframe[1].value
     assert history[["review_id", "reviewer", "machine_value", "new_value", "reason", "in_effect"]].values.tolist() == [
         [row.id, "ada", "neg", "pos", "the grader accepts 6 here", True]]
