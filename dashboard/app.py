@@ -8,7 +8,7 @@ import streamlit as st
 
 from rplat.analytics import MAX_RUNS
 from rplat.dashboard import queries
-from rplat.dashboard.common import EMPTY, connection, table
+from rplat.dashboard.common import EMPTY, connection, review_section, table
 from rplat.dashboard.tdg_pages import chains_page, training_page, votes_page
 from rplat.errors import UserError
 
@@ -23,7 +23,8 @@ EXAMPLE_QUERY = ("SELECT method, model, count(*) AS problems, avg(CAST(correct A
 def rationales_page() -> None:
     st.title("Rationales")
     st.caption("Implicit rationales mined from documents and worked solutions, with their loss delta "
-               "(S_with - S_without: how much the rationale helps predict the text that follows).")
+               "(S_with - S_without: how much the rationale helps predict the text that follows). `kept` is the "
+               "decision in effect: `kept_source` says whether the threshold (machine) or a person's review made it.")
     con = connection()
     sources = queries.rationale_sources(con)
     if not sources:
@@ -48,7 +49,8 @@ def rationales_page() -> None:
     c.metric("leaks", int(rows["leak"].fillna(False).astype(bool).sum()))
     d.metric("mean loss delta", f"{rows.loc[scored, 'loss_delta'].mean():.4f}" if scored.any() else "-")
     table(rows[["rationale_id", "extract_rationales_job_id", "score_rationales_job_id", "source", "loss_delta",
-                "s_with", "s_without", "tau", "kept", "overlap", "leak", "rationale", "item", "experiment"]])
+                "s_with", "s_without", "tau", "kept", "kept_source", "overlap", "leak", "rationale", "item",
+                "experiment"]])
     groups = queries.loss_delta_groups(rows)
     if not groups.empty:
         st.subheader("Loss deltas")
@@ -68,7 +70,7 @@ def rationales_page() -> None:
     st.caption(f"extracted by job {row.extract_rationales_job_id} ({row.extractor}); "
                + (f"scored by job {int(row.score_rationales_job_id)} ({row.scorer}), tau {_number(row.tau)}, "
                   f"overlap with the following text {_number(row.overlap)}, "
-                  f"{'a leak, ' if _true(row.leak) else ''}{'kept' if row.kept else 'dropped'}"
+                  f"{'a leak, ' if _true(row.leak) else ''}{_kept(row)}"
                   if pd.notna(row.score_rationales_job_id) else "not scored yet"))
     a, b, c = st.columns(3)
     a.metric("S_without", _number(row.s_without))
@@ -80,6 +82,12 @@ def rationales_page() -> None:
     st.info(row.rationale)
     st.markdown("**following**")
     st.text(row.following or "(empty)")
+
+    st.subheader("Its reviews")
+    if pd.isna(row.score_rationales_job_id):
+        st.caption("Not scored yet, so nothing keeps or drops it: a review comes after its score-rationales job.")
+        return
+    review_section(con, "rationale", int(picked), "keep" if _true(row.kept) else "drop")
 
 
 def failures_page() -> None:
@@ -240,6 +248,14 @@ def sql_page() -> None:
 
 def _true(value: object) -> bool:
     return bool(pd.notna(value) and value)
+
+
+def _kept(row: pd.Series) -> str:
+    """Kept or dropped, in effect, and the threshold's decision when a review changed it."""
+    decision = "kept" if _true(row.kept) else "dropped"
+    if row.kept_source == "review":
+        return f"{decision} by review (the threshold {'kept' if _true(row.machine_kept) else 'dropped'} it)"
+    return decision
 
 
 def _number(value: float | None) -> str:

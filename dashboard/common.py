@@ -1,17 +1,33 @@
-"""What every dashboard page shares: the store's read-only connection, the empty-store hint, table display."""
+"""What every dashboard page shares: the store's read-only connection, the empty-store hint, table display, and
+the review section of the Chains and Rationales pages (the one write the dashboard can make)."""
 
 from __future__ import annotations
+
+import os
+import re
+from typing import Any
 
 import duckdb
 import pandas as pd
 import streamlit as st
 
+from rplat import reviews
 from rplat.config import get_settings
-from rplat.dashboard import queries
+from rplat.dashboard import ALLOW_REVIEW, queries
 from rplat.errors import UserError
+from rplat.store import get_engine
 
 EMPTY = ("No {what} yet: run `make demo` (or `rplat pipeline rationalyst` / `rplat pipeline tdg` and "
          "`rplat runner`) to fill the store.")
+REVIEW_OFF = ("Reviews are off here: start the dashboard with `rplat dashboard --allow-review` to review from "
+              "this page, or use `rplat review`.")
+# What a review sets, per target: the form's radio label and its options with the value each gives reviews.add.
+CHOICES: dict[str, tuple[str, dict[str, Any]]] = {"chain": ("label", {"pos": "pos", "neg": "neg"}),
+                                                  "rationale": ("decision", {"keep": True, "drop": False})}
+# reviews' sentences name the CLI's options; the form has boxes (its lengths are capped, so only these arise).
+FORM_WORDS = {"give one with --reason TEXT": "write it in the reason box",
+              "give one with --reviewer NAME": "write one in the reviewer box"}
+_DONE = "review_outcome"  # session state: the sentence of the review the last run added, shown once
 
 
 @st.cache_resource
@@ -29,3 +45,64 @@ def connection() -> duckdb.DuckDBPyConnection:
 
 def table(frame: pd.DataFrame) -> None:
     st.dataframe(frame, hide_index=True)
+
+
+def review_allowed() -> bool:
+    """Whether `rplat dashboard --allow-review` started this app: only the process's environment says so, never a
+    request (no query parameter, no widget)."""
+    return os.environ.get(ALLOW_REVIEW) == "1"
+
+
+def review_section(con: duckdb.DuckDBPyConnection, target: str, target_id: int, current: str) -> None:
+    """A chain's or a rationale's reviews, oldest first, and with --allow-review the form that adds one; `current`
+    is the value in effect as the form names it (pos / neg, keep / drop)."""
+    history = queries.reviews_of(con, target, target_id)
+    if history.empty:
+        st.caption(f"No review of {target} {target_id} yet.")
+    else:
+        table(history)
+    done = st.session_state.pop(_DONE, None)
+    if done is not None:  # it names its target: the reviewed row may have left the page's filters
+        st.success(literal(done))
+    if not review_allowed():
+        st.caption(REVIEW_OFF)
+        return
+    label, choices = CHOICES[target]
+    options = list(choices)
+    key = f"review-{target}-{target_id}"
+    with st.form(key):
+        st.markdown(f"**Review {target} {target_id}**")
+        picked = st.radio(label, options, index=options.index(current), horizontal=True, key=f"{key}-value")
+        reason = st.text_area("reason", max_chars=reviews.MAX_REASON, key=f"{key}-reason",
+                              placeholder="why the machine's value is wrong (kept in the audit trail)")
+        reviewer = st.text_input("reviewer", value=_default_reviewer(), max_chars=200, key=f"{key}-reviewer")
+        submitted = st.form_submit_button("save the review", type="primary", key=f"{key}-save")
+    if not submitted:
+        return
+    try:
+        outcome = reviews.add(get_engine(get_settings().database_url), target, target_id, choices[picked],
+                              reviewer=reviewer, reason=reason)
+    except UserError as exc:
+        st.error(_in_form_words(str(exc)))
+        return
+    st.session_state[_DONE] = outcome.describe()
+    st.rerun()  # the page read its rows before the form: read them again, with the review in effect
+
+
+def _default_reviewer() -> str:
+    try:
+        return reviews.reviewer_name(None)
+    except UserError:  # no RPLAT_REVIEWER and no login name: the person types one
+        return ""
+
+
+def literal(text: str) -> str:
+    """`text` for Streamlit's Markdown, every punctuation mark escaped: a reviewer's name shows as typed, never as
+    a link, emphasis or formula (Streamlit still draws `->` as an arrow)."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
+
+
+def _in_form_words(message: str) -> str:
+    for option, box in FORM_WORDS.items():
+        message = message.replace(option, box)
+    return message

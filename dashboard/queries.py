@@ -49,7 +49,7 @@ def rationales(con: duckdb.DuckDBPyConnection, sources: Sequence[str], kept: boo
     return frame(con, f"""
         SELECT rationale_id, extract_rationales_job_id, score_rationales_job_id, experiment, source, loss_delta,
                s_with, s_without,
-               tau, kept, overlap, leak, rationale, preceding, following, dataset,
+               tau, kept, kept_source, machine_kept, overlap, leak, rationale, preceding, following, dataset,
                coalesce(document, problem) AS item, extractor, scorer
         FROM rationales
         WHERE list_contains(?, coalesce(source, '(none)')) AND (? IS NULL OR kept = ?)
@@ -64,6 +64,17 @@ def loss_delta_groups(rows: pd.DataFrame) -> pd.DataFrame:
     group = ["leak" if pd.notna(leak) and leak else "kept" if pd.notna(kept) and kept else "dropped"
              for leak, kept in zip(scored["leak"], scored["kept"], strict=True)]
     return pd.DataFrame({"loss_delta": scored["loss_delta"].astype(float), "group": group})
+
+
+# --- reviews --------------------------------------------------------------------------------------
+
+
+def reviews_of(con: duckdb.DuckDBPyConnection, target: str, target_id: int) -> pd.DataFrame:
+    """One target's reviews (a chain's, a rationale's), oldest first, the one in effect marked."""
+    return frame(con, """
+        SELECT review_id, created_at, reviewer, machine_value, new_value, reason, undoes, in_effect
+        FROM reviews WHERE target = ? AND target_id = ?
+        ORDER BY review_id""", [target, target_id])
 
 
 # --- predictions, failures, intersections ---------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import altair as alt
 import duckdb
 import pandas as pd
@@ -9,7 +11,7 @@ import streamlit as st
 
 from rplat.config import get_settings
 from rplat.dashboard import tdg_queries as queries
-from rplat.dashboard.common import EMPTY, connection, store, table
+from rplat.dashboard.common import EMPTY, connection, review_section, store, table
 
 STEPS = alt.Axis(format="d", tickMinStep=1)
 """An axis of whole numbers (steps, k): no tick between two of them."""
@@ -19,7 +21,8 @@ ALL_PROJECTIONS = "all (mean)"
 def chains_page() -> None:
     st.title("Chains")
     st.caption("Teacher chains per problem, labelled positive or negative by their answer against the gold one; "
-               "both labelers' verdicts (Hendrycks' boxed-answer rule and math-verify) are stored.")
+               "both labelers' verdicts (Hendrycks' boxed-answer rule and math-verify) are stored. A label is the "
+               "one in effect: `label_source` says whether the labeler (machine) or a person's review set it.")
     con = connection()
     teachers = queries.chain_teachers(con)
     if not teachers:
@@ -58,11 +61,19 @@ def chains_page() -> None:
     if question:
         st.markdown("**question**")
         st.text(question)
-    for r in rows[rows["problem_id"] == picked].itertuples():
+    chains_of = rows[rows["problem_id"] == picked]
+    for r in chains_of.itertuples():
         verdicts = f"Hendrycks {_tick(r.hendrycks_correct)}, math-verify {_tick(r.math_verify_correct)}"
-        st.markdown(f"**{r.teacher}, chain {r.sample_idx}: {r.label}** (extracted `{_text(r.extracted_answer)}`, "
-                    f"gold `{_text(r.gold)}`; {verdicts}; job {r.job_id})")
+        st.markdown(f"**chain {r.chain_id}, {r.teacher} sample {r.sample_idx}: {_label(r)}** (extracted "
+                    f"`{_text(r.extracted_answer)}`, gold `{_text(r.gold)}`; {verdicts}; job {r.job_id})")
         st.text(r.text)
+
+    st.subheader("One chain's reviews")
+    # Names that a review does not change, so the chosen chain stays chosen when the page reads it again.
+    names = {int(r.chain_id): f"chain {r.chain_id}, {r.teacher} sample {r.sample_idx}"
+             for r in chains_of.itertuples()}
+    chain_id = st.selectbox("chain", list(names), format_func=names.__getitem__)
+    review_section(con, "chain", chain_id, str(chains_of.set_index("chain_id").loc[chain_id, "label"]))
 
 
 def votes_page() -> None:
@@ -219,6 +230,13 @@ def _interval_chart(rows: pd.DataFrame, category: str) -> alt.LayerChart:
 def _text(value: object, missing: str = "-") -> str:
     """A value for a label; DuckDB hands a NULL string to pandas as NaN."""
     return missing if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+
+def _label(chain: Any) -> str:
+    """A chain's label in effect, and the labeler's when a review changed it."""
+    if chain.label_source == "review":
+        return f"{chain.label} (review; the labeler said {chain.machine_label})"
+    return f"{chain.label} (machine)"
 
 
 def _tick(value: bool | None) -> str:

@@ -45,10 +45,12 @@ def _chain_filter(teachers: Sequence[str], subjects: Sequence[str], levels: Sequ
 
 def chains(con: duckdb.DuckDBPyConnection, teachers: Sequence[str] = (), subjects: Sequence[str] = (),
            levels: Sequence[str] = (), label: str | None = None, disagree_only: bool = False) -> pd.DataFrame:
-    """The matching chains, by problem, teacher and sample, with both labelers' verdicts."""
+    """The matching chains, by problem, teacher and sample, with both labelers' verdicts and the label in effect
+    (`label_source` says whether a review set it)."""
     where, params = _chain_filter(teachers, subjects, levels, label, disagree_only)
     return frame(con, f"""
-        SELECT problem_id, problem, subject, level, teacher, sample_idx, label, extracted_answer, gold,
+        SELECT problem_id, problem, subject, level, teacher, sample_idx, label, label_source, machine_label,
+               extracted_answer, gold,
                labeler, hendrycks_correct, math_verify_correct, labelers_disagree, n_chars, chain_id, job_id,
                experiment, text
         FROM chains WHERE {where}

@@ -742,6 +742,9 @@ CASES = [
          ["--answer-field answer does not go with --layout math", "drop --answer-field"], math_file),
     Case("math-layout-not-a-layout", ("import", "problems", "math.jsonl", "--dataset", "m", "--layout", "hendrycks"),
          ["'hendrycks' is not one of 'fields', 'math'"], math_file),
+    # issue 18: reviews from the dashboard, served on this machine only
+    Case("dashboard-allowing-review-to-every-machine", ("dashboard", "--host", "0.0.0.0", "--allow-review"),
+         ["--allow-review serves the review forms on 127.0.0.1 only, not on --host 0.0.0.0", "rplat review"]),
 ]
 
 

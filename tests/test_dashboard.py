@@ -1,4 +1,5 @@
-"""`rplat dashboard` in real Chromium: every page and its filters, 127.0.0.1 only, nothing writes."""
+"""`rplat dashboard` in real Chromium: every page and its filters, 127.0.0.1 only, nothing writes; with
+`--allow-review`, a review from the Chains page and nothing else."""
 
 from __future__ import annotations
 
@@ -18,17 +19,20 @@ import duckdb
 import pytest
 from dashboard_seed_tdg import seed_tdg
 from sqlalchemy import func, select
-from test_cli_errors import assert_one_clear_sentence
+from test_cli_errors import assert_one_clear_sentence, run_main
 
+from rplat.dashboard import ALLOW_REVIEW
 from rplat.dashboard.queries import open_store
 from rplat.models import (
     Experiment,
     Job,
     JobDependency,
     RationaleScore,
+    Review,
     SolveTrajectory,
     Step,
     StepCandidate,
+    TeacherChain,
 )
 from rplat.ports import free_port
 from rplat.prompts import TEMPLATES, ensure_template
@@ -121,11 +125,12 @@ def seed(store: Store) -> dict[str, int]:
 
 
 @contextmanager
-def running_dashboard(store: Store, log: Path) -> Iterator[tuple[str, int]]:
-    """`rplat dashboard` as a real subprocess; yields its URL and port once Streamlit answers its health check."""
+def running_dashboard(store: Store, log: Path, *options: str) -> Iterator[tuple[str, int]]:
+    """`rplat dashboard OPTIONS` as a real subprocess; yields its URL and port once Streamlit answers its health
+    check."""
     port = free_port()
     with log.open("w") as out:
-        proc = store.popen("dashboard", "--port", str(port), stdout=out, stderr=subprocess.STDOUT)
+        proc = store.popen("dashboard", "--port", str(port), *options, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -289,8 +294,12 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
             ("m2", "6", "4", "6", "6", "6")]
         shoot(page, tmp_path, "intersections")
 
-        visit(page, f"{url}/chains", "positive chains")
+        visit(page, f"{url}/chains", "positive chains", "rplat dashboard --allow-review")
         assert len(grid(page)) == 10
+        # started without --allow-review: no review form, only the hint (a query parameter changes nothing)
+        assert page.get_by_test_id("stForm").count() == 0 and page.locator("textarea").count() == 0
+        visit(page, f"{url}/chains?allow_review=1", "positive chains", "rplat dashboard --allow-review")
+        assert page.get_by_test_id("stForm").count() == 0
         page.get_by_text("only chains where the two labelers disagree").click()
         assert [(r["problem"], r["teacher"], r["sample_idx"], r["label"]) for r in grid_once(page, 0, 2)] == [
             ("m1", "gpt-3.5", "0", "neg"), ("m2", "gpt-3.5", "1", "neg")]
@@ -334,6 +343,36 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
         page.close()
 
 
+def test_a_dashboard_started_with_allow_review_saves_a_chain_review(db: Store, browser: Any, tmp_path: Path) -> None:
+    tdg = seed_tdg(db)
+    with transaction(db.engine()) as s:
+        wrong = s.scalar(select(TeacherChain.id).where(TeacherChain.problem_id == tdg["problem0"],
+                                                        TeacherChain.teacher == "gpt-3.5",
+                                                        TeacherChain.sample_idx == 1))
+    with running_dashboard(db, tmp_path / "dashboard.log", "--allow-review") as (url, port):
+        assert listening_addresses(port) == {"0100007F"}
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        visit(page, f"{url}/chains", "positive chains", "save the review")
+        assert metric(page, "positive chains") == "4"
+        choose(page, "chain", f"chain {wrong}, gpt-3.5 sample 1")
+        form = page.get_by_test_id("stForm")
+        form.get_by_text(f"Review chain {wrong}").wait_for(timeout=PAGE_TIMEOUT_MS)
+        form.get_by_test_id("stRadio").get_by_text("pos", exact=True).click()
+        form.locator("textarea").fill("the grader accepts 6 here")
+        form.get_by_test_id("stTextInput").locator("input").fill("ada")
+        form.get_by_role("button", name="save the review").click()
+        said = page.get_by_test_id("stAlertContentSuccess").inner_text(timeout=PAGE_TIMEOUT_MS)
+        with transaction(db.engine()) as s:
+            (row,) = s.scalars(select(Review)).all()
+            assert (row.target_id, row.machine_value, row.new_value, row.reviewer, row.reason) == (
+                wrong, "neg", "pos", "ada", "the grader accepts 6 here")
+        assert said == f"review #{row.id}: chain {wrong} label neg (machine) \u2192 pos, by ada."  # Streamlit's arrow
+        assert metric(page, "positive chains") == "5"
+        assert f"chain {wrong}, gpt-3.5 sample 1: pos (review; the labeler said neg)" in page.inner_text("body")
+        shoot(page, tmp_path, "chain-review")
+        page.close()
+
+
 def test_the_dashboards_connection_cannot_write(db: Store) -> None:
     seed(db)
     con = open_store(db.url)
@@ -346,6 +385,30 @@ def test_the_dashboards_connection_cannot_write(db: Store) -> None:
     with transaction(db.engine()) as s:
         assert s.scalars(select(Experiment.name)).all() == ["dash"]
         assert s.scalar(select(func.count()).select_from(Job)) == 7
+
+
+class Started(Exception):
+    """Raised in place of exec'ing Streamlit: what `rplat dashboard` would have run."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.argv, self.env = argv, env
+
+
+@pytest.mark.parametrize("flag", [False, True], ids=["read-only", "allow-review"])
+def test_only_the_allow_review_flag_turns_the_review_forms_on(db: Store, flag: bool, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        raise Started(argv, env)
+
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setenv(ALLOW_REVIEW, "1")  # left over in the shell: without the flag it must not count
+    with pytest.raises(Started) as started:
+        run_main(["dashboard", "--port", str(free_port()), *(["--allow-review"] if flag else [])], monkeypatch,
+                 capsys, db.home)
+    argv, env = started.value.argv, started.value.env
+    assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
+    assert env.get(ALLOW_REVIEW) == ("1" if flag else None)
+    assert ("read-only but for reviews" in capsys.readouterr().err) == flag
 
 
 def test_dashboard_refuses_a_store_that_is_not_at_head(empty_db: Store) -> None:

@@ -12,13 +12,15 @@ import pyarrow as pa
 import pytest
 from apptests import RUN_TIMEOUT, duck_of
 from dashboard_seed_tdg import seed_tdg
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 from test_dashboard import DROPPED_RATIONALE, KEPT_RATIONALE, LEAK_RATIONALE, seed
 
 from rplat import analytics
-from rplat.dashboard import queries
+from rplat.dashboard import ALLOW_REVIEW, queries
+from rplat.dashboard.common import REVIEW_OFF, literal
 from rplat.errors import UserError
-from rplat.models import Evaluation
+from rplat.models import Evaluation, Review
 from rplat.stats import wilson
 from rplat.store import transaction
 
@@ -90,6 +92,60 @@ def test_the_loss_delta_histogram_puts_each_rationale_in_kept_dropped_or_leak(id
     data = chart_data(page("rationales_page"), 0)
     assert sorted(zip(data["group"], data["loss_delta"], strict=True)) == [
         ("dropped", -0.375), ("kept", 1.25), ("leak", 4.5)]
+
+
+def rationale_id(at: AppTest, text: str) -> int:
+    rows = at.dataframe[0].value
+    return int(rows.loc[rows["rationale"] == text, "rationale_id"].iloc[0])
+
+
+def test_rationales_page_has_no_review_form_without_allow_review(ids: dict[str, int],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ALLOW_REVIEW, raising=False)
+    at = page("rationales_page")
+    assert not at.exception, [e.value for e in at.exception]
+    assert REVIEW_OFF in [c.value for c in at.caption]
+    assert [b.label for b in at.button] == [] and len(at.text_area) == 0 and len(at.text_input) == 0
+    assert at.dataframe[0].value["kept_source"].unique().tolist() == ["machine"]
+
+
+def test_a_rationale_review_from_the_page_drops_it_and_writes_one_review(db: Store,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    seed(db)
+    monkeypatch.setenv(ALLOW_REVIEW, "1")
+    at = page("rationales_page")
+    assert metrics(at)["kept"] == "1"
+    kept = rationale_id(at, KEPT_RATIONALE)
+    at.selectbox[0].set_value(kept).run()
+    key = f"review-rationale-{kept}"
+    assert at.radio(key=f"{key}-value").value == "keep"  # the decision in effect
+    assert f"No review of rationale {kept} yet." in [c.value for c in at.caption]
+    at.radio(key=f"{key}-value").set_value("drop")
+    at.text_area(key=f"{key}-reason").input("it states the question, not a step")
+    at.text_input(key=f"{key}-reviewer").input("ada")
+    at.button(key=f"{key}-save").click().run()
+
+    assert not at.error and not at.exception
+    with transaction(db.engine()) as s:
+        (row,) = s.scalars(select(Review)).all()
+        assert (row.target_table, row.target_id, row.field, row.machine_value, row.new_value, row.reviewer) == (
+            "rationales", kept, "kept", "true", "false", "ada")
+    assert [m.value for m in at.success] == [
+        literal(f"review #{row.id}: rationale {kept} kept true (machine) -> false, by ada.")]
+    assert metrics(at)["kept"] == "0"
+    shown_row = at.dataframe[0].value.set_index("rationale_id").loc[kept]
+    assert (shown_row["kept"], shown_row["kept_source"]) == (False, "review")
+    assert any("dropped by review (the threshold kept it)" in c.value for c in at.caption)
+    history = at.dataframe[1].value
+    assert history[["review_id", "reviewer", "new_value", "in_effect"]].values.tolist() == [
+        [row.id, "ada", "false", True]]
+
+    # the same decision again adds nothing, and says so
+    at.button(key=f"{key}-save").click().run()
+    assert at.success[0].value == literal(f"rationale {kept}: kept is already false (review #{row.id}); nothing "
+                                          "added.")
+    with transaction(db.engine()) as s:
+        assert len(s.scalars(select(Review)).all()) == 1
 
 
 # --- Failures and Jobs -------------------------------------------------------------------------------------

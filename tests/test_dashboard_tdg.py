@@ -11,12 +11,16 @@ import pyarrow as pa
 import pytest
 from apptests import duck_of
 from dashboard_seed_tdg import EXPERIMENT, seed_tdg
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from rplat import asc
+from rplat.dashboard import ALLOW_REVIEW
 from rplat.dashboard import tdg_queries as queries
-from rplat.dashboard.common import EMPTY
+from rplat.dashboard.common import EMPTY, REVIEW_OFF, literal
+from rplat.models import Review
 from rplat.stats import wilson
+from rplat.store import transaction
 
 from stores import MigratedTemplates, Store, make_store
 
@@ -226,3 +230,73 @@ def test_every_tdg_page_says_so_when_the_store_is_empty(db: Store) -> None:
         at = page(name)
         assert not at.exception, [e.value for e in at.exception]
         assert [i.value for i in at.info] == [EMPTY.format(what=what)]
+
+
+# --- reviews -------------------------------------------------------------------------------------------
+
+
+def chain_id(at: AppTest, problem: str, teacher: str, sample_idx: int) -> int:
+    rows = at.dataframe[0].value
+    found = rows[(rows["problem"] == problem) & (rows["teacher"] == teacher) & (rows["sample_idx"] == sample_idx)]
+    return int(found["chain_id"].iloc[0])
+
+
+def review_chain(at: AppTest, chain: int, label: str, reason: str, reviewer: str | None = None) -> AppTest:
+    """Fill in the Chains page's review form of `chain` (chosen in the chain box) and save it."""
+    at.selectbox[1].set_value(chain).run()
+    key = f"review-chain-{chain}"
+    at.radio(key=f"{key}-value").set_value(label)
+    at.text_area(key=f"{key}-reason").input(reason)
+    if reviewer is not None:
+        at.text_input(key=f"{key}-reviewer").input(reviewer)
+    return at.button(key=f"{key}-save").click().run()
+
+
+def test_chains_page_has_no_review_form_without_allow_review_whatever_the_url_says(
+        ids: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ALLOW_REVIEW, raising=False)
+    at = AppTest.from_string("from rplat.dashboard.tdg_pages import chains_page\nchains_page()",
+                             default_timeout=apptests.RUN_TIMEOUT)
+    at.query_params["allow_review"] = "1"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert REVIEW_OFF in [c.value for c in at.caption]
+    assert [b.label for b in at.button] == [] and len(at.text_area) == 0 and len(at.text_input) == 0
+    assert at.dataframe[0].value["label_source"].unique().tolist() == ["machine"]
+    assert f"No review of chain {at.selectbox[1].value} yet." in [c.value for c in at.caption]
+
+
+def test_a_chain_review_from_the_page_changes_the_shown_label_and_writes_one_review(
+        db: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed_tdg(db)
+    monkeypatch.setenv(ALLOW_REVIEW, "1")
+    monkeypatch.setenv("RPLAT_REVIEWER", "grace")
+    at = page("chains_page")
+    assert metrics(at)["positive chains"] == "4"
+    assert REVIEW_OFF not in [c.value for c in at.caption]
+    wrong = chain_id(at, "m0", "gpt-3.5", 1)  # "2 + 3 = 6", neg: a person relabels it (the test needs any change)
+    at.selectbox[1].set_value(wrong).run()
+    assert at.text_input(key=f"review-chain-{wrong}-reviewer").value == "grace"  # the default reviewer
+    assert at.radio(key=f"review-chain-{wrong}-value").value == "neg"  # the label in effect
+
+    review_chain(at, wrong, "pos", "   ")
+    assert [e.value for e in at.error] == ["a review needs its reason (the audit trail says why a value was "
+                                           "changed); write it in the reason box."]
+    with transaction(db.engine()) as s:
+        assert s.scalars(select(Review)).all() == []
+
+    review_chain(at, wrong, "pos", "the grader accepts 6 here", reviewer="ada")
+    assert not at.error
+    with transaction(db.engine()) as s:
+        (row,) = s.scalars(select(Review)).all()
+        assert (row.target_table, row.target_id, row.field, row.machine_value, row.new_value, row.reviewer,
+                row.reason) == ("teacher_chains", wrong, "label", "neg", "pos", "ada", "the grader accepts 6 here")
+    assert [m.value for m in at.success] == [literal(f"review #{row.id}: chain {wrong} label neg (machine) -> pos, "
+                                                     "by ada.")]
+    assert metrics(at)["positive chains"] == "5"
+    shown_row = at.dataframe[0].value.set_index("chain_id").loc[wrong]
+    assert (shown_row["label"], shown_row["machine_label"], shown_row["label_source"]) == ("pos", "neg", "review")
+    assert any(f"chain {wrong}, gpt-3.5 sample 1: pos (review; the labeler said neg)" in m for m in shown(at))
+    history = at.dataframe[1].value
+    assert history[["review_id", "reviewer", "machine_value", "new_value", "reason", "in_effect"]].values.tolist() == [
+        [row.id, "ada", "neg", "pos", "the grader accepts 6 here", True]]

@@ -272,20 +272,46 @@ def report_compare(run_a: str, run_b: str, resamples: int, seed: int, as_json: b
 @click.option("--host", default="127.0.0.1", show_default=True, type=HOST,
               help="address to bind (0.0.0.0 shows the store to every machine that can reach this one)")
 @click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
-def dashboard(host: str, port: int) -> None:
-    """Browse rationales, failures, solved sets and jobs in a read-only Streamlit app (runs until Ctrl-C)."""
+@click.option("--allow-review", is_flag=True,
+              help="let the Chains and Rationales pages write reviews (as `rplat review` does); on 127.0.0.1 only")
+def dashboard(host: str, port: int, allow_review: bool) -> None:
+    """Browse rationales, failures, solved sets and jobs in a read-only Streamlit app (runs until Ctrl-C).
+
+    With --allow-review the Chains and Rationales pages can also add reviews, as `rplat review` does."""
     import os
 
     from rplat import dashboard as dashboard_package
     from rplat.ports import check_port
 
+    if allow_review and not _loopback(host):
+        # The dashboard has no login: anyone who reaches the port could write reviews under any name.
+        raise UserError(f"--allow-review serves the review forms on 127.0.0.1 only, not on --host {host} (the "
+                        "dashboard has no login, so anyone reaching it could review under any name); drop --host, "
+                        "or review with `rplat review`.")
     open_store()
     check_port(host, port, "pick another address with --host or port with --port")
     app = Path(dashboard_package.__file__).with_name("app.py")
-    env = dict(os.environ, RPLAT_DATABASE_URL=get_settings().database_url)
-    click.echo(f"dashboard at http://{host}:{port} (read-only); Ctrl-C stops it", err=True)
+    # Only this process's environment turns reviews on (a request cannot): set it with the flag, clear it without.
+    env = {k: v for k, v in os.environ.items() if k != dashboard_package.ALLOW_REVIEW}
+    env["RPLAT_DATABASE_URL"] = get_settings().database_url
+    if allow_review:
+        env[dashboard_package.ALLOW_REVIEW] = "1"
+    mode = "read-only but for reviews" if allow_review else "read-only"
+    click.echo(f"dashboard at http://{host}:{port} ({mode}); Ctrl-C stops it", err=True)
     os.execve(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
                                "--server.address", host, "--server.port", str(port),
                                "--server.headless", "true", "--browser.gatherUsageStats", "false",
                                "--server.fileWatcherType", "none", "--global.developmentMode", "false",
                                "--client.toolbarMode", "minimal"], env)
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` is an address of this machine only (127.0.0.1, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
