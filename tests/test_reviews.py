@@ -258,3 +258,18 @@ def test_a_review_file_applies_all_or_nothing_and_twice_adds_nothing(
     assert code == 2 and "bad.jsonl line 2: a chain's label is pos or neg" in err
     with transaction(db.engine()) as s:
         assert s.scalar(select(func.count()).select_from(Review)) == 2  # line 1 was not written either
+
+
+def test_the_database_refuses_to_change_or_delete_a_review(db: Store, tmp_path: Path) -> None:
+    from sqlalchemy import delete, update
+    from sqlalchemy.exc import DBAPIError
+
+    chain = _seed(db, tmp_path)
+    review = reviews.add(db.engine(), "chain", chain[0, 1], "pos", reviewer="ada", reason="r").review
+    assert review is not None
+    for statement in (update(Review).where(Review.id == review.id).values(new_value="neg"),
+                      delete(Review).where(Review.id == review.id)):
+        with pytest.raises(DBAPIError, match="append-only"), transaction(db.engine()) as s:
+            s.execute(statement)
+    with transaction(db.engine()) as s:
+        assert s.scalar(select(Review.new_value).where(Review.id == review.id)) == "pos"

@@ -38,9 +38,25 @@ def upgrade() -> None:
     op.create_index("ix_reviews_target", "reviews", ["target_table", "target_id", "field", "id"], unique=False)
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("reviews_seen", sa.Integer(), nullable=True))
+    # Append-only in the database too: a review is never changed or deleted, whoever holds a connection.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("CREATE FUNCTION reviews_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                   "RAISE EXCEPTION 'reviews are append-only: add a review (an undo is one) instead'; END $$")
+        op.execute("CREATE TRIGGER reviews_append_only BEFORE UPDATE OR DELETE ON reviews "
+                   "FOR EACH ROW EXECUTE FUNCTION reviews_append_only()")
+    else:
+        for event in ("UPDATE", "DELETE"):
+            op.execute(f"CREATE TRIGGER reviews_no_{event.lower()} BEFORE {event} ON reviews BEGIN "
+                       "SELECT RAISE(ABORT, 'reviews are append-only: add a review (an undo is one) instead'); END")
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER reviews_append_only ON reviews")
+        op.execute("DROP FUNCTION reviews_append_only()")
+    else:
+        for event in ("update", "delete"):
+            op.execute(f"DROP TRIGGER reviews_no_{event}")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("reviews_seen")
     op.drop_index("ix_reviews_target", table_name="reviews")
