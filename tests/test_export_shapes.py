@@ -207,12 +207,14 @@ def test_hf_export_is_a_save_to_disk_dataset_with_a_card_and_imports_back(
     card = (out / "README.md").read_text()
     assert f"| {w.collect} | collect-chains | teacher | collect-chat | {'c0ffee' * 4} |" in card
     assert "Models: teacher." in card and "Pairing rule: all." in card
-    assert "`rplat export chains --shape \"dpo\" --pairing \"all\"`" in card
+    assert "written by `rplat export chains --shape dpo --pairing all --file-type hf`" in card
     assert json.loads(loaded.info.description)["jobs"] == [w.collect]
     # a plain view exports as hf too, and the problem importer reads the directory back
     problems = db.home / "problems-hf"
     assert export_view(db.url, "problems", problems, file_type="hf", where="dataset = 'train'") == 3
-    assert f"| {w.imported} | import-problems | - | - | - |" in (problems / "README.md").read_text()
+    card = (problems / "README.md").read_text()
+    assert f"| {w.imported} | import-problems | - | - | - |" in card
+    assert "written by `rplat export problems --where \"dataset = 'train'\" --file-type hf`" in card
     code, _, err = run_cli(capsys, "import", "problems", str(problems), "--dataset", "copy", "--id-field", "problem",
                            "--answer-field", "gold")
     assert code == 0, err

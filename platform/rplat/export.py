@@ -223,8 +223,9 @@ def dataset_card(metadata: dict[str, Any], jobs: list[dict[str, Any]]) -> str:
     """The README.md of an exported Hugging Face dataset: what it holds and the jobs, models and prompts behind it."""
     shape, view = metadata["shape"], metadata["view"]
     title = f"{shape} rows from the rplat view {view}" if shape else f"rows of the rplat view {view}"
-    command = f"rplat export {view}" + "".join(f" {flag} {json.dumps(metadata[key])}" for flag, key in (
-        ("--where", "where"), ("--shape", "shape"), ("--pairing", "pairing")) if metadata.get(key) is not None)
+    command = " ".join(part for part in (
+        f"rplat export {view}", f"--where {json.dumps(metadata['where'])}" if metadata["where"] is not None else "",
+        f"--shape {shape}" if shape else "", metadata.get("pairing_options", ""), "--file-type hf") if part)
     lines = ["---", "tags:", "- rplat", "---", f"# {title}", "",
              f"{metadata['rows']} rows, written by `{command}`. Load them with "
              "`datasets.load_from_disk(\"DIR\")`; every row carries the ids of the store rows it came from.", ""]
@@ -294,18 +295,19 @@ def export_view(database_url: str, view: str, out: Path, *, file_type: str | Non
     _check_out(out, file_type, view)
     metadata: dict[str, Any] = {"view": view, "shape": shape, "where": where,
                                 "pairing": str(pair) if shape == "dpo" else None}
+    pairing_options = pair.options if shape == "dpo" else ""
     con = analytics.connect(database_url)
     try:
         query = export_query(con, view, where)
+        read = shaper.query(query) if shaper else query  # what is read: the view's rows a shape reads, in order
         with analytics.TimeLimit(con, timeout, "nothing was written (narrow --where, or give a longer --timeout)",
                                  "the export") as limit:
             if progress is None:
                 progress = Progress(f"export {view}", quiet=True)
             else:
-                (total,) = _run(con, f"SELECT count(*) FROM ({query})", where, view, limit).fetchone() or (0,)
+                (total,) = _run(con, f"SELECT count(*) FROM ({read})", where, view, limit).fetchone() or (0,)
                 progress.set_total(int(total))
-            reader = _run(con, shaper.query(query) if shaper else query, where, view, limit
-                          ).to_arrow_reader(_BATCH_ROWS)
+            reader = _run(con, read, where, view, limit).to_arrow_reader(_BATCH_ROWS)
             schema = shaper.schema if shaper else reader.schema
             jobs = _Jobs()
             batches = _batches(reader, progress)
@@ -326,7 +328,8 @@ def export_view(database_url: str, view: str, out: Path, *, file_type: str | Non
                 if file_type == "hf":
                     metadata["rows"] = rows
                     metadata["jobs"] = sorted(jobs.ids)
-                    _finish_hf(tmp, features, metadata, dataset_card(metadata, job_lineage(con, jobs.ids)))
+                    card = dataset_card({**metadata, "pairing_options": pairing_options}, job_lineage(con, jobs.ids))
+                    _finish_hf(tmp, features, metadata, card)
                 os.replace(tmp, out)
             except BaseException as exc:
                 if tmp.is_dir():

@@ -47,6 +47,11 @@ class Pairing:
     def __str__(self) -> str:
         return f"sample:{self.n} seed={self.seed}" if self.rule == "sample" else self.rule
 
+    @property
+    def options(self) -> str:
+        """The rule as `rplat export` options."""
+        return f"--pairing sample:{self.n} --seed {self.seed}" if self.rule == "sample" else f"--pairing {self.rule}"
+
     def pairs(self, problem_id: int, pos: list[Row], neg: list[Row]) -> list[tuple[Row, Row]]:
         if not pos or not neg:
             return []
