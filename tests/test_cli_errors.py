@@ -208,6 +208,19 @@ def tdg_experiment(store: Store) -> None:
         session.add_all([TrainingMetric(job_id=job.id, step=step, loss=1.0, lr=1e-4) for step in (1, 2)])
 
 
+def negative_chain_only(store: Store) -> None:
+    """A problem with one chain, a negative: nothing to pair it with."""
+    with transaction(store.engine()) as session:
+        problem = make.problems(session, make.dataset(session, "train", make.job(session, "import-problems")),
+                                [{"external_id": "q1", "question": "What is 1+1?", "answer": "2"}])[0]
+        make.chain(session, problem, "teacher", "1 + 1 = 3.", "neg")
+
+
+def taken_directory(store: Store) -> None:
+    (store.home / "taken").mkdir()
+    write(store, "taken/mine.txt", "mine")
+
+
 def record_without_chains(store: Store) -> None:
     released = {"question": "Problem:\nWhat is 1+1?", "answer": "Solution:\n$\\boxed{2}$", "level": "Level 1",
                 "type": "Algebra"}
@@ -745,6 +758,24 @@ CASES = [
     # issue 18: reviews from the dashboard, served on this machine only
     Case("dashboard-allowing-review-to-every-machine", ("dashboard", "--host", "0.0.0.0", "--allow-review"),
          ["--allow-review serves the review forms on 127.0.0.1 only, not on --host 0.0.0.0", "rplat review"]),
+    # trainer shapes (issue 20): `rplat export --shape`, `--file-type hf`; nothing is written
+    Case("shape-unknown", ("export", "chains", "--shape", "ppo", "--out", "x.jsonl"),
+         ["'ppo' is not one of 'sft', 'dpo', 'kto', 'prm'"]),
+    Case("shape-of-a-view-it-cannot-take", ("export", "samples", "--shape", "dpo", "--out", "x.jsonl"),
+         ["the dpo shape cannot be made from samples; it reads chains", "rplat export chains --shape dpo"]),
+    Case("shape-dpo-without-pairs", ("export", "chains", "--shape", "dpo", "--out", "x.jsonl"),
+         ["the dpo shape found no pairs", "among the 1 rows of chains", "nothing was written"], negative_chain_only),
+    Case("shape-dpo-pairing-not-a-rule",
+         ("export", "chains", "--shape", "dpo", "--pairing", "best", "--out", "x.jsonl"),
+         ["--pairing 'best' is not a pairing rule", "sample:N"]),
+    Case("shape-pairing-without-dpo", ("export", "chains", "--shape", "kto", "--pairing", "all", "--out", "x.jsonl"),
+         ["--pairing only applies to --shape dpo"]),
+    Case("shape-seed-without-a-sample", ("export", "chains", "--shape", "dpo", "--seed", "3", "--out", "x.jsonl"),
+         ["--seed only seeds --pairing sample:N, not --pairing per-negative"]),
+    Case("shape-prm-as-csv", ("export", "chains", "--shape", "prm", "--out", "x.csv"),
+         ["the prm shape has list columns, which CSV cannot hold", "--file-type jsonl, parquet or hf"]),
+    Case("export-hf-over-an-existing-directory", ("export", "chains", "--file-type", "hf", "--out", "taken"),
+         ["taken already exists", "choose another --out or remove it"], taken_directory),
 ]
 
 

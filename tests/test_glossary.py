@@ -340,7 +340,7 @@ def test_import_chains_format_is_layout(store: dict[str, Any], capsys: pytest.Ca
 def test_export_format_is_file_type(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     old, new = store["home"] / "old.txt", store["home"] / "new.txt"  # no suffix tells the file type
     code, out, err = _run(capsys, "export", "evaluations", "--out", str(old))
-    assert code == 2 and "give --file-type jsonl, parquet or csv" in err
+    assert code == 2 and "give --file-type jsonl, parquet, csv or hf" in err
     code, out, err = _run(capsys, "export", "evaluations", "--format", "csv", "--out", str(old))
     assert (code, err) == (0, "rplat: --format is deprecated; use --file-type\n")
     assert _run(capsys, "export", "evaluations", "--file-type", "csv", "--out", str(new)) == (
