@@ -8,7 +8,7 @@ import streamlit as st
 
 from rplat.config import get_settings
 from rplat.dashboard import queries
-from rplat.dashboard.common import connection, store, table
+from rplat.dashboard.common import store, table
 
 
 def baseline_section(runs: list[str], choices: list[str], default: str) -> None:
@@ -32,12 +32,11 @@ def baseline_section(runs: list[str], choices: list[str], default: str) -> None:
     table(rows.assign(**{"95% interval": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in
                                           zip(rows["ci_low"], rows["ci_high"], strict=True)]})[
         ["run", "common problems", "accuracy", "baseline accuracy", "difference", "95% interval", "ci_low", "ci_high",
-         "McNemar p",
-         "wins", "losses", "ties", "only run solves", "only baseline solves", "same numbers"]])
+         "McNemar p", "wins", "losses", "ties", "only run solves", "only baseline solves", "same numbers"]])
     st.altair_chart(_difference_chart(rows[rows["common problems"] > 0]))
 
     run = st.selectbox("flips of run", others)
-    changed = queries.flips(connection(), run, baseline)
+    changed = _flips(get_settings().database_url, run, baseline)
     st.caption(f"{len(changed)} problem{'' if len(changed) == 1 else 's'} where {run} earns another credit than "
                f"the baseline {baseline}")
     table(changed)
@@ -47,6 +46,11 @@ def baseline_section(runs: list[str], choices: list[str], default: str) -> None:
 def _comparison(database_url: str, runs: tuple[str, ...], baseline: str) -> pd.DataFrame:
     # 10,000 bootstrap resamples per run, and a finished run's predictions never change: once per input.
     return queries.baseline_comparison(store(database_url), runs, baseline)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _flips(database_url: str, run: str, baseline: str) -> pd.DataFrame:
+    return queries.flips(store(database_url), run, baseline)
 
 
 def _difference_chart(rows: pd.DataFrame) -> alt.LayerChart:

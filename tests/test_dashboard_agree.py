@@ -266,3 +266,13 @@ def test_intersections_page_compares_the_chosen_runs_with_a_baseline(ids: dict[s
     picker.set_value(run_name("greedy", old)).run()
     compared = frame_with(checked(at), "McNemar p").set_index("run")
     assert compared.index.tolist() == [run_name("asc-f1", old), run_name("asc-f3", old), run_name("sc", old)]
+
+
+def test_the_baseline_section_says_when_there_is_nothing_to_compare(ids: dict[str, int]) -> None:
+    at = checked(apptests.page("app", "intersections_page"))
+    only = run_name("sc", ids["aggregate"])
+    labelled(at.multiselect, "runs").set_value([only]).run()
+    assert "Choose a run other than the baseline to compare with it." in [i.value for i in checked(at).info]
+    elsewhere = run_name("greedy", ids["evaluate-greedy"], model="tiny")  # the RATIONALYST world's problems
+    labelled(at.selectbox, "baseline run").set_value(elsewhere).run()
+    assert f"No chosen run answered a problem that {elsewhere} answered." in [i.value for i in checked(at).info]
