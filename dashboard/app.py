@@ -158,8 +158,9 @@ def intersections_page() -> None:
         st.info("Choose the runs to intersect.")
         return
     _solved_sets(con, chosen)
-    # The oldest of the chosen runs (they come newest first): what the newer ones gained over it.
-    baseline_section(chosen, runs, chosen[-1])
+    # At first the oldest of the chosen runs (they come newest first): what the newer ones gained over it; a
+    # baseline picked stays while runs are added or taken away.
+    baseline_section(chosen, runs, chosen[-1], key="intersections_baseline")
 
 
 def _solved_sets(con: duckdb.DuckDBPyConnection, chosen: list[str]) -> None:

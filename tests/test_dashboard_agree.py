@@ -119,6 +119,7 @@ def test_failures_votes_and_intersections_report_the_same_accuracy_for_every_run
     for job in (ids["aggregate"], ids["resolving"]):
         votes.selectbox[0].set_value(job).run()
         accuracy = frame_with(checked(votes), "n_correct")
+        assert labelled(votes.selectbox, "baseline run").value == run_name("sc", job)  # follows the job
         from_votes.update({run_name(r.method, job): (int(r.n), float(r.n_correct), float(r.accuracy))
                            for r in accuracy.itertuples()})
         # against this job's SC, over all four problems, each method's accuracy is the same once more
@@ -254,7 +255,8 @@ def test_intersections_page_compares_the_chosen_runs_with_a_baseline(ids: dict[s
     labelled(at.multiselect, "runs").set_value([run_name("asc-f1", old), run_name("asc-f3", old),
                                                 run_name("sc", old)]).run()
     picker = labelled(checked(at).selectbox, "baseline run")
-    assert picker.value == run_name("sc", old)  # the last chosen
+    assert picker.value == run_name("asc-f1", old)  # at first the last of the runs chosen at first (the 4 newest)
+    picker.set_value(run_name("sc", old)).run()
     compared = frame_with(at, "McNemar p").set_index("run")
     # sc earns 1, 0, 0.5, 0; f1 1, 0.5, 1, 0 (wins m1 and m2's tie); f3 1, 1, 1, 0 (solves m1 alone)
     assert compared[["difference", "wins", "losses", "ties", "only run solves", "McNemar p"]].values.tolist() == [
@@ -263,15 +265,20 @@ def test_intersections_page_compares_the_chosen_runs_with_a_baseline(ids: dict[s
     assert frame_with(checked(at), "flip")[["problem", "baseline answer", "answer", "change", "flip"]].values.tolist() \
         == [["m1", "41", "41 (tie of 2, credit 0.5)", "0 → 0.5", "into a tie"],
             ["m2", "4 (tie of 2, credit 0.5)", "6 ✓", "0.5 → 1", "tie resolved right"]]
-    picker.set_value(run_name("greedy", old)).run()
+    labelled(at.selectbox, "baseline run").set_value(run_name("greedy", old)).run()
     compared = frame_with(checked(at), "McNemar p").set_index("run")
     assert compared.index.tolist() == [run_name("asc-f1", old), run_name("asc-f3", old), run_name("sc", old)]
+    # the picked baseline stays when another run is chosen
+    labelled(at.multiselect, "runs").set_value([run_name("asc-f1", old), run_name("asc-f2", old)]).run()
+    assert labelled(checked(at).selectbox, "baseline run").value == run_name("greedy", old)
+    assert frame_with(at, "McNemar p")["run"].tolist() == [run_name("asc-f1", old), run_name("asc-f2", old)]
 
 
 def test_the_baseline_section_says_when_there_is_nothing_to_compare(ids: dict[str, int]) -> None:
     at = checked(apptests.page("app", "intersections_page"))
     only = run_name("sc", ids["aggregate"])
     labelled(at.multiselect, "runs").set_value([only]).run()
+    labelled(checked(at).selectbox, "baseline run").set_value(only).run()
     assert "Choose a run other than the baseline to compare with it." in [i.value for i in checked(at).info]
     elsewhere = run_name("greedy", ids["evaluate-greedy"], model="tiny")  # the RATIONALYST world's problems
     labelled(at.selectbox, "baseline run").set_value(elsewhere).run()
