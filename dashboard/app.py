@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import altair as alt
+import duckdb
 import pandas as pd
 import streamlit as st
 
 from rplat.analytics import MAX_RUNS
 from rplat.dashboard import queries
+from rplat.dashboard.baseline import baseline_section
 from rplat.dashboard.common import EMPTY, connection, review_section, table
 from rplat.dashboard.tdg_pages import chains_page, training_page, votes_page
 from rplat.errors import UserError
@@ -92,16 +94,26 @@ def rationales_page() -> None:
 
 def failures_page() -> None:
     st.title("Failures")
-    st.caption("Problems a run answered wrongly: its prediction, the gold answer, and the trajectory's steps "
-               "with every candidate, its score and the one chosen.")
+    st.caption("Problems a run did not earn full credit on: its prediction (a tie marked with its size and the "
+               "credit it earned: the tied answers' share of right ones), the gold answer, and the trajectory's "
+               "steps with every candidate, its score and the one chosen.")
     con = connection()
     runs = queries.runs(con, with_failures=True)
     if not runs:
         st.info(EMPTY.format(what="wrong predictions"))
         return
     run = st.selectbox("run (method / model / evaluate job)", runs)
-    rows = queries.failures(con, run)
-    st.metric("problems answered wrongly", len(rows))
+    summary = queries.run_credit(con, run)
+    a, b, c, d = st.columns(4)
+    a.metric("accuracy", f"{summary['credit'] / summary['problems']:.4f}")
+    b.metric("credit earned", f"{summary['credit']:g} of {summary['problems']}")
+    c.metric("problems answered wrongly", summary["wrong"])
+    d.metric("ties earning part of the credit", summary["partial"])
+    which = st.radio("show", list(queries.FAILURES), horizontal=True)
+    rows = queries.failures(con, run, which)
+    if rows.empty:
+        st.info(f"Nothing to show under \"{which}\" for this run.")
+        return
     table(rows.drop(columns=["question"], errors="ignore"))
 
     st.subheader("One failure")
@@ -135,7 +147,8 @@ def failures_page() -> None:
 def intersections_page() -> None:
     st.title("Intersections")
     st.caption("Which problems each of the chosen runs solves: over the problems all of them answered, how many "
-               "each combination of runs solves, and nobody else (an UpSet chart); pick one to see its problems.")
+               "each combination of runs solves, and nobody else (an UpSet chart); pick one to see its problems. "
+               "Below, the chosen runs against a baseline run.")
     con = connection()
     runs = queries.solved_runs(con)
     if not runs:
@@ -152,6 +165,13 @@ def intersections_page() -> None:
     if not chosen:
         st.info("Choose the runs to intersect.")
         return
+    _solved_sets(con, chosen)
+    # At first the oldest of the chosen runs (they come newest first): what the newer ones gained over it; a
+    # baseline picked stays while runs are added or taken away.
+    baseline_section(chosen, runs, chosen[-1], key="intersections_baseline")
+
+
+def _solved_sets(con: duckdb.DuckDBPyConnection, chosen: list[str]) -> None:
     combinations = queries.signatures(con, chosen)
     if combinations.empty:
         st.info("These runs answered no problem in common.")

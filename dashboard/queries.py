@@ -10,10 +10,18 @@ import pandas as pd
 
 from rplat import analytics
 from rplat.methods.votes import OVERALL
-from rplat.stats import wilson
+from rplat.stats import compare_credits, wilson
 
 ROW_LIMIT = 1000
 """Tables show at most this many rows; the filters narrow them down."""
+
+CREDIT = "coalesce(credit, CAST(correct AS DOUBLE), 0.0)"
+"""A prediction's credit: 1, 0 or a tie's share; a row stored without one earns what its correctness says (as in
+`rplat report compare`)."""
+
+FAILURES = {"short of full credit": f"{CREDIT} < 1", "answered wrongly (credit 0)": f"{CREDIT} = 0",
+            "ties earning part of the credit": f"{CREDIT} > 0 AND {CREDIT} < 1"}
+"""The Failures page's choices: which problems of a run it lists, by the credit they earned."""
 
 
 def open_store(database_url: str) -> duckdb.DuckDBPyConnection:
@@ -81,18 +89,46 @@ def reviews_of(con: duckdb.DuckDBPyConnection, target: str, target_id: int) -> p
 
 
 def runs(con: duckdb.DuckDBPyConnection, *, with_failures: bool = False) -> list[str]:
-    """Evaluated runs ("method / model / job N"), newest first."""
-    where = "WHERE correct IS NOT TRUE" if with_failures else ""
+    """Evaluated runs ("method / model / job N"), newest first; with_failures: only those short of full credit on
+    some problem (a tie that earned half the credit is such a problem)."""
+    where = f"WHERE {CREDIT} < 1" if with_failures else ""
     return values(con, f"SELECT run FROM predictions {where} GROUP BY run ORDER BY max(job_id) DESC, run")
 
 
-def failures(con: duckdb.DuckDBPyConnection, run: str) -> pd.DataFrame:
-    # Every column of the view, so that what it gains (say the question) shows up here too.
-    return frame(con, """
-        SELECT job_id, solve_job_id, problem_id, problem, answer AS prediction, gold,
-               * EXCLUDE (job_id, solve_job_id, problem_id, problem, answer, gold, run, correct)
-        FROM predictions WHERE run = ? AND correct IS NOT TRUE
+def answer_shown(answer: object, tie_size: object, credit: object) -> str:
+    """An answer as the pages show it: "-" for none, "5 ✓" when it earns full credit, and a tied answer with its
+    tie and credit, "6 (tie of 2, credit 0.5)": a tie's answer is only the first of the tied ones."""
+    text = "-" if answer is None or pd.isna(answer) else str(answer)
+    tie = 1 if tie_size is None or pd.isna(tie_size) else int(tie_size)
+    earned = 0.0 if credit is None or pd.isna(credit) else float(credit)
+    if tie > 1:
+        return f"{text} (tie of {tie}, credit {earned:.3g})"
+    return f"{text} ✓" if earned == 1.0 else text
+
+
+def run_credit(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, float]:
+    """A run's problems, total credit (its accuracy's numerator, as `evaluations` stores it), the problems it
+    answered wrongly (credit 0) and the ties that earned part of the credit."""
+    row = frame(con, f"""
+        SELECT count(*) AS problems, coalesce(sum({CREDIT}), 0) AS credit,
+               count(*) FILTER (WHERE {CREDIT} = 0) AS wrong,
+               count(*) FILTER (WHERE {CREDIT} > 0 AND {CREDIT} < 1) AS partial
+        FROM predictions WHERE run = ?""", [run]).iloc[0]
+    return {"problems": int(row["problems"]), "credit": float(row["credit"]), "wrong": int(row["wrong"]),
+            "partial": int(row["partial"])}
+
+
+def failures(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit") -> pd.DataFrame:
+    """The run's problems short of full credit (or, by `which` of FAILURES, only those answered wrongly or only
+    the ties that earned part of it): the prediction as shown (a tie marked), its credit and tie size, the gold
+    answer, then every other column of the view, so that what it gains (say the question) shows up here too."""
+    rows = frame(con, f"""
+        SELECT job_id, solve_job_id, problem_id, problem, answer AS prediction, {CREDIT} AS credit, tie_size, gold,
+               * EXCLUDE (job_id, solve_job_id, problem_id, problem, answer, gold, run, correct, credit, tie_size)
+        FROM predictions WHERE run = ? AND {FAILURES[which]}
         ORDER BY problem_id""", [run])
+    return rows.assign(prediction=[answer_shown(a, t, c) for a, t, c in
+                                   zip(rows["prediction"], rows["tie_size"], rows["credit"], strict=True)])
 
 
 def step_candidates(con: duckdb.DuckDBPyConnection, solve_job_id: int, problem_id: int) -> pd.DataFrame:
@@ -145,6 +181,85 @@ def signature_problems(con: duckdb.DuckDBPyConnection, runs: Sequence[str], mask
         return pd.DataFrame(columns=[*keys, *runs])
     wide = long.pivot(index=keys, columns="run", values="answer")
     return wide[list(runs)].reset_index().sort_values("problem_id", ignore_index=True)
+
+
+# --- against a baseline --------------------------------------------------------------------------
+
+
+def job_runs(con: duckdb.DuckDBPyConnection, job_id: int) -> dict[str, str]:
+    """An evaluate or aggregate job's runs by method: {method: "method / model / job N"}."""
+    rows = frame(con, "SELECT DISTINCT method, run FROM predictions WHERE job_id = ? ORDER BY method", [job_id])
+    return dict(zip(rows["method"], rows["run"], strict=True))
+
+
+def run_predictions(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> pd.DataFrame:
+    """Every prediction of the runs, with the credit it earned and its tie size."""
+    return frame(con, f"""
+        SELECT run, job_id, method, problem_id, problem, gold, answer, {CREDIT} AS credit, coalesce(tie_size, 1) AS
+               tie_size
+        FROM predictions WHERE list_contains(?, run) ORDER BY run, problem_id""", [list(runs)])
+
+
+def run_ref(job_id: int, method: str) -> str:
+    """How `rplat report compare` names a run: JOB:METHOD."""
+    return f"{int(job_id)}:{method}"
+
+
+def baseline_comparison(con: duckdb.DuckDBPyConnection, runs: Sequence[str], baseline: str, *,
+                        resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Each run against the baseline on the problems both predicted, by `rplat.stats.compare_credits` (what
+    `rplat report compare RUN BASELINE` computes, with its defaults): accuracies, their difference with the
+    seeded paired bootstrap interval, the exact McNemar p, wins / losses / ties of credit, and the command that
+    prints the same numbers."""
+    rows = run_predictions(con, [*runs, baseline])
+    credits = {run: dict(zip(g["problem_id"].astype(int), g["credit"].astype(float), strict=True))
+               for run, g in rows.groupby("run")}
+    refs = {run: run_ref(g["job_id"].iloc[0], g["method"].iloc[0]) for run, g in rows.groupby("run")}
+    out = []
+    for run in runs:
+        c = compare_credits(credits.get(run, {}), credits.get(baseline, {}), resamples=resamples, seed=seed)
+        out.append({"run": run, "common problems": c.n, "accuracy": c.accuracy_a, "baseline accuracy": c.accuracy_b,
+                    "difference": c.difference, "ci_low": c.ci_low, "ci_high": c.ci_high,
+                    "McNemar p": c.p_mcnemar, "wins": c.wins, "losses": c.losses, "ties": c.ties,
+                    "only run solves": c.only_a, "only baseline solves": c.only_b,
+                    "same numbers": f"rplat report compare {refs.get(run, '?')} {refs.get(baseline, '?')}"})
+    return pd.DataFrame(out, columns=["run", "common problems", "accuracy", "baseline accuracy", "difference",
+                                      "ci_low", "ci_high", "McNemar p", "wins", "losses", "ties", "only run solves",
+                                      "only baseline solves", "same numbers"])
+
+
+def flip_kind(before: float, after: float) -> str:
+    """What happened to a problem's credit from the baseline to the run (a tie's share is strictly between)."""
+    def state(credit: float) -> str:
+        return "right" if credit == 1.0 else "wrong" if credit == 0.0 else "tie"
+    was, now = state(before), state(after)
+    if was == "tie" and now != "tie":
+        return f"tie resolved {now}"
+    if now == "tie":
+        return "into a tie" if was != "tie" else "tie, other share"
+    return "solved" if now == "right" else "lost"
+
+
+def flips(con: duckdb.DuckDBPyConnection, run: str, baseline: str) -> pd.DataFrame:
+    """The common problems where the run earns another credit than the baseline, by problem: both answers as
+    shown (ties marked), both credits, the change ("0.5 → 1") and its kind (solved, lost, tie resolved right...)."""
+    columns = ["problem_id", "problem", "gold", "baseline answer", "baseline credit", "answer", "credit", "change",
+               "flip"]
+    rows = run_predictions(con, [run, baseline])
+    mine, theirs = rows[rows["run"] == run], rows[rows["run"] == baseline]
+    both = mine.merge(theirs, on="problem_id", suffixes=("", "_baseline"))
+    both = both[both["credit"] != both["credit_baseline"]].sort_values("problem_id")
+    return pd.DataFrame({
+        "problem_id": both["problem_id"], "problem": both["problem"], "gold": both["gold"],
+        "baseline answer": [answer_shown(a, t, c) for a, t, c in zip(
+            both["answer_baseline"], both["tie_size_baseline"], both["credit_baseline"], strict=True)],
+        "baseline credit": both["credit_baseline"],
+        "answer": [answer_shown(a, t, c) for a, t, c in zip(both["answer"], both["tie_size"], both["credit"],
+                                                             strict=True)],
+        "credit": both["credit"],
+        "change": [f"{b:.3g} → {a:.3g}" for b, a in zip(both["credit_baseline"], both["credit"], strict=True)],
+        "flip": [flip_kind(b, a) for b, a in zip(both["credit_baseline"], both["credit"], strict=True)]},
+        columns=columns).reset_index(drop=True)
 
 
 # --- SQL ------------------------------------------------------------------------------------------

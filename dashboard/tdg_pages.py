@@ -11,8 +11,12 @@ import streamlit as st
 
 from rplat.config import get_settings
 from rplat.dashboard import tdg_queries as queries
+from rplat.dashboard.baseline import baseline_section
 from rplat.dashboard.common import EMPTY, connection, review_section, store, table
+from rplat.dashboard.queries import job_runs
+from rplat.dashboard.queries import runs as evaluated_runs
 
+SC = queries.SC
 STEPS = alt.Axis(format="d", tickMinStep=1)
 """An axis of whole numbers (steps, k): no tick between two of them."""
 ALL_PROJECTIONS = "all (mean)"
@@ -80,7 +84,9 @@ def votes_page() -> None:
     st.title("Votes")
     st.caption("Per problem, the student's samples with their answers and ranker scores, and what greedy, "
                "self-consistency (sc) and each ASC vote (f0 = 1, f1 = 1 + 2s, f2 = 1 + s, f3 = s) made of them, "
-               "with margins (winner's vote mass minus the runner-up's; 0 on a tie).")
+               "with margins (winner's vote mass minus the runner-up's; 0 on a tie). A tie's answer is the first of "
+               "the tied ones, marked with the tie's size and the credit it earns (the tied answers' share of "
+               "right ones); a tick marks full credit.")
     con = connection()
     runs = queries.aggregate_runs(con)
     if runs.empty:
@@ -93,7 +99,8 @@ def votes_page() -> None:
     sample_job = int(run.sample_job_id)
     score_samples_job = None if pd.isna(run.score_samples_job_id) else int(run.score_samples_job_id)
     left, right = st.columns(2)
-    disagree = left.checkbox("only problems where ASC and SC disagree")
+    # a different credit is a disagreement too: ASC turning SC's half-credit tie into a whole answer is its gain
+    disagree = left.checkbox("only problems where ASC and SC disagree (answer or credit)")
     failed = right.checkbox("only problems every method failed")
 
     accuracies = queries.run_accuracies(con, job)
@@ -103,6 +110,9 @@ def votes_page() -> None:
             **{"95% interval": [f"[{lo:.3f}, {hi:.3f}]"
                                 for lo, hi in zip(accuracies["ci_low"], accuracies["ci_high"], strict=True)]}))
         st.altair_chart(_interval_chart(accuracies, "method"))
+    own = job_runs(con, job)
+    methods = sorted(own, key=lambda m: (m != "greedy", m != SC, m))
+    baseline_section([own[m] for m in methods], evaluated_runs(con), own.get(SC, own[methods[0]]))
 
     shown = queries.votes(con, job, disagree_only=disagree, all_failed_only=failed)
     st.metric("problems shown", shown["problem_id"].nunique())

@@ -11,7 +11,7 @@ import duckdb
 import pandas as pd
 
 from rplat.asc import sample_ballots
-from rplat.dashboard.queries import ROW_LIMIT, frame, values
+from rplat.dashboard.queries import CREDIT, ROW_LIMIT, answer_shown, frame, values
 from rplat.methods.votes import accuracy_curve
 from rplat.stats import wilson
 
@@ -96,27 +96,31 @@ def votes(con: duckdb.DuckDBPyConnection, aggregate_job: int, disagree_only: boo
           all_failed_only: bool = False) -> pd.DataFrame:
     """Every method's prediction per problem of an aggregate job (long: a row per problem and method).
 
-    disagree_only keeps the problems where some ASC vote names another answer than SC; all_failed_only those
-    no method earns any credit on (a tie with a right answer in it earns some)."""
-    return frame(con, """
-        WITH run AS (SELECT * FROM predictions WHERE job_id = ?),
-        failed AS (SELECT problem_id FROM run GROUP BY problem_id
-                   HAVING max(coalesce(credit, CAST(correct AS DOUBLE), 0)) = 0),
-        disagree AS (SELECT DISTINCT problem_id FROM asc_vs_sc WHERE job_id = ? AND sc_job_id = ? AND NOT agree)
+    disagree_only keeps the problems where some ASC vote names another answer than SC or earns another credit
+    (SC's tie of 4 and 6 answers "4" for half the credit; ASC naming 6 alone, or tying them no more, earns all
+    of it); all_failed_only those no method earns any credit on (a tie with a right answer in it earns some)."""
+    return frame(con, f"""
+        WITH run AS (SELECT *, {CREDIT} AS earned FROM predictions WHERE job_id = ?),
+        failed AS (SELECT problem_id FROM run GROUP BY problem_id HAVING max(earned) = 0),
+        disagree AS (SELECT DISTINCT a.problem_id FROM run a JOIN run s ON s.problem_id = a.problem_id
+                     WHERE a.method LIKE 'asc%' AND s.method = '{SC}'
+                       AND (a.answer IS DISTINCT FROM s.answer OR a.earned <> s.earned))
         SELECT problem_id, problem, subject, gold, method, answer, correct, credit, vote_mass, tie_size, margin
         FROM run
         WHERE (NOT ? OR problem_id IN (SELECT problem_id FROM disagree))
           AND (NOT ? OR problem_id IN (SELECT problem_id FROM failed))
         ORDER BY problem_id, method = 'greedy' DESC, method = 'sc' DESC, method""",
-                 [aggregate_job, aggregate_job, aggregate_job, disagree_only, all_failed_only])
+                 [aggregate_job, disagree_only, all_failed_only])
 
 
 def votes_wide(long: pd.DataFrame) -> pd.DataFrame:
-    """One row per problem, a column per method: `<method>` its answer, `<method> margin`, and a tick when right."""
+    """One row per problem, a column per method: `<method>` its answer (a tick when it earns full credit, a tie
+    marked with its size and credit), `<method> margin`."""
     if long.empty:
         return pd.DataFrame(columns=["problem_id", "problem", "subject", "gold"])
-    long = long.assign(shown=[f"{a} ✓" if c else ("-" if pd.isna(a) else str(a))
-                              for a, c in zip(long["answer"], long["correct"].fillna(False), strict=True)])
+    credit = long["credit"].fillna(long["correct"].astype(float)).fillna(0.0)
+    long = long.assign(shown=[answer_shown(a, t, c) for a, t, c in zip(long["answer"], long["tie_size"], credit,
+                                                                        strict=True)])
     methods = list(dict.fromkeys(long["method"]))
     keys = ["problem_id", "problem", "subject", "gold"]
     answers = long.pivot(index=keys, columns="method", values="shown")[methods]

@@ -107,7 +107,7 @@ def test_votes_wide_gives_each_method_its_answer_and_margin_per_problem(duck: du
                                      "asc-f2 margin", "asc-f3", "asc-f3 margin"]
     m1 = wide.set_index("problem").loc["m1"]
     assert (m1["greedy"], m1["sc"], m1["sc margin"], m1["asc-f1"], m1["asc-f1 margin"], m1["asc-f3"],
-            m1["asc-f3 margin"]) == ("42 ✓", "41", 1.0, "41", 0.0, "42 ✓", 0.5)
+            m1["asc-f3 margin"]) == ("42 ✓", "41", 1.0, "41 (tie of 2, credit 0.5)", 0.0, "42 ✓", 0.5)
 
 
 def test_run_accuracies_carry_the_wilson_interval_of_the_stored_credit(duck: duckdb.DuckDBPyConnection,
@@ -190,20 +190,20 @@ def test_chains_page_counts_and_lists_the_chains_and_narrows_to_labeler_disagree
 def test_votes_page_shows_sc_against_asc_per_problem_with_samples_margins_and_the_curve(ids: dict[str, int]) -> None:
     at = page("votes_page")
     assert metrics(at) == {"problems shown": "4"}
-    accuracy, wide, votes, samples, curve = (frame.value for frame in at.dataframe)
+    accuracy, _, _, wide, votes, samples, curve = (frame.value for frame in at.dataframe)  # _: the baseline's
     assert accuracy["accuracy"].tolist() == [0.5, 0.375, 0.375, 0.625, 0.5, 0.75]
-    assert wide["asc-f3"].tolist() == ["5 ✓", "42 ✓", "6 ✓", "17"]
+    assert wide["asc-f3"].tolist() == ["5 ✓", "42 ✓", "6 ✓", "17 (tie of 2, credit 0)"]
     assert votes["method"].tolist() == ["greedy", "sc", "asc-f0", "asc-f1", "asc-f2", "asc-f3"]  # of m0
     assert samples["score"].tolist() == [0.875, 0.75, 0.125, 0.25]
     assert curve[curve["k"] == 4].set_index("method")["accuracy"].to_dict() == pytest.approx(
         {"sc": 0.375, "asc-f1": 0.625, "asc-f2": 0.5, "asc-f3": 0.75})
-    margins = chart_data(at, 1)
+    margins = chart_data(at, 2)  # after the accuracy and the difference from the baseline
     assert sorted(margins.loc[margins["method"] == "sc", "margin"]) == [0.0, 1.0, 1.0, 1.0]
 
     at.checkbox[1].check().run()  # only problems every method failed
     assert metrics(at) == {"problems shown": "1"}
-    assert at.dataframe[1].value["problem"].tolist() == ["m3"]
-    assert at.dataframe[3].value["extracted_answer"].tolist()[:3] == ["17", "19", "17"]
+    assert at.dataframe[3].value["problem"].tolist() == ["m3"]
+    assert at.dataframe[5].value["extracted_answer"].tolist()[:3] == ["17", "19", "17"]
 
 
 def test_training_page_overlays_the_chosen_jobs_and_draws_nat_w_neg_per_layer(ids: dict[str, int]) -> None:

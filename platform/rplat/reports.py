@@ -327,27 +327,24 @@ def compare_report(engine: Engine, run_a: str, run_b: str, *, resamples: int = 1
     """Run A against run B (`JOB[:METHOD]` each) on the problems both predicted: each accuracy with its Wilson
     interval, the difference with a seeded paired bootstrap interval, the exact McNemar p-value and who solves
     what; problems only one run predicted are left out and counted."""
-    from rplat.stats import compare_paired
+    from rplat.stats import compare_credits
 
     if not 1 <= resamples <= MAX_RESAMPLES:
         raise UserError(f"--resamples {resamples} is out of range; give 1 to {MAX_RESAMPLES:,} bootstrap resamples "
                         "(10,000 is plenty for a 95% interval).")
     with open_views(engine) as con:
         a, b = _run_credits(con, run_a), _run_credits(con, run_b)
-    common = sorted(a["credits"].keys() & b["credits"].keys())
-    if not common:
+    c = compare_credits(a["credits"], b["credits"], resamples=resamples, seed=seed)
+    if not c.n:
         raise UserError(f"runs {run_a} and {run_b} predicted no problem in common ({len(a['credits'])} and "
                         f"{len(b['credits'])} problems); compare runs over the same problems.")
-    credits_a = [a["credits"][p] for p in common]
-    credits_b = [b["credits"][p] for p in common]
-    c = compare_paired(credits_a, credits_b, resamples=resamples, seed=seed)
 
-    def side(run: dict[str, Any], credits: list[float]) -> dict[str, Any]:
-        low, high = wilson(sum(credits), len(credits))
+    def side(run: dict[str, Any], credit: float) -> dict[str, Any]:
+        low, high = wilson(credit, c.n)
         return {"job_id": run["job_id"], "kind": run["kind"], "method": run["method"], "model": run["model"],
-                "unanswered": run["unanswered"], "accuracy": sum(credits) / len(credits), "ci_low": low,
-                "ci_high": high, "left_out": len(run["credits"]) - len(common)}
+                "unanswered": run["unanswered"], "accuracy": credit / c.n, "ci_low": low, "ci_high": high,
+                "left_out": len(run["credits"]) - c.n}
 
-    return {"a": side(a, credits_a), "b": side(b, credits_b), "n": c.n, "difference": c.difference,
+    return {"a": side(a, c.credit_a), "b": side(b, c.credit_b), "n": c.n, "difference": c.difference,
             "ci_low": c.ci_low, "ci_high": c.ci_high, "p_mcnemar": c.p_mcnemar, "both": c.both, "only_a": c.only_a,
             "only_b": c.only_b, "neither": c.neither, "resamples": c.resamples, "seed": c.seed}

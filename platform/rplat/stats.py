@@ -7,7 +7,7 @@ number of successes, which is exact for 0/1 credits and the usual approximation 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,8 @@ class PairedComparison:
     """Run A against run B on their common problems."""
 
     n: int
+    credit_a: float  # total credit of A on the common problems
+    credit_b: float
     accuracy_a: float
     accuracy_b: float
     difference: float  # accuracy_a - accuracy_b
@@ -51,6 +53,9 @@ class PairedComparison:
     only_b: int
     both: int
     neither: int
+    wins: int  # problems where A earns more credit than B (a tie's share counts: 0.5 -> 1 is a win)
+    losses: int  # problems where A earns less
+    ties: int  # problems where both earn the same credit
     p_mcnemar: float
     resamples: int
     seed: int
@@ -89,9 +94,21 @@ def compare_paired(credits_a: Sequence[float], credits_b: Sequence[float], *, re
     only_a = int(np.sum(solved_a & ~solved_b & (b == 0.0)))
     only_b = int(np.sum(solved_b & ~solved_a & (a == 0.0)))
     n = int(a.size)
-    acc_a = float(a.mean()) if n else 0.0
-    acc_b = float(b.mean()) if n else 0.0
-    return PairedComparison(n=n, accuracy_a=acc_a, accuracy_b=acc_b, difference=acc_a - acc_b, ci_low=low,
-                            ci_high=high, only_a=only_a, only_b=only_b, both=int(np.sum(solved_a & solved_b)),
-                            neither=int(np.sum((a == 0.0) & (b == 0.0))), p_mcnemar=mcnemar_exact(only_a, only_b),
-                            resamples=resamples, seed=seed)
+    credit_a, credit_b = float(a.sum()), float(b.sum())
+    acc_a = credit_a / n if n else 0.0
+    acc_b = credit_b / n if n else 0.0
+    return PairedComparison(n=n, credit_a=credit_a, credit_b=credit_b, accuracy_a=acc_a, accuracy_b=acc_b,
+                            difference=acc_a - acc_b, ci_low=low, ci_high=high, only_a=only_a, only_b=only_b,
+                            both=int(np.sum(solved_a & solved_b)), neither=int(np.sum((a == 0.0) & (b == 0.0))),
+                            wins=int(np.sum(a > b)), losses=int(np.sum(a < b)), ties=int(np.sum(a == b)),
+                            p_mcnemar=mcnemar_exact(only_a, only_b), resamples=resamples, seed=seed)
+
+
+def compare_credits(credits_a: Mapping[int, float], credits_b: Mapping[int, float], *,
+                    resamples: int = 10_000, seed: int = 0) -> PairedComparison:
+    """Run A against run B, each given as its credit per problem id, on the problems both predicted (in sorted
+    order, so the seeded bootstrap draws the same pairs whoever asks): what `rplat report compare` and the
+    dashboard's baseline comparisons show. n is 0 when they share no problem."""
+    common = sorted(credits_a.keys() & credits_b.keys())
+    return compare_paired([credits_a[p] for p in common], [credits_b[p] for p in common], resamples=resamples,
+                          seed=seed)
