@@ -19,6 +19,7 @@ from rplat.store import get_engine
 
 EMPTY = ("No {what} yet: run `make demo` (or `rplat pipeline rationalyst` / `rplat pipeline tdg` and "
          "`rplat runner`) to fill the store.")
+"""The hint of a store that holds no job at all; `empty_hint` says what is true of one that does."""
 REVIEW_OFF = ("Reviews are off here: start the dashboard with `rplat dashboard --allow-review` to review from "
               "this page, or use `rplat review`.")
 # What a review sets, per target: the form's radio label and its options with the value each gives reviews.add.
@@ -41,6 +42,37 @@ def connection() -> duckdb.DuckDBPyConnection:
     except UserError as exc:
         st.error(str(exc))
         st.stop()
+
+
+def empty_hint(con: duckdb.DuckDBPyConnection, what: str) -> str:
+    """What to do about a page with nothing to show, as the store stands: fill an empty store, start a runner
+    for queued jobs, wait for running ones, or enqueue what makes `what` when every job has ended."""
+    jobs = queries.jobs_by_status(con)
+    if not jobs:
+        return EMPTY.format(what=what)
+    queued, running = jobs.get("queued", 0), jobs.get("running", 0)
+    if running:
+        also = f" and {_jobs(queued)} queued" if queued else ""
+        return (f"No {what} yet: {_jobs(running)} running{also}; wait for them and reload (the Jobs page shows "
+                "their progress).")
+    if queued:
+        return (f"No {what} yet: {_jobs(queued)} queued and none running; start one with `rplat runner` (the "
+                "Jobs page lists them).")
+    failed = jobs.get("failed", 0)
+    why = f", {failed} of them failed (the Jobs page says why)" if failed else ""
+    total = sum(jobs.values())
+    return (f"No {what} in this store: its {total} job{'' if total == 1 else 's'} ended{why} without writing any; "
+            "enqueue the jobs that make them (`rplat pipeline rationalyst` / `rplat pipeline tdg`, or "
+            "`rplat import`) and start `rplat runner`.")
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job{'' if n == 1 else 's'} {'is' if n == 1 else 'are'}"
+
+
+def empty(con: duckdb.DuckDBPyConnection, what: str) -> None:
+    """Show the page's empty-store hint (`empty_hint`)."""
+    st.info(empty_hint(con, what))
 
 
 def table(frame: pd.DataFrame) -> None:

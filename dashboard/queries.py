@@ -281,14 +281,14 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows, columns=columns)
 
 
-def view_columns(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+def view_columns(con: duckdb.DuckDBPyConnection) -> dict[str, pd.DataFrame]:
+    """Each view's columns (column, type), in VIEWS order."""
     cursor = con.cursor()
     try:
         columns = analytics.view_columns(cursor)
     finally:
         cursor.close()
-    return pd.DataFrame([(view, ", ".join(f"{c} {t}" for c, t in cols)) for view, cols in columns.items()],
-                        columns=["view", "columns"])
+    return {view: pd.DataFrame(cols, columns=["column", "type"]) for view, cols in columns.items()}
 
 
 # --- jobs -----------------------------------------------------------------------------------------
@@ -301,7 +301,8 @@ def job_status_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def job_timeline(con: duckdb.DuckDBPyConnection, statuses: Sequence[str], kinds: Sequence[str]) -> pd.DataFrame:
     return frame(con, f"""
         SELECT job_id, kind, status, experiment, model, created_at, started_at, finished_at, queued_seconds,
-               duration_seconds, attempts, max_attempts, runner, host, progress_done, progress_total, error
+               duration_seconds, attempts, max_attempts, runner, host, progress_done, progress_total, heartbeat_at,
+               error
         FROM job_timeline
         WHERE (len(?) = 0 OR list_contains(?, status)) AND (len(?) = 0 OR list_contains(?, kind))
         ORDER BY job_id DESC
@@ -310,3 +311,115 @@ def job_timeline(con: duckdb.DuckDBPyConnection, statuses: Sequence[str], kinds:
 
 def job_kinds(con: duckdb.DuckDBPyConnection) -> list[str]:
     return values(con, "SELECT DISTINCT kind FROM job_timeline ORDER BY kind")
+
+
+def error_headline(error: object) -> str:
+    """A job's error in one line for a table: the last line of a traceback (the exception and its message), the
+    sentence itself for a user's mistake; the panel below the table shows the whole of it."""
+    if error is None or (isinstance(error, float) and pd.isna(error)):
+        return ""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def job_events(con: duckdb.DuckDBPyConnection, job_id: int) -> pd.DataFrame:
+    """A job's events, oldest first: enqueued, claims, retries with their errors, releases, how it ended."""
+    return frame(con, """
+        SELECT "at", event, attempt, runner, message FROM job_events WHERE job_id = ? ORDER BY "at", event_id""",
+                 [job_id])
+
+
+def job_row(con: duckdb.DuckDBPyConnection, job_id: int) -> pd.Series:
+    """One job's row of job_timeline, its parameters and heartbeat included."""
+    return frame(con, "SELECT * FROM job_timeline WHERE job_id = ?", [job_id]).iloc[0]
+
+
+def job_why(job: pd.Series, now: pd.Timestamp) -> dict[str, str]:
+    """What the Jobs page's panel says of a job at `now` (naive UTC, as the store keeps times): its attempts of
+    the most allowed, how long ago its runner's heartbeat came (while it runs), its progress and, from the pace
+    so far, when it should finish."""
+    out = {"status": str(job["status"]), "attempts": f"{int(job['attempts'])} of {int(job['max_attempts'])}"}
+    running = job["status"] == "running"
+    if running and pd.notna(job["heartbeat_at"]):
+        out["heartbeat"] = f"{_duration((now - job['heartbeat_at']).total_seconds())} ago"
+    done, total = int(job["progress_done"] or 0), job["progress_total"]
+    if pd.notna(total) and int(total) > 0:
+        out["progress"] = f"{done} of {int(total)}"
+        if running and pd.notna(job["started_at"]):
+            left = eta_seconds((now - job["started_at"]).total_seconds(), done, int(total))
+            out["ETA"] = "-" if left is None else f"in {_duration(left)}"
+    if job["status"] == "queued":
+        out["queued for"] = _duration((now - job["created_at"]).total_seconds())
+    return out
+
+
+def eta_seconds(elapsed: float, done: int, total: int) -> float | None:
+    """Seconds left at the pace so far (elapsed seconds for `done` of `total` items); None before the first."""
+    if done <= 0:
+        return None
+    return max(0.0, elapsed / done * (total - done))
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as people read them: 42 s, 3 min 5 s, 2 h 10 min, 3 d 4 h."""
+    s = max(0, round(seconds))
+    for unit, size, sub, sub_size in [("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)]:
+        if s >= size:
+            return f"{s // size} {unit} {s % size // sub_size} {sub}"
+    return f"{s} s"
+
+
+def timeline_segments(jobs: pd.DataFrame, now: pd.Timestamp, min_share: float = 0.004) -> pd.DataFrame:
+    """The timeline's bars: per job a `queued` bar from its creation to its start (or to now while it waits) and
+    a `ran` bar from its start to its end (or to now while it runs). A bar is at least `min_share` of the whole
+    span wide (and at least a second), so a job that took no time still shows; `seconds` is its true length."""
+    columns = ["job_id", "kind", "status", "runner", "phase", "start", "end"]
+    rows = []
+    for job in jobs.itertuples():
+        started = job.started_at if pd.notna(job.started_at) else None
+        who = (job.job_id, job.kind, job.status, job.runner)
+        if job.status == "queued" or started is not None:
+            rows.append((*who, "queued", job.created_at, started if started is not None else now))
+        if started is not None:
+            rows.append((*who, "ran", started, job.finished_at if pd.notna(job.finished_at) else now))
+    out = pd.DataFrame(rows, columns=columns)
+    if out.empty:
+        return out.assign(seconds=pd.Series(dtype=float))
+    out["seconds"] = (out["end"] - out["start"]).dt.total_seconds()
+    least = max((out["end"].max() - out["start"].min()) * min_share, pd.Timedelta(seconds=1))
+    return out.assign(end=out["end"].where(out["end"] - out["start"] >= least, out["start"] + least))
+
+
+# --- empty stores ---------------------------------------------------------------------------------
+
+
+def jobs_by_status(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """How many jobs the store holds per status."""
+    rows = job_status_counts(con)
+    return {str(status): int(n) for status, n in zip(rows["status"], rows["jobs"], strict=True)}
+
+
+# --- slices ---------------------------------------------------------------------------------------
+
+
+def positive_shares(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The share of positive chains per teacher, subject and level (label in effect), with its 95% Wilson
+    interval: teacher, subject, level, chains, positive, share, ci_low, ci_high."""
+    rows = frame(con, """
+        SELECT teacher, coalesce(subject, '(none)') AS subject, coalesce(level, '(none)') AS level,
+               count(*) AS chains, count(*) FILTER (WHERE label = 'pos') AS positive
+        FROM chains GROUP BY ALL ORDER BY teacher, subject, level""")
+    bounds = [wilson(float(p), int(n)) for p, n in zip(rows["positive"], rows["chains"], strict=True)]
+    return rows.assign(share=rows["positive"] / rows["chains"], ci_low=[b[0] for b in bounds],
+                       ci_high=[b[1] for b in bounds])
+
+
+def subject_accuracies(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> pd.DataFrame:
+    """Each run's accuracy per subject, from the credit its predictions earned (as every page counts it), with
+    the 95% Wilson interval: run, subject, n, credit, accuracy, ci_low, ci_high."""
+    rows = frame(con, f"""
+        SELECT run, coalesce(subject, '(none)') AS subject, count(*) AS n, sum({CREDIT}) AS credit
+        FROM predictions WHERE list_contains(?, run) GROUP BY ALL ORDER BY subject, run""", [list(runs)])
+    bounds = [wilson(float(c), int(n)) for c, n in zip(rows["credit"], rows["n"], strict=True)]
+    return rows.assign(accuracy=rows["credit"] / rows["n"], ci_low=[b[0] for b in bounds],
+                       ci_high=[b[1] for b in bounds])

@@ -12,7 +12,7 @@ import streamlit as st
 from rplat.config import get_settings
 from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.baseline import baseline_section
-from rplat.dashboard.common import EMPTY, connection, review_section, store, table
+from rplat.dashboard.common import EMPTY, connection, empty, review_section, store, table
 from rplat.dashboard.queries import job_runs
 from rplat.dashboard.queries import runs as evaluated_runs
 
@@ -20,6 +20,7 @@ SC = queries.SC
 STEPS = alt.Axis(format="d", tickMinStep=1)
 """An axis of whole numbers (steps, k): no tick between two of them."""
 ALL_PROJECTIONS = "all (mean)"
+NO_EXPERIMENT = "(no experiment)"
 
 
 def chains_page() -> None:
@@ -187,24 +188,48 @@ def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, sample_job
 
 def training_page() -> None:
     st.title("Training")
-    st.caption("The loss and every stored metric of training jobs against optimizer steps, several jobs "
-               "overlaid; NAT's mean w_neg per layer (how much the frozen negative LoRA contributes) over steps.")
+    st.caption("The loss and every stored metric of training jobs against optimizer steps (or against the fraction "
+               "of each job's steps, so a long and a short run line up), every job of an experiment overlaid, "
+               "smoothed if asked; the parameters on which the chosen jobs differ; NAT's mean w_neg per layer "
+               "(how much the frozen negative LoRA contributes) over steps.")
     con = connection()
     jobs = queries.training_jobs(con)
     if jobs.empty:
-        st.info(EMPTY.format(what="training metrics"))
+        empty(con, "training metrics")
         return
     labels = dict(zip(jobs["job_id"].astype(int), jobs["job"], strict=True))
-    chosen = st.multiselect("training jobs", list(labels), default=list(labels)[:1], format_func=labels.__getitem__)
+    experiments = list(dict.fromkeys(jobs["experiment"].fillna(NO_EXPERIMENT)))  # newest job's first
+    left, right = st.columns([1, 3])
+    experiment = left.selectbox("experiment", experiments, key="training_experiment")
+    of_it = [int(j) for j, x in zip(jobs["job_id"], jobs["experiment"].fillna(NO_EXPERIMENT), strict=True)
+             if x == experiment]
+    # keyed by the experiment: choosing another one starts again from all of its jobs
+    chosen = right.multiselect("training jobs", list(labels), default=of_it, format_func=labels.__getitem__,
+                               key=f"training_jobs_{experiment}")
     curves = queries.training_curves(con, chosen)
     metrics = sorted(curves["metric"].unique(), key=lambda m: (m != "loss", m != "eval_loss", m))
     picked = st.multiselect("metrics", metrics, default=[m for m in metrics if m in ("loss", "eval_loss")])
+    a, b, c = st.columns(3)
+    smoothing = a.slider("smoothing (EMA weight of the past)", 0.0, 0.99, 0.0, 0.01, key="training_smoothing")
+    log = b.checkbox("log scale", key="training_log")
+    x = c.radio("x axis", [queries.STEP, queries.FRACTION], horizontal=True, key="training_x")
+    drawn = queries.shaped_curves(curves, smoothing, x)
     for metric in picked:
         st.subheader(metric)
-        st.altair_chart(alt.Chart(curves[curves["metric"] == metric]).mark_line(point=True).encode(
-            x=alt.X("step:Q", title="optimizer step", axis=STEPS),
-            y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
-            color=alt.Color("job:N", title="job"), tooltip=["job", "step", "value"]))
+        rows = drawn[drawn["metric"] == metric]
+        if log:
+            kept = rows[(rows["value"] > 0) & (rows["smoothed"] > 0)]
+            if len(kept) < len(rows):
+                st.caption(f"{len(rows) - len(kept)} values at or below 0 left out of the log scale.")
+            rows = kept
+        st.altair_chart(_curve_chart(rows, metric, x, log, smoothing > 0))
+    if len(chosen) > 1:
+        st.subheader("Parameters that differ")
+        differ = queries.differing_params(queries.job_params(con, chosen), labels)
+        if len(differ.columns) == 1:
+            st.caption("The chosen jobs share every parameter.")
+        else:
+            table(differ)
     table(jobs)
 
     st.subheader("NAT: mean w_neg per layer")
@@ -226,6 +251,21 @@ def training_page() -> None:
                         legend=alt.Legend(format="d", tickMinStep=1)), detail="layer:N",
         tooltip=["step", "layer", alt.Tooltip("mean(mean_w_neg):Q", title="mean w_neg")]))
     table(drawn)
+
+
+def _curve_chart(rows: pd.DataFrame, metric: str, x: str, log: bool, smoothed: bool) -> alt.LayerChart:
+    """A metric's curve per job, the legend below it with the jobs' names whole; smoothed, the raw values stay
+    as a faint line behind the smoothed one."""
+    axis = STEPS if x == queries.STEP else alt.Axis(format=".0%")
+    base = alt.Chart(rows).encode(
+        x=alt.X("x:Q", title=x, axis=axis),
+        color=alt.Color("job:N", title="job", legend=alt.Legend(orient="bottom", columns=1, labelLimit=0)),
+        tooltip=["job", "step", "value", "smoothed"])
+    scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
+    line = base.mark_line(point=not smoothed).encode(y=alt.Y("smoothed:Q", title=metric, scale=scale))
+    if not smoothed:
+        return alt.layer(line)
+    return alt.layer(base.mark_line(opacity=0.25).encode(y=alt.Y("value:Q", title=metric, scale=scale)), line)
 
 
 def _interval_chart(rows: pd.DataFrame, category: str) -> alt.LayerChart:

@@ -200,6 +200,56 @@ def training_curves(con: duckdb.DuckDBPyConnection, job_ids: Sequence[int]) -> p
     return pd.DataFrame(long, columns=["job_id", "job", "step", "metric", "value"])
 
 
+STEP, FRACTION = "optimizer step", "fraction of training"
+"""The Training page's x axes: a job's steps, or its steps over its last logged step (0 to 1 for every job)."""
+
+
+def shaped_curves(curves: pd.DataFrame, smoothing: float = 0.0, x: str = STEP) -> pd.DataFrame:
+    """training_curves' rows ready to draw: `x` (the step, or the step over the job's last logged step) and
+    `smoothed`, the exponential moving average of each job's metric along its steps with weight `smoothing` on the
+    past (0: the values themselves; TensorBoard's slider)."""
+    if curves.empty:
+        return curves.assign(x=pd.Series(dtype=float), smoothed=pd.Series(dtype=float))
+    ordered = curves.sort_values(["job_id", "metric", "step"], ignore_index=True)
+    last = ordered.groupby("job_id")["step"].transform("max")
+    smoothed = ordered.groupby(["job_id", "metric"])["value"].transform(
+        lambda v: v.ewm(alpha=1.0 - smoothing, adjust=False).mean())
+    return ordered.assign(x=ordered["step"] / last if x == FRACTION else ordered["step"].astype(float),
+                          smoothed=smoothed)
+
+
+def job_params(con: duckdb.DuckDBPyConnection, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The jobs' parameters, newest job first."""
+    rows = frame(con, "SELECT job_id, CAST(params AS VARCHAR) AS params FROM job_timeline "
+                      "WHERE list_contains(?, job_id) ORDER BY job_id DESC", [[int(j) for j in job_ids]])
+    return {int(j): json.loads(p) if isinstance(p, str) else {} for j, p in
+            zip(rows["job_id"], rows["params"], strict=True)}
+
+
+def differing_params(params: dict[int, dict[str, Any]], labels: dict[int, str]) -> pd.DataFrame:
+    """A row per job and a column per parameter whose value is not the same in every job (absent counts as a
+    value: "-"), in the order the jobs are given; a nested parameter is compared key by key ("lora.r")."""
+    params = {job: _flat(p) for job, p in params.items()}
+    keys = sorted({k for p in params.values() for k in p})
+    differ = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in params.values()}) > 1]
+    return pd.DataFrame([{"job": labels.get(j, f"job {j}"), **{k: _shown(p.get(k, "-")) for k in differ}}
+                         for j, p in params.items()], columns=["job", *differ])
+
+
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _numeric(extra: str | None) -> list[tuple[str, float]]:
     parsed = json.loads(extra) if isinstance(extra, str) else None
     if not isinstance(parsed, dict):

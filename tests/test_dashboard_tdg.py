@@ -209,10 +209,9 @@ def test_votes_page_shows_sc_against_asc_per_problem_with_samples_margins_and_th
 def test_training_page_overlays_the_chosen_jobs_and_draws_nat_w_neg_per_layer(ids: dict[str, int]) -> None:
     at = page("training_page")
     assert not at.exception, [e.value for e in at.exception]
-    assert at.multiselect[0].value == [ids["train-nat"]]  # the newest job
+    assert at.multiselect[0].value == [ids["train-nat"], ids["train-neg"]]  # every job of the experiment
     assert at.multiselect[1].value == ["loss", "eval_loss"]
     assert at.multiselect[1].options == ["loss", "eval_loss", "grad_norm", "lr"]
-    at.multiselect[0].select(ids["train-neg"]).run()
     loss = chart_data(at, 0)
     assert {job: g["value"].tolist() for job, g in loss.groupby("job")} == {
         f"train-nat job {ids['train-nat']} (nat-dash)": [3.0, 2.5, 2.0, 1.75],
@@ -220,7 +219,7 @@ def test_training_page_overlays_the_chosen_jobs_and_draws_nat_w_neg_per_layer(id
     alpha = chart_data(at, 2)
     assert alpha.loc[alpha["step"] == 4, ["layer", "proj", "mean_w_neg"]].values.tolist() == [
         [0, "q_proj", -0.375], [0, "v_proj", -0.25], [1, "q_proj", 0.25], [1, "v_proj", 0.375]]
-    at.selectbox[1].set_value("v_proj").run()
+    at.selectbox[2].set_value("v_proj").run()  # after the experiment and the train-nat job
     assert chart_data(at, 2)["mean_w_neg"].tolist() == [-0.125, 0.25, -0.25, 0.375]
 
 

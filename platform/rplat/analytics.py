@@ -48,10 +48,14 @@ SELECT j.id AS job_id, j.kind, j.status, x.name AS experiment, m.name AS model, 
        epoch(j.started_at - j.created_at) AS queued_seconds,
        epoch(j.finished_at - j.started_at) AS duration_seconds,
        j.attempts, j.max_attempts, j.lease_owner AS runner, j.target_host AS host,
-       j.progress_done, j.progress_total, j.error, CAST(j.params AS JSON) AS params
+       j.progress_done, j.progress_total, j.error, CAST(j.params AS JSON) AS params, j.heartbeat_at
 FROM store.jobs j
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
+    "job_events": """
+SELECT e.id AS event_id, e.job_id, j.kind, e.at, e.event, e.message, e.runner, e.attempt
+FROM store.job_events e
+JOIN store.jobs j ON j.id = e.job_id""",
     "problems": """
 SELECT p.id AS problem_id, p.external_id AS problem, ds.name AS dataset, p.benchmark, p.split, p.subject, p.level,
        p.question, CAST(p.choices AS VARCHAR) AS choices, p.solution, {gold} AS gold, p.answer AS machine_gold,
