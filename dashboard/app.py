@@ -378,7 +378,7 @@ def _subject_chart(rows: pd.DataFrame, runs: list[str]) -> alt.LayerChart:
         + base.mark_point(filled=True, size=60).encode(
             x="accuracy:Q", tooltip=["run", "subject", "n", "credit", alt.Tooltip("accuracy:Q", format=".3f"),
                                      alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
-    ).properties(height=alt.Step(14 * len(runs)))
+    ).properties(height=alt.Step(16))  # per run: yOffset takes the step
 
 
 def _true(value: object) -> bool:

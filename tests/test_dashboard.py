@@ -293,6 +293,9 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
         assert [(r["problem"], r["gold"], r[f0], r[f1], r[f2], r[f3]) for r in grid(page, 1)] == [
             ("m2", "6", "4", "6", "6", "6")]
         shoot(page, tmp_path, "intersections")
+        visit(page, f"{url}/slices", "Positive chains per level, subject and teacher", "Accuracy per subject")
+        page.get_by_test_id("stVegaLiteChart").nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)  # accuracy per subject
+        shoot(page, tmp_path, "slices")
 
         visit(page, f"{url}/chains", "positive chains", "rplat dashboard --allow-review")
         assert len(grid(page)) == 10
@@ -339,7 +342,7 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
             assert grid(page) == [{"n": str(s.scalar(select(func.count()).select_from(Job)))}]
         shoot(page, tmp_path, "sql")
         assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(
-            ["rationales", "failures", "intersections", "chains", "votes", "training", "jobs", "sql"])
+            ["rationales", "failures", "intersections", "slices", "chains", "votes", "training", "jobs", "sql"])
         page.close()
 
 
