@@ -742,6 +742,10 @@ CASES = [
          ["--answer-field answer does not go with --layout math", "drop --answer-field"], math_file),
     Case("math-layout-not-a-layout", ("import", "problems", "math.jsonl", "--dataset", "m", "--layout", "hendrycks"),
          ["'hendrycks' is not one of 'fields', 'math'"], math_file),
+    # issue 20: training metrics to MLflow and W&B (`report_to`)
+    Case("enqueue-training-reporting-to-no-tracker", ("enqueue", "train-sft", "--param", "problems=gsm", "--param",
+                                                      "report_to=tensorboard"),
+         ["job kind 'train-sft'", "'report_to' input should be 'mlflow', 'wandb' or 'none' (got 'tensorboard')"]),
 ]
 
 

@@ -96,20 +96,17 @@ class LoopRun:
     def __init__(self, host: object, param: str | None) -> None:
         self.report_to = report_to(param)
         self.tracker = open_tracker(self.report_to, tracked_job(host)) if self.report_to else None
-        self.started = False
 
     def resume(self, saved: Mapping[str, str] | None) -> None:
         """Continue the run a checkpoint names (one of another tracker, or none: a new run from the next log)."""
         if self.tracker is not None and saved is not None and saved["report_to"] == self.report_to:
             self.tracker.start(saved["run_id"])
-            self.started = True
 
     def log(self, rows: Sequence[StepMetric]) -> None:
         if self.tracker is None or not rows:
             return
-        if not self.started:
+        if self.tracker.run_id is None:
             self.tracker.start(None)
-            self.started = True
         self.tracker.log(rows)
 
     def state(self) -> dict[str, str] | None:
@@ -186,6 +183,7 @@ class MlflowTracker:
     def start(self, run_id: str | None) -> None:
         from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
         if run_id is not None:
             try:
@@ -199,7 +197,8 @@ class MlflowTracker:
         tags = {"rplat.job_id": str(self.job.job_id), "rplat.kind": self.job.kind}
         run = self.client.create_run(self._experiment_id(), run_name=self.job.run_name, tags=tags)
         self.run_id = run.info.run_id
-        params = [Param(key, _param_value(value)) for key, value in sorted(self.job.params.items())]
+        params = [Param(key, _param_value(value)[:MAX_PARAM_VAL_LENGTH])  # a longer value MLflow refuses
+                  for key, value in sorted(self.job.params.items())]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[start:start + 100])
 
