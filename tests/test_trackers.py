@@ -21,7 +21,7 @@ from rplat.runners.training import trackers
 from rplat.store import transaction
 
 import factories as make
-from killable_runners import StartRunner, kill_then_rescue
+from killable_runners import StartRunner, kill_then_rescue, seed_rationales
 from stores import Store
 from tiny_lm import tiny_and_chain_set
 
@@ -152,6 +152,29 @@ def test_a_continued_mlflow_run_logs_only_the_steps_after_those_it_holds(tmp_pat
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.run_name == "job-7-train-sft" and run.info.experiment_id == client.get_experiment_by_name(
         "rplat").experiment_id and run.data.params == {"lr": "0.5"}
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_alone_reports_and_the_runner_ends_the_run(
+        db: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", db.env["PYTHONPATH"])  # torchrun's workers load the test plugins too
+    extract_job = seed_rationales(db, tmp_path, 10)
+    queue = Queue(db.engine())
+    score_job, _ = queue.enqueue("score-rationales", {"extract_job": extract_job, "model": "tiny", "tau": -1e9})
+    job_id, _ = queue.enqueue("train-rationalyst", {
+        "score_rationales_job": score_job, "model": "tiny", "epochs": 2, "batch_size": 2, "grad_accum": 2,
+        "checkpoint_every": 2, "eval_fraction": 0.2, "eval_every": 2, "lr": 1e-3, "nproc": 2, "report_to": "mlflow"},
+        after=[score_job])
+    _drain(db)
+    job, model, rows = _job(db, job_id)
+    assert job.status == "succeeded", job.error
+    [run] = _mlflow_runs(db)  # one run, though two processes trained
+    assert run.info.run_name == f"job-{job_id}-train-rationalyst" and run.info.status == "FINISHED"
+    assert run.data.tags["model_sha256"] == model.sha256 and run.data.params["nproc"] == "2"
+    steps, losses = _history(db, run.info.run_id, "loss")
+    assert steps == [step for step, *_ in rows] == list(range(4)) and losses == pytest.approx([r[1] for r in rows])
+    steps, evals = _history(db, run.info.run_id, "eval_loss")
+    assert steps == [1, 3] and evals == pytest.approx([e["eval_loss"] for step, _, _, e in rows if step in (1, 3)])
 
 
 # --- W&B offline ---------------------------------------------------------------------------------------------
