@@ -2,10 +2,11 @@
 
 Rank 0 of the training loop opens the job's run (named `job-<id>-<kind>`, with the job's params) when it first
 writes metrics, and from then on logs the same rows as `training_metrics`, each at its step, when it writes them
-(with every checkpoint). The run's id goes into the checkpoint, so a resumed job continues the same run; it logs
-only the steps after the last one the run holds. When the job succeeds the runner logs the models it registered
-(name, path, sha256) and ends the run. mlflow and wandb are extras (`rplat[mlflow]`, `rplat[wandb]`), imported
-only by a job that reports to them.
+(with every checkpoint, just before it is written). The run's id goes into the checkpoint, so a resumed job
+continues the same run from the checkpoint's step; an MLflow run is asked for its last step, so that the steps a
+job logged but did not checkpoint before it was killed are not logged twice (W&B offline cannot be asked). When
+the job succeeds the runner logs the models it registered (name, path, sha256) and ends the run. mlflow and wandb
+are extras (`rplat[mlflow]`, `rplat[wandb]`), imported only by a job that reports to them.
 """
 
 from __future__ import annotations
