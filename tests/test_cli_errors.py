@@ -776,6 +776,10 @@ CASES = [
          ["the prm shape has list columns, which CSV cannot hold", "--file-type jsonl, parquet or hf"]),
     Case("export-hf-over-an-existing-directory", ("export", "chains", "--file-type", "hf", "--out", "taken"),
          ["taken already exists", "choose another --out or remove it"], taken_directory),
+    # issue 20: training metrics to MLflow and W&B (`report_to`)
+    Case("enqueue-training-reporting-to-no-tracker", ("enqueue", "train-sft", "--param", "problems=gsm", "--param",
+                                                      "report_to=tensorboard"),
+         ["job kind 'train-sft'", "'report_to' input should be 'mlflow', 'wandb' or 'none' (got 'tensorboard')"]),
 ]
 
 
