@@ -130,6 +130,8 @@ def _accuracy_figure(labels: Sequence[str], values: Sequence[float], lows: Seque
 
 def _asc_figure(curves: dict[tuple[int, str], list[dict[str, Any]]]) -> bytes:
     """SC's and each ASC vote's accuracy (%) against k, with its interval as a band; one panel per aggregate job."""
+    from matplotlib.ticker import MaxNLocator
+
     jobs = sorted({job for job, _ in curves})
     fig = _figure(4.8 * len(jobs), 3.6)
     axes = fig.subplots(1, len(jobs), squeeze=False)[0]
@@ -143,6 +145,7 @@ def _asc_figure(curves: dict[tuple[int, str], list[dict[str, Any]]]) -> bytes:
         model = next(rows[0]["model"] for (of, _), rows in curves.items() if of == job)
         ax.set_title(f"{model} (aggregate job {job})", fontsize=10)
         ax.set_xlabel("samples per problem k")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -151,6 +154,8 @@ def _asc_figure(curves: dict[tuple[int, str], list[dict[str, Any]]]) -> bytes:
 
 def _training_figure(curves: dict[int, list[Any]]) -> bytes:
     """Each training job's loss (solid) and eval loss (dashed, where logged) against the optimizer step."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(6.4, 3.8)
     ax = fig.subplots()
     for job_id, rows in curves.items():
@@ -161,6 +166,7 @@ def _training_figure(curves: dict[int, list[Any]]) -> bytes:
             ax.plot([r.step for r in evals], [r.eval_loss for r in evals], linestyle="--", marker=".",
                     color=line.get_color(), label=f"{label} (eval)")
     ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

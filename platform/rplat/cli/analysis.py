@@ -291,7 +291,7 @@ def report_card(experiment: str, file_type: str | None, out: Path) -> None:
     card = build_card(open_store(), experiment)
     written = write_card(card, out, file_type)
     images = written[:-1]
-    where = f", its {len(images)} images in {images[0].parent}" if images else ""
+    where = f", its {len(images)} image{'s' * (len(images) != 1)} in {images[0].parent}" if images else ""
     click.echo(f"wrote the results card of experiment {experiment} to {out}{where}")
 
 
