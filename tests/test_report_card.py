@@ -114,7 +114,7 @@ def test_a_markdown_card_holds_the_reports_numbers_its_images_and_every_job_behi
         assert _row(*cells) in md.splitlines(), cells
     # the RATIONALYST evaluation of `e`'s solve job, as `rplat report rationalyst` gives it
     solved = next(r for r in rationalyst_report(db.engine(), experiment="e")["results"] if r["subject"] == "all")
-    assert _row("greedy", "all", 13, f"{solved['correct']:.4g}", _pct(solved["accuracy"], solved["ci_low"],
+    assert _row("greedy", "all", 13, f"{solved['correct']:g}", _pct(solved["accuracy"], solved["ci_low"],
                                                                       solved["ci_high"]),
                 seeded["solve_eval"], seeded["solve"]) in md.splitlines()
 

@@ -15,6 +15,7 @@ import html
 import io
 import json
 import os
+import re
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -101,9 +102,13 @@ def _number(value: float | None, digits: int = 4) -> str:
 
 
 def _figure(width: float, height: float) -> Any:
+    """A figure on matplotlib's Agg canvas (raster, no display), made without pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
 
-    return MplFigure(figsize=(width, height), layout="constrained")
+    fig = MplFigure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _png(fig: Any) -> bytes:
@@ -197,7 +202,7 @@ def _rationalyst(engine: Engine, experiment: str, jobs: Sequence[Any], cite: _Ci
     section.blocks.append(Table(
         accuracy + " (%, micro over problems; the latest evaluation per method and subject)",
         ["method", "subject", "n", "correct", "accuracy % [95% CI]", "evaluate job", "solve job"],
-        [[r["method"], r["subject"], str(r["n"]), _number(r["correct"]), interval(r["accuracy"], r["ci_low"],
+        [[r["method"], r["subject"], str(r["n"]), f"{r['correct']:g}", interval(r["accuracy"], r["ci_low"],
                                                                                    r["ci_high"]),
           str(r["evaluate_job"]), str(r["solve_job"])] for r in results]))
     overall = [r for r in results if r["subject"] == OVERALL and r["accuracy"] is not None]
@@ -445,9 +450,9 @@ def _provenance(engine: Engine, cite: _Cites) -> Section:
                      "; ".join(data), template, json.dumps(params, sort_keys=True, ensure_ascii=False),
                      "; ".join(cite.by_job.get(job.job_id, [])) or "upstream of the jobs above"])
     return Section("Provenance", [
-        "Every job a number above came from, and every job upstream of those (its parents and the jobs its params "
-        "name), each with its models, data, prompt template and params; `rplat explain TABLE ID` follows any "
-        "stored row further.",
+        "Every job a number above came from, and every job upstream of those (its parents, the jobs its params "
+        "name and the jobs that trained the models they name), each with its models, data, prompt template and "
+        "params; `rplat explain TABLE ID` follows any stored row further.",
         Table("Jobs behind the numbers", ["job", "kind", "status", "experiment", "models", "data",
                                           "prompt template", "params", "used in"], rows)])
 
@@ -499,9 +504,9 @@ def build_card(engine: Engine, experiment: str) -> Card:
     sections.append(_provenance(engine, cite))
     intro = (f"{about.description + '. ' if about.description else ''}Written by `rplat report card --experiment "
              f"{experiment}`. Every number is one that `rplat report` gives for the experiment (rationalyst, tdg, "
-             f"asc with --repeats {ASC_REPEATS} --seed {SEED}, compare with --resamples {RESAMPLES} --seed {SEED}); "
-             "each table names its jobs, and the provenance at the end lists them with their models, data, prompt "
-             "templates and params.")
+             f"asc with --repeats {ASC_REPEATS} --seed {SEED}, compare with --resamples {RESAMPLES} --seed {SEED}) "
+             "or, for training, a row of the `training_metrics` view; each table names its jobs, and the provenance "
+             "at the end lists them with their models, data, prompt templates and params.")
     return Card(experiment, intro, sections)
 
 
@@ -543,12 +548,17 @@ _STYLE = ("body{font-family:sans-serif;max-width:80rem;margin:2rem auto;padding:
           "code{font-size:0.85rem;word-break:break-all}")
 
 
+def _html_text(text: str) -> str:
+    """A paragraph's text, escaped, its `code spans` set as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def render_html(card: Card) -> str:
     """The card as one HTML file: its images inside it as data URIs."""
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f"<title>Results card: experiment {e(card.experiment)}</title>", f"<style>{_STYLE}</style>", "</head>",
-             "<body>", f"<h1>Results card: experiment {e(card.experiment)}</h1>", f"<p>{e(card.intro)}</p>"]
+             "<body>", f"<h1>Results card: experiment {e(card.experiment)}</h1>", f"<p>{_html_text(card.intro)}</p>"]
     number = 0
     for section in card.sections:
         parts.append(f"<h2>{e(section.title)}</h2>")
@@ -564,7 +574,7 @@ def render_html(card: Card) -> str:
                 parts.append(f'<figure><img alt="{e(block.title)}" src="data:image/png;base64,{data}">'
                              f"<figcaption>Figure {number}: {e(block.title)}</figcaption></figure>")
             else:
-                parts.append(f"<p>{e(block)}</p>")
+                parts.append(f"<p>{_html_text(block)}</p>")
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
 
