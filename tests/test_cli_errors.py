@@ -321,6 +321,23 @@ def math_file(store: Store) -> None:
     write(store, "math.jsonl", jsonl(MATH_GOOD))
 
 
+# results card (issue 20): `rplat report card`
+def experiment_waiting(store: Store) -> None:
+    """An experiment whose only job is still queued."""
+    with transaction(store.engine()) as session:
+        make.job(session, "probe", experiment=make.experiment(session, "waiting"), status="queued")
+
+
+def experiment_probed(store: Store) -> None:
+    """An experiment whose only succeeded job is a probe: no number to show."""
+    with transaction(store.engine()) as session:
+        make.job(session, "probe", experiment=make.experiment(session, "probed"))
+
+
+def card_files_taken(store: Store) -> None:
+    write(store, "card_files", "a file where the card's images would go")
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -780,6 +797,25 @@ CASES = [
     Case("enqueue-training-reporting-to-no-tracker", ("enqueue", "train-sft", "--param", "problems=gsm", "--param",
                                                       "report_to=tensorboard"),
          ["job kind 'train-sft'", "'report_to' input should be 'mlflow', 'wandb' or 'none' (got 'tensorboard')"]),
+    # results card (issue 20): `rplat report card`; nothing is written
+    Case("card-of-an-experiment-that-does-not-exist", ("report", "card", "--experiment", "nope", "--out", "card.md"),
+         ["experiment 'nope' does not exist", "rplat experiments ls"]),
+    Case("card-of-an-experiment-without-succeeded-jobs",
+         ("report", "card", "--experiment", "waiting", "--out", "card.md"),
+         ["experiment 'waiting' has no succeeded jobs yet (1 queued)", "rplat runner --until-done"],
+         experiment_waiting),
+    Case("card-of-an-experiment-without-results", ("report", "card", "--experiment", "probed", "--out", "card.html"),
+         ["experiment 'probed' has no results a card shows", "(probe)", "rplat jobs ls"], experiment_probed),
+    Case("card-out-without-a-known-suffix", ("report", "card", "--experiment", "e", "--out", "card.txt"),
+         ["cannot tell the file type of card.txt from its suffix", "--file-type md or html"]),
+    Case("card-file-type-not-a-choice", ("report", "card", "--experiment", "e", "--file-type", "pdf",
+                                         "--out", "card.pdf"), ["'pdf' is not one of 'md', 'html'"]),
+    Case("card-out-in-a-missing-directory", ("report", "card", "--experiment", "e", "--out", "nowhere/card.md"),
+         ["the directory nowhere does not exist", "choose another --out"]),
+    Case("card-out-is-a-directory", ("report", "card", "--experiment", "e", "--file-type", "md", "--out", "taken"),
+         ["taken is a directory", "give --out a file name"], taken_directory),
+    Case("card-images-folder-is-a-file", ("report", "card", "--experiment", "e", "--out", "card.md"),
+         ["card_files is a file, where the card's images would go"], card_files_taken),
 ]
 
 
