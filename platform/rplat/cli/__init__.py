@@ -38,8 +38,8 @@ COMMANDS: dict[str, Lazy] = {
     "explain": Lazy("rplat.cli.analysis:explain", "Where row ID of TABLE came from: its job (params, parents), "
                     "models, prompt template and inputs."),
     "export": Lazy("rplat.cli.export:export", "Write the rows of VIEW (rationales, chains, samples, predictions, "
-                   "problems, ...) to a file, each with the job that made it: its kind, model, prompt template and params as "
-                   "JSON."),
+                   "problems, ...) to a file, each with the job that made it: its kind, model, prompt template and "
+                   "params as JSON."),
     "generate": Lazy("rplat.cli.data:generate", "Write benchmark files from offline generators (then `rplat import "
                      "problems`)."),
     "import": Lazy("rplat.cli.data:import_", "Import documents or problems (JSONL, .gz, .zst, Parquet, shards, stdin, "
