@@ -13,7 +13,62 @@ from rplat.methods.votes import OVERALL
 from rplat.stats import compare_credits, wilson
 
 ROW_LIMIT = 1000
-"""Tables show at most this many rows; the filters narrow them down."""
+"""Tables that do not page show at most this many rows; the filters narrow them down."""
+
+PAGE_SIZES = [100, 250, 1000]
+"""Rows per page of the tables that page through their rows (Chains, Votes, Failures); the first is the default."""
+
+SHORT_ID = 12
+"""A problem id longer than this (a 64-character content hash on a MATH store) is shown by its first 8 characters."""
+QUESTION_START = 60
+"""How much of a question a table shows beside the problem's id."""
+
+
+def short_problem(column: str = "problem") -> str:
+    """SQL of a problem's id as tables show it: itself, or the start of a long hash ("3f9a1c2e…")."""
+    return f"CASE WHEN length({column}) > {SHORT_ID} THEN left({column}, 8) || '…' ELSE {column} END"
+
+
+def question_start(column: str = "question") -> str:
+    """SQL of the start of a question, on one line, cut with "…" when longer."""
+    flat = f"regexp_replace(trim({column}), '\\s+', ' ', 'g')"
+    return (f"CASE WHEN length({flat}) > {QUESTION_START} THEN left({flat}, {QUESTION_START - 1}) || '…' "
+            f"ELSE {flat} END")
+
+
+def search_terms(search: str | None) -> list[str]:
+    """The words of a search box: each must match (a problem id, the start of its external id or hash, or a word
+    of its question)."""
+    return (search or "").split()
+
+
+def problem_search(terms: Sequence[str], problem_id: str = "problem_id", problem: str = "problem",
+                   question: str = "question") -> tuple[str, list[Any]]:
+    """SQL condition (and its parameters) that a problem matches every term: its id equal to it, its external id
+    (a hash) starting with it, or its question containing it, case-insensitively (ILIKE, the term's own % and _
+    taken literally)."""
+    conditions, params = [], []
+    for term in terms:
+        literal = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(f"(CAST({problem_id} AS VARCHAR) = ? OR {problem} ILIKE ? ESCAPE '\\' "
+                          f"OR {question} ILIKE ? ESCAPE '\\')")
+        params += [term, f"{literal}%", f"%{literal}%"]
+    return " AND ".join(conditions) or "TRUE", params
+
+
+def exact_problem(terms: Sequence[str], problem_id: str = "problem_id", problem: str = "problem") -> tuple[str, list[Any]]:
+    """SQL of whether a problem is exactly the one searched (its id or external id is the whole search): such a
+    problem comes first."""
+    if len(terms) != 1:
+        return "FALSE", []
+    return f"(CAST({problem_id} AS VARCHAR) = ? OR {problem} = ?)", [terms[0], terms[0]]
+
+
+def rows_caption(offset: int, shown: int, total: int, what: str) -> str:
+    """"rows 1,001-2,000 of 120,000 chains"."""
+    if shown == 0:
+        return f"no {what}"
+    return f"rows {offset + 1:,}-{offset + shown:,} of {total:,} {what}"
 
 CREDIT = "coalesce(credit, CAST(correct AS DOUBLE), 0.0)"
 """A prediction's credit: 1, 0 or a tie's share; a row stored without one earns what its correctness says (as in

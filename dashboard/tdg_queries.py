@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from numbers import Real
 from typing import Any
@@ -10,8 +11,20 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from rplat import analytics
 from rplat.asc import sample_ballots
-from rplat.dashboard.queries import CREDIT, ROW_LIMIT, answer_shown, frame, values
+from rplat.dashboard.queries import (
+    CREDIT,
+    ROW_LIMIT,
+    answer_shown,
+    exact_problem,
+    frame,
+    problem_search,
+    question_start,
+    search_terms,
+    short_problem,
+    values,
+)
 from rplat.methods.votes import accuracy_curve
 from rplat.stats import wilson
 
@@ -20,60 +33,157 @@ SC = "sc"
 # --- chains -----------------------------------------------------------------------------------------
 
 
+# The Chains page reads a copy of the chains' rows (without their text) and their problems, made once per change:
+# the scanners push no filter down to a SQLite store, so every query over the `chains` view reads and joins every
+# chain (a second at 10^5 chains). Chains are only added (import-chains, collect-chains) and relabelled
+# (relabel-chains), each by a job, so the jobs table (small) says when to copy again; what a review changes (a label,
+# a gold answer) is joined live from the reviews.
+_CHAIN_JOBS = "('import-chains', 'collect-chains', 'relabel-chains')"
+_SIGNATURE = f"""
+    SELECT count(*), max(id), coalesce(sum(progress_done) FILTER (WHERE kind IN {_CHAIN_JOBS}), 0),
+           coalesce(sum(attempts) FILTER (WHERE kind IN {_CHAIN_JOBS}), 0),
+           count(finished_at) FILTER (WHERE kind IN {_CHAIN_JOBS})
+    FROM {analytics.STORE}.jobs"""
+_COPY = {
+    "chain_rows": """
+        SELECT c.id AS chain_id, c.job_id, x.name AS experiment, c.problem_id, c.teacher, c.sample_idx,
+               c.extracted_answer, c.n_chars, c.labeler, CAST(c.hendrycks_correct AS BOOLEAN) AS hendrycks_correct,
+               CAST(c.math_verify_correct AS BOOLEAN) AS math_verify_correct,
+               CAST(c.hendrycks_correct AS BOOLEAN) IS DISTINCT FROM CAST(c.math_verify_correct AS BOOLEAN)
+                   AS labelers_disagree,
+               c.label AS machine_label
+        FROM store.teacher_chains c
+        JOIN store.jobs j ON j.id = c.job_id
+        LEFT JOIN store.experiments x ON x.id = j.experiment_id
+        ORDER BY c.problem_id, c.teacher, c.sample_idx""",
+    "chain_problems": """
+        SELECT p.id AS problem_id, p.external_id AS problem, p.subject, p.level, p.question,
+               p.answer AS machine_gold
+        FROM store.problems p WHERE p.id IN (SELECT DISTINCT problem_id FROM store.teacher_chains)
+        ORDER BY p.id""",
+}
+_copying = threading.Lock()  # Streamlit's sessions share one connection; one of them copies at a time
+_LABEL = analytics._reviewed("rl", "teacher_chains", "label", "r.chain_id")
+_GOLD = analytics._reviewed("rg", "problems", "answer", "p.problem_id")
+
+
+def refresh_chains(con: duckdb.DuckDBPyConnection) -> None:
+    """Copy the chains' rows and problems into the connection's cache if a job may have changed them since."""
+    with _copying:
+        cursor = con.cursor()
+        try:
+            now = list(cursor.execute(_SIGNATURE).fetchone() or ())
+            copied = cursor.execute(f"SELECT count(*) FROM duckdb_tables() WHERE schema_name = '{analytics.CACHE}' "
+                                    "AND table_name = 'chain_signature'").fetchone()
+            if copied and copied[0] and list(cursor.execute(
+                    f"SELECT * FROM {analytics.CACHE}.chain_signature").fetchone() or ()) == now:
+                return
+            cursor.begin()
+            try:
+                for name, sql in _COPY.items():
+                    cursor.execute(f"CREATE OR REPLACE TABLE {analytics.CACHE}.{name} AS {sql}")
+                cursor.execute(f"CREATE OR REPLACE TABLE {analytics.CACHE}.chain_signature AS "
+                               "SELECT ? AS a, ? AS b, ? AS c, ? AS d, ? AS e", now)
+            except BaseException:
+                cursor.rollback()
+                raise
+            cursor.commit()
+        finally:
+            cursor.close()
+
+
+def _cached(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+    refresh_chains(con)
+    return frame(con, sql, params)
+
+
 def chain_teachers(con: duckdb.DuckDBPyConnection) -> list[str]:
-    return values(con, "SELECT DISTINCT teacher FROM chains ORDER BY 1")
+    return _cached(con, f"SELECT DISTINCT teacher FROM {analytics.CACHE}.chain_rows ORDER BY 1")["teacher"].tolist()
 
 
 def chain_subjects(con: duckdb.DuckDBPyConnection) -> list[str]:
-    return values(con, "SELECT DISTINCT coalesce(subject, '(none)') FROM chains ORDER BY 1")
+    return _cached(con, f"SELECT DISTINCT coalesce(subject, '(none)') AS s FROM {analytics.CACHE}.chain_problems "
+                        "ORDER BY 1")["s"].tolist()
 
 
 def chain_levels(con: duckdb.DuckDBPyConnection) -> list[str]:
-    return values(con, "SELECT DISTINCT coalesce(level, '(none)') FROM chains ORDER BY 1")
+    return _cached(con, f"SELECT DISTINCT coalesce(level, '(none)') AS s FROM {analytics.CACHE}.chain_problems "
+                        "ORDER BY 1")["s"].tolist()
 
 
 def _chain_filter(teachers: Sequence[str], subjects: Sequence[str], levels: Sequence[str], label: str | None,
-                  disagree_only: bool) -> tuple[str, list[Any]]:
-    """The WHERE clause the chain table and its counts share; an empty selection means no restriction."""
-    where = """(len(?) = 0 OR list_contains(?, teacher))
-               AND (len(?) = 0 OR list_contains(?, coalesce(subject, '(none)')))
-               AND (len(?) = 0 OR list_contains(?, coalesce(level, '(none)')))
-               AND (? IS NULL OR label = ?) AND (NOT ? OR labelers_disagree)"""
+                  disagree_only: bool, search: str | None, problem_id: int | None = None) -> tuple[str, list[Any]]:
+    """The matching chains (a CTE `matching`, with `exact`: the problem is the one searched) the chain table and
+    its counts share; an empty selection means no restriction. Teacher, subject, level and the search choose
+    chains; "disagree" chooses the problems on which the labelers disagree about one of those chains, and keeps
+    all of them; then the label chooses among them."""
+    terms = search_terms(search)
+    match, match_params = problem_search(terms)
+    exact, exact_params = exact_problem(terms)
     teachers, subjects, levels = list(teachers), list(subjects), list(levels)
-    return where, [teachers, teachers, subjects, subjects, levels, levels, label, label, disagree_only]
+    # The problems first (a few thousand rows), then one pass over the chains with windows over their problems (a
+    # CTE read twice would be copied, the reviews' scan with it); the page's question texts are joined after.
+    sql = f"""
+        WITH matching AS (
+            SELECT * FROM (
+                SELECT r.*, p.exact, coalesce(rl.new_value, r.machine_label) AS label,
+                       CASE WHEN rl.new_value IS NULL THEN 'machine' ELSE 'review' END AS label_source,
+                       bool_or(r.labelers_disagree) OVER (PARTITION BY r.problem_id) AS problem_disagrees
+                FROM {analytics.CACHE}.chain_rows r
+                JOIN (SELECT problem_id, {exact} AS exact FROM {analytics.CACHE}.chain_problems
+                      WHERE (len(?) = 0 OR list_contains(?, coalesce(subject, '(none)')))
+                        AND (len(?) = 0 OR list_contains(?, coalesce(level, '(none)')))
+                        AND {match} AND (? IS NULL OR problem_id = ?)) p USING (problem_id)
+                {_LABEL}
+                WHERE len(?) = 0 OR list_contains(?, r.teacher))
+            WHERE (NOT ? OR problem_disagrees) AND (? IS NULL OR label = ?))"""
+    return sql, [*exact_params, subjects, subjects, levels, levels, *match_params, problem_id, problem_id,
+                 teachers, teachers, disagree_only, label, label]
 
 
 def chains(con: duckdb.DuckDBPyConnection, teachers: Sequence[str] = (), subjects: Sequence[str] = (),
-           levels: Sequence[str] = (), label: str | None = None, disagree_only: bool = False) -> pd.DataFrame:
-    """The matching chains, by problem, teacher and sample, with both labelers' verdicts and the label in effect
-    (`label_source` says whether a review set it)."""
-    where, params = _chain_filter(teachers, subjects, levels, label, disagree_only)
-    return frame(con, f"""
-        SELECT problem_id, problem, subject, level, teacher, sample_idx, label, label_source, machine_label,
-               extracted_answer, gold,
-               labeler, hendrycks_correct, math_verify_correct, labelers_disagree, n_chars, chain_id, job_id,
-               experiment, text
-        FROM chains WHERE {where}
-        ORDER BY problem_id, teacher, sample_idx
-        LIMIT {ROW_LIMIT}""", params)
+           levels: Sequence[str] = (), label: str | None = None, disagree_only: bool = False, search: str = "",
+           problem_id: int | None = None, offset: int = 0, limit: int = ROW_LIMIT) -> pd.DataFrame:
+    """A page of the matching chains (`limit` from `offset`), the searched problem first and then by problem,
+    teacher and sample: the problem by its short id and the start of its question, both labelers' verdicts (and
+    whether they disagree) and the label in effect (`label_source` says whether a review set it). No text: a
+    problem's chains come with it from `chain_texts`; `problem_id` keeps that problem's chains alone."""
+    where, params = _chain_filter(teachers, subjects, levels, label, disagree_only, search, problem_id)
+    return _cached(con, f"""{where}
+        SELECT problem_id, {short_problem("p.problem")} AS problem, {question_start("p.question")} AS question,
+               p.subject, p.level, m.teacher, m.sample_idx, m.label, m.label_source, m.machine_label,
+               m.labelers_disagree, m.extracted_answer, coalesce(rg.new_value, p.machine_gold) AS gold, m.labeler,
+               m.hendrycks_correct, m.math_verify_correct, m.n_chars, m.chain_id, m.job_id, m.experiment
+        FROM (SELECT * FROM matching ORDER BY exact DESC, problem_id, teacher, sample_idx LIMIT ? OFFSET ?) m
+        JOIN {analytics.CACHE}.chain_problems p USING (problem_id)
+        {_GOLD}
+        ORDER BY m.exact DESC, problem_id, m.teacher, m.sample_idx""", [*params, int(limit), int(offset)])
 
 
 def chain_counts(con: duckdb.DuckDBPyConnection, teachers: Sequence[str] = (), subjects: Sequence[str] = (),
-                 levels: Sequence[str] = (), label: str | None = None, disagree_only: bool = False
-                 ) -> dict[str, int]:
-    """Counts over every matching chain (not only the rows shown): pos, neg, problems, problems with a positive."""
-    where, params = _chain_filter(teachers, subjects, levels, label, disagree_only)
-    row = frame(con, f"""
-        SELECT count(*) FILTER (WHERE label = 'pos') AS pos, count(*) FILTER (WHERE label = 'neg') AS neg,
-               count(DISTINCT problem_id) AS problems,
+                 levels: Sequence[str] = (), label: str | None = None, disagree_only: bool = False,
+                 search: str = "") -> dict[str, int]:
+    """Counts over every matching chain (not only the page shown): chains, pos, neg, problems, problems with a
+    positive."""
+    where, params = _chain_filter(teachers, subjects, levels, label, disagree_only, search)
+    row = _cached(con, f"""{where}
+        SELECT count(*) AS chains, count(*) FILTER (WHERE label = 'pos') AS pos,
+               count(*) FILTER (WHERE label = 'neg') AS neg, count(DISTINCT problem_id) AS problems,
                count(DISTINCT problem_id) FILTER (WHERE label = 'pos') AS problems_with_positive
-        FROM chains WHERE {where}""", params).iloc[0]
+        FROM matching""", params).iloc[0]
     return {key: int(value) for key, value in row.items()}
 
 
+def chain_texts(con: duckdb.DuckDBPyConnection, chain_ids: Sequence[int]) -> dict[int, str]:
+    """The text of each of these chains (read from the store: the copy leaves texts out)."""
+    rows = frame(con, "SELECT id, text FROM store.teacher_chains WHERE list_contains(?, id)",
+                 [[int(c) for c in chain_ids]])
+    return dict(zip(rows["id"].astype(int), rows["text"], strict=True))
+
+
 def problem_question(con: duckdb.DuckDBPyConnection, problem_id: int) -> str | None:
-    """A problem's question, as the chains view carries it."""
-    found = values(con, "SELECT any_value(question) FROM chains WHERE problem_id = ?", [problem_id])
+    """A problem's whole question."""
+    found = values(con, "SELECT question FROM problems WHERE problem_id = ?", [problem_id])
     return found[0] if found and isinstance(found[0], str) else None
 
 
