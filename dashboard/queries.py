@@ -56,7 +56,8 @@ def problem_search(terms: Sequence[str], problem_id: str = "problem_id", problem
     return " AND ".join(conditions) or "TRUE", params
 
 
-def exact_problem(terms: Sequence[str], problem_id: str = "problem_id", problem: str = "problem") -> tuple[str, list[Any]]:
+def exact_problem(terms: Sequence[str], problem_id: str = "problem_id", problem: str = "problem"
+                  ) -> tuple[str, list[Any]]:
     """SQL of whether a problem is exactly the one searched (its id or external id is the whole search): such a
     problem comes first."""
     if len(terms) != 1:
@@ -173,17 +174,38 @@ def run_credit(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, float]:
             "partial": int(row["partial"])}
 
 
-def failures(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit") -> pd.DataFrame:
+def _failures_filter(run: str, which: str, search: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause failures and their count share."""
+    match, params = problem_search(search_terms(search))
+    return f"run = ? AND {FAILURES[which]} AND {match}", [run, *params]
+
+
+def failures(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit", search: str = "",
+             offset: int = 0, limit: int | None = None) -> pd.DataFrame:
     """The run's problems short of full credit (or, by `which` of FAILURES, only those answered wrongly or only
-    the ties that earned part of it): the prediction as shown (a tie marked), its credit and tie size, the gold
-    answer, then every other column of the view, so that what it gains (say the question) shows up here too."""
+    the ties that earned part of it), those the search matches, `limit` of them from `offset` (all without a
+    limit): the problem by its short id and the start of its question, the prediction as shown (a tie marked),
+    its credit and tie size, the gold answer, then every other column of the view, so that what it gains (say
+    the whole question) shows up here too."""
+    where, params = _failures_filter(run, which, search)
+    exact, exact_params = exact_problem(search_terms(search))
+    page = "" if limit is None else "LIMIT ? OFFSET ?"
     rows = frame(con, f"""
-        SELECT job_id, solve_job_id, problem_id, problem, answer AS prediction, {CREDIT} AS credit, tie_size, gold,
+        SELECT job_id, solve_job_id, problem_id, {short_problem()} AS problem, {question_start()} AS question_start,
+               answer AS prediction, {CREDIT} AS credit, tie_size, gold,
                * EXCLUDE (job_id, solve_job_id, problem_id, problem, answer, gold, run, correct, credit, tie_size)
-        FROM predictions WHERE run = ? AND {FAILURES[which]}
-        ORDER BY problem_id""", [run])
+        FROM predictions WHERE {where}
+        ORDER BY {exact} DESC, problem_id {page}""",
+                 [*params, *exact_params, *([] if limit is None else [int(limit), int(offset)])])
     return rows.assign(prediction=[answer_shown(a, t, c) for a, t, c in
                                    zip(rows["prediction"], rows["tie_size"], rows["credit"], strict=True)])
+
+
+def failures_count(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit",
+                   search: str = "") -> int:
+    """How many problems `failures` lists under these filters (on every page)."""
+    where, params = _failures_filter(run, which, search)
+    return int(values(con, f"SELECT count(*) FROM predictions WHERE {where}", params)[0])
 
 
 def step_candidates(con: duckdb.DuckDBPyConnection, solve_job_id: int, problem_id: int) -> pd.DataFrame:

@@ -99,6 +99,7 @@ def votes_page() -> None:
     run = runs.set_index("job_id").loc[job]
     sample_job = int(run.sample_job_id)
     score_samples_job = None if pd.isna(run.score_samples_job_id) else int(run.score_samples_job_id)
+    search = search_box()
     left, right = st.columns(2)
     # a different credit is a disagreement too: ASC turning SC's half-credit tie into a whole answer is its gain
     disagree = left.checkbox("only problems where ASC and SC disagree (answer or credit)")
@@ -115,11 +116,14 @@ def votes_page() -> None:
     methods = sorted(own, key=lambda m: (m != "greedy", m != SC, m))
     baseline_section([own[m] for m in methods], evaluated_runs(con), own.get(SC, own[methods[0]]))
 
-    shown = queries.votes(con, job, disagree_only=disagree, all_failed_only=failed)
-    st.metric("problems shown", shown["problem_id"].nunique())
-    if shown.empty:
+    filters = {"disagree_only": disagree, "all_failed_only": failed, "search": search}
+    total = queries.votes_count(con, job, **filters)
+    st.metric("problems shown", total)
+    if not total:
         st.info("No problem of this run matches these filters.")
     else:
+        offset, limit = pager(total, "problems")
+        shown = queries.votes(con, job, **filters, offset=offset, limit=limit)
         table(queries.votes_wide(shown))
         _one_problem(con, shown, sample_job, score_samples_job)
 

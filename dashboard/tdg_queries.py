@@ -202,41 +202,73 @@ def aggregate_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         GROUP BY p.job_id ORDER BY p.job_id DESC""")
 
 
-def votes(con: duckdb.DuckDBPyConnection, aggregate_job: int, disagree_only: bool = False,
-          all_failed_only: bool = False) -> pd.DataFrame:
-    """Every method's prediction per problem of an aggregate job (long: a row per problem and method).
-
-    disagree_only keeps the problems where some ASC vote names another answer than SC or earns another credit
-    (SC's tie of 4 and 6 answers "4" for half the credit; ASC naming 6 alone, or tying them no more, earns all
-    of it); all_failed_only those no method earns any credit on (a tie with a right answer in it earns some)."""
-    return frame(con, f"""
+def _votes_filter(aggregate_job: int, disagree_only: bool, all_failed_only: bool, search: str | None
+                  ) -> tuple[str, list[Any]]:
+    """CTEs `run` (the job's predictions, with the credit each earned) and `shown` (its problems that the filters
+    keep, with `exact`: the problem is the one searched) that the votes and their count share."""
+    terms = search_terms(search)
+    match, match_params = problem_search(terms)
+    exact, exact_params = exact_problem(terms)
+    sql = f"""
         WITH run AS (SELECT *, {CREDIT} AS earned FROM predictions WHERE job_id = ?),
         failed AS (SELECT problem_id FROM run GROUP BY problem_id HAVING max(earned) = 0),
         disagree AS (SELECT DISTINCT a.problem_id FROM run a JOIN run s ON s.problem_id = a.problem_id
                      WHERE a.method LIKE 'asc%' AND s.method = '{SC}'
-                       AND (a.answer IS DISTINCT FROM s.answer OR a.earned <> s.earned))
-        SELECT problem_id, problem, subject, gold, method, answer, correct, credit, vote_mass, tie_size, margin
-        FROM run
-        WHERE (NOT ? OR problem_id IN (SELECT problem_id FROM disagree))
-          AND (NOT ? OR problem_id IN (SELECT problem_id FROM failed))
-        ORDER BY problem_id, method = 'greedy' DESC, method = 'sc' DESC, method""",
-                 [aggregate_job, disagree_only, all_failed_only])
+                       AND (a.answer IS DISTINCT FROM s.answer OR a.earned <> s.earned)),
+        shown AS (SELECT problem_id, bool_or({exact}) AS exact FROM run
+                  WHERE (NOT ? OR problem_id IN (SELECT problem_id FROM disagree))
+                    AND (NOT ? OR problem_id IN (SELECT problem_id FROM failed))
+                    AND {match}
+                  GROUP BY problem_id)"""
+    return sql, [aggregate_job, *exact_params, disagree_only, all_failed_only, *match_params]
+
+
+def votes(con: duckdb.DuckDBPyConnection, aggregate_job: int, disagree_only: bool = False,
+          all_failed_only: bool = False, search: str = "", offset: int = 0, limit: int | None = None
+          ) -> pd.DataFrame:
+    """Every method's prediction per problem of an aggregate job (long: a row per problem and method), the problem
+    by its short id and the start of its question; `limit` problems from `offset` (the searched one first, then by
+    problem id), all of them without a limit.
+
+    disagree_only keeps the problems where some ASC vote names another answer than SC or earns another credit
+    (SC's tie of 4 and 6 answers "4" for half the credit; ASC naming 6 alone, or tying them no more, earns all
+    of it); all_failed_only those no method earns any credit on (a tie with a right answer in it earns some);
+    `search` those whose id, external id's start or question words match (`rplat.dashboard.queries.problem_search`)."""
+    where, params = _votes_filter(aggregate_job, disagree_only, all_failed_only, search)
+    page = "" if limit is None else "LIMIT ? OFFSET ?"
+    return frame(con, f"""{where},
+        paged AS (SELECT problem_id, exact FROM shown ORDER BY exact DESC, problem_id {page})
+        SELECT problem_id, {short_problem()} AS problem, {question_start()} AS question, subject, gold, method,
+               answer, correct, credit, vote_mass, tie_size, margin
+        FROM run JOIN paged USING (problem_id)
+        ORDER BY exact DESC, problem_id, method = 'greedy' DESC, method = 'sc' DESC, method""",
+                 [*params, *([] if limit is None else [int(limit), int(offset)])])
+
+
+def votes_count(con: duckdb.DuckDBPyConnection, aggregate_job: int, disagree_only: bool = False,
+                all_failed_only: bool = False, search: str = "") -> int:
+    """How many problems of the aggregate job `votes` shows under these filters (on every page)."""
+    where, params = _votes_filter(aggregate_job, disagree_only, all_failed_only, search)
+    return int(values(con, f"{where} SELECT count(*) FROM shown", params)[0])
 
 
 def votes_wide(long: pd.DataFrame) -> pd.DataFrame:
     """One row per problem, a column per method: `<method>` its answer (a tick when it earns full credit, a tie
     marked with its size and credit), `<method> margin`."""
+    keys = ["problem_id", "problem", "question", "subject", "gold"]
     if long.empty:
-        return pd.DataFrame(columns=["problem_id", "problem", "subject", "gold"])
+        return pd.DataFrame(columns=keys)
     credit = long["credit"].fillna(long["correct"].astype(float)).fillna(0.0)
     long = long.assign(shown=[answer_shown(a, t, c) for a, t, c in zip(long["answer"], long["tie_size"], credit,
                                                                         strict=True)])
     methods = list(dict.fromkeys(long["method"]))
-    keys = ["problem_id", "problem", "subject", "gold"]
+    order = list(dict.fromkeys(long["problem_id"]))  # the searched problem first, as the rows come
+    long = long.fillna({"question": "", "subject": "", "gold": ""})  # a NULL key would drop its problem
     answers = long.pivot(index=keys, columns="method", values="shown")[methods]
     margins = long.pivot(index=keys, columns="method", values="margin")[methods].add_suffix(" margin")
     columns = [c for m in methods for c in (m, f"{m} margin")]
-    return answers.join(margins)[columns].reset_index()
+    wide = answers.join(margins)[columns].reset_index()
+    return wide.set_index("problem_id").loc[order].reset_index()
 
 
 def run_accuracies(con: duckdb.DuckDBPyConnection, aggregate_job: int) -> pd.DataFrame:
