@@ -114,9 +114,9 @@ def test_votes_keep_the_problems_where_asc_and_sc_disagree_or_every_method_faile
 def test_votes_wide_gives_each_method_its_answer_and_margin_per_problem(duck: duckdb.DuckDBPyConnection,
                                                                          ids: dict[str, int]) -> None:
     wide = queries.votes_wide(queries.votes(duck, ids["aggregate"]))
-    assert wide.columns.tolist() == ["problem_id", "problem", "question", "subject", "gold", "greedy",
-                                     "greedy margin", "sc", "sc margin", "asc-f0", "asc-f0 margin", "asc-f1", "asc-f1 margin", "asc-f2",
-                                     "asc-f2 margin", "asc-f3", "asc-f3 margin"]
+    assert wide.columns.tolist() == [
+        "problem_id", "problem", "question", "subject", "gold", "greedy", "greedy margin", "sc", "sc margin", "asc-f0",
+        "asc-f0 margin", "asc-f1", "asc-f1 margin", "asc-f2", "asc-f2 margin", "asc-f3", "asc-f3 margin"]
     m1 = wide.set_index("problem").loc["m1"]
     assert (m1["greedy"], m1["sc"], m1["sc margin"], m1["asc-f1"], m1["asc-f1 margin"], m1["asc-f3"],
             m1["asc-f3 margin"]) == ("42 ✓", "41", 1.0, "41 (tie of 2, credit 0.5)", 0.0, "42 ✓", 0.5)
