@@ -176,8 +176,11 @@ def chain_counts(con: duckdb.DuckDBPyConnection, teachers: Sequence[str] = (), s
 
 def chain_texts(con: duckdb.DuckDBPyConnection, chain_ids: Sequence[int]) -> dict[int, str]:
     """The text of each of these chains (read from the store: the copy leaves texts out)."""
-    rows = frame(con, "SELECT id, text FROM store.teacher_chains WHERE list_contains(?, id)",
-                 [[int(c) for c in chain_ids]])
+    if not chain_ids:
+        return {}
+    # integers written into the IN list: a PostgreSQL store is asked for these rows alone
+    listed = ", ".join(str(int(c)) for c in chain_ids)
+    rows = frame(con, f"SELECT id, text FROM store.teacher_chains WHERE id IN ({listed})")
     return dict(zip(rows["id"].astype(int), rows["text"], strict=True))
 
 
