@@ -1,7 +1,7 @@
 """The Chains page in real Chromium on a MATH-like store of 105,000 chains (7,500 problems x 14): first paint and a
 search by question words. SQLite only: seeding the store takes seconds there, and the Chains page reads both
 backends through the same copy of the chains (tests/test_dashboard_search.py checks it on PostgreSQL, at a smaller
-scale). The timings are measured, printed and recorded (a `record_property` in the JUnit report and
+scale). The timings are measured, printed and recorded (a `record_testsuite_property` in the JUnit report and
 `first-paint.txt` in the test's tmp dir), never asserted."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def painted(page: Any, url: str) -> float:
 
 def test_chains_page_paints_and_finds_a_problem_by_question_words_among_105000_chains(
         big: tuple[Store, Any], browser: Any, tmp_path: Path,  # noqa: F811
-        record_property: Callable[[str, object], None]) -> None:
+        record_testsuite_property: Callable[[str, object], None]) -> None:
     store, ids = big
     assert ids["chains"] == PROBLEMS * 14 >= 100_000
     with running_dashboard(store, tmp_path / "dashboard.log") as (url, _):
@@ -71,4 +71,4 @@ def test_chains_page_paints_and_finds_a_problem_by_question_words_among_105000_c
                                               f"{load}, {os.cpu_count()} cores\n{report}\n")
     print(report)
     for name, seconds in timings.items():
-        record_property(name, round(seconds, 3))
+        record_testsuite_property(name, round(seconds, 3))
