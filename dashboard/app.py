@@ -10,7 +10,7 @@ import streamlit as st
 from rplat.analytics import MAX_RUNS
 from rplat.dashboard import queries
 from rplat.dashboard.baseline import baseline_section
-from rplat.dashboard.common import EMPTY, connection, empty, review_section, table
+from rplat.dashboard.common import EMPTY, connection, empty, pager, review_section, search_box, table
 from rplat.dashboard.tdg_pages import chains_page, training_page, votes_page
 from rplat.errors import UserError
 
@@ -112,15 +112,21 @@ def failures_page() -> None:
     b.metric("credit earned", f"{summary['credit']:g} of {summary['problems']}")
     c.metric("problems answered wrongly", summary["wrong"])
     d.metric("ties earning part of the credit", summary["partial"])
-    which = st.radio("show", list(queries.FAILURES), horizontal=True)
-    rows = queries.failures(con, run, which)
-    if rows.empty:
-        st.info(f"Nothing to show under \"{which}\" for this run.")
+    left, right = st.columns(2)
+    with left:
+        search = search_box()
+    which = right.radio("show", list(queries.FAILURES), horizontal=True)
+    total = queries.failures_count(con, run, which, search)
+    if not total:
+        st.info(f"Nothing to show under \"{which}\" for this run" + (" and this search." if search else "."))
         return
+    offset, limit = pager(total, "problems")
+    rows = queries.failures(con, run, which, search, offset=offset, limit=limit)
     table(rows.drop(columns=["question"], errors="ignore"))
 
     st.subheader("One failure")
-    labels = {int(r.problem_id): f"{r.problem} ({r.dataset}): predicted {r.prediction}, gold {r.gold}"
+    labels = {int(r.problem_id): f"{r.problem} {r.question_start} ({r.dataset}): predicted {r.prediction}, "
+                                 f"gold {r.gold}"
               for r in rows.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
     row = rows.set_index("problem_id").loc[picked]

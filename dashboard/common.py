@@ -79,6 +79,28 @@ def table(frame: pd.DataFrame) -> None:
     st.dataframe(frame, hide_index=True)
 
 
+SEARCH_HINT = "a problem id, the start of its hash, or words of its question"
+
+
+def search_box() -> str:
+    """The search box over problems at the top of Chains, Votes and Failures (every word must match)."""
+    return st.text_input("search problems", placeholder=SEARCH_HINT, help="Every word must match: a problem's id, "
+                         "the start of its external id (a hash on MATH) or a word of its question, in any case.")
+
+
+def pager(total: int, what: str) -> tuple[int, int]:
+    """The rows-per-page and page-number controls of a table of `total` rows, and its caption ("rows 1,001-2,000
+    of 120,000 chains"); returns the page's (offset, limit). A change of filters that changes the number of pages
+    starts again at page 1."""
+    left, right, _ = st.columns([1, 1, 2])
+    size = int(left.selectbox("rows per page", queries.PAGE_SIZES))
+    pages = max(1, -(-total // size))
+    page = int(right.number_input(f"page (of {pages:,})", min_value=1, max_value=pages, value=1, step=1))
+    offset = (page - 1) * size
+    st.caption(queries.rows_caption(offset, min(size, total - offset), total, what))
+    return offset, size
+
+
 def review_allowed() -> bool:
     """Whether `rplat dashboard --allow-review` started this app: only the process's environment says so, never a
     request (no query parameter, no widget)."""

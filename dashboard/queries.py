@@ -13,7 +13,63 @@ from rplat.methods.votes import OVERALL
 from rplat.stats import compare_credits, wilson
 
 ROW_LIMIT = 1000
-"""Tables show at most this many rows; the filters narrow them down."""
+"""Tables that do not page show at most this many rows; the filters narrow them down."""
+
+PAGE_SIZES = [100, 250, 1000]
+"""Rows per page of the tables that page through their rows (Chains, Votes, Failures); the first is the default."""
+
+SHORT_ID = 12
+"""A problem id longer than this (a 64-character content hash on a MATH store) is shown by its first 8 characters."""
+QUESTION_START = 60
+"""How much of a question a table shows beside the problem's id."""
+
+
+def short_problem(column: str = "problem") -> str:
+    """SQL of a problem's id as tables show it: itself, or the start of a long hash ("3f9a1c2e…")."""
+    return f"CASE WHEN length({column}) > {SHORT_ID} THEN left({column}, 8) || '…' ELSE {column} END"
+
+
+def question_start(column: str = "question") -> str:
+    """SQL of the start of a question, on one line, cut with "…" when longer."""
+    flat = f"regexp_replace(trim({column}), '\\s+', ' ', 'g')"
+    return (f"CASE WHEN length({flat}) > {QUESTION_START} THEN left({flat}, {QUESTION_START - 1}) || '…' "
+            f"ELSE {flat} END")
+
+
+def search_terms(search: str | None) -> list[str]:
+    """The words of a search box: each must match (a problem id, the start of its external id or hash, or a word
+    of its question)."""
+    return (search or "").split()
+
+
+def problem_search(terms: Sequence[str], problem_id: str = "problem_id", problem: str = "problem",
+                   question: str = "question") -> tuple[str, list[Any]]:
+    """SQL condition (and its parameters) that a problem matches every term: its id equal to it, its external id
+    (a hash) starting with it, or its question containing it, case-insensitively (ILIKE, the term's own % and _
+    taken literally)."""
+    conditions, params = [], []
+    for term in terms:
+        literal = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(f"(CAST({problem_id} AS VARCHAR) = ? OR {problem} ILIKE ? ESCAPE '\\' "
+                          f"OR {question} ILIKE ? ESCAPE '\\')")
+        params += [term, f"{literal}%", f"%{literal}%"]
+    return " AND ".join(conditions) or "TRUE", params
+
+
+def exact_problem(terms: Sequence[str], problem_id: str = "problem_id", problem: str = "problem"
+                  ) -> tuple[str, list[Any]]:
+    """SQL of whether a problem is exactly the one searched (its id or external id is the whole search): such a
+    problem comes first."""
+    if len(terms) != 1:
+        return "FALSE", []
+    return f"(CAST({problem_id} AS VARCHAR) = ? OR {problem} = ?)", [terms[0], terms[0]]
+
+
+def rows_caption(offset: int, shown: int, total: int, what: str) -> str:
+    """"rows 1,001-2,000 of 120,000 chains"."""
+    if shown == 0:
+        return f"no {what}"
+    return f"rows {offset + 1:,}-{offset + shown:,} of {total:,} {what}"
 
 CREDIT = "coalesce(credit, CAST(correct AS DOUBLE), 0.0)"
 """A prediction's credit: 1, 0 or a tie's share; a row stored without one earns what its correctness says (as in
@@ -118,17 +174,38 @@ def run_credit(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, float]:
             "partial": int(row["partial"])}
 
 
-def failures(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit") -> pd.DataFrame:
+def _failures_filter(run: str, which: str, search: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause failures and their count share."""
+    match, params = problem_search(search_terms(search))
+    return f"run = ? AND {FAILURES[which]} AND {match}", [run, *params]
+
+
+def failures(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit", search: str = "",
+             offset: int = 0, limit: int | None = None) -> pd.DataFrame:
     """The run's problems short of full credit (or, by `which` of FAILURES, only those answered wrongly or only
-    the ties that earned part of it): the prediction as shown (a tie marked), its credit and tie size, the gold
-    answer, then every other column of the view, so that what it gains (say the question) shows up here too."""
+    the ties that earned part of it), those the search matches, `limit` of them from `offset` (all without a
+    limit): the problem by its short id and the start of its question, the prediction as shown (a tie marked),
+    its credit and tie size, the gold answer, then every other column of the view, so that what it gains (say
+    the whole question) shows up here too."""
+    where, params = _failures_filter(run, which, search)
+    exact, exact_params = exact_problem(search_terms(search))
+    page = "" if limit is None else "LIMIT ? OFFSET ?"
     rows = frame(con, f"""
-        SELECT job_id, solve_job_id, problem_id, problem, answer AS prediction, {CREDIT} AS credit, tie_size, gold,
+        SELECT job_id, solve_job_id, problem_id, {short_problem()} AS problem, {question_start()} AS question_start,
+               answer AS prediction, {CREDIT} AS credit, tie_size, gold,
                * EXCLUDE (job_id, solve_job_id, problem_id, problem, answer, gold, run, correct, credit, tie_size)
-        FROM predictions WHERE run = ? AND {FAILURES[which]}
-        ORDER BY problem_id""", [run])
+        FROM predictions WHERE {where}
+        ORDER BY {exact} DESC, problem_id {page}""",
+                 [*params, *exact_params, *([] if limit is None else [int(limit), int(offset)])])
     return rows.assign(prediction=[answer_shown(a, t, c) for a, t, c in
                                    zip(rows["prediction"], rows["tie_size"], rows["credit"], strict=True)])
+
+
+def failures_count(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit",
+                   search: str = "") -> int:
+    """How many problems `failures` lists under these filters (on every page)."""
+    where, params = _failures_filter(run, which, search)
+    return int(values(con, f"SELECT count(*) FROM predictions WHERE {where}", params)[0])
 
 
 def step_candidates(con: duckdb.DuckDBPyConnection, solve_job_id: int, problem_id: int) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import streamlit as st
 from rplat.config import get_settings
 from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.baseline import baseline_section
-from rplat.dashboard.common import EMPTY, connection, empty, review_section, store, table
+from rplat.dashboard.common import EMPTY, connection, empty, pager, review_section, search_box, store, table
 from rplat.dashboard.queries import job_runs
 from rplat.dashboard.queries import runs as evaluated_runs
 
@@ -33,45 +33,46 @@ def chains_page() -> None:
     if not teachers:
         st.info(EMPTY.format(what="teacher chains"))
         return
+    search = search_box()
     a, b, c, d = st.columns(4)
     chosen_teachers = a.multiselect("teacher", teachers, placeholder="every teacher")
     subjects = b.multiselect("subject", queries.chain_subjects(con), placeholder="every subject")
     levels = c.multiselect("level", queries.chain_levels(con), placeholder="every level")
     label = {"all": None, "pos": "pos", "neg": "neg"}[d.radio("label", ["all", "pos", "neg"], horizontal=True)]
-    disagree = st.checkbox("only chains where the two labelers disagree")
+    disagree = st.checkbox("only problems where the two labelers disagree on a chain",
+                           help="Each such problem with all its chains; `labelers_disagree` marks the chains the "
+                                "two labelers judge differently.")
     filters = {"teachers": chosen_teachers, "subjects": subjects, "levels": levels, "label": label,
-               "disagree_only": disagree}
+               "disagree_only": disagree, "search": search}
     counts = queries.chain_counts(con, **filters)
     a, b, c, d = st.columns(4)
     a.metric("positive chains", counts["pos"])
     b.metric("negative chains", counts["neg"])
     c.metric("problems", counts["problems"])
     d.metric("problems with a positive", counts["problems_with_positive"])
-    rows = queries.chains(con, **filters)
-    if rows.empty:
+    if not counts["chains"]:
         st.info("No chain matches these filters.")
         return
-    total = counts["pos"] + counts["neg"]
-    if len(rows) < total:
-        st.caption(f"The first {len(rows)} of the {total} matching chains, by problem; narrow the filters to see "
-                   "the others.")
-    table(rows.drop(columns=["text"]))
+    offset, limit = pager(counts["chains"], "chains")
+    rows = queries.chains(con, **filters, offset=offset, limit=limit)
+    table(rows)
 
     st.subheader("One problem's chains")
     problems = rows.drop_duplicates("problem_id")
-    labels = {int(r.problem_id): f"{r.problem} ({_text(r.subject, 'no subject')}, {_text(r.level, 'no level')}): "
-                                 f"gold {_text(r.gold)}" for r in problems.itertuples()}
+    labels = {int(r.problem_id): f"{r.problem} {r.question} ({_text(r.subject, 'no subject')}, "
+                                 f"{_text(r.level, 'no level')}): gold {_text(r.gold)}" for r in problems.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
     question = queries.problem_question(con, picked)
     if question:
         st.markdown("**question**")
         st.text(question)
-    chains_of = rows[rows["problem_id"] == picked]
+    chains_of = queries.chains(con, problem_id=picked)  # all of them, also those on another page
+    texts = queries.chain_texts(con, chains_of["chain_id"].tolist())
     for r in chains_of.itertuples():
         verdicts = f"Hendrycks {_tick(r.hendrycks_correct)}, math-verify {_tick(r.math_verify_correct)}"
         st.markdown(f"**chain {r.chain_id}, {r.teacher} sample {r.sample_idx}: {_label(r)}** (extracted "
                     f"`{_text(r.extracted_answer)}`, gold `{_text(r.gold)}`; {verdicts}; job {r.job_id})")
-        st.text(r.text)
+        st.text(texts.get(int(r.chain_id), ""))
 
     st.subheader("One chain's reviews")
     # Names that a review does not change, so the chosen chain stays chosen when the page reads it again.
@@ -99,6 +100,7 @@ def votes_page() -> None:
     run = runs.set_index("job_id").loc[job]
     sample_job = int(run.sample_job_id)
     score_samples_job = None if pd.isna(run.score_samples_job_id) else int(run.score_samples_job_id)
+    search = search_box()
     left, right = st.columns(2)
     # a different credit is a disagreement too: ASC turning SC's half-credit tie into a whole answer is its gain
     disagree = left.checkbox("only problems where ASC and SC disagree (answer or credit)")
@@ -115,11 +117,14 @@ def votes_page() -> None:
     methods = sorted(own, key=lambda m: (m != "greedy", m != SC, m))
     baseline_section([own[m] for m in methods], evaluated_runs(con), own.get(SC, own[methods[0]]))
 
-    shown = queries.votes(con, job, disagree_only=disagree, all_failed_only=failed)
-    st.metric("problems shown", shown["problem_id"].nunique())
-    if shown.empty:
+    filters = {"disagree_only": disagree, "all_failed_only": failed, "search": search}
+    total = queries.votes_count(con, job, **filters)
+    st.metric("problems shown", total)
+    if not total:
         st.info("No problem of this run matches these filters.")
     else:
+        offset, limit = pager(total, "problems")
+        shown = queries.votes(con, job, **filters, offset=offset, limit=limit)
         table(queries.votes_wide(shown))
         _one_problem(con, shown, sample_job, score_samples_job)
 
