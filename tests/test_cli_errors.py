@@ -228,6 +228,10 @@ def record_without_chains(store: Store) -> None:
                                        {**released, "generated_answer": []}))
 
 
+def flat_chain_without_text(store: Store) -> None:
+    write(store, "c.jsonl", jsonl({"problem_id": "q1", "sample_idx": 0}))
+
+
 # issue 17: semantic checks (the setups of that section's cases)
 def params_file_with_infinity(store: Store) -> None:
     write(store, "params.json", '{"sleep_seconds": Infinity}\n')
@@ -793,6 +797,11 @@ CASES = [
          ["the prm shape has list columns, which CSV cannot hold", "--file-type jsonl, parquet or hf"]),
     Case("export-hf-over-an-existing-directory", ("export", "chains", "--file-type", "hf", "--out", "taken"),
          ["taken already exists", "choose another --out or remove it"], taken_directory),
+    # hf round trip (issue 20): `rplat import chains` reads what `rplat export chains` writes
+    Case("flat-chain-with-neither-chain-nor-text", ("import", "chains", "c.jsonl", "--teacher", "t", "--layout",
+                                                    "flat"),
+         ["c.jsonl line 1 has neither field 'chain' nor field 'text'", "in 'chain' with its problem's external id in "
+          "'problem_id', or in 'text' with the id in 'problem'"], flat_chain_without_text),
     # issue 20: training metrics to MLflow and W&B (`report_to`)
     Case("enqueue-training-reporting-to-no-tracker", ("enqueue", "train-sft", "--param", "problems=gsm", "--param",
                                                       "report_to=tensorboard"),
