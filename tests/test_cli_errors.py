@@ -820,7 +820,8 @@ CASES = [
           "`rplat sql --views` lists its columns"], a_sliced_run),
     Case("slice-where-adds-a-second-statement",
          ("slice", "add", "hard", "--where", "true; DELETE FROM store.slices"),
-         ["the --where predicate", "is refused", "not valid SQL"], a_sliced_run),
+         ["the --where predicate 'true; DELETE FROM store.slices' is refused", "give exactly one query, not 2 "
+          "statements"], a_sliced_run),
     Case("slice-where-adds-a-union", ("slice", "add", "hard", "--where", "true UNION SELECT * FROM predictions"),
          ["give one condition over the view's columns"], a_sliced_run),
     Case("slice-where-reads-a-file",
