@@ -7,6 +7,7 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
+from rplat import slices
 from rplat.analytics import MAX_RUNS
 from rplat.dashboard import queries
 from rplat.dashboard.baseline import baseline_section
@@ -20,6 +21,9 @@ SHOWN_COMBINATIONS = 40  # the UpSet chart and the combination picker show the l
 # A run's name on an axis, whole: "method / model / job N" on three lines, never cut short.
 RUN_AXIS = alt.Axis(labelLimit=0, labelExpr="split(datum.label, ' / ')")
 RUN_ROW = 44  # pixels per run on a chart's run axis: room for its three lines
+
+NO_SLICE = ("No named slice yet: save one with `rplat slice add NAME --where \"subject = 'Algebra'\"` (the dashboard "
+            "writes nothing), then choose it here to measure it on every run.")
 
 EXAMPLE_QUERY = ("SELECT method, model, count(*) AS problems, avg(CAST(correct AS INTEGER)) AS accuracy\n"
                  "FROM predictions GROUP BY ALL ORDER BY accuracy DESC")
@@ -345,6 +349,12 @@ def slices_page() -> None:
         st.altair_chart(_share_heatmap(shares))
         table(shares)
     st.subheader("Accuracy per subject")
+    _subject_accuracies(con, runs)
+    st.subheader("Named slices")
+    _named_slices(con, runs)
+
+
+def _subject_accuracies(con: duckdb.DuckDBPyConnection, runs: list[str]) -> None:
     if not runs:
         st.info("No evaluated run yet.")
         return
@@ -355,6 +365,46 @@ def slices_page() -> None:
     rows = queries.subject_accuracies(con, chosen)
     st.altair_chart(_subject_chart(rows, chosen))
     table(rows)
+
+
+def _named_slices(con: duckdb.DuckDBPyConnection, runs: list[str]) -> None:
+    """The stored slices, and the chosen one's metric on every run (or the chosen runs); saved with `rplat slice
+    add`, since the dashboard writes nothing."""
+    stored = pd.DataFrame(slices.saved(con), columns=slices.COLUMNS)
+    if stored.empty:
+        st.info(NO_SLICE)
+        return
+    table(stored)
+    name = st.selectbox("slice", stored["name"].tolist(), key="slices_named")
+    chosen = stored.set_index("name").loc[name]
+    about = f" ({chosen.description})" if isinstance(chosen.description, str) else ""
+    st.caption(f"{chosen.metric} of the predictions where `{chosen.predicate}`{about}; an accuracy is the mean credit "
+               "(a tie counts its share) with its 95% Wilson interval.")
+    if not runs:
+        st.info("No evaluated run yet.")
+        return
+    only = st.multiselect("runs (none chosen: every run)", runs, key="slices_named_runs")
+    try:
+        measures = slices.measure(con, chosen.predicate, chosen.metric, only)
+    except UserError as exc:
+        st.error(str(exc))
+        return
+    rows = pd.DataFrame([m.as_dict() for m in measures], columns=slices.RESULT_COLUMNS)
+    if chosen.metric == "accuracy" and rows["n"].any():
+        st.altair_chart(_slice_chart(rows[rows["n"] > 0]))
+    table(rows.rename(columns={"value": chosen.metric}))
+
+
+def _slice_chart(rows: pd.DataFrame) -> alt.LayerChart:
+    """Each run's accuracy on the slice as a point on its interval."""
+    base = alt.Chart(rows).encode(y=alt.Y("run:N", sort=rows["run"].tolist(), title=None, axis=RUN_AXIS))
+    return (base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("ci_low:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy on the slice (95% Wilson interval)"),
+        x2="ci_high:Q")
+        + base.mark_point(filled=True, size=60).encode(
+            x="value:Q", tooltip=["run", "n", "credit", alt.Tooltip("value:Q", title="accuracy", format=".3f"),
+                                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
+    ).properties(height=alt.Step(RUN_ROW))
 
 
 def _share_heatmap(shares: pd.DataFrame) -> alt.FacetChart:

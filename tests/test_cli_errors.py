@@ -342,6 +342,22 @@ def card_files_taken(store: Store) -> None:
     write(store, "card_files", "a file where the card's images would go")
 
 
+# named slices (issue 19): `rplat slice`
+def a_sliced_run(store: Store) -> None:
+    """One evaluated run with two predictions, and the slice `algebra` over it."""
+    from rplat.models import Slice
+
+    with transaction(store.engine()) as session:
+        dataset = make.dataset(session, "math", make.job(session, "import-problems"))
+        problems = make.problems(session, dataset, [
+            {"external_id": "a", "question": "1 + 1?", "answer": "2", "subject": "Algebra"},
+            {"external_id": "g", "question": "2 + 2?", "answer": "4", "subject": "Geometry"}])
+        evaluate = make.job(session, "evaluate")
+        for problem, credit in zip(problems, (1.0, 0.5), strict=True):
+            make.prediction(session, evaluate, problem, None, "greedy", problem.answer, credit)
+        session.add(Slice(name="algebra", predicate="subject = 'Algebra'", metric="accuracy", created_by="ada"))
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -806,6 +822,30 @@ CASES = [
     Case("enqueue-training-reporting-to-no-tracker", ("enqueue", "train-sft", "--param", "problems=gsm", "--param",
                                                       "report_to=tensorboard"),
          ["job kind 'train-sft'", "'report_to' input should be 'mlflow', 'wandb' or 'none' (got 'tensorboard')"]),
+    # named slices (issue 19): `rplat slice add` checks the predicate as `rplat export --where` does; nothing is
+    # written
+    Case("slice-where-names-an-unknown-column", ("slice", "add", "hard", "--where", "level = 'Level 5'"),
+         ["the --where predicate \"level = 'Level 5'\" does not run on the view predictions", "level",
+          "`rplat sql --views` lists its columns"], a_sliced_run),
+    Case("slice-where-adds-a-second-statement",
+         ("slice", "add", "hard", "--where", "true; DELETE FROM store.slices"),
+         ["the --where predicate 'true; DELETE FROM store.slices' is refused", "give exactly one query, not 2 "
+          "statements"], a_sliced_run),
+    Case("slice-where-adds-a-union", ("slice", "add", "hard", "--where", "true UNION SELECT * FROM predictions"),
+         ["give one condition over the view's columns"], a_sliced_run),
+    Case("slice-where-reads-a-file",
+         ("slice", "add", "hard", "--where", "EXISTS (SELECT * FROM read_text('.tmp/s.txt'))"),
+         ["is refused", "the function read_text reaches outside the read-only views"], tmp_file),
+    Case("slice-where-is-empty", ("slice", "add", "hard", "--where", " "), ["--where is empty"]),
+    Case("slice-name-taken", ("slice", "add", "algebra", "--where", "true"),
+         ["a slice named 'algebra' already exists", "choose another name"], a_sliced_run),
+    Case("slice-name-is-a-path", ("slice", "add", "../algebra", "--where", "true"), ["names are"]),
+    Case("slice-metric-not-a-choice", ("slice", "add", "hard", "--where", "true", "--metric", "f1"),
+         ["'f1' is not one of 'accuracy', 'n'"]),
+    Case("slice-shown-that-does-not-exist", ("slice", "show", "geometry"),
+         ["there is no slice named 'geometry'", "`rplat slice ls` lists them"], a_sliced_run),
+    Case("slice-shown-on-a-run-that-does-not-exist", ("slice", "show", "algebra", "--run", "999"),
+         ["there is no evaluated run '999'", "without --run lists them"], a_sliced_run),
     # results card (issue 20): `rplat report card`; nothing is written
     Case("card-of-an-experiment-that-does-not-exist", ("report", "card", "--experiment", "nope", "--out", "card.md"),
          ["experiment 'nope' does not exist", "rplat experiments ls"]),

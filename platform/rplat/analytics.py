@@ -69,6 +69,9 @@ SELECT r.id AS review_id, CASE r.target_table WHEN 'teacher_chains' THEN 'chain'
        r.reason, r.undoes, r.created_at,
        r.id = max(r.id) OVER (PARTITION BY r.target_table, r.target_id, r.field) AS in_effect
 FROM store.reviews r""",
+    "slices": """
+SELECT s.id AS slice_id, s.name, s.description, s.predicate, s.metric, s.created_at, s.created_by
+FROM store.slices s""",
     "documents": """
 SELECT d.id AS document_id, d.external_id AS document, ds.name AS dataset, d.source, d.subset, d.split, d.n_chars,
        d.content_hash, d.text, CAST(d.meta AS VARCHAR) AS meta, d.job_id

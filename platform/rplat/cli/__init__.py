@@ -56,6 +56,8 @@ COMMANDS: dict[str, Lazy] = {
                    "for other runners)."),
     "serve": Lazy("rplat.cli.serve:serve", "vLLM servers for registered models: `rplat serve MODEL` starts one, "
                   "`stop` ends it, `ls` lists them."),
+    "slice": Lazy("rplat.cli.slices:slice_", "Named slices of the predictions: save a filter with its metric "
+                  "(`add`), list them (`ls`), measure one on every run (`show`)."),
     "slurm": Lazy("rplat.cli.slurm:slurm", "Runners as Slurm job arrays: submit them (`submit`), or keep them matched "
                   "to the queue (`scale`)."),
     "sql": Lazy("rplat.cli.analysis:sql", "Run one read-only QUERY over the analytics views (DuckDB) and print the "
