@@ -824,8 +824,8 @@ CASES = [
          ["job kind 'train-sft'", "'report_to' input should be 'mlflow', 'wandb' or 'none' (got 'tensorboard')"]),
     # named slices (issue 19): `rplat slice add` checks the predicate as `rplat export --where` does; nothing is
     # written
-    Case("slice-where-names-an-unknown-column", ("slice", "add", "hard", "--where", "level = 'Level 5'"),
-         ["the --where predicate \"level = 'Level 5'\" does not run on the view predictions", "level",
+    Case("slice-where-names-an-unknown-column", ("slice", "add", "hard", "--where", "difficulty = 'Level 5'"),
+         ["the --where predicate \"difficulty = 'Level 5'\" does not run on the view predictions", "difficulty",
           "`rplat sql --views` lists its columns"], a_sliced_run),
     Case("slice-where-adds-a-second-statement",
          ("slice", "add", "hard", "--where", "true; DELETE FROM store.slices"),

@@ -115,7 +115,7 @@ SELECT pr.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGIN
                          json_extract_string(j.params, '$.score_job')) AS BIGINT) AS score_samples_job_id,
        x.name AS experiment, pr.method, m.name AS model,
        pr.method || ' / ' || coalesce(m.name, '?') || ' / job ' || pr.job_id AS run,
-       pr.problem_id, p.external_id AS problem, ds.name AS dataset, p.subject, p.question,
+       pr.problem_id, p.external_id AS problem, ds.name AS dataset, p.subject, p.level, p.question,
        pr.answer, {gold} AS gold, CAST(pr.correct AS BOOLEAN) AS correct, pr.credit, pr.vote_mass, pr.tie_size,
        pr.margin
 FROM store.predictions pr
