@@ -1,4 +1,5 @@
-"""The Streamlit app behind `rplat dashboard`: rationales, failures, intersections, jobs, SQL and the TDG pages."""
+"""The Streamlit app behind `rplat dashboard`: rationales, failures, intersections, jobs, SQL, the TDG pages and
+the Problem page."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from rplat.analytics import MAX_RUNS
 from rplat.dashboard import queries
 from rplat.dashboard.baseline import baseline_section
 from rplat.dashboard.common import EMPTY, connection, review_section, table
+from rplat.dashboard.problem_page import problem_page
+from rplat.dashboard.problem_queries import questions
+from rplat.dashboard.render import inline, open_problem, problem_name, raw_toggle, show
 from rplat.dashboard.tdg_pages import chains_page, training_page, votes_page
 from rplat.errors import UserError
 
@@ -79,11 +83,11 @@ def rationales_page() -> None:
     b.metric("S_with", _number(row.s_with))
     c.metric("loss delta", _number(row.loss_delta))
     st.markdown("**preceding**")
-    st.text(row.preceding or "(empty)")
+    show(row.preceding)
     st.markdown("**rationale**")
-    st.info(row.rationale)
+    st.info(inline(row.rationale))
     st.markdown("**following**")
-    st.text(row.following or "(empty)")
+    show(row.following)
 
     st.subheader("Its reviews")
     if pd.isna(row.score_rationales_job_id):
@@ -117,13 +121,15 @@ def failures_page() -> None:
     table(rows.drop(columns=["question"], errors="ignore"))
 
     st.subheader("One failure")
-    labels = {int(r.problem_id): f"{r.problem} ({r.dataset}): predicted {r.prediction}, gold {r.gold}"
-              for r in rows.itertuples()}
+    names = questions(con, rows["problem_id"])
+    labels = {int(r.problem_id): f"{problem_name(int(r.problem_id), names.get(int(r.problem_id)))} ({r.dataset}): "
+                                 f"predicted {r.prediction}, gold {r.gold}" for r in rows.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
     row = rows.set_index("problem_id").loc[picked]
+    open_problem(picked, names.get(picked))
     if "question" in rows:
         st.markdown("**question**")
-        st.text(row.question)
+        show(row.question)
     a, b, c = st.columns(3)
     a.metric("prediction", str(row.prediction))
     b.metric("gold", str(row.gold))
@@ -139,8 +145,8 @@ def failures_page() -> None:
         chosen = group[group["chosen"].fillna(False).astype(bool)]
         st.markdown(f"**sample {sample_idx}, step {step_idx + 1}** (solve job {int(row.solve_job_id)})")
         if pd.notna(group["rationale"].iloc[0]):
-            st.caption(f"rationale: {group['rationale'].iloc[0]}")
-        st.text("chosen: " + (chosen["candidate"].iloc[0] if not chosen.empty else "(none)"))
+            st.caption(f"rationale: {inline(group['rationale'].iloc[0])}")
+        st.markdown("chosen: " + (inline(chosen["candidate"].iloc[0]) if not chosen.empty else "(none)"))
         table(group[["job_id", "candidate_idx", "candidate", "score", "chosen"]])
 
 
@@ -284,6 +290,7 @@ def _number(value: float | None) -> str:
 
 def main() -> None:
     st.set_page_config(page_title="rplat", layout="wide")
+    raw_toggle()
     pages = [st.Page(rationales_page, title="Rationales", default=True),
              st.Page(failures_page, title="Failures", url_path="failures"),
              st.Page(intersections_page, title="Intersections", url_path="intersections"),
@@ -291,7 +298,8 @@ def main() -> None:
              st.Page(votes_page, title="Votes", url_path="votes"),
              st.Page(training_page, title="Training", url_path="training"),
              st.Page(jobs_page, title="Jobs", url_path="jobs"),
-             st.Page(sql_page, title="SQL", url_path="sql")]
+             st.Page(sql_page, title="SQL", url_path="sql"),
+             st.Page(problem_page, title="Problem", url_path="problem")]
     st.navigation(pages, position="top").run()
 
 
