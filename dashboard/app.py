@@ -56,7 +56,7 @@ def rationales_page() -> None:
     d.metric("mean loss delta", f"{rows.loc[scored, 'loss_delta'].mean():.4f}" if scored.any() else "-")
     table(rows[["rationale_id", "extract_rationales_job_id", "score_rationales_job_id", "source", "loss_delta",
                 "s_with", "s_without", "tau", "kept", "kept_source", "overlap", "leak", "rationale", "item",
-                "experiment"]])
+                "problem_id", "experiment"]])
     groups = queries.loss_delta_groups(rows)
     if not groups.empty:
         st.subheader("Loss deltas")

@@ -125,9 +125,11 @@ def _chains(con: duckdb.DuckDBPyConnection, problem_id: int) -> None:
         st.caption("No teacher chain for this problem.")
         return
     disagree = rows["labelers_disagree"].fillna(False).astype(bool)
-    st.caption(f"{len(rows)} chains: {int((rows['label'] == 'pos').sum())} positive, "
-               f"{int((rows['label'] == 'neg').sum())} negative; {DISAGREE} marks the {int(disagree.sum())} on "
-               "which the two labelers (Hendrycks' boxed-answer rule and math-verify) disagree.")
+    labelers = "the two labelers (Hendrycks' boxed-answer rule and math-verify)"
+    st.caption(f"{_count(len(rows), 'chain')}: {int((rows['label'] == 'pos').sum())} positive, "
+               f"{int((rows['label'] == 'neg').sum())} negative; "
+               + (f"{DISAGREE} marks the {int(disagree.sum())} on which {labelers} disagree." if disagree.any()
+                  else f"{labelers} agree on every one."))
     cells = rows.assign(mark=[f"{label}{' ' + DISAGREE if d else ''}" for label, d in
                               zip(rows["label"], disagree, strict=True)])[
         ["teacher", "sample_idx", "label", "mark", "chain_id", "extracted_answer", "labelers_disagree"]]
@@ -137,7 +139,7 @@ def _chains(con: duckdb.DuckDBPyConnection, problem_id: int) -> None:
         color=alt.Color("label:N", scale=LABEL_COLOURS, title="label"),
         tooltip=["teacher", "sample_idx", "chain_id", "label", "extracted_answer", "labelers_disagree"])
         + base.mark_text(color="white", fontWeight="bold").encode(text="mark:N")).properties(
-        height=max(60, 36 * rows["teacher"].nunique())))
+        height=alt.Step(36), width=alt.Step(64)), use_container_width=False)
     for r, d in zip(rows.itertuples(), disagree, strict=True):
         verdicts = f"Hendrycks {_verdict(r.hendrycks_correct)}, math-verify {_verdict(r.math_verify_correct)}"
         title = (f"chain {r.chain_id} · {literal(r.teacher)} sample {r.sample_idx} · {r.label}"

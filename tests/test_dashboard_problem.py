@@ -33,6 +33,7 @@ from rplat.dashboard.render import (
     to_markdown,
 )
 from rplat.models import Problem, Review, SolveTrajectory, Step, StepCandidate, TeacherChain
+from rplat.prompts import TEMPLATES, ensure_template
 from rplat.store import transaction
 
 import factories as make
@@ -75,6 +76,10 @@ def seed_problem(store: Store) -> dict[str, int]:
             s.add_all([StepCandidate(job_id=solve.id, step_id=step.id, candidate_idx=k, text=text, score=score,
                                      chosen=k == chosen) for k, (text, score) in enumerate(candidates)])
         make.prediction(s, evaluate, first, model, "rationalyst-implicit", "5", 1.0, tie_size=1)
+        extract = make.job(s, "extract-rationales", experiment=experiment)
+        extraction = make.extraction(s, extract, model, ensure_template(s, TEMPLATES["extract-insert"]), "x", "x",
+                                     problem=first)
+        make.rationale(s, extraction, "2 + 3", "add $2$ and $3$", "= 5", source="math")
         make.prediction(s, evaluate, nasty, model, "rationalyst-implicit", "\\frac{1}{2}", 0.0, tie_size=1)
         ids.update({"solve": solve.id, "evaluate": evaluate.id, "nasty": nasty.id})
     chain = _chain_id(store, ids["problem0"], "gpt-3.5", 1)
@@ -412,6 +417,8 @@ def test_every_table_naming_a_problem_links_to_its_page(ids: dict[str, int]) -> 
     rows = assert_links(at, 0)
     nasty = rows[rows["problem_id"] == ids["nasty"]]
     assert unquote(nasty[LINK_COLUMN].iloc[0].split("#", 1)[1]).startswith(f"#{ids['nasty']} · Compute $")
+    rows = assert_links(ok(apptests.page("app", "rationales_page")), 0)  # a rationale mined from a problem
+    assert rows["problem_id"].tolist() == [ids["problem0"]]
     at = ok(apptests.page("app", "intersections_page"))
     assert_links(at, 1)  # the chosen combination's problems, after the accuracies
     assert_links(at, 3)  # the flips against the baseline, after the comparison
