@@ -222,8 +222,8 @@ def link_config() -> dict[str, object]:
 
 
 def with_links(frame: pd.DataFrame, questions: dict[int, str | None]) -> pd.DataFrame:
-    """`frame` with LINK_COLUMN first: a link to each row's problem (by its `problem_id`), named by `questions`."""
-    ids = frame["problem_id"]
-    links = [None if pd.isna(p) else named_url(int(p), questions.get(int(p))) for p in ids]
-    return frame.drop(columns=[LINK_COLUMN], errors="ignore").assign(**{LINK_COLUMN: links})[
-        [LINK_COLUMN, *[c for c in frame.columns if c != LINK_COLUMN]]]
+    """`frame` with LINK_COLUMN just before its `problem_id`: a link to each row's problem, named by `questions`."""
+    links = [None if pd.isna(p) else named_url(int(p), questions.get(int(p))) for p in frame["problem_id"]]
+    out = frame.drop(columns=[LINK_COLUMN], errors="ignore")
+    out.insert(out.columns.get_loc("problem_id"), LINK_COLUMN, links)
+    return out

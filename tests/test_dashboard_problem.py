@@ -14,14 +14,16 @@ import apptests
 import pandas as pd
 import pyarrow as pa
 import pytest
+import streamlit as st
 from dashboard_seed_tdg import seed_tdg
 from markdown_it import MarkdownIt
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from rplat import reviews
-from rplat.dashboard import ALLOW_REVIEW
+from rplat.dashboard import ALLOW_REVIEW, app
 from rplat.dashboard.common import REVIEW_OFF, literal
+from rplat.dashboard.problem_page import problem_page as problem_page_function
 from rplat.dashboard.problem_queries import why_chosen
 from rplat.dashboard.render import (
     LINK_COLUMN,
@@ -377,15 +379,21 @@ def test_the_raw_toggle_shows_the_stored_text(ids: dict[str, int]) -> None:
     assert not any(m.startswith("Compute") for m in markdown(at))
 
 
-def test_the_app_has_the_problem_page_and_the_raw_toggle(ids: dict[str, int]) -> None:
-    # A table's link opens url_path `problem` (AppTest cannot open a page by its path: the browser test does).
-    at = ok(AppTest.from_string("""
-import streamlit as st
-from rplat.dashboard import app
-navigation = st.navigation
-st.navigation = lambda pages, **options: (st.write([p.url_path for p in pages]), navigation(pages, **options))[1]
-app.main()""", default_timeout=apptests.RUN_TIMEOUT).run())
-    assert "problem" in at.json[0].value or "problem" in str(at.get("json")[0].proto)
+def test_the_app_has_the_problem_page_and_the_raw_toggle(ids: dict[str, int],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A table's link opens url_path `problem` (AppTest opens no page by its path: the browser test does that).
+    pages: list[Any] = []
+
+    class Navigation:
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(st, "Page", lambda page, **options: (page, options))  # outside a run a Page keeps nothing
+    monkeypatch.setattr(st, "navigation", lambda given, **options: (pages.extend(given), Navigation())[1])
+    app.main()
+    assert (problem_page_function, {"title": "Problem", "url_path": "problem"}) in pages
+    monkeypatch.undo()
+    at = ok(AppTest.from_file(app.__file__, default_timeout=apptests.RUN_TIMEOUT).run())
     assert at.toggle(key=RAW).label == "show raw text"
 
 
@@ -393,9 +401,10 @@ app.main()""", default_timeout=apptests.RUN_TIMEOUT).run())
 
 
 def assert_links(at: AppTest, n: int) -> pd.DataFrame:
-    """The n-th table leads with a link column to the Problem page of each row's problem, named by it."""
+    """The n-th table has a link column to the Problem page of each row's problem, named by it, before its id."""
     rows = at.dataframe[n].value
-    assert rows.columns[0] == LINK_COLUMN
+    columns = rows.columns.tolist()
+    assert columns[columns.index("problem_id") - 1] == LINK_COLUMN
     assert link_columns(at, n)[LINK_COLUMN]["type_config"]["type"] == "link"
     for url, problem_id in zip(rows[LINK_COLUMN], rows["problem_id"], strict=True):
         assert url.startswith(f"problem?problem={problem_id}#")
