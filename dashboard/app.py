@@ -289,7 +289,8 @@ def _number(value: float | None) -> str:
 
 
 def main() -> None:
-    st.set_page_config(page_title="rplat", layout="wide")
+    # The sidebar holds only the raw-text switch: collapsed, it leaves the tables the page's whole width.
+    st.set_page_config(page_title="rplat", layout="wide", initial_sidebar_state="collapsed")
     raw_toggle()
     pages = [st.Page(rationales_page, title="Rationales", default=True),
              st.Page(failures_page, title="Failures", url_path="failures"),
