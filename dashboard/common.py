@@ -21,6 +21,7 @@ from rplat.store import get_engine
 
 EMPTY = ("No {what} yet: run `make demo` (or `rplat pipeline rationalyst` / `rplat pipeline tdg` and "
          "`rplat runner`) to fill the store.")
+"""The hint of a store that holds no job at all; `empty_hint` says what is true of one that does."""
 REVIEW_OFF = ("Reviews are off here: start the dashboard with `rplat dashboard --allow-review` to review from "
               "this page, or use `rplat review`.")
 # What a review sets, per target: the form's radio label and its options with the value each gives reviews.add.
@@ -48,6 +49,37 @@ def connection() -> duckdb.DuckDBPyConnection:
         st.stop()
 
 
+def empty_hint(con: duckdb.DuckDBPyConnection, what: str) -> str:
+    """What to do about a page with nothing to show, as the store stands: fill an empty store, start a runner
+    for queued jobs, wait for running ones, or enqueue what makes `what` when every job has ended."""
+    jobs = queries.jobs_by_status(con)
+    if not jobs:
+        return EMPTY.format(what=what)
+    queued, running = jobs.get("queued", 0), jobs.get("running", 0)
+    if running:
+        also = f" and {_jobs(queued)} queued" if queued else ""
+        return (f"No {what} yet: {_jobs(running)} running{also}; wait for them and reload (the Jobs page shows "
+                "their progress).")
+    if queued:
+        return (f"No {what} yet: {_jobs(queued)} queued and none running; start one with `rplat runner` (the "
+                "Jobs page lists them).")
+    failed = jobs.get("failed", 0)
+    why = f", {failed} of them failed (the Jobs page says why)" if failed else ""
+    total = sum(jobs.values())
+    return (f"No {what} in this store: its {total} job{'' if total == 1 else 's'} ended{why} without writing any; "
+            "enqueue the jobs that make them (`rplat pipeline rationalyst` / `rplat pipeline tdg`, or "
+            "`rplat import`) and start `rplat runner`.")
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job{'' if n == 1 else 's'} {'is' if n == 1 else 'are'}"
+
+
+def empty(con: duckdb.DuckDBPyConnection, what: str) -> None:
+    """Show the page's empty-store hint (`empty_hint`)."""
+    st.info(empty_hint(con, what))
+
+
 def table(frame: pd.DataFrame) -> None:
     """A table; one whose rows name problems (a `problem_id` column) leads with a link to each one's Problem page,
     named by its id and the start of its question."""
@@ -56,6 +88,28 @@ def table(frame: pd.DataFrame) -> None:
         return
     questions = problem_queries.questions(connection(), frame["problem_id"])
     st.dataframe(with_links(frame, questions), hide_index=True, column_config=link_config())
+
+
+SEARCH_HINT = "a problem id, the start of its hash, or words of its question"
+
+
+def search_box() -> str:
+    """The search box over problems at the top of Chains, Votes and Failures (every word must match)."""
+    return st.text_input("search problems", placeholder=SEARCH_HINT, help="Every word must match: a problem's id, "
+                         "the start of its external id (a hash on MATH) or a word of its question, in any case.")
+
+
+def pager(total: int, what: str) -> tuple[int, int]:
+    """The rows-per-page and page-number controls of a table of `total` rows, and its caption ("rows 1,001-2,000
+    of 120,000 chains"); returns the page's (offset, limit). A change of filters that changes the number of pages
+    starts again at page 1."""
+    left, right, _ = st.columns([1, 1, 2])
+    size = int(left.selectbox("rows per page", queries.PAGE_SIZES))
+    pages = max(1, -(-total // size))
+    page = int(right.number_input(f"page (of {pages:,})", min_value=1, max_value=pages, value=1, step=1))
+    offset = (page - 1) * size
+    st.caption(queries.rows_caption(offset, min(size, total - offset), total, what))
+    return offset, size
 
 
 def review_allowed() -> bool:

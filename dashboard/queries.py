@@ -13,7 +13,63 @@ from rplat.methods.votes import OVERALL
 from rplat.stats import compare_credits, wilson
 
 ROW_LIMIT = 1000
-"""Tables show at most this many rows; the filters narrow them down."""
+"""Tables that do not page show at most this many rows; the filters narrow them down."""
+
+PAGE_SIZES = [100, 250, 1000]
+"""Rows per page of the tables that page through their rows (Chains, Votes, Failures); the first is the default."""
+
+SHORT_ID = 12
+"""A problem id longer than this (a 64-character content hash on a MATH store) is shown by its first 8 characters."""
+QUESTION_START = 60
+"""How much of a question a table shows beside the problem's id."""
+
+
+def short_problem(column: str = "problem") -> str:
+    """SQL of a problem's id as tables show it: itself, or the start of a long hash ("3f9a1c2e…")."""
+    return f"CASE WHEN length({column}) > {SHORT_ID} THEN left({column}, 8) || '…' ELSE {column} END"
+
+
+def question_start(column: str = "question") -> str:
+    """SQL of the start of a question, on one line, cut with "…" when longer."""
+    flat = f"regexp_replace(trim({column}), '\\s+', ' ', 'g')"
+    return (f"CASE WHEN length({flat}) > {QUESTION_START} THEN left({flat}, {QUESTION_START - 1}) || '…' "
+            f"ELSE {flat} END")
+
+
+def search_terms(search: str | None) -> list[str]:
+    """The words of a search box: each must match (a problem id, the start of its external id or hash, or a word
+    of its question)."""
+    return (search or "").split()
+
+
+def problem_search(terms: Sequence[str], problem_id: str = "problem_id", problem: str = "problem",
+                   question: str = "question") -> tuple[str, list[Any]]:
+    """SQL condition (and its parameters) that a problem matches every term: its id equal to it, its external id
+    (a hash) starting with it, or its question containing it, case-insensitively (ILIKE, the term's own % and _
+    taken literally)."""
+    conditions, params = [], []
+    for term in terms:
+        literal = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(f"(CAST({problem_id} AS VARCHAR) = ? OR {problem} ILIKE ? ESCAPE '\\' "
+                          f"OR {question} ILIKE ? ESCAPE '\\')")
+        params += [term, f"{literal}%", f"%{literal}%"]
+    return " AND ".join(conditions) or "TRUE", params
+
+
+def exact_problem(terms: Sequence[str], problem_id: str = "problem_id", problem: str = "problem"
+                  ) -> tuple[str, list[Any]]:
+    """SQL of whether a problem is exactly the one searched (its id or external id is the whole search): such a
+    problem comes first."""
+    if len(terms) != 1:
+        return "FALSE", []
+    return f"(CAST({problem_id} AS VARCHAR) = ? OR {problem} = ?)", [terms[0], terms[0]]
+
+
+def rows_caption(offset: int, shown: int, total: int, what: str) -> str:
+    """"rows 1,001-2,000 of 120,000 chains"."""
+    if shown == 0:
+        return f"no {what}"
+    return f"rows {offset + 1:,}-{offset + shown:,} of {total:,} {what}"
 
 CREDIT = "coalesce(credit, CAST(correct AS DOUBLE), 0.0)"
 """A prediction's credit: 1, 0 or a tie's share; a row stored without one earns what its correctness says (as in
@@ -118,17 +174,38 @@ def run_credit(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, float]:
             "partial": int(row["partial"])}
 
 
-def failures(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit") -> pd.DataFrame:
+def _failures_filter(run: str, which: str, search: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause failures and their count share."""
+    match, params = problem_search(search_terms(search))
+    return f"run = ? AND {FAILURES[which]} AND {match}", [run, *params]
+
+
+def failures(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit", search: str = "",
+             offset: int = 0, limit: int | None = None) -> pd.DataFrame:
     """The run's problems short of full credit (or, by `which` of FAILURES, only those answered wrongly or only
-    the ties that earned part of it): the prediction as shown (a tie marked), its credit and tie size, the gold
-    answer, then every other column of the view, so that what it gains (say the question) shows up here too."""
+    the ties that earned part of it), those the search matches, `limit` of them from `offset` (all without a
+    limit): the problem by its short id and the start of its question, the prediction as shown (a tie marked),
+    its credit and tie size, the gold answer, then every other column of the view, so that what it gains (say
+    the whole question) shows up here too."""
+    where, params = _failures_filter(run, which, search)
+    exact, exact_params = exact_problem(search_terms(search))
+    page = "" if limit is None else "LIMIT ? OFFSET ?"
     rows = frame(con, f"""
-        SELECT job_id, solve_job_id, problem_id, problem, answer AS prediction, {CREDIT} AS credit, tie_size, gold,
+        SELECT job_id, solve_job_id, problem_id, {short_problem()} AS problem, {question_start()} AS question_start,
+               answer AS prediction, {CREDIT} AS credit, tie_size, gold,
                * EXCLUDE (job_id, solve_job_id, problem_id, problem, answer, gold, run, correct, credit, tie_size)
-        FROM predictions WHERE run = ? AND {FAILURES[which]}
-        ORDER BY problem_id""", [run])
+        FROM predictions WHERE {where}
+        ORDER BY {exact} DESC, problem_id {page}""",
+                 [*params, *exact_params, *([] if limit is None else [int(limit), int(offset)])])
     return rows.assign(prediction=[answer_shown(a, t, c) for a, t, c in
                                    zip(rows["prediction"], rows["tie_size"], rows["credit"], strict=True)])
+
+
+def failures_count(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit",
+                   search: str = "") -> int:
+    """How many problems `failures` lists under these filters (on every page)."""
+    where, params = _failures_filter(run, which, search)
+    return int(values(con, f"SELECT count(*) FROM predictions WHERE {where}", params)[0])
 
 
 def step_candidates(con: duckdb.DuckDBPyConnection, solve_job_id: int, problem_id: int) -> pd.DataFrame:
@@ -281,14 +358,14 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows, columns=columns)
 
 
-def view_columns(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+def view_columns(con: duckdb.DuckDBPyConnection) -> dict[str, pd.DataFrame]:
+    """Each view's columns (column, type), in VIEWS order."""
     cursor = con.cursor()
     try:
         columns = analytics.view_columns(cursor)
     finally:
         cursor.close()
-    return pd.DataFrame([(view, ", ".join(f"{c} {t}" for c, t in cols)) for view, cols in columns.items()],
-                        columns=["view", "columns"])
+    return {view: pd.DataFrame(cols, columns=["column", "type"]) for view, cols in columns.items()}
 
 
 # --- jobs -----------------------------------------------------------------------------------------
@@ -301,7 +378,8 @@ def job_status_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def job_timeline(con: duckdb.DuckDBPyConnection, statuses: Sequence[str], kinds: Sequence[str]) -> pd.DataFrame:
     return frame(con, f"""
         SELECT job_id, kind, status, experiment, model, created_at, started_at, finished_at, queued_seconds,
-               duration_seconds, attempts, max_attempts, runner, host, progress_done, progress_total, error
+               duration_seconds, attempts, max_attempts, runner, host, progress_done, progress_total, heartbeat_at,
+               error
         FROM job_timeline
         WHERE (len(?) = 0 OR list_contains(?, status)) AND (len(?) = 0 OR list_contains(?, kind))
         ORDER BY job_id DESC
@@ -310,3 +388,115 @@ def job_timeline(con: duckdb.DuckDBPyConnection, statuses: Sequence[str], kinds:
 
 def job_kinds(con: duckdb.DuckDBPyConnection) -> list[str]:
     return values(con, "SELECT DISTINCT kind FROM job_timeline ORDER BY kind")
+
+
+def error_headline(error: object) -> str:
+    """A job's error in one line for a table: the last line of a traceback (the exception and its message), the
+    sentence itself for a user's mistake; the panel below the table shows the whole of it."""
+    if error is None or (isinstance(error, float) and pd.isna(error)):
+        return ""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def job_events(con: duckdb.DuckDBPyConnection, job_id: int) -> pd.DataFrame:
+    """A job's events, oldest first: enqueued, claims, retries with their errors, releases, how it ended."""
+    return frame(con, """
+        SELECT "at", event, attempt, runner, message FROM job_events WHERE job_id = ? ORDER BY "at", event_id""",
+                 [job_id])
+
+
+def job_row(con: duckdb.DuckDBPyConnection, job_id: int) -> pd.Series:
+    """One job's row of job_timeline, its parameters and heartbeat included."""
+    return frame(con, "SELECT * FROM job_timeline WHERE job_id = ?", [job_id]).iloc[0]
+
+
+def job_why(job: pd.Series, now: pd.Timestamp) -> dict[str, str]:
+    """What the Jobs page's panel says of a job at `now` (naive UTC, as the store keeps times): its attempts of
+    the most allowed, how long ago its runner's heartbeat came (while it runs), its progress and, from the pace
+    so far, when it should finish."""
+    out = {"status": str(job["status"]), "attempts": f"{int(job['attempts'])} of {int(job['max_attempts'])}"}
+    running = job["status"] == "running"
+    if running and pd.notna(job["heartbeat_at"]):
+        out["heartbeat"] = f"{_duration((now - job['heartbeat_at']).total_seconds())} ago"
+    done, total = int(job["progress_done"] or 0), job["progress_total"]
+    if pd.notna(total) and int(total) > 0:
+        out["progress"] = f"{done} of {int(total)}"
+        if running and pd.notna(job["started_at"]):
+            left = eta_seconds((now - job["started_at"]).total_seconds(), done, int(total))
+            out["ETA"] = "-" if left is None else f"in {_duration(left)}"
+    if job["status"] == "queued":
+        out["queued for"] = _duration((now - job["created_at"]).total_seconds())
+    return out
+
+
+def eta_seconds(elapsed: float, done: int, total: int) -> float | None:
+    """Seconds left at the pace so far (elapsed seconds for `done` of `total` items); None before the first."""
+    if done <= 0:
+        return None
+    return max(0.0, elapsed / done * (total - done))
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as people read them: 42 s, 3 min 5 s, 2 h 10 min, 3 d 4 h."""
+    s = max(0, round(seconds))
+    for unit, size, sub, sub_size in [("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)]:
+        if s >= size:
+            return f"{s // size} {unit} {s % size // sub_size} {sub}"
+    return f"{s} s"
+
+
+def timeline_segments(jobs: pd.DataFrame, now: pd.Timestamp, min_share: float = 0.004) -> pd.DataFrame:
+    """The timeline's bars: per job a `queued` bar from its creation to its start (or to now while it waits) and
+    a `ran` bar from its start to its end (or to now while it runs). A bar is at least `min_share` of the whole
+    span wide (and at least a second), so a job that took no time still shows; `seconds` is its true length."""
+    columns = ["job_id", "kind", "status", "runner", "phase", "start", "end"]
+    rows = []
+    for job in jobs.itertuples():
+        started = job.started_at if pd.notna(job.started_at) else None
+        who = (job.job_id, job.kind, job.status, job.runner)
+        if job.status == "queued" or started is not None:
+            rows.append((*who, "queued", job.created_at, started if started is not None else now))
+        if started is not None:
+            rows.append((*who, "ran", started, job.finished_at if pd.notna(job.finished_at) else now))
+    out = pd.DataFrame(rows, columns=columns)
+    if out.empty:
+        return out.assign(seconds=pd.Series(dtype=float))
+    out["seconds"] = (out["end"] - out["start"]).dt.total_seconds()
+    least = max((out["end"].max() - out["start"].min()) * min_share, pd.Timedelta(seconds=1))
+    return out.assign(end=out["end"].where(out["end"] - out["start"] >= least, out["start"] + least))
+
+
+# --- empty stores ---------------------------------------------------------------------------------
+
+
+def jobs_by_status(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """How many jobs the store holds per status."""
+    rows = job_status_counts(con)
+    return {str(status): int(n) for status, n in zip(rows["status"], rows["jobs"], strict=True)}
+
+
+# --- slices ---------------------------------------------------------------------------------------
+
+
+def positive_shares(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The share of positive chains per teacher, subject and level (label in effect), with its 95% Wilson
+    interval: teacher, subject, level, chains, positive, share, ci_low, ci_high."""
+    rows = frame(con, """
+        SELECT teacher, coalesce(subject, '(none)') AS subject, coalesce(level, '(none)') AS level,
+               count(*) AS chains, count(*) FILTER (WHERE label = 'pos') AS positive
+        FROM chains GROUP BY ALL ORDER BY teacher, subject, level""")
+    bounds = [wilson(float(p), int(n)) for p, n in zip(rows["positive"], rows["chains"], strict=True)]
+    return rows.assign(share=rows["positive"] / rows["chains"], ci_low=[b[0] for b in bounds],
+                       ci_high=[b[1] for b in bounds])
+
+
+def subject_accuracies(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> pd.DataFrame:
+    """Each run's accuracy per subject, from the credit its predictions earned (as every page counts it), with
+    the 95% Wilson interval: run, subject, n, credit, accuracy, ci_low, ci_high."""
+    rows = frame(con, f"""
+        SELECT run, coalesce(subject, '(none)') AS subject, count(*) AS n, sum({CREDIT}) AS credit
+        FROM predictions WHERE list_contains(?, run) GROUP BY ALL ORDER BY subject, run""", [list(runs)])
+    bounds = [wilson(float(c), int(n)) for c, n in zip(rows["credit"], rows["n"], strict=True)]
+    return rows.assign(accuracy=rows["credit"] / rows["n"], ci_low=[b[0] for b in bounds],
+                       ci_high=[b[1] for b in bounds])

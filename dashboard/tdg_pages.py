@@ -12,7 +12,7 @@ import streamlit as st
 from rplat.config import get_settings
 from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.baseline import baseline_section
-from rplat.dashboard.common import EMPTY, connection, review_section, store, table
+from rplat.dashboard.common import EMPTY, connection, empty, pager, review_section, search_box, store, table
 from rplat.dashboard.problem_queries import questions
 from rplat.dashboard.queries import job_runs
 from rplat.dashboard.queries import runs as evaluated_runs
@@ -22,6 +22,7 @@ SC = queries.SC
 STEPS = alt.Axis(format="d", tickMinStep=1)
 """An axis of whole numbers (steps, k): no tick between two of them."""
 ALL_PROJECTIONS = "all (mean)"
+NO_EXPERIMENT = "(no experiment)"
 
 
 def chains_page() -> None:
@@ -34,48 +35,47 @@ def chains_page() -> None:
     if not teachers:
         st.info(EMPTY.format(what="teacher chains"))
         return
+    search = search_box()
     a, b, c, d = st.columns(4)
     chosen_teachers = a.multiselect("teacher", teachers, placeholder="every teacher")
     subjects = b.multiselect("subject", queries.chain_subjects(con), placeholder="every subject")
     levels = c.multiselect("level", queries.chain_levels(con), placeholder="every level")
     label = {"all": None, "pos": "pos", "neg": "neg"}[d.radio("label", ["all", "pos", "neg"], horizontal=True)]
-    disagree = st.checkbox("only chains where the two labelers disagree")
+    disagree = st.checkbox("only problems where the two labelers disagree on a chain",
+                           help="Each such problem with all its chains; `labelers_disagree` marks the chains the "
+                                "two labelers judge differently.")
     filters = {"teachers": chosen_teachers, "subjects": subjects, "levels": levels, "label": label,
-               "disagree_only": disagree}
+               "disagree_only": disagree, "search": search}
     counts = queries.chain_counts(con, **filters)
     a, b, c, d = st.columns(4)
     a.metric("positive chains", counts["pos"])
     b.metric("negative chains", counts["neg"])
     c.metric("problems", counts["problems"])
     d.metric("problems with a positive", counts["problems_with_positive"])
-    rows = queries.chains(con, **filters)
-    if rows.empty:
+    if not counts["chains"]:
         st.info("No chain matches these filters.")
         return
-    total = counts["pos"] + counts["neg"]
-    if len(rows) < total:
-        st.caption(f"The first {len(rows)} of the {total} matching chains, by problem; narrow the filters to see "
-                   "the others.")
-    table(rows.drop(columns=["text"]))
+    offset, limit = pager(counts["chains"], "chains")
+    rows = queries.chains(con, **filters, offset=offset, limit=limit)
+    table(rows)
 
     st.subheader("One problem's chains")
     problems = rows.drop_duplicates("problem_id")
-    names = questions(con, problems["problem_id"])
-    labels = {int(r.problem_id): f"{problem_name(int(r.problem_id), names.get(int(r.problem_id)))} "
-                                 f"({_text(r.subject, 'no subject')}, {_text(r.level, 'no level')}): "
-                                 f"gold {_text(r.gold)}" for r in problems.itertuples()}
+    labels = {int(r.problem_id): f"{r.problem} {r.question} ({_text(r.subject, 'no subject')}, "
+                                 f"{_text(r.level, 'no level')}): gold {_text(r.gold)}" for r in problems.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
-    open_problem(picked, names.get(picked))
+    open_problem(picked, questions(con, [picked]).get(picked))
     question = queries.problem_question(con, picked)
     if question:
         st.markdown("**question**")
         show(question)
-    chains_of = rows[rows["problem_id"] == picked]
+    chains_of = queries.chains(con, problem_id=picked)  # all of them, also those on another page
+    texts = queries.chain_texts(con, chains_of["chain_id"].tolist())
     for r in chains_of.itertuples():
         verdicts = f"Hendrycks {_tick(r.hendrycks_correct)}, math-verify {_tick(r.math_verify_correct)}"
         st.markdown(f"**chain {r.chain_id}, {r.teacher} sample {r.sample_idx}: {_label(r)}** (extracted "
                     f"`{_text(r.extracted_answer)}`, gold `{_text(r.gold)}`; {verdicts}; job {r.job_id})")
-        show(r.text)
+        show(texts.get(int(r.chain_id), ""))
 
     st.subheader("One chain's reviews")
     # Names that a review does not change, so the chosen chain stays chosen when the page reads it again.
@@ -103,6 +103,7 @@ def votes_page() -> None:
     run = runs.set_index("job_id").loc[job]
     sample_job = int(run.sample_job_id)
     score_samples_job = None if pd.isna(run.score_samples_job_id) else int(run.score_samples_job_id)
+    search = search_box()
     left, right = st.columns(2)
     # a different credit is a disagreement too: ASC turning SC's half-credit tie into a whole answer is its gain
     disagree = left.checkbox("only problems where ASC and SC disagree (answer or credit)")
@@ -119,11 +120,14 @@ def votes_page() -> None:
     methods = sorted(own, key=lambda m: (m != "greedy", m != SC, m))
     baseline_section([own[m] for m in methods], evaluated_runs(con), own.get(SC, own[methods[0]]))
 
-    shown = queries.votes(con, job, disagree_only=disagree, all_failed_only=failed)
-    st.metric("problems shown", shown["problem_id"].nunique())
-    if shown.empty:
+    filters = {"disagree_only": disagree, "all_failed_only": failed, "search": search}
+    total = queries.votes_count(con, job, **filters)
+    st.metric("problems shown", total)
+    if not total:
         st.info("No problem of this run matches these filters.")
     else:
+        offset, limit = pager(total, "problems")
+        shown = queries.votes(con, job, **filters, offset=offset, limit=limit)
         table(queries.votes_wide(shown))
         _one_problem(con, shown, sample_job, score_samples_job)
 
@@ -195,24 +199,48 @@ def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, sample_job
 
 def training_page() -> None:
     st.title("Training")
-    st.caption("The loss and every stored metric of training jobs against optimizer steps, several jobs "
-               "overlaid; NAT's mean w_neg per layer (how much the frozen negative LoRA contributes) over steps.")
+    st.caption("The loss and every stored metric of training jobs against optimizer steps (or against the fraction "
+               "of each job's steps, so a long and a short run line up), every job of an experiment overlaid, "
+               "smoothed if asked; the parameters on which the chosen jobs differ; NAT's mean w_neg per layer "
+               "(how much the frozen negative LoRA contributes) over steps.")
     con = connection()
     jobs = queries.training_jobs(con)
     if jobs.empty:
-        st.info(EMPTY.format(what="training metrics"))
+        empty(con, "training metrics")
         return
     labels = dict(zip(jobs["job_id"].astype(int), jobs["job"], strict=True))
-    chosen = st.multiselect("training jobs", list(labels), default=list(labels)[:1], format_func=labels.__getitem__)
+    experiments = list(dict.fromkeys(jobs["experiment"].fillna(NO_EXPERIMENT)))  # newest job's first
+    left, right = st.columns([1, 3])
+    experiment = left.selectbox("experiment", experiments, key="training_experiment")
+    of_it = [int(j) for j, x in zip(jobs["job_id"], jobs["experiment"].fillna(NO_EXPERIMENT), strict=True)
+             if x == experiment]
+    # keyed by the experiment: choosing another one starts again from all of its jobs
+    chosen = right.multiselect("training jobs", list(labels), default=of_it, format_func=labels.__getitem__,
+                               key=f"training_jobs_{experiment}")
     curves = queries.training_curves(con, chosen)
     metrics = sorted(curves["metric"].unique(), key=lambda m: (m != "loss", m != "eval_loss", m))
     picked = st.multiselect("metrics", metrics, default=[m for m in metrics if m in ("loss", "eval_loss")])
+    a, b, c = st.columns(3)
+    smoothing = a.slider("smoothing (EMA weight of the past)", 0.0, 0.99, 0.0, 0.01, key="training_smoothing")
+    log = b.checkbox("log scale", key="training_log")
+    x = c.radio("x axis", [queries.STEP, queries.FRACTION], horizontal=True, key="training_x")
+    drawn = queries.shaped_curves(curves, smoothing, x)
     for metric in picked:
         st.subheader(metric)
-        st.altair_chart(alt.Chart(curves[curves["metric"] == metric]).mark_line(point=True).encode(
-            x=alt.X("step:Q", title="optimizer step", axis=STEPS),
-            y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
-            color=alt.Color("job:N", title="job"), tooltip=["job", "step", "value"]))
+        rows = drawn[drawn["metric"] == metric]
+        if log:
+            kept = rows[(rows["value"] > 0) & (rows["smoothed"] > 0)]
+            if len(kept) < len(rows):
+                st.caption(f"{len(rows) - len(kept)} values at or below 0 left out of the log scale.")
+            rows = kept
+        st.altair_chart(_curve_chart(rows, metric, x, log, smoothing > 0))
+    if len(chosen) > 1:
+        st.subheader("Parameters that differ")
+        differ = queries.differing_params(queries.job_params(con, chosen), labels)
+        if len(differ.columns) == 1:
+            st.caption("The chosen jobs share every parameter.")
+        else:
+            table(differ)
     table(jobs)
 
     st.subheader("NAT: mean w_neg per layer")
@@ -234,6 +262,21 @@ def training_page() -> None:
                         legend=alt.Legend(format="d", tickMinStep=1)), detail="layer:N",
         tooltip=["step", "layer", alt.Tooltip("mean(mean_w_neg):Q", title="mean w_neg")]))
     table(drawn)
+
+
+def _curve_chart(rows: pd.DataFrame, metric: str, x: str, log: bool, smoothed: bool) -> alt.LayerChart:
+    """A metric's curve per job, the legend below it with the jobs' names whole; smoothed, the raw values stay
+    as a faint line behind the smoothed one."""
+    axis = STEPS if x == queries.STEP else alt.Axis(format=".0%")
+    base = alt.Chart(rows).encode(
+        x=alt.X("x:Q", title=x, axis=axis),
+        color=alt.Color("job:N", title="job", legend=alt.Legend(orient="bottom", columns=1, labelLimit=0)),
+        tooltip=["job", "step", "value", "smoothed"])
+    scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
+    line = base.mark_line(point=not smoothed).encode(y=alt.Y("smoothed:Q", title=metric, scale=scale))
+    if not smoothed:
+        return alt.layer(line)
+    return alt.layer(base.mark_line(opacity=0.25).encode(y=alt.Y("value:Q", title=metric, scale=scale)), line)
 
 
 def _interval_chart(rows: pd.DataFrame, category: str) -> alt.LayerChart:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from rplat.bundled import SMOLLM2
 from rplat.kinds import Params
@@ -49,6 +49,18 @@ class TrainParams(Params):
     max_length: MaxLength
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
     seed: Seed
+    report_to: Literal["mlflow", "wandb", "none"] | None = Field(
+        None, description="log the params, every step's metrics and the trained model to MLflow or W&B (the "
+        "rplat[mlflow] or rplat[wandb] extra); none: neither; unset: the runner's RPLAT_REPORT_TO, else neither")
+
+    @model_serializer(mode="wrap")
+    def _report_to_stored_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A job that does not say follows its runner's RPLAT_REPORT_TO: its stored params (and so its dedupe key)
+        # stay what they were before report_to existed.
+        data = handler(self)
+        if self.report_to is None:
+            data.pop("report_to", None)
+        return data
 
     def train_config(self) -> TrainConfig:
         """The loop's configuration: every `TrainConfig` field these params have, by name (the loop's defaults

@@ -228,6 +228,10 @@ def record_without_chains(store: Store) -> None:
                                        {**released, "generated_answer": []}))
 
 
+def flat_chain_without_text(store: Store) -> None:
+    write(store, "c.jsonl", jsonl({"problem_id": "q1", "sample_idx": 0}))
+
+
 # issue 17: semantic checks (the setups of that section's cases)
 def params_file_with_infinity(store: Store) -> None:
     write(store, "params.json", '{"sleep_seconds": Infinity}\n')
@@ -319,6 +323,39 @@ def math_prefix_only(store: Store) -> None:
 
 def math_file(store: Store) -> None:
     write(store, "math.jsonl", jsonl(MATH_GOOD))
+
+
+# results card (issue 20): `rplat report card`
+def experiment_waiting(store: Store) -> None:
+    """An experiment whose only job is still queued."""
+    with transaction(store.engine()) as session:
+        make.job(session, "probe", experiment=make.experiment(session, "waiting"), status="queued")
+
+
+def experiment_probed(store: Store) -> None:
+    """An experiment whose only succeeded job is a probe: no number to show."""
+    with transaction(store.engine()) as session:
+        make.job(session, "probe", experiment=make.experiment(session, "probed"))
+
+
+def card_files_taken(store: Store) -> None:
+    write(store, "card_files", "a file where the card's images would go")
+
+
+# named slices (issue 19): `rplat slice`
+def a_sliced_run(store: Store) -> None:
+    """One evaluated run with two predictions, and the slice `algebra` over it."""
+    from rplat.models import Slice
+
+    with transaction(store.engine()) as session:
+        dataset = make.dataset(session, "math", make.job(session, "import-problems"))
+        problems = make.problems(session, dataset, [
+            {"external_id": "a", "question": "1 + 1?", "answer": "2", "subject": "Algebra"},
+            {"external_id": "g", "question": "2 + 2?", "answer": "4", "subject": "Geometry"}])
+        evaluate = make.job(session, "evaluate")
+        for problem, credit in zip(problems, (1.0, 0.5), strict=True):
+            make.prediction(session, evaluate, problem, None, "greedy", problem.answer, credit)
+        session.add(Slice(name="algebra", predicate="subject = 'Algebra'", metric="accuracy", created_by="ada"))
 
 
 @dataclass(frozen=True)
@@ -776,6 +813,58 @@ CASES = [
          ["the prm shape has list columns, which CSV cannot hold", "--file-type jsonl, parquet or hf"]),
     Case("export-hf-over-an-existing-directory", ("export", "chains", "--file-type", "hf", "--out", "taken"),
          ["taken already exists", "choose another --out or remove it"], taken_directory),
+    # hf round trip (issue 20): `rplat import chains` reads what `rplat export chains` writes
+    Case("flat-chain-with-neither-chain-nor-text", ("import", "chains", "c.jsonl", "--teacher", "t", "--layout",
+                                                    "flat"),
+         ["c.jsonl line 1 has neither field 'chain' nor field 'text'", "in 'chain' with its problem's external id in "
+          "'problem_id', or in 'text' with the id in 'problem'"], flat_chain_without_text),
+    # issue 20: training metrics to MLflow and W&B (`report_to`)
+    Case("enqueue-training-reporting-to-no-tracker", ("enqueue", "train-sft", "--param", "problems=gsm", "--param",
+                                                      "report_to=tensorboard"),
+         ["job kind 'train-sft'", "'report_to' input should be 'mlflow', 'wandb' or 'none' (got 'tensorboard')"]),
+    # named slices (issue 19): `rplat slice add` checks the predicate as `rplat export --where` does; nothing is
+    # written
+    Case("slice-where-names-an-unknown-column", ("slice", "add", "hard", "--where", "level = 'Level 5'"),
+         ["the --where predicate \"level = 'Level 5'\" does not run on the view predictions", "level",
+          "`rplat sql --views` lists its columns"], a_sliced_run),
+    Case("slice-where-adds-a-second-statement",
+         ("slice", "add", "hard", "--where", "true; DELETE FROM store.slices"),
+         ["the --where predicate 'true; DELETE FROM store.slices' is refused", "give exactly one query, not 2 "
+          "statements"], a_sliced_run),
+    Case("slice-where-adds-a-union", ("slice", "add", "hard", "--where", "true UNION SELECT * FROM predictions"),
+         ["give one condition over the view's columns"], a_sliced_run),
+    Case("slice-where-reads-a-file",
+         ("slice", "add", "hard", "--where", "EXISTS (SELECT * FROM read_text('.tmp/s.txt'))"),
+         ["is refused", "the function read_text reaches outside the read-only views"], tmp_file),
+    Case("slice-where-is-empty", ("slice", "add", "hard", "--where", " "), ["--where is empty"]),
+    Case("slice-name-taken", ("slice", "add", "algebra", "--where", "true"),
+         ["a slice named 'algebra' already exists", "choose another name"], a_sliced_run),
+    Case("slice-name-is-a-path", ("slice", "add", "../algebra", "--where", "true"), ["names are"]),
+    Case("slice-metric-not-a-choice", ("slice", "add", "hard", "--where", "true", "--metric", "f1"),
+         ["'f1' is not one of 'accuracy', 'n'"]),
+    Case("slice-shown-that-does-not-exist", ("slice", "show", "geometry"),
+         ["there is no slice named 'geometry'", "`rplat slice ls` lists them"], a_sliced_run),
+    Case("slice-shown-on-a-run-that-does-not-exist", ("slice", "show", "algebra", "--run", "999"),
+         ["there is no evaluated run '999'", "without --run lists them"], a_sliced_run),
+    # results card (issue 20): `rplat report card`; nothing is written
+    Case("card-of-an-experiment-that-does-not-exist", ("report", "card", "--experiment", "nope", "--out", "card.md"),
+         ["experiment 'nope' does not exist", "rplat experiments ls"]),
+    Case("card-of-an-experiment-without-succeeded-jobs",
+         ("report", "card", "--experiment", "waiting", "--out", "card.md"),
+         ["experiment 'waiting' has no succeeded jobs yet (1 queued)", "rplat runner --until-done"],
+         experiment_waiting),
+    Case("card-of-an-experiment-without-results", ("report", "card", "--experiment", "probed", "--out", "card.html"),
+         ["experiment 'probed' has no results a card shows", "(probe)", "rplat jobs ls"], experiment_probed),
+    Case("card-out-without-a-known-suffix", ("report", "card", "--experiment", "e", "--out", "card.txt"),
+         ["cannot tell the file type of card.txt from its suffix", "--file-type md or html"]),
+    Case("card-file-type-not-a-choice", ("report", "card", "--experiment", "e", "--file-type", "pdf",
+                                         "--out", "card.pdf"), ["'pdf' is not one of 'md', 'html'"]),
+    Case("card-out-in-a-missing-directory", ("report", "card", "--experiment", "e", "--out", "nowhere/card.md"),
+         ["the directory nowhere does not exist", "choose another --out"]),
+    Case("card-out-is-a-directory", ("report", "card", "--experiment", "e", "--file-type", "md", "--out", "taken"),
+         ["taken is a directory", "give --out a file name"], taken_directory),
+    Case("card-images-folder-is-a-file", ("report", "card", "--experiment", "e", "--out", "card.md"),
+         ["card_files is a file, where the card's images would go"], card_files_taken),
 ]
 
 

@@ -293,6 +293,9 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
         assert [(r["problem"], r["gold"], r[f0], r[f1], r[f2], r[f3]) for r in grid(page, 1)] == [
             ("m2", "6", "4", "6", "6", "6")]
         shoot(page, tmp_path, "intersections")
+        visit(page, f"{url}/slices", "Positive chains per level, subject and teacher", "Accuracy per subject")
+        page.get_by_test_id("stVegaLiteChart").nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)  # accuracy per subject
+        shoot(page, tmp_path, "slices")
 
         visit(page, f"{url}/chains", "positive chains", "rplat dashboard --allow-review")
         assert len(grid(page)) == 10
@@ -300,9 +303,12 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
         assert page.get_by_test_id("stForm").count() == 0 and page.locator("textarea").count() == 0
         visit(page, f"{url}/chains?allow_review=1", "positive chains", "rplat dashboard --allow-review")
         assert page.get_by_test_id("stForm").count() == 0
-        page.get_by_text("only chains where the two labelers disagree").click()
-        assert [(r["problem"], r["teacher"], r["sample_idx"], r["label"]) for r in grid_once(page, 0, 2)] == [
-            ("m1", "gpt-3.5", "0", "neg"), ("m2", "gpt-3.5", "1", "neg")]
+        page.get_by_text("only problems where the two labelers disagree on a chain").click()
+        # the two problems with all their chains, the disagreeing ones marked
+        assert [(r["problem"], r["teacher"], r["sample_idx"], r["label"], r["labelers_disagree"])
+                for r in grid_once(page, 0, 4)] == [
+            ("m1", "gpt-3.5", "0", "neg", "true"), ("m1", "gpt-3.5", "1", "neg", "false"),
+            ("m2", "gpt-3.5", "0", "pos", "false"), ("m2", "gpt-3.5", "1", "neg", "true")]
         shoot(page, tmp_path, "chains")
 
         visit(page, f"{url}/votes", "only problems where ASC and SC disagree")
@@ -339,7 +345,7 @@ def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
             assert grid(page) == [{"n": str(s.scalar(select(func.count()).select_from(Job)))}]
         shoot(page, tmp_path, "sql")
         assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(
-            ["rationales", "failures", "intersections", "chains", "votes", "training", "jobs", "sql"])
+            ["rationales", "failures", "intersections", "slices", "chains", "votes", "training", "jobs", "sql"])
         page.close()
 
 

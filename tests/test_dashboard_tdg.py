@@ -72,21 +72,33 @@ def chart_data(at: AppTest, n: int) -> pd.DataFrame:
 
 
 def test_chain_counts_follow_every_filter(duck: duckdb.DuckDBPyConnection) -> None:
-    assert queries.chain_counts(duck) == {"pos": 4, "neg": 6, "problems": 4, "problems_with_positive": 3}
-    assert queries.chain_counts(duck, teachers=["gpt-3.5"]) == {"pos": 2, "neg": 6, "problems": 4,
+    assert queries.chain_counts(duck) == {"chains": 10, "pos": 4, "neg": 6, "problems": 4,
+                                          "problems_with_positive": 3}
+    assert queries.chain_counts(duck, teachers=["gpt-3.5"]) == {"chains": 8, "pos": 2, "neg": 6, "problems": 4,
                                                                  "problems_with_positive": 2}
     assert queries.chain_counts(duck, subjects=["Prealgebra"], label="pos") == {
-        "pos": 2, "neg": 0, "problems": 2, "problems_with_positive": 2}
+        "chains": 2, "pos": 2, "neg": 0, "problems": 2, "problems_with_positive": 2}
     assert queries.chain_counts(duck, levels=["Level 1"], label="neg") == {
-        "pos": 0, "neg": 2, "problems": 2, "problems_with_positive": 0}
+        "chains": 2, "pos": 0, "neg": 2, "problems": 2, "problems_with_positive": 0}
 
 
-def test_chains_where_the_labelers_disagree_are_the_unboxed_right_answers(duck: duckdb.DuckDBPyConnection) -> None:
+def test_labeler_disagreement_chooses_problems_and_shows_all_their_chains_marked(
+        duck: duckdb.DuckDBPyConnection) -> None:
     rows = queries.chains(duck, disagree_only=True)
+    # m1 and m2 each have one unboxed right answer (the labelers disagree on it) beside a chain they agree on
     assert [(r.problem, r.teacher, r.sample_idx, r.label, r.extracted_answer, r.gold, r.hendrycks_correct,
-             r.math_verify_correct) for r in rows.itertuples()] == [
-        ("m1", "gpt-3.5", 0, "neg", "42", "42", False, True), ("m2", "gpt-3.5", 1, "neg", "6", "6", False, True)]
-    assert rows["text"].tolist() == ["7 * 6 = 42. The answer is 42.", "10 - 4 = 6\n#### 6"]
+             r.math_verify_correct, r.labelers_disagree) for r in rows.itertuples()] == [
+        ("m1", "gpt-3.5", 0, "neg", "42", "42", False, True, True),
+        ("m1", "gpt-3.5", 1, "neg", "48", "42", False, False, False),
+        ("m2", "gpt-3.5", 0, "pos", "6", "6", True, True, False),
+        ("m2", "gpt-3.5", 1, "neg", "6", "6", False, True, True)]
+    assert queries.chain_texts(duck, rows["chain_id"].tolist()) == dict(zip(
+        rows["chain_id"], ["7 * 6 = 42. The answer is 42.", "7 * 6 = 48, so \\boxed{48}.",
+                           "10 - 4 = 6, so \\boxed{6}.", "10 - 4 = 6\n#### 6"], strict=True))
+    assert queries.chain_counts(duck, disagree_only=True) == {"chains": 4, "pos": 1, "neg": 3, "problems": 2,
+                                                              "problems_with_positive": 1}
+    # the label then chooses among those problems' chains
+    assert queries.chains(duck, disagree_only=True, label="pos")["chain_id"].tolist() == [rows["chain_id"][2]]
 
 
 def test_votes_keep_the_problems_where_asc_and_sc_disagree_or_every_method_failed(
@@ -103,9 +115,9 @@ def test_votes_keep_the_problems_where_asc_and_sc_disagree_or_every_method_faile
 def test_votes_wide_gives_each_method_its_answer_and_margin_per_problem(duck: duckdb.DuckDBPyConnection,
                                                                          ids: dict[str, int]) -> None:
     wide = queries.votes_wide(queries.votes(duck, ids["aggregate"]))
-    assert wide.columns.tolist() == ["problem_id", "problem", "subject", "gold", "greedy", "greedy margin", "sc",
-                                     "sc margin", "asc-f0", "asc-f0 margin", "asc-f1", "asc-f1 margin", "asc-f2",
-                                     "asc-f2 margin", "asc-f3", "asc-f3 margin"]
+    assert wide.columns.tolist() == [
+        "problem_id", "problem", "question", "subject", "gold", "greedy", "greedy margin", "sc", "sc margin", "asc-f0",
+        "asc-f0 margin", "asc-f1", "asc-f1 margin", "asc-f2", "asc-f2 margin", "asc-f3", "asc-f3 margin"]
     m1 = wide.set_index("problem").loc["m1"]
     assert (m1["greedy"], m1["sc"], m1["sc margin"], m1["asc-f1"], m1["asc-f1 margin"], m1["asc-f3"],
             m1["asc-f3 margin"]) == ("42 ✓", "41", 1.0, "41 (tie of 2, credit 0.5)", 0.0, "42 ✓", 0.5)
@@ -181,10 +193,12 @@ def test_chains_page_counts_and_lists_the_chains_and_narrows_to_labeler_disagree
     assert "What is 2 \\+ 3\\?" in shown(at) and "2 \\+ 3 \\= 6\\, so $\\boxed{6}$\\." in shown(at)
 
     at.checkbox[0].check().run()
-    assert metrics(at) == {"positive chains": "0", "negative chains": "2", "problems": "2",
-                           "problems with a positive": "0"}
-    assert at.dataframe[0].value["chain_id"].tolist() == [3, 6]
-    at.selectbox[0].set_value(ids["problem2"]).run()
+    assert metrics(at) == {"positive chains": "1", "negative chains": "3", "problems": "2",
+                           "problems with a positive": "1"}
+    shown_rows = at.dataframe[0].value
+    assert shown_rows["chain_id"].tolist() == [3, 4, 5, 6]
+    assert shown_rows["labelers_disagree"].tolist() == [True, False, False, True]
+    at.selectbox[1].set_value(ids["problem2"]).run()  # [0] is the rows per page
     assert to_markdown("10 - 4 = 6\n#### 6") in shown(at)
     assert to_markdown("7 * 6 = 42. The answer is 42.") not in shown(at)
 
@@ -211,10 +225,9 @@ def test_votes_page_shows_sc_against_asc_per_problem_with_samples_margins_and_th
 def test_training_page_overlays_the_chosen_jobs_and_draws_nat_w_neg_per_layer(ids: dict[str, int]) -> None:
     at = page("training_page")
     assert not at.exception, [e.value for e in at.exception]
-    assert at.multiselect[0].value == [ids["train-nat"]]  # the newest job
+    assert at.multiselect[0].value == [ids["train-nat"], ids["train-neg"]]  # every job of the experiment
     assert at.multiselect[1].value == ["loss", "eval_loss"]
     assert at.multiselect[1].options == ["loss", "eval_loss", "grad_norm", "lr"]
-    at.multiselect[0].select(ids["train-neg"]).run()
     loss = chart_data(at, 0)
     assert {job: g["value"].tolist() for job, g in loss.groupby("job")} == {
         f"train-nat job {ids['train-nat']} (nat-dash)": [3.0, 2.5, 2.0, 1.75],
@@ -222,7 +235,7 @@ def test_training_page_overlays_the_chosen_jobs_and_draws_nat_w_neg_per_layer(id
     alpha = chart_data(at, 2)
     assert alpha.loc[alpha["step"] == 4, ["layer", "proj", "mean_w_neg"]].values.tolist() == [
         [0, "q_proj", -0.375], [0, "v_proj", -0.25], [1, "q_proj", 0.25], [1, "v_proj", 0.375]]
-    at.selectbox[1].set_value("v_proj").run()
+    at.selectbox[2].set_value("v_proj").run()  # after the experiment and the train-nat job
     assert chart_data(at, 2)["mean_w_neg"].tolist() == [-0.125, 0.25, -0.25, 0.375]
 
 
@@ -245,7 +258,7 @@ def chain_id(at: AppTest, problem: str, teacher: str, sample_idx: int) -> int:
 
 def review_chain(at: AppTest, chain: int, label: str, reason: str, reviewer: str | None = None) -> AppTest:
     """Fill in the Chains page's review form of `chain` (chosen in the chain box) and save it."""
-    at.selectbox[1].set_value(chain).run()
+    at.selectbox[2].set_value(chain).run()  # after the rows per page and the problem
     key = f"review-chain-{chain}"
     at.radio(key=f"{key}-value").set_value(label)
     at.text_area(key=f"{key}-reason").input(reason)
@@ -263,9 +276,10 @@ def test_chains_page_has_no_review_form_without_allow_review_whatever_the_url_sa
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert REVIEW_OFF in [c.value for c in at.caption]
-    assert [b.label for b in at.button] == [] and len(at.text_area) == 0 and len(at.text_input) == 0
+    assert [b.label for b in at.button] == [] and len(at.text_area) == 0
+    assert [t.label for t in at.text_input] == ["search problems"]
     assert at.dataframe[0].value["label_source"].unique().tolist() == ["machine"]
-    assert f"No review of chain {at.selectbox[1].value} yet." in [c.value for c in at.caption]
+    assert f"No review of chain {at.selectbox[2].value} yet." in [c.value for c in at.caption]
 
 
 def test_a_chain_review_from_the_page_changes_the_shown_label_and_writes_one_review(
@@ -277,7 +291,7 @@ def test_a_chain_review_from_the_page_changes_the_shown_label_and_writes_one_rev
     assert metrics(at)["positive chains"] == "4"
     assert REVIEW_OFF not in [c.value for c in at.caption]
     wrong = chain_id(at, "m0", "gpt-3.5", 1)  # "2 + 3 = 6", neg: a person relabels it (the test needs any change)
-    at.selectbox[1].set_value(wrong).run()
+    at.selectbox[2].set_value(wrong).run()
     assert at.text_input(key=f"review-chain-{wrong}-reviewer").value == "grace"  # the default reviewer
     assert at.radio(key=f"review-chain-{wrong}-value").value == "neg"  # the label in effect
 

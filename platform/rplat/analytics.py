@@ -48,10 +48,14 @@ SELECT j.id AS job_id, j.kind, j.status, x.name AS experiment, m.name AS model, 
        epoch(j.started_at - j.created_at) AS queued_seconds,
        epoch(j.finished_at - j.started_at) AS duration_seconds,
        j.attempts, j.max_attempts, j.lease_owner AS runner, j.target_host AS host,
-       j.progress_done, j.progress_total, j.error, CAST(j.params AS JSON) AS params
+       j.progress_done, j.progress_total, j.error, CAST(j.params AS JSON) AS params, j.heartbeat_at
 FROM store.jobs j
 LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = j.model_id""",
+    "job_events": """
+SELECT e.id AS event_id, e.job_id, j.kind, e.at, e.event, e.message, e.runner, e.attempt
+FROM store.job_events e
+JOIN store.jobs j ON j.id = e.job_id""",
     "problems": """
 SELECT p.id AS problem_id, p.external_id AS problem, ds.name AS dataset, p.benchmark, p.split, p.subject, p.level,
        p.question, CAST(p.choices AS VARCHAR) AS choices, p.solution, {gold} AS gold, p.answer AS machine_gold,
@@ -65,6 +69,9 @@ SELECT r.id AS review_id, CASE r.target_table WHEN 'teacher_chains' THEN 'chain'
        r.reason, r.undoes, r.created_at,
        r.id = max(r.id) OVER (PARTITION BY r.target_table, r.target_id, r.field) AS in_effect
 FROM store.reviews r""",
+    "slices": """
+SELECT s.id AS slice_id, s.name, s.description, s.predicate, s.metric, s.created_at, s.created_by
+FROM store.slices s""",
     "documents": """
 SELECT d.id AS document_id, d.external_id AS document, ds.name AS dataset, d.source, d.subset, d.split, d.n_chars,
        d.content_hash, d.text, CAST(d.meta AS VARCHAR) AS meta, d.job_id

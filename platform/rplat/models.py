@@ -568,6 +568,25 @@ class Review(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+SLICE_METRICS = ("accuracy", "n")  # accuracy: the mean credit of the slice's predictions; n: how many there are
+
+
+class Slice(Base):
+    """A filter over the predictions view saved under a name with its metric (`rplat slice add`): listed, and
+    measured on any run. `predicate` is one condition over the view's columns, checked as `rplat export --where`
+    checks it before it is stored; rows are written only by the CLI (the dashboard is read-only)."""
+
+    __tablename__ = "slices"
+    __table_args__ = (CheckConstraint(f"metric IN ({', '.join(repr(m) for m in SLICE_METRICS)})", name="metric"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    predicate: Mapped[str] = mapped_column(Text)
+    metric: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
 class GenerationCache(Base):
     """Every generate/score call, keyed by (model fingerprint, prompt hash, sampling params, sample index)."""
 

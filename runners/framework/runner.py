@@ -43,6 +43,7 @@ from rplat.progress import Progress
 from rplat.queue import ClaimedJob, Queue
 from rplat.quiet import silence_libraries
 from rplat.runners.framework.context import JobContext
+from rplat.runners.training import trackers
 from rplat.slurm import slurm_job_of
 
 
@@ -372,6 +373,7 @@ class Runner:
             with self._progress_lines(job, ctx):
                 result = kind.load_handler()(ctx, params)
             self.queue.resolve_model(job)
+            trackers.finish_job(ctx, result)  # a training job that reports to MLflow or W&B: its model, run ended
             self.queue.complete(job.id, job.lease_token, result, ctx.current_progress)
             state = "succeeded"
         except JobCancelled:

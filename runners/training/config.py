@@ -22,3 +22,4 @@ class TrainConfig:
     final_lr_ratio: float = 0.0  # the cosine decays to this fraction of the peak learning rate
     seed: int = 0
     parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes: replicate (DDP) or shard (FSDP2)
+    report_to: str | None = None  # mlflow, wandb or none; None: RPLAT_REPORT_TO decides (runners.training.trackers)

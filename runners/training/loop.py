@@ -14,7 +14,8 @@ optionally parameter groups, an eval hook and which checkpoint keys may be absen
 - schedule: linear warmup (steps, or a ratio of the steps) then cosine decay, AdamW over parameter groups,
   gradient clipping, bf16 autocast on GPUs that support it;
 - checkpoints: every `checkpoint_every` steps one dict — trainable weights, optimizer, scheduler, every rank's
-  RNG state — after the steps' metrics (`training_metrics`: loss, lr, metrics and eval values in `extra`);
+  RNG state — after the steps' metrics (`training_metrics`: loss, lr, metrics and eval values in `extra`; the same
+  rows go to MLflow or W&B when the job reports to one, and the dict keeps that run's id: `trackers`);
 - resume: the newest checkpoint is loaded strictly (every trainable key present, nothing unexpected; only keys
   the kind allows may be absent) and training continues at exactly that step with the batches and random state
   it would have had, so the loss curve equals an uninterrupted run's.
@@ -42,6 +43,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from rplat.errors import UserError
 from rplat.runners.framework.context import StepMetric
+from rplat.runners.training import trackers
 from rplat.runners.training.config import TrainConfig
 
 Batch = dict[str, torch.Tensor]
@@ -288,7 +290,8 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any] | 
     without gradients in eval mode, on every rank, every `cfg.eval_every` steps and after the last step; its
     values go into that step's `extra`. `may_be_absent(key)` says which state-dict keys a checkpoint may lack
     (default: every key that is not a trainable parameter, i.e. frozen weights and buffers). Returns steps,
-    resumed_from, final_loss and the last eval values (`final_eval`)."""
+    resumed_from, final_loss and the last eval values (`final_eval`), and on rank 0 of a job that reports to a
+    tracker its run (`tracker`: report_to, run_id)."""
     sizes = _epoch_sizes(examples, cfg)
     distinct = isinstance(examples, PerEpoch)
     if isinstance(examples, PerEpoch):
@@ -315,6 +318,7 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any] | 
     per_step = cfg.batch_size * cfg.grad_accum
     start = 0
     torch.manual_seed(cfg.seed + rank)
+    run = trackers.LoopRun(host, cfg.report_to if main else "none")  # rank 0 alone reports
     saved = host.load_checkpoint()
     if saved is not None:
         start, state = saved
@@ -327,6 +331,7 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any] | 
         elif main:
             host.log(f"the checkpoint was written by {len(state['rng'])} processes, not {world}: fresh random "
                      "states, so dropout masks differ from an uninterrupted run")
+        run.resume(state.get("tracker"))
         if main:
             host.log(f"resumed training at step {start} of {steps}")
     pending: list[StepMetric] = []
@@ -350,6 +355,9 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any] | 
                  "scheduler": scheduler.state_dict(), "rng": _all_rng_states(world), "config": asdict(cfg)}
         if main:
             host.record_metrics(pending)
+            run.log(pending)  # before the checkpoint that names the run; a resumed run skips the steps it holds
+            if run.state() is not None:
+                state["tracker"] = run.state()
             host.save_checkpoint(state, step=step)
         pending.clear()
 
@@ -395,5 +403,7 @@ def train(host: TrainingHost, model: torch.nn.Module, examples: Sequence[Any] | 
     if eval_fn is not None and final_eval is None:  # resumed after the last step: evaluate the restored weights
         final_eval = evaluate()
     model.eval()
-    return {"steps": steps, "resumed_from": start, "final_loss": last_loss, "final_eval": final_eval}
+    tracked = run.state()
+    return {"steps": steps, "resumed_from": start, "final_loss": last_loss, "final_eval": final_eval,
+            **({"tracker": tracked} if tracked else {})}
 

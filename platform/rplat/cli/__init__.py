@@ -38,8 +38,8 @@ COMMANDS: dict[str, Lazy] = {
     "explain": Lazy("rplat.cli.analysis:explain", "Where row ID of TABLE came from: its job (params, parents), "
                     "models, prompt template and inputs."),
     "export": Lazy("rplat.cli.export:export", "Write the rows of VIEW (rationales, chains, samples, predictions, "
-                   "...) to a file, each with the job that made it: its kind, model, prompt template and params as "
-                   "JSON."),
+                   "problems, ...) to a file, each with the job that made it: its kind, model, prompt template and "
+                   "params as JSON."),
     "generate": Lazy("rplat.cli.data:generate", "Write benchmark files from offline generators (then `rplat import "
                      "problems`)."),
     "import": Lazy("rplat.cli.data:import_", "Import documents or problems (JSONL, .gz, .zst, Parquet, shards, stdin, "
@@ -56,6 +56,8 @@ COMMANDS: dict[str, Lazy] = {
                    "for other runners)."),
     "serve": Lazy("rplat.cli.serve:serve", "vLLM servers for registered models: `rplat serve MODEL` starts one, "
                   "`stop` ends it, `ls` lists them."),
+    "slice": Lazy("rplat.cli.slices:slice_", "Named slices of the predictions: save a filter with its metric "
+                  "(`add`), list them (`ls`), measure one on every run (`show`)."),
     "slurm": Lazy("rplat.cli.slurm:slurm", "Runners as Slurm job arrays: submit them (`submit`), or keep them matched "
                   "to the queue (`scale`)."),
     "sql": Lazy("rplat.cli.analysis:sql", "Run one read-only QUERY over the analytics views (DuckDB) and print the "

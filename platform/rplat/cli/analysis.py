@@ -268,6 +268,33 @@ def report_compare(run_a: str, run_b: str, resamples: int, seed: int, as_json: b
     click.echo(f"left out (predicted by one run only): {c['a']['left_out']} of A's problems, "
                f"{c['b']['left_out']} of B's")
 
+
+@report.command("card")
+@click.option("--experiment", required=True, type=NAME, help="the experiment whose results to write")
+@click.option("--file-type", type=click.Choice(["md", "html"]), default=None,
+              help="md (images in <stem>_files/ beside it) or html (one file, images inside)  "
+                   "[default: the suffix of --out]")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="the card's file")
+def report_card(experiment: str, file_type: str | None, out: Path) -> None:
+    """Write one document for a paper draft or a PR: the experiment's tables (the reports that apply: rationalyst,
+    tdg, asc, compare), figures (accuracy with intervals, ASC against SC, training curves) and the jobs behind every
+    number (kind, models, data, prompt template hash, params).
+
+    \b
+    rplat report card --experiment demo-tdg --out cards/demo-tdg.md
+    rplat report card --experiment demo-tdg --out demo-tdg.html
+    """
+    from rplat.card import build_card, check_out, file_type_of, write_card
+
+    file_type = file_type_of(out, file_type)
+    check_out(out, file_type)
+    card = build_card(open_store(), experiment)
+    written = write_card(card, out, file_type)
+    images = written[:-1]
+    where = f", its {len(images)} image{'s' * (len(images) != 1)} in {images[0].parent}" if images else ""
+    click.echo(f"wrote the results card of experiment {experiment} to {out}{where}")
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, type=HOST,
               help="address to bind (0.0.0.0 shows the store to every machine that can reach this one)")

@@ -3,8 +3,19 @@
 Two layouts. *Released*: the TDG authors' files, one MATH problem per line with its gold solution and the
 teacher's chains (`{"question": "Problem:\\n…", "answer": …, "generated_answer": [...], "level", "type"}`); the
 problems are created in the dataset, or reused when their question is there already (the external id is a hash
-of the bare question, so the same problem imported for two teachers is one row). *Flat*: one chain per line,
-`{"problem_id": external id in the dataset, "chain": …, "sample_idx"?}`. Input is read through
+of the bare question, so the same problem imported for two teachers is one row). *Flat*: one chain per line on a
+problem already in the dataset, in one of two forms, told apart by the field holding the chain:
+
+- `{"problem_id": external id in the dataset, "chain": …, "sample_idx"?}`: the chain loses a leading
+  "Solution:" line, as released chains do;
+- without `chain`, `{"problem": external id, "text": …, "sample_idx"?, …}`: a row of `rplat export chains` (any
+  file type, a Hugging Face directory included), whose `problem_id` is the exporting store's row id and is
+  ignored, as are its other columns (`teacher`, `label`, ...: the chains are labelled here, by this import's
+  labelers); the text is taken as it is.
+
+So `chain` wins over `text`, and the id is read from the field of the form the chain decides: `problem_id`
+beside `chain`, `problem` beside `text`. A record with neither `chain` nor `text` is refused. Without
+`sample_idx`, a chain takes the next index of its problem in the order read. Input is read through
 rplat.imports.readers (plain, gzip or Zstandard JSONL, Parquet, stdin, a directory of them). Every record is
 validated, and every new chain labelled (in a pool of processes, one per core by default; math-verify's timeouts
 counted per chain), before anything is written; the rows and an `import-chains` job (their lineage) commit
@@ -127,10 +138,36 @@ def _layout_of(record: dict[str, Any], layout: str) -> str:
         return layout
     if "generated_answer" in record:
         return "released"
-    if "chain" in record:
+    if "chain" in record or "text" in record:
         return "flat"
-    raise _Bad("is neither a released record (question, answer, generated_answer) nor a flat one (problem_id, "
-               "chain); fix it, or pass --layout to say which it should be")
+    raise _Bad("is neither a released record (question, answer, generated_answer) nor a flat one (problem_id and "
+               "chain, or problem and text as rplat export chains writes); fix it, or pass --layout to say which "
+               "it should be")
+
+
+def _flat(record: dict[str, Any], id_max: int | None) -> tuple[str, str, bool]:
+    """A flat record's problem external id and chain, and whether it is in the export form (module docstring):
+    `chain` with `problem_id`, else `text` with `problem`."""
+    if record.get("chain") is None and record.get("text") is None:
+        raise _Bad("has neither field 'chain' nor field 'text'; give each chain in 'chain' with its problem's "
+                    "external id in 'problem_id', or in 'text' with the id in 'problem' (as rplat export chains "
+                    "writes them)")
+    exported = record.get("chain") is None
+    id_field = "problem" if exported else "problem_id"
+    raw_id = record.get(id_field)
+    if exported and raw_id is None:
+        raise _Bad("has its chain in 'text' but no field 'problem' (in an rplat chains export, 'problem' is the "
+                   "problem's external id and 'problem_id' the exporting store's row id); give 'problem', or put "
+                   "the chain in 'chain' to name the problem by 'problem_id'")
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        try:
+            raw_id = str(raw_id)
+        except ValueError:  # past Python's 4,300-digit conversion limit
+            raise _Bad(f"field {id_field!r} is a number too long to be an id") from None
+        record = {**record, id_field: raw_id}
+    ext = _text(record, id_field, max_len=id_max) or ""
+    chain = _text(record, "text" if exported else "chain") or ""
+    return ext, chain if exported else strip_prefix(chain, TDG_SOLUTION_PREFIX), exported
 
 
 @dataclass
@@ -147,7 +184,7 @@ def _parse(units: list[Unit], layout: str) -> _Parsed:
                                                                                                   "external_id")
     parsed = _Parsed({}, [], set())
     next_idx: dict[str, int] = {}  # released: chains continue their problem's indices if its question repeats
-    flat_keys: dict[tuple[str, int], Where] = {}
+    flat_keys: dict[tuple[str, int], tuple[Where, Any]] = {}  # (problem, index) -> where first seen, its teacher
     for where, record in _records_of(units):
         try:
             kind = _layout_of(record, layout)
@@ -177,15 +214,7 @@ def _parse(units: list[Unit], layout: str) -> _Parsed:
                 parsed.chains.extend(_Chain(ext, start + k, text, where) for k, text in enumerate(texts))
                 next_idx[ext] = start + len(texts)
             else:
-                raw_id = record.get("problem_id")
-                if isinstance(raw_id, int) and not isinstance(raw_id, bool):
-                    try:
-                        raw_id = str(raw_id)
-                    except ValueError:  # past Python's 4,300-digit conversion limit
-                        raise _Bad("field 'problem_id' is a number too long to be an id") from None
-                    record = {**record, "problem_id": raw_id}
-                ext = _text(record, "problem_id", max_len=id_max) or ""
-                chain = _text(record, "chain") or ""
+                ext, chain, exported = _flat(record, id_max)
                 raw_idx = record.get("sample_idx")
                 if raw_idx is None:
                     idx = next_idx.get(ext, 0)
@@ -193,12 +222,16 @@ def _parse(units: list[Unit], layout: str) -> _Parsed:
                     idx = raw_idx
                 else:
                     raise _Bad(f"field 'sample_idx' is {raw_idx!r}, not a whole number of at least 0")
-                first = flat_keys.setdefault((ext, idx), where)
+                teacher = record.get("teacher") if exported else None
+                first, first_teacher = flat_keys.setdefault((ext, idx), (where, teacher))
                 if first != where:
-                    raise _Bad(f"repeats sample_idx {idx} of problem {ext!r} first seen on {first}; give each chain "
-                               "of a problem its own sample_idx")
+                    several = (f" (the export holds the chains of teachers {first_teacher!r} and {teacher!r}: "
+                               f"export one teacher's, e.g. with --where \"teacher = '{first_teacher}'\")"
+                               if teacher != first_teacher else "")
+                    raise _Bad(f"repeats sample_idx {idx} of problem {ext!r} first seen on {first}{several}; give "
+                               "each chain of a problem its own sample_idx")
                 next_idx[ext] = max(next_idx.get(ext, 0), idx + 1)
-                parsed.chains.append(_Chain(ext, idx, strip_prefix(chain, TDG_SOLUTION_PREFIX), where))
+                parsed.chains.append(_Chain(ext, idx, chain, where))
         except _Bad as exc:
             raise UserError(f"{where} {exc}.") from None
     if not parsed.layouts:
