@@ -1,4 +1,5 @@
-"""The Streamlit app behind `rplat dashboard`: rationales, failures, intersections, jobs, SQL and the TDG pages."""
+"""The Streamlit app behind `rplat dashboard`: rationales, failures, intersections, jobs, SQL, the TDG pages and
+the Problem page."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from rplat.analytics import MAX_RUNS
 from rplat.dashboard import queries
 from rplat.dashboard.baseline import baseline_section
 from rplat.dashboard.common import EMPTY, connection, empty, pager, review_section, search_box, table
+from rplat.dashboard.problem_page import problem_page
+from rplat.dashboard.problem_queries import questions
+from rplat.dashboard.render import inline, open_problem, raw_toggle, show
 from rplat.dashboard.tdg_pages import chains_page, training_page, votes_page
 from rplat.errors import UserError
 
@@ -59,7 +63,7 @@ def rationales_page() -> None:
     d.metric("mean loss delta", f"{rows.loc[scored, 'loss_delta'].mean():.4f}" if scored.any() else "-")
     table(rows[["rationale_id", "extract_rationales_job_id", "score_rationales_job_id", "source", "loss_delta",
                 "s_with", "s_without", "tau", "kept", "kept_source", "overlap", "leak", "rationale", "item",
-                "experiment"]])
+                "problem_id", "experiment"]])
     groups = queries.loss_delta_groups(rows)
     if not groups.empty:
         st.subheader("Loss deltas")
@@ -86,11 +90,11 @@ def rationales_page() -> None:
     b.metric("S_with", _number(row.s_with))
     c.metric("loss delta", _number(row.loss_delta))
     st.markdown("**preceding**")
-    st.text(row.preceding or "(empty)")
+    show(row.preceding)
     st.markdown("**rationale**")
-    st.info(row.rationale)
+    st.info(inline(row.rationale))
     st.markdown("**following**")
-    st.text(row.following or "(empty)")
+    show(row.following)
 
     st.subheader("Its reviews")
     if pd.isna(row.score_rationales_job_id):
@@ -134,9 +138,10 @@ def failures_page() -> None:
               for r in rows.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
     row = rows.set_index("problem_id").loc[picked]
+    open_problem(picked, questions(con, [picked]).get(picked))
     if "question" in rows:
         st.markdown("**question**")
-        st.text(row.question)
+        show(row.question)
     a, b, c = st.columns(3)
     a.metric("prediction", str(row.prediction))
     b.metric("gold", str(row.gold))
@@ -152,8 +157,8 @@ def failures_page() -> None:
         chosen = group[group["chosen"].fillna(False).astype(bool)]
         st.markdown(f"**sample {sample_idx}, step {step_idx + 1}** (solve job {int(row.solve_job_id)})")
         if pd.notna(group["rationale"].iloc[0]):
-            st.caption(f"rationale: {group['rationale'].iloc[0]}")
-        st.text("chosen: " + (chosen["candidate"].iloc[0] if not chosen.empty else "(none)"))
+            st.caption(f"rationale: {inline(group['rationale'].iloc[0])}")
+        st.markdown("chosen: " + (inline(chosen["candidate"].iloc[0]) if not chosen.empty else "(none)"))
         table(group[["job_id", "candidate_idx", "candidate", "score", "chosen"]])
 
 
@@ -454,7 +459,9 @@ def _number(value: float | None) -> str:
 
 
 def main() -> None:
-    st.set_page_config(page_title="rplat", layout="wide")
+    # The sidebar holds only the raw-text switch: collapsed, it leaves the tables the page's whole width.
+    st.set_page_config(page_title="rplat", layout="wide", initial_sidebar_state="collapsed")
+    raw_toggle()
     pages = [st.Page(rationales_page, title="Rationales", default=True),
              st.Page(failures_page, title="Failures", url_path="failures"),
              st.Page(intersections_page, title="Intersections", url_path="intersections"),
@@ -463,7 +470,8 @@ def main() -> None:
              st.Page(votes_page, title="Votes", url_path="votes"),
              st.Page(training_page, title="Training", url_path="training"),
              st.Page(jobs_page, title="Jobs", url_path="jobs"),
-             st.Page(sql_page, title="SQL", url_path="sql")]
+             st.Page(sql_page, title="SQL", url_path="sql"),
+             st.Page(problem_page, title="Problem", url_path="problem")]
     st.navigation(pages, position="top").run()
 
 

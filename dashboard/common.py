@@ -1,5 +1,6 @@
-"""What every dashboard page shares: the store's read-only connection, the empty-store hint, table display, and
-the review section of the Chains and Rationales pages (the one write the dashboard can make)."""
+"""What every dashboard page shares: the store's read-only connection, the empty-store hint, table display (rows
+naming a problem link to its page), and the review section of the Chains, Rationales and Problem pages (the one
+write the dashboard can make)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import streamlit as st
 
 from rplat import reviews
 from rplat.config import get_settings
-from rplat.dashboard import ALLOW_REVIEW, queries
+from rplat.dashboard import ALLOW_REVIEW, problem_queries, queries
+from rplat.dashboard.render import link_config, with_links
 from rplat.errors import UserError
 from rplat.store import get_engine
 
@@ -26,7 +28,10 @@ REVIEW_OFF = ("Reviews are off here: start the dashboard with `rplat dashboard -
 CHOICES: dict[str, tuple[str, dict[str, Any]]] = {"chain": ("label", {"pos": "pos", "neg": "neg"}),
                                                   "rationale": ("decision", {"keep": True, "drop": False})}
 # reviews' sentences name the CLI's options; the form has boxes (its lengths are capped, so only these arise).
+GOLD = "gold answer"  # the problem form's box
 FORM_WORDS = {"give one with --reason TEXT": "write it in the reason box",
+              "give it with --gold ANSWER": "write it in the gold answer box",
+              "from --gold": "from the gold answer box",
               "give one with --reviewer NAME": "write one in the reviewer box"}
 _DONE = "review_outcome"  # session state: the sentence of the review the last run added, shown once
 
@@ -76,7 +81,13 @@ def empty(con: duckdb.DuckDBPyConnection, what: str) -> None:
 
 
 def table(frame: pd.DataFrame) -> None:
-    st.dataframe(frame, hide_index=True)
+    """A table; one whose rows name problems (a `problem_id` column) leads with a link to each one's Problem page,
+    named by its id and the start of its question."""
+    if "problem_id" not in frame.columns or frame.empty:
+        st.dataframe(frame, hide_index=True)
+        return
+    questions = problem_queries.questions(connection(), frame["problem_id"])
+    st.dataframe(with_links(frame, questions), hide_index=True, column_config=link_config())
 
 
 SEARCH_HINT = "a problem id, the start of its hash, or words of its question"
@@ -108,8 +119,8 @@ def review_allowed() -> bool:
 
 
 def review_section(con: duckdb.DuckDBPyConnection, target: str, target_id: int, current: str) -> None:
-    """A chain's or a rationale's reviews, oldest first, and with --allow-review the form that adds one; `current`
-    is the value in effect as the form names it (pos / neg, keep / drop)."""
+    """A chain's, a rationale's or a problem's reviews, oldest first, and with --allow-review the form that adds one;
+    `current` is the value in effect as the form names it (pos / neg, keep / drop, the gold answer)."""
     history = queries.reviews_of(con, target, target_id)
     if history.empty:
         st.caption(f"No review of {target} {target_id} yet.")
@@ -121,12 +132,16 @@ def review_section(con: duckdb.DuckDBPyConnection, target: str, target_id: int, 
     if not review_allowed():
         st.caption(REVIEW_OFF)
         return
-    label, choices = CHOICES[target]
-    options = list(choices)
     key = f"review-{target}-{target_id}"
     with st.form(key):
         st.markdown(f"**Review {target} {target_id}**")
-        picked = st.radio(label, options, index=options.index(current), horizontal=True, key=f"{key}-value")
+        if target == "problem":  # a gold answer is free text: the form starts from the one in effect
+            value: Any = st.text_input(GOLD, value=current, max_chars=reviews.MAX_GOLD, key=f"{key}-value")
+        else:
+            label, choices = CHOICES[target]
+            options = list(choices)
+            picked = st.radio(label, options, index=options.index(current), horizontal=True, key=f"{key}-value")
+            value = choices[picked]
         reason = st.text_area("reason", max_chars=reviews.MAX_REASON, key=f"{key}-reason",
                               placeholder="why the machine's value is wrong (kept in the audit trail)")
         reviewer = st.text_input("reviewer", value=_default_reviewer(), max_chars=200, key=f"{key}-reviewer")
@@ -134,7 +149,7 @@ def review_section(con: duckdb.DuckDBPyConnection, target: str, target_id: int, 
     if not submitted:
         return
     try:
-        outcome = reviews.add(get_engine(get_settings().database_url), target, target_id, choices[picked],
+        outcome = reviews.add(get_engine(get_settings().database_url), target, target_id, value,
                               reviewer=reviewer, reason=reason)
     except UserError as exc:
         st.error(_in_form_words(str(exc)))

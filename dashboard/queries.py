@@ -114,7 +114,7 @@ def rationales(con: duckdb.DuckDBPyConnection, sources: Sequence[str], kept: boo
         SELECT rationale_id, extract_rationales_job_id, score_rationales_job_id, experiment, source, loss_delta,
                s_with, s_without,
                tau, kept, kept_source, machine_kept, overlap, leak, rationale, preceding, following, dataset,
-               coalesce(document, problem) AS item, extractor, scorer
+               coalesce(document, problem) AS item, problem_id, extractor, scorer
         FROM rationales
         WHERE list_contains(?, coalesce(source, '(none)')) AND (? IS NULL OR kept = ?)
           AND (? IS NULL OR leak IS NOT DISTINCT FROM ?)

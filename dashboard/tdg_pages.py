@@ -13,8 +13,10 @@ from rplat.config import get_settings
 from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.baseline import baseline_section
 from rplat.dashboard.common import EMPTY, connection, empty, pager, review_section, search_box, store, table
+from rplat.dashboard.problem_queries import questions
 from rplat.dashboard.queries import job_runs
 from rplat.dashboard.queries import runs as evaluated_runs
+from rplat.dashboard.render import open_problem, problem_name, show
 
 SC = queries.SC
 STEPS = alt.Axis(format="d", tickMinStep=1)
@@ -62,17 +64,18 @@ def chains_page() -> None:
     labels = {int(r.problem_id): f"{r.problem} {r.question} ({_text(r.subject, 'no subject')}, "
                                  f"{_text(r.level, 'no level')}): gold {_text(r.gold)}" for r in problems.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
+    open_problem(picked, questions(con, [picked]).get(picked))
     question = queries.problem_question(con, picked)
     if question:
         st.markdown("**question**")
-        st.text(question)
+        show(question)
     chains_of = queries.chains(con, problem_id=picked)  # all of them, also those on another page
     texts = queries.chain_texts(con, chains_of["chain_id"].tolist())
     for r in chains_of.itertuples():
         verdicts = f"Hendrycks {_tick(r.hendrycks_correct)}, math-verify {_tick(r.math_verify_correct)}"
         st.markdown(f"**chain {r.chain_id}, {r.teacher} sample {r.sample_idx}: {_label(r)}** (extracted "
                     f"`{_text(r.extracted_answer)}`, gold `{_text(r.gold)}`; {verdicts}; job {r.job_id})")
-        st.text(texts.get(int(r.chain_id), ""))
+        show(texts.get(int(r.chain_id), ""))
 
     st.subheader("One chain's reviews")
     # Names that a review does not change, so the chosen chain stays chosen when the page reads it again.
@@ -175,13 +178,16 @@ def _one_problem(con: duckdb.DuckDBPyConnection, shown: pd.DataFrame, sample_job
                  score_samples_job: int | None) -> None:
     st.subheader("One problem's samples and votes")
     problems = shown.drop_duplicates("problem_id")
-    labels = {int(r.problem_id): f"{r.problem} ({_text(r.subject, 'no subject')}): gold {_text(r.gold)}"
+    names = questions(con, problems["problem_id"])
+    labels = {int(r.problem_id): f"{problem_name(int(r.problem_id), names.get(int(r.problem_id)))} "
+                                 f"({_text(r.subject, 'no subject')}): gold {_text(r.gold)}"
               for r in problems.itertuples()}
     picked = st.selectbox("problem", list(labels), format_func=labels.__getitem__)
+    open_problem(picked, names.get(picked))
     question = queries.problem_question(con, picked)
     if question:
         st.markdown("**question**")
-        st.text(question)
+        show(question)
     table(shown[shown["problem_id"] == picked][["method", "answer", "correct", "credit", "vote_mass", "tie_size",
                                                 "margin"]])
     samples = queries.samples_of(con, sample_job, score_samples_job, picked)

@@ -1,5 +1,5 @@
 """`rplat dashboard` in real Chromium: every page and its filters, 127.0.0.1 only, nothing writes; with
-`--allow-review`, a review from the Chains page and nothing else."""
+`--allow-review`, a review from the Chains page and nothing else; the Problem page's math, and a table's link to it."""
 
 from __future__ import annotations
 
@@ -376,6 +376,60 @@ def test_a_dashboard_started_with_allow_review_saves_a_chain_review(db: Store, b
         assert metric(page, "positive chains") == "5"
         assert f"chain {wrong}, gpt-3.5 sample 1: pos (review; the labeler said neg)" in page.inner_text("body")
         shoot(page, tmp_path, "chain-review")
+        page.close()
+
+
+def click_link(page: Any, frame: Any, row: int) -> Any:
+    """Click the link in the first column of `frame`'s row (the grid is a canvas: by position, rows and header 35
+    pixels high, the link's text at the cell's left); returns the tab it opens."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    frame.scroll_into_view_if_needed()
+    box = frame.bounding_box()
+    x, y = box["x"] + 40, box["y"] + 35 * (row + 1) + 17
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while True:  # the grid makes a cell's text a link once the pointer hovers it: move there, then click
+        page.mouse.move(x, y)
+        try:
+            with page.context.expect_page(timeout=2_000) as opened:
+                page.mouse.click(x, y)
+            return opened.value
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
+
+
+def test_the_problem_page_renders_math_and_a_link_on_intersections_opens_it(
+        db: Store, browser: Any, tmp_path: Path) -> None:
+    tdg = seed_tdg(db)
+    problem = tdg["problem3"]  # "What is 9 + 9?", solved by none of the runs: the first combination Intersections shows
+    with running_dashboard(db, tmp_path / "dashboard.log") as (url, port):
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        for visit_number in (1, 2):  # the first visit opens the store's connection; the second is what people see
+            started = time.monotonic()
+            text = visit(page, f"{url}/problem?problem={problem}", "Teacher chains", "What is 9 + 9?", "Reviews")
+            print(f"Problem page, visit {visit_number}: its last section drawn {time.monotonic() - started:.2f} s "
+                  "after the request")
+        assert f"Problem #{problem}" in text and "17 (tie of 2), credit 0" in text  # asc-f3's tie of 17 and 16
+        chain = page.get_by_test_id("stExpander").filter(has_text="smol sample 0")
+        chain.locator("summary").click()
+        chain.locator(".katex").wait_for(timeout=PAGE_TIMEOUT_MS)  # its "\\boxed{18}", drawn by KaTeX
+        assert chain.locator(".katex-html").inner_text().strip(" \n\t\u200b") == "18"
+        shoot(page, tmp_path, "problem")
+
+        visit(page, f"{url}/problem?problem=abc", "is not a problem id")
+        page.get_by_test_id("stAlertContentError").wait_for(timeout=PAGE_TIMEOUT_MS)
+
+        visit(page, f"{url}/intersections", "common problems")
+        frame = page.get_by_test_id("stDataFrame").nth(1)
+        frame.get_by_text("m3", exact=True).wait_for(state="attached", timeout=PAGE_TIMEOUT_MS)
+        assert [r["problem page"] for r in grid(page, 1)] == [
+            f"problem?problem={problem}#%23{problem}%20%C2%B7%20What%20is%209%20%2B%209%3F"]
+        opened = click_link(page, frame, 0)
+        opened.get_by_text(f"Problem #{problem}").wait_for(timeout=PAGE_TIMEOUT_MS)
+        assert opened.url.startswith(f"{url}/problem?problem={problem}#")
+        opened.get_by_text("What is 9 + 9?").wait_for(timeout=PAGE_TIMEOUT_MS)
+        opened.close()
         page.close()
 
 

@@ -160,7 +160,7 @@ def test_failures_start_with_the_newest_run_and_say_when_no_solve_job_has_steps(
     assert "names no solve job" in at.info[0].value
     at.selectbox[0].set_value(f"greedy / tiny / job {ids['evaluate-greedy']}").run()
     assert metrics(at)["prediction"] == "41" and metrics(at)["gold"] == "42"
-    assert at.text[-1].value == "chosen: The answer is 41."
+    assert at.markdown[-1].value == "chosen: The answer is 41\\."  # rendered: escaped Markdown
 
 
 def test_jobs_count_every_status_and_filter_by_kind(ids: dict[str, int]) -> None:

@@ -18,6 +18,7 @@ from rplat import asc
 from rplat.dashboard import ALLOW_REVIEW
 from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.common import EMPTY, REVIEW_OFF, literal
+from rplat.dashboard.render import to_markdown
 from rplat.models import Review
 from rplat.stats import wilson
 from rplat.store import transaction
@@ -188,8 +189,8 @@ def test_chains_page_counts_and_lists_the_chains_and_narrows_to_labeler_disagree
     assert metrics(at) == {"positive chains": "4", "negative chains": "6", "problems": "4",
                            "problems with a positive": "3"}
     assert len(at.dataframe[0].value) == 10
-    # the first problem is open: its question and its three chains in full
-    assert "What is 2 + 3?" in shown(at) and "2 + 3 = 6, so \\boxed{6}." in shown(at)
+    # the first problem is open: its question and its three chains in full, rendered (\boxed as math)
+    assert "What is 2 \\+ 3\\?" in shown(at) and "2 \\+ 3 \\= 6\\, so $\\boxed{6}$\\." in shown(at)
 
     at.checkbox[0].check().run()
     assert metrics(at) == {"positive chains": "1", "negative chains": "3", "problems": "2",
@@ -198,7 +199,8 @@ def test_chains_page_counts_and_lists_the_chains_and_narrows_to_labeler_disagree
     assert shown_rows["chain_id"].tolist() == [3, 4, 5, 6]
     assert shown_rows["labelers_disagree"].tolist() == [True, False, False, True]
     at.selectbox[1].set_value(ids["problem2"]).run()  # [0] is the rows per page
-    assert "10 - 4 = 6\n#### 6" in shown(at) and "7 * 6 = 42. The answer is 42." not in shown(at)
+    assert to_markdown("10 - 4 = 6\n#### 6") in shown(at)
+    assert to_markdown("7 * 6 = 42. The answer is 42.") not in shown(at)
 
 
 def test_votes_page_shows_sc_against_asc_per_problem_with_samples_margins_and_the_curve(ids: dict[str, int]) -> None:
