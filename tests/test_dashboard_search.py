@@ -143,7 +143,8 @@ def test_chains_page_searches_by_question_words_and_pages_through_every_chain(id
     table = at.dataframe[0].value
     assert table["problem"].unique().tolist() == [external_id(K)[:8] + "…"]
     assert at.selectbox[1].value == ids["first_problem"] + K  # its chains open below
-    assert any(f"{words_of(K).split()[0]} costs" in t.value for t in at.text)
+    # the chain's text, rendered (st.markdown) unless the raw-text switch is on (st.text)
+    assert any(f"{words_of(K).split()[0]} costs" in t.value for t in [*at.text, *at.markdown])
 
     searched(at, "nowhere-at-all")
     assert [i.value for i in at.info] == ["No chain matches these filters."]
