@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -231,8 +232,15 @@ def visit(page: Any, url: str, expect: str, *also: str) -> str:
 
 
 def shoot(page: Any, directory: Path, name: str) -> None:
+    """A full-page screenshot in `directory`, and a copy in $RPLAT_SCREENSHOTS when set (CI keeps them there as
+    artefacts: .ci/run sets it to .ci/artifacts/screenshots)."""
     page.screenshot(path=str(directory / f"{name}.png"), full_page=True)
     assert (directory / f"{name}.png").stat().st_size > 0
+    kept = os.environ.get("RPLAT_SCREENSHOTS")
+    if kept:
+        Path(kept).mkdir(parents=True, exist_ok=True)
+        backend = "postgresql" if "postgresql" in os.environ.get("RPLAT_DATABASE_URL", "") else "sqlite"
+        shutil.copyfile(directory / f"{name}.png", Path(kept) / f"{name}-{backend}.png")
 
 
 def test_every_page_shows_the_stores_rows_and_says_so_when_there_are_none(
