@@ -290,7 +290,7 @@ OPTION_CASES = {
 def test_every_deprecated_option_has_its_case_here() -> None:
     hidden = {(path, old) for old, paths in _options(hidden=True).items() for path in paths}
     assert hidden == {*OPTION_CASES, ("import chains", "--format"), ("import problems", "--format"),
-                      ("export", "--format")}
+                      ("export", "--format"), ("report card", "--format")}
 
 
 @pytest.mark.parametrize("case", sorted(OPTION_CASES), ids=lambda c: f"{c[0]} {c[1]}")

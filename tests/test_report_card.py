@@ -162,6 +162,11 @@ def test_an_html_card_is_one_file_with_its_images_inside(db: Store, capsys: pyte
         assert "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>" in page, cells
     listed = {int(m) for m in re.findall(r"<tr><td>(\d+)</td><td>[a-z-]+</td><td>(?:succeeded|queued)</td>", page)}
     assert listed == _cited(db, seeded)
+    # `--format html` (the name people reach for) is `--file-type html`, with the line saying so
+    again = db.home / "again.page"
+    code, stdout, err = run_cli(capsys, "report", "card", "--experiment", "e", "--format", "html", "--out", str(again))
+    assert (code, err) == (0, "rplat: --format is deprecated; use --file-type\n")
+    assert again.read_bytes() == out.read_bytes()
 
 
 def test_the_asc_card_holds_the_curve_and_the_votes_against_sc_and_lists_the_jobs_upstream(

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from rplat.boundary import MAX_EXAMPLES, MAX_RESAMPLES
-from rplat.cli._common import HOST, ID, NAME, RUN, SEED, emit, open_store, table
+from rplat.cli._common import HOST, ID, NAME, RUN, SEED, emit, open_store, option, table
 from rplat.cli.asc import report_asc
 from rplat.config import get_settings
 from rplat.errors import UserError
@@ -271,9 +271,9 @@ def report_compare(run_a: str, run_b: str, resamples: int, seed: int, as_json: b
 
 @report.command("card")
 @click.option("--experiment", required=True, type=NAME, help="the experiment whose results to write")
-@click.option("--file-type", type=click.Choice(["md", "html"]), default=None,
-              help="md (images in <stem>_files/ beside it) or html (one file, images inside)  "
-                   "[default: the suffix of --out]")
+@option("--file-type", old="--format", type=click.Choice(["md", "html"]), default=None,
+        help="md (images in <stem>_files/ beside it) or html (one file, images inside)  "
+             "[default: the suffix of --out]")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="the card's file")
 def report_card(experiment: str, file_type: str | None, out: Path) -> None:
     """Write one document for a paper draft or a PR: the experiment's tables (the reports that apply: rationalyst,
