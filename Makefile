@@ -70,12 +70,16 @@ define demo_tdg_report
 	$(BIN)/rplat report asc --experiment demo-tdg
 	agg=$$($(BIN)/rplat sql --csv "SELECT max(job_id) FROM job_timeline WHERE kind = 'aggregate' AND experiment = 'demo-tdg' AND status = 'succeeded'" | tail -n 1); \
 	$(BIN)/rplat report compare $$agg:sc $$agg:asc-f3
-	# People correct machine decisions with reviews (docs/reviews.md): one chain relabelled, the audit trail, and
-	# the chains view showing the label in effect beside the labeler's. A second run adds nothing (already in effect).
+	# People correct machine decisions with reviews (docs/reviews.md). An example on the first negative chain: a review
+	# relabels it (the view shows the label in effect beside the labeler's), an undo puts the labeler's back (a new
+	# review: nothing is deleted), and the trail lists both. The demo's jobs have already read their labels.
 	chain=$$($(BIN)/rplat sql --csv "SELECT min(chain_id) FROM chains WHERE teacher = 'smollm2-135m-instruct' AND machine_label = 'neg'" | tail -n 1); \
-	if [ -n "$$chain" ]; then $(BIN)/rplat review chain $$chain --label pos --reviewer demo --reason "make demo: shows a review (the labeler's verdict is kept beside it)"; fi
+	if [ -n "$$chain" ]; then \
+	  review=$$($(BIN)/rplat review chain $$chain --label pos --reviewer demo --reason "make demo: an example review, undone below" --json | sed -n 's/.*"review": {"id": \([0-9]*\).*/\1/p'); \
+	  $(BIN)/rplat sql "SELECT chain_id, problem, extracted_answer, gold, label, machine_label, label_source FROM chains WHERE chain_id = $$chain"; \
+	  if [ -n "$$review" ]; then $(BIN)/rplat review undo $$review --reviewer demo --reason "make demo: the example's undo"; fi; \
+	fi
 	$(BIN)/rplat review ls
-	$(BIN)/rplat sql "SELECT chain_id, problem, extracted_answer, gold, label, machine_label, label_source FROM chains WHERE label_source = 'review'"
 endef
 
 # What the demo leaves for people: the teacher's chains in a trainer's format (DPO pairs, or KTO rows, one per

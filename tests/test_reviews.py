@@ -122,6 +122,8 @@ def test_undo_of_a_review_between_two_puts_back_the_earlier_review_and_only_the_
         reviews.undo(engine, a.id, reviewer="ada", reason="oops")
     undone = reviews.undo(engine, c.id, reviewer="cy", reason="oops")
     assert undone.value == "neg" and undone.review is not None and undone.review.new_value == "neg"
+    assert undone.describe() == (f"review #{undone.review.id} undoes review #{c.id}: chain {chain[1, 1]} label is neg "
+                                 "again (an earlier review's value), by cy.")
     with transaction(engine) as s:
         assert reviews.in_effect(s, "chain", chain[1, 1]) == ("neg", f"review #{undone.review.id}")
 

@@ -194,6 +194,10 @@ class Outcome:
         t = TARGETS[self.target]
         if self.review is None:
             return f"{self.target} {self.target_id}: {t.field} is already {self.value} ({self.source}); nothing added."
+        if self.review.undoes is not None:
+            back = "the machine's value" if self.source == "machine" else "an earlier review's value"
+            return (f"review #{self.review.id} undoes review #{self.review.undoes}: {self.target} {self.target_id} "
+                    f"{t.field} is {self.value} again ({back}), by {self.review.reviewer}.")
         return (f"review #{self.review.id}: {self.target} {self.target_id} {t.field} "
                 f"{self.review.machine_value} (machine) -> {self.value}, by {self.review.reviewer}.")
 
