@@ -381,8 +381,13 @@ def test_a_dashboard_started_with_allow_review_saves_a_chain_review(db: Store, b
             assert (row.target_id, row.machine_value, row.new_value, row.reviewer, row.reason) == (
                 wrong, "neg", "pos", "ada", "the grader accepts 6 here")
         assert said == f"review #{row.id}: chain {wrong} label neg (machine) \u2192 pos, by ada."  # Streamlit's arrow
+        # the page reruns after the save: wait for the rerun's values rather than read the page mid-run
+        heading = f"chain {wrong}, gpt-3.5 sample 1: pos (review; the labeler said neg)"
+        page.get_by_text(heading).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+        while metric(page, "positive chains") != "5" and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert metric(page, "positive chains") == "5"
-        assert f"chain {wrong}, gpt-3.5 sample 1: pos (review; the labeler said neg)" in page.inner_text("body")
         shoot(page, tmp_path, "chain-review")
         page.close()
 
