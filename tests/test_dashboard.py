@@ -186,6 +186,15 @@ def listening_addresses(port: int) -> set[str]:
 # --- the tests ------------------------------------------------------------------------------------
 
 
+def only(locator: Any) -> Any:
+    """`locator` once it matches exactly one element (a rerunning page shows an element's old and new copies for a
+    moment)."""
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while locator.count() != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return locator
+
+
 def metric(page: Any, label: str) -> str:
     """The value shown by the Streamlit metric with this label."""
     label_box = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
@@ -371,10 +380,12 @@ def test_a_dashboard_started_with_allow_review_saves_a_chain_review(db: Store, b
         choose(page, "chain", f"chain {wrong}, gpt-3.5 sample 1")
         form = page.get_by_test_id("stForm")
         form.get_by_text(f"Review chain {wrong}").wait_for(timeout=PAGE_TIMEOUT_MS)
-        form.get_by_test_id("stRadio").get_by_text("pos", exact=True).click()
-        form.locator("textarea").fill("the grader accepts 6 here")
-        form.get_by_test_id("stTextInput").locator("input").fill("ada")
-        form.get_by_role("button", name="save the review").click()
+        # while the page reruns after the choice, Streamlit keeps the old elements beside the new ones: act once
+        # the form holds one of each
+        only(form.get_by_test_id("stRadio").get_by_text("pos", exact=True)).click()
+        only(form.locator("textarea")).fill("the grader accepts 6 here")
+        only(form.get_by_test_id("stTextInput").locator("input")).fill("ada")
+        only(form.get_by_role("button", name="save the review")).click()
         said = page.get_by_test_id("stAlertContentSuccess").inner_text(timeout=PAGE_TIMEOUT_MS)
         with transaction(db.engine()) as s:
             (row,) = s.scalars(select(Review)).all()
