@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -61,3 +61,22 @@ def runners(db: Store) -> Iterator[StartRunner]:
     from killable_runners import runner_processes  # the runner's modules, only for the tests that start runners
 
     yield from runner_processes(db)
+
+
+# The dashboard's test modules each seed one store per backend as a module-scoped `world` fixture: (the store, the
+# seeded ids). These two read it.
+
+
+@pytest.fixture
+def ids(world: tuple[Store, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The seeded ids, with RPLAT_DATABASE_URL pointing the app at the seeded store."""
+    world[0].set_env(monkeypatch)
+    return world[1]
+
+
+@pytest.fixture(scope="module")
+def duck(world: tuple[Store, dict[str, Any]]) -> Iterator[Any]:
+    """A read-only DuckDB connection to the seeded store's views."""
+    from apptests import duck_of
+
+    yield from duck_of(world[0])

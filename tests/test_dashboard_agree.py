@@ -9,7 +9,6 @@ from typing import Any
 import apptests
 import duckdb
 import pytest
-from apptests import duck_of
 from dashboard_seed_tdg import RAN, seed_tdg
 from streamlit.testing.v1 import AppTest
 from test_dashboard import seed
@@ -56,17 +55,6 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     for store in make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
         ids = {**seed(store), **seed_tdg(store)}
         yield store, {**ids, "resolving": seed_resolving(store, ids)}
-
-
-@pytest.fixture
-def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    world[0].set_env(monkeypatch)
-    return world[1]
-
-
-@pytest.fixture(scope="module")
-def duck(world: tuple[Store, dict[str, int]]) -> Iterator[duckdb.DuckDBPyConnection]:
-    yield from duck_of(world[0])
 
 
 def run_name(method: str, job: int, model: str = "student") -> str:

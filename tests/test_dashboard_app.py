@@ -10,7 +10,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
-from apptests import RUN_TIMEOUT, duck_of
+from apptests import RUN_TIMEOUT
 from dashboard_seed_tdg import seed_tdg
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
@@ -34,18 +34,6 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     """One store per backend with both hand-known worlds (the RATIONALYST one, then the TDG one), only read."""
     for store in make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
         yield store, {**seed(store), **seed_tdg(store)}
-
-
-@pytest.fixture
-def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """The seeded ids, with RPLAT_DATABASE_URL pointing the app at the seeded store."""
-    world[0].set_env(monkeypatch)
-    return world[1]
-
-
-@pytest.fixture(scope="module")
-def duck(world: tuple[Store, dict[str, int]]) -> Iterator[duckdb.DuckDBPyConnection]:
-    yield from duck_of(world[0])
 
 
 def page(name: str) -> AppTest:

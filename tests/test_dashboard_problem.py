@@ -109,12 +109,6 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield store, seed_problem(store)
 
 
-@pytest.fixture
-def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    world[0].set_env(monkeypatch)
-    return world[1]
-
-
 def problem_page(problem: str | None = None, raw: bool = False) -> AppTest:
     """The Problem page as the URL `problem?problem=<problem>` opens it."""
     at = AppTest.from_string("from rplat.dashboard.problem_page import problem_page\nproblem_page()",

@@ -13,7 +13,6 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
-from apptests import duck_of
 from dashboard_seed_tdg import EXPERIMENT, T0, seed_tdg
 from streamlit.testing.v1 import AppTest
 from test_dashboard import seed
@@ -63,17 +62,6 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     for store in make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
         ids = {**seed(store), **seed_tdg(store)}
         yield store, {**ids, **seed_jobs(store, ids["train-ranker"])}
-
-
-@pytest.fixture
-def ids(world: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    world[0].set_env(monkeypatch)
-    return world[1]
-
-
-@pytest.fixture(scope="module")
-def duck(world: tuple[Store, dict[str, int]]) -> Iterator[duckdb.DuckDBPyConnection]:
-    yield from duck_of(world[0])
 
 
 def page(module: str, name: str) -> AppTest:

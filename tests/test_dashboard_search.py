@@ -9,7 +9,6 @@ from typing import Any
 import apptests
 import duckdb
 import pytest
-from apptests import duck_of
 from dashboard_seed_scale import external_id, seed_scale, words_of
 from dashboard_seed_tdg import seed_tdg
 from streamlit.testing.v1 import AppTest
@@ -32,17 +31,6 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     """One seeded store per backend, shared by the tests (they only read it)."""
     for store in make_store(request.param, tmp_path_factory.mktemp(request.param), templates=_templates):
         yield store, seed_scale(store, PROBLEMS)
-
-
-@pytest.fixture
-def ids(world: tuple[Store, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    world[0].set_env(monkeypatch)
-    return world[1]
-
-
-@pytest.fixture(scope="module")
-def duck(world: tuple[Store, dict[str, Any]]) -> Iterator[duckdb.DuckDBPyConnection]:
-    yield from duck_of(world[0])
 
 
 def page(module: str, name: str) -> AppTest:
