@@ -78,16 +78,11 @@ def refresh_chains(con: duckdb.DuckDBPyConnection) -> None:
             if copied and copied[0] and list(cursor.execute(
                     f"SELECT * FROM {analytics.CACHE}.chain_signature").fetchone() or ()) == now:
                 return
-            cursor.begin()
-            try:
+            with analytics.in_transaction(cursor):
                 for name, sql in _COPY.items():
                     cursor.execute(f"CREATE OR REPLACE TABLE {analytics.CACHE}.{name} AS {sql}")
                 cursor.execute(f"CREATE OR REPLACE TABLE {analytics.CACHE}.chain_signature AS "
                                "SELECT ? AS a, ? AS b, ? AS c, ? AS d, ? AS e", now)
-            except BaseException:
-                cursor.rollback()
-                raise
-            cursor.commit()
         finally:
             cursor.close()
 

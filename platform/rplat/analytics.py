@@ -623,6 +623,18 @@ def signatures_sql(source: str, run_column: str, runs: Sequence[int | str]) -> s
             "GROUP BY mask ORDER BY problems DESC, mask")
 
 
+@contextlib.contextmanager
+def in_transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """What `cursor` runs inside is committed together (a cache refreshed whole), or rolled back on any error."""
+    cursor.begin()
+    try:
+        yield
+    except BaseException:
+        cursor.rollback()
+        raise
+    cursor.commit()
+
+
 def refresh_solves(con: duckdb.DuckDBPyConnection) -> None:
     """Copy the predictions of every run evaluated since the last refresh into the connection's cache. A job writes
     its predictions and evaluations in one transaction and never changes them, so the small evaluations table
@@ -635,8 +647,7 @@ def refresh_solves(con: duckdb.DuckDBPyConnection) -> None:
                 f"WHERE job_id NOT IN (SELECT job_id FROM {CACHE}.jobs) ORDER BY job_id").fetchall()]
             if not new:
                 return
-            cursor.begin()
-            try:
+            with in_transaction(cursor):
                 cursor.execute("CREATE TEMP TABLE fresh AS SELECT job_id, method, run, problem_id, problem, dataset, "
                                "subject, gold, answer, correct FROM predictions WHERE list_contains(?, job_id)", [new])
                 cursor.execute(f"""INSERT INTO {CACHE}.runs
@@ -653,10 +664,6 @@ def refresh_solves(con: duckdb.DuckDBPyConnection) -> None:
                     WHERE problem_id NOT IN (SELECT problem_id FROM {CACHE}.problems)""")
                 cursor.execute(f"INSERT INTO {CACHE}.jobs SELECT unnest(?)", [new])
                 cursor.execute("DROP TABLE fresh")
-            except BaseException:
-                cursor.rollback()
-                raise
-            cursor.commit()
         finally:
             cursor.close()
 
