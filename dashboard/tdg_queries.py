@@ -63,8 +63,8 @@ _COPY = {
         ORDER BY p.id""",
 }
 _copying = threading.Lock()  # Streamlit's sessions share one connection; one of them copies at a time
-_LABEL = analytics._reviewed("rl", "teacher_chains", "label", "r.chain_id")
-_GOLD = analytics._reviewed("rg", "problems", "answer", "p.problem_id")
+_LABEL = analytics.reviewed_join("rl", "teacher_chains", "label", "r.chain_id")
+_GOLD = analytics.reviewed_join("rg", "problems", "answer", "p.problem_id")
 
 
 def refresh_chains(con: duckdb.DuckDBPyConnection) -> None:

@@ -22,7 +22,7 @@ STORE = "store"
 
 
 
-def _reviewed(alias: str, table: str, field: str, target_id: str) -> str:
+def reviewed_join(alias: str, table: str, field: str, target_id: str) -> str:
     """A LEFT JOIN of each row's latest review of `field` (rplat.reviews) as `alias`: its `new_value` (NULL: none, or
     an undo back to the machine value) and its `id`."""
     return (f"LEFT JOIN (SELECT target_id, new_value, id FROM store.reviews WHERE target_table = '{table}' AND "
@@ -35,8 +35,8 @@ def _source(alias: str) -> str:
     return f"CASE WHEN {alias}.new_value IS NULL THEN 'machine' ELSE 'review' END"
 
 
-GOLD = "coalesce(rg.new_value, p.answer)"  # a problem's gold answer in effect (joined with _reviewed("rg", ...))
-REVIEWED_GOLD = _reviewed("rg", "problems", "answer", "p.id")
+GOLD = "coalesce(rg.new_value, p.answer)"  # a problem's gold answer in effect (joined with reviewed_join("rg", ...))
+REVIEWED_GOLD = reviewed_join("rg", "problems", "answer", "p.id")
 
 
 # One view per concept, named as the papers name it. Every row carries the id of the job that wrote it. A column
@@ -245,8 +245,8 @@ LEFT JOIN store.experiments x ON x.id = j.experiment_id
 LEFT JOIN store.models m ON m.id = e.model_id""",
 }
 _PARTS = {"gold": GOLD, "reviewed_gold": REVIEWED_GOLD, "source_rg": _source("rg"),
-          "reviewed_rl": _reviewed("rl", "teacher_chains", "label", "c.id"), "source_rl": _source("rl"),
-          "reviewed_rk": _reviewed("rk", "rationales", "kept", "r.id"), "source_rk": _source("rk")}
+          "reviewed_rl": reviewed_join("rl", "teacher_chains", "label", "c.id"), "source_rl": _source("rl"),
+          "reviewed_rk": reviewed_join("rk", "rationales", "kept", "r.id"), "source_rk": _source("rk")}
 VIEWS = {name: sql.format(**_PARTS) if "{" in sql else sql for name, sql in VIEWS.items()}
 
 # Names from before a rename, kept so that queries written with them still run; deprecated (docs/glossary.md). A
