@@ -12,7 +12,7 @@ from rplat import slices
 from rplat.analytics import MAX_RUNS
 from rplat.dashboard import queries
 from rplat.dashboard.baseline import baseline_section
-from rplat.dashboard.common import EMPTY, connection, empty, pager, review_section, search_box, table
+from rplat.dashboard.common import connection, empty, pager, review_section, search_box, table
 from rplat.dashboard.problem_page import problem_page
 from rplat.dashboard.problem_queries import questions
 from rplat.dashboard.render import inline, open_problem, raw_toggle, show
@@ -41,7 +41,7 @@ def rationales_page() -> None:
     con = connection()
     sources = queries.rationale_sources(con)
     if not sources:
-        st.info(EMPTY.format(what="rationales"))
+        empty(con, "rationales")
         return
     left, middle, right, far = st.columns(4)
     chosen = left.multiselect("source", sources, default=sources)
@@ -111,9 +111,9 @@ def failures_page() -> None:
     con = connection()
     runs = queries.runs(con, with_failures=True)
     if not runs:
-        st.info(EMPTY.format(what="wrong predictions"))
+        empty(con, "wrong predictions")
         return
-    run = st.selectbox("run (method / model / evaluate job)", runs)
+    run = st.selectbox("run (method / model / evaluate job)", runs, key="run", bind="query-params")  # ?run=...
     summary = queries.run_credit(con, run)
     a, b, c, d = st.columns(4)
     a.metric("accuracy", f"{summary['credit'] / summary['problems']:.4f}")
@@ -179,14 +179,15 @@ def intersections_page() -> None:
         table(accuracies[["run", "experiment", "n", "n_correct", "accuracy", "ci_low", "ci_high"]])
 
     st.subheader("Solved sets")
-    chosen = st.multiselect("runs", runs, default=runs[:DEFAULT_RUNS], max_selections=MAX_RUNS)
+    chosen = st.multiselect("runs", runs, default=runs[:DEFAULT_RUNS], max_selections=MAX_RUNS, key="runs",
+                            bind="query-params")  # ?runs=...&runs=... when not the default
     if not chosen:
         st.info("Choose the runs to intersect.")
         return
     _solved_sets(con, chosen)
     # At first the oldest of the chosen runs (they come newest first): what the newer ones gained over it; a
     # baseline picked stays while runs are added or taken away.
-    baseline_section(chosen, runs, chosen[-1], key="intersections_baseline")
+    baseline_section(chosen, runs, chosen[-1], key="baseline")
 
 
 def _solved_sets(con: duckdb.DuckDBPyConnection, chosen: list[str]) -> None:

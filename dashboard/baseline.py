@@ -14,7 +14,8 @@ from rplat.dashboard.common import store, table
 def baseline_section(runs: list[str], choices: list[str], default: str, key: str | None = None) -> None:
     """Pick a baseline among `choices` (`default` first chosen); each of `runs` but the baseline against it, and
     the problems where one of them earns another credit than the baseline (its flips). With a `key` the picked
-    baseline stays while `default` changes; without one, a new default replaces it."""
+    baseline stays while `default` changes, and the URL carries it (`?KEY=RUN`); without one, a new default
+    replaces it."""
     st.subheader("Against a baseline")
     st.caption("Each run against the baseline on the problems both answered: the difference in accuracy with its "
                "95% paired bootstrap interval (10,000 resamples of the problems, seed 0) and the exact McNemar p "
@@ -22,7 +23,7 @@ def baseline_section(runs: list[str], choices: list[str], default: str, key: str
                "wins, losses and ties count the problems where the run earns more, less or the same credit (a "
                "tie's half credit turned whole is a win).")
     baseline = st.selectbox("baseline run", choices, index=choices.index(default) if default in choices else 0,
-                            key=key)
+                            key=key, bind="query-params" if key else None)
     others = [run for run in runs if run != baseline]
     if not others:
         st.info("Choose a run other than the baseline to compare with it.")

@@ -36,9 +36,8 @@ FORM_WORDS = {"give one with --reason TEXT": "write it in the reason box",
 _DONE = "review_outcome"  # session state: the sentence of the review the last run added, shown once
 
 
-@st.cache_resource
 def store(database_url: str) -> duckdb.DuckDBPyConnection:
-    return queries.open_store(database_url)
+    return queries.shared_store(database_url)
 
 
 def connection() -> duckdb.DuckDBPyConnection:
@@ -110,6 +109,12 @@ def pager(total: int, what: str) -> tuple[int, int]:
     offset = (page - 1) * size
     st.caption(queries.rows_caption(offset, min(size, total - offset), total, what))
     return offset, size
+
+
+def url_choice(param: str, options: list[int]) -> int:
+    """The index among `options` (ids) of the one the URL's `?param=ID` names; the first when it names none."""
+    given = st.query_params.get(param, "").strip()
+    return options.index(int(given)) if given.isdigit() and int(given) in options else 0
 
 
 def review_allowed() -> bool:

@@ -82,16 +82,23 @@ def _answers(con: duckdb.DuckDBPyConnection, problem_id: int) -> None:
     if rows.empty:
         st.caption("No run has answered this problem yet.")
         return
-    st.caption("Each run's answer (a tie's answer is the first of its tied ones: the tie's size and the credit it "
-               "earned, the tied answers' share of right ones, say how many there were), its credit and the jobs "
-               "behind it.")
+    st.caption("Each run's answer (on a tie, the first of the tied answers, then every tied answer and the credit "
+               "it earned: the tied answers' share of right ones), its credit and the jobs behind it.")
     st.markdown("\n".join(
-        f"- {literal(r.run)}: {answer_markdown(r.answer)}"
-        + (f" (tie of {int(r.tie_size)})" if r.tie_size > 1 else "") + f", credit {r.credit:g}"
-        + (" ✓" if r.credit == 1 else "") for r in rows.itertuples()))
-    table(rows[["run", "shown", "answer", "credit", "tie_size", "correct", "vote_mass", "margin", "job_id",
-                "solve_job_id", "sample_job_id", "score_samples_job_id", "experiment"]].rename(
+        f"- {literal(r.run)}: {answer_markdown(r.answer)}" + _tie(int(r.tie_size), r.tied_answers)
+        + f", credit {r.credit:g}" + (" ✓" if r.credit == 1 else "") for r in rows.itertuples()))
+    table(rows[["run", "shown", "answer", "credit", "tie_size", "tied_answers", "correct", "vote_mass", "margin",
+                "job_id", "solve_job_id", "sample_job_id", "score_samples_job_id", "experiment"]].rename(
         columns={"shown": "answer as shown"}))
+
+
+def _tie(size: int, answers: list[str | None]) -> str:
+    """A tie, in Markdown: its size and, when the job recorded them, its answers (rendered as answers are)."""
+    if size <= 1:
+        return ""
+    if not answers:
+        return f" (tie of {size})"
+    return f" (tie of {size}: " + ", ".join("no answer" if a is None else answer_markdown(a) for a in answers) + ")"
 
 
 def _steps(con: duckdb.DuckDBPyConnection, problem_id: int) -> None:
@@ -139,7 +146,7 @@ def _chains(con: duckdb.DuckDBPyConnection, problem_id: int) -> None:
         color=alt.Color("label:N", scale=LABEL_COLOURS, title="label"),
         tooltip=["teacher", "sample_idx", "chain_id", "label", "extracted_answer", "labelers_disagree"])
         + base.mark_text(color="white", fontWeight="bold").encode(text="mark:N")).properties(
-        height=alt.Step(36), width=alt.Step(64)), use_container_width=False)
+        height=alt.Step(36), width=alt.Step(64)), width="content")
     for r, d in zip(rows.itertuples(), disagree, strict=True):
         verdicts = f"Hendrycks {_verdict(r.hendrycks_correct)}, math-verify {_verdict(r.math_verify_correct)}"
         title = (f"chain {r.chain_id} · {literal(r.teacher)} sample {r.sample_idx} · {r.label}"
@@ -171,7 +178,7 @@ def _samples(con: duckdb.DuckDBPyConnection, problem_id: int) -> None:
             st.caption(f"No aggregate job has voted on sample job {job} yet.")
         else:
             st.markdown("each vote's outcome:")
-            table(votes[["method", "shown", "credit", "tie_size", "vote_mass", "margin", "job_id",
+            table(votes[["method", "shown", "credit", "tie_size", "tied_answers", "vote_mass", "margin", "job_id",
                          "score_samples_job_id"]].rename(columns={"shown": "answer", "job_id": "aggregate_job_id"}))
         texts = samples.drop_duplicates("sample_id")
         picked = st.selectbox(f"read a sample of job {job}", texts["sample_idx"].tolist(), key=f"sample-{job}",

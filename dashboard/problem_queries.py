@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import duckdb
 import pandas as pd
 
-from rplat.dashboard.queries import CREDIT, answer_shown, frame
+from rplat.dashboard.queries import CREDIT, answer_shown, frame, tie_set
 
 
 def problem(con: duckdb.DuckDBPyConnection, problem_id: int) -> pd.Series | None:
@@ -33,12 +33,13 @@ def answers(con: duckdb.DuckDBPyConnection, problem_id: int) -> pd.DataFrame:
     """Every run's prediction for the problem, newest job first: the answer as shown (a tie marked), its credit,
     tie size, vote mass and margin, and the jobs behind it."""
     rows = frame(con, f"""
-        SELECT run, answer, {CREDIT} AS credit, coalesce(tie_size, 1) AS tie_size, correct, vote_mass, margin, method,
-               model, experiment, job_id, solve_job_id, sample_job_id, score_samples_job_id
+        SELECT run, answer, {CREDIT} AS credit, coalesce(tie_size, 1) AS tie_size, tied_answers, correct, vote_mass,
+               margin, method, model, experiment, job_id, solve_job_id, sample_job_id, score_samples_job_id
         FROM predictions WHERE problem_id = ?
         ORDER BY job_id DESC, method = 'greedy' DESC, method = 'sc' DESC, method""", [problem_id])
-    return rows.assign(shown=[answer_shown(a, t, c) for a, t, c in
-                              zip(rows["answer"], rows["tie_size"], rows["credit"], strict=True)])
+    return rows.assign(tied_answers=[tie_set(t) for t in rows["tied_answers"]]).assign(
+        shown=lambda r: [answer_shown(a, t, c, tied) for a, t, c, tied in
+                         zip(r["answer"], r["tie_size"], r["credit"], r["tied_answers"], strict=True)])
 
 
 def steps(con: duckdb.DuckDBPyConnection, problem_id: int) -> pd.DataFrame:

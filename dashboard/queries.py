@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,6 +87,20 @@ def open_store(database_url: str) -> duckdb.DuckDBPyConnection:
     return analytics.connect(database_url)
 
 
+_stores: dict[str, duckdb.DuckDBPyConnection] = {}
+_opening = threading.Lock()
+
+
+def shared_store(database_url: str) -> duckdb.DuckDBPyConnection:
+    """The process's one connection to the store at `database_url` (`open_store`), opened on first use: every
+    Streamlit session reads through it (each query on a cursor of its own), and `rplat dashboard` opens it, and
+    fills its caches, before the server takes its first request (`rplat.dashboard.serve`)."""
+    with _opening:
+        if database_url not in _stores:
+            _stores[database_url] = open_store(database_url)
+        return _stores[database_url]
+
+
 def frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
     # A DuckDB connection must not be shared between threads, and Streamlit runs each session in its own:
     # a cursor is a connection of its own to the same database (same views, same read-only attachment).
@@ -151,15 +167,29 @@ def runs(con: duckdb.DuckDBPyConnection, *, with_failures: bool = False) -> list
     return values(con, f"SELECT run FROM predictions {where} GROUP BY run ORDER BY max(job_id) DESC, run")
 
 
-def answer_shown(answer: object, tie_size: object, credit: object) -> str:
+def answer_shown(answer: object, tie_size: object, credit: object, tied: object = None) -> str:
     """An answer as the pages show it: "-" for none, "5 ✓" when it earns full credit, and a tied answer with its
-    tie and credit, "6 (tie of 2, credit 0.5)": a tie's answer is only the first of the tied ones."""
+    tie and credit, "6 (tie of 2, credit 0.5)": a tie's answer is only the first of the tied ones; with the tie's
+    answers (`tied_answers`, stored by jobs since they were recorded) "6 (tie of 2: 6, 7; credit 0.5)"."""
     text = "-" if answer is None or pd.isna(answer) else str(answer)
     tie = 1 if tie_size is None or pd.isna(tie_size) else int(tie_size)
     earned = 0.0 if credit is None or pd.isna(credit) else float(credit)
     if tie > 1:
+        answers = tie_set(tied)
+        if answers:
+            listed = ", ".join("no answer" if a is None else a for a in answers)
+            return f"{text} (tie of {tie}: {listed}; credit {earned:.3g})"
         return f"{text} (tie of {tie}, credit {earned:.3g})"
     return f"{text} ✓" if earned == 1.0 else text
+
+
+def tie_set(tied: object) -> list[str | None]:
+    """The `tied_answers` of a prediction as a list (None for the no-answer bucket); empty when not recorded."""
+    if isinstance(tied, str):
+        tied = json.loads(tied)
+    if not pd.api.types.is_list_like(tied):  # None, NaN or NA: not recorded
+        return []
+    return [None if a is None else str(a) for a in tied]
 
 
 def run_credit(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, float]:
@@ -197,8 +227,8 @@ def failures(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of fu
         FROM predictions WHERE {where}
         ORDER BY {exact} DESC, problem_id {page}""",
                  [*params, *exact_params, *([] if limit is None else [int(limit), int(offset)])])
-    return rows.assign(prediction=[answer_shown(a, t, c) for a, t, c in
-                                   zip(rows["prediction"], rows["tie_size"], rows["credit"], strict=True)])
+    return rows.assign(prediction=[answer_shown(a, t, c, tied) for a, t, c, tied in zip(
+        rows["prediction"], rows["tie_size"], rows["credit"], rows["tied_answers"], strict=True)])
 
 
 def failures_count(con: duckdb.DuckDBPyConnection, run: str, which: str = "short of full credit",

@@ -12,7 +12,7 @@ import streamlit as st
 from rplat.config import get_settings
 from rplat.dashboard import tdg_queries as queries
 from rplat.dashboard.baseline import baseline_section
-from rplat.dashboard.common import EMPTY, connection, empty, pager, review_section, search_box, store, table
+from rplat.dashboard.common import connection, empty, pager, review_section, search_box, store, table, url_choice
 from rplat.dashboard.problem_queries import questions
 from rplat.dashboard.queries import job_runs
 from rplat.dashboard.queries import runs as evaluated_runs
@@ -23,6 +23,8 @@ STEPS = alt.Axis(format="d", tickMinStep=1)
 """An axis of whole numbers (steps, k): no tick between two of them."""
 ALL_PROJECTIONS = "all (mean)"
 NO_EXPERIMENT = "(no experiment)"
+JOB = "job"  # the Votes page's URL parameter: the aggregate job shown
+JOB_KEY = "votes_job"
 
 
 def chains_page() -> None:
@@ -33,7 +35,7 @@ def chains_page() -> None:
     con = connection()
     teachers = queries.chain_teachers(con)
     if not teachers:
-        st.info(EMPTY.format(what="teacher chains"))
+        empty(con, "teacher chains")
         return
     search = search_box()
     a, b, c, d = st.columns(4)
@@ -95,11 +97,15 @@ def votes_page() -> None:
     con = connection()
     runs = queries.aggregate_runs(con)
     if runs.empty:
-        st.info(EMPTY.format(what="aggregated votes"))
+        empty(con, "aggregated votes")
         return
     labels = {int(r.job_id): f"aggregate job {r.job_id}: {r.model} on sample job {r.sample_job_id} ({r.experiment})"
               for r in runs.itertuples()}
-    job = st.selectbox("run (aggregate job / model)", list(labels), format_func=labels.__getitem__)
+    jobs = list(labels)
+    if st.session_state.get(JOB_KEY) not in jobs:  # a new session starts on the job its URL names (?job=ID)
+        st.session_state[JOB_KEY] = jobs[url_choice(JOB, jobs)]
+    job = st.selectbox("run (aggregate job / model)", jobs, key=JOB_KEY, format_func=labels.__getitem__)
+    st.query_params[JOB] = str(job)  # and the URL names the job shown
     run = runs.set_index("job_id").loc[job]
     sample_job = int(run.sample_job_id)
     score_samples_job = None if pd.isna(run.score_samples_job_id) else int(run.score_samples_job_id)

@@ -87,6 +87,11 @@ def refresh_chains(con: duckdb.DuckDBPyConnection) -> None:
             cursor.close()
 
 
+def copied_chains(con: duckdb.DuckDBPyConnection) -> int:
+    """How many chains the connection's copy holds (made by `refresh_chains`)."""
+    return int(values(con, f"SELECT count(*) FROM {analytics.CACHE}.chain_rows")[0])
+
+
 def _cached(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
     refresh_chains(con)
     return frame(con, sql, params)
@@ -237,7 +242,7 @@ def votes(con: duckdb.DuckDBPyConnection, aggregate_job: int, disagree_only: boo
     return frame(con, f"""{where},
         paged AS (SELECT problem_id, exact FROM shown ORDER BY exact DESC, problem_id {page})
         SELECT problem_id, {short_problem()} AS problem, {question_start()} AS question, subject, gold, method,
-               answer, correct, credit, vote_mass, tie_size, margin
+               answer, correct, credit, vote_mass, tie_size, tied_answers, margin
         FROM run JOIN paged USING (problem_id)
         ORDER BY exact DESC, problem_id, method = 'greedy' DESC, method = 'sc' DESC, method""",
                  [*params, *([] if limit is None else [int(limit), int(offset)])])
@@ -257,8 +262,8 @@ def votes_wide(long: pd.DataFrame) -> pd.DataFrame:
     if long.empty:
         return pd.DataFrame(columns=keys)
     credit = long["credit"].fillna(long["correct"].astype(float)).fillna(0.0)
-    long = long.assign(shown=[answer_shown(a, t, c) for a, t, c in zip(long["answer"], long["tie_size"], credit,
-                                                                        strict=True)])
+    long = long.assign(shown=[answer_shown(a, t, c, tied) for a, t, c, tied in zip(
+        long["answer"], long["tie_size"], credit, long["tied_answers"], strict=True)])
     methods = list(dict.fromkeys(long["method"]))
     order = list(dict.fromkeys(long["problem_id"]))  # the searched problem first, as the rows come
     long = long.fillna({"question": "", "subject": "", "gold": ""})  # a NULL key would drop its problem

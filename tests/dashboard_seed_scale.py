@@ -67,8 +67,10 @@ def _insert(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
         conn.execute(insert(table), rows[start:start + BATCH])
 
 
-def seed_scale(store: Store, problems: int = PROBLEMS) -> dict[str, Any]:
-    """Fill the store; returns the ids of its jobs and the number of chains."""
+def seed_scale(store: Store, problems: int = PROBLEMS, sc_alone: int | None = None) -> dict[str, Any]:
+    """Fill the store; returns the ids of its jobs and the number of chains. The three runs solve the same problems
+    (three in four), but for problem `sc_alone` when given: sc alone solves it, a combination of its own on
+    Intersections."""
     engine = store.engine()
     with transaction(engine) as s:
         experiment = Experiment(name="math-scale")
@@ -107,7 +109,8 @@ def seed_scale(store: Store, problems: int = PROBLEMS) -> dict[str, Any]:
         _insert(conn, TeacherChain.__table__, chains)
         predictions, evaluations = [], []
         for method in ("greedy", "sc", "asc-f1"):
-            credits = [1.0 if (k + len(method)) % 4 else 0.0 for k in range(problems)]
+            credits = [float(method == "sc") if k == sc_alone else 1.0 if (k + len(method)) % 4 else 0.0
+                       for k in range(problems)]
             predictions += [{"job_id": ids["aggregate"], "problem_id": first + k, "model_id": ids["student"],
                              "method": method, "answer": str(9 * k if c else 9 * k + 1), "correct": c == 1.0,
                              "credit": c, "vote_mass": 5.0, "tie_size": 1, "margin": 2.0}

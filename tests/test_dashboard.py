@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -213,6 +213,15 @@ def grid_once(page: Any, n: int, rows: int) -> list[dict[str, str]]:
     """The n-th data frame's rows once it has `rows` of them: a rerun redraws the page's elements one by one."""
     deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
     while len(shown := grid(page, n)) != rows and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return shown
+
+
+def grid_when(page: Any, n: int, ready: Callable[[list[dict[str, str]]], bool]) -> list[dict[str, str]]:
+    """The n-th data frame's rows once `ready` holds for them: the text above a table can show a rerun's result before
+    the table's grid has redrawn its rows."""
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while not ready(shown := grid(page, n)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return shown
 

@@ -271,3 +271,42 @@ def test_the_baseline_section_says_when_there_is_nothing_to_compare(ids: dict[st
     elsewhere = run_name("greedy", ids["evaluate-greedy"], model="tiny")  # the RATIONALYST world's problems
     labelled(at.selectbox, "baseline run").set_value(elsewhere).run()
     assert f"No chosen run answered a problem that {elsewhere} answered." in [i.value for i in checked(at).info]
+
+
+# --- the URL names what a page shows ---------------------------------------------------------------------
+
+
+def opened(module: str, name: str, **params: str | list[str]) -> AppTest:
+    """A page opened by a URL with these query parameters."""
+    at = AppTest.from_string(f"from rplat.dashboard.{module} import {name}\n{name}()",
+                             default_timeout=apptests.RUN_TIMEOUT)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return checked(at.run())
+
+
+def test_a_url_opens_failures_on_its_run_and_votes_on_its_aggregate_job(ids: dict[str, int]) -> None:
+    run = run_name("sc", ids["resolving"])
+    at = opened("app", "failures_page", run=run)
+    assert at.selectbox(key="run").value == run
+    assert metrics(at)["credit earned"] == "1.5 of 4"
+    assert at.query_params["run"] in (run, [run])
+    assert opened("app", "failures_page", run="no such run").selectbox(key="run").value != "no such run"
+
+    for job in (ids["resolving"], ids["aggregate"]):
+        at = opened("tdg_pages", "votes_page", job=str(job))
+        assert at.selectbox[0].value == job
+        assert at.query_params["job"] in (str(job), [str(job)])
+    newest = max(ids["resolving"], ids["aggregate"])
+    assert opened("tdg_pages", "votes_page", job="abc").selectbox[0].value == newest
+    plain = opened("tdg_pages", "votes_page")  # opened without one, the URL then names the job shown
+    assert plain.selectbox[0].value == newest and plain.query_params["job"] in (str(newest), [str(newest)])
+
+
+def test_a_url_opens_intersections_on_its_runs_and_baseline(ids: dict[str, int]) -> None:
+    runs = [run_name("sc", ids["resolving"]), run_name("asc-f1", ids["resolving"])]
+    at = opened("app", "intersections_page", runs=runs, baseline=runs[0])
+    assert at.multiselect(key="runs").value == runs
+    assert at.selectbox(key="baseline").value == runs[0]
+    comparison = frame_with(at, "McNemar p")
+    assert comparison["run"].tolist() == [runs[1]]

@@ -328,7 +328,12 @@ def test_the_problem_page_shows_every_section_of_a_seeded_problem(ids: dict[str,
 def test_a_tie_and_the_labelers_disagreement_are_marked(ids: dict[str, int]) -> None:
     at = ok(problem_page(str(ids["problem2"])))  # 10 - 4: SC ties 4 and 6; the labelers disagree on a chain
     (runs,) = [m for m in markdown(at) if m.startswith("- ")]
-    assert f"- {literal('sc / student / job')} {ids['aggregate']}: 4 (tie of 2), credit 0.5\n" in runs
+    assert f"- {literal('sc / student / job')} {ids['aggregate']}: 4 (tie of 2: 4, 6), credit 0.5\n" in runs
+    # asc-f0's tie of the same answers was written without them (as by a job before they were recorded)
+    assert f"- {literal('asc-f0 / student / job')} {ids['aggregate']}: 4 (tie of 2), credit 0.5\n" in runs
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc[f"sc / student / job {ids['aggregate']}", "answer as shown"] == "4 (tie of 2: 4, 6; credit 0.5)"
+    assert list(table.loc[f"sc / student / job {ids['aggregate']}", "tied_answers"]) == ["4", "6"]
     grid = chart_data(at, 0)
     assert sorted(grid["mark"]) == ["neg ≠", "pos"]
     assert any("≠ the labelers disagree" in e.label for e in at.expander)

@@ -264,10 +264,15 @@ def test_slices_give_each_runs_accuracy_per_subject_with_its_interval(ids: dict[
 # --- empty-store hints ------------------------------------------------------------------------------------
 
 
+EVERY_PAGES_WHAT = [("app", "rationales_page", "rationales"), ("app", "failures_page", "wrong predictions"),
+                    ("app", "jobs_page", "jobs"), ("app", "intersections_page", "evaluated runs"),
+                    ("app", "slices_page", "teacher chains or predictions"),
+                    ("tdg_pages", "chains_page", "teacher chains"), ("tdg_pages", "votes_page", "aggregated votes"),
+                    ("tdg_pages", "training_page", "training metrics")]
+
+
 def test_an_empty_stores_hint_says_to_fill_it(db: Store) -> None:
-    for module, name, what in [("app", "jobs_page", "jobs"), ("app", "intersections_page", "evaluated runs"),
-                               ("app", "slices_page", "teacher chains or predictions"),
-                               ("tdg_pages", "training_page", "training metrics")]:
+    for module, name, what in EVERY_PAGES_WHAT:
         assert [i.value for i in page(module, name).info] == [EMPTY.format(what=what)]
 
 
@@ -278,7 +283,9 @@ def test_the_hint_says_to_start_a_runner_while_jobs_wait_and_no_job_runs(db: Sto
     hint = "No training metrics yet: 3 jobs are queued and none running; start one with `rplat runner` (the " \
            "Jobs page lists them)."
     assert [i.value for i in page("tdg_pages", "training_page").info] == [hint]
-    assert "make demo" not in page("app", "intersections_page").info[0].value
+    for module, name, what in EVERY_PAGES_WHAT:
+        if name != "jobs_page":  # the Jobs page lists the three
+            assert [i.value for i in page(module, name).info] == [hint.replace("training metrics", what)]
 
 
 def test_the_hint_says_to_wait_while_a_job_runs(db: Store) -> None:

@@ -13,7 +13,8 @@ from dashboard_seed_scale import external_id, seed_scale, words_of
 from dashboard_seed_tdg import seed_tdg
 from streamlit.testing.v1 import AppTest
 
-from rplat.dashboard import queries, tdg_queries
+from rplat import analytics
+from rplat.dashboard import queries, serve, tdg_queries
 from rplat.models import TeacherChain
 from rplat.store import transaction
 
@@ -194,3 +195,18 @@ def test_the_chains_copy_takes_in_new_and_relabelled_chains(db: Store) -> None:
         assert tdg_queries.chains(con, teachers=["gpt-4"])["label"].tolist() == ["neg"]
     finally:
         con.close()
+
+
+def test_the_warm_up_makes_the_chains_copy_that_the_pages_then_read_as_it_is(db: Store) -> None:
+    """What `rplat dashboard` does before serving its first page (rplat.dashboard.serve): open the shared connection
+    and copy the chains; a page's first query then finds the copy made and copies nothing again."""
+    seed_tdg(db)
+    said = serve.warm_up(db.url)
+    assert said.startswith("store opened and 10 chains copied for the Chains page in ")
+    con = queries.shared_store(db.url)
+    assert tdg_queries.copied_chains(con) == 10
+    con.execute(f"UPDATE {analytics.CACHE}.chain_rows SET teacher = 'marked'")  # made by the warm-up, not again
+    assert tdg_queries.chain_teachers(con) == ["marked"]
+    with transaction(db.engine()) as s:  # a job that adds chains: the next query copies again
+        make.job(s, "import-chains", {"teacher": "gpt-4"})
+    assert tdg_queries.chain_teachers(con) == ["gpt-3.5", "smol"]

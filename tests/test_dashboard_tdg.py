@@ -107,7 +107,9 @@ def test_votes_wide_gives_each_method_its_answer_and_margin_per_problem(duck: du
         "asc-f0 margin", "asc-f1", "asc-f1 margin", "asc-f2", "asc-f2 margin", "asc-f3", "asc-f3 margin"]
     m1 = wide.set_index("problem").loc["m1"]
     assert (m1["greedy"], m1["sc"], m1["sc margin"], m1["asc-f1"], m1["asc-f1 margin"], m1["asc-f3"],
-            m1["asc-f3 margin"]) == ("42 ✓", "41", 1.0, "41 (tie of 2, credit 0.5)", 0.0, "42 ✓", 0.5)
+            m1["asc-f3 margin"]) == ("42 ✓", "41", 1.0, "41 (tie of 2: 41, 42; credit 0.5)", 0.0, "42 ✓", 0.5)
+    # a tie whose answers its job did not record shows its size alone
+    assert wide.set_index("problem").loc["m3", "asc-f3"] == "17 (tie of 2, credit 0)"
 
 
 def test_run_accuracies_carry_the_wilson_interval_of_the_stored_credit(duck: duckdb.DuckDBPyConnection,

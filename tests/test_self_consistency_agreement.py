@@ -1,6 +1,7 @@
 """Self-consistency is one vote: evaluating a solve job, evaluating a sample job and aggregating the sample job
-(sc and asc-f0) give every problem the same winner, vote mass, tie size and credit from the same answers, under
-either `unanswered` setting; without one, each kind stores its protocol (vote for TDG, drop for a solve job)."""
+(sc and asc-f0) give every problem the same winner, vote mass, tie size, credit and tied answers from the same
+answers, under either `unanswered` setting; without one, each kind stores its protocol (vote for TDG, drop for a
+solve job)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import factories as make
 from stores import Store
 
 # (gold, subject, five samples' answers: None where none was extracted) and, by hand, the vote of each problem:
-# (answer, vote mass, tie size, credit).
+# (answer, vote mass, tie size, credit, the tied answers stored with a tie: sorted, the answer shown first).
 PROBLEMS: list[tuple[str, str, list[str | None]]] = [
     ("7", "algebra", ["7", "7.0", "8", None, "9"]),  # "7.0" votes with "7": a majority of two
     ("3", "algebra", ["4", "3", None, None, "5"]),  # a three-way tie with one right answer: a third of a problem
@@ -34,11 +35,12 @@ PROBLEMS: list[tuple[str, str, list[str | None]]] = [
     ("2", "geometry", ["1", "2", "2", "1", None]),  # two tie at two votes, one right: half a problem
     ("6", "geometry", ["6", None, None, None, None]),  # one answer among unanswered samples wins alone
 ]
-VOTES = [("7", 2.0, 1, 1.0), ("3", 1.0, 3, 1 / 3), (None, 0.0, 1, 0.0), ("1", 2.0, 2, 0.5), ("6", 1.0, 1, 1.0)]
+VOTES = [("7", 2.0, 1, 1.0, None), ("3", 1.0, 3, 1 / 3, ["3", "4", "5"]), (None, 0.0, 1, 0.0, None),
+         ("1", 2.0, 2, 0.5, ["1", "2"]), ("6", 1.0, 1, 1.0, None)]
 # The same with unanswered="vote": the unanswered samples are one bucket, which wins problems 2, 3 and 5 and
 # joins the tie of problem 4 (it has one vote there, the tied answers two each, so it stays out).
-VOTES_COUNTING_NONE = [("7", 2.0, 1, 1.0), (None, 2.0, 1, 0.0), (None, 5.0, 1, 0.0), ("1", 2.0, 2, 0.5),
-                       (None, 4.0, 1, 0.0)]
+VOTES_COUNTING_NONE = [("7", 2.0, 1, 1.0, None), (None, 2.0, 1, 0.0, None), (None, 5.0, 1, 0.0, None),
+                       ("1", 2.0, 2, 0.5, ["1", "2"]), (None, 4.0, 1, 0.0, None)]
 ACCURACY = {"drop": {"algebra": (2, 1 + 1 / 3, (1 + 1 / 3) / 2), "geometry": (3, 1.5, 0.5),
                      "all": (5, 1 + 1 / 3 + 1.5, (1 + 1 / 3 + 1.5) / 5)},
             "vote": {"algebra": (2, 1.0, 0.5), "geometry": (3, 0.5, 0.5 / 3), "all": (5, 1.5, 0.3)}}
@@ -69,9 +71,10 @@ def _seed(db: Store) -> dict[str, int]:
         return {"solve": solve.id, "sample": sample.id, "score": score.id}
 
 
-def _votes(s: Any, job_id: int, method: str) -> list[tuple[str | None, float | None, int, float | None]]:
-    return [tuple(r) for r in s.execute(  # type: ignore[misc]
-        select(Prediction.answer, Prediction.vote_mass, Prediction.tie_size, Prediction.credit)
+def _votes(s: Any, job_id: int, method: str) -> list[tuple[Any, ...]]:
+    return [(*r[:4], None if r[4] is None else json.loads(r[4])) for r in s.execute(
+        select(Prediction.answer, Prediction.vote_mass, Prediction.tie_size, Prediction.credit,
+               Prediction.tied_answers)
         .where(Prediction.job_id == job_id, Prediction.method == method).order_by(Prediction.problem_id)).all()]
 
 

@@ -117,7 +117,7 @@ SELECT pr.job_id, TRY_CAST(json_extract_string(j.params, '$.solve_job') AS BIGIN
        pr.method || ' / ' || coalesce(m.name, '?') || ' / job ' || pr.job_id AS run,
        pr.problem_id, p.external_id AS problem, ds.name AS dataset, p.subject, p.level, p.question,
        pr.answer, {gold} AS gold, CAST(pr.correct AS BOOLEAN) AS correct, pr.credit, pr.vote_mass, pr.tie_size,
-       pr.margin
+       pr.margin, CAST(pr.tied_answers AS JSON) AS tied_answers
 FROM store.predictions pr
 JOIN store.jobs j ON j.id = pr.job_id
 JOIN store.problems p ON p.id = pr.problem_id

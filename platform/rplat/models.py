@@ -523,6 +523,8 @@ class Prediction(Base):
     credit: Mapped[float | None] = mapped_column(Float)
     # the winner's vote mass minus the best other answer's (0 on a tie; the whole mass when one answer got votes)
     margin: Mapped[float | None] = mapped_column(Float)
+    # a tie's answers, a JSON list (null for the no-answer bucket), when tie_size > 1; null otherwise
+    tied_answers: Mapped[str | None] = mapped_column(Text)
 
 
 class Evaluation(Base):

@@ -9,6 +9,7 @@ checked against the gold answer with math-verify; a sample job's carry the label
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,8 @@ from rplat.store import insert_ignore
 @dataclass(frozen=True)
 class Judged:
     """One problem's prediction: the answer, its vote mass and tie size, the credit it earns (1, 0, or a
-    tie's fraction of right answers) and, from a vote, its margin over the best other answer."""
+    tie's fraction of right answers), from a vote its margin over the best other answer and the tied answers
+    (`rplat.methods.votes.tied_answers`: None for the no-answer bucket; empty when nothing voted)."""
 
     problem_id: int
     subject: str | None
@@ -43,6 +45,7 @@ class Judged:
     tie_size: int
     credit: float
     margin: float | None = None
+    tied: tuple[str | None, ...] = ()
 
 
 def judge_chain(problem_id: int, subject: str | None, answer: str | None, correct: bool) -> Judged:
@@ -56,7 +59,7 @@ def judge_sc(groups: Mapping[int, Sequence[Any]], answers: Sequence[Sequence[str
     """Self-consistency per problem of `groups` (rows with `subject`), over its chains' normalised `answers` and
     their `correct`ness, in the groups' order, the unanswered chains voting or dropped as `unanswered` says. A
     problem no chain answered counts as a tie of one."""
-    return [Judged(problem_id, rows[0].subject, c.winner, c.mass, max(len(c.tied), 1), c.credit, c.margin)
+    return [Judged(problem_id, rows[0].subject, c.winner, c.mass, max(len(c.tied), 1), c.credit, c.margin, c.tied)
             for (problem_id, rows), c in zip(groups.items(), self_consistency(answers, correct, unanswered),
                                               strict=True)]
 
@@ -98,7 +101,8 @@ def record_evaluations(ctx: JobContext, model_id: int | None, judged: Mapping[st
         rows = list(rows)
         predictions += [dict(job_id=ctx.job_id, problem_id=j.problem_id, model_id=model_id, method=method,
                              answer=j.answer, correct=j.credit == 1.0, vote_mass=j.vote_mass, tie_size=j.tie_size,
-                             credit=j.credit, margin=j.margin) for j in rows]
+                             credit=j.credit, margin=j.margin,
+                             tied_answers=json.dumps(list(j.tied)) if len(j.tied) > 1 else None) for j in rows]
         accuracy = micro_accuracy([(j.subject, j.credit) for j in rows])
         evaluations += [dict(job_id=ctx.job_id, model_id=model_id, method=method, subject=subject, n=a.n,
                              n_correct=a.n_correct, accuracy=a.accuracy) for subject, a in accuracy.items()]

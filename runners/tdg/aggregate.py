@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from rplat.asc import ballots, ranker_scores, samples_by_problem
 from rplat.errors import UserError
 from rplat.lookup import stored_params
-from rplat.methods.votes import Unanswered, asc_votes
+from rplat.methods.votes import Unanswered, asc_votes, tied_answers
 from rplat.registry import get_model
 from rplat.runners.evaluation.evaluate import Judged, judge_samples, record_evaluations
 from rplat.runners.framework.context import JobContext
@@ -66,10 +66,11 @@ def votes(by_problem: dict[int, list[Any]], scores: dict[int, float] | None, met
         for f, result in asc_votes(b.codes, b.scores, fs, b.correct, unanswered).items():
             assert result.credit is not None
             asc[f"asc-{f}"] = [Judged(problem_id, subject, b.vocabulary[w] if w >= 0 else None, float(mass),
-                                      max(int(tie), 1), float(credit), float(margin))
-                               for problem_id, subject, w, mass, tie, credit, margin in zip(
+                                      max(int(tie), 1), float(credit), float(margin),
+                                      tied_answers(codes, tied, b.vocabulary) if tie > 1 else ())
+                               for problem_id, subject, w, mass, tie, credit, margin, codes, tied in zip(
                                    b.problem_ids, b.subjects, result.winner.tolist(), result.mass, result.tie_size,
-                                   result.credit, result.margin, strict=True)]
+                                   result.credit, result.margin, b.codes, result.tied, strict=True)]
     return {method: judge_samples("sc", by_problem, unanswered) if method == "sc" else asc[method]
             for method in methods}
 

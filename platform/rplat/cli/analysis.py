@@ -325,7 +325,8 @@ def dashboard(host: str, port: int, allow_review: bool) -> None:
         env[dashboard_package.ALLOW_REVIEW] = "1"
     mode = "read-only but for reviews" if allow_review else "read-only"
     click.echo(f"dashboard at http://{host}:{port} ({mode}); Ctrl-C stops it", err=True)
-    os.execve(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
+    # rplat.dashboard.serve opens the store and makes the pages' caches, then runs Streamlit in the same process.
+    os.execve(sys.executable, [sys.executable, "-m", "rplat.dashboard.serve", "run", str(app),
                                "--server.address", host, "--server.port", str(port),
                                "--server.headless", "true", "--browser.gatherUsageStats", "false",
                                "--server.fileWatcherType", "none", "--global.developmentMode", "false",

@@ -228,6 +228,13 @@ class Consensus(NamedTuple):
     margin: float
 
 
+def tied_answers(codes: np.ndarray, tied: np.ndarray, vocabulary: Sequence[str]) -> tuple[str | None, ...]:
+    """One problem's tie set as answers, from its samples' codes and a vote's `tied` mask over them (`Votes.tied`):
+    the tied answers in code order, then None when the no-answer bucket is among them."""
+    found = sorted(np.asarray(codes)[np.asarray(tied, dtype=bool)].tolist())
+    return tuple(vocabulary[c] for c in found if c >= 0) + ((None,) if found and found[0] == NO_ANSWER else ())
+
+
 def self_consistency(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]],
                      unanswered: Unanswered = "drop") -> list[Consensus]:
     """Each problem's self-consistency over its samples' answers (None: none extracted; `unanswered` says
@@ -244,13 +251,8 @@ def self_consistency(answers: Sequence[Sequence[str | None]], correct: Sequence[
         right[i, :len(row)] = row
     votes = asc_vote(codes, None, "f0", right, unanswered)
     assert votes.credit is not None
-
-    def tied(i: int) -> tuple[str | None, ...]:
-        found = sorted(codes[i][votes.tied[i]].tolist())
-        return (tuple(vocabulary[c] for c in found if c >= 0)
-                + ((None,) if found and found[0] == NO_ANSWER else ()))
-
-    return [Consensus(None if winner == NO_ANSWER else vocabulary[winner], mass, tied(i), credit, margin)
+    return [Consensus(None if winner == NO_ANSWER else vocabulary[winner], mass,
+                      tied_answers(codes[i], votes.tied[i], vocabulary), credit, margin)
             for i, (winner, mass, credit, margin) in enumerate(zip(
                 votes.winner.tolist(), votes.mass.tolist(), votes.credit.tolist(), votes.margin.tolist(),
                 strict=True))]
