@@ -15,6 +15,7 @@ import streamlit as st
 from rplat.boundary import ID_MAX
 from rplat.dashboard import problem_queries as queries
 from rplat.dashboard.common import REVIEW_OFF, connection, literal, review_allowed, review_section, table
+from rplat.dashboard.queries import tie_listed
 from rplat.dashboard.render import answer_markdown, inline, show
 
 PARAM = "problem"  # the query parameter naming the problem: problem?problem=12
@@ -98,7 +99,7 @@ def _tie(size: int, answers: list[str | None]) -> str:
         return ""
     if not answers:
         return f" (tie of {size})"
-    return f" (tie of {size}: " + ", ".join("no answer" if a is None else answer_markdown(a) for a in answers) + ")"
+    return f" (tie of {size}: {tie_listed(answers, answer_markdown)})"
 
 
 def _steps(con: duckdb.DuckDBPyConnection, problem_id: int) -> None:

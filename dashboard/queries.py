@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
@@ -177,8 +177,7 @@ def answer_shown(answer: object, tie_size: object, credit: object, tied: object 
     if tie > 1:
         answers = tie_set(tied)
         if answers:
-            listed = ", ".join("no answer" if a is None else a for a in answers)
-            return f"{text} (tie of {tie}: {listed}; credit {earned:.3g})"
+            return f"{text} (tie of {tie}: {tie_listed(answers)}; credit {earned:.3g})"
         return f"{text} (tie of {tie}, credit {earned:.3g})"
     return f"{text} ✓" if earned == 1.0 else text
 
@@ -190,6 +189,11 @@ def tie_set(tied: object) -> list[str | None]:
     if not pd.api.types.is_list_like(tied):  # None, NaN or NA: not recorded
         return []
     return [None if a is None else str(a) for a in tied]
+
+
+def tie_listed(answers: Sequence[str | None], show: Callable[[str], str] = str) -> str:
+    """A tie's answers as one line, each through `show` ("4, 6, no answer")."""
+    return ", ".join("no answer" if a is None else show(a) for a in answers)
 
 
 def run_credit(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, float]:

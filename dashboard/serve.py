@@ -1,7 +1,7 @@
 """What `rplat dashboard` runs: `python -m rplat.dashboard.serve STREAMLIT-ARGS` opens the store and makes the
 caches the pages read (the Chains page's copy of the chains: seconds at 10^5 chains) before Streamlit serves its
 first page, then runs Streamlit with STREAMLIT-ARGS in this same process, whose sessions share that connection. The
-first visitor gets a page as fast as the next one."""
+first visitor no longer waits for the copy; what is left of a first visit is the browser loading the frontend."""
 
 from __future__ import annotations
 
